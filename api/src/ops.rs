@@ -1,0 +1,136 @@
+//! Operational endpoints: liveness, readiness, metrics and the OpenAPI document.
+
+use std::sync::atomic::Ordering;
+
+use actix_web::http::StatusCode;
+use actix_web::{get, web, HttpResponse};
+use prometheus::Encoder;
+use serde::Serialize;
+use utoipa::OpenApi;
+
+use crate::{AppState, Problem, ProblemCode};
+
+/// The OpenAPI document, generated from the handlers' annotations.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Gatehouse API",
+        description = "System of record and gateway of the developer portal."
+    ),
+    paths(healthz, readyz, metrics, openapi_document),
+    components(schemas(Problem, ProblemCode, Health, Readiness, ProjectionReadiness))
+)]
+pub struct ApiDoc;
+
+/// Liveness.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Health {
+    /// Always `ok`.
+    pub status: &'static str,
+}
+
+/// Readiness, with the reasons when not ready.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Readiness {
+    /// `ready` or `not_ready`.
+    pub status: &'static str,
+    /// `postgres` or `sqlite`.
+    pub backend: &'static str,
+    /// Whether the store answered.
+    pub store: bool,
+    /// Each projection's state.
+    pub projections: Vec<ProjectionReadiness>,
+    /// True while the service drains for shutdown.
+    pub draining: bool,
+}
+
+/// One projection's readiness.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ProjectionReadiness {
+    /// The projection.
+    pub name: String,
+    /// `caught_up`, `catching_up`, `retrying` or `failed`.
+    pub state: &'static str,
+    /// Its checkpoint.
+    pub cursor: String,
+    /// Why it failed or is retrying.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The process is alive.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, body = Health)))]
+#[get("/healthz")]
+pub async fn healthz() -> web::Json<Health> {
+    web::Json(Health { status: "ok" })
+}
+
+/// The store answers, every projection has caught up, and the service is not draining.
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses(
+    (status = 200, body = Readiness), (status = 503, body = Readiness)))]
+#[get("/readyz")]
+pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    use projections::ProjectionState;
+    let store = state.store.ping().await.is_ok();
+    let draining = state.draining.load(Ordering::Relaxed);
+    let projections: Vec<_> = state
+        .projections
+        .snapshot()
+        .into_iter()
+        .map(|(name, status)| {
+            let (label, error) = match status.state {
+                ProjectionState::CaughtUp => ("caught_up", None),
+                ProjectionState::CatchingUp => ("catching_up", None),
+                ProjectionState::Retrying(error) => ("retrying", Some(error)),
+                ProjectionState::Failed { error, .. } => ("failed", Some(error)),
+            };
+            ProjectionReadiness {
+                name: name.to_string(),
+                state: label,
+                cursor: status.cursor,
+                error,
+            }
+        })
+        .collect();
+    let ready = store && !draining && state.projections.all_caught_up();
+    let body = Readiness {
+        status: if ready { "ready" } else { "not_ready" },
+        backend: state.store.backend_name(),
+        store,
+        projections,
+        draining,
+    };
+    let mut response = if ready {
+        HttpResponse::Ok()
+    } else {
+        HttpResponse::build(StatusCode::SERVICE_UNAVAILABLE)
+    };
+    if !ready {
+        response.insert_header(("Retry-After", "2"));
+    }
+    response.json(body)
+}
+
+/// Prometheus metrics in the text exposition format.
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, content_type = "text/plain")))]
+#[get("/metrics")]
+pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
+    let encoder = prometheus::TextEncoder::new();
+    let mut buffer = Vec::new();
+    encoder
+        .encode(&state.registry.gather(), &mut buffer)
+        .map_err(|error| {
+            tracing::error!(error.message = %error, "metrics encoding failed");
+            Problem::internal()
+        })?;
+    Ok(HttpResponse::Ok()
+        .content_type(encoder.format_type())
+        .body(buffer))
+}
+
+/// This document.
+#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "operations", responses((status = 200, content_type = "application/json")))]
+#[get("/api/v1/openapi.json")]
+pub async fn openapi_document() -> HttpResponse {
+    HttpResponse::Ok().json(ApiDoc::openapi())
+}

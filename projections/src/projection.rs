@@ -1,0 +1,87 @@
+//! What a projection is.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use sqlx::AnyConnection;
+use store::RecordedEvent;
+
+/// Turns events into rows of its own read-model tables.
+///
+/// `apply` runs inside the projector's transaction; it must only write the tables it declares, through the
+/// physical names in `tables` (a rebuild points them at fresh copies), and must be deterministic: the same events
+/// always produce the same rows.
+#[async_trait]
+pub trait Projection: Send + Sync + 'static {
+    /// A stable name: the checkpoint's key and the CLI's argument.
+    fn name(&self) -> &'static str;
+
+    /// The tables this projection owns. Migrations create them; rebuilds copy their shape.
+    fn tables(&self) -> &'static [&'static str];
+
+    /// Applies one event (of any aggregate type; ignore the ones that do not concern this projection).
+    async fn apply(
+        &self,
+        connection: &mut AnyConnection,
+        tables: &Tables,
+        event: &RecordedEvent,
+    ) -> Result<(), ApplyError>;
+}
+
+/// Why an event could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The event cannot be understood: a poison event. The projection stops until its code is fixed.
+    #[error("cannot decode {event_type} v{event_version}: {reason}")]
+    Decode {
+        /// The stored event type.
+        event_type: String,
+        /// The stored event version.
+        event_version: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// Writing the read model failed.
+    #[error("read model write failed")]
+    Database(#[from] sqlx::Error),
+}
+
+/// Logical table name → physical table name.
+#[derive(Debug, Clone, Default)]
+pub struct Tables {
+    renamed: HashMap<&'static str, String>,
+}
+
+impl Tables {
+    /// Every table under its own name.
+    pub fn live() -> Self {
+        Self::default()
+    }
+
+    /// Every table of `projection` under `{name}{suffix}`.
+    pub(crate) fn with_suffix(projection: &dyn Projection, suffix: &str) -> Self {
+        Self {
+            renamed: projection
+                .tables()
+                .iter()
+                .map(|table| (*table, format!("{table}{suffix}")))
+                .collect(),
+        }
+    }
+
+    /// The physical name of `table`.
+    pub fn name<'a>(&'a self, table: &'a str) -> &'a str {
+        self.renamed.get(table).map(String::as_str).unwrap_or(table)
+    }
+}
+
+/// Decodes a stored payload into a domain event, or explains why it is poison.
+pub(crate) fn decode<E: serde::de::DeserializeOwned>(
+    event: &RecordedEvent,
+) -> Result<E, ApplyError> {
+    serde_json::from_value(event.payload.clone()).map_err(|error| ApplyError::Decode {
+        event_type: event.event_type.clone(),
+        event_version: event.event_version.clone(),
+        reason: error.to_string(),
+    })
+}

@@ -1,0 +1,221 @@
+//! Rebuilding a projection from zero without stopping its readers.
+//!
+//! 1. Copy the shape of the projection's tables into empty `{table}__rebuild` tables.
+//! 2. Replay the whole log into them in batches, outside any lock: readers and the live projector go on using the
+//!    old tables meanwhile.
+//! 3. In one transaction that holds the projection's checkpoint (so no live projector applies a batch at the same
+//!    time): apply what arrived since step 2, replace the old tables with the new ones, and move the checkpoint.
+
+use sqlx::{AnyConnection, Executor, Row};
+use store::{Cursor, EventStore, StoreError};
+
+use crate::runtime::{apply_one, begin_exclusive, locked_checkpoint, BatchError};
+use crate::{Projection, Tables};
+
+const SUFFIX: &str = "__rebuild";
+const BATCH: usize = 1_000;
+
+/// What a rebuild did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RebuildReport {
+    /// Events replayed.
+    pub events: u64,
+    /// The checkpoint the projection now has.
+    pub cursor: String,
+}
+
+/// Why a rebuild stopped. The old tables are untouched unless it succeeded.
+#[derive(Debug, thiserror::Error)]
+pub enum RebuildError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// An event could not be applied.
+    #[error("event at {cursor} cannot be applied: {error}")]
+    Poison {
+        /// The event.
+        cursor: String,
+        /// Why.
+        error: String,
+    },
+}
+
+impl From<sqlx::Error> for RebuildError {
+    fn from(error: sqlx::Error) -> Self {
+        RebuildError::Store(StoreError::from(error))
+    }
+}
+
+impl From<BatchError> for RebuildError {
+    fn from(error: BatchError) -> Self {
+        match error {
+            BatchError::Unavailable(error) => RebuildError::Store(error),
+            BatchError::Poison { cursor, error } => RebuildError::Poison {
+                cursor: cursor.to_string(),
+                error,
+            },
+        }
+    }
+}
+
+/// Rebuilds `projection` from the whole log. `progress(done, total)` is called after every batch.
+pub async fn rebuild(
+    store: &EventStore,
+    projection: &dyn Projection,
+    progress: &(dyn Fn(u64, u64) + Sync),
+) -> Result<RebuildReport, RebuildError> {
+    let total = store.count_events().await?;
+    let tables = Tables::with_suffix(projection, SUFFIX);
+    create_shadow_tables(store, projection).await?;
+
+    let mut cursor = Cursor::START;
+    let mut done = 0u64;
+    loop {
+        let events = store.read_global(cursor, BATCH).await?;
+        let Some(last) = events.last().map(|event| event.cursor) else {
+            break;
+        };
+        let mut transaction = begin_exclusive(store).await?;
+        for event in &events {
+            apply_one(projection, &mut transaction, &tables, event).await?;
+        }
+        transaction.commit().await?;
+        cursor = last;
+        done += events.len() as u64;
+        progress(done, total.max(done));
+    }
+
+    let mut transaction = begin_exclusive(store).await?;
+    sqlx::query("INSERT INTO projection_checkpoints (name, cursor) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
+        .bind(projection.name())
+        .bind(Cursor::START.to_string())
+        .execute(&mut *transaction)
+        .await?;
+    locked_checkpoint(&mut transaction, store, projection.name()).await?;
+    loop {
+        let events = store.read_global(cursor, BATCH).await?;
+        let Some(last) = events.last().map(|event| event.cursor) else {
+            break;
+        };
+        for event in &events {
+            apply_one(projection, &mut transaction, &tables, event).await?;
+        }
+        cursor = last;
+        done += events.len() as u64;
+        progress(done, total.max(done));
+    }
+    swap_tables(&mut transaction, store, projection).await?;
+    sqlx::query(
+        "UPDATE projection_checkpoints
+            SET cursor = $2, events_applied = $3, updated_at = CURRENT_TIMESTAMP, failed_cursor = NULL, last_error = NULL
+          WHERE name = $1",
+    )
+    .bind(projection.name())
+    .bind(cursor.to_string())
+    .bind(i64::try_from(done).unwrap_or(i64::MAX))
+    .execute(&mut *transaction)
+    .await?;
+    transaction.commit().await?;
+    Ok(RebuildReport {
+        events: done,
+        cursor: cursor.to_string(),
+    })
+}
+
+/// Creates empty copies of the projection's tables (with their keys and indexes), replacing leftovers of an
+/// interrupted rebuild.
+async fn create_shadow_tables(
+    store: &EventStore,
+    projection: &dyn Projection,
+) -> Result<(), RebuildError> {
+    let mut connection = store.read_models().acquire().await?;
+    for table in projection.tables() {
+        let shadow = format!("{table}{SUFFIX}");
+        connection
+            .execute(&*format!("DROP TABLE IF EXISTS {shadow}"))
+            .await?;
+        if store.backend_name() == "postgres" {
+            connection
+                .execute(&*format!(
+                    "CREATE TABLE {shadow} (LIKE {table} INCLUDING ALL)"
+                ))
+                .await?;
+        } else {
+            for (kind, name, sql) in sqlite_schema(&mut connection, table).await? {
+                let renamed = if kind == "table" {
+                    rename_first(&sql, table, &shadow)
+                } else {
+                    rename_first(
+                        &rename_first(&sql, &name, &format!("{name}{SUFFIX}")),
+                        &format!(" ON {table}"),
+                        &format!(" ON {shadow}"),
+                    )
+                };
+                connection.execute(&*renamed).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Replaces each table with its rebuilt copy, inside the caller's transaction.
+async fn swap_tables(
+    connection: &mut AnyConnection,
+    store: &EventStore,
+    projection: &dyn Projection,
+) -> Result<(), RebuildError> {
+    for table in projection.tables() {
+        let shadow = format!("{table}{SUFFIX}");
+        if store.backend_name() == "postgres" {
+            connection.execute(&*format!("DROP TABLE {table}")).await?;
+            connection
+                .execute(&*format!("ALTER TABLE {shadow} RENAME TO {table}"))
+                .await?;
+        } else {
+            let indexes: Vec<(String, String)> = sqlite_schema(connection, table)
+                .await?
+                .into_iter()
+                .filter(|(kind, _, _)| kind == "index")
+                .map(|(_, name, sql)| (name, sql))
+                .collect();
+            connection.execute(&*format!("DROP TABLE {table}")).await?;
+            connection
+                .execute(&*format!("ALTER TABLE {shadow} RENAME TO {table}"))
+                .await?;
+            // SQLite cannot rename indexes: give the new table its indexes under their original names.
+            for (name, sql) in indexes {
+                connection
+                    .execute(&*format!("DROP INDEX IF EXISTS {name}{SUFFIX}"))
+                    .await?;
+                connection.execute(&*sql).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The `CREATE` statements of a table and its explicit indexes: (kind, name, sql).
+async fn sqlite_schema(
+    connection: &mut AnyConnection,
+    table: &str,
+) -> Result<Vec<(String, String, String)>, RebuildError> {
+    let rows = connection
+        .fetch_all(
+            sqlx::query("SELECT type, name, sql FROM sqlite_master WHERE tbl_name = $1 AND sql IS NOT NULL ORDER BY type DESC")
+                .bind(table),
+        )
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok((
+                row.try_get("type")?,
+                row.try_get("name")?,
+                row.try_get("sql")?,
+            ))
+        })
+        .collect()
+}
+
+fn rename_first(sql: &str, from: &str, to: &str) -> String {
+    sql.replacen(from, to, 1)
+}

@@ -1,0 +1,511 @@
+//! The projector: one task per projection, tailing the global log from a durable checkpoint.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
+use sqlx::{AnyConnection, Executor, Row};
+use store::{Cursor, EventStore, RecordedEvent, StoreError};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::{ApplyError, Projection, Tables};
+
+/// How the projector batches and waits.
+#[derive(Debug, Clone)]
+pub struct ProjectorConfig {
+    /// Most events applied in one transaction.
+    pub batch_size: usize,
+    /// How often to look for events committed by other processes (this process's commits wake it at once).
+    pub poll_interval: Duration,
+    /// How long to wait before retrying after the store was unavailable.
+    pub retry_delay: Duration,
+}
+
+impl Default for ProjectorConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 500,
+            poll_interval: Duration::from_millis(200),
+            retry_delay: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Where a projection is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProjectionState {
+    /// Catching up: there were events to apply the last time it looked.
+    CatchingUp,
+    /// Applied everything it could read the last time it looked.
+    CaughtUp,
+    /// Waiting for the store to come back.
+    Retrying(String),
+    /// Stopped on a poison event; needs a fix (and maybe a rebuild).
+    Failed {
+        /// The event it could not apply.
+        cursor: String,
+        /// Why.
+        error: String,
+    },
+}
+
+/// One projection's status, for readiness and operators.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProjectionStatus {
+    /// The state.
+    pub state: ProjectionState,
+    /// Its checkpoint.
+    pub cursor: String,
+}
+
+/// Live status of every projection, shared with the HTTP layer.
+#[derive(Debug, Clone, Default)]
+pub struct StatusBoard {
+    inner: Arc<RwLock<BTreeMap<&'static str, ProjectionStatus>>>,
+}
+
+impl StatusBoard {
+    /// A snapshot of every projection's status.
+    pub fn snapshot(&self) -> BTreeMap<&'static str, ProjectionStatus> {
+        self.inner
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// True when every projection has applied everything it could read.
+    pub fn all_caught_up(&self) -> bool {
+        let statuses = self.snapshot();
+        !statuses.is_empty()
+            && statuses
+                .values()
+                .all(|status| status.state == ProjectionState::CaughtUp)
+    }
+
+    fn set(&self, name: &'static str, state: ProjectionState, cursor: Cursor) {
+        self.inner
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(
+                name,
+                ProjectionStatus {
+                    state,
+                    cursor: cursor.to_string(),
+                },
+            );
+    }
+}
+
+#[derive(Clone)]
+struct Metrics {
+    applied: IntCounterVec,
+    failed: IntGaugeVec,
+    lag: HistogramVec,
+}
+
+impl Metrics {
+    fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let applied = IntCounterVec::new(
+            Opts::new(
+                "gatehouse_projection_events_applied_total",
+                "Events applied by each projection",
+            ),
+            &["projection"],
+        )?;
+        let failed = IntGaugeVec::new(
+            Opts::new(
+                "gatehouse_projection_failed",
+                "1 while a projection is stopped on a poison event",
+            ),
+            &["projection"],
+        )?;
+        let lag = HistogramVec::new(
+            HistogramOpts::new(
+                "gatehouse_projection_lag_seconds",
+                "Time from an event's commit to its projection's commit",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0,
+            ]),
+            &["projection"],
+        )?;
+        for collector in [
+            Box::new(applied.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(failed.clone()),
+            Box::new(lag.clone()),
+        ] {
+            match registry.register(collector) {
+                Ok(()) | Err(prometheus::Error::AlreadyReg) => {}
+                Err(other) => return Err(other),
+            }
+        }
+        Ok(Self {
+            applied,
+            failed,
+            lag,
+        })
+    }
+}
+
+/// Runs every projection until cancelled.
+pub struct Projector {
+    store: EventStore,
+    projections: Vec<Arc<dyn Projection>>,
+    config: ProjectorConfig,
+    status: StatusBoard,
+    metrics: Metrics,
+}
+
+/// What stopped a batch.
+pub(crate) enum BatchError {
+    /// The store is down; retry.
+    Unavailable(StoreError),
+    /// A poison event, or a write the read model refuses: stop.
+    Poison { cursor: Cursor, error: String },
+}
+
+impl From<sqlx::Error> for BatchError {
+    fn from(error: sqlx::Error) -> Self {
+        BatchError::from(StoreError::from(error))
+    }
+}
+
+impl From<StoreError> for BatchError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            unavailable @ StoreError::Unavailable(_) => BatchError::Unavailable(unavailable),
+            other => BatchError::Poison {
+                cursor: Cursor::START,
+                error: other.to_string(),
+            },
+        }
+    }
+}
+
+impl Projector {
+    /// A projector over `store` for `projections`, registering its metrics in `registry`.
+    pub fn new(
+        store: EventStore,
+        projections: Vec<Arc<dyn Projection>>,
+        config: ProjectorConfig,
+        registry: &Registry,
+    ) -> Result<Self, prometheus::Error> {
+        Ok(Self {
+            store,
+            projections,
+            config,
+            status: StatusBoard::default(),
+            metrics: Metrics::register(registry)?,
+        })
+    }
+
+    /// The status board this projector updates.
+    pub fn status(&self) -> StatusBoard {
+        self.status.clone()
+    }
+
+    /// Runs every projection until `shutdown` is cancelled. A projection that hits a poison event stops alone;
+    /// the others go on.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut tasks = JoinSet::new();
+        for projection in &self.projections {
+            self.status.set(
+                projection.name(),
+                ProjectionState::CatchingUp,
+                Cursor::START,
+            );
+            let worker = Worker {
+                store: self.store.clone(),
+                projection: projection.clone(),
+                config: self.config.clone(),
+                status: self.status.clone(),
+                metrics: self.metrics.clone(),
+            };
+            tasks.spawn(worker.run(shutdown.clone()));
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+
+    /// Applies everything currently readable for every projection, then returns (for CLIs and tests).
+    pub async fn catch_up(&self) -> Result<(), String> {
+        for projection in &self.projections {
+            let worker = Worker {
+                store: self.store.clone(),
+                projection: projection.clone(),
+                config: self.config.clone(),
+                status: self.status.clone(),
+                metrics: self.metrics.clone(),
+            };
+            worker
+                .ensure_checkpoint()
+                .await
+                .map_err(|error| error.to_string())?;
+            loop {
+                match worker.run_batch().await {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(BatchError::Unavailable(error)) => return Err(error.to_string()),
+                    Err(BatchError::Poison { cursor, error }) => {
+                        return Err(format!(
+                            "projection {} stopped at {cursor}: {error}",
+                            projection.name()
+                        ))
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+struct Worker {
+    store: EventStore,
+    projection: Arc<dyn Projection>,
+    config: ProjectorConfig,
+    status: StatusBoard,
+    metrics: Metrics,
+}
+
+impl Worker {
+    async fn run(self, shutdown: CancellationToken) {
+        let name = self.projection.name();
+        let mut commits = self.store.subscribe();
+        let mut ready = false;
+        loop {
+            if !ready {
+                match self.ensure_checkpoint().await {
+                    Ok(()) => ready = true,
+                    Err(error) => {
+                        self.status.set(
+                            name,
+                            ProjectionState::Retrying(error.to_string()),
+                            Cursor::START,
+                        );
+                        tracing::warn!(projection = name, error.message = %error, "projection waiting for the store");
+                    }
+                }
+            }
+            let idle = if ready {
+                match self.run_batch().await {
+                    Ok(applied) => applied == 0,
+                    Err(BatchError::Unavailable(error)) => {
+                        self.status.set(
+                            name,
+                            ProjectionState::Retrying(error.to_string()),
+                            Cursor::START,
+                        );
+                        tracing::warn!(projection = name, error.message = %error, "projection waiting for the store");
+                        tokio::select! {
+                            () = shutdown.cancelled() => return,
+                            () = tokio::time::sleep(self.config.retry_delay) => continue,
+                        }
+                    }
+                    Err(BatchError::Poison { cursor, error }) => {
+                        self.metrics.failed.with_label_values(&[name]).set(1);
+                        self.status.set(
+                            name,
+                            ProjectionState::Failed {
+                                cursor: cursor.to_string(),
+                                error: error.clone(),
+                            },
+                            cursor,
+                        );
+                        tracing::error!(
+                            projection = name,
+                            cursor = %cursor,
+                            error.message = %error,
+                            "projection stopped on an event it cannot apply; fix the cause and restart or rebuild"
+                        );
+                        self.record_failure(cursor, &error).await;
+                        return;
+                    }
+                }
+            } else {
+                true
+            };
+            if idle {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    _ = commits.changed() => {}
+                    () = tokio::time::sleep(self.config.poll_interval) => {}
+                }
+            } else if shutdown.is_cancelled() {
+                return;
+            }
+        }
+    }
+
+    async fn ensure_checkpoint(&self) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO projection_checkpoints (name, cursor) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
+            .bind(self.projection.name())
+            .bind(Cursor::START.to_string())
+            .execute(self.store.read_models())
+            .await?;
+        Ok(())
+    }
+
+    /// One transaction: lock the checkpoint, read after it, apply, move it. Returns how many events it applied.
+    async fn run_batch(&self) -> Result<usize, BatchError> {
+        let name = self.projection.name();
+        let mut transaction = begin_exclusive(&self.store).await?;
+        let cursor = locked_checkpoint(&mut transaction, &self.store, name).await?;
+        let events = self
+            .store
+            .read_global(cursor, self.config.batch_size)
+            .await?;
+        let Some(last) = events.last().map(|event| event.cursor) else {
+            transaction.rollback().await?;
+            self.status.set(name, ProjectionState::CaughtUp, cursor);
+            return Ok(0);
+        };
+        let tables = Tables::live();
+        for event in &events {
+            apply_one(&*self.projection, &mut transaction, &tables, event).await?;
+        }
+        sqlx::query(
+            "UPDATE projection_checkpoints
+                SET cursor = $2, events_applied = events_applied + $3, updated_at = CURRENT_TIMESTAMP,
+                    failed_cursor = NULL, last_error = NULL
+              WHERE name = $1",
+        )
+        .bind(name)
+        .bind(last.to_string())
+        .bind(events.len() as i64)
+        .execute(&mut *transaction)
+        .await?;
+        transaction.commit().await?;
+        let now = chrono::Utc::now();
+        let lag = self.metrics.lag.with_label_values(&[name]);
+        for event in &events {
+            lag.observe(
+                (now - event.recorded_at)
+                    .num_microseconds()
+                    .unwrap_or(0)
+                    .max(0) as f64
+                    / 1e6,
+            );
+        }
+        self.metrics
+            .applied
+            .with_label_values(&[name])
+            .inc_by(events.len() as u64);
+        self.metrics.failed.with_label_values(&[name]).set(0);
+        let state = if events.len() < self.config.batch_size {
+            ProjectionState::CaughtUp
+        } else {
+            ProjectionState::CatchingUp
+        };
+        self.status.set(name, state, last);
+        Ok(events.len())
+    }
+
+    async fn record_failure(&self, cursor: Cursor, error: &str) {
+        let result = sqlx::query(
+            "UPDATE projection_checkpoints SET failed_cursor = $2, last_error = $3 WHERE name = $1",
+        )
+        .bind(self.projection.name())
+        .bind(cursor.to_string())
+        .bind(error)
+        .execute(self.store.read_models())
+        .await;
+        if let Err(error) = result {
+            tracing::warn!(projection = self.projection.name(), error.message = %error, "could not record the projection failure");
+        }
+    }
+}
+
+/// Applies one event; a failure becomes a poison error naming the event.
+pub(crate) async fn apply_one(
+    projection: &dyn Projection,
+    connection: &mut AnyConnection,
+    tables: &Tables,
+    event: &RecordedEvent,
+) -> Result<(), BatchError> {
+    match projection.apply(connection, tables, event).await {
+        Ok(()) => Ok(()),
+        Err(ApplyError::Database(error)) => match StoreError::from(error) {
+            unavailable @ StoreError::Unavailable(_) => Err(BatchError::Unavailable(unavailable)),
+            other => Err(BatchError::Poison {
+                cursor: event.cursor,
+                error: format!("{other}: {:?}", other),
+            }),
+        },
+        Err(decode) => Err(BatchError::Poison {
+            cursor: event.cursor,
+            error: decode.to_string(),
+        }),
+    }
+}
+
+/// Begins a read-model transaction that takes the write lock at once on SQLite (no lock upgrade, no deadlock).
+pub(crate) async fn begin_exclusive(
+    store: &EventStore,
+) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+    if store.backend_name() == "sqlite" {
+        store.read_models().begin_with("BEGIN IMMEDIATE").await
+    } else {
+        store.read_models().begin().await
+    }
+}
+
+/// Reads a projection's checkpoint, locking its row on PostgreSQL until the transaction ends.
+pub(crate) async fn locked_checkpoint(
+    connection: &mut AnyConnection,
+    store: &EventStore,
+    name: &str,
+) -> Result<Cursor, BatchError> {
+    let sql = if store.backend_name() == "postgres" {
+        "SELECT cursor FROM projection_checkpoints WHERE name = $1 FOR UPDATE"
+    } else {
+        "SELECT cursor FROM projection_checkpoints WHERE name = $1"
+    };
+    let row = connection
+        .fetch_optional(sqlx::query(sql).bind(name))
+        .await?;
+    let Some(row) = row else {
+        return Ok(Cursor::START);
+    };
+    let text: String = row.try_get("cursor")?;
+    text.parse().map_err(|_| BatchError::Poison {
+        cursor: Cursor::START,
+        error: format!("stored checkpoint {text:?} is not a cursor"),
+    })
+}
+
+/// A projection's stored checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// The projection.
+    pub name: String,
+    /// Everything up to here is applied.
+    pub cursor: String,
+    /// Events applied since the last rebuild.
+    pub events_applied: i64,
+    /// The event it stopped on, if it stopped.
+    pub failed_cursor: Option<String>,
+    /// Why it stopped.
+    pub last_error: Option<String>,
+}
+
+/// Every stored checkpoint.
+pub async fn checkpoints(store: &EventStore) -> Result<Vec<Checkpoint>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT name, cursor, events_applied, failed_cursor, last_error FROM projection_checkpoints ORDER BY name",
+    )
+    .fetch_all(store.read_models())
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(Checkpoint {
+                name: row.try_get("name")?,
+                cursor: row.try_get("cursor")?,
+                events_applied: row.try_get("events_applied")?,
+                failed_cursor: row.try_get("failed_cursor")?,
+                last_error: row.try_get("last_error")?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(StoreError::from)
+}

@@ -1,0 +1,150 @@
+//! Typed settings from `GATEHOUSE_*` environment variables and an optional TOML file.
+//!
+//! Precedence, lowest first: built-in defaults, the TOML file (`--config PATH` or `GATEHOUSE_CONFIG`), environment
+//! variables. Every key is listed in `docs/OPERATIONS.md`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Every setting of the service.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Address the HTTP server binds (`GATEHOUSE_LISTEN`).
+    pub listen: String,
+    /// `postgres://…` or `sqlite://PATH`; unset means the embedded database in `data_dir`.
+    pub database_url: Option<String>,
+    /// Directory for the embedded database and local state.
+    pub data_dir: PathBuf,
+    /// Most pooled database connections.
+    pub database_max_connections: u32,
+    /// Seconds a request waits for a database connection before the store counts as unavailable.
+    pub database_acquire_timeout_secs: u64,
+    /// Aggregates kept in the in-memory aggregate cache, per aggregate type.
+    pub aggregate_cache_capacity: usize,
+    /// Apply pending migrations when `serve` starts (otherwise `serve` refuses an out-of-date schema).
+    pub migrate_on_start: bool,
+    /// An email made admin at start-up (idempotent).
+    pub bootstrap_admin: Option<String>,
+    /// Most events a projector applies per transaction.
+    pub projector_batch_size: usize,
+    /// Milliseconds between projector polls for events written by other processes.
+    pub projector_poll_interval_ms: u64,
+    /// Log filter, in `tracing_subscriber::EnvFilter` syntax.
+    pub log: String,
+    /// `text` or `json`.
+    pub log_format: LogFormat,
+    /// Seconds in-flight requests get to finish on SIGTERM.
+    pub shutdown_timeout_secs: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            database_url: None,
+            data_dir: PathBuf::from("data"),
+            database_max_connections: 16,
+            database_acquire_timeout_secs: 5,
+            aggregate_cache_capacity: 10_000,
+            migrate_on_start: true,
+            bootstrap_admin: None,
+            projector_batch_size: 500,
+            projector_poll_interval_ms: 200,
+            log: "info".into(),
+            log_format: LogFormat::Text,
+            shutdown_timeout_secs: 30,
+        }
+    }
+}
+
+/// Environment keys that belong to other tools and are not settings.
+const NOT_SETTINGS: &[&str] = &["config", "test_database_url"];
+
+impl Settings {
+    /// Loads defaults, then `file` (if any), then `GATEHOUSE_*` variables.
+    pub fn load(file: Option<&Path>) -> Result<Self, figment::Error> {
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(figment::Error::from(format!(
+                    "configuration file {} does not exist",
+                    file.display()
+                )));
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        figment
+            .merge(Env::prefixed("GATEHOUSE_").filter(|key| !NOT_SETTINGS.contains(&key.as_str())))
+            .extract()
+    }
+
+    /// The store configuration these settings describe.
+    pub fn store(&self) -> store::StoreConfig {
+        store::StoreConfig {
+            database_url: self
+                .database_url
+                .clone()
+                .filter(|url| !url.trim().is_empty()),
+            data_dir: self.data_dir.clone(),
+            max_connections: self.database_max_connections.max(1),
+            acquire_timeout: Duration::from_secs(self.database_acquire_timeout_secs.max(1)),
+            aggregate_cache_capacity: self.aggregate_cache_capacity.max(1),
+        }
+    }
+
+    /// The projector configuration these settings describe.
+    pub fn projector(&self) -> projections::ProjectorConfig {
+        projections::ProjectorConfig {
+            batch_size: self.projector_batch_size.clamp(1, 10_000),
+            poll_interval: Duration::from_millis(self.projector_poll_interval_ms.max(10)),
+            ..projections::ProjectorConfig::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_toml_file_overrides_defaults_and_unknown_keys_are_refused() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "gatehouse.toml",
+                "listen = \"0.0.0.0:9000\"\nlog_format = \"json\"",
+            )?;
+            let settings = Settings::load(Some(Path::new("gatehouse.toml")))?;
+            assert_eq!(settings.listen, "0.0.0.0:9000");
+            assert_eq!(settings.log_format, LogFormat::Json);
+
+            jail.set_env("GATEHOUSE_LISTEN", "127.0.0.1:7000");
+            jail.set_env("GATEHOUSE_TEST_DATABASE_URL", "postgres://ignored");
+            let settings = Settings::load(Some(Path::new("gatehouse.toml")))?;
+            assert_eq!(
+                settings.listen, "127.0.0.1:7000",
+                "the environment wins over the file"
+            );
+
+            jail.create_file("bad.toml", "lisen = \"typo\"")?;
+            assert!(Settings::load(Some(Path::new("bad.toml"))).is_err());
+            jail.set_env("GATEHOUSE_LOG_FORMAT", "yaml");
+            assert!(Settings::load(None).is_err());
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,220 @@
+//! Running commands against aggregates, with an in-memory aggregate cache that keeps load cost independent of
+//! how long an aggregate's history is.
+//!
+//! cqrs-es 0.5.0 snapshots apply every event twice, so they stay off. Instead each repository keeps the latest
+//! state it saw of recently used aggregates, tagged with its version. Every load asks the store only for events
+//! after that version (one indexed query that is empty when nothing changed), so the state is never stale, other
+//! processes may write the same aggregates, and the cost does not grow with the stream.
+
+use std::num::NonZeroUsize;
+use std::sync::Mutex;
+
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::persist::{PersistedEventRepository, SerializedEvent};
+use cqrs_es::{Aggregate, DomainEvent};
+use lru::LruCache;
+
+use crate::error::from_persistence;
+use crate::store::Writer;
+use crate::{Backend, CommandError, EventMetadata, EventStore, StoreError};
+
+/// What a successful command left behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Committed {
+    /// The aggregate's version (its last sequence number) after the command.
+    pub version: u64,
+    /// How many events the command appended (0 when it changed nothing).
+    pub appended: usize,
+}
+
+/// Loads aggregates of one type and runs their commands.
+pub struct AggregateRepository<A: Aggregate> {
+    store: EventStore,
+    services: A::Services,
+    cache: Mutex<LruCache<String, (A, u64)>>,
+}
+
+impl<A> AggregateRepository<A>
+where
+    A: Aggregate + Clone,
+{
+    /// A repository on `store` whose commands get `services`.
+    pub fn new(store: EventStore, services: A::Services) -> Self {
+        let capacity =
+            NonZeroUsize::new(store.inner.aggregate_cache_capacity).unwrap_or(NonZeroUsize::MIN);
+        Self {
+            store,
+            services,
+            cache: Mutex::new(LruCache::new(capacity)),
+        }
+    }
+
+    /// The aggregate's current state and version (0 when it has no events).
+    pub async fn load(&self, aggregate_id: &str) -> Result<(A, u64), StoreError> {
+        let cached = self
+            .cache
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(aggregate_id)
+            .cloned();
+        let (mut aggregate, mut version) = cached.unwrap_or_default();
+        let newer = self.events_after(aggregate_id, version).await?;
+        if newer.is_empty() {
+            return Ok((aggregate, version));
+        }
+        for event in newer {
+            if event.sequence as u64 != version + 1 {
+                return Err(StoreError::Corrupt(format!(
+                    "{} {aggregate_id}: expected sequence {}, found {}",
+                    A::TYPE,
+                    version + 1,
+                    event.sequence
+                )));
+            }
+            let payload: A::Event = serde_json::from_value(event.payload).map_err(|error| {
+                StoreError::Corrupt(format!(
+                    "{} {aggregate_id} event {}: {error}",
+                    A::TYPE,
+                    event.sequence
+                ))
+            })?;
+            aggregate.apply(payload);
+            version = event.sequence as u64;
+        }
+        self.remember(aggregate_id, &aggregate, version);
+        Ok((aggregate, version))
+    }
+
+    /// Runs `command` against the aggregate's current state and appends what it decides.
+    pub async fn execute(
+        &self,
+        aggregate_id: &str,
+        command: A::Command,
+        metadata: &EventMetadata,
+    ) -> Result<Committed, CommandError<A::Error>> {
+        self.execute_expecting(aggregate_id, command, metadata, None)
+            .await
+    }
+
+    /// Like [`execute`](Self::execute), but fails with [`CommandError::VersionMismatch`] unless the aggregate is at
+    /// `expected_version` (for `If-Match`).
+    pub async fn execute_expecting(
+        &self,
+        aggregate_id: &str,
+        command: A::Command,
+        metadata: &EventMetadata,
+        expected_version: Option<u64>,
+    ) -> Result<Committed, CommandError<A::Error>> {
+        let (mut aggregate, version) = self.load(aggregate_id).await?;
+        if let Some(expected) = expected_version {
+            if expected != version {
+                return Err(CommandError::VersionMismatch {
+                    expected,
+                    actual: version,
+                });
+            }
+        }
+        let sink = EventSink::default();
+        aggregate
+            .handle(command, &self.services, &sink)
+            .await
+            .map_err(CommandError::Rejected)?;
+        let events = sink.collect().await;
+        if events.is_empty() {
+            return Ok(Committed {
+                version,
+                appended: 0,
+            });
+        }
+        let metadata = serde_json::to_value(metadata.to_map())
+            .map_err(|error| CommandError::Store(StoreError::Corrupt(error.to_string())))?;
+        let serialized = events
+            .iter()
+            .zip(version as usize + 1..)
+            .map(|(event, sequence)| {
+                Ok(SerializedEvent::new(
+                    aggregate_id.to_string(),
+                    sequence,
+                    A::TYPE.to_string(),
+                    event.event_type(),
+                    event.event_version(),
+                    serde_json::to_value(event)
+                        .map_err(|error| StoreError::Corrupt(error.to_string()))?,
+                    metadata.clone(),
+                ))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let persisted = match &self.store.inner.writer {
+            Writer::Postgres(postgres) => postgres.persist::<A>(&serialized, None).await,
+            Writer::Sqlite(sqlite) => sqlite.persist::<A>(&serialized, None).await,
+        };
+        match persisted {
+            Ok(()) => {
+                let new_version = version + events.len() as u64;
+                self.remember(aggregate_id, &aggregate, new_version);
+                self.store.notify_commit();
+                Ok(Committed {
+                    version: new_version,
+                    appended: events.len(),
+                })
+            }
+            Err(error) => {
+                // The cached state may be behind what won the race; forget it so the next load rereads.
+                self.cache
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .pop(aggregate_id);
+                Err(CommandError::from(from_persistence(
+                    error,
+                    A::TYPE,
+                    aggregate_id,
+                )))
+            }
+        }
+    }
+
+    /// Forgets every cached aggregate (for tests and benchmarks that measure cold loads).
+    pub fn clear_cache(&self) {
+        self.cache
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clear();
+    }
+
+    fn remember(&self, aggregate_id: &str, aggregate: &A, version: u64) {
+        let mut cache = self
+            .cache
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Never replace newer state with older (two loads may race).
+        if cache
+            .peek(aggregate_id)
+            .is_some_and(|(_, cached)| *cached >= version)
+        {
+            return;
+        }
+        cache.put(aggregate_id.to_string(), (aggregate.clone(), version));
+    }
+
+    async fn events_after(
+        &self,
+        aggregate_id: &str,
+        version: u64,
+    ) -> Result<Vec<SerializedEvent>, StoreError> {
+        match (&self.store.inner.writer, &self.store.inner.backend) {
+            // postgres-es formats the sequence into the SQL text, so every version would prepare a new statement;
+            // this query binds it and stays prepared.
+            (Writer::Postgres(_), Backend::Postgres(pool)) => {
+                crate::postgres::events_after(pool, A::TYPE, aggregate_id, version).await
+            }
+            (Writer::Sqlite(sqlite), _) => sqlite
+                .get_last_events::<A>(aggregate_id, version as usize)
+                .await
+                .map_err(|error| from_persistence(error, A::TYPE, aggregate_id)),
+            (Writer::Postgres(postgres), Backend::Sqlite(_)) => postgres
+                .get_last_events::<A>(aggregate_id, version as usize)
+                .await
+                .map_err(|error| from_persistence(error, A::TYPE, aggregate_id)),
+        }
+    }
+}

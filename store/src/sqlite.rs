@@ -1,0 +1,204 @@
+//! The embedded backend: an event repository for SQLite speaking cqrs-es's `PersistedEventRepository`, the same
+//! trait postgres-es implements, and its side of the global log.
+//!
+//! SQLite lets one writer in at a time and a position is assigned inside the write lock, so commit order is
+//! position order and `position > last_seen` never skips.
+
+use chrono::{DateTime, Utc};
+use cqrs_es::persist::{
+    PersistedEventRepository, PersistenceError, ReplayStream, SerializedEvent, SerializedSnapshot,
+};
+use cqrs_es::Aggregate;
+use serde_json::Value;
+use sqlx::sqlite::SqliteRow;
+use sqlx::{Row, SqlitePool};
+
+use crate::{Cursor, RecordedEvent, StoreError};
+
+/// Events in an SQLite file, with optimistic concurrency on `(aggregate_type, aggregate_id, sequence)`.
+#[derive(Debug, Clone)]
+pub struct SqliteEventRepository {
+    pool: SqlitePool,
+}
+
+const SELECT_EVENTS: &str = "
+SELECT aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata
+  FROM events WHERE aggregate_type = ? AND aggregate_id = ? AND sequence > ? ORDER BY sequence";
+
+const INSERT_EVENT: &str = "
+INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+VALUES (?, ?, ?, ?, ?, ?, ?)";
+
+impl SqliteEventRepository {
+    /// A repository over `pool`, whose database has been migrated.
+    pub fn new(pool: SqlitePool) -> Self {
+        Self { pool }
+    }
+
+    async fn select<A: Aggregate>(
+        &self,
+        aggregate_id: &str,
+        after: usize,
+    ) -> Result<Vec<SerializedEvent>, PersistenceError> {
+        let rows = sqlx::query(SELECT_EVENTS)
+            .bind(A::TYPE)
+            .bind(aggregate_id)
+            .bind(i64::try_from(after).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(persistence_error)?;
+        rows.iter().map(decode).collect()
+    }
+}
+
+fn persistence_error(error: sqlx::Error) -> PersistenceError {
+    if let sqlx::Error::Database(db) = &error {
+        // SQLITE_CONSTRAINT_UNIQUE (2067) and SQLITE_CONSTRAINT_PRIMARYKEY (1555).
+        if matches!(db.code().as_deref(), Some("2067" | "1555")) {
+            return PersistenceError::OptimisticLockError;
+        }
+    }
+    match error {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => {
+            PersistenceError::ConnectionError(Box::new(error))
+        }
+        other => PersistenceError::UnknownError(Box::new(other)),
+    }
+}
+
+fn decode(row: &SqliteRow) -> Result<SerializedEvent, PersistenceError> {
+    let text = |name: &str| row.try_get::<String, _>(name).map_err(persistence_error);
+    let sequence: i64 = row.try_get("sequence").map_err(persistence_error)?;
+    Ok(SerializedEvent::new(
+        text("aggregate_id")?,
+        usize::try_from(sequence)
+            .map_err(|error| PersistenceError::DeserializationError(Box::new(error)))?,
+        text("aggregate_type")?,
+        text("event_type")?,
+        text("event_version")?,
+        serde_json::from_str(&text("payload")?)?,
+        serde_json::from_str(&text("metadata")?)?,
+    ))
+}
+
+impl PersistedEventRepository for SqliteEventRepository {
+    async fn get_events<A: Aggregate>(
+        &self,
+        aggregate_id: &str,
+    ) -> Result<Vec<SerializedEvent>, PersistenceError> {
+        self.select::<A>(aggregate_id, 0).await
+    }
+
+    async fn get_last_events<A: Aggregate>(
+        &self,
+        aggregate_id: &str,
+        last_sequence: usize,
+    ) -> Result<Vec<SerializedEvent>, PersistenceError> {
+        self.select::<A>(aggregate_id, last_sequence).await
+    }
+
+    async fn get_snapshot<A: Aggregate>(
+        &self,
+        _aggregate_id: &str,
+    ) -> Result<Option<SerializedSnapshot>, PersistenceError> {
+        // Gatehouse does not use cqrs-es snapshots (see docs/adr/0003-aggregate-cache.md).
+        Ok(None)
+    }
+
+    async fn persist<A: Aggregate>(
+        &self,
+        events: &[SerializedEvent],
+        _snapshot_update: Option<(String, Value, usize)>,
+    ) -> Result<(), PersistenceError> {
+        let mut transaction = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(persistence_error)?;
+        for event in events {
+            sqlx::query(INSERT_EVENT)
+                .bind(A::TYPE)
+                .bind(&event.aggregate_id)
+                .bind(i64::try_from(event.sequence).unwrap_or(i64::MAX))
+                .bind(&event.event_type)
+                .bind(&event.event_version)
+                .bind(event.payload.to_string())
+                .bind(event.metadata.to_string())
+                .execute(&mut *transaction)
+                .await
+                .map_err(persistence_error)?;
+        }
+        transaction.commit().await.map_err(persistence_error)
+    }
+
+    async fn stream_events<A: Aggregate>(
+        &self,
+        aggregate_id: &str,
+    ) -> Result<ReplayStream, PersistenceError> {
+        stream(self.get_events::<A>(aggregate_id).await?).await
+    }
+
+    async fn stream_all_events<A: Aggregate>(&self) -> Result<ReplayStream, PersistenceError> {
+        let rows = sqlx::query(
+            "SELECT aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata
+               FROM events WHERE aggregate_type = ? ORDER BY position",
+        )
+        .bind(A::TYPE)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(persistence_error)?;
+        stream(rows.iter().map(decode).collect::<Result<_, _>>()?).await
+    }
+}
+
+async fn stream(events: Vec<SerializedEvent>) -> Result<ReplayStream, PersistenceError> {
+    let (mut feed, stream) = ReplayStream::new(events.len().max(1));
+    for event in events {
+        if feed.push(Ok(event)).await.is_err() {
+            break;
+        }
+    }
+    Ok(stream)
+}
+
+pub(crate) async fn read_global(
+    pool: &SqlitePool,
+    after: Cursor,
+    limit: i64,
+) -> Result<Vec<RecordedEvent>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT position, aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, recorded_at
+           FROM events WHERE position > ? ORDER BY position LIMIT ?",
+    )
+    .bind(after.position)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let sequence: i64 = row.try_get("sequence")?;
+            let recorded_at: String = row.try_get("recorded_at")?;
+            let json = |name: &str| -> Result<Value, StoreError> {
+                let text: String = row.try_get(name)?;
+                serde_json::from_str(&text)
+                    .map_err(|error| StoreError::Corrupt(format!("{name}: {error}")))
+            };
+            Ok(RecordedEvent {
+                cursor: Cursor::new(0, row.try_get("position")?),
+                aggregate_type: row.try_get("aggregate_type")?,
+                aggregate_id: row.try_get("aggregate_id")?,
+                sequence: u64::try_from(sequence)
+                    .map_err(|_| StoreError::Corrupt(format!("sequence {sequence}")))?,
+                event_type: row.try_get("event_type")?,
+                event_version: row.try_get("event_version")?,
+                payload: json("payload")?,
+                metadata: json("metadata")?,
+                recorded_at: DateTime::parse_from_rfc3339(&recorded_at)
+                    .map(|time| time.with_timezone(&Utc))
+                    .map_err(|error| {
+                        StoreError::Corrupt(format!("recorded_at {recorded_at}: {error}"))
+                    })?,
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,388 @@
+//! Opening the store, migrating it, and reading the global log.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{AnyPool, ConnectOptions, Executor, PgPool, SqlitePool};
+use tokio::sync::watch;
+
+use crate::{Cursor, StoreError};
+
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/postgres");
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/sqlite");
+
+/// How to reach the store.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// `postgres://…` or `sqlite://PATH`; `None` means the embedded file `gatehouse.db` in `data_dir`.
+    pub database_url: Option<String>,
+    /// Where the embedded database (and other local state) lives.
+    pub data_dir: PathBuf,
+    /// Upper bound on pooled connections.
+    pub max_connections: u32,
+    /// How long a caller waits for a pooled connection before the store counts as unavailable.
+    pub acquire_timeout: Duration,
+    /// How many aggregates the in-memory aggregate cache keeps.
+    pub aggregate_cache_capacity: usize,
+}
+
+impl StoreConfig {
+    /// The embedded default in `data_dir`.
+    pub fn embedded(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            database_url: None,
+            data_dir: data_dir.into(),
+            max_connections: 16,
+            acquire_timeout: Duration::from_secs(5),
+            aggregate_cache_capacity: 10_000,
+        }
+    }
+
+    /// A PostgreSQL (or explicit SQLite) database at `url`.
+    pub fn url(url: impl Into<String>) -> Self {
+        Self {
+            database_url: Some(url.into()),
+            ..Self::embedded("data")
+        }
+    }
+}
+
+/// The native pool of the chosen backend.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// PostgreSQL, through postgres-es for writes.
+    Postgres(PgPool),
+    /// The embedded SQLite file.
+    Sqlite(SqlitePool),
+}
+
+/// One event as the global log returns it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordedEvent {
+    /// Where this event stands in the global log; reading after it continues past this event.
+    pub cursor: Cursor,
+    /// The aggregate's type (`Aggregate::TYPE`).
+    pub aggregate_type: String,
+    /// The aggregate's id.
+    pub aggregate_id: String,
+    /// 1 for the aggregate's first event, then consecutive.
+    pub sequence: u64,
+    /// The event's stored type name.
+    pub event_type: String,
+    /// The event's schema version.
+    pub event_version: String,
+    /// The event as stored.
+    pub payload: serde_json::Value,
+    /// Actor, request, correlation and causation ids, time.
+    pub metadata: serde_json::Value,
+    /// When the database recorded it.
+    pub recorded_at: DateTime<Utc>,
+}
+
+/// The cqrs-es event repository of the chosen backend: postgres-es, or ours for SQLite.
+pub(crate) enum Writer {
+    Postgres(postgres_es::PostgresEventRepository),
+    Sqlite(crate::SqliteEventRepository),
+}
+
+/// A handle on the event store; cheap to clone.
+#[derive(Clone)]
+pub struct EventStore {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) backend: Backend,
+    pub(crate) read_models: AnyPool,
+    pub(crate) writer: Writer,
+    pub(crate) commits: watch::Sender<u64>,
+    pub(crate) aggregate_cache_capacity: usize,
+}
+
+impl EventStore {
+    /// Connects to the configured backend. Does not migrate; see [`EventStore::migrate`] and
+    /// [`EventStore::check_schema`].
+    pub async fn open(config: &StoreConfig) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let url = match &config.database_url {
+            Some(url) if !url.trim().is_empty() => url.trim().to_string(),
+            _ => {
+                std::fs::create_dir_all(&config.data_dir).map_err(|error| {
+                    StoreError::InvalidUrl(format!(
+                        "cannot create data directory {}: {error}",
+                        config.data_dir.display()
+                    ))
+                })?;
+                format!(
+                    "sqlite://{}",
+                    config.data_dir.join("gatehouse.db").display()
+                )
+            }
+        };
+        let (backend, any_options) =
+            if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+                let options = PgConnectOptions::from_str(&url)
+                    .map_err(|error| StoreError::InvalidUrl(redact(&error.to_string())))?
+                    .application_name("gatehouse");
+                let pool = PgPoolOptions::new()
+                    .max_connections(config.max_connections)
+                    .acquire_timeout(config.acquire_timeout)
+                    .connect_with(options.clone())
+                    .await
+                    .map_err(StoreError::from)?;
+                let any = AnyConnectOptions::from_url(&options.to_url_lossy())
+                    .map_err(|e| StoreError::InvalidUrl(redact(&e.to_string())))?;
+                (Backend::Postgres(pool), any)
+            } else if let Some(path) = url
+                .strip_prefix("sqlite://")
+                .or_else(|| url.strip_prefix("sqlite:"))
+            {
+                if path.is_empty() {
+                    return Err(StoreError::InvalidUrl("sqlite URL names no file".into()));
+                }
+                let options = SqliteConnectOptions::new()
+                    .filename(path)
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Full)
+                    .busy_timeout(Duration::from_secs(10))
+                    .foreign_keys(true);
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(config.max_connections.max(2))
+                    .acquire_timeout(config.acquire_timeout)
+                    .connect_with(options.clone())
+                    .await
+                    .map_err(|error| match error {
+                        sqlx::Error::Database(_) | sqlx::Error::Io(_) => StoreError::InvalidUrl(
+                            format!("cannot open embedded database {path}: {error}"),
+                        ),
+                        other => StoreError::from(other),
+                    })?;
+                let any = AnyConnectOptions::from_url(&options.to_url_lossy())
+                    .map_err(|e| StoreError::InvalidUrl(e.to_string()))?;
+                (Backend::Sqlite(pool), any)
+            } else {
+                return Err(StoreError::InvalidUrl(
+                    "expected postgres://…, postgresql://… or sqlite://PATH".into(),
+                ));
+            };
+        let is_sqlite = matches!(backend, Backend::Sqlite(_));
+        let read_models = AnyPoolOptions::new()
+            .max_connections(config.max_connections.max(2))
+            .acquire_timeout(config.acquire_timeout)
+            .after_connect(move |connection, _| {
+                Box::pin(async move {
+                    if is_sqlite {
+                        connection
+                            .execute("PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL;")
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_lazy_with(any_options);
+        let writer = match &backend {
+            Backend::Postgres(pool) => {
+                Writer::Postgres(postgres_es::PostgresEventRepository::new(pool.clone()))
+            }
+            Backend::Sqlite(pool) => {
+                Writer::Sqlite(crate::SqliteEventRepository::new(pool.clone()))
+            }
+        };
+        let (commits, _) = watch::channel(0);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                backend,
+                read_models,
+                writer,
+                commits,
+                aggregate_cache_capacity: config.aggregate_cache_capacity.max(1),
+            }),
+        })
+    }
+
+    /// `"postgres"` or `"sqlite"`.
+    pub fn backend_name(&self) -> &'static str {
+        match self.inner.backend {
+            Backend::Postgres(_) => "postgres",
+            Backend::Sqlite(_) => "sqlite",
+        }
+    }
+
+    /// The native pool.
+    pub fn backend(&self) -> &Backend {
+        &self.inner.backend
+    }
+
+    /// A pool over the same database for read models, usable with one SQL text on both backends
+    /// (write placeholders as `$1, $2, …` in order of first appearance).
+    pub fn read_models(&self) -> &AnyPool {
+        &self.inner.read_models
+    }
+
+    /// Applies every migration this binary knows.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        let result = match &self.inner.backend {
+            Backend::Postgres(pool) => POSTGRES_MIGRATIONS.run(pool).await,
+            Backend::Sqlite(pool) => SQLITE_MIGRATIONS.run(pool).await,
+        };
+        result.map_err(|error| match error {
+            sqlx::migrate::MigrateError::VersionMissing(version) => StoreError::SchemaTooNew {
+                database: version,
+                binary: self.binary_schema_version(),
+            },
+            sqlx::migrate::MigrateError::Execute(inner) => StoreError::from(inner),
+            other => StoreError::Migrate(other),
+        })
+    }
+
+    fn migrator(&self) -> &'static Migrator {
+        match self.inner.backend {
+            Backend::Postgres(_) => &POSTGRES_MIGRATIONS,
+            Backend::Sqlite(_) => &SQLITE_MIGRATIONS,
+        }
+    }
+
+    fn binary_schema_version(&self) -> i64 {
+        self.migrator()
+            .iter()
+            .map(|migration| migration.version)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Fails unless the database holds exactly the schema this binary expects.
+    pub async fn check_schema(&self) -> Result<(), StoreError> {
+        let binary = self.binary_schema_version();
+        const APPLIED: &str = "SELECT version, success FROM _sqlx_migrations ORDER BY version";
+        let applied: Result<Vec<(i64, bool)>, sqlx::Error> = match &self.inner.backend {
+            Backend::Postgres(pool) => sqlx::query_as(APPLIED).fetch_all(pool).await,
+            Backend::Sqlite(pool) => sqlx::query_as(APPLIED).fetch_all(pool).await,
+        };
+        let applied = match applied {
+            Ok(rows) => rows,
+            Err(sqlx::Error::Database(_)) => return Err(StoreError::SchemaNotMigrated),
+            Err(other) => return Err(StoreError::from(other)),
+        };
+        if let Some(&(database, _)) = applied.last() {
+            if database > binary {
+                return Err(StoreError::SchemaTooNew { database, binary });
+            }
+        }
+        let complete = applied.iter().all(|(_, success)| *success)
+            && self.migrator().iter().all(|migration| {
+                applied
+                    .iter()
+                    .any(|(version, _)| *version == migration.version)
+            });
+        if complete {
+            Ok(())
+        } else {
+            Err(StoreError::SchemaNotMigrated)
+        }
+    }
+
+    /// Succeeds when the database answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        match &self.inner.backend {
+            Backend::Postgres(pool) => sqlx::query("SELECT 1").execute(pool).await.map(drop),
+            Backend::Sqlite(pool) => sqlx::query("SELECT 1").execute(pool).await.map(drop),
+        }
+        .map_err(StoreError::from)
+    }
+
+    /// A counter that moves whenever this process commits events; projectors wait on it instead of polling.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.inner.commits.subscribe()
+    }
+
+    pub(crate) fn notify_commit(&self) {
+        self.inner
+            .commits
+            .send_modify(|count| *count = count.wrapping_add(1));
+    }
+
+    /// Up to `limit` events after `after`, in the global order.
+    ///
+    /// The order is total and stable, and a reader that always continues from the last cursor it got sees every
+    /// committed event exactly once. On PostgreSQL an event becomes readable only when every transaction that
+    /// started writing before it has ended, so a transaction that commits late is never skipped: the reader waits
+    /// for it. (A long transaction anywhere on the cluster therefore delays readers; projection lag shows it.)
+    pub async fn read_global(
+        &self,
+        after: Cursor,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let limit = i64::try_from(limit.clamp(1, 10_000)).unwrap_or(10_000);
+        match &self.inner.backend {
+            Backend::Postgres(pool) => crate::postgres::read_global(pool, after, limit).await,
+            Backend::Sqlite(pool) => crate::sqlite::read_global(pool, after, limit).await,
+        }
+    }
+
+    /// How many events the log holds.
+    pub async fn count_events(&self) -> Result<u64, StoreError> {
+        let count: i64 = match &self.inner.backend {
+            Backend::Postgres(pool) => {
+                sqlx::query_scalar("SELECT count(*) FROM events")
+                    .fetch_one(pool)
+                    .await?
+            }
+            Backend::Sqlite(pool) => {
+                sqlx::query_scalar("SELECT count(*) FROM events")
+                    .fetch_one(pool)
+                    .await?
+            }
+        };
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
+    /// Closes every pooled connection.
+    pub async fn close(&self) {
+        match &self.inner.backend {
+            Backend::Postgres(pool) => pool.close().await,
+            Backend::Sqlite(pool) => pool.close().await,
+        }
+        self.inner.read_models.close().await;
+    }
+}
+
+/// Removes a password from an error message that may quote a URL.
+fn redact(message: &str) -> String {
+    match (message.find("://"), message.find('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &message[scheme + 3..at];
+            match credentials.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &message[..scheme + 3],
+                    &credentials[..colon],
+                    &message[at..]
+                ),
+                None => message.to_string(),
+            }
+        }
+        _ => message.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn passwords_are_redacted_from_url_errors() {
+        assert_eq!(
+            redact("bad postgres://u:secret@host/db"),
+            "bad postgres://u:***@host/db"
+        );
+        assert_eq!(redact("no url here"), "no url here");
+    }
+}
