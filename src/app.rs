@@ -33,57 +33,35 @@ impl Application {
     /// Opens the store, migrates it (or checks it is current), bootstraps the admin, starts the projector and binds
     /// `settings.listen` (port 0 picks a free port; see [`Application::port`]).
     pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
-        let store = EventStore::open(&settings.store())
-            .await
-            .context("cannot open the event store")?;
+        let store = EventStore::open(&settings.store()).await.context("cannot open the event store")?;
         if settings.migrate_on_start {
-            store
-                .migrate()
-                .await
-                .context("cannot migrate the event store")?;
+            store.migrate().await.context("cannot migrate the event store")?;
         }
-        store
-            .check_schema()
-            .await
-            .context("the event store is not usable")?;
+        store.check_schema().await.context("the event store is not usable")?;
         tracing::info!(backend = store.backend_name(), "event store open");
 
         if let Some(admin) = &settings.bootstrap_admin {
-            let email = Email::parse(admin)
-                .with_context(|| format!("bootstrap_admin {admin:?} is not an email address"))?;
+            let email =
+                Email::parse(admin).with_context(|| format!("bootstrap_admin {admin:?} is not an email address"))?;
             let roster = AggregateRepository::<Roster>::new(store.clone(), ());
             roster
-                .execute(
-                    ROSTER_ID,
-                    RosterCommand::Bootstrap { email },
-                    &EventMetadata::system("bootstrap"),
-                )
+                .execute(ROSTER_ID, RosterCommand::Bootstrap { email }, &EventMetadata::system("bootstrap"))
                 .await
                 .with_context(|| format!("cannot bootstrap the admin ({})", Roster::TYPE))?;
         }
 
         let registry = prometheus::Registry::new_custom(None, None).context("metrics registry")?;
-        let projector = Projector::new(
-            store.clone(),
-            projections::all(),
-            settings.projector(),
-            &registry,
-        )
-        .context("projector metrics")?;
+        let projector = Projector::new(store.clone(), projections::all(), settings.projector(), &registry)
+            .context("projector metrics")?;
         let status = projector.status();
         let shutdown = CancellationToken::new();
         let projector = tokio::spawn(projector.run(shutdown.clone()));
 
         let draining = Arc::new(AtomicBool::new(false));
         let http_metrics = api::HttpMetrics::register(&registry).context("http metrics")?;
-        let state = api::AppState {
-            store: store.clone(),
-            projections: status,
-            registry,
-            draining: draining.clone(),
-        };
-        let listener = TcpListener::bind(&settings.listen)
-            .with_context(|| format!("cannot listen on {}", settings.listen))?;
+        let state = api::AppState { store: store.clone(), projections: status, registry, draining: draining.clone() };
+        let listener =
+            TcpListener::bind(&settings.listen).with_context(|| format!("cannot listen on {}", settings.listen))?;
         let port = listener.local_addr().context("listener address")?.port();
         let server = HttpServer::new(move || {
             let metrics = http_metrics.clone();
@@ -95,19 +73,10 @@ impl Application {
                     let response = service.call(request);
                     async move {
                         let response = response.await?;
-                        let route = response
-                            .request()
-                            .match_pattern()
-                            .unwrap_or_else(|| "unmatched".into());
+                        let route = response.request().match_pattern().unwrap_or_else(|| "unmatched".into());
                         let status = response.status().as_u16().to_string();
-                        metrics
-                            .requests
-                            .with_label_values(&[&method, &route, &status])
-                            .inc();
-                        metrics
-                            .duration
-                            .with_label_values(&[&method, &route])
-                            .observe(started.elapsed().as_secs_f64());
+                        metrics.requests.with_label_values(&[&method, &route, &status]).inc();
+                        metrics.duration.with_label_values(&[&method, &route]).observe(started.elapsed().as_secs_f64());
                         Ok(response)
                     }
                 })
@@ -120,15 +89,7 @@ impl Application {
         .run();
         let handle = server.handle();
         tracing::info!(port, "listening");
-        Ok(Self {
-            port,
-            server,
-            handle,
-            projector,
-            shutdown,
-            draining,
-            store,
-        })
+        Ok(Self { port, server, handle, projector, shutdown, draining, store })
     }
 
     /// The bound port.
@@ -138,10 +99,7 @@ impl Application {
 
     /// A handle that stops the service gracefully, as SIGTERM does.
     pub fn stopper(&self) -> Stopper {
-        Stopper {
-            handle: self.handle.clone(),
-            draining: self.draining.clone(),
-        }
+        Stopper { handle: self.handle.clone(), draining: self.draining.clone() }
     }
 
     /// Serves until SIGTERM or SIGINT (or a [`Stopper`]), then drains: readiness turns off, in-flight requests
@@ -156,10 +114,7 @@ impl Application {
         let served = self.server.await.context("HTTP server failed");
         signals.abort();
         self.shutdown.cancel();
-        if tokio::time::timeout(Duration::from_secs(10), self.projector)
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(Duration::from_secs(10), self.projector).await.is_err() {
             tracing::warn!("projector did not stop within 10 s");
         }
         self.store.close().await;
@@ -187,10 +142,7 @@ async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) {
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
             (Ok(mut terminate), Ok(mut interrupt)) => {
                 tokio::select! {
                     _ = terminate.recv() => {}

@@ -55,10 +55,7 @@ fn main() -> ExitCode {
         }
     };
     telemetry::init(&settings.log, settings.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("gatehouse: cannot start the runtime: {error}");
@@ -69,12 +66,8 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve => serve(settings).await,
             Command::Migrate => migrate(settings).await,
-            Command::Projections {
-                command: ProjectionsCommand::List,
-            } => list_projections(settings).await,
-            Command::Projections {
-                command: ProjectionsCommand::Rebuild { name },
-            } => rebuild(settings, &name).await,
+            Command::Projections { command: ProjectionsCommand::List } => list_projections(settings).await,
+            Command::Projections { command: ProjectionsCommand::Rebuild { name } } => rebuild(settings, &name).await,
         }
     });
     match result {
@@ -92,9 +85,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
 }
 
 async fn open_store(settings: &Settings) -> anyhow::Result<EventStore> {
-    EventStore::open(&settings.store())
-        .await
-        .context("cannot open the event store")
+    EventStore::open(&settings.store()).await.context("cannot open the event store")
 }
 
 async fn migrate(settings: Settings) -> anyhow::Result<()> {
@@ -109,23 +100,15 @@ async fn migrate(settings: Settings) -> anyhow::Result<()> {
 async fn list_projections(settings: Settings) -> anyhow::Result<()> {
     let store = open_store(&settings).await?;
     store.check_schema().await?;
-    let checkpoints = projections::checkpoints(&store)
-        .await
-        .context("cannot read checkpoints")?;
+    let checkpoints = projections::checkpoints(&store).await.context("cannot read checkpoints")?;
     for projection in projections::all() {
-        match checkpoints
-            .iter()
-            .find(|checkpoint| checkpoint.name == projection.name())
-        {
+        match checkpoints.iter().find(|checkpoint| checkpoint.name == projection.name()) {
             Some(checkpoint) => {
                 let state = match (&checkpoint.failed_cursor, &checkpoint.last_error) {
                     (Some(at), Some(error)) => format!("FAILED at {at}: {error}"),
                     _ => "ok".into(),
                 };
-                println!(
-                    "{}\t{}\t{} events\t{state}",
-                    checkpoint.name, checkpoint.cursor, checkpoint.events_applied
-                );
+                println!("{}\t{}\t{} events\t{state}", checkpoint.name, checkpoint.cursor, checkpoint.events_applied);
             }
             None => println!("{}\t(not started)", projection.name()),
         }
@@ -157,10 +140,7 @@ async fn rebuild(settings: Settings, name: &str) -> anyhow::Result<()> {
     .await
     .with_context(|| format!("rebuild of {name} failed; the old tables are still in use"))?;
     bar.finish_and_clear();
-    println!(
-        "rebuilt {name}: {} events, checkpoint {}",
-        report.events, report.cursor
-    );
+    println!("rebuilt {name}: {} events, checkpoint {}", report.events, report.cursor);
     store.close().await;
     Ok(())
 }

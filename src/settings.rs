@@ -81,25 +81,17 @@ impl Settings {
         let mut figment = Figment::from(Serialized::defaults(Settings::default()));
         if let Some(file) = file {
             if !file.exists() {
-                return Err(figment::Error::from(format!(
-                    "configuration file {} does not exist",
-                    file.display()
-                )));
+                return Err(figment::Error::from(format!("configuration file {} does not exist", file.display())));
             }
             figment = figment.merge(Toml::file(file));
         }
-        figment
-            .merge(Env::prefixed("GATEHOUSE_").filter(|key| !NOT_SETTINGS.contains(&key.as_str())))
-            .extract()
+        figment.merge(Env::prefixed("GATEHOUSE_").filter(|key| !NOT_SETTINGS.contains(&key.as_str()))).extract()
     }
 
     /// The store configuration these settings describe.
     pub fn store(&self) -> store::StoreConfig {
         store::StoreConfig {
-            database_url: self
-                .database_url
-                .clone()
-                .filter(|url| !url.trim().is_empty()),
+            database_url: self.database_url.clone().filter(|url| !url.trim().is_empty()),
             data_dir: self.data_dir.clone(),
             max_connections: self.database_max_connections.max(1),
             acquire_timeout: Duration::from_secs(self.database_acquire_timeout_secs.max(1)),
@@ -124,10 +116,7 @@ mod tests {
     #[test]
     fn a_toml_file_overrides_defaults_and_unknown_keys_are_refused() {
         figment::Jail::expect_with(|jail| {
-            jail.create_file(
-                "gatehouse.toml",
-                "listen = \"0.0.0.0:9000\"\nlog_format = \"json\"",
-            )?;
+            jail.create_file("gatehouse.toml", "listen = \"0.0.0.0:9000\"\nlog_format = \"json\"")?;
             let settings = Settings::load(Some(Path::new("gatehouse.toml")))?;
             assert_eq!(settings.listen, "0.0.0.0:9000");
             assert_eq!(settings.log_format, LogFormat::Json);
@@ -135,10 +124,7 @@ mod tests {
             jail.set_env("GATEHOUSE_LISTEN", "127.0.0.1:7000");
             jail.set_env("GATEHOUSE_TEST_DATABASE_URL", "postgres://ignored");
             let settings = Settings::load(Some(Path::new("gatehouse.toml")))?;
-            assert_eq!(
-                settings.listen, "127.0.0.1:7000",
-                "the environment wins over the file"
-            );
+            assert_eq!(settings.listen, "127.0.0.1:7000", "the environment wins over the file");
 
             jail.create_file("bad.toml", "lisen = \"typo\"")?;
             assert!(Settings::load(Some(Path::new("bad.toml"))).is_err());

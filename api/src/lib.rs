@@ -35,11 +35,7 @@ pub fn configure(state: AppState) -> impl FnOnce(&mut web::ServiceConfig) {
     move |config: &mut web::ServiceConfig| {
         config
             .app_data(web::Data::new(state))
-            .app_data(
-                web::JsonConfig::default()
-                    .limit(256 * 1024)
-                    .error_handler(problem::json_error),
-            )
+            .app_data(web::JsonConfig::default().limit(256 * 1024).error_handler(problem::json_error))
             .app_data(web::PathConfig::default().error_handler(problem::path_error))
             .app_data(web::QueryConfig::default().error_handler(problem::query_error))
             .service(ops::healthz)

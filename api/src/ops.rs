@@ -13,10 +13,7 @@ use crate::{AppState, Problem, ProblemCode};
 /// The OpenAPI document, generated from the handlers' annotations.
 #[derive(OpenApi)]
 #[openapi(
-    info(
-        title = "Gatehouse API",
-        description = "System of record and gateway of the developer portal."
-    ),
+    info(title = "Gatehouse API", description = "System of record and gateway of the developer portal."),
     paths(healthz, readyz, metrics, openapi_document),
     components(schemas(Problem, ProblemCode, Health, Readiness, ProjectionReadiness))
 )]
@@ -84,12 +81,7 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
                 ProjectionState::Retrying(error) => ("retrying", Some(error)),
                 ProjectionState::Failed { error, .. } => ("failed", Some(error)),
             };
-            ProjectionReadiness {
-                name: name.to_string(),
-                state: label,
-                cursor: status.cursor,
-                error,
-            }
+            ProjectionReadiness { name: name.to_string(), state: label, cursor: status.cursor, error }
         })
         .collect();
     let ready = store && !draining && state.projections.all_caught_up();
@@ -100,11 +92,7 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         projections,
         draining,
     };
-    let mut response = if ready {
-        HttpResponse::Ok()
-    } else {
-        HttpResponse::build(StatusCode::SERVICE_UNAVAILABLE)
-    };
+    let mut response = if ready { HttpResponse::Ok() } else { HttpResponse::build(StatusCode::SERVICE_UNAVAILABLE) };
     if !ready {
         response.insert_header(("Retry-After", "2"));
     }
@@ -117,15 +105,11 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
     let encoder = prometheus::TextEncoder::new();
     let mut buffer = Vec::new();
-    encoder
-        .encode(&state.registry.gather(), &mut buffer)
-        .map_err(|error| {
-            tracing::error!(error.message = %error, "metrics encoding failed");
-            Problem::internal()
-        })?;
-    Ok(HttpResponse::Ok()
-        .content_type(encoder.format_type())
-        .body(buffer))
+    encoder.encode(&state.registry.gather(), &mut buffer).map_err(|error| {
+        tracing::error!(error.message = %error, "metrics encoding failed");
+        Problem::internal()
+    })?;
+    Ok(HttpResponse::Ok().content_type(encoder.format_type()).body(buffer))
 }
 
 /// This document.

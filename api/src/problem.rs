@@ -48,10 +48,8 @@ pub struct Problem {
 impl Problem {
     /// A problem with `status`, `code` and a title.
     pub fn new(status: StatusCode, code: ProblemCode, title: &str) -> Self {
-        let code_name = serde_json::to_value(code)
-            .ok()
-            .and_then(|value| value.as_str().map(str::to_string))
-            .unwrap_or_default();
+        let code_name =
+            serde_json::to_value(code).ok().and_then(|value| value.as_str().map(str::to_string)).unwrap_or_default();
         Self {
             kind: format!("urn:gatehouse:problem:{code_name}"),
             title: title.to_string(),
@@ -83,22 +81,14 @@ impl Problem {
 
     /// The store is unavailable: 503 with `Retry-After`.
     pub fn store_unavailable() -> Self {
-        Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ProblemCode::StoreUnavailable,
-            "The event store is unavailable",
-        )
-        .detail("Nothing was changed. Retry the request.")
-        .retry_after(2)
+        Problem::new(StatusCode::SERVICE_UNAVAILABLE, ProblemCode::StoreUnavailable, "The event store is unavailable")
+            .detail("Nothing was changed. Retry the request.")
+            .retry_after(2)
     }
 
     /// An internal error; the cause goes to the log, never to the caller.
     pub fn internal() -> Self {
-        Problem::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            ProblemCode::Internal,
-            "Internal error",
-        )
+        Problem::new(StatusCode::INTERNAL_SERVER_ERROR, ProblemCode::Internal, "Internal error")
     }
 }
 
@@ -115,10 +105,7 @@ impl ResponseError for Problem {
 
     fn error_response(&self) -> HttpResponse {
         let mut response = HttpResponse::build(self.status_code());
-        response.insert_header((
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        ));
+        response.insert_header((header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json")));
         if let Some(seconds) = self.retry_after {
             response.insert_header((header::RETRY_AFTER, seconds.to_string()));
         }
@@ -139,49 +126,29 @@ impl From<StoreError> for Problem {
 }
 
 pub(crate) async fn not_found(request: HttpRequest) -> Result<HttpResponse, Problem> {
-    Err(
-        Problem::new(StatusCode::NOT_FOUND, ProblemCode::NotFound, "Not found").detail(format!(
-            "No route for {} {}",
-            request.method(),
-            request.path()
-        )),
-    )
+    Err(Problem::new(StatusCode::NOT_FOUND, ProblemCode::NotFound, "Not found").detail(format!(
+        "No route for {} {}",
+        request.method(),
+        request.path()
+    )))
 }
 
-pub(crate) fn json_error(
-    error: actix_web::error::JsonPayloadError,
-    _: &HttpRequest,
-) -> actix_web::Error {
+pub(crate) fn json_error(error: actix_web::error::JsonPayloadError, _: &HttpRequest) -> actix_web::Error {
     let status = match &error {
         actix_web::error::JsonPayloadError::OverflowKnownLength { .. }
         | actix_web::error::JsonPayloadError::Overflow { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         actix_web::error::JsonPayloadError::ContentType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         _ => StatusCode::BAD_REQUEST,
     };
-    Problem::new(status, ProblemCode::InvalidRequest, "Invalid request body")
-        .detail(error.to_string())
-        .into()
+    Problem::new(status, ProblemCode::InvalidRequest, "Invalid request body").detail(error.to_string()).into()
 }
 
 pub(crate) fn path_error(error: actix_web::error::PathError, _: &HttpRequest) -> actix_web::Error {
-    Problem::new(
-        StatusCode::BAD_REQUEST,
-        ProblemCode::InvalidRequest,
-        "Invalid path",
-    )
-    .detail(error.to_string())
-    .into()
+    Problem::new(StatusCode::BAD_REQUEST, ProblemCode::InvalidRequest, "Invalid path").detail(error.to_string()).into()
 }
 
-pub(crate) fn query_error(
-    error: actix_web::error::QueryPayloadError,
-    _: &HttpRequest,
-) -> actix_web::Error {
-    Problem::new(
-        StatusCode::BAD_REQUEST,
-        ProblemCode::InvalidRequest,
-        "Invalid query string",
-    )
-    .detail(error.to_string())
-    .into()
+pub(crate) fn query_error(error: actix_web::error::QueryPayloadError, _: &HttpRequest) -> actix_web::Error {
+    Problem::new(StatusCode::BAD_REQUEST, ProblemCode::InvalidRequest, "Invalid query string")
+        .detail(error.to_string())
+        .into()
 }

@@ -17,8 +17,7 @@ pub use members::{MemberRow, MembersProjection, MembersQuery};
 pub use projection::{ApplyError, Projection, Tables};
 pub use rebuild::{rebuild, RebuildError, RebuildReport};
 pub use runtime::{
-    checkpoints, Checkpoint, ProjectionState, ProjectionStatus, Projector, ProjectorConfig,
-    StatusBoard,
+    checkpoints, Checkpoint, ProjectionState, ProjectionStatus, Projector, ProjectorConfig, StatusBoard,
 };
 
 /// Every projection this service runs, in one place so `serve` and `projections rebuild` agree.

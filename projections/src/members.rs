@@ -34,16 +34,10 @@ impl Projection for MembersProjection {
             return Ok(());
         }
         let members = tables.name("members");
-        let at = event
-            .recorded_at
-            .to_rfc3339_opts(SecondsFormat::Micros, true);
+        let at = event.recorded_at.to_rfc3339_opts(SecondsFormat::Micros, true);
         let version = i64::try_from(event.sequence).unwrap_or(i64::MAX);
         match decode::<RosterEvent>(event)? {
-            RosterEvent::MemberInvited {
-                email,
-                role,
-                invited_by,
-            } => {
+            RosterEvent::MemberInvited { email, role, invited_by } => {
                 let sql = format!(
                     "INSERT INTO {members} (email, role, status, invited_by, invited_at, updated_at, version)
                      VALUES ($1, $2, 'pending', $3, $4, $4, $5)
@@ -51,28 +45,13 @@ impl Projection for MembersProjection {
                        invited_by = excluded.invited_by, invited_at = excluded.invited_at,
                        updated_at = excluded.updated_at, version = excluded.version"
                 );
-                let query = sqlx::query(&sql)
-                    .bind(email.to_string())
-                    .bind(role.as_str());
-                connection
-                    .execute(
-                        query
-                            .bind(invited_by.map(String::from))
-                            .bind(at)
-                            .bind(version),
-                    )
-                    .await?;
+                let query = sqlx::query(&sql).bind(email.to_string()).bind(role.as_str());
+                connection.execute(query.bind(invited_by.map(String::from)).bind(at).bind(version)).await?;
             }
             RosterEvent::MemberActivated { email } => {
-                let sql = format!("UPDATE {members} SET status = 'active', updated_at = $2, version = $3 WHERE email = $1");
-                connection
-                    .execute(
-                        sqlx::query(&sql)
-                            .bind(email.to_string())
-                            .bind(at)
-                            .bind(version),
-                    )
-                    .await?;
+                let sql =
+                    format!("UPDATE {members} SET status = 'active', updated_at = $2, version = $3 WHERE email = $1");
+                connection.execute(sqlx::query(&sql).bind(email.to_string()).bind(at).bind(version)).await?;
             }
             RosterEvent::MemberRoleChanged { email, to, .. } => {
                 let sql = format!("UPDATE {members} SET role = $2, updated_at = $3, version = $4 WHERE email = $1");
@@ -81,9 +60,7 @@ impl Projection for MembersProjection {
             }
             RosterEvent::MemberRemoved { email, .. } => {
                 let sql = format!("DELETE FROM {members} WHERE email = $1");
-                connection
-                    .execute(sqlx::query(&sql).bind(email.to_string()))
-                    .await?;
+                connection.execute(sqlx::query(&sql).bind(email.to_string())).await?;
             }
         }
         Ok(())
@@ -133,11 +110,7 @@ impl MembersQuery {
     }
 
     /// Members in address order, after `after` (keyset pagination), at most `limit`.
-    pub async fn list(
-        &self,
-        after: Option<&str>,
-        limit: i64,
-    ) -> Result<Vec<MemberRow>, sqlx::Error> {
+    pub async fn list(&self, after: Option<&str>, limit: i64) -> Result<Vec<MemberRow>, sqlx::Error> {
         let rows = sqlx::query(
             "SELECT email, role, status, invited_by, invited_at, updated_at, version FROM members
               WHERE email > $1 ORDER BY email LIMIT $2",

@@ -60,13 +60,7 @@ impl Tables {
 
     /// Every table of `projection` under `{name}{suffix}`.
     pub(crate) fn with_suffix(projection: &dyn Projection, suffix: &str) -> Self {
-        Self {
-            renamed: projection
-                .tables()
-                .iter()
-                .map(|table| (*table, format!("{table}{suffix}")))
-                .collect(),
-        }
+        Self { renamed: projection.tables().iter().map(|table| (*table, format!("{table}{suffix}"))).collect() }
     }
 
     /// The physical name of `table`.
@@ -76,9 +70,7 @@ impl Tables {
 }
 
 /// Decodes a stored payload into a domain event, or explains why it is poison.
-pub(crate) fn decode<E: serde::de::DeserializeOwned>(
-    event: &RecordedEvent,
-) -> Result<E, ApplyError> {
+pub(crate) fn decode<E: serde::de::DeserializeOwned>(event: &RecordedEvent) -> Result<E, ApplyError> {
     serde_json::from_value(event.payload.clone()).map_err(|error| ApplyError::Decode {
         event_type: event.event_type.clone(),
         event_version: event.event_version.clone(),

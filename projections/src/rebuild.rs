@@ -50,10 +50,7 @@ impl From<BatchError> for RebuildError {
     fn from(error: BatchError) -> Self {
         match error {
             BatchError::Unavailable(error) => RebuildError::Store(error),
-            BatchError::Poison { cursor, error } => RebuildError::Poison {
-                cursor: cursor.to_string(),
-                error,
-            },
+            BatchError::Poison { cursor, error } => RebuildError::Poison { cursor: cursor.to_string(), error },
         }
     }
 }
@@ -116,30 +113,18 @@ pub async fn rebuild(
     .execute(&mut *transaction)
     .await?;
     transaction.commit().await?;
-    Ok(RebuildReport {
-        events: done,
-        cursor: cursor.to_string(),
-    })
+    Ok(RebuildReport { events: done, cursor: cursor.to_string() })
 }
 
 /// Creates empty copies of the projection's tables (with their keys and indexes), replacing leftovers of an
 /// interrupted rebuild.
-async fn create_shadow_tables(
-    store: &EventStore,
-    projection: &dyn Projection,
-) -> Result<(), RebuildError> {
+async fn create_shadow_tables(store: &EventStore, projection: &dyn Projection) -> Result<(), RebuildError> {
     let mut connection = store.read_models().acquire().await?;
     for table in projection.tables() {
         let shadow = format!("{table}{SUFFIX}");
-        connection
-            .execute(&*format!("DROP TABLE IF EXISTS {shadow}"))
-            .await?;
+        connection.execute(&*format!("DROP TABLE IF EXISTS {shadow}")).await?;
         if store.backend_name() == "postgres" {
-            connection
-                .execute(&*format!(
-                    "CREATE TABLE {shadow} (LIKE {table} INCLUDING ALL)"
-                ))
-                .await?;
+            connection.execute(&*format!("CREATE TABLE {shadow} (LIKE {table} INCLUDING ALL)")).await?;
         } else {
             for (kind, name, sql) in sqlite_schema(&mut connection, table).await? {
                 let renamed = if kind == "table" {
@@ -168,9 +153,7 @@ async fn swap_tables(
         let shadow = format!("{table}{SUFFIX}");
         if store.backend_name() == "postgres" {
             connection.execute(&*format!("DROP TABLE {table}")).await?;
-            connection
-                .execute(&*format!("ALTER TABLE {shadow} RENAME TO {table}"))
-                .await?;
+            connection.execute(&*format!("ALTER TABLE {shadow} RENAME TO {table}")).await?;
         } else {
             let indexes: Vec<(String, String)> = sqlite_schema(connection, table)
                 .await?
@@ -179,14 +162,10 @@ async fn swap_tables(
                 .map(|(_, name, sql)| (name, sql))
                 .collect();
             connection.execute(&*format!("DROP TABLE {table}")).await?;
-            connection
-                .execute(&*format!("ALTER TABLE {shadow} RENAME TO {table}"))
-                .await?;
+            connection.execute(&*format!("ALTER TABLE {shadow} RENAME TO {table}")).await?;
             // SQLite cannot rename indexes: give the new table its indexes under their original names.
             for (name, sql) in indexes {
-                connection
-                    .execute(&*format!("DROP INDEX IF EXISTS {name}{SUFFIX}"))
-                    .await?;
+                connection.execute(&*format!("DROP INDEX IF EXISTS {name}{SUFFIX}")).await?;
                 connection.execute(&*sql).await?;
             }
         }
@@ -201,19 +180,13 @@ async fn sqlite_schema(
 ) -> Result<Vec<(String, String, String)>, RebuildError> {
     let rows = connection
         .fetch_all(
-            sqlx::query("SELECT type, name, sql FROM sqlite_master WHERE tbl_name = $1 AND sql IS NOT NULL ORDER BY type DESC")
-                .bind(table),
+            sqlx::query(
+                "SELECT type, name, sql FROM sqlite_master WHERE tbl_name = $1 AND sql IS NOT NULL ORDER BY type DESC",
+            )
+            .bind(table),
         )
         .await?;
-    rows.iter()
-        .map(|row| {
-            Ok((
-                row.try_get("type")?,
-                row.try_get("name")?,
-                row.try_get("sql")?,
-            ))
-        })
-        .collect()
+    rows.iter().map(|row| Ok((row.try_get("type")?, row.try_get("name")?, row.try_get("sql")?))).collect()
 }
 
 fn rename_first(sql: &str, from: &str, to: &str) -> String {

@@ -25,11 +25,7 @@ pub struct ProjectorConfig {
 
 impl Default for ProjectorConfig {
     fn default() -> Self {
-        Self {
-            batch_size: 500,
-            poll_interval: Duration::from_millis(200),
-            retry_delay: Duration::from_secs(1),
-        }
+        Self { batch_size: 500, poll_interval: Duration::from_millis(200), retry_delay: Duration::from_secs(1) }
     }
 }
 
@@ -69,32 +65,20 @@ pub struct StatusBoard {
 impl StatusBoard {
     /// A snapshot of every projection's status.
     pub fn snapshot(&self) -> BTreeMap<&'static str, ProjectionStatus> {
-        self.inner
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
+        self.inner.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
     }
 
     /// True when every projection has applied everything it could read.
     pub fn all_caught_up(&self) -> bool {
         let statuses = self.snapshot();
-        !statuses.is_empty()
-            && statuses
-                .values()
-                .all(|status| status.state == ProjectionState::CaughtUp)
+        !statuses.is_empty() && statuses.values().all(|status| status.state == ProjectionState::CaughtUp)
     }
 
     fn set(&self, name: &'static str, state: ProjectionState, cursor: Cursor) {
         self.inner
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .insert(
-                name,
-                ProjectionStatus {
-                    state,
-                    cursor: cursor.to_string(),
-                },
-            );
+            .insert(name, ProjectionStatus { state, cursor: cursor.to_string() });
     }
 }
 
@@ -108,17 +92,11 @@ struct Metrics {
 impl Metrics {
     fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
         let applied = IntCounterVec::new(
-            Opts::new(
-                "gatehouse_projection_events_applied_total",
-                "Events applied by each projection",
-            ),
+            Opts::new("gatehouse_projection_events_applied_total", "Events applied by each projection"),
             &["projection"],
         )?;
         let failed = IntGaugeVec::new(
-            Opts::new(
-                "gatehouse_projection_failed",
-                "1 while a projection is stopped on a poison event",
-            ),
+            Opts::new("gatehouse_projection_failed", "1 while a projection is stopped on a poison event"),
             &["projection"],
         )?;
         let lag = HistogramVec::new(
@@ -126,9 +104,7 @@ impl Metrics {
                 "gatehouse_projection_lag_seconds",
                 "Time from an event's commit to its projection's commit",
             )
-            .buckets(vec![
-                0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0,
-            ]),
+            .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0]),
             &["projection"],
         )?;
         for collector in [
@@ -141,11 +117,7 @@ impl Metrics {
                 Err(other) => return Err(other),
             }
         }
-        Ok(Self {
-            applied,
-            failed,
-            lag,
-        })
+        Ok(Self { applied, failed, lag })
     }
 }
 
@@ -176,10 +148,7 @@ impl From<StoreError> for BatchError {
     fn from(error: StoreError) -> Self {
         match error {
             unavailable @ StoreError::Unavailable(_) => BatchError::Unavailable(unavailable),
-            other => BatchError::Poison {
-                cursor: Cursor::START,
-                error: other.to_string(),
-            },
+            other => BatchError::Poison { cursor: Cursor::START, error: other.to_string() },
         }
     }
 }
@@ -192,13 +161,7 @@ impl Projector {
         config: ProjectorConfig,
         registry: &Registry,
     ) -> Result<Self, prometheus::Error> {
-        Ok(Self {
-            store,
-            projections,
-            config,
-            status: StatusBoard::default(),
-            metrics: Metrics::register(registry)?,
-        })
+        Ok(Self { store, projections, config, status: StatusBoard::default(), metrics: Metrics::register(registry)? })
     }
 
     /// The status board this projector updates.
@@ -211,11 +174,7 @@ impl Projector {
     pub async fn run(self, shutdown: CancellationToken) {
         let mut tasks = JoinSet::new();
         for projection in &self.projections {
-            self.status.set(
-                projection.name(),
-                ProjectionState::CatchingUp,
-                Cursor::START,
-            );
+            self.status.set(projection.name(), ProjectionState::CatchingUp, Cursor::START);
             let worker = Worker {
                 store: self.store.clone(),
                 projection: projection.clone(),
@@ -238,20 +197,14 @@ impl Projector {
                 status: self.status.clone(),
                 metrics: self.metrics.clone(),
             };
-            worker
-                .ensure_checkpoint()
-                .await
-                .map_err(|error| error.to_string())?;
+            worker.ensure_checkpoint().await.map_err(|error| error.to_string())?;
             loop {
                 match worker.run_batch().await {
                     Ok(0) => break,
                     Ok(_) => {}
                     Err(BatchError::Unavailable(error)) => return Err(error.to_string()),
                     Err(BatchError::Poison { cursor, error }) => {
-                        return Err(format!(
-                            "projection {} stopped at {cursor}: {error}",
-                            projection.name()
-                        ))
+                        return Err(format!("projection {} stopped at {cursor}: {error}", projection.name()))
                     }
                 }
             }
@@ -278,11 +231,7 @@ impl Worker {
                 match self.ensure_checkpoint().await {
                     Ok(()) => ready = true,
                     Err(error) => {
-                        self.status.set(
-                            name,
-                            ProjectionState::Retrying(error.to_string()),
-                            Cursor::START,
-                        );
+                        self.status.set(name, ProjectionState::Retrying(error.to_string()), Cursor::START);
                         tracing::warn!(projection = name, error.message = %error, "projection waiting for the store");
                     }
                 }
@@ -291,11 +240,7 @@ impl Worker {
                 match self.run_batch().await {
                     Ok(applied) => applied == 0,
                     Err(BatchError::Unavailable(error)) => {
-                        self.status.set(
-                            name,
-                            ProjectionState::Retrying(error.to_string()),
-                            Cursor::START,
-                        );
+                        self.status.set(name, ProjectionState::Retrying(error.to_string()), Cursor::START);
                         tracing::warn!(projection = name, error.message = %error, "projection waiting for the store");
                         tokio::select! {
                             () = shutdown.cancelled() => return,
@@ -306,10 +251,7 @@ impl Worker {
                         self.metrics.failed.with_label_values(&[name]).set(1);
                         self.status.set(
                             name,
-                            ProjectionState::Failed {
-                                cursor: cursor.to_string(),
-                                error: error.clone(),
-                            },
+                            ProjectionState::Failed { cursor: cursor.to_string(), error: error.clone() },
                             cursor,
                         );
                         tracing::error!(
@@ -351,10 +293,7 @@ impl Worker {
         let name = self.projection.name();
         let mut transaction = begin_exclusive(&self.store).await?;
         let cursor = locked_checkpoint(&mut transaction, &self.store, name).await?;
-        let events = self
-            .store
-            .read_global(cursor, self.config.batch_size)
-            .await?;
+        let events = self.store.read_global(cursor, self.config.batch_size).await?;
         let Some(last) = events.last().map(|event| event.cursor) else {
             transaction.rollback().await?;
             self.status.set(name, ProjectionState::CaughtUp, cursor);
@@ -379,37 +318,24 @@ impl Worker {
         let now = chrono::Utc::now();
         let lag = self.metrics.lag.with_label_values(&[name]);
         for event in &events {
-            lag.observe(
-                (now - event.recorded_at)
-                    .num_microseconds()
-                    .unwrap_or(0)
-                    .max(0) as f64
-                    / 1e6,
-            );
+            lag.observe((now - event.recorded_at).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6);
         }
-        self.metrics
-            .applied
-            .with_label_values(&[name])
-            .inc_by(events.len() as u64);
+        self.metrics.applied.with_label_values(&[name]).inc_by(events.len() as u64);
         self.metrics.failed.with_label_values(&[name]).set(0);
-        let state = if events.len() < self.config.batch_size {
-            ProjectionState::CaughtUp
-        } else {
-            ProjectionState::CatchingUp
-        };
+        let state =
+            if events.len() < self.config.batch_size { ProjectionState::CaughtUp } else { ProjectionState::CatchingUp };
         self.status.set(name, state, last);
         Ok(events.len())
     }
 
     async fn record_failure(&self, cursor: Cursor, error: &str) {
-        let result = sqlx::query(
-            "UPDATE projection_checkpoints SET failed_cursor = $2, last_error = $3 WHERE name = $1",
-        )
-        .bind(self.projection.name())
-        .bind(cursor.to_string())
-        .bind(error)
-        .execute(self.store.read_models())
-        .await;
+        let result =
+            sqlx::query("UPDATE projection_checkpoints SET failed_cursor = $2, last_error = $3 WHERE name = $1")
+                .bind(self.projection.name())
+                .bind(cursor.to_string())
+                .bind(error)
+                .execute(self.store.read_models())
+                .await;
         if let Err(error) = result {
             tracing::warn!(projection = self.projection.name(), error.message = %error, "could not record the projection failure");
         }
@@ -427,22 +353,14 @@ pub(crate) async fn apply_one(
         Ok(()) => Ok(()),
         Err(ApplyError::Database(error)) => match StoreError::from(error) {
             unavailable @ StoreError::Unavailable(_) => Err(BatchError::Unavailable(unavailable)),
-            other => Err(BatchError::Poison {
-                cursor: event.cursor,
-                error: format!("{other}: {:?}", other),
-            }),
+            other => Err(BatchError::Poison { cursor: event.cursor, error: format!("{other}: {:?}", other) }),
         },
-        Err(decode) => Err(BatchError::Poison {
-            cursor: event.cursor,
-            error: decode.to_string(),
-        }),
+        Err(decode) => Err(BatchError::Poison { cursor: event.cursor, error: decode.to_string() }),
     }
 }
 
 /// Begins a read-model transaction that takes the write lock at once on SQLite (no lock upgrade, no deadlock).
-pub(crate) async fn begin_exclusive(
-    store: &EventStore,
-) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+pub(crate) async fn begin_exclusive(store: &EventStore) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
     if store.backend_name() == "sqlite" {
         store.read_models().begin_with("BEGIN IMMEDIATE").await
     } else {
@@ -461,9 +379,7 @@ pub(crate) async fn locked_checkpoint(
     } else {
         "SELECT cursor FROM projection_checkpoints WHERE name = $1"
     };
-    let row = connection
-        .fetch_optional(sqlx::query(sql).bind(name))
-        .await?;
+    let row = connection.fetch_optional(sqlx::query(sql).bind(name)).await?;
     let Some(row) = row else {
         return Ok(Cursor::START);
     };

@@ -20,10 +20,7 @@ pub struct InvalidCursor;
 
 impl Cursor {
     /// Before the first event.
-    pub const START: Cursor = Cursor {
-        txid: 0,
-        position: 0,
-    };
+    pub const START: Cursor = Cursor { txid: 0, position: 0 };
 
     pub(crate) fn new(txid: u64, position: i64) -> Self {
         Self { txid, position }
@@ -46,13 +43,11 @@ impl FromStr for Cursor {
 
     fn from_str(raw: &str) -> Result<Self, Self::Err> {
         let mut parts = raw.split('.');
-        let (Some("g1"), Some(txid), Some(position), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
+        let (Some("g1"), Some(txid), Some(position), None) = (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(InvalidCursor);
         };
-        let digits =
-            |s: &str| !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit());
+        let digits = |s: &str| !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit());
         if !digits(txid) || !digits(position) {
             return Err(InvalidCursor);
         }
@@ -71,25 +66,14 @@ mod tests {
         let cursor = Cursor::new(912, 77);
         assert_eq!(cursor.to_string(), "g1.912.77");
         assert_eq!("g1.912.77".parse::<Cursor>(), Ok(cursor));
-        assert_eq!(
-            Cursor::START.to_string().parse::<Cursor>(),
-            Ok(Cursor::START)
-        );
+        assert_eq!(Cursor::START.to_string().parse::<Cursor>(), Ok(Cursor::START));
     }
 
     #[test]
     fn malformed_cursors_are_refused() {
-        for raw in [
-            "",
-            "g1",
-            "g1.1",
-            "g2.1.1",
-            "g1.-1.1",
-            "g1.1.x",
-            "g1.1.1.1",
-            "g1.99999999999999999999999.1",
-            "g1.1.+1",
-        ] {
+        for raw in
+            ["", "g1", "g1.1", "g2.1.1", "g1.-1.1", "g1.1.x", "g1.1.1.1", "g1.99999999999999999999999.1", "g1.1.+1"]
+        {
             assert_eq!(raw.parse::<Cursor>(), Err(InvalidCursor), "{raw}");
         }
     }

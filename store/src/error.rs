@@ -58,9 +58,7 @@ impl From<sqlx::Error> for StoreError {
             | sqlx::Error::WorkerCrashed => StoreError::Unavailable(error),
             sqlx::Error::Database(db) => match db.code().as_deref() {
                 // PostgreSQL: admin shutdown, cannot connect now, too many connections, read-only, disk full.
-                Some("57P01" | "57P02" | "57P03" | "53300" | "25006" | "53100") => {
-                    StoreError::Unavailable(error)
-                }
+                Some("57P01" | "57P02" | "57P03" | "53300" | "25006" | "53100") => StoreError::Unavailable(error),
                 // SQLite: busy, locked.
                 Some("5" | "6" | "517" | "262") => StoreError::Unavailable(error),
                 _ => StoreError::Database(error),
@@ -71,11 +69,7 @@ impl From<sqlx::Error> for StoreError {
 }
 
 /// Turns an error from postgres-es (or our SQLite repository, which speaks the same trait) into a [`StoreError`].
-pub(crate) fn from_persistence(
-    error: PersistenceError,
-    aggregate_type: &str,
-    aggregate_id: &str,
-) -> StoreError {
+pub(crate) fn from_persistence(error: PersistenceError, aggregate_type: &str, aggregate_id: &str) -> StoreError {
     let boxed = match error {
         PersistenceError::OptimisticLockError => {
             return StoreError::Conflict {
@@ -83,9 +77,7 @@ pub(crate) fn from_persistence(
                 aggregate_id: aggregate_id.to_string(),
             }
         }
-        PersistenceError::DeserializationError(error) => {
-            return StoreError::Corrupt(error.to_string())
-        }
+        PersistenceError::DeserializationError(error) => return StoreError::Corrupt(error.to_string()),
         PersistenceError::ConnectionError(error) | PersistenceError::UnknownError(error) => error,
     };
     match boxed.downcast::<sqlx::Error>() {

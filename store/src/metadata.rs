@@ -38,10 +38,7 @@ impl EventMetadata {
 
     /// Metadata for something the service does by itself, such as bootstrapping.
     pub fn system(component: &str) -> Self {
-        Self::for_request(
-            format!("system:{component}"),
-            uuid::Uuid::new_v4().to_string(),
-        )
+        Self::for_request(format!("system:{component}"), uuid::Uuid::new_v4().to_string())
     }
 
     pub(crate) fn to_map(&self) -> HashMap<String, String> {
@@ -50,10 +47,7 @@ impl EventMetadata {
             ("request_id".to_string(), self.request_id.clone()),
             ("correlation_id".to_string(), self.correlation_id.clone()),
             ("causation_id".to_string(), self.causation_id.clone()),
-            (
-                "time".to_string(),
-                self.time.to_rfc3339_opts(SecondsFormat::Micros, true),
-            ),
+            ("time".to_string(), self.time.to_rfc3339_opts(SecondsFormat::Micros, true)),
         ])
     }
 }

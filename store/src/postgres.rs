@@ -22,30 +22,19 @@ SELECT position, txid::text AS txid, aggregate_type, aggregate_id, sequence, eve
  ORDER BY txid, position
  LIMIT $3";
 
-pub(crate) async fn read_global(
-    pool: &PgPool,
-    after: Cursor,
-    limit: i64,
-) -> Result<Vec<RecordedEvent>, StoreError> {
-    let rows = sqlx::query(READ_GLOBAL)
-        .bind(after.txid.to_string())
-        .bind(after.position)
-        .bind(limit)
-        .fetch_all(pool)
-        .await?;
+pub(crate) async fn read_global(pool: &PgPool, after: Cursor, limit: i64) -> Result<Vec<RecordedEvent>, StoreError> {
+    let rows =
+        sqlx::query(READ_GLOBAL).bind(after.txid.to_string()).bind(after.position).bind(limit).fetch_all(pool).await?;
     rows.iter()
         .map(|row| {
             let txid: String = row.try_get("txid")?;
-            let txid = txid
-                .parse::<u64>()
-                .map_err(|_| StoreError::Corrupt(format!("transaction id {txid}")))?;
+            let txid = txid.parse::<u64>().map_err(|_| StoreError::Corrupt(format!("transaction id {txid}")))?;
             let sequence: i64 = row.try_get("sequence")?;
             Ok(RecordedEvent {
                 cursor: Cursor::new(txid, row.try_get("position")?),
                 aggregate_type: row.try_get("aggregate_type")?,
                 aggregate_id: row.try_get("aggregate_id")?,
-                sequence: u64::try_from(sequence)
-                    .map_err(|_| StoreError::Corrupt(format!("sequence {sequence}")))?,
+                sequence: u64::try_from(sequence).map_err(|_| StoreError::Corrupt(format!("sequence {sequence}")))?,
                 event_type: row.try_get("event_type")?,
                 event_version: row.try_get("event_version")?,
                 payload: row.try_get("payload")?,
@@ -80,8 +69,7 @@ pub(crate) async fn events_after(
             let sequence: i64 = row.try_get("sequence")?;
             Ok(SerializedEvent::new(
                 row.try_get("aggregate_id")?,
-                usize::try_from(sequence)
-                    .map_err(|_| StoreError::Corrupt(format!("sequence {sequence}")))?,
+                usize::try_from(sequence).map_err(|_| StoreError::Corrupt(format!("sequence {sequence}")))?,
                 row.try_get("aggregate_type")?,
                 row.try_get("event_type")?,
                 row.try_get("event_version")?,

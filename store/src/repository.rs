@@ -40,23 +40,13 @@ where
 {
     /// A repository on `store` whose commands get `services`.
     pub fn new(store: EventStore, services: A::Services) -> Self {
-        let capacity =
-            NonZeroUsize::new(store.inner.aggregate_cache_capacity).unwrap_or(NonZeroUsize::MIN);
-        Self {
-            store,
-            services,
-            cache: Mutex::new(LruCache::new(capacity)),
-        }
+        let capacity = NonZeroUsize::new(store.inner.aggregate_cache_capacity).unwrap_or(NonZeroUsize::MIN);
+        Self { store, services, cache: Mutex::new(LruCache::new(capacity)) }
     }
 
     /// The aggregate's current state and version (0 when it has no events).
     pub async fn load(&self, aggregate_id: &str) -> Result<(A, u64), StoreError> {
-        let cached = self
-            .cache
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .get(aggregate_id)
-            .cloned();
+        let cached = self.cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get(aggregate_id).cloned();
         let (mut aggregate, mut version) = cached.unwrap_or_default();
         let newer = self.events_after(aggregate_id, version).await?;
         if newer.is_empty() {
@@ -72,11 +62,7 @@ where
                 )));
             }
             let payload: A::Event = serde_json::from_value(event.payload).map_err(|error| {
-                StoreError::Corrupt(format!(
-                    "{} {aggregate_id} event {}: {error}",
-                    A::TYPE,
-                    event.sequence
-                ))
+                StoreError::Corrupt(format!("{} {aggregate_id} event {}: {error}", A::TYPE, event.sequence))
             })?;
             aggregate.apply(payload);
             version = event.sequence as u64;
@@ -92,8 +78,7 @@ where
         command: A::Command,
         metadata: &EventMetadata,
     ) -> Result<Committed, CommandError<A::Error>> {
-        self.execute_expecting(aggregate_id, command, metadata, None)
-            .await
+        self.execute_expecting(aggregate_id, command, metadata, None).await
     }
 
     /// Like [`execute`](Self::execute), but fails with [`CommandError::VersionMismatch`] unless the aggregate is at
@@ -108,23 +93,14 @@ where
         let (mut aggregate, version) = self.load(aggregate_id).await?;
         if let Some(expected) = expected_version {
             if expected != version {
-                return Err(CommandError::VersionMismatch {
-                    expected,
-                    actual: version,
-                });
+                return Err(CommandError::VersionMismatch { expected, actual: version });
             }
         }
         let sink = EventSink::default();
-        aggregate
-            .handle(command, &self.services, &sink)
-            .await
-            .map_err(CommandError::Rejected)?;
+        aggregate.handle(command, &self.services, &sink).await.map_err(CommandError::Rejected)?;
         let events = sink.collect().await;
         if events.is_empty() {
-            return Ok(Committed {
-                version,
-                appended: 0,
-            });
+            return Ok(Committed { version, appended: 0 });
         }
         let metadata = serde_json::to_value(metadata.to_map())
             .map_err(|error| CommandError::Store(StoreError::Corrupt(error.to_string())))?;
@@ -138,8 +114,7 @@ where
                     A::TYPE.to_string(),
                     event.event_type(),
                     event.event_version(),
-                    serde_json::to_value(event)
-                        .map_err(|error| StoreError::Corrupt(error.to_string()))?,
+                    serde_json::to_value(event).map_err(|error| StoreError::Corrupt(error.to_string()))?,
                     metadata.clone(),
                 ))
             })
@@ -153,54 +128,31 @@ where
                 let new_version = version + events.len() as u64;
                 self.remember(aggregate_id, &aggregate, new_version);
                 self.store.notify_commit();
-                Ok(Committed {
-                    version: new_version,
-                    appended: events.len(),
-                })
+                Ok(Committed { version: new_version, appended: events.len() })
             }
             Err(error) => {
                 // The cached state may be behind what won the race; forget it so the next load rereads.
-                self.cache
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner())
-                    .pop(aggregate_id);
-                Err(CommandError::from(from_persistence(
-                    error,
-                    A::TYPE,
-                    aggregate_id,
-                )))
+                self.cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).pop(aggregate_id);
+                Err(CommandError::from(from_persistence(error, A::TYPE, aggregate_id)))
             }
         }
     }
 
     /// Forgets every cached aggregate (for tests and benchmarks that measure cold loads).
     pub fn clear_cache(&self) {
-        self.cache
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clear();
+        self.cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clear();
     }
 
     fn remember(&self, aggregate_id: &str, aggregate: &A, version: u64) {
-        let mut cache = self
-            .cache
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut cache = self.cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         // Never replace newer state with older (two loads may race).
-        if cache
-            .peek(aggregate_id)
-            .is_some_and(|(_, cached)| *cached >= version)
-        {
+        if cache.peek(aggregate_id).is_some_and(|(_, cached)| *cached >= version) {
             return;
         }
         cache.put(aggregate_id.to_string(), (aggregate.clone(), version));
     }
 
-    async fn events_after(
-        &self,
-        aggregate_id: &str,
-        version: u64,
-    ) -> Result<Vec<SerializedEvent>, StoreError> {
+    async fn events_after(&self, aggregate_id: &str, version: u64) -> Result<Vec<SerializedEvent>, StoreError> {
         match (&self.store.inner.writer, &self.store.inner.backend) {
             // postgres-es formats the sequence into the SQL text, so every version would prepare a new statement;
             // this query binds it and stays prepared.

@@ -5,9 +5,7 @@
 //! position order and `position > last_seen` never skips.
 
 use chrono::{DateTime, Utc};
-use cqrs_es::persist::{
-    PersistedEventRepository, PersistenceError, ReplayStream, SerializedEvent, SerializedSnapshot,
-};
+use cqrs_es::persist::{PersistedEventRepository, PersistenceError, ReplayStream, SerializedEvent, SerializedSnapshot};
 use cqrs_es::Aggregate;
 use serde_json::Value;
 use sqlx::sqlite::SqliteRow;
@@ -71,8 +69,7 @@ fn decode(row: &SqliteRow) -> Result<SerializedEvent, PersistenceError> {
     let sequence: i64 = row.try_get("sequence").map_err(persistence_error)?;
     Ok(SerializedEvent::new(
         text("aggregate_id")?,
-        usize::try_from(sequence)
-            .map_err(|error| PersistenceError::DeserializationError(Box::new(error)))?,
+        usize::try_from(sequence).map_err(|error| PersistenceError::DeserializationError(Box::new(error)))?,
         text("aggregate_type")?,
         text("event_type")?,
         text("event_version")?,
@@ -82,10 +79,7 @@ fn decode(row: &SqliteRow) -> Result<SerializedEvent, PersistenceError> {
 }
 
 impl PersistedEventRepository for SqliteEventRepository {
-    async fn get_events<A: Aggregate>(
-        &self,
-        aggregate_id: &str,
-    ) -> Result<Vec<SerializedEvent>, PersistenceError> {
+    async fn get_events<A: Aggregate>(&self, aggregate_id: &str) -> Result<Vec<SerializedEvent>, PersistenceError> {
         self.select::<A>(aggregate_id, 0).await
     }
 
@@ -110,11 +104,7 @@ impl PersistedEventRepository for SqliteEventRepository {
         events: &[SerializedEvent],
         _snapshot_update: Option<(String, Value, usize)>,
     ) -> Result<(), PersistenceError> {
-        let mut transaction = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(persistence_error)?;
+        let mut transaction = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(persistence_error)?;
         for event in events {
             sqlx::query(INSERT_EVENT)
                 .bind(A::TYPE)
@@ -131,10 +121,7 @@ impl PersistedEventRepository for SqliteEventRepository {
         transaction.commit().await.map_err(persistence_error)
     }
 
-    async fn stream_events<A: Aggregate>(
-        &self,
-        aggregate_id: &str,
-    ) -> Result<ReplayStream, PersistenceError> {
+    async fn stream_events<A: Aggregate>(&self, aggregate_id: &str) -> Result<ReplayStream, PersistenceError> {
         stream(self.get_events::<A>(aggregate_id).await?).await
     }
 
@@ -180,24 +167,20 @@ pub(crate) async fn read_global(
             let recorded_at: String = row.try_get("recorded_at")?;
             let json = |name: &str| -> Result<Value, StoreError> {
                 let text: String = row.try_get(name)?;
-                serde_json::from_str(&text)
-                    .map_err(|error| StoreError::Corrupt(format!("{name}: {error}")))
+                serde_json::from_str(&text).map_err(|error| StoreError::Corrupt(format!("{name}: {error}")))
             };
             Ok(RecordedEvent {
                 cursor: Cursor::new(0, row.try_get("position")?),
                 aggregate_type: row.try_get("aggregate_type")?,
                 aggregate_id: row.try_get("aggregate_id")?,
-                sequence: u64::try_from(sequence)
-                    .map_err(|_| StoreError::Corrupt(format!("sequence {sequence}")))?,
+                sequence: u64::try_from(sequence).map_err(|_| StoreError::Corrupt(format!("sequence {sequence}")))?,
                 event_type: row.try_get("event_type")?,
                 event_version: row.try_get("event_version")?,
                 payload: json("payload")?,
                 metadata: json("metadata")?,
                 recorded_at: DateTime::parse_from_rfc3339(&recorded_at)
                     .map(|time| time.with_timezone(&Utc))
-                    .map_err(|error| {
-                        StoreError::Corrupt(format!("recorded_at {recorded_at}: {error}"))
-                    })?,
+                    .map_err(|error| StoreError::Corrupt(format!("recorded_at {recorded_at}: {error}")))?,
             })
         })
         .collect()

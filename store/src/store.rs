@@ -47,10 +47,7 @@ impl StoreConfig {
 
     /// A PostgreSQL (or explicit SQLite) database at `url`.
     pub fn url(url: impl Into<String>) -> Self {
-        Self {
-            database_url: Some(url.into()),
-            ..Self::embedded("data")
-        }
+        Self { database_url: Some(url.into()), ..Self::embedded("data") }
     }
 }
 
@@ -120,59 +117,50 @@ impl EventStore {
                         config.data_dir.display()
                     ))
                 })?;
-                format!(
-                    "sqlite://{}",
-                    config.data_dir.join("gatehouse.db").display()
-                )
+                format!("sqlite://{}", config.data_dir.join("gatehouse.db").display())
             }
         };
-        let (backend, any_options) =
-            if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-                let options = PgConnectOptions::from_str(&url)
-                    .map_err(|error| StoreError::InvalidUrl(redact(&error.to_string())))?
-                    .application_name("gatehouse");
-                let pool = PgPoolOptions::new()
-                    .max_connections(config.max_connections)
-                    .acquire_timeout(config.acquire_timeout)
-                    .connect_with(options.clone())
-                    .await
-                    .map_err(StoreError::from)?;
-                let any = AnyConnectOptions::from_url(&options.to_url_lossy())
-                    .map_err(|e| StoreError::InvalidUrl(redact(&e.to_string())))?;
-                (Backend::Postgres(pool), any)
-            } else if let Some(path) = url
-                .strip_prefix("sqlite://")
-                .or_else(|| url.strip_prefix("sqlite:"))
-            {
-                if path.is_empty() {
-                    return Err(StoreError::InvalidUrl("sqlite URL names no file".into()));
-                }
-                let options = SqliteConnectOptions::new()
-                    .filename(path)
-                    .create_if_missing(true)
-                    .journal_mode(SqliteJournalMode::Wal)
-                    .synchronous(SqliteSynchronous::Full)
-                    .busy_timeout(Duration::from_secs(10))
-                    .foreign_keys(true);
-                let pool = SqlitePoolOptions::new()
-                    .max_connections(config.max_connections.max(2))
-                    .acquire_timeout(config.acquire_timeout)
-                    .connect_with(options.clone())
-                    .await
-                    .map_err(|error| match error {
-                        sqlx::Error::Database(_) | sqlx::Error::Io(_) => StoreError::InvalidUrl(
-                            format!("cannot open embedded database {path}: {error}"),
-                        ),
-                        other => StoreError::from(other),
-                    })?;
-                let any = AnyConnectOptions::from_url(&options.to_url_lossy())
-                    .map_err(|e| StoreError::InvalidUrl(e.to_string()))?;
-                (Backend::Sqlite(pool), any)
-            } else {
-                return Err(StoreError::InvalidUrl(
-                    "expected postgres://…, postgresql://… or sqlite://PATH".into(),
-                ));
-            };
+        let (backend, any_options) = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let options = PgConnectOptions::from_str(&url)
+                .map_err(|error| StoreError::InvalidUrl(redact(&error.to_string())))?
+                .application_name("gatehouse");
+            let pool = PgPoolOptions::new()
+                .max_connections(config.max_connections)
+                .acquire_timeout(config.acquire_timeout)
+                .connect_with(options.clone())
+                .await
+                .map_err(StoreError::from)?;
+            let any = AnyConnectOptions::from_url(&options.to_url_lossy())
+                .map_err(|e| StoreError::InvalidUrl(redact(&e.to_string())))?;
+            (Backend::Postgres(pool), any)
+        } else if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+            if path.is_empty() {
+                return Err(StoreError::InvalidUrl("sqlite URL names no file".into()));
+            }
+            let options = SqliteConnectOptions::new()
+                .filename(path)
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Full)
+                .busy_timeout(Duration::from_secs(10))
+                .foreign_keys(true);
+            let pool = SqlitePoolOptions::new()
+                .max_connections(config.max_connections.max(2))
+                .acquire_timeout(config.acquire_timeout)
+                .connect_with(options.clone())
+                .await
+                .map_err(|error| match error {
+                    sqlx::Error::Database(_) | sqlx::Error::Io(_) => {
+                        StoreError::InvalidUrl(format!("cannot open embedded database {path}: {error}"))
+                    }
+                    other => StoreError::from(other),
+                })?;
+            let any = AnyConnectOptions::from_url(&options.to_url_lossy())
+                .map_err(|e| StoreError::InvalidUrl(e.to_string()))?;
+            (Backend::Sqlite(pool), any)
+        } else {
+            return Err(StoreError::InvalidUrl("expected postgres://…, postgresql://… or sqlite://PATH".into()));
+        };
         let is_sqlite = matches!(backend, Backend::Sqlite(_));
         let read_models = AnyPoolOptions::new()
             .max_connections(config.max_connections.max(2))
@@ -181,7 +169,9 @@ impl EventStore {
                 Box::pin(async move {
                     if is_sqlite {
                         connection
-                            .execute("PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL;")
+                            .execute(
+                                "PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL;",
+                            )
                             .await?;
                     }
                     Ok(())
@@ -189,12 +179,8 @@ impl EventStore {
             })
             .connect_lazy_with(any_options);
         let writer = match &backend {
-            Backend::Postgres(pool) => {
-                Writer::Postgres(postgres_es::PostgresEventRepository::new(pool.clone()))
-            }
-            Backend::Sqlite(pool) => {
-                Writer::Sqlite(crate::SqliteEventRepository::new(pool.clone()))
-            }
+            Backend::Postgres(pool) => Writer::Postgres(postgres_es::PostgresEventRepository::new(pool.clone())),
+            Backend::Sqlite(pool) => Writer::Sqlite(crate::SqliteEventRepository::new(pool.clone())),
         };
         let (commits, _) = watch::channel(0);
         Ok(Self {
@@ -234,10 +220,9 @@ impl EventStore {
             Backend::Sqlite(pool) => SQLITE_MIGRATIONS.run(pool).await,
         };
         result.map_err(|error| match error {
-            sqlx::migrate::MigrateError::VersionMissing(version) => StoreError::SchemaTooNew {
-                database: version,
-                binary: self.binary_schema_version(),
-            },
+            sqlx::migrate::MigrateError::VersionMissing(version) => {
+                StoreError::SchemaTooNew { database: version, binary: self.binary_schema_version() }
+            }
             sqlx::migrate::MigrateError::Execute(inner) => StoreError::from(inner),
             other => StoreError::Migrate(other),
         })
@@ -251,11 +236,7 @@ impl EventStore {
     }
 
     fn binary_schema_version(&self) -> i64 {
-        self.migrator()
-            .iter()
-            .map(|migration| migration.version)
-            .max()
-            .unwrap_or(0)
+        self.migrator().iter().map(|migration| migration.version).max().unwrap_or(0)
     }
 
     /// Fails unless the database holds exactly the schema this binary expects.
@@ -277,11 +258,7 @@ impl EventStore {
             }
         }
         let complete = applied.iter().all(|(_, success)| *success)
-            && self.migrator().iter().all(|migration| {
-                applied
-                    .iter()
-                    .any(|(version, _)| *version == migration.version)
-            });
+            && self.migrator().iter().all(|migration| applied.iter().any(|(version, _)| *version == migration.version));
         if complete {
             Ok(())
         } else {
@@ -304,9 +281,7 @@ impl EventStore {
     }
 
     pub(crate) fn notify_commit(&self) {
-        self.inner
-            .commits
-            .send_modify(|count| *count = count.wrapping_add(1));
+        self.inner.commits.send_modify(|count| *count = count.wrapping_add(1));
     }
 
     /// Up to `limit` events after `after`, in the global order.
@@ -315,11 +290,7 @@ impl EventStore {
     /// committed event exactly once. On PostgreSQL an event becomes readable only when every transaction that
     /// started writing before it has ended, so a transaction that commits late is never skipped: the reader waits
     /// for it. (A long transaction anywhere on the cluster therefore delays readers; projection lag shows it.)
-    pub async fn read_global(
-        &self,
-        after: Cursor,
-        limit: usize,
-    ) -> Result<Vec<RecordedEvent>, StoreError> {
+    pub async fn read_global(&self, after: Cursor, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
         let limit = i64::try_from(limit.clamp(1, 10_000)).unwrap_or(10_000);
         match &self.inner.backend {
             Backend::Postgres(pool) => crate::postgres::read_global(pool, after, limit).await,
@@ -330,16 +301,8 @@ impl EventStore {
     /// How many events the log holds.
     pub async fn count_events(&self) -> Result<u64, StoreError> {
         let count: i64 = match &self.inner.backend {
-            Backend::Postgres(pool) => {
-                sqlx::query_scalar("SELECT count(*) FROM events")
-                    .fetch_one(pool)
-                    .await?
-            }
-            Backend::Sqlite(pool) => {
-                sqlx::query_scalar("SELECT count(*) FROM events")
-                    .fetch_one(pool)
-                    .await?
-            }
+            Backend::Postgres(pool) => sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(pool).await?,
+            Backend::Sqlite(pool) => sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(pool).await?,
         };
         Ok(u64::try_from(count).unwrap_or(0))
     }
@@ -360,12 +323,7 @@ fn redact(message: &str) -> String {
         (Some(scheme), Some(at)) if at > scheme => {
             let credentials = &message[scheme + 3..at];
             match credentials.find(':') {
-                Some(colon) => format!(
-                    "{}{}:***{}",
-                    &message[..scheme + 3],
-                    &credentials[..colon],
-                    &message[at..]
-                ),
+                Some(colon) => format!("{}{}:***{}", &message[..scheme + 3], &credentials[..colon], &message[at..]),
                 None => message.to_string(),
             }
         }
@@ -379,10 +337,7 @@ mod tests {
 
     #[test]
     fn passwords_are_redacted_from_url_errors() {
-        assert_eq!(
-            redact("bad postgres://u:secret@host/db"),
-            "bad postgres://u:***@host/db"
-        );
+        assert_eq!(redact("bad postgres://u:secret@host/db"), "bad postgres://u:***@host/db");
         assert_eq!(redact("no url here"), "no url here");
     }
 }

@@ -42,12 +42,7 @@ fn key(event: &RecordedEvent) -> (String, u64) {
 
 /// Starts a write transaction that appends one event to aggregate `held` and stays open until the returned
 /// sender fires (then commits).
-async fn hold_open_writer(
-    store: &EventStore,
-) -> (
-    tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<()>,
-) {
+async fn hold_open_writer(store: &EventStore) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
     let (release, released) = tokio::sync::oneshot::channel::<()>();
     let (started, started_rx) = tokio::sync::oneshot::channel::<()>();
     let handle = match store.backend().clone() {
@@ -110,11 +105,7 @@ async fn a_reader_waits_for_a_late_commit_and_then_delivers_everything_once() {
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
         let (while_held, cursor_while_held) = drain(&store, cursor).await;
-        assert!(
-            while_held.is_empty(),
-            "{}: the reader passed an uncommitted event: {while_held:?}",
-            db.backend()
-        );
+        assert!(while_held.is_empty(), "{}: the reader passed an uncommitted event: {while_held:?}", db.backend());
         assert_eq!(cursor_while_held, cursor);
 
         release.send(()).unwrap();
@@ -123,19 +114,9 @@ async fn a_reader_waits_for_a_late_commit_and_then_delivers_everything_once() {
         let (after, _) = drain(&store, cursor).await;
         let keys: Vec<_> = after.iter().map(key).collect();
         assert_eq!(keys.len(), 6, "{}: {keys:?}", db.backend());
-        assert_eq!(
-            keys[0],
-            ("held".to_string(), 1),
-            "{}: the held event comes first",
-            db.backend()
-        );
+        assert_eq!(keys[0], ("held".to_string(), 1), "{}: the held event comes first", db.backend());
         let unique: HashSet<_> = keys.iter().collect();
-        assert_eq!(
-            unique.len(),
-            6,
-            "{}: an event was delivered twice",
-            db.backend()
-        );
+        assert_eq!(unique.len(), 6, "{}: an event was delivered twice", db.backend());
         store.close().await;
     }
 }
@@ -146,11 +127,10 @@ async fn later_committed(store: &EventStore, count: i64) {
         return;
     };
     for _ in 0..500 {
-        let committed: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_id = 'after'")
-                .fetch_one(pool)
-                .await
-                .unwrap();
+        let committed: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_id = 'after'")
+            .fetch_one(pool)
+            .await
+            .unwrap();
         if committed == count {
             return;
         }
@@ -171,10 +151,7 @@ async fn concurrent_writers_and_a_tailing_reader_agree_on_one_stable_order() {
                 let roster = roster.clone();
                 tokio::spawn(async move {
                     for n in 0..PER_WRITER {
-                        roster
-                            .execute(&format!("writer-{writer}"), invite(n), &meta())
-                            .await
-                            .unwrap();
+                        roster.execute(&format!("writer-{writer}"), invite(n), &meta()).await.unwrap();
                     }
                 })
             })
@@ -198,19 +175,13 @@ async fn concurrent_writers_and_a_tailing_reader_agree_on_one_stable_order() {
         for writer in writers {
             writer.await.unwrap();
         }
-        let tailed = tokio::time::timeout(Duration::from_secs(120), tail)
-            .await
-            .unwrap()
-            .unwrap();
+        let tailed = tokio::time::timeout(Duration::from_secs(120), tail).await.unwrap().unwrap();
 
         let keys: HashSet<_> = tailed.iter().map(|(_, key)| key.clone()).collect();
         if tailed.len() != keys.len() {
             let mut counts = std::collections::HashMap::new();
             for (cursor, key) in &tailed {
-                counts
-                    .entry(key.clone())
-                    .or_insert_with(Vec::new)
-                    .push(*cursor);
+                counts.entry(key.clone()).or_insert_with(Vec::new).push(*cursor);
             }
             for (key, cursors) in counts.iter().filter(|(_, c)| c.len() > 1) {
                 eprintln!("DUP {key:?} at {cursors:?}");
@@ -219,40 +190,22 @@ async fn concurrent_writers_and_a_tailing_reader_agree_on_one_stable_order() {
             eprintln!("first 5 {:?}", &positions[..5]);
         }
         assert_eq!(tailed.len(), WRITERS * PER_WRITER, "{}", db.backend());
-        assert_eq!(
-            keys.len(),
-            WRITERS * PER_WRITER,
-            "{}: duplicates",
-            db.backend()
-        );
+        assert_eq!(keys.len(), WRITERS * PER_WRITER, "{}: duplicates", db.backend());
         for writer in 0..WRITERS {
             for sequence in 1..=PER_WRITER as u64 {
-                assert!(
-                    keys.contains(&(format!("writer-{writer}"), sequence)),
-                    "{}: missing event",
-                    db.backend()
-                );
+                assert!(keys.contains(&(format!("writer-{writer}"), sequence)), "{}: missing event", db.backend());
             }
         }
-        assert!(
-            tailed.windows(2).all(|pair| pair[0].0 < pair[1].0),
-            "{}: cursors must increase",
-            db.backend()
-        );
+        assert!(tailed.windows(2).all(|pair| pair[0].0 < pair[1].0), "{}: cursors must increase", db.backend());
         // Per aggregate, the log keeps sequence order.
         let mut last_sequence = std::collections::HashMap::new();
         for (_, (aggregate, sequence)) in &tailed {
-            let previous = last_sequence
-                .insert(aggregate.clone(), *sequence)
-                .unwrap_or(0);
+            let previous = last_sequence.insert(aggregate.clone(), *sequence).unwrap_or(0);
             assert_eq!(*sequence, previous + 1, "{}", db.backend());
         }
         // Stable: reading again from the start gives the same order.
         let (again, _) = drain(&store, Cursor::START).await;
-        let again: Vec<_> = again
-            .iter()
-            .map(|event| (event.cursor, key(event)))
-            .collect();
+        let again: Vec<_> = again.iter().map(|event| (event.cursor, key(event))).collect();
         assert_eq!(again, tailed, "{}: a second read disagrees", db.backend());
         store.close().await;
     }
@@ -263,9 +216,8 @@ async fn racing_writers_on_one_aggregate_get_a_typed_conflict_and_lose_nothing()
     for db in TestDb::all("racing writers").await {
         let store = db.store().await;
         // Separate repositories: separate caches, like two Gatehouse processes.
-        let repositories: Vec<_> = (0..8)
-            .map(|_| Arc::new(AggregateRepository::<Roster>::new(store.clone(), ())))
-            .collect();
+        let repositories: Vec<_> =
+            (0..8).map(|_| Arc::new(AggregateRepository::<Roster>::new(store.clone(), ()))).collect();
         let attempts: Vec<_> = repositories
             .iter()
             .enumerate()
@@ -289,18 +241,9 @@ async fn racing_writers_on_one_aggregate_get_a_typed_conflict_and_lose_nothing()
         assert!(won >= 1, "{}", db.backend());
         assert_eq!(won + conflicts, 8, "{}", db.backend());
         let (roster, version) = repositories[0].load("org").await.unwrap();
+        assert_eq!(version, won as u64, "{}: every acknowledged command is in the log", db.backend());
         assert_eq!(
-            version,
-            won as u64,
-            "{}: every acknowledged command is in the log",
-            db.backend()
-        );
-        assert_eq!(
-            (0..8)
-                .filter(|n| roster
-                    .member(&Email::parse(&format!("user{n}@example.com")).unwrap())
-                    .is_some())
-                .count(),
+            (0..8).filter(|n| roster.member(&Email::parse(&format!("user{n}@example.com")).unwrap()).is_some()).count(),
             won
         );
         store.close().await;
@@ -319,27 +262,14 @@ async fn a_stale_cache_catches_up_from_the_log_before_deciding() {
         // `second` cached version 1; inviting user2 again must see the newer event and be refused.
         let refused = second.execute("org", invite(2), &meta()).await;
         assert!(
-            matches!(
-                refused,
-                Err(store::CommandError::Rejected(
-                    domain::roster::RosterError::AlreadyMember(_)
-                ))
-            ),
+            matches!(refused, Err(store::CommandError::Rejected(domain::roster::RosterError::AlreadyMember(_)))),
             "{}",
             db.backend()
         );
         // An If-Match on an old version is refused without running the command.
-        let stale = second
-            .execute_expecting("org", invite(3), &meta(), Some(1))
-            .await;
+        let stale = second.execute_expecting("org", invite(3), &meta(), Some(1)).await;
         assert!(
-            matches!(
-                stale,
-                Err(store::CommandError::VersionMismatch {
-                    expected: 1,
-                    actual: 2
-                })
-            ),
+            matches!(stale, Err(store::CommandError::VersionMismatch { expected: 1, actual: 2 })),
             "{}",
             db.backend()
         );
@@ -352,11 +282,7 @@ async fn every_event_carries_its_metadata_and_the_log_refuses_edits() {
     for db in TestDb::all("metadata").await {
         let store = db.store().await;
         let roster = AggregateRepository::<Roster>::new(store.clone(), ());
-        let metadata = EventMetadata {
-            causation_id: "cause-1".into(),
-            correlation_id: "corr-1".into(),
-            ..meta()
-        };
+        let metadata = EventMetadata { causation_id: "cause-1".into(), correlation_id: "corr-1".into(), ..meta() };
         roster.execute("org", invite(1), &metadata).await.unwrap();
         let (events, _) = drain(&store, Cursor::START).await;
         let stored = &events[0].metadata;
@@ -368,25 +294,13 @@ async fn every_event_carries_its_metadata_and_the_log_refuses_edits() {
         assert_eq!(events[0].event_type, "MemberInvited");
 
         let edited = match store.backend() {
-            Backend::Postgres(pool) => sqlx::query("UPDATE events SET payload = '{}'")
-                .execute(pool)
-                .await
-                .map(drop),
-            Backend::Sqlite(pool) => sqlx::query("UPDATE events SET payload = '{}'")
-                .execute(pool)
-                .await
-                .map(drop),
+            Backend::Postgres(pool) => sqlx::query("UPDATE events SET payload = '{}'").execute(pool).await.map(drop),
+            Backend::Sqlite(pool) => sqlx::query("UPDATE events SET payload = '{}'").execute(pool).await.map(drop),
         };
         assert!(edited.is_err(), "{}: an event was edited", db.backend());
         let deleted = match store.backend() {
-            Backend::Postgres(pool) => sqlx::query("DELETE FROM events")
-                .execute(pool)
-                .await
-                .map(drop),
-            Backend::Sqlite(pool) => sqlx::query("DELETE FROM events")
-                .execute(pool)
-                .await
-                .map(drop),
+            Backend::Postgres(pool) => sqlx::query("DELETE FROM events").execute(pool).await.map(drop),
+            Backend::Sqlite(pool) => sqlx::query("DELETE FROM events").execute(pool).await.map(drop),
         };
         assert!(deleted.is_err(), "{}: an event was deleted", db.backend());
         store.close().await;

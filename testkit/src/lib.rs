@@ -48,15 +48,9 @@ impl TestDb {
         };
         let name = format!("gh_test_{}", uuid::Uuid::new_v4().simple());
         let mut admin = PgConnection::connect(&admin_url).await.unwrap();
-        admin
-            .execute(&*format!("CREATE DATABASE {name}"))
-            .await
-            .unwrap();
+        admin.execute(&*format!("CREATE DATABASE {name}")).await.unwrap();
         let url = match admin_url.rfind('/') {
-            Some(slash)
-                if admin_url[..slash].contains("//")
-                    && slash > admin_url.find("//").unwrap() + 1 =>
-            {
+            Some(slash) if admin_url[..slash].contains("//") && slash > admin_url.find("//").unwrap() + 1 => {
                 let (base, rest) = admin_url.split_at(slash);
                 let query = rest.find('?').map(|at| &rest[at..]).unwrap_or("");
                 format!("{base}/{name}{query}")
@@ -64,13 +58,7 @@ impl TestDb {
             _ => format!("{}/{name}", admin_url.trim_end_matches('/')),
         };
         let dir = tempfile::tempdir().unwrap();
-        Some(Self {
-            url,
-            data_dir: dir.path().to_path_buf(),
-            admin_url: Some(admin_url),
-            name,
-            _dir: dir,
-        })
+        Some(Self { url, data_dir: dir.path().to_path_buf(), admin_url: Some(admin_url), name, _dir: dir })
     }
 
     /// Every backend this machine can run: always SQLite, and PostgreSQL when configured.
@@ -82,10 +70,7 @@ impl TestDb {
 
     /// The store configuration for this database.
     pub fn config(&self) -> StoreConfig {
-        StoreConfig {
-            database_url: Some(self.url.clone()),
-            ..StoreConfig::embedded(&self.data_dir)
-        }
+        StoreConfig { database_url: Some(self.url.clone()), ..StoreConfig::embedded(&self.data_dir) }
     }
 
     /// Opens and migrates a store on this database.
@@ -113,15 +98,10 @@ impl Drop for TestDb {
         let name = std::mem::take(&mut self.name);
         // Drop may run inside a runtime; do the async cleanup on a thread of its own.
         let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             runtime.block_on(async move {
                 if let Ok(mut admin) = PgConnection::connect(&admin_url).await {
-                    let _ = admin
-                        .execute(&*format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .await;
+                    let _ = admin.execute(&*format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
                 }
             });
         })

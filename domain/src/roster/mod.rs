@@ -92,23 +92,15 @@ impl Roster {
 
     /// How many members hold the admin role (pending or active).
     pub fn admin_count(&self) -> usize {
-        self.members
-            .values()
-            .filter(|member| member.role == Role::Admin)
-            .count()
+        self.members.values().filter(|member| member.role == Role::Admin).count()
     }
 
     fn require(&self, email: &Email) -> Result<&Member, RosterError> {
-        self.members
-            .get(email)
-            .ok_or_else(|| RosterError::UnknownMember(email.clone()))
+        self.members.get(email).ok_or_else(|| RosterError::UnknownMember(email.clone()))
     }
 
     fn is_last_admin(&self, email: &Email) -> bool {
-        self.members
-            .get(email)
-            .is_some_and(|member| member.role == Role::Admin)
-            && self.admin_count() == 1
+        self.members.get(email).is_some_and(|member| member.role == Role::Admin) && self.admin_count() == 1
     }
 }
 
@@ -128,57 +120,29 @@ impl Aggregate for Roster {
         match command {
             RosterCommand::Bootstrap { email } => {
                 // Idempotent: a restart with the same configured admin records nothing.
-                if self
-                    .members
-                    .get(&email)
-                    .is_some_and(|member| member.role == Role::Admin)
-                {
+                if self.members.get(&email).is_some_and(|member| member.role == Role::Admin) {
                     return Ok(());
                 }
                 let event = match self.members.get(&email) {
-                    Some(member) => RosterEvent::MemberRoleChanged {
-                        email,
-                        from: member.role,
-                        to: Role::Admin,
-                        changed_by: None,
-                    },
-                    None => RosterEvent::MemberInvited {
-                        email,
-                        role: Role::Admin,
-                        invited_by: None,
-                    },
+                    Some(member) => {
+                        RosterEvent::MemberRoleChanged { email, from: member.role, to: Role::Admin, changed_by: None }
+                    }
+                    None => RosterEvent::MemberInvited { email, role: Role::Admin, invited_by: None },
                 };
                 sink.write(event, self).await;
             }
-            RosterCommand::Invite {
-                email,
-                role,
-                invited_by,
-            } => {
+            RosterCommand::Invite { email, role, invited_by } => {
                 if self.members.contains_key(&email) {
                     return Err(RosterError::AlreadyMember(email));
                 }
-                sink.write(
-                    RosterEvent::MemberInvited {
-                        email,
-                        role,
-                        invited_by: Some(invited_by),
-                    },
-                    self,
-                )
-                .await;
+                sink.write(RosterEvent::MemberInvited { email, role, invited_by: Some(invited_by) }, self).await;
             }
             RosterCommand::SignIn { email } => {
                 if self.require(&email)?.status == MemberStatus::Pending {
-                    sink.write(RosterEvent::MemberActivated { email }, self)
-                        .await;
+                    sink.write(RosterEvent::MemberActivated { email }, self).await;
                 }
             }
-            RosterCommand::ChangeRole {
-                email,
-                role,
-                changed_by,
-            } => {
+            RosterCommand::ChangeRole { email, role, changed_by } => {
                 let current = self.require(&email)?.role;
                 if current == role {
                     return Err(RosterError::RoleUnchanged { email, role });
@@ -186,12 +150,8 @@ impl Aggregate for Roster {
                 if self.is_last_admin(&email) {
                     return Err(RosterError::LastAdmin(email));
                 }
-                let event = RosterEvent::MemberRoleChanged {
-                    email,
-                    from: current,
-                    to: role,
-                    changed_by: Some(changed_by),
-                };
+                let event =
+                    RosterEvent::MemberRoleChanged { email, from: current, to: role, changed_by: Some(changed_by) };
                 sink.write(event, self).await;
             }
             RosterCommand::Remove { email, removed_by } => {
@@ -199,8 +159,7 @@ impl Aggregate for Roster {
                 if self.is_last_admin(&email) {
                     return Err(RosterError::LastAdmin(email));
                 }
-                sink.write(RosterEvent::MemberRemoved { email, removed_by }, self)
-                    .await;
+                sink.write(RosterEvent::MemberRemoved { email, removed_by }, self).await;
             }
         }
         Ok(())
@@ -209,13 +168,7 @@ impl Aggregate for Roster {
     fn apply(&mut self, event: Self::Event) {
         match event {
             RosterEvent::MemberInvited { email, role, .. } => {
-                self.members.insert(
-                    email,
-                    Member {
-                        role,
-                        status: MemberStatus::Pending,
-                    },
-                );
+                self.members.insert(email, Member { role, status: MemberStatus::Pending });
             }
             RosterEvent::MemberActivated { email } => {
                 if let Some(member) = self.members.get_mut(&email) {

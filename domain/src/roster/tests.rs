@@ -12,20 +12,14 @@ fn email(raw: &str) -> Email {
 }
 
 fn invited(raw: &str, role: Role) -> RosterEvent {
-    RosterEvent::MemberInvited {
-        email: email(raw),
-        role,
-        invited_by: Some(email("root@example.com")),
-    }
+    RosterEvent::MemberInvited { email: email(raw), role, invited_by: Some(email("root@example.com")) }
 }
 
 #[test]
 fn bootstrap_invites_the_configured_admin() {
     RosterTest::with(())
         .given_no_previous_events()
-        .when(RosterCommand::Bootstrap {
-            email: email("root@example.com"),
-        })
+        .when(RosterCommand::Bootstrap { email: email("root@example.com") })
         .then_expect_events(vec![RosterEvent::MemberInvited {
             email: email("root@example.com"),
             role: Role::Admin,
@@ -37,9 +31,7 @@ fn bootstrap_invites_the_configured_admin() {
 fn bootstrap_is_idempotent_for_an_existing_admin() {
     RosterTest::with(())
         .given(vec![invited("root@example.com", Role::Admin)])
-        .when(RosterCommand::Bootstrap {
-            email: email("root@example.com"),
-        })
+        .when(RosterCommand::Bootstrap { email: email("root@example.com") })
         .then_expect_events(vec![]);
 }
 
@@ -47,9 +39,7 @@ fn bootstrap_is_idempotent_for_an_existing_admin() {
 fn bootstrap_promotes_an_existing_member() {
     RosterTest::with(())
         .given(vec![invited("ada@example.com", Role::Member)])
-        .when(RosterCommand::Bootstrap {
-            email: email("ada@example.com"),
-        })
+        .when(RosterCommand::Bootstrap { email: email("ada@example.com") })
         .then_expect_events(vec![RosterEvent::MemberRoleChanged {
             email: email("ada@example.com"),
             from: Role::Member,
@@ -74,32 +64,21 @@ fn inviting_an_existing_member_is_refused() {
 fn first_sign_in_activates_and_later_ones_record_nothing() {
     RosterTest::with(())
         .given(vec![invited("ada@example.com", Role::Member)])
-        .when(RosterCommand::SignIn {
-            email: email("ada@example.com"),
-        })
-        .then_expect_events(vec![RosterEvent::MemberActivated {
-            email: email("ada@example.com"),
-        }]);
+        .when(RosterCommand::SignIn { email: email("ada@example.com") })
+        .then_expect_events(vec![RosterEvent::MemberActivated { email: email("ada@example.com") }]);
     RosterTest::with(())
         .given(vec![
             invited("ada@example.com", Role::Member),
-            RosterEvent::MemberActivated {
-                email: email("ada@example.com"),
-            },
+            RosterEvent::MemberActivated { email: email("ada@example.com") },
         ])
-        .when(RosterCommand::SignIn {
-            email: email("ada@example.com"),
-        })
+        .when(RosterCommand::SignIn { email: email("ada@example.com") })
         .then_expect_events(vec![]);
 }
 
 #[test]
 fn role_change_records_old_and_new_role_and_who_changed_it() {
     RosterTest::with(())
-        .given(vec![
-            invited("root@example.com", Role::Admin),
-            invited("ada@example.com", Role::Member),
-        ])
+        .given(vec![invited("root@example.com", Role::Admin), invited("ada@example.com", Role::Member)])
         .when(RosterCommand::ChangeRole {
             email: email("ada@example.com"),
             role: Role::Auditor,
@@ -122,10 +101,7 @@ fn changing_to_the_same_role_is_refused() {
             role: Role::Member,
             changed_by: email("root@example.com"),
         })
-        .then_expect_error(RosterError::RoleUnchanged {
-            email: email("ada@example.com"),
-            role: Role::Member,
-        });
+        .then_expect_error(RosterError::RoleUnchanged { email: email("ada@example.com"), role: Role::Member });
 }
 
 #[test]
@@ -140,24 +116,15 @@ fn the_last_admin_cannot_be_demoted_or_removed() {
         .then_expect_error(RosterError::LastAdmin(email("root@example.com")));
     RosterTest::with(())
         .given(vec![invited("root@example.com", Role::Admin)])
-        .when(RosterCommand::Remove {
-            email: email("root@example.com"),
-            removed_by: email("root@example.com"),
-        })
+        .when(RosterCommand::Remove { email: email("root@example.com"), removed_by: email("root@example.com") })
         .then_expect_error(RosterError::LastAdmin(email("root@example.com")));
 }
 
 #[test]
 fn an_admin_can_be_removed_while_another_remains() {
     RosterTest::with(())
-        .given(vec![
-            invited("root@example.com", Role::Admin),
-            invited("ops@example.com", Role::Admin),
-        ])
-        .when(RosterCommand::Remove {
-            email: email("ops@example.com"),
-            removed_by: email("root@example.com"),
-        })
+        .given(vec![invited("root@example.com", Role::Admin), invited("ops@example.com", Role::Admin)])
+        .when(RosterCommand::Remove { email: email("ops@example.com"), removed_by: email("root@example.com") })
         .then_expect_events(vec![RosterEvent::MemberRemoved {
             email: email("ops@example.com"),
             removed_by: email("root@example.com"),
@@ -168,25 +135,17 @@ fn an_admin_can_be_removed_while_another_remains() {
 fn unknown_members_are_refused() {
     RosterTest::with(())
         .given_no_previous_events()
-        .when(RosterCommand::Remove {
-            email: email("ghost@example.com"),
-            removed_by: email("root@example.com"),
-        })
+        .when(RosterCommand::Remove { email: email("ghost@example.com"), removed_by: email("root@example.com") })
         .then_expect_error(RosterError::UnknownMember(email("ghost@example.com")));
     RosterTest::with(())
         .given_no_previous_events()
-        .when(RosterCommand::SignIn {
-            email: email("ghost@example.com"),
-        })
+        .when(RosterCommand::SignIn { email: email("ghost@example.com") })
         .then_expect_error(RosterError::UnknownMember(email("ghost@example.com")));
 }
 
 #[test]
 fn event_types_are_the_stored_names() {
-    assert_eq!(
-        invited("a@example.com", Role::Member).event_type(),
-        "MemberInvited"
-    );
+    assert_eq!(invited("a@example.com", Role::Member).event_type(), "MemberInvited");
     assert_eq!(
         serde_json::to_value(invited("a@example.com", Role::Member)).expect("serialises"),
         serde_json::json!({"MemberInvited": {"email": "a@example.com", "role": "member", "invited_by": "root@example.com"}})
