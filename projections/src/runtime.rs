@@ -176,6 +176,7 @@ impl Projector {
         for projection in &self.projections {
             self.status.set(projection.name(), ProjectionState::CatchingUp, Cursor::START);
             let worker = Worker {
+                poison_index: std::sync::Mutex::default(),
                 store: self.store.clone(),
                 projection: projection.clone(),
                 config: self.config.clone(),
@@ -191,6 +192,7 @@ impl Projector {
     pub async fn catch_up(&self) -> Result<(), String> {
         for projection in &self.projections {
             let worker = Worker {
+                poison_index: std::sync::Mutex::default(),
                 store: self.store.clone(),
                 projection: projection.clone(),
                 config: self.config.clone(),
@@ -214,6 +216,8 @@ impl Projector {
 }
 
 struct Worker {
+    /// Where in the last batch a poison event stood.
+    poison_index: std::sync::Mutex<Option<usize>>,
     store: EventStore,
     projection: Arc<dyn Projection>,
     config: ProjectorConfig,
@@ -289,19 +293,40 @@ impl Worker {
     }
 
     /// One transaction: lock the checkpoint, read after it, apply, move it. Returns how many events it applied.
+    ///
+    /// When an event cannot be applied, the events before it in the batch are still applied (in a second
+    /// transaction), so the checkpoint stops exactly in front of the poison event.
     async fn run_batch(&self) -> Result<usize, BatchError> {
+        match self.run_limited_batch(self.config.batch_size).await {
+            Err(BatchError::Poison { cursor, error }) => {
+                let before = self.poison_index.lock().unwrap_or_else(|p| p.into_inner()).take();
+                if let Some(before) = before.filter(|before| *before > 0) {
+                    self.run_limited_batch(before).await?;
+                }
+                Err(BatchError::Poison { cursor, error })
+            }
+            other => other,
+        }
+    }
+
+    async fn run_limited_batch(&self, limit: usize) -> Result<usize, BatchError> {
         let name = self.projection.name();
         let mut transaction = begin_exclusive(&self.store).await?;
         let cursor = locked_checkpoint(&mut transaction, &self.store, name).await?;
-        let events = self.store.read_global(cursor, self.config.batch_size).await?;
+        let events = self.store.read_global(cursor, limit).await?;
         let Some(last) = events.last().map(|event| event.cursor) else {
             transaction.rollback().await?;
             self.status.set(name, ProjectionState::CaughtUp, cursor);
             return Ok(0);
         };
         let tables = Tables::live();
-        for event in &events {
-            apply_one(&*self.projection, &mut transaction, &tables, event).await?;
+        for (index, event) in events.iter().enumerate() {
+            if let Err(error) = apply_one(&*self.projection, &mut transaction, &tables, event).await {
+                if matches!(error, BatchError::Poison { .. }) {
+                    *self.poison_index.lock().unwrap_or_else(|p| p.into_inner()) = Some(index);
+                }
+                return Err(error);
+            }
         }
         sqlx::query(
             "UPDATE projection_checkpoints
