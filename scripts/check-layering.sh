@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Enforces the crate layering that docs/ARCHITECTURE.md states:
+# - `domain` performs no I/O: no database, HTTP, crypto, logging-backend or direct tokio dependency;
+# - `projections` knows no HTTP;
+# - `store` knows no HTTP.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+fail=0
+check() {
+  local crate=$1 pattern=$2 tree
+  tree=$(cargo tree --locked -p "$crate" -e normal --prefix none --format '{p}' | sed 's/ .*//' | sort -u)
+  if offenders=$(grep -xE "$pattern" <<<"$tree"); then
+    echo "layering: $crate must not depend on: $(echo $offenders)" >&2
+    fail=1
+  fi
+}
+
+check domain 'sqlx.*|postgres-es|actix.*|jwt-simple|aes-gcm-siv|reqwest|hyper|tracing-subscriber|portable-pty'
+check projections 'actix.*|jwt-simple|reqwest|hyper'
+check store 'actix.*|jwt-simple|reqwest|hyper'
+# tokio reaches domain only through cqrs-es; domain itself must not name it.
+if cargo tree --locked -p domain -e normal --depth 1 --prefix none --format '{p}' | grep -q '^tokio '; then
+  echo "layering: domain must not depend on tokio directly" >&2
+  fail=1
+fi
+[ "$fail" = 0 ] && echo "layering: ok"
+exit "$fail"
