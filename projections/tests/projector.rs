@@ -32,7 +32,10 @@ async fn write_history(roster: &AggregateRepository<Roster>, from: usize, to: us
         roster.execute("org", RosterCommand::Bootstrap { email: admin() }, &meta()).await.unwrap();
     }
     for n in from..to {
-        roster.execute("org", RosterCommand::Invite { email: email(n), role: Role::Member, invited_by: admin() }, &meta()).await.unwrap();
+        roster
+            .execute("org", RosterCommand::Invite { email: email(n), role: Role::Member, invited_by: admin() }, &meta())
+            .await
+            .unwrap();
         if n % 2 == 0 {
             roster.execute("org", RosterCommand::SignIn { email: email(n) }, &meta()).await.unwrap();
         }
@@ -41,7 +44,10 @@ async fn write_history(roster: &AggregateRepository<Roster>, from: usize, to: us
             roster.execute("org", command, &meta()).await.unwrap();
         }
         if n % 5 == 0 {
-            roster.execute("org", RosterCommand::Remove { email: email(n), removed_by: admin() }, &meta()).await.unwrap();
+            roster
+                .execute("org", RosterCommand::Remove { email: email(n), removed_by: admin() }, &meta())
+                .await
+                .unwrap();
         }
     }
 }
@@ -66,12 +72,19 @@ async fn projected(store: &EventStore) -> BTreeSet<(String, String, String)> {
 }
 
 fn projector(store: &EventStore) -> Projector {
-    let config = ProjectorConfig { batch_size: 7, poll_interval: Duration::from_millis(20), ..ProjectorConfig::default() };
+    let config =
+        ProjectorConfig { batch_size: 7, poll_interval: Duration::from_millis(20), ..ProjectorConfig::default() };
     Projector::new(store.clone(), projections::all(), config, &prometheus::Registry::new()).unwrap()
 }
 
 async fn events_applied(store: &EventStore) -> i64 {
-    projections::checkpoints(store).await.unwrap().iter().find(|checkpoint| checkpoint.name == "members").unwrap().events_applied
+    projections::checkpoints(store)
+        .await
+        .unwrap()
+        .iter()
+        .find(|checkpoint| checkpoint.name == "members")
+        .unwrap()
+        .events_applied
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -116,7 +129,12 @@ async fn competing_projectors_never_apply_an_event_twice() {
         shutdown.cancel();
         first.await.unwrap();
         second.await.unwrap();
-        assert_eq!(events_applied(&store).await as u64, total, "{}: an event was applied twice or not at all", db.backend());
+        assert_eq!(
+            events_applied(&store).await as u64,
+            total,
+            "{}: an event was applied twice or not at all",
+            db.backend()
+        );
         assert_eq!(projected(&store).await, expected(&roster, 60).await, "{}", db.backend());
         other.close().await;
         store.close().await;
@@ -137,7 +155,8 @@ async fn a_poison_event_stops_its_projection_with_a_clear_error_and_a_metric() {
         }
         let before_poison = store.count_events().await.unwrap() - 1;
         let registry = prometheus::Registry::new();
-        let projector = Projector::new(store.clone(), projections::all(), ProjectorConfig::default(), &registry).unwrap();
+        let projector =
+            Projector::new(store.clone(), projections::all(), ProjectorConfig::default(), &registry).unwrap();
         let status = projector.status();
         let task = tokio::spawn(projector.run(CancellationToken::new()));
         // The failed projection's task ends by itself.
@@ -147,12 +166,18 @@ async fn a_poison_event_stops_its_projection_with_a_clear_error_and_a_metric() {
             panic!("{}: expected failure, got {snapshot:?}", db.backend())
         };
         assert!(error.contains("MemberInvited"), "{}: {error}", db.backend());
-        let failed = registry.gather().into_iter().find(|family| family.get_name() == "gatehouse_projection_failed").unwrap();
+        let failed =
+            registry.gather().into_iter().find(|family| family.get_name() == "gatehouse_projection_failed").unwrap();
         assert_eq!(failed.get_metric()[0].get_gauge().get_value(), 1.0);
         let checkpoint = projections::checkpoints(&store).await.unwrap().remove(0);
         assert!(checkpoint.last_error.unwrap().contains("MemberInvited"));
         assert!(checkpoint.failed_cursor.is_some());
-        assert_eq!(checkpoint.events_applied as u64, before_poison, "{}: events before the poison are applied", db.backend());
+        assert_eq!(
+            checkpoint.events_applied as u64,
+            before_poison,
+            "{}: events before the poison are applied",
+            db.backend()
+        );
         store.close().await;
     }
 }
@@ -184,9 +209,11 @@ async fn rebuild_replays_into_fresh_tables_and_swaps_them_in_while_readers_read(
         let progress = std::sync::Mutex::new(Vec::new());
         for _ in 0..2 {
             let members = projections::all().into_iter().find(|projection| projection.name() == "members").unwrap();
-            let report = projections::rebuild(&store, members.as_ref(), &|done, total| progress.lock().unwrap().push((done, total)))
-                .await
-                .unwrap();
+            let report = projections::rebuild(&store, members.as_ref(), &|done, total| {
+                progress.lock().unwrap().push((done, total))
+            })
+            .await
+            .unwrap();
             assert_eq!(report.events, store.count_events().await.unwrap(), "{}", db.backend());
             assert_eq!(projected(&store).await, expected(&roster, 50).await, "{}", db.backend());
         }
