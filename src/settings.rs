@@ -65,7 +65,7 @@ impl Default for Settings {
             bootstrap_admin: None,
             projector_batch_size: 500,
             projector_poll_interval_ms: 200,
-            log: "info".into(),
+            log: "info,sqlx=warn".into(),
             log_format: LogFormat::Text,
             shutdown_timeout_secs: 30,
         }

@@ -1,0 +1,87 @@
+//! `gatehouse serve` as a real process over real HTTP: endpoints, graceful shutdown, store outages.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{eventually, Server};
+use testkit::TestDb;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_answers_health_readiness_metrics_and_openapi_then_stops_on_sigterm() {
+    for db in TestDb::all("serve endpoints").await {
+        let server = Server::start(&db, &[("GATEHOUSE_BOOTSTRAP_ADMIN", "Root@Example.com")]);
+        let client = reqwest::Client::new();
+        let health: serde_json::Value = client.get(server.url("/healthz")).send().await.unwrap().json().await.unwrap();
+        assert_eq!(health["status"], "ok");
+
+        let ready = eventually(Duration::from_secs(10), || async {
+            client.get(server.url("/readyz")).send().await.map(|r| r.status() == 200).unwrap_or(false)
+        })
+        .await;
+        assert!(ready, "{}: never ready", db.backend());
+        let readiness: serde_json::Value =
+            client.get(server.url("/readyz")).send().await.unwrap().json().await.unwrap();
+        assert_eq!(readiness["backend"], db.backend());
+        assert_eq!(readiness["projections"][0]["name"], "members");
+        assert_eq!(readiness["projections"][0]["state"], "caught_up");
+
+        let metrics = client.get(server.url("/metrics")).send().await.unwrap();
+        assert!(metrics.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+        let metrics = metrics.text().await.unwrap();
+        assert!(metrics.contains("gatehouse_projection_events_applied_total{projection=\"members\"} 1"), "{metrics}");
+        assert!(metrics.contains("gatehouse_http_requests_total{method=\"GET\",route=\"/healthz\",status=\"200\"} 1"));
+
+        let openapi: serde_json::Value =
+            client.get(server.url("/api/v1/openapi.json")).send().await.unwrap().json().await.unwrap();
+        assert_eq!(openapi["openapi"], "3.1.0");
+        assert!(openapi["paths"]["/readyz"]["get"].is_object());
+
+        let missing = client.get(server.url("/api/v1/nothing-here")).send().await.unwrap();
+        assert_eq!(missing.status(), 404);
+        assert_eq!(missing.headers()["content-type"], "application/problem+json");
+        let problem: serde_json::Value = missing.json().await.unwrap();
+        assert_eq!(problem["code"], "not_found");
+        assert_eq!(problem["status"], 404);
+
+        let status = server.terminate();
+        assert!(status.success(), "{}: exit {status:?}", db.backend());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_outage_turns_readiness_off_and_the_service_recovers_by_itself() {
+    let Some(db) = TestDb::postgres("store outage").await else { return };
+    let server = Server::start(&db, &[("GATEHOUSE_DATABASE_ACQUIRE_TIMEOUT_SECS", "1")]);
+    let client = reqwest::Client::new();
+    let status = |path: &'static str| {
+        let client = client.clone();
+        let url = server.url(path);
+        async move { client.get(url).send().await.map(|response| response.status().as_u16()).unwrap_or(0) }
+    };
+    assert!(eventually(Duration::from_secs(10), || async { status("/readyz").await == 200 }).await);
+
+    let name = db.url.rsplit('/').next().unwrap().to_string();
+    let admin = std::env::var(testkit::POSTGRES_URL_VARIABLE).unwrap();
+    let mut connection = <sqlx::PgConnection as sqlx::Connection>::connect(&admin).await.unwrap();
+    let outage = |allow: bool| format!("ALTER DATABASE {name} ALLOW_CONNECTIONS {allow}");
+    sqlx::query(&outage(false)).execute(&mut connection).await.unwrap();
+    sqlx::query(&format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"))
+        .execute(&mut connection)
+        .await
+        .unwrap();
+
+    assert!(
+        eventually(Duration::from_secs(15), || async { status("/readyz").await == 503 }).await,
+        "readiness stayed on"
+    );
+    let response = client.get(server.url("/readyz")).send().await.unwrap();
+    assert_eq!(response.headers()["retry-after"], "2");
+    assert_eq!(status("/healthz").await, 200, "the process itself stays alive");
+
+    sqlx::query(&outage(true)).execute(&mut connection).await.unwrap();
+    assert!(eventually(Duration::from_secs(30), || async { status("/readyz").await == 200 }).await, "never recovered");
+    assert!(server.terminate().success());
+}
