@@ -30,11 +30,11 @@ pub struct Settings {
     pub database_url: Option<String>,
     /// Directory for the embedded database and local state.
     pub data_dir: PathBuf,
-    /// Most pooled database connections.
+    /// Most pooled database connections, per pool (the event store and the read models each have one).
     pub database_max_connections: u32,
     /// Seconds a request waits for a database connection before the store counts as unavailable.
     pub database_acquire_timeout_secs: u64,
-    /// Aggregates kept in the in-memory aggregate cache, per aggregate type.
+    /// Aggregates kept in each aggregate repository's in-memory cache.
     pub aggregate_cache_capacity: usize,
     /// Apply pending migrations when `serve` starts (otherwise `serve` refuses an out-of-date schema).
     pub migrate_on_start: bool,
@@ -85,7 +85,12 @@ impl Settings {
             }
             figment = figment.merge(Toml::file(file));
         }
-        figment.merge(Env::prefixed("GATEHOUSE_").filter(|key| !NOT_SETTINGS.contains(&key.as_str()))).extract()
+        figment
+            .merge(
+                Env::prefixed("GATEHOUSE_")
+                    .filter(|key| !NOT_SETTINGS.iter().any(|skip| key.as_str().eq_ignore_ascii_case(skip))),
+            )
+            .extract()
     }
 
     /// The store configuration these settings describe.

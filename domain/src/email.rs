@@ -15,7 +15,7 @@ pub struct Email(String);
 /// Why a string is not an [`Email`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InvalidEmail {
-    /// Empty, or longer than RFC 5321's 254 characters.
+    /// Shorter than 3 characters, or longer than RFC 5321's 254.
     #[error("an email address has 3 to 254 characters")]
     Length,
     /// Not exactly one `@` with something on both sides.

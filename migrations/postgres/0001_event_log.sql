@@ -42,6 +42,11 @@ CREATE TRIGGER events_append_only
     BEFORE UPDATE OR DELETE ON events
     FOR EACH ROW EXECUTE FUNCTION events_append_only();
 
+-- Row triggers do not see TRUNCATE.
+CREATE TRIGGER events_no_truncate
+    BEFORE TRUNCATE ON events
+    FOR EACH STATEMENT EXECUTE FUNCTION events_append_only();
+
 -- One row per projection: where it stands in the global log, and why it stopped if it did.
 CREATE TABLE projection_checkpoints
 (

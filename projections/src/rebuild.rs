@@ -30,6 +30,9 @@ pub enum RebuildError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Another process is rebuilding the same projection.
+    #[error("a rebuild of {0} is already running")]
+    AlreadyRunning(String),
     /// An event could not be applied.
     #[error("event at {cursor} cannot be applied: {error}")]
     Poison {
@@ -57,6 +60,34 @@ impl From<BatchError> for RebuildError {
 
 /// Rebuilds `projection` from the whole log. `progress(done, total)` is called after every batch.
 pub async fn rebuild(
+    store: &EventStore,
+    projection: &dyn Projection,
+    progress: &(dyn Fn(u64, u64) + Sync),
+) -> Result<RebuildReport, RebuildError> {
+    // Two rebuilds of one projection would drop each other's shadow tables: hold a session lock for the whole
+    // rebuild. (SQLite has one writer; its rebuilds are for a single node and are not guarded.)
+    let mut guard = store.read_models().acquire().await?;
+    if store.backend_name() == "postgres" {
+        let locked: bool =
+            sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext('gatehouse-rebuild:' || $1)::bigint)")
+                .bind(projection.name())
+                .fetch_one(&mut *guard)
+                .await?;
+        if !locked {
+            return Err(RebuildError::AlreadyRunning(projection.name().to_string()));
+        }
+    }
+    let result = rebuild_locked(store, projection, progress).await;
+    if store.backend_name() == "postgres" {
+        sqlx::query("SELECT pg_advisory_unlock(hashtext('gatehouse-rebuild:' || $1)::bigint)")
+            .bind(projection.name())
+            .execute(&mut *guard)
+            .await?;
+    }
+    result
+}
+
+async fn rebuild_locked(
     store: &EventStore,
     projection: &dyn Projection,
     progress: &(dyn Fn(u64, u64) + Sync),
@@ -152,8 +183,19 @@ async fn swap_tables(
     for table in projection.tables() {
         let shadow = format!("{table}{SUFFIX}");
         if store.backend_name() == "postgres" {
+            let original = postgres_indexes(connection, table).await?;
             connection.execute(&*format!("DROP TABLE {table}")).await?;
             connection.execute(&*format!("ALTER TABLE {shadow} RENAME TO {table}")).await?;
+            // `LIKE … INCLUDING ALL` named the copied indexes after the shadow table; give them their original
+            // names back so later migrations can refer to them.
+            for (name, definition) in postgres_indexes(connection, table).await? {
+                let Some((original_name, _)) = original.iter().find(|(_, original)| *original == definition) else {
+                    continue;
+                };
+                if *original_name != name {
+                    connection.execute(&*format!("ALTER INDEX {name} RENAME TO {original_name}")).await?;
+                }
+            }
         } else {
             let indexes: Vec<(String, String)> = sqlite_schema(connection, table)
                 .await?
@@ -173,6 +215,25 @@ async fn swap_tables(
     Ok(())
 }
 
+/// A PostgreSQL table's indexes: (name, definition with the index name left out).
+async fn postgres_indexes(connection: &mut AnyConnection, table: &str) -> Result<Vec<(String, String)>, RebuildError> {
+    let rows = connection
+        .fetch_all(
+            sqlx::query(
+                "SELECT indexname::text AS indexname, indexdef FROM pg_indexes WHERE schemaname = current_schema() AND tablename = $1",
+            )
+            .bind(table),
+        )
+        .await?;
+    rows.iter()
+        .map(|row| {
+            let name: String = row.try_get("indexname")?;
+            let definition: String = row.try_get("indexdef")?;
+            Ok((name.clone(), definition.replacen(&format!(" {name} "), " ", 1)))
+        })
+        .collect()
+}
+
 /// The `CREATE` statements of a table and its explicit indexes: (kind, name, sql).
 async fn sqlite_schema(
     connection: &mut AnyConnection,
@@ -181,7 +242,8 @@ async fn sqlite_schema(
     let rows = connection
         .fetch_all(
             sqlx::query(
-                "SELECT type, name, sql FROM sqlite_master WHERE tbl_name = $1 AND sql IS NOT NULL ORDER BY type DESC",
+                "SELECT type, name, sql FROM sqlite_master
+                  WHERE tbl_name = $1 AND type IN ('table', 'index') AND sql IS NOT NULL ORDER BY type DESC",
             )
             .bind(table),
         )

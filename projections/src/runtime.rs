@@ -102,7 +102,7 @@ impl Metrics {
         let lag = HistogramVec::new(
             HistogramOpts::new(
                 "gatehouse_projection_lag_seconds",
-                "Time from an event's commit to its projection's commit",
+                "Time from an event's insert (database clock) to its projection's commit (service clock)",
             )
             .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0]),
             &["projection"],
@@ -146,10 +146,23 @@ impl From<sqlx::Error> for BatchError {
 
 impl From<StoreError> for BatchError {
     fn from(error: StoreError) -> Self {
-        match error {
-            unavailable @ StoreError::Unavailable(_) => BatchError::Unavailable(unavailable),
-            other => BatchError::Poison { cursor: Cursor::START, error: other.to_string() },
+        if is_transient(&error) {
+            BatchError::Unavailable(error)
+        } else {
+            BatchError::Poison { cursor: Cursor::START, error: error.to_string() }
         }
+    }
+}
+
+/// Errors worth retrying: the store is away, or PostgreSQL aborted the transaction for a reason that a retry
+/// clears (serialization failure, deadlock, lock or statement timeout, cancellation).
+fn is_transient(error: &StoreError) -> bool {
+    match error {
+        StoreError::Unavailable(_) => true,
+        StoreError::Database(sqlx::Error::Database(database)) => {
+            matches!(database.code().as_deref(), Some("40001" | "40P01" | "55P03" | "57014"))
+        }
+        _ => false,
     }
 }
 
@@ -237,6 +250,10 @@ impl Worker {
                     Err(error) => {
                         self.status.set(name, ProjectionState::Retrying(error.to_string()), Cursor::START);
                         tracing::warn!(projection = name, error.message = %error, "projection waiting for the store");
+                        tokio::select! {
+                            () = shutdown.cancelled() => return,
+                            () = tokio::time::sleep(self.config.retry_delay) => continue,
+                        }
                     }
                 }
             }
@@ -377,8 +394,8 @@ pub(crate) async fn apply_one(
     match projection.apply(connection, tables, event).await {
         Ok(()) => Ok(()),
         Err(ApplyError::Database(error)) => match StoreError::from(error) {
-            unavailable @ StoreError::Unavailable(_) => Err(BatchError::Unavailable(unavailable)),
-            other => Err(BatchError::Poison { cursor: event.cursor, error: format!("{other}: {:?}", other) }),
+            transient if is_transient(&transient) => Err(BatchError::Unavailable(transient)),
+            other => Err(BatchError::Poison { cursor: event.cursor, error: format!("{other}: {other:?}") }),
         },
         Err(decode) => Err(BatchError::Poison { cursor: event.cursor, error: decode.to_string() }),
     }

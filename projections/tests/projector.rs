@@ -218,6 +218,22 @@ async fn rebuild_replays_into_fresh_tables_and_swaps_them_in_while_readers_read(
             assert_eq!(projected(&store).await, expected(&roster, 50).await, "{}", db.backend());
         }
         reading.store(false, std::sync::atomic::Ordering::Relaxed);
+        let index_names = match store.backend() {
+            Backend::Postgres(pool) => {
+                sqlx::query_scalar::<_, String>("SELECT indexname FROM pg_indexes WHERE tablename = 'members' ORDER BY 1")
+                    .fetch_all(pool)
+                    .await
+                    .unwrap()
+            }
+            Backend::Sqlite(pool) => sqlx::query_scalar::<_, String>(
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'members' AND sql IS NOT NULL ORDER BY 1",
+            )
+            .fetch_all(pool)
+            .await
+            .unwrap(),
+        };
+        assert!(index_names.contains(&"members_by_role".to_string()), "{}: {index_names:?}", db.backend());
+        assert!(index_names.iter().all(|name| !name.contains("rebuild")), "{}: {index_names:?}", db.backend());
         assert!(reader.await.unwrap() > 0, "readers kept reading during the rebuild");
         assert!(progress.lock().unwrap().last().is_some_and(|(done, total)| done == total));
 
