@@ -40,15 +40,21 @@ impl Application {
         store.check_schema().await.context("the event store is not usable")?;
         tracing::info!(backend = store.backend_name(), "event store open");
 
+        let roster = Arc::new(AggregateRepository::<Roster>::new(store.clone(), ()));
         if let Some(admin) = &settings.bootstrap_admin {
             let email =
                 Email::parse(admin).with_context(|| format!("bootstrap_admin {admin:?} is not an email address"))?;
-            let roster = AggregateRepository::<Roster>::new(store.clone(), ());
             roster
-                .execute(ROSTER_ID, RosterCommand::Bootstrap { email }, &EventMetadata::system("bootstrap"))
+                .execute_retrying(ROSTER_ID, RosterCommand::Bootstrap { email }, &EventMetadata::system("bootstrap"), 5)
                 .await
                 .with_context(|| format!("cannot bootstrap the admin ({})", Roster::TYPE))?;
         }
+        let local_issuer = settings.local_issuer().context("local token issuer")?;
+        let auth = Arc::new(api::auth::Authenticator::new(
+            local_issuer.as_ref(),
+            &settings.auth_audience,
+            Duration::from_secs(settings.auth_leeway_secs),
+        ));
 
         let registry = prometheus::Registry::new_custom(None, None).context("metrics registry")?;
         let projector = Projector::new(store.clone(), projections::all(), settings.projector(), &registry)
@@ -59,7 +65,15 @@ impl Application {
 
         let draining = Arc::new(AtomicBool::new(false));
         let http_metrics = api::HttpMetrics::register(&registry).context("http metrics")?;
-        let state = api::AppState { store: store.clone(), projections: status, registry, draining: draining.clone() };
+        let state = api::AppState {
+            store: store.clone(),
+            projections: status,
+            registry,
+            draining: draining.clone(),
+            auth,
+            members: projections::MembersQuery::new(store.read_models().clone()),
+            roster,
+        };
         let listener =
             TcpListener::bind(&settings.listen).with_context(|| format!("cannot listen on {}", settings.listen))?;
         let port = listener.local_addr().context("listener address")?.port();

@@ -32,6 +32,44 @@ enum Command {
         #[command(subcommand)]
         command: ProjectionsCommand,
     },
+    /// Tokens of the local development issuer.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Print a token for EMAIL, first making EMAIL a member with ROLE (roles come from the roster, not the token).
+    Issue {
+        /// Whose token.
+        #[arg(long)]
+        email: String,
+        /// admin, member or auditor.
+        #[arg(long)]
+        role: String,
+        /// Lifetime: seconds, or a number with s, m, h or d.
+        #[arg(long, default_value = "12h", value_parser = parse_ttl)]
+        ttl: Duration,
+    },
+}
+
+fn parse_ttl(raw: &str) -> Result<Duration, String> {
+    let raw = raw.trim();
+    let (digits, unit) = raw.split_at(raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len()));
+    let value: u64 = digits.parse().map_err(|_| format!("{raw:?} is not a duration like 90s, 30m, 12h or 7d"))?;
+    let seconds = match unit {
+        "" | "s" => value,
+        "m" => value.saturating_mul(60),
+        "h" => value.saturating_mul(3600),
+        "d" => value.saturating_mul(86_400),
+        _ => return Err(format!("{raw:?} is not a duration like 90s, 30m, 12h or 7d")),
+    };
+    if seconds == 0 || seconds > 90 * 86_400 {
+        return Err("a token lives between 1 second and 90 days".into());
+    }
+    Ok(Duration::from_secs(seconds))
 }
 
 #[derive(Debug, Subcommand)]
@@ -68,6 +106,9 @@ fn main() -> ExitCode {
             Command::Migrate => migrate(settings).await,
             Command::Projections { command: ProjectionsCommand::List } => list_projections(settings).await,
             Command::Projections { command: ProjectionsCommand::Rebuild { name } } => rebuild(settings, &name).await,
+            Command::Token { command: TokenCommand::Issue { email, role, ttl } } => {
+                issue_token(settings, &email, &role, ttl).await
+            }
         }
     });
     match result {
@@ -142,5 +183,41 @@ async fn rebuild(settings: Settings, name: &str) -> anyhow::Result<()> {
     bar.finish_and_clear();
     println!("rebuilt {name}: {} events, checkpoint {}", report.events, report.cursor);
     store.close().await;
+    Ok(())
+}
+
+async fn issue_token(settings: Settings, email: &str, role: &str, ttl: Duration) -> anyhow::Result<()> {
+    use domain::roster::{Role, Roster, RosterCommand, ROSTER_ID};
+    let email = domain::Email::parse(email).with_context(|| format!("{email:?} is not an email address"))?;
+    let Some(role) = Role::parse(role) else { anyhow::bail!("role is one of admin, member, auditor") };
+    let Some(issuer) = settings.local_issuer().context("local token issuer")? else {
+        anyhow::bail!("the local issuer is disabled (auth_local_issuer = false)");
+    };
+    let store = open_store(&settings).await?;
+    if settings.migrate_on_start {
+        store.migrate().await.context("cannot migrate the event store")?;
+    }
+    store.check_schema().await?;
+    let roster = store::AggregateRepository::<Roster>::new(store.clone(), ());
+    let metadata = store::EventMetadata::system("token-issue");
+    let (state, _) = roster.load(ROSTER_ID).await?;
+    let command = match state.member(&email) {
+        None => Some(RosterCommand::Invite {
+            email: email.clone(),
+            role,
+            invited_by: domain::Email::parse("cli@gatehouse.local")?,
+        }),
+        Some(member) if member.role != role => Some(RosterCommand::ChangeRole {
+            email: email.clone(),
+            role,
+            changed_by: domain::Email::parse("cli@gatehouse.local")?,
+        }),
+        Some(_) => None,
+    };
+    if let Some(command) = command {
+        roster.execute_retrying(ROSTER_ID, command, &metadata, 5).await.context("cannot update the roster")?;
+    }
+    store.close().await;
+    println!("{}", issuer.issue(&email, ttl).context("cannot sign the token")?);
     Ok(())
 }

@@ -50,6 +50,12 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// Seconds in-flight requests get to finish on SIGTERM.
     pub shutdown_timeout_secs: u64,
+    /// Accept tokens of the local development issuer (key in `data_dir`, tokens from `gatehouse token issue`).
+    pub auth_local_issuer: bool,
+    /// The audience every token must name.
+    pub auth_audience: String,
+    /// Seconds of clock skew tolerated on `exp` and `nbf`.
+    pub auth_leeway_secs: u64,
 }
 
 impl Default for Settings {
@@ -68,6 +74,9 @@ impl Default for Settings {
             log: "info,sqlx=warn".into(),
             log_format: LogFormat::Text,
             shutdown_timeout_secs: 30,
+            auth_local_issuer: true,
+            auth_audience: "gatehouse".into(),
+            auth_leeway_secs: 60,
         }
     }
 }
@@ -102,6 +111,14 @@ impl Settings {
             acquire_timeout: Duration::from_secs(self.database_acquire_timeout_secs.max(1)),
             aggregate_cache_capacity: self.aggregate_cache_capacity.max(1),
         }
+    }
+
+    /// The local issuer, when enabled (its key is created on first use).
+    pub fn local_issuer(&self) -> Result<Option<api::auth::LocalIssuer>, api::auth::KeyError> {
+        if !self.auth_local_issuer {
+            return Ok(None);
+        }
+        api::auth::LocalIssuer::load_or_create(&self.data_dir, &self.auth_audience).map(Some)
     }
 
     /// The projector configuration these settings describe.

@@ -4,15 +4,18 @@
 //! Errors leave through [`Problem`] (RFC 9457 problem documents with stable codes). Operational endpoints
 //! (`/healthz`, `/readyz`, `/metrics`, `/api/v1/openapi.json`) live in [`ops`].
 
+pub mod auth;
+pub mod members;
 pub mod metrics;
 pub mod ops;
 mod problem;
 
 use std::sync::Arc;
 
-use actix_web::web;
-use projections::StatusBoard;
-use store::EventStore;
+use actix_web::{web, HttpRequest};
+use domain::roster::Roster;
+use projections::{MembersQuery, StatusBoard};
+use store::{AggregateRepository, EventStore};
 
 pub use metrics::HttpMetrics;
 pub use problem::{Problem, ProblemCode};
@@ -28,6 +31,25 @@ pub struct AppState {
     pub registry: prometheus::Registry,
     /// Readiness is also off while the service drains for shutdown.
     pub draining: Arc<std::sync::atomic::AtomicBool>,
+    /// Verifies bearer tokens.
+    pub auth: Arc<auth::Authenticator>,
+    /// The members read model.
+    pub members: MembersQuery,
+    /// The roster aggregate.
+    pub roster: Arc<AggregateRepository<Roster>>,
+}
+
+/// The request's id: a valid `X-Request-Id` from the caller, or a new one.
+pub fn request_id(request: &HttpRequest) -> String {
+    request
+        .headers()
+        .get("x-request-id")
+        .and_then(|value| value.to_str().ok())
+        .filter(|id| {
+            !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        })
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
 }
 
 /// Mounts every route and the JSON error handlers.
@@ -42,6 +64,12 @@ pub fn configure(state: AppState) -> impl FnOnce(&mut web::ServiceConfig) {
             .service(ops::readyz)
             .service(ops::metrics)
             .service(ops::openapi_document)
+            .service(members::me)
+            .service(members::list_members)
+            .service(members::get_member)
+            .service(members::invite_member)
+            .service(members::change_role)
+            .service(members::remove_member)
             .default_service(web::to(problem::not_found));
     }
 }

@@ -14,10 +14,32 @@ use crate::{AppState, Problem, ProblemCode};
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Gatehouse API", description = "System of record and gateway of the developer portal."),
-    paths(healthz, readyz, metrics, openapi_document),
-    components(schemas(Problem, ProblemCode, Health, Readiness, ProjectionReadiness))
+    paths(
+        healthz, readyz, metrics, openapi_document,
+        crate::members::me, crate::members::list_members, crate::members::get_member,
+        crate::members::invite_member, crate::members::change_role, crate::members::remove_member,
+    ),
+    components(schemas(
+        Problem, ProblemCode, Health, Readiness, ProjectionReadiness,
+        crate::members::MemberView, crate::members::MemberPage, crate::members::InviteRequest,
+        crate::members::RoleChange, crate::members::Me,
+    )),
+    modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
+        );
+    }
+}
 
 /// Liveness.
 #[derive(Debug, Serialize, utoipa::ToSchema)]

@@ -20,6 +20,24 @@ pub enum ProblemCode {
     NotReady,
     /// Something failed inside the service; details are in its log under the request id.
     Internal,
+    /// No valid bearer token (401, with `WWW-Authenticate`).
+    Unauthenticated,
+    /// Authenticated, but the caller's role does not allow this.
+    Forbidden,
+    /// Authenticated, but not on the roster.
+    NotAMember,
+    /// A field has an invalid value; `field` names it.
+    InvalidField,
+    /// The address is already a member.
+    AlreadyMember,
+    /// The member already has that role.
+    RoleUnchanged,
+    /// The change would leave the organisation without an admin.
+    LastAdmin,
+    /// The resource changed while the request was decided; retry.
+    ConcurrentModification,
+    /// `If-Match` named a version that is no longer current.
+    StaleVersion,
 }
 
 /// An RFC 9457 problem document.

@@ -81,6 +81,28 @@ where
         self.execute_expecting(aggregate_id, command, metadata, None).await
     }
 
+    /// Like [`execute`](Self::execute), but when another writer wins the race the command is decided again on the
+    /// fresh state, up to `attempts` times in all. Only for commands whose meaning does not depend on the state the
+    /// caller saw (no `If-Match`): re-deciding them is what the caller would get by arriving a moment later.
+    pub async fn execute_retrying(
+        &self,
+        aggregate_id: &str,
+        command: A::Command,
+        metadata: &EventMetadata,
+        attempts: u32,
+    ) -> Result<Committed, CommandError<A::Error>>
+    where
+        A::Command: Clone,
+    {
+        let mut attempt = 1;
+        loop {
+            match self.execute_expecting(aggregate_id, command.clone(), metadata, None).await {
+                Err(CommandError::Conflict) if attempt < attempts => attempt += 1,
+                outcome => return outcome,
+            }
+        }
+    }
+
     /// Like [`execute`](Self::execute), but fails with [`CommandError::VersionMismatch`] unless the aggregate is at
     /// `expected_version` (for `If-Match`).
     pub async fn execute_expecting(

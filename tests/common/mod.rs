@@ -62,8 +62,27 @@ impl Server {
             let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
             if event["message"] == "listening" {
                 let port = event["port"].as_u64().unwrap();
-                return Server { child, base: format!("http://127.0.0.1:{port}"), logs };
+                let server = Server { child, base: format!("http://127.0.0.1:{port}"), logs };
+                server.wait_ready(deadline);
+                return server;
             }
+        }
+    }
+
+    /// Waits until `/readyz` answers 200, as a load balancer would before sending traffic.
+    fn wait_ready(&self, deadline: std::time::Instant) {
+        let url = self.url("/readyz");
+        loop {
+            let ready = std::process::Command::new("curl")
+                .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &url])
+                .output()
+                .map(|output| output.stdout == b"200")
+                .unwrap_or(false);
+            if ready {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "gatehouse never became ready");
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -122,4 +141,88 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     false
+}
+
+/// Prints a local-issuer token for `email` with `role` (making them a member with that role), as a user would.
+pub fn issue_token(db: &TestDb, email: &str, role: &str, ttl: &str) -> String {
+    let output = gatehouse()
+        .args(["token", "issue", "--email", email, "--role", role, "--ttl", ttl])
+        .env("GATEHOUSE_DATABASE_URL", &db.url)
+        .env("GATEHOUSE_DATA_DIR", &db.data_dir)
+        .env("GATEHOUSE_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "token issue failed: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).unwrap().trim().to_string()
+}
+
+/// A tiny typed client for the REST API.
+#[derive(Clone)]
+pub struct Api {
+    pub base: String,
+    pub http: reqwest::Client,
+}
+
+impl Api {
+    pub fn new(server: &Server) -> Self {
+        Self { base: server.base.clone(), http: reqwest::Client::new() }
+    }
+
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> (u16, reqwest::header::HeaderMap, serde_json::Value) {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let text = response.text().await.unwrap();
+        let json = if text.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))
+        };
+        (status, headers, json)
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> (u16, serde_json::Value) {
+        let (status, _, body) = self.call(reqwest::Method::GET, path, token, None).await;
+        (status, body)
+    }
+
+    pub async fn invite(&self, token: &str, email: &str, role: &str) -> (u16, serde_json::Value) {
+        let body = serde_json::json!({ "email": email, "role": role });
+        let (status, _, body) = self.call(reqwest::Method::POST, "/api/v1/members", Some(token), Some(body)).await;
+        (status, body)
+    }
+
+    /// Emails of every member, through the API (follows pagination).
+    pub async fn member_emails(&self, token: &str) -> Vec<(String, String, String)> {
+        let mut after = String::new();
+        let mut all = Vec::new();
+        loop {
+            let (status, page) = self.get(&format!("/api/v1/members?limit=100&after={after}"), Some(token)).await;
+            assert_eq!(status, 200, "{page}");
+            for item in page["items"].as_array().unwrap() {
+                all.push((
+                    item["email"].as_str().unwrap().to_string(),
+                    item["role"].as_str().unwrap().to_string(),
+                    item["status"].as_str().unwrap().to_string(),
+                ));
+            }
+            match page["next"].as_str() {
+                Some(next) => after = next.to_string(),
+                None => return all,
+            }
+        }
+    }
 }

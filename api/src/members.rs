@@ -1,0 +1,273 @@
+//! `/api/v1/members`: the roster, over HTTP.
+
+use actix_web::http::StatusCode;
+use actix_web::{delete, get, patch, post, web, HttpRequest, HttpResponse};
+use domain::roster::{Role, RosterCommand, RosterError, ROSTER_ID};
+use domain::Email;
+use projections::MemberRow;
+use serde::{Deserialize, Serialize};
+use store::{CommandError, EventMetadata};
+
+use crate::auth::Caller;
+use crate::{AppState, Problem, ProblemCode};
+
+/// A member, as the API shows it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct MemberView {
+    /// The member's address.
+    pub email: String,
+    /// `admin`, `member` or `auditor`.
+    pub role: String,
+    /// `pending` until first sign-in, then `active`.
+    pub status: String,
+    /// Who invited them (absent for the bootstrap admin).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub invited_by: Option<String>,
+    /// When they were invited (RFC 3339).
+    pub invited_at: String,
+    /// When the member last changed (RFC 3339).
+    pub updated_at: String,
+}
+
+impl From<MemberRow> for MemberView {
+    fn from(row: MemberRow) -> Self {
+        Self {
+            email: row.email,
+            role: row.role,
+            status: row.status,
+            invited_by: row.invited_by,
+            invited_at: row.invited_at,
+            updated_at: row.updated_at,
+        }
+    }
+}
+
+/// A page of members.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct MemberPage {
+    /// Members in address order.
+    pub items: Vec<MemberView>,
+    /// Pass as `after` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+/// Paging parameters.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct PageQuery {
+    /// The `next` value of the previous page.
+    pub after: Option<String>,
+    /// Page size, 1 to 500 (default 100).
+    pub limit: Option<i64>,
+}
+
+/// An invitation.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InviteRequest {
+    /// Who to invite.
+    pub email: String,
+    /// `admin`, `member` or `auditor`.
+    pub role: String,
+}
+
+/// A role change.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RoleChange {
+    /// The new role.
+    pub role: String,
+}
+
+/// The caller's own identity.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Me {
+    /// The caller's address.
+    pub email: String,
+    /// The caller's role.
+    pub role: &'static str,
+}
+
+fn parse_email(raw: &str, field: &str) -> Result<Email, Problem> {
+    Email::parse(raw).map_err(|error| {
+        Problem::new(StatusCode::UNPROCESSABLE_ENTITY, ProblemCode::InvalidField, "Invalid field")
+            .field(field)
+            .detail(error.to_string())
+    })
+}
+
+fn parse_role(raw: &str) -> Result<Role, Problem> {
+    Role::parse(raw).ok_or_else(|| {
+        Problem::new(StatusCode::UNPROCESSABLE_ENTITY, ProblemCode::InvalidField, "Invalid field")
+            .field("role")
+            .detail("role is one of admin, member, auditor")
+    })
+}
+
+fn metadata(caller: &Caller, request: &HttpRequest) -> EventMetadata {
+    EventMetadata::for_request(caller.email.to_string(), crate::request_id(request))
+}
+
+/// Maps a roster command failure to a problem.
+fn command_problem(error: CommandError<RosterError>) -> Problem {
+    match error {
+        CommandError::Rejected(rejection) => {
+            let (status, code) = match &rejection {
+                RosterError::AlreadyMember(_) => (StatusCode::CONFLICT, ProblemCode::AlreadyMember),
+                RosterError::UnknownMember(_) => (StatusCode::NOT_FOUND, ProblemCode::NotFound),
+                RosterError::RoleUnchanged { .. } => (StatusCode::CONFLICT, ProblemCode::RoleUnchanged),
+                RosterError::LastAdmin(_) => (StatusCode::CONFLICT, ProblemCode::LastAdmin),
+            };
+            Problem::new(status, code, "Refused").detail(rejection.to_string())
+        }
+        CommandError::Conflict => {
+            Problem::new(StatusCode::CONFLICT, ProblemCode::ConcurrentModification, "Concurrent change")
+                .detail("The roster changed while this request was decided; retry it.")
+        }
+        CommandError::VersionMismatch { .. } => {
+            Problem::new(StatusCode::PRECONDITION_FAILED, ProblemCode::StaleVersion, "Stale version")
+        }
+        CommandError::Store(error) => Problem::from(error),
+    }
+}
+
+/// Records a pending member's first sign-in. Failures are logged, not fatal: the next request tries again.
+pub(crate) async fn record_sign_in(state: &AppState, email: &Email) {
+    let metadata = EventMetadata::for_request(email.to_string(), uuid::Uuid::new_v4().to_string());
+    if let Err(error) =
+        state.roster.execute_retrying(ROSTER_ID, RosterCommand::SignIn { email: email.clone() }, &metadata, 5).await
+    {
+        tracing::warn!(error.message = %error, "could not record a first sign-in");
+    }
+}
+
+/// Who am I?
+#[utoipa::path(get, path = "/api/v1/me", tag = "members", security(("bearer" = [])),
+    responses((status = 200, body = Me), (status = 401, body = Problem), (status = 403, body = Problem)))]
+#[get("/api/v1/me")]
+pub async fn me(caller: Caller) -> web::Json<Me> {
+    web::Json(Me { email: caller.email.to_string(), role: caller.role.as_str() })
+}
+
+/// Lists members (admins and auditors).
+#[utoipa::path(get, path = "/api/v1/members", tag = "members", params(PageQuery), security(("bearer" = [])),
+    responses((status = 200, body = MemberPage), (status = 401, body = Problem), (status = 403, body = Problem)))]
+#[get("/api/v1/members")]
+pub async fn list_members(
+    caller: Caller,
+    state: web::Data<AppState>,
+    query: web::Query<PageQuery>,
+) -> Result<web::Json<MemberPage>, Problem> {
+    caller.require(&[Role::Admin, Role::Auditor])?;
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=500).contains(&limit) {
+        return Err(Problem::new(StatusCode::BAD_REQUEST, ProblemCode::InvalidField, "Invalid query")
+            .field("limit")
+            .detail("limit is between 1 and 500"));
+    }
+    let mut rows = state.members.list(query.after.as_deref(), limit + 1).await.map_err(store::StoreError::from)?;
+    let next = if rows.len() as i64 > limit {
+        rows.truncate(limit as usize);
+        rows.last().map(|row| row.email.clone())
+    } else {
+        None
+    };
+    Ok(web::Json(MemberPage { items: rows.into_iter().map(MemberView::from).collect(), next }))
+}
+
+/// One member (admins, auditors, and the member themself).
+#[utoipa::path(get, path = "/api/v1/members/{email}", tag = "members", security(("bearer" = [])),
+    responses((status = 200, body = MemberView), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)))]
+#[get("/api/v1/members/{email}")]
+pub async fn get_member(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<web::Json<MemberView>, Problem> {
+    let email = parse_email(&path, "email")?;
+    if email != caller.email {
+        caller.require(&[Role::Admin, Role::Auditor])?;
+    }
+    let row = state.members.get(email.as_str()).await.map_err(store::StoreError::from)?;
+    row.map(|row| web::Json(MemberView::from(row))).ok_or_else(|| {
+        Problem::new(StatusCode::NOT_FOUND, ProblemCode::NotFound, "Not found")
+            .detail(format!("{email} is not a member"))
+    })
+}
+
+/// Invites someone (admins).
+#[utoipa::path(post, path = "/api/v1/members", tag = "members", request_body = InviteRequest, security(("bearer" = [])),
+    responses((status = 201, body = MemberView), (status = 401, body = Problem), (status = 403, body = Problem),
+              (status = 409, body = Problem), (status = 422, body = Problem), (status = 503, body = Problem)))]
+#[post("/api/v1/members")]
+pub async fn invite_member(
+    caller: Caller,
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    body: web::Json<InviteRequest>,
+) -> Result<HttpResponse, Problem> {
+    caller.require(&[Role::Admin])?;
+    let email = parse_email(&body.email, "email")?;
+    let role = parse_role(&body.role)?;
+    let command = RosterCommand::Invite { email: email.clone(), role, invited_by: caller.email.clone() };
+    state
+        .roster
+        .execute_retrying(ROSTER_ID, command, &metadata(&caller, &request), 5)
+        .await
+        .map_err(command_problem)?;
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    Ok(HttpResponse::Created().insert_header(("Location", format!("/api/v1/members/{email}"))).json(MemberView {
+        email: email.to_string(),
+        role: role.as_str().to_string(),
+        status: "pending".into(),
+        invited_by: Some(caller.email.to_string()),
+        invited_at: now.clone(),
+        updated_at: now,
+    }))
+}
+
+/// Changes a member's role (admins). The last admin cannot be demoted.
+#[utoipa::path(patch, path = "/api/v1/members/{email}", tag = "members", request_body = RoleChange, security(("bearer" = [])),
+    responses((status = 204), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem),
+              (status = 409, body = Problem), (status = 422, body = Problem)))]
+#[patch("/api/v1/members/{email}")]
+pub async fn change_role(
+    caller: Caller,
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    path: web::Path<String>,
+    body: web::Json<RoleChange>,
+) -> Result<HttpResponse, Problem> {
+    caller.require(&[Role::Admin])?;
+    let email = parse_email(&path, "email")?;
+    let role = parse_role(&body.role)?;
+    let command = RosterCommand::ChangeRole { email, role, changed_by: caller.email.clone() };
+    state
+        .roster
+        .execute_retrying(ROSTER_ID, command, &metadata(&caller, &request), 5)
+        .await
+        .map_err(command_problem)?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// Removes a member (admins). The last admin cannot be removed.
+#[utoipa::path(delete, path = "/api/v1/members/{email}", tag = "members", security(("bearer" = [])),
+    responses((status = 204), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem),
+              (status = 409, body = Problem)))]
+#[delete("/api/v1/members/{email}")]
+pub async fn remove_member(
+    caller: Caller,
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, Problem> {
+    caller.require(&[Role::Admin])?;
+    let email = parse_email(&path, "email")?;
+    let command = RosterCommand::Remove { email, removed_by: caller.email.clone() };
+    state
+        .roster
+        .execute_retrying(ROSTER_ID, command, &metadata(&caller, &request), 5)
+        .await
+        .map_err(command_problem)?;
+    Ok(HttpResponse::NoContent().finish())
+}

@@ -1,0 +1,210 @@
+//! `/api/v1/members` and authentication, through a real `gatehouse serve` process.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{eventually, issue_token, Api, Server};
+use reqwest::Method;
+use serde_json::json;
+use testkit::TestDb;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_roster_lifecycle_over_http() {
+    for db in TestDb::all("members lifecycle").await {
+        let admin = issue_token(&db, "root@example.com", "admin", "1h");
+        let server = Server::start(&db, &[]);
+        let api = Api::new(&server);
+
+        let (status, me) = api.get("/api/v1/me", Some(&admin)).await;
+        assert_eq!((status, me["role"].as_str()), (200, Some("admin")), "{}", db.backend());
+
+        let (status, created) = api.invite(&admin, "Ada@Example.com", "member").await;
+        assert_eq!(status, 201, "{created}");
+        assert_eq!(created["email"], "ada@example.com");
+        assert_eq!(created["status"], "pending");
+        assert_eq!(api.invite(&admin, "ada@example.com", "auditor").await.0, 409);
+
+        // Ada's first authenticated request activates her.
+        let ada = issue_token(&db, "ada@example.com", "member", "1h");
+        let (status, me) = api.get("/api/v1/me", Some(&ada)).await;
+        assert_eq!((status, me["role"].as_str()), (200, Some("member")));
+        let activated = eventually(Duration::from_secs(5), || async {
+            api.get("/api/v1/members/ada@example.com", Some(&admin)).await.1["status"] == "active"
+        })
+        .await;
+        assert!(activated, "{}", db.backend());
+
+        // Role changes take effect on the next request.
+        let (status, _, _) = api
+            .call(Method::PATCH, "/api/v1/members/ada@example.com", Some(&admin), Some(json!({"role": "auditor"})))
+            .await;
+        assert_eq!(status, 204);
+        let promoted = eventually(Duration::from_secs(5), || async {
+            api.get("/api/v1/me", Some(&ada)).await.1["role"] == "auditor"
+        })
+        .await;
+        assert!(promoted);
+
+        // The last admin is protected; others can go.
+        let (status, _, problem) =
+            api.call(Method::DELETE, "/api/v1/members/root@example.com", Some(&admin), None).await;
+        assert_eq!((status, problem["code"].as_str()), (409, Some("last_admin")));
+        let (status, _, problem) = api
+            .call(Method::PATCH, "/api/v1/members/root@example.com", Some(&admin), Some(json!({"role": "member"})))
+            .await;
+        assert_eq!((status, problem["code"].as_str()), (409, Some("last_admin")));
+        let (status, _, _) = api.call(Method::DELETE, "/api/v1/members/ada@example.com", Some(&admin), None).await;
+        assert_eq!(status, 204);
+        let removed =
+            eventually(Duration::from_secs(5), || async { api.get("/api/v1/me", Some(&ada)).await.0 == 403 }).await;
+        assert!(removed, "a removed member keeps access");
+
+        let (status, _, problem) =
+            api.call(Method::DELETE, "/api/v1/members/ghost@example.com", Some(&admin), None).await;
+        assert_eq!((status, problem["code"].as_str()), (404, Some("not_found")));
+        assert!(server.terminate().success());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_gets_a_problem_naming_the_field_and_stores_nothing() {
+    let db = TestDb::sqlite();
+    let admin = issue_token(&db, "root@example.com", "admin", "1h");
+    let server = Server::start(&db, &[]);
+    let api = Api::new(&server);
+    // The admin's first request activates them; let that settle before taking the snapshot.
+    let settled = eventually(Duration::from_secs(5), || async {
+        api.member_emails(&admin).await.iter().all(|(_, _, status)| status == "active")
+    })
+    .await;
+    assert!(settled);
+    let before = api.member_emails(&admin).await;
+    let cases = [
+        (json!({"email": "not-an-email", "role": "member"}), 422, Some("email")),
+        (json!({"email": "a@example.com", "role": "boss"}), 422, Some("role")),
+        (json!({"email": "a@example.com"}), 400, None),
+        (json!({"email": "a@example.com", "role": "member", "extra": 1}), 400, None),
+        (json!(["not", "an", "object"]), 400, None),
+    ];
+    for (body, expected, field) in cases {
+        let (status, headers, problem) =
+            api.call(Method::POST, "/api/v1/members", Some(&admin), Some(body.clone())).await;
+        assert_eq!(status, expected, "{body}: {problem}");
+        assert_eq!(headers["content-type"], "application/problem+json");
+        assert_eq!(problem["status"], expected);
+        assert_eq!(problem["field"].as_str(), field, "{body}");
+    }
+    let (status, _, _) = api.call(Method::GET, "/api/v1/members?limit=0", Some(&admin), None).await;
+    assert_eq!(status, 400);
+    let (status, _, _) = api.call(Method::GET, "/api/v1/members?limit=abc", Some(&admin), None).await;
+    assert_eq!(status, 400);
+    let response = api
+        .http
+        .post(format!("{}/api/v1/members", api.base))
+        .bearer_auth(&admin)
+        .header("content-type", "application/json")
+        .body("{\"email\": ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(api.member_emails(&admin).await, before, "an invalid request changed the roster");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_that_are_missing_malformed_forged_expired_or_unsigned_get_401_with_a_challenge() {
+    let db = TestDb::sqlite();
+    let admin = issue_token(&db, "root@example.com", "admin", "1h");
+    let short = issue_token(&db, "root@example.com", "admin", "1s");
+    let server = Server::start(&db, &[("GATEHOUSE_AUTH_LEEWAY_SECS", "0")]);
+    let api = Api::new(&server);
+    assert_eq!(api.get("/api/v1/me", Some(&admin)).await.0, 200);
+
+    let mut forged = admin.clone();
+    let last = forged.pop().unwrap();
+    forged.push(if last == 'A' { 'B' } else { 'A' });
+    let parts: Vec<&str> = admin.split('.').collect();
+    let unsigned = format!("{}.{}.", b64(r#"{"alg":"none","typ":"JWT"}"#), parts[1]);
+    let hs256 = format!("{}.{}.{}", b64(r#"{"alg":"HS256","typ":"JWT"}"#), parts[1], parts[2]);
+    let unknown_kid = format!("{}.{}.{}", b64(r#"{"alg":"ES256","typ":"JWT","kid":"other"}"#), parts[1], parts[2]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for (name, token) in [
+        ("missing", None),
+        ("malformed", Some("not-a-jwt")),
+        ("forged signature", Some(forged.as_str())),
+        ("alg none", Some(unsigned.as_str())),
+        ("HS256 confusion", Some(hs256.as_str())),
+        ("unknown kid", Some(unknown_kid.as_str())),
+        ("expired", Some(short.as_str())),
+    ] {
+        let (status, headers, problem) = api.call(Method::GET, "/api/v1/me", token, None).await;
+        assert_eq!(status, 401, "{name}");
+        assert!(headers["www-authenticate"].to_str().unwrap().starts_with("Bearer"), "{name}");
+        assert_eq!(problem["code"], "unauthenticated", "{name}");
+    }
+    // A valid token of someone who is not a member: authenticated, but 403.
+    let stranger = issue_token(&db, "stranger@example.com", "member", "1h");
+    let (status, _, _) = api.call(Method::DELETE, "/api/v1/members/stranger@example.com", Some(&admin), None).await;
+    assert_eq!(status, 204);
+    let gone =
+        eventually(Duration::from_secs(5), || async { api.get("/api/v1/me", Some(&stranger)).await.0 == 403 }).await;
+    assert!(gone);
+}
+
+fn b64(text: &str) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let bytes = text.as_bytes();
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..=chunk.len() {
+            out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+/// Every endpoint × every kind of caller.
+#[tokio::test(flavor = "multi_thread")]
+async fn authorization_matrix() {
+    let db = TestDb::sqlite();
+    let admin = issue_token(&db, "root@example.com", "admin", "1h");
+    let member = issue_token(&db, "ada@example.com", "member", "1h");
+    let other = issue_token(&db, "bob@example.com", "member", "1h");
+    let auditor = issue_token(&db, "audit@example.com", "auditor", "1h");
+    let server = Server::start(&db, &[]);
+    let api = Api::new(&server);
+    let callers: [(&str, Option<&str>); 5] = [
+        ("anonymous", None),
+        ("member", Some(&member)),
+        ("another member", Some(&other)),
+        ("admin", Some(&admin)),
+        ("auditor", Some(&auditor)),
+    ];
+    // (method, path, body, expected status for anonymous, member, another member, admin, auditor)
+    let matrix: Vec<(Method, &str, Option<serde_json::Value>, [u16; 5])> = vec![
+        (Method::GET, "/api/v1/me", None, [401, 200, 200, 200, 200]),
+        (Method::GET, "/api/v1/members", None, [401, 403, 403, 200, 200]),
+        (Method::GET, "/api/v1/members/ada@example.com", None, [401, 200, 403, 200, 200]),
+        (
+            Method::POST,
+            "/api/v1/members",
+            Some(json!({"email": "new@example.com", "role": "member"})),
+            [401, 403, 403, 201, 403],
+        ),
+        (Method::PATCH, "/api/v1/members/bob@example.com", Some(json!({"role": "auditor"})), [401, 403, 403, 204, 403]),
+        (Method::DELETE, "/api/v1/members/new@example.com", None, [401, 403, 403, 204, 403]),
+        (Method::GET, "/healthz", None, [200, 200, 200, 200, 200]),
+        (Method::GET, "/api/v1/openapi.json", None, [200, 200, 200, 200, 200]),
+    ];
+    for (method, path, body, expected) in matrix {
+        for ((name, token), expected) in callers.iter().zip(expected) {
+            let (status, _, response) = api.call(method.clone(), path, *token, body.clone()).await;
+            assert_eq!(status, expected, "{method} {path} as {name}: {response}");
+        }
+    }
+}
