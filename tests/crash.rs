@@ -47,7 +47,13 @@ async fn acknowledged_commands_survive_sigkill_and_projections_equal_a_replay() 
                     for n in 0.. {
                         let email = format!("user-{client}-{n}@example.com");
                         let body = serde_json::json!({ "email": email, "role": "member" });
-                        let sent = api.http.post(format!("{}/api/v1/members", api.base)).bearer_auth(&admin).json(&body).send().await;
+                        let sent = api
+                            .http
+                            .post(format!("{}/api/v1/members", api.base))
+                            .bearer_auth(&admin)
+                            .json(&body)
+                            .send()
+                            .await;
                         match sent {
                             Ok(response) if response.status() == 201 => acknowledged.lock().unwrap().push(email),
                             Ok(_) => {}
@@ -82,7 +88,11 @@ async fn acknowledged_commands_survive_sigkill_and_projections_equal_a_replay() 
         let server = Server::start(&db, &[]);
         let listed = Api::new(&server).member_emails(&admin).await;
         for email in &acknowledged {
-            assert!(listed.iter().any(|(listed, _, _)| listed == email), "{}: {email} missing from the read model", db.backend());
+            assert!(
+                listed.iter().any(|(listed, _, _)| listed == email),
+                "{}: {email} missing from the read model",
+                db.backend()
+            );
         }
         assert!(server.terminate().success());
         let projected = members_table(&db).await;

@@ -29,8 +29,13 @@ async fn the_roster_lifecycle_over_http() {
 
         // Ada's first authenticated request activates her.
         let ada = issue_token(&db, "ada@example.com", "member", "1h");
-        let (status, me) = api.get("/api/v1/me", Some(&ada)).await;
-        assert_eq!((status, me["role"].as_str()), (200, Some("member")));
+        // Roles come from the members read model, which follows the log within milliseconds.
+        let signed_in = eventually(Duration::from_secs(5), || async {
+            let (status, me) = api.get("/api/v1/me", Some(&ada)).await;
+            (status, me["role"].as_str()) == (200, Some("member"))
+        })
+        .await;
+        assert!(signed_in, "{}", db.backend());
         let activated = eventually(Duration::from_secs(5), || async {
             api.get("/api/v1/members/ada@example.com", Some(&admin)).await.1["status"] == "active"
         })

@@ -100,6 +100,7 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
             let (label, error) = match status.state {
                 ProjectionState::CaughtUp => ("caught_up", None),
                 ProjectionState::CatchingUp => ("catching_up", None),
+                ProjectionState::HeldBack => ("held_back", None),
                 ProjectionState::Retrying(error) => ("retrying", Some(error)),
                 ProjectionState::Failed { error, .. } => ("failed", Some(error)),
             };

@@ -14,6 +14,8 @@ use crate::{Projection, Tables};
 
 const SUFFIX: &str = "__rebuild";
 const BATCH: usize = 1_000;
+/// How long the final catch-up waits for events held back by another open transaction.
+const HELD_BACK_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// What a rebuild did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +35,9 @@ pub enum RebuildError {
     /// Another process is rebuilding the same projection.
     #[error("a rebuild of {0} is already running")]
     AlreadyRunning(String),
+    /// Committed events stayed unreadable for a minute: a long transaction on the database holds them back.
+    #[error("a long-running transaction on the database holds events back; end it and rebuild again")]
+    HeldBack,
     /// An event could not be applied.
     #[error("event at {cursor} cannot be applied: {error}")]
     Poison {
@@ -120,10 +125,19 @@ async fn rebuild_locked(
         .execute(&mut *transaction)
         .await?;
     locked_checkpoint(&mut transaction, store, projection.name()).await?;
+    let mut held_back_since = None;
     loop {
         let events = store.read_global(cursor, BATCH).await?;
         let Some(last) = events.last().map(|event| event.cursor) else {
-            break;
+            // Reached the end only if nothing committed is held back by an open transaction elsewhere.
+            if !store.has_events_after(cursor).await? {
+                break;
+            }
+            if held_back_since.get_or_insert_with(std::time::Instant::now).elapsed() > HELD_BACK_LIMIT {
+                return Err(RebuildError::HeldBack);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            continue;
         };
         for event in &events {
             apply_one(projection, &mut transaction, &tables, event).await?;

@@ -34,8 +34,10 @@ impl Default for ProjectorConfig {
 pub enum ProjectionState {
     /// Catching up: there were events to apply the last time it looked.
     CatchingUp,
-    /// Applied everything it could read the last time it looked.
+    /// Applied every committed event the last time it looked.
     CaughtUp,
+    /// Committed events exist but are not readable yet: an older transaction on the database cluster is still open.
+    HeldBack,
     /// Waiting for the store to come back.
     Retrying(String),
     /// Stopped on a poison event; needs a fix (and maybe a rebuild).
@@ -201,7 +203,8 @@ impl Projector {
         while tasks.join_next().await.is_some() {}
     }
 
-    /// Applies everything currently readable for every projection, then returns (for CLIs and tests).
+    /// Applies every committed event for every projection, then returns (for CLIs and tests). Waits while an open
+    /// transaction elsewhere holds committed events back.
     pub async fn catch_up(&self) -> Result<(), String> {
         for projection in &self.projections {
             let worker = Worker {
@@ -215,7 +218,13 @@ impl Projector {
             worker.ensure_checkpoint().await.map_err(|error| error.to_string())?;
             loop {
                 match worker.run_batch().await {
-                    Ok(0) => break,
+                    Ok(0) => {
+                        let state = self.status.snapshot().get(projection.name()).map(|status| status.state.clone());
+                        if state != Some(ProjectionState::HeldBack) {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
                     Ok(_) => {}
                     Err(BatchError::Unavailable(error)) => return Err(error.to_string()),
                     Err(BatchError::Poison { cursor, error }) => {
@@ -289,10 +298,14 @@ impl Worker {
                 true
             };
             if idle {
+                // Held-back events become readable when some other transaction ends, which nothing announces here.
+                let held_back =
+                    self.status.snapshot().get(name).is_some_and(|status| status.state == ProjectionState::HeldBack);
+                let wait = if held_back { Duration::from_millis(5) } else { self.config.poll_interval };
                 tokio::select! {
                     () = shutdown.cancelled() => return,
                     _ = commits.changed() => {}
-                    () = tokio::time::sleep(self.config.poll_interval) => {}
+                    () = tokio::time::sleep(wait) => {}
                 }
             } else if shutdown.is_cancelled() {
                 return;
@@ -333,7 +346,11 @@ impl Worker {
         let events = self.store.read_global(cursor, limit).await?;
         let Some(last) = events.last().map(|event| event.cursor) else {
             transaction.rollback().await?;
-            self.status.set(name, ProjectionState::CaughtUp, cursor);
+            // Nothing readable is not the same as nothing there: an open transaction elsewhere on the cluster may
+            // hold committed events back. Only report caught up when there are none.
+            let held_back = self.store.has_events_after(cursor).await?;
+            let state = if held_back { ProjectionState::HeldBack } else { ProjectionState::CaughtUp };
+            self.status.set(name, state, cursor);
             return Ok(0);
         };
         let tables = Tables::live();

@@ -2,9 +2,14 @@
 //! how long an aggregate's history is.
 //!
 //! cqrs-es 0.5.0 snapshots apply every event twice, so they stay off. Instead each repository keeps the latest
-//! state it saw of recently used aggregates, tagged with its version. Every load asks the store only for events
-//! after that version (one indexed query that is empty when nothing changed), so the state is never stale, other
-//! processes may write the same aggregates, and the cost does not grow with the stream.
+//! state it saw of recently used aggregates, tagged with its version.
+//!
+//! A command is first decided on the cached state without reading the store. That decision is only trusted when the
+//! store confirms it: an append carries the next sequence number, so if another process wrote in between, the
+//! unique key refuses it, the repository reads the events it missed and decides again. A refusal or a no-op decided
+//! on cached state is likewise confirmed by reading the events after the cached version (one indexed query) and
+//! deciding again if there were any. So nothing is ever decided on stale state, several processes may write the same
+//! aggregates, and the usual command costs one write and no read, whatever the length of the stream.
 
 use std::num::NonZeroUsize;
 use std::sync::Mutex;
@@ -37,6 +42,7 @@ pub struct AggregateRepository<A: Aggregate> {
 impl<A> AggregateRepository<A>
 where
     A: Aggregate + Clone,
+    A::Command: Clone,
 {
     /// A repository on `store` whose commands get `services`.
     pub fn new(store: EventStore, services: A::Services) -> Self {
@@ -67,7 +73,7 @@ where
             aggregate.apply(payload);
             version = event.sequence as u64;
         }
-        self.remember(aggregate_id, &aggregate, version);
+        self.remember(aggregate_id, aggregate.clone(), version);
         Ok((aggregate, version))
     }
 
@@ -90,10 +96,7 @@ where
         command: A::Command,
         metadata: &EventMetadata,
         attempts: u32,
-    ) -> Result<Committed, CommandError<A::Error>>
-    where
-        A::Command: Clone,
-    {
+    ) -> Result<Committed, CommandError<A::Error>> {
         let mut attempt = 1;
         loop {
             match self.execute_expecting(aggregate_id, command.clone(), metadata, None).await {
@@ -112,18 +115,61 @@ where
         metadata: &EventMetadata,
         expected_version: Option<u64>,
     ) -> Result<Committed, CommandError<A::Error>> {
-        let (mut aggregate, version) = self.load(aggregate_id).await?;
+        // An If-Match is checked against the store, never against the cache.
+        let cached = if expected_version.is_none() { self.cached(aggregate_id) } else { None };
+        let confirmed = cached.is_none();
+        let (mut aggregate, version) = match cached {
+            Some(cached) => cached,
+            None => self.load(aggregate_id).await?,
+        };
         if let Some(expected) = expected_version {
             if expected != version {
                 return Err(CommandError::VersionMismatch { expected, actual: version });
             }
         }
         let sink = EventSink::default();
+        let decided = aggregate.handle(command.clone(), &self.services, &sink).await;
+        let events = sink.collect().await;
+        if !confirmed && (decided.is_err() || events.is_empty()) && self.has_newer(aggregate_id, version).await? {
+            // Refused or no-op on a cached state that turned out old: decide again on the current state.
+            return self.execute_confirmed(aggregate_id, command, metadata).await;
+        }
+        decided.map_err(CommandError::Rejected)?;
+        if events.is_empty() {
+            return Ok(Committed { version, appended: 0 });
+        }
+        match self.append(aggregate_id, aggregate, version, &events, metadata).await {
+            Err(CommandError::Conflict) if !confirmed => self.execute_confirmed(aggregate_id, command, metadata).await,
+            outcome => outcome,
+        }
+    }
+
+    /// Decides on state read from the store (the cache plus every event after it).
+    async fn execute_confirmed(
+        &self,
+        aggregate_id: &str,
+        command: A::Command,
+        metadata: &EventMetadata,
+    ) -> Result<Committed, CommandError<A::Error>> {
+        let (mut aggregate, version) = self.load(aggregate_id).await?;
+        let sink = EventSink::default();
         aggregate.handle(command, &self.services, &sink).await.map_err(CommandError::Rejected)?;
         let events = sink.collect().await;
         if events.is_empty() {
             return Ok(Committed { version, appended: 0 });
         }
+        self.append(aggregate_id, aggregate, version, &events, metadata).await
+    }
+
+    /// Appends `events` decided on `aggregate` at `version`; on success the new state becomes the cached one.
+    async fn append(
+        &self,
+        aggregate_id: &str,
+        aggregate: A,
+        version: u64,
+        events: &[A::Event],
+        metadata: &EventMetadata,
+    ) -> Result<Committed, CommandError<A::Error>> {
         let metadata = serde_json::to_value(metadata.to_map())
             .map_err(|error| CommandError::Store(StoreError::Corrupt(error.to_string())))?;
         let serialized = events
@@ -148,7 +194,7 @@ where
         match persisted {
             Ok(()) => {
                 let new_version = version + events.len() as u64;
-                self.remember(aggregate_id, &aggregate, new_version);
+                self.remember(aggregate_id, aggregate, new_version);
                 self.store.notify_commit();
                 Ok(Committed { version: new_version, appended: events.len() })
             }
@@ -165,13 +211,22 @@ where
         self.cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clear();
     }
 
-    fn remember(&self, aggregate_id: &str, aggregate: &A, version: u64) {
+    fn remember(&self, aggregate_id: &str, aggregate: A, version: u64) {
         let mut cache = self.cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         // Never replace newer state with older (two loads may race).
         if cache.peek(aggregate_id).is_some_and(|(_, cached)| *cached >= version) {
             return;
         }
-        cache.put(aggregate_id.to_string(), (aggregate.clone(), version));
+        cache.put(aggregate_id.to_string(), (aggregate, version));
+    }
+
+    fn cached(&self, aggregate_id: &str) -> Option<(A, u64)> {
+        self.cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get(aggregate_id).cloned()
+    }
+
+    /// True when the store holds events of this aggregate after `version`.
+    async fn has_newer(&self, aggregate_id: &str, version: u64) -> Result<bool, StoreError> {
+        Ok(!self.events_after(aggregate_id, version).await?.is_empty())
     }
 
     async fn events_after(&self, aggregate_id: &str, version: u64) -> Result<Vec<SerializedEvent>, StoreError> {

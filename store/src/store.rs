@@ -298,6 +298,30 @@ impl EventStore {
         }
     }
 
+    /// True when committed events exist after `after`, readable or not.
+    ///
+    /// An empty [`read_global`](Self::read_global) means "nothing readable now", not "nothing there": on PostgreSQL
+    /// an open transaction anywhere on the cluster holds back events committed after it started. Readers that must
+    /// know they reached the end (readiness, rebuilds) ask this too.
+    pub async fn has_events_after(&self, after: Cursor) -> Result<bool, StoreError> {
+        let exists = match &self.inner.backend {
+            Backend::Postgres(pool) => {
+                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM events WHERE (txid, position) > ($1::text::xid8, $2))")
+                    .bind(after.txid.to_string())
+                    .bind(after.position)
+                    .fetch_one(pool)
+                    .await?
+            }
+            Backend::Sqlite(pool) => {
+                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM events WHERE position > ?)")
+                    .bind(after.position)
+                    .fetch_one(pool)
+                    .await?
+            }
+        };
+        Ok(exists)
+    }
+
     /// How many events the log holds.
     pub async fn count_events(&self) -> Result<u64, StoreError> {
         let count: i64 = match &self.inner.backend {

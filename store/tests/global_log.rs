@@ -309,3 +309,23 @@ async fn every_event_carries_its_metadata_and_the_log_refuses_edits() {
         store.close().await;
     }
 }
+
+#[tokio::test]
+async fn a_refusal_decided_on_cached_state_is_confirmed_against_the_log() {
+    for db in TestDb::all("cached refusal").await {
+        let store = db.store().await;
+        let first = AggregateRepository::<Roster>::new(store.clone(), ());
+        let second = AggregateRepository::<Roster>::new(store.clone(), ());
+        first.execute("org", invite(1), &meta()).await.unwrap();
+        second.load("org").await.unwrap();
+        // `second` has cached a roster without user5; `first` invites them.
+        first.execute("org", invite(5), &meta()).await.unwrap();
+        // On its cached state `second` would refuse user5's sign-in as unknown; it must see the invitation.
+        let signed_in = second
+            .execute("org", RosterCommand::SignIn { email: Email::parse("user5@example.com").unwrap() }, &meta())
+            .await
+            .unwrap();
+        assert_eq!((signed_in.appended, signed_in.version), (1, 3), "{}", db.backend());
+        store.close().await;
+    }
+}
