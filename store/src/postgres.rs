@@ -14,20 +14,22 @@ use sqlx::{PgPool, Row};
 use crate::{Cursor, RecordedEvent, StoreError};
 
 const READ_GLOBAL: &str = "
-SELECT position, txid::text AS txid, aggregate_type, aggregate_id, sequence, event_type, event_version,
+SELECT position, txid::text AS txid_text, aggregate_type, aggregate_id, sequence, event_type, event_version,
        payload, metadata, recorded_at
   FROM events
- WHERE (txid, position) > ($1::text::xid8, $2)
-   AND txid < pg_snapshot_xmin(pg_current_snapshot())
- ORDER BY txid, position
+ WHERE (events.txid, events.position) > ($1::text::xid8, $2)
+   AND events.txid < pg_snapshot_xmin(pg_current_snapshot())
+ ORDER BY events.txid, events.position
  LIMIT $3";
+// The text form of the transaction id must not be aliased `txid`: ORDER BY would then sort by the text column,
+// putting transaction 100 before 99 (a bug found by the concurrent-writers test and the benchmark).
 
 pub(crate) async fn read_global(pool: &PgPool, after: Cursor, limit: i64) -> Result<Vec<RecordedEvent>, StoreError> {
     let rows =
         sqlx::query(READ_GLOBAL).bind(after.txid.to_string()).bind(after.position).bind(limit).fetch_all(pool).await?;
     rows.iter()
         .map(|row| {
-            let txid: String = row.try_get("txid")?;
+            let txid: String = row.try_get("txid_text")?;
             let txid = txid.parse::<u64>().map_err(|_| StoreError::Corrupt(format!("transaction id {txid}")))?;
             let sequence: i64 = row.try_get("sequence")?;
             Ok(RecordedEvent {

@@ -329,3 +329,34 @@ async fn a_refusal_decided_on_cached_state_is_confirmed_against_the_log() {
         store.close().await;
     }
 }
+
+/// Transaction ids are ordered as numbers, also where their decimal digits grow (99 before 100).
+#[tokio::test]
+async fn the_global_order_is_numeric_across_digit_boundaries() {
+    let Some(db) = TestDb::postgres("numeric transaction order").await else { return };
+    let store = db.store().await;
+    let Backend::Postgres(pool) = store.backend() else { unreachable!() };
+    for (txid, aggregate) in [("100", "b"), ("99", "a"), ("1000", "c"), ("999", "d")] {
+        sqlx::query(
+            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, txid)
+             VALUES ('roster', $1, 1, 'MemberActivated', '1.0', '{}', '{}', $2::text::xid8)",
+        )
+        .bind(aggregate)
+        .bind(txid)
+        .execute(pool)
+        .await
+        .unwrap();
+    }
+    for batch in [1, 2, 100] {
+        let mut cursor = Cursor::START;
+        let mut order = Vec::new();
+        loop {
+            let events = store.read_global(cursor, batch).await.unwrap();
+            let Some(last) = events.last() else { break };
+            cursor = last.cursor;
+            order.extend(events.into_iter().map(|event| event.aggregate_id));
+        }
+        assert_eq!(order, ["a", "b", "d", "c"], "batch size {batch}");
+    }
+    store.close().await;
+}
