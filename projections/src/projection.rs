@@ -26,6 +26,21 @@ pub trait Projection: Send + Sync + 'static {
         tables: &Tables,
         event: &RecordedEvent,
     ) -> Result<(), ApplyError>;
+
+    /// Applies a batch of events in order, inside the same transaction. The default calls [`apply`](Self::apply)
+    /// for each; a projection may do better, such as one statement for the whole batch, as long as the result is
+    /// the same. On failure it returns the index of the event that could not be applied.
+    async fn apply_batch(
+        &self,
+        connection: &mut AnyConnection,
+        tables: &Tables,
+        events: &[RecordedEvent],
+    ) -> Result<(), (usize, ApplyError)> {
+        for (index, event) in events.iter().enumerate() {
+            self.apply(connection, tables, event).await.map_err(|error| (index, error))?;
+        }
+        Ok(())
+    }
 }
 
 /// Why an event could not be applied.

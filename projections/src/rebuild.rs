@@ -9,7 +9,7 @@
 use sqlx::{AnyConnection, Executor, Row};
 use store::{Cursor, EventStore, StoreError};
 
-use crate::runtime::{apply_one, begin_exclusive, locked_checkpoint, BatchError};
+use crate::runtime::{apply_batch, begin_exclusive, locked_checkpoint, BatchError};
 use crate::{Projection, Tables};
 
 const SUFFIX: &str = "__rebuild";
@@ -109,9 +109,7 @@ async fn rebuild_locked(
             break;
         };
         let mut transaction = begin_exclusive(store).await?;
-        for event in &events {
-            apply_one(projection, &mut transaction, &tables, event).await?;
-        }
+        apply_batch(projection, &mut transaction, &tables, &events).await.map_err(|(_, error)| error)?;
         transaction.commit().await?;
         cursor = last;
         done += events.len() as u64;
@@ -139,9 +137,7 @@ async fn rebuild_locked(
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
             continue;
         };
-        for event in &events {
-            apply_one(projection, &mut transaction, &tables, event).await?;
-        }
+        apply_batch(projection, &mut transaction, &tables, &events).await.map_err(|(_, error)| error)?;
         cursor = last;
         done += events.len() as u64;
         progress(done, total.max(done));

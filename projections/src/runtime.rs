@@ -354,13 +354,11 @@ impl Worker {
             return Ok(0);
         };
         let tables = Tables::live();
-        for (index, event) in events.iter().enumerate() {
-            if let Err(error) = apply_one(&*self.projection, &mut transaction, &tables, event).await {
-                if matches!(error, BatchError::Poison { .. }) {
-                    *self.poison_index.lock().unwrap_or_else(|p| p.into_inner()) = Some(index);
-                }
-                return Err(error);
+        if let Err((index, error)) = apply_batch(&*self.projection, &mut transaction, &tables, &events).await {
+            if matches!(error, BatchError::Poison { .. }) {
+                *self.poison_index.lock().unwrap_or_else(|p| p.into_inner()) = Some(index);
             }
+            return Err(error);
         }
         sqlx::query(
             "UPDATE projection_checkpoints
@@ -401,21 +399,23 @@ impl Worker {
     }
 }
 
-/// Applies one event; a failure becomes a poison error naming the event.
-pub(crate) async fn apply_one(
+/// Applies a batch; a failure becomes a poison (or transient) error naming the event and its index.
+pub(crate) async fn apply_batch(
     projection: &dyn Projection,
     connection: &mut AnyConnection,
     tables: &Tables,
-    event: &RecordedEvent,
-) -> Result<(), BatchError> {
-    match projection.apply(connection, tables, event).await {
-        Ok(()) => Ok(()),
-        Err(ApplyError::Database(error)) => match StoreError::from(error) {
-            transient if is_transient(&transient) => Err(BatchError::Unavailable(transient)),
-            other => Err(BatchError::Poison { cursor: event.cursor, error: format!("{other}: {other:?}") }),
+    events: &[RecordedEvent],
+) -> Result<(), (usize, BatchError)> {
+    let Err((index, error)) = projection.apply_batch(connection, tables, events).await else { return Ok(()) };
+    let cursor = events.get(index).map(|event| event.cursor).unwrap_or_default();
+    let error = match error {
+        ApplyError::Database(error) => match StoreError::from(error) {
+            transient if is_transient(&transient) => BatchError::Unavailable(transient),
+            other => BatchError::Poison { cursor, error: format!("{other}: {other:?}") },
         },
-        Err(decode) => Err(BatchError::Poison { cursor: event.cursor, error: decode.to_string() }),
-    }
+        decode => BatchError::Poison { cursor, error: decode.to_string() },
+    };
+    Err((index, error))
 }
 
 /// Begins a read-model transaction that takes the write lock at once on SQLite (no lock upgrade, no deadlock).

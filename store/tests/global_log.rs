@@ -36,6 +36,21 @@ async fn drain(store: &EventStore, mut cursor: Cursor) -> (Vec<RecordedEvent>, C
     }
 }
 
+/// Reads everything committed after `cursor`, waiting while transactions elsewhere on the cluster (other tests
+/// run in parallel) hold committed events back.
+async fn drain_committed(store: &EventStore, cursor: Cursor) -> (Vec<RecordedEvent>, Cursor) {
+    let (mut seen, mut cursor) = drain(store, cursor).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while store.has_events_after(cursor).await.unwrap() {
+        assert!(tokio::time::Instant::now() < deadline, "committed events stayed unreadable");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let (more, next) = drain(store, cursor).await;
+        seen.extend(more);
+        cursor = next;
+    }
+    (seen, cursor)
+}
+
 fn key(event: &RecordedEvent) -> (String, u64) {
     (event.aggregate_id.clone(), event.sequence)
 }
@@ -85,7 +100,7 @@ async fn a_reader_waits_for_a_late_commit_and_then_delivers_everything_once() {
         for n in 0..3 {
             roster.execute("before", invite(n), &meta()).await.unwrap();
         }
-        let (before, cursor) = drain(&store, Cursor::START).await;
+        let (before, cursor) = drain_committed(&store, Cursor::START).await;
         assert_eq!(before.len(), 3, "{}", db.backend());
 
         let (release, held) = hold_open_writer(&store).await;
@@ -111,7 +126,7 @@ async fn a_reader_waits_for_a_late_commit_and_then_delivers_everything_once() {
         release.send(()).unwrap();
         held.await.unwrap();
         later.await.unwrap();
-        let (after, _) = drain(&store, cursor).await;
+        let (after, _) = drain_committed(&store, cursor).await;
         let keys: Vec<_> = after.iter().map(key).collect();
         assert_eq!(keys.len(), 6, "{}: {keys:?}", db.backend());
         assert_eq!(keys[0], ("held".to_string(), 1), "{}: the held event comes first", db.backend());
@@ -204,7 +219,7 @@ async fn concurrent_writers_and_a_tailing_reader_agree_on_one_stable_order() {
             assert_eq!(*sequence, previous + 1, "{}", db.backend());
         }
         // Stable: reading again from the start gives the same order.
-        let (again, _) = drain(&store, Cursor::START).await;
+        let (again, _) = drain_committed(&store, Cursor::START).await;
         let again: Vec<_> = again.iter().map(|event| (event.cursor, key(event))).collect();
         assert_eq!(again, tailed, "{}: a second read disagrees", db.backend());
         store.close().await;
@@ -284,7 +299,7 @@ async fn every_event_carries_its_metadata_and_the_log_refuses_edits() {
         let roster = AggregateRepository::<Roster>::new(store.clone(), ());
         let metadata = EventMetadata { causation_id: "cause-1".into(), correlation_id: "corr-1".into(), ..meta() };
         roster.execute("org", invite(1), &metadata).await.unwrap();
-        let (events, _) = drain(&store, Cursor::START).await;
+        let (events, _) = drain_committed(&store, Cursor::START).await;
         let stored = &events[0].metadata;
         assert_eq!(stored["actor"], "root@example.com");
         assert_eq!(stored["request_id"], "test-request");
