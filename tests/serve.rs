@@ -54,7 +54,11 @@ async fn serve_answers_health_readiness_metrics_and_openapi_then_stops_on_sigter
 #[tokio::test(flavor = "multi_thread")]
 async fn a_store_outage_turns_readiness_off_and_the_service_recovers_by_itself() {
     let Some(db) = TestDb::postgres("store outage").await else { return };
+    let admin = common::issue_token(&db, "root@example.com", "admin", "1h");
     let server = Server::start(&db, &[("GATEHOUSE_DATABASE_ACQUIRE_TIMEOUT_SECS", "1")]);
+    let api = common::Api::new(&server);
+    let (status, _) = api.invite(&admin, "before@example.com", "member").await;
+    assert_eq!(status, 201);
     let client = reqwest::Client::new();
     let status = |path: &'static str| {
         let client = client.clone();
@@ -64,8 +68,8 @@ async fn a_store_outage_turns_readiness_off_and_the_service_recovers_by_itself()
     assert!(eventually(Duration::from_secs(10), || async { status("/readyz").await == 200 }).await);
 
     let name = db.url.rsplit('/').next().unwrap().to_string();
-    let admin = std::env::var(testkit::POSTGRES_URL_VARIABLE).unwrap();
-    let mut connection = <sqlx::PgConnection as sqlx::Connection>::connect(&admin).await.unwrap();
+    let server_url = std::env::var(testkit::POSTGRES_URL_VARIABLE).unwrap();
+    let mut connection = <sqlx::PgConnection as sqlx::Connection>::connect(&server_url).await.unwrap();
     let outage = |allow: bool| format!("ALTER DATABASE {name} ALLOW_CONNECTIONS {allow}");
     sqlx::query(&outage(false)).execute(&mut connection).await.unwrap();
     sqlx::query(&format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"))
@@ -80,8 +84,24 @@ async fn a_store_outage_turns_readiness_off_and_the_service_recovers_by_itself()
     let response = client.get(server.url("/readyz")).send().await.unwrap();
     assert_eq!(response.headers()["retry-after"], "2");
     assert_eq!(status("/healthz").await, 200, "the process itself stays alive");
+    // Requests that need the store are refused with 503 and a Retry-After, not a 500.
+    let (status_code, headers, problem) = api
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/members",
+            Some(&admin),
+            Some(serde_json::json!({"email": "during@example.com", "role": "member"})),
+        )
+        .await;
+    assert_eq!((status_code, problem["code"].as_str()), (503, Some("store_unavailable")), "{problem}");
+    assert!(headers.contains_key("retry-after"));
 
     sqlx::query(&outage(true)).execute(&mut connection).await.unwrap();
     assert!(eventually(Duration::from_secs(30), || async { status("/readyz").await == 200 }).await, "never recovered");
+    // Nothing acknowledged before the outage was lost, and commands work again.
+    let emails: Vec<_> = api.member_emails(&admin).await.into_iter().map(|(email, _, _)| email).collect();
+    assert!(emails.contains(&"before@example.com".to_string()));
+    assert!(!emails.contains(&"during@example.com".to_string()));
+    assert_eq!(api.invite(&admin, "after@example.com", "member").await.0, 201);
     assert!(server.terminate().success());
 }

@@ -149,15 +149,16 @@ impl Authenticator {
             time_tolerance: Some(Duration::from_secs(self.leeway.as_secs())),
             ..VerificationOptions::default()
         };
-        let claims =
-            public_key.verify_token::<IdentityClaims>(token, Some(options)).map_err(|error| match error
-                .downcast_ref::<jwt_simple::JWTError>(
-            ) {
+        let claims = public_key.verify_token::<IdentityClaims>(token, Some(options)).map_err(|error| {
+            // The reason goes to the debug log only; the caller learns no more than "invalid" or "expired".
+            tracing::debug!(reason = %error, "bearer token rejected");
+            match error.downcast_ref::<jwt_simple::JWTError>() {
                 Some(jwt_simple::JWTError::TokenHasExpired | jwt_simple::JWTError::TokenNotValidYet) => {
                     AuthFailure::Expired
                 }
                 _ => AuthFailure::Invalid,
-            })?;
+            }
+        })?;
         if claims.expires_at.is_none() {
             return Err(AuthFailure::Invalid);
         }

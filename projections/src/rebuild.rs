@@ -13,7 +13,7 @@ use crate::runtime::{apply_batch, begin_exclusive, locked_checkpoint, BatchError
 use crate::{Projection, Tables};
 
 const SUFFIX: &str = "__rebuild";
-const BATCH: usize = 1_000;
+const BATCH: usize = 2_000;
 /// How long the final catch-up waits for events held back by another open transaction.
 const HELD_BACK_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -103,11 +103,20 @@ async fn rebuild_locked(
 
     let mut cursor = Cursor::START;
     let mut done = 0u64;
+    // Reading the next batch overlaps with applying the current one.
+    let prefetch = |after: Cursor| {
+        let store = store.clone();
+        tokio::spawn(async move { store.read_global(after, BATCH).await })
+    };
+    let mut next = prefetch(cursor);
     loop {
-        let events = store.read_global(cursor, BATCH).await?;
+        let events = next
+            .await
+            .map_err(|error| RebuildError::Poison { cursor: cursor.to_string(), error: error.to_string() })??;
         let Some(last) = events.last().map(|event| event.cursor) else {
             break;
         };
+        next = prefetch(last);
         let mut transaction = begin_exclusive(store).await?;
         apply_batch(projection, &mut transaction, &tables, &events).await.map_err(|(_, error)| error)?;
         transaction.commit().await?;

@@ -146,12 +146,13 @@ impl From<sqlx::Error> for BatchError {
     }
 }
 
+/// Errors outside `Projection::apply` (beginning, reading the checkpoint or the log, committing) are the store's,
+/// not the event's: they are retried, except a stored event that cannot be decoded at all.
 impl From<StoreError> for BatchError {
     fn from(error: StoreError) -> Self {
-        if is_transient(&error) {
-            BatchError::Unavailable(error)
-        } else {
-            BatchError::Poison { cursor: Cursor::START, error: error.to_string() }
+        match error {
+            StoreError::Corrupt(reason) => BatchError::Poison { cursor: Cursor::START, error: reason },
+            other => BatchError::Unavailable(other),
         }
     }
 }

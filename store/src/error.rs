@@ -56,6 +56,16 @@ impl From<sqlx::Error> for StoreError {
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::WorkerCrashed => StoreError::Unavailable(error),
+            // A FATAL (or PANIC) error ends the session: the server refused or dropped the connection (not accepting
+            // connections, shutting down, too many clients, authentication, database gone). For a running service
+            // that is an outage, whatever the code.
+            sqlx::Error::Database(db)
+                if db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>().is_some_and(|pg| {
+                    matches!(pg.severity(), sqlx::postgres::PgSeverity::Fatal | sqlx::postgres::PgSeverity::Panic)
+                }) =>
+            {
+                StoreError::Unavailable(error)
+            }
             sqlx::Error::Database(db) => match db.code().as_deref() {
                 // PostgreSQL: admin shutdown, cannot connect now, too many connections, read-only, disk full.
                 Some("57P01" | "57P02" | "57P03" | "53300" | "25006" | "53100") => StoreError::Unavailable(error),

@@ -10,7 +10,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{AnyPool, ConnectOptions, Executor, PgPool, SqlitePool};
+use sqlx::{AnyPool, ConnectOptions, Connection, Executor, PgConnection, PgPool, SqlitePool};
 use tokio::sync::watch;
 
 use crate::{Cursor, StoreError};
@@ -124,6 +124,13 @@ impl EventStore {
             let options = PgConnectOptions::from_str(&url)
                 .map_err(|error| StoreError::InvalidUrl(redact(&error.to_string())))?
                 .application_name("gatehouse");
+            // One direct connection first: it fails fast and says why (refused, authentication, no such database),
+            // where a pool would retry until its timeout and report only that.
+            let probe = tokio::time::timeout(config.acquire_timeout, PgConnection::connect_with(&options))
+                .await
+                .map_err(|_| StoreError::Unavailable(sqlx::Error::PoolTimedOut))?
+                .map_err(StoreError::from)?;
+            probe.close().await.map_err(StoreError::from)?;
             let pool = PgPoolOptions::new()
                 .max_connections(config.max_connections)
                 .acquire_timeout(config.acquire_timeout)

@@ -38,7 +38,7 @@ impl Server {
             .env("GATEHOUSE_DATA_DIR", &db.data_dir)
             .env("GATEHOUSE_LISTEN", "127.0.0.1:0")
             .env("GATEHOUSE_LOG_FORMAT", "json")
-            .env("GATEHOUSE_LOG", "info,sqlx=warn")
+            .env("GATEHOUSE_LOG", "info,sqlx=warn,api=debug")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         for (key, value) in env {
