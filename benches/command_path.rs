@@ -177,6 +177,23 @@ where
 
 const PAYLOAD: &str = r#"{"Recorded":{"value":1,"note":"benchmark payload of a typical size"}}"#;
 
+/// The raw insert wrapped in an explicit transaction: BEGIN, INSERT, COMMIT, the round trips postgres-es makes.
+async fn raw_insert_in_transaction(pool: &PgPool, aggregate: &str, sequence: i64) {
+    let mut transaction = pool.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+         VALUES ('rawtx', $1, $2, 'Recorded', '1.0', $3::jsonb, $4::jsonb)",
+    )
+    .bind(aggregate)
+    .bind(sequence)
+    .bind(PAYLOAD)
+    .bind(r#"{"actor":"bench@example.com","request_id":"r","correlation_id":"r","causation_id":"r","time":"2026-01-01T00:00:00Z"}"#)
+    .execute(&mut *transaction)
+    .await
+    .unwrap();
+    transaction.commit().await.unwrap();
+}
+
 async fn raw_insert(pool: &PgPool, aggregate: &str, sequence: i64) {
     sqlx::query(
         "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
@@ -258,6 +275,15 @@ async fn main() {
             .await
         };
         raw.row(&format!("raw INSERT, {clients} client(s)"), None);
+        let raw_transaction = {
+            let pool = pool.clone();
+            measure(clients, per_client, move |client, n| {
+                let pool = pool.clone();
+                async move { raw_insert_in_transaction(&pool, &format!("rawtx-{clients}-{client}"), n as i64 + 1).await }
+            })
+            .await
+        };
+        raw_transaction.row(&format!("raw BEGIN + INSERT + COMMIT, {clients} client(s)"), Some(&raw));
         for history in [10i64, 5_000] {
             for client in 0..clients {
                 let aggregate = format!("h{history}-c{clients}-{client}");
@@ -312,10 +338,25 @@ async fn main() {
 
     // Reading the whole log: the global reader against a raw ordered SELECT of the same rows.
     let started = Instant::now();
-    let raw_rows: Vec<(i64, String, serde_json::Value, serde_json::Value)> =
-        sqlx::query_as("SELECT position, aggregate_id, payload, metadata FROM events ORDER BY position")
-            .fetch_all(&pool)
-            .await
+    // The same columns the reader returns, decoded the same way, in one ordered query.
+    type RawRow = (
+        i64,
+        String,
+        String,
+        String,
+        i64,
+        String,
+        String,
+        serde_json::Value,
+        serde_json::Value,
+        chrono::DateTime<chrono::Utc>,
+    );
+    let raw_rows: Vec<RawRow> = sqlx::query_as(
+        "SELECT position, txid::text, aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, recorded_at
+           FROM events ORDER BY position",
+    )
+    .fetch_all(&pool)
+    .await
             .unwrap();
     let raw_read = started.elapsed();
     let started = Instant::now();
