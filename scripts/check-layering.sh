@@ -2,7 +2,8 @@
 # Enforces the crate layering that docs/ARCHITECTURE.md states:
 # - `domain` performs no I/O: no database, HTTP, crypto, logging-backend or direct tokio dependency;
 # - `projections` knows no HTTP;
-# - `store` knows no HTTP.
+# - `store` knows no HTTP;
+# - `api` and `relay` do not depend on each other.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +20,9 @@ check() {
 check domain 'sqlx.*|postgres-es|actix.*|jwt-simple|aes-gcm-siv|reqwest|hyper|tracing-subscriber|portable-pty'
 check projections 'actix.*|jwt-simple|reqwest|hyper'
 check store 'actix.*|jwt-simple|reqwest|hyper'
+# api and relay never depend on each other; the root package wires them.
+check api 'relay'
+check relay 'api|sqlx.*|store|projections'
 # tokio reaches domain only through cqrs-es; domain itself must not name it.
 if cargo tree --locked -p domain -e normal --depth 1 --prefix none --format '{p}' | grep -q '^tokio '; then
   echo "layering: domain must not depend on tokio directly" >&2
