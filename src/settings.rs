@@ -86,11 +86,14 @@ const NOT_SETTINGS: &[&str] = &["config", "test_database_url"];
 
 impl Settings {
     /// Loads defaults, then `file` (if any), then `GATEHOUSE_*` variables.
-    pub fn load(file: Option<&Path>) -> Result<Self, figment::Error> {
+    pub fn load(file: Option<&Path>) -> Result<Self, Box<figment::Error>> {
         let mut figment = Figment::from(Serialized::defaults(Settings::default()));
         if let Some(file) = file {
             if !file.exists() {
-                return Err(figment::Error::from(format!("configuration file {} does not exist", file.display())));
+                return Err(Box::new(figment::Error::from(format!(
+                    "configuration file {} does not exist",
+                    file.display()
+                ))));
             }
             figment = figment.merge(Toml::file(file));
         }
@@ -100,6 +103,7 @@ impl Settings {
                     .filter(|key| !NOT_SETTINGS.iter().any(|skip| key.as_str().eq_ignore_ascii_case(skip))),
             )
             .extract()
+            .map_err(Box::new)
     }
 
     /// The store configuration these settings describe.
@@ -139,13 +143,13 @@ mod tests {
     fn a_toml_file_overrides_defaults_and_unknown_keys_are_refused() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("gatehouse.toml", "listen = \"0.0.0.0:9000\"\nlog_format = \"json\"")?;
-            let settings = Settings::load(Some(Path::new("gatehouse.toml")))?;
+            let settings = Settings::load(Some(Path::new("gatehouse.toml"))).map_err(|error| *error)?;
             assert_eq!(settings.listen, "0.0.0.0:9000");
             assert_eq!(settings.log_format, LogFormat::Json);
 
             jail.set_env("GATEHOUSE_LISTEN", "127.0.0.1:7000");
             jail.set_env("GATEHOUSE_TEST_DATABASE_URL", "postgres://ignored");
-            let settings = Settings::load(Some(Path::new("gatehouse.toml")))?;
+            let settings = Settings::load(Some(Path::new("gatehouse.toml"))).map_err(|error| *error)?;
             assert_eq!(settings.listen, "127.0.0.1:7000", "the environment wins over the file");
 
             jail.create_file("bad.toml", "lisen = \"typo\"")?;

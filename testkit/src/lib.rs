@@ -43,7 +43,13 @@ impl TestDb {
     /// A fresh PostgreSQL database, or `None` (with a line saying the test was skipped) when no server is set.
     pub async fn postgres(test: &str) -> Option<Self> {
         let Ok(admin_url) = std::env::var(POSTGRES_URL_VARIABLE) else {
-            eprintln!("skipped: {test} on PostgreSQL ({POSTGRES_URL_VARIABLE} is not set)");
+            // Written straight to stderr: the test harness captures `eprintln!` of passing tests, and a skip must
+            // be seen.
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr().lock(),
+                "skipped: {test} on PostgreSQL ({POSTGRES_URL_VARIABLE} is not set)"
+            );
             return None;
         };
         let name = format!("gh_test_{}", uuid::Uuid::new_v4().simple());
