@@ -103,25 +103,26 @@ async fn rebuild_locked(
 
     let mut cursor = Cursor::START;
     let mut done = 0u64;
-    // Reading the next batch overlaps with applying the current one.
-    let prefetch = |after: Cursor| {
-        let store = store.clone();
-        tokio::spawn(async move { store.read_global(after, BATCH).await })
-    };
-    let mut next = prefetch(cursor);
-    loop {
-        let events = next
-            .await
-            .map_err(|error| RebuildError::Poison { cursor: cursor.to_string(), error: error.to_string() })??;
-        let Some(last) = events.last().map(|event| event.cursor) else {
-            break;
-        };
-        next = prefetch(last);
+    // One ordered query streams the log while batches are applied: no paging, reading overlaps writing.
+    let mut stream = store.stream_global(Cursor::START, 2 * BATCH);
+    let mut events = Vec::with_capacity(BATCH);
+    let mut open = true;
+    while open {
+        match stream.recv().await {
+            Some(Ok(event)) => events.push(event),
+            Some(Err(error)) => return Err(error.into()),
+            None => open = false,
+        }
+        let Some(last) = events.last().map(|event| event.cursor) else { continue };
+        if events.len() < BATCH && open {
+            continue;
+        }
         let mut transaction = begin_exclusive(store).await?;
         apply_batch(projection, &mut transaction, &tables, &events).await.map_err(|(_, error)| error)?;
         transaction.commit().await?;
         cursor = last;
         done += events.len() as u64;
+        events.clear();
         progress(done, total.max(done));
     }
 

@@ -9,7 +9,10 @@
 //! ended, so no event can appear later in front of what was already read.
 
 use cqrs_es::persist::SerializedEvent;
+use futures::TryStreamExt;
+use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
+use tokio::sync::mpsc;
 
 use crate::{Cursor, RecordedEvent, StoreError};
 
@@ -19,32 +22,48 @@ SELECT position, txid::text AS txid_text, aggregate_type, aggregate_id, sequence
   FROM events
  WHERE (events.txid, events.position) > ($1::text::xid8, $2)
    AND events.txid < pg_snapshot_xmin(pg_current_snapshot())
- ORDER BY events.txid, events.position
- LIMIT $3";
+ ORDER BY events.txid, events.position";
 // The text form of the transaction id must not be aliased `txid`: ORDER BY would then sort by the text column,
 // putting transaction 100 before 99 (a bug found by the concurrent-writers test and the benchmark).
 
 pub(crate) async fn read_global(pool: &PgPool, after: Cursor, limit: i64) -> Result<Vec<RecordedEvent>, StoreError> {
+    let query = format!("{READ_GLOBAL} LIMIT $3");
     let rows =
-        sqlx::query(READ_GLOBAL).bind(after.txid.to_string()).bind(after.position).bind(limit).fetch_all(pool).await?;
-    rows.iter()
-        .map(|row| {
-            let txid: String = row.try_get("txid_text")?;
-            let txid = txid.parse::<u64>().map_err(|_| StoreError::Corrupt(format!("transaction id {txid}")))?;
-            let sequence: i64 = row.try_get("sequence")?;
-            Ok(RecordedEvent {
-                cursor: Cursor::new(txid, row.try_get("position")?),
-                aggregate_type: row.try_get("aggregate_type")?,
-                aggregate_id: row.try_get("aggregate_id")?,
-                sequence: u64::try_from(sequence).map_err(|_| StoreError::Corrupt(format!("sequence {sequence}")))?,
-                event_type: row.try_get("event_type")?,
-                event_version: row.try_get("event_version")?,
-                payload: row.try_get("payload")?,
-                metadata: row.try_get("metadata")?,
-                recorded_at: row.try_get("recorded_at")?,
-            })
-        })
-        .collect()
+        sqlx::query(&query).bind(after.txid.to_string()).bind(after.position).bind(limit).fetch_all(pool).await?;
+    rows.iter().map(decode).collect()
+}
+
+/// Sends every readable event after `after`, in order, from one query (no paging), until the receiver hangs up.
+pub(crate) async fn stream_global(pool: PgPool, after: Cursor, sink: mpsc::Sender<Result<RecordedEvent, StoreError>>) {
+    let mut rows = sqlx::query(READ_GLOBAL).bind(after.txid.to_string()).bind(after.position).fetch(&pool);
+    loop {
+        let next = match rows.try_next().await {
+            Ok(Some(row)) => decode(&row),
+            Ok(None) => return,
+            Err(error) => Err(StoreError::from(error)),
+        };
+        let failed = next.is_err();
+        if sink.send(next).await.is_err() || failed {
+            return;
+        }
+    }
+}
+
+fn decode(row: &PgRow) -> Result<RecordedEvent, StoreError> {
+    let txid: String = row.try_get("txid_text")?;
+    let txid = txid.parse::<u64>().map_err(|_| StoreError::Corrupt(format!("transaction id {txid}")))?;
+    let sequence: i64 = row.try_get("sequence")?;
+    Ok(RecordedEvent {
+        cursor: Cursor::new(txid, row.try_get("position")?),
+        aggregate_type: row.try_get("aggregate_type")?,
+        aggregate_id: row.try_get("aggregate_id")?,
+        sequence: u64::try_from(sequence).map_err(|_| StoreError::Corrupt(format!("sequence {sequence}")))?,
+        event_type: row.try_get("event_type")?,
+        event_version: row.try_get("event_version")?,
+        payload: row.try_get("payload")?,
+        metadata: row.try_get("metadata")?,
+        recorded_at: row.try_get("recorded_at")?,
+    })
 }
 
 const EVENTS_AFTER: &str = "

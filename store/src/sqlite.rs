@@ -7,9 +7,11 @@
 use chrono::{DateTime, Utc};
 use cqrs_es::persist::{PersistedEventRepository, PersistenceError, ReplayStream, SerializedEvent, SerializedSnapshot};
 use cqrs_es::Aggregate;
+use futures::TryStreamExt;
 use serde_json::Value;
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqlitePool};
+use tokio::sync::mpsc;
 
 use crate::{Cursor, RecordedEvent, StoreError};
 
@@ -148,40 +150,57 @@ async fn stream(events: Vec<SerializedEvent>) -> Result<ReplayStream, Persistenc
     Ok(stream)
 }
 
+const READ_GLOBAL: &str = "SELECT position, aggregate_type, aggregate_id, sequence, event_type, event_version, payload,
+        metadata, recorded_at FROM events WHERE position > ? ORDER BY position";
+
 pub(crate) async fn read_global(
     pool: &SqlitePool,
     after: Cursor,
     limit: i64,
 ) -> Result<Vec<RecordedEvent>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT position, aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, recorded_at
-           FROM events WHERE position > ? ORDER BY position LIMIT ?",
-    )
-    .bind(after.position)
-    .bind(limit)
-    .fetch_all(pool)
-    .await?;
-    rows.iter()
-        .map(|row| {
-            let sequence: i64 = row.try_get("sequence")?;
-            let recorded_at: String = row.try_get("recorded_at")?;
-            let json = |name: &str| -> Result<Value, StoreError> {
-                let text: String = row.try_get(name)?;
-                serde_json::from_str(&text).map_err(|error| StoreError::Corrupt(format!("{name}: {error}")))
-            };
-            Ok(RecordedEvent {
-                cursor: Cursor::new(0, row.try_get("position")?),
-                aggregate_type: row.try_get("aggregate_type")?,
-                aggregate_id: row.try_get("aggregate_id")?,
-                sequence: u64::try_from(sequence).map_err(|_| StoreError::Corrupt(format!("sequence {sequence}")))?,
-                event_type: row.try_get("event_type")?,
-                event_version: row.try_get("event_version")?,
-                payload: json("payload")?,
-                metadata: json("metadata")?,
-                recorded_at: DateTime::parse_from_rfc3339(&recorded_at)
-                    .map(|time| time.with_timezone(&Utc))
-                    .map_err(|error| StoreError::Corrupt(format!("recorded_at {recorded_at}: {error}")))?,
-            })
-        })
-        .collect()
+    let query = format!("{READ_GLOBAL} LIMIT ?");
+    let rows = sqlx::query(&query).bind(after.position).bind(limit).fetch_all(pool).await?;
+    rows.iter().map(decode_recorded).collect()
+}
+
+/// Sends every event after `after`, in order, from one query, until the receiver hangs up.
+pub(crate) async fn stream_global(
+    pool: SqlitePool,
+    after: Cursor,
+    sink: mpsc::Sender<Result<RecordedEvent, StoreError>>,
+) {
+    let mut rows = sqlx::query(READ_GLOBAL).bind(after.position).fetch(&pool);
+    loop {
+        let next = match rows.try_next().await {
+            Ok(Some(row)) => decode_recorded(&row),
+            Ok(None) => return,
+            Err(error) => Err(StoreError::from(error)),
+        };
+        let failed = next.is_err();
+        if sink.send(next).await.is_err() || failed {
+            return;
+        }
+    }
+}
+
+fn decode_recorded(row: &SqliteRow) -> Result<RecordedEvent, StoreError> {
+    let sequence: i64 = row.try_get("sequence")?;
+    let recorded_at: String = row.try_get("recorded_at")?;
+    let json = |name: &str| -> Result<Value, StoreError> {
+        let text: String = row.try_get(name)?;
+        serde_json::from_str(&text).map_err(|error| StoreError::Corrupt(format!("{name}: {error}")))
+    };
+    Ok(RecordedEvent {
+        cursor: Cursor::new(0, row.try_get("position")?),
+        aggregate_type: row.try_get("aggregate_type")?,
+        aggregate_id: row.try_get("aggregate_id")?,
+        sequence: u64::try_from(sequence).map_err(|_| StoreError::Corrupt(format!("sequence {sequence}")))?,
+        event_type: row.try_get("event_type")?,
+        event_version: row.try_get("event_version")?,
+        payload: json("payload")?,
+        metadata: json("metadata")?,
+        recorded_at: DateTime::parse_from_rfc3339(&recorded_at)
+            .map(|time| time.with_timezone(&Utc))
+            .map_err(|error| StoreError::Corrupt(format!("recorded_at {recorded_at}: {error}")))?,
+    })
 }

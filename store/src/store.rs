@@ -11,7 +11,7 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{AnyPool, ConnectOptions, Connection, Executor, PgConnection, PgPool, SqlitePool};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::{Cursor, StoreError};
 
@@ -303,6 +303,20 @@ impl EventStore {
             Backend::Postgres(pool) => crate::postgres::read_global(pool, after, limit).await,
             Backend::Sqlite(pool) => crate::sqlite::read_global(pool, after, limit).await,
         }
+    }
+
+    /// Every event readable now after `after`, in the global order, from one query instead of pages: for replays.
+    ///
+    /// Events arrive through a channel of `capacity` as a background task reads them, so the consumer's work
+    /// overlaps the reading. A store error ends the stream after being sent. Like [`read_global`](Self::read_global),
+    /// it stops at the events held back by open transactions; continue from the last cursor to get those.
+    pub fn stream_global(&self, after: Cursor, capacity: usize) -> mpsc::Receiver<Result<RecordedEvent, StoreError>> {
+        let (sink, events) = mpsc::channel(capacity.max(1));
+        match &self.inner.backend {
+            Backend::Postgres(pool) => drop(tokio::spawn(crate::postgres::stream_global(pool.clone(), after, sink))),
+            Backend::Sqlite(pool) => drop(tokio::spawn(crate::sqlite::stream_global(pool.clone(), after, sink))),
+        }
+        events
     }
 
     /// True when committed events exist after `after`, readable or not.
