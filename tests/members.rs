@@ -213,3 +213,19 @@ async fn authorization_matrix() {
         }
     }
 }
+
+/// `token issue` runs in another process; the server must recognise the new member on their very first request,
+/// before its projector has noticed the other process's commit.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_member_added_by_another_process_is_recognised_on_the_first_request() {
+    for db in TestDb::all("first request").await {
+        let admin = issue_token(&db, "root@example.com", "admin", "1h");
+        let server = Server::start(&db, &[("GATEHOUSE_PROJECTOR_POLL_INTERVAL_MS", "60000")]);
+        let api = Api::new(&server);
+        assert_eq!(api.get("/api/v1/me", Some(&admin)).await.0, 200);
+        let newcomer = issue_token(&db, "new@example.com", "auditor", "1h");
+        let (status, me) = api.get("/api/v1/me", Some(&newcomer)).await;
+        assert_eq!((status, me["role"].as_str()), (200, Some("auditor")), "{}: {me}", db.backend());
+        assert!(server.terminate().success());
+    }
+}

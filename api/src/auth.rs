@@ -12,7 +12,7 @@ use actix_web::dev::Payload;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{web, FromRequest, HttpRequest, HttpResponse, ResponseError};
-use domain::roster::Role;
+use domain::roster::{Role, ROSTER_ID};
 use domain::Email;
 use futures::future::LocalBoxFuture;
 use jwt_simple::prelude::*;
@@ -207,7 +207,8 @@ impl ResponseError for Unauthenticated {
 pub struct Caller {
     /// Who is calling.
     pub email: Email,
-    /// Their role, from the members read model at the time of the request.
+    /// Their role, from the members read model at the time of the request (or from the roster itself when the read
+    /// model has not caught up with their invitation yet).
     pub role: Role,
 }
 
@@ -247,13 +248,23 @@ impl FromRequest for Caller {
                 .get(email.as_str())
                 .await
                 .map_err(|error| Problem::from(store::StoreError::from(error)))?;
-            let Some(member) = member else {
+            if let Some(member) = member {
+                let role = Role::parse(&member.role).ok_or_else(Problem::internal)?;
+                if member.status == "pending" {
+                    crate::members::record_sign_in(&state, &email).await;
+                }
+                return Ok(Caller { email, role });
+            }
+            // Not in the read model yet: it may simply not have caught up with an invitation made a moment ago
+            // (by another process, say). The roster itself decides before anyone is turned away.
+            let (roster, _) = state.roster.load(ROSTER_ID).await.map_err(Problem::from)?;
+            let Some(member) = roster.member(&email) else {
                 return Err(Problem::new(StatusCode::FORBIDDEN, ProblemCode::NotAMember, "Not a member")
                     .detail("Ask an admin to invite you.")
                     .into());
             };
-            let role = Role::parse(&member.role).ok_or_else(Problem::internal)?;
-            if member.status == "pending" {
+            let role = member.role;
+            if member.status == domain::roster::MemberStatus::Pending {
                 crate::members::record_sign_in(&state, &email).await;
             }
             Ok(Caller { email, role })

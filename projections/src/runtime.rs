@@ -185,20 +185,24 @@ impl Projector {
         self.status.clone()
     }
 
+    fn worker(&self, projection: &Arc<dyn Projection>) -> Worker {
+        Worker {
+            poison_index: std::sync::Mutex::default(),
+            store: self.store.clone(),
+            projection: projection.clone(),
+            config: self.config.clone(),
+            status: self.status.clone(),
+            metrics: self.metrics.clone(),
+        }
+    }
+
     /// Runs every projection until `shutdown` is cancelled. A projection that hits a poison event stops alone;
     /// the others go on.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut tasks = JoinSet::new();
         for projection in &self.projections {
             self.status.set(projection.name(), ProjectionState::CatchingUp, Cursor::START);
-            let worker = Worker {
-                poison_index: std::sync::Mutex::default(),
-                store: self.store.clone(),
-                projection: projection.clone(),
-                config: self.config.clone(),
-                status: self.status.clone(),
-                metrics: self.metrics.clone(),
-            };
+            let worker = self.worker(projection);
             tasks.spawn(worker.run(shutdown.clone()));
         }
         while tasks.join_next().await.is_some() {}
@@ -208,14 +212,7 @@ impl Projector {
     /// transaction elsewhere holds committed events back.
     pub async fn catch_up(&self) -> Result<(), String> {
         for projection in &self.projections {
-            let worker = Worker {
-                poison_index: std::sync::Mutex::default(),
-                store: self.store.clone(),
-                projection: projection.clone(),
-                config: self.config.clone(),
-                status: self.status.clone(),
-                metrics: self.metrics.clone(),
-            };
+            let worker = self.worker(projection);
             worker.ensure_checkpoint().await.map_err(|error| error.to_string())?;
             loop {
                 match worker.run_batch().await {

@@ -9,7 +9,6 @@
 //! ended, so no event can appear later in front of what was already read.
 
 use cqrs_es::persist::SerializedEvent;
-use futures::TryStreamExt;
 use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
 use tokio::sync::mpsc;
@@ -35,18 +34,8 @@ pub(crate) async fn read_global(pool: &PgPool, after: Cursor, limit: i64) -> Res
 
 /// Sends every readable event after `after`, in order, from one query (no paging), until the receiver hangs up.
 pub(crate) async fn stream_global(pool: PgPool, after: Cursor, sink: mpsc::Sender<Result<RecordedEvent, StoreError>>) {
-    let mut rows = sqlx::query(READ_GLOBAL).bind(after.txid.to_string()).bind(after.position).fetch(&pool);
-    loop {
-        let next = match rows.try_next().await {
-            Ok(Some(row)) => decode(&row),
-            Ok(None) => return,
-            Err(error) => Err(StoreError::from(error)),
-        };
-        let failed = next.is_err();
-        if sink.send(next).await.is_err() || failed {
-            return;
-        }
-    }
+    let rows = sqlx::query(READ_GLOBAL).bind(after.txid.to_string()).bind(after.position).fetch(&pool);
+    crate::store::forward(rows, decode, sink).await;
 }
 
 fn decode(row: &PgRow) -> Result<RecordedEvent, StoreError> {

@@ -7,7 +7,6 @@
 use chrono::{DateTime, Utc};
 use cqrs_es::persist::{PersistedEventRepository, PersistenceError, ReplayStream, SerializedEvent, SerializedSnapshot};
 use cqrs_es::Aggregate;
-use futures::TryStreamExt;
 use serde_json::Value;
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqlitePool};
@@ -169,18 +168,8 @@ pub(crate) async fn stream_global(
     after: Cursor,
     sink: mpsc::Sender<Result<RecordedEvent, StoreError>>,
 ) {
-    let mut rows = sqlx::query(READ_GLOBAL).bind(after.position).fetch(&pool);
-    loop {
-        let next = match rows.try_next().await {
-            Ok(Some(row)) => decode_recorded(&row),
-            Ok(None) => return,
-            Err(error) => Err(StoreError::from(error)),
-        };
-        let failed = next.is_err();
-        if sink.send(next).await.is_err() || failed {
-            return;
-        }
-    }
+    let rows = sqlx::query(READ_GLOBAL).bind(after.position).fetch(&pool);
+    crate::store::forward(rows, decode_recorded, sink).await;
 }
 
 fn decode_recorded(row: &SqliteRow) -> Result<RecordedEvent, StoreError> {

@@ -362,6 +362,26 @@ impl EventStore {
     }
 }
 
+/// Decodes rows into events and sends them until the rows end, an error is sent, or the receiver hangs up.
+pub(crate) async fn forward<R>(
+    mut rows: impl futures::Stream<Item = Result<R, sqlx::Error>> + Unpin,
+    decode: impl Fn(&R) -> Result<RecordedEvent, StoreError>,
+    sink: mpsc::Sender<Result<RecordedEvent, StoreError>>,
+) {
+    use futures::TryStreamExt;
+    loop {
+        let next = match rows.try_next().await {
+            Ok(Some(row)) => decode(&row),
+            Ok(None) => return,
+            Err(error) => Err(StoreError::from(error)),
+        };
+        let failed = next.is_err();
+        if sink.send(next).await.is_err() || failed {
+            return;
+        }
+    }
+}
+
 /// Removes a password from an error message that may quote a URL.
 fn redact(message: &str) -> String {
     match (message.find("://"), message.find('@')) {

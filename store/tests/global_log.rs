@@ -385,20 +385,18 @@ async fn streaming_the_log_gives_the_same_events_in_the_same_order_as_paging() {
             roster.execute(&format!("org-{}", n % 7), invite(n), &meta()).await.unwrap();
         }
         let (paged, _) = drain_committed(&store, Cursor::START).await;
-        let mut stream = store.stream_global(Cursor::START, 16);
-        let mut streamed = Vec::new();
-        while let Some(event) = stream.recv().await {
-            streamed.push(event.unwrap());
-        }
-        assert_eq!(streamed, paged, "{}", db.backend());
+        assert_eq!(streamed(&store, Cursor::START).await, paged, "{}", db.backend());
         // From a cursor in the middle, the stream continues after it.
-        let middle = paged[149].cursor;
-        let mut rest = store.stream_global(middle, 16);
-        let mut tail = Vec::new();
-        while let Some(event) = rest.recv().await {
-            tail.push(event.unwrap());
-        }
-        assert_eq!(tail, paged[150..].to_vec(), "{}", db.backend());
+        assert_eq!(streamed(&store, paged[149].cursor).await, paged[150..].to_vec(), "{}", db.backend());
         store.close().await;
     }
+}
+
+async fn streamed(store: &EventStore, after: Cursor) -> Vec<RecordedEvent> {
+    let mut stream = store.stream_global(after, 16);
+    let mut events = Vec::new();
+    while let Some(event) = stream.recv().await {
+        events.push(event.unwrap());
+    }
+    events
 }
