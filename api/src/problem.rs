@@ -16,8 +16,6 @@ pub enum ProblemCode {
     NotFound,
     /// The event store cannot be reached; retry after `Retry-After` seconds.
     StoreUnavailable,
-    /// The service is not ready (store down, projections behind or failed, or draining).
-    NotReady,
     /// Something failed inside the service; details are in its log under the request id.
     Internal,
     /// No valid bearer token (401, with `WWW-Authenticate`).

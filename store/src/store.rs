@@ -44,11 +44,6 @@ impl StoreConfig {
             aggregate_cache_capacity: 10_000,
         }
     }
-
-    /// A PostgreSQL (or explicit SQLite) database at `url`.
-    pub fn url(url: impl Into<String>) -> Self {
-        Self { database_url: Some(url.into()), ..Self::embedded("data") }
-    }
 }
 
 /// The native pool of the chosen backend.
