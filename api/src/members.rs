@@ -104,8 +104,11 @@ fn parse_role(raw: &str) -> Result<Role, Problem> {
     })
 }
 
-fn metadata(caller: &Caller, request: &HttpRequest) -> EventMetadata {
-    EventMetadata::for_request(caller.email.to_string(), crate::request_id(request))
+/// Runs a roster command for `caller`. Roster commands do not depend on what the caller saw, so a lost race is
+/// decided again on the new state (up to five times) instead of being returned as a conflict.
+async fn run(state: &AppState, caller: &Caller, request: &HttpRequest, command: RosterCommand) -> Result<(), Problem> {
+    let metadata = EventMetadata::for_request(caller.email.to_string(), crate::request_id(request));
+    state.roster.execute_retrying(ROSTER_ID, command, &metadata, 5).await.map(drop).map_err(command_problem)
 }
 
 /// Maps a roster command failure to a problem.
@@ -210,11 +213,7 @@ pub async fn invite_member(
     let email = parse_email(&body.email, "email")?;
     let role = parse_role(&body.role)?;
     let command = RosterCommand::Invite { email: email.clone(), role, invited_by: caller.email.clone() };
-    state
-        .roster
-        .execute_retrying(ROSTER_ID, command, &metadata(&caller, &request), 5)
-        .await
-        .map_err(command_problem)?;
+    run(&state, &caller, &request, command).await?;
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     Ok(HttpResponse::Created().insert_header(("Location", format!("/api/v1/members/{email}"))).json(MemberView {
         email: email.to_string(),
@@ -242,11 +241,7 @@ pub async fn change_role(
     let email = parse_email(&path, "email")?;
     let role = parse_role(&body.role)?;
     let command = RosterCommand::ChangeRole { email, role, changed_by: caller.email.clone() };
-    state
-        .roster
-        .execute_retrying(ROSTER_ID, command, &metadata(&caller, &request), 5)
-        .await
-        .map_err(command_problem)?;
+    run(&state, &caller, &request, command).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -264,10 +259,6 @@ pub async fn remove_member(
     caller.require(&[Role::Admin])?;
     let email = parse_email(&path, "email")?;
     let command = RosterCommand::Remove { email, removed_by: caller.email.clone() };
-    state
-        .roster
-        .execute_retrying(ROSTER_ID, command, &metadata(&caller, &request), 5)
-        .await
-        .map_err(command_problem)?;
+    run(&state, &caller, &request, command).await?;
     Ok(HttpResponse::NoContent().finish())
 }
