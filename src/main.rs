@@ -211,6 +211,7 @@ async fn issue_token(settings: Settings, email: &str, role: &str, ttl: Duration)
             email: email.clone(),
             role,
             changed_by: domain::Email::parse("cli@gatehouse.local")?,
+            if_version: None,
         }),
         Some(_) => None,
     };

@@ -229,3 +229,60 @@ async fn a_member_added_by_another_process_is_recognised_on_the_first_request() 
         assert!(server.terminate().success());
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn if_match_with_a_stale_etag_gets_412_and_changes_nothing() {
+    let db = TestDb::sqlite();
+    let admin = issue_token(&db, "root@example.com", "admin", "1h");
+    let server = Server::start(&db, &[]);
+    let api = Api::new(&server);
+    assert_eq!(api.invite(&admin, "ada@example.com", "member").await.0, 201);
+    let etag = |headers: &reqwest::header::HeaderMap| headers["etag"].to_str().unwrap().to_string();
+    let mut tries = 0;
+    let first = loop {
+        tries += 1;
+        assert!(tries < 500, "the invitation never reached the read model");
+        let (status, headers, _) = api.call(Method::GET, "/api/v1/members/ada@example.com", Some(&admin), None).await;
+        if status == 200 {
+            break etag(&headers);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // Someone else changes Ada; the ETag the first admin holds is now stale.
+    let change = |role: &'static str, tag: Option<String>| {
+        let api = api.clone();
+        let admin = admin.clone();
+        async move {
+            let mut request = api
+                .http
+                .patch(format!("{}/api/v1/members/ada@example.com", api.base))
+                .bearer_auth(&admin)
+                .json(&json!({ "role": role }));
+            if let Some(tag) = tag {
+                request = request.header("If-Match", tag);
+            }
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<serde_json::Value>().await.unwrap_or_default())
+        }
+    };
+    assert_eq!(change("auditor", None).await.0, 204);
+    let (status, problem) = change("admin", Some(first.clone())).await;
+    assert_eq!((status, problem["code"].as_str()), (412, Some("stale_version")));
+    let (status, problem) = change("admin", Some("not-an-etag".into())).await;
+    assert_eq!((status, problem["field"].as_str()), (400, Some("If-Match")));
+
+    // With the current ETag the change goes through.
+    let mut tries = 0;
+    let current = loop {
+        tries += 1;
+        assert!(tries < 500, "the role change never reached the read model");
+        let (_, headers, member) = api.call(Method::GET, "/api/v1/members/ada@example.com", Some(&admin), None).await;
+        if member["role"] == "auditor" {
+            break etag(&headers);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_ne!(current, first);
+    assert_eq!(change("admin", Some(current)).await.0, 204);
+}

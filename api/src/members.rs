@@ -120,6 +120,7 @@ fn command_problem(error: CommandError<RosterError>) -> Problem {
                 RosterError::UnknownMember(_) => (StatusCode::NOT_FOUND, ProblemCode::NotFound),
                 RosterError::RoleUnchanged { .. } => (StatusCode::CONFLICT, ProblemCode::RoleUnchanged),
                 RosterError::LastAdmin(_) => (StatusCode::CONFLICT, ProblemCode::LastAdmin),
+                RosterError::StaleMember { .. } => (StatusCode::PRECONDITION_FAILED, ProblemCode::StaleVersion),
             };
             Problem::new(status, code, "Refused").detail(rejection.to_string())
         }
@@ -180,22 +181,43 @@ pub async fn list_members(
 
 /// One member (admins, auditors, and the member themself).
 #[utoipa::path(get, path = "/api/v1/members/{email}", tag = "members", security(("bearer" = [])),
-    responses((status = 200, body = MemberView), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)))]
+    responses((status = 200, body = MemberView, headers(("ETag" = String, description = "The member's version, for If-Match"))),
+              (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)))]
 #[get("/api/v1/members/{email}")]
 pub async fn get_member(
     caller: Caller,
     state: web::Data<AppState>,
     path: web::Path<String>,
-) -> Result<web::Json<MemberView>, Problem> {
+) -> Result<HttpResponse, Problem> {
     let email = parse_email(&path, "email")?;
     if email != caller.email {
         caller.require(&[Role::Admin, Role::Auditor])?;
     }
     let row = state.members.get(email.as_str()).await.map_err(store::StoreError::from)?;
-    row.map(|row| web::Json(MemberView::from(row))).ok_or_else(|| {
+    let row = row.ok_or_else(|| {
         Problem::new(StatusCode::NOT_FOUND, ProblemCode::NotFound, "Not found")
             .detail(format!("{email} is not a member"))
-    })
+    })?;
+    Ok(HttpResponse::Ok().insert_header(("ETag", format!("\"{}\"", row.version))).json(MemberView::from(row)))
+}
+
+/// The version an `If-Match` names: `None` for no header or `*`; strong entity tags only.
+fn if_match(request: &HttpRequest) -> Result<Option<u64>, Problem> {
+    let Some(value) = request.headers().get("if-match") else { return Ok(None) };
+    let value = value.to_str().unwrap_or_default().trim();
+    if value == "*" {
+        return Ok(None);
+    }
+    value
+        .strip_prefix('"')
+        .and_then(|rest| rest.strip_suffix('"'))
+        .and_then(|version| version.parse::<u64>().ok())
+        .map(Some)
+        .ok_or_else(|| {
+            Problem::new(StatusCode::BAD_REQUEST, ProblemCode::InvalidField, "Invalid header")
+                .field("If-Match")
+                .detail("If-Match takes the ETag of a GET, such as \"12\"")
+        })
 }
 
 /// Invites someone (admins).
@@ -228,7 +250,7 @@ pub async fn invite_member(
 /// Changes a member's role (admins). The last admin cannot be demoted.
 #[utoipa::path(patch, path = "/api/v1/members/{email}", tag = "members", request_body = RoleChange, security(("bearer" = [])),
     responses((status = 204), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem),
-              (status = 409, body = Problem), (status = 422, body = Problem)))]
+              (status = 409, body = Problem), (status = 412, body = Problem), (status = 422, body = Problem)))]
 #[patch("/api/v1/members/{email}")]
 pub async fn change_role(
     caller: Caller,
@@ -240,7 +262,8 @@ pub async fn change_role(
     caller.require(&[Role::Admin])?;
     let email = parse_email(&path, "email")?;
     let role = parse_role(&body.role)?;
-    let command = RosterCommand::ChangeRole { email, role, changed_by: caller.email.clone() };
+    let command =
+        RosterCommand::ChangeRole { email, role, changed_by: caller.email.clone(), if_version: if_match(&request)? };
     run(&state, &caller, &request, command).await?;
     Ok(HttpResponse::NoContent().finish())
 }
@@ -248,7 +271,7 @@ pub async fn change_role(
 /// Removes a member (admins). The last admin cannot be removed.
 #[utoipa::path(delete, path = "/api/v1/members/{email}", tag = "members", security(("bearer" = [])),
     responses((status = 204), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem),
-              (status = 409, body = Problem)))]
+              (status = 409, body = Problem), (status = 412, body = Problem)))]
 #[delete("/api/v1/members/{email}")]
 pub async fn remove_member(
     caller: Caller,
@@ -258,7 +281,7 @@ pub async fn remove_member(
 ) -> Result<HttpResponse, Problem> {
     caller.require(&[Role::Admin])?;
     let email = parse_email(&path, "email")?;
-    let command = RosterCommand::Remove { email, removed_by: caller.email.clone() };
+    let command = RosterCommand::Remove { email, removed_by: caller.email.clone(), if_version: if_match(&request)? };
     run(&state, &caller, &request, command).await?;
     Ok(HttpResponse::NoContent().finish())
 }

@@ -40,12 +40,21 @@ async fn write_history(roster: &AggregateRepository<Roster>, from: usize, to: us
             roster.execute("org", RosterCommand::SignIn { email: email(n) }, &meta()).await.unwrap();
         }
         if n % 3 == 0 {
-            let command = RosterCommand::ChangeRole { email: email(n), role: Role::Auditor, changed_by: admin() };
+            let command = RosterCommand::ChangeRole {
+                email: email(n),
+                role: Role::Auditor,
+                changed_by: admin(),
+                if_version: None,
+            };
             roster.execute("org", command, &meta()).await.unwrap();
         }
         if n % 5 == 0 {
             roster
-                .execute("org", RosterCommand::Remove { email: email(n), removed_by: admin() }, &meta())
+                .execute(
+                    "org",
+                    RosterCommand::Remove { email: email(n), removed_by: admin(), if_version: None },
+                    &meta(),
+                )
                 .await
                 .unwrap();
         }

@@ -33,6 +33,8 @@ pub enum RosterCommand {
         role: Role,
         /// The admin making the change.
         changed_by: Email,
+        /// Only if the member is still at this version (an `If-Match`); `None` changes whatever the version.
+        if_version: Option<u64>,
     },
     /// Remove a member.
     Remove {
@@ -40,5 +42,7 @@ pub enum RosterCommand {
         email: Email,
         /// The admin removing them.
         removed_by: Email,
+        /// Only if the member is still at this version (an `If-Match`); `None` removes whatever the version.
+        if_version: Option<u64>,
     },
 }

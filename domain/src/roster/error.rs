@@ -20,6 +20,16 @@ pub enum RosterError {
         /// The role they hold.
         role: Role,
     },
+    /// The member changed since the version the caller named.
+    #[error("{email} is at version {actual}, not {expected}")]
+    StaleMember {
+        /// The member.
+        email: Email,
+        /// The version the caller named.
+        expected: u64,
+        /// The member's version.
+        actual: u64,
+    },
     /// The organisation would be left without an admin.
     #[error("{0} is the last admin and can be neither demoted nor removed")]
     LastAdmin(Email),

@@ -76,12 +76,16 @@ pub struct Member {
     pub role: Role,
     /// Pending until first sign-in.
     pub status: MemberStatus,
+    /// The roster version (sequence number) of the event that last changed this member; what an ETag names.
+    pub version: u64,
 }
 
 /// The organisation's members.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Roster {
     members: BTreeMap<Email, Member>,
+    /// How many events have been applied: the aggregate's version.
+    version: u64,
 }
 
 impl Roster {
@@ -97,6 +101,16 @@ impl Roster {
 
     fn require(&self, email: &Email) -> Result<&Member, RosterError> {
         self.members.get(email).ok_or_else(|| RosterError::UnknownMember(email.clone()))
+    }
+
+    fn check_version(&self, email: &Email, if_version: Option<u64>) -> Result<(), RosterError> {
+        let actual = self.require(email)?.version;
+        match if_version {
+            Some(expected) if expected != actual => {
+                Err(RosterError::StaleMember { email: email.clone(), expected, actual })
+            }
+            _ => Ok(()),
+        }
     }
 
     fn is_last_admin(&self, email: &Email) -> bool {
@@ -142,7 +156,8 @@ impl Aggregate for Roster {
                     sink.write(RosterEvent::MemberActivated { email }, self).await;
                 }
             }
-            RosterCommand::ChangeRole { email, role, changed_by } => {
+            RosterCommand::ChangeRole { email, role, changed_by, if_version } => {
+                self.check_version(&email, if_version)?;
                 let current = self.require(&email)?.role;
                 if current == role {
                     return Err(RosterError::RoleUnchanged { email, role });
@@ -154,8 +169,8 @@ impl Aggregate for Roster {
                     RosterEvent::MemberRoleChanged { email, from: current, to: role, changed_by: Some(changed_by) };
                 sink.write(event, self).await;
             }
-            RosterCommand::Remove { email, removed_by } => {
-                self.require(&email)?;
+            RosterCommand::Remove { email, removed_by, if_version } => {
+                self.check_version(&email, if_version)?;
                 if self.is_last_admin(&email) {
                     return Err(RosterError::LastAdmin(email));
                 }
@@ -166,18 +181,22 @@ impl Aggregate for Roster {
     }
 
     fn apply(&mut self, event: Self::Event) {
+        self.version += 1;
+        let version = self.version;
         match event {
             RosterEvent::MemberInvited { email, role, .. } => {
-                self.members.insert(email, Member { role, status: MemberStatus::Pending });
+                self.members.insert(email, Member { role, status: MemberStatus::Pending, version });
             }
             RosterEvent::MemberActivated { email } => {
                 if let Some(member) = self.members.get_mut(&email) {
                     member.status = MemberStatus::Active;
+                    member.version = version;
                 }
             }
             RosterEvent::MemberRoleChanged { email, to, .. } => {
                 if let Some(member) = self.members.get_mut(&email) {
                     member.role = to;
+                    member.version = version;
                 }
             }
             RosterEvent::MemberRemoved { email, .. } => {

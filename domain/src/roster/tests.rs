@@ -83,6 +83,7 @@ fn role_change_records_old_and_new_role_and_who_changed_it() {
             email: email("ada@example.com"),
             role: Role::Auditor,
             changed_by: email("root@example.com"),
+            if_version: None,
         })
         .then_expect_events(vec![RosterEvent::MemberRoleChanged {
             email: email("ada@example.com"),
@@ -100,6 +101,7 @@ fn changing_to_the_same_role_is_refused() {
             email: email("ada@example.com"),
             role: Role::Member,
             changed_by: email("root@example.com"),
+            if_version: None,
         })
         .then_expect_error(RosterError::RoleUnchanged { email: email("ada@example.com"), role: Role::Member });
 }
@@ -112,11 +114,16 @@ fn the_last_admin_cannot_be_demoted_or_removed() {
             email: email("root@example.com"),
             role: Role::Member,
             changed_by: email("root@example.com"),
+            if_version: None,
         })
         .then_expect_error(RosterError::LastAdmin(email("root@example.com")));
     RosterTest::with(())
         .given(vec![invited("root@example.com", Role::Admin)])
-        .when(RosterCommand::Remove { email: email("root@example.com"), removed_by: email("root@example.com") })
+        .when(RosterCommand::Remove {
+            email: email("root@example.com"),
+            removed_by: email("root@example.com"),
+            if_version: None,
+        })
         .then_expect_error(RosterError::LastAdmin(email("root@example.com")));
 }
 
@@ -124,7 +131,11 @@ fn the_last_admin_cannot_be_demoted_or_removed() {
 fn an_admin_can_be_removed_while_another_remains() {
     RosterTest::with(())
         .given(vec![invited("root@example.com", Role::Admin), invited("ops@example.com", Role::Admin)])
-        .when(RosterCommand::Remove { email: email("ops@example.com"), removed_by: email("root@example.com") })
+        .when(RosterCommand::Remove {
+            email: email("ops@example.com"),
+            removed_by: email("root@example.com"),
+            if_version: None,
+        })
         .then_expect_events(vec![RosterEvent::MemberRemoved {
             email: email("ops@example.com"),
             removed_by: email("root@example.com"),
@@ -135,7 +146,11 @@ fn an_admin_can_be_removed_while_another_remains() {
 fn unknown_members_are_refused() {
     RosterTest::with(())
         .given_no_previous_events()
-        .when(RosterCommand::Remove { email: email("ghost@example.com"), removed_by: email("root@example.com") })
+        .when(RosterCommand::Remove {
+            email: email("ghost@example.com"),
+            removed_by: email("root@example.com"),
+            if_version: None,
+        })
         .then_expect_error(RosterError::UnknownMember(email("ghost@example.com")));
     RosterTest::with(())
         .given_no_previous_events()
@@ -150,4 +165,36 @@ fn event_types_are_the_stored_names() {
         serde_json::to_value(invited("a@example.com", Role::Member)).expect("serialises"),
         serde_json::json!({"MemberInvited": {"email": "a@example.com", "role": "member", "invited_by": "root@example.com"}})
     );
+}
+
+#[test]
+fn an_if_match_on_a_changed_member_is_refused() {
+    // root invited (version 1), ada invited (2), ada activated (3): ada is at version 3.
+    let history = vec![
+        invited("root@example.com", Role::Admin),
+        invited("ada@example.com", Role::Member),
+        RosterEvent::MemberActivated { email: email("ada@example.com") },
+    ];
+    RosterTest::with(())
+        .given(history.clone())
+        .when(RosterCommand::Remove {
+            email: email("ada@example.com"),
+            removed_by: email("root@example.com"),
+            if_version: Some(2),
+        })
+        .then_expect_error(RosterError::StaleMember { email: email("ada@example.com"), expected: 2, actual: 3 });
+    RosterTest::with(())
+        .given(history)
+        .when(RosterCommand::ChangeRole {
+            email: email("ada@example.com"),
+            role: Role::Auditor,
+            changed_by: email("root@example.com"),
+            if_version: Some(3),
+        })
+        .then_expect_events(vec![RosterEvent::MemberRoleChanged {
+            email: email("ada@example.com"),
+            from: Role::Member,
+            to: Role::Auditor,
+            changed_by: Some(email("root@example.com")),
+        }]);
 }
