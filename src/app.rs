@@ -26,6 +26,7 @@ pub struct Application {
     projector: JoinHandle<()>,
     shutdown: CancellationToken,
     draining: Arc<AtomicBool>,
+    drain_delay: Duration,
     store: EventStore,
 }
 
@@ -103,7 +104,8 @@ impl Application {
         .run();
         let handle = server.handle();
         tracing::info!(port, "listening");
-        Ok(Self { port, server, handle, projector, shutdown, draining, store })
+        let drain_delay = Duration::from_secs(settings.shutdown_drain_secs);
+        Ok(Self { port, server, handle, projector, shutdown, draining, drain_delay, store })
     }
 
     /// The bound port.
@@ -113,7 +115,7 @@ impl Application {
 
     /// A handle that stops the service gracefully, as SIGTERM does.
     pub fn stopper(&self) -> Stopper {
-        Stopper { handle: self.handle.clone(), draining: self.draining.clone() }
+        Stopper { handle: self.handle.clone(), draining: self.draining.clone(), drain_delay: self.drain_delay }
     }
 
     /// Serves until SIGTERM or SIGINT (or a [`Stopper`]), then drains: readiness turns off, in-flight requests
@@ -142,12 +144,18 @@ impl Application {
 pub struct Stopper {
     handle: ServerHandle,
     draining: Arc<AtomicBool>,
+    drain_delay: Duration,
 }
 
 impl Stopper {
-    /// Turns readiness off and stops gracefully.
+    /// Turns readiness off, keeps serving for the drain delay (so load balancers notice and stop sending new
+    /// requests), then stops accepting connections and lets in-flight requests finish.
     pub async fn stop(&self) {
         self.draining.store(true, Ordering::Relaxed);
+        if !self.drain_delay.is_zero() {
+            tracing::info!(seconds = self.drain_delay.as_secs(), "draining: readiness is off, still serving");
+            tokio::time::sleep(self.drain_delay).await;
+        }
         self.handle.stop(true).await;
     }
 }

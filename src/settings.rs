@@ -50,6 +50,8 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// Seconds in-flight requests get to finish on SIGTERM.
     pub shutdown_timeout_secs: u64,
+    /// Seconds between SIGTERM turning readiness off and the listener closing, for load balancers to notice.
+    pub shutdown_drain_secs: u64,
     /// Accept tokens of the local development issuer (key in `data_dir`, tokens from `gatehouse token issue`).
     pub auth_local_issuer: bool,
     /// The audience every token must name.
@@ -74,6 +76,7 @@ impl Default for Settings {
             log: "info,sqlx=warn".into(),
             log_format: LogFormat::Text,
             shutdown_timeout_secs: 30,
+            shutdown_drain_secs: 0,
             auth_local_issuer: true,
             auth_audience: "gatehouse".into(),
             auth_leeway_secs: 60,

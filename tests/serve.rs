@@ -105,3 +105,24 @@ async fn a_store_outage_turns_readiness_off_and_the_service_recovers_by_itself()
     assert_eq!(api.invite(&admin, "after@example.com", "member").await.0, 201);
     assert!(server.terminate().success());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_turns_readiness_off_first_and_keeps_serving_for_the_drain_delay() {
+    let db = TestDb::sqlite();
+    let mut server = Server::start(&db, &[("GATEHOUSE_SHUTDOWN_DRAIN_SECS", "2")]);
+    let client = reqwest::Client::new();
+    let status = |path: &str| {
+        let request = client.get(server.url(path)).send();
+        async move { request.await.map(|response| response.status().as_u16()).unwrap_or(0) }
+    };
+    assert_eq!(status("/readyz").await, 200);
+    server.send_sigterm();
+    assert!(
+        eventually(Duration::from_secs(1), || async { status("/readyz").await == 503 }).await,
+        "readiness stayed on"
+    );
+    let readiness: serde_json::Value = client.get(server.url("/readyz")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(readiness["draining"], true);
+    assert_eq!(status("/healthz").await, 200, "still serving while draining");
+    assert!(server.wait(Duration::from_secs(20)).success());
+}
