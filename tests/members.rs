@@ -286,3 +286,79 @@ async fn if_match_with_a_stale_etag_gets_412_and_changes_nothing() {
     assert_ne!(current, first);
     assert_eq!(change("admin", Some(current)).await.0, 204);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retried_invitation_with_an_idempotency_key_is_answered_not_executed_again() {
+    for db in TestDb::all("idempotency").await {
+        let admin = issue_token(&db, "root@example.com", "admin", "1h");
+        let server = Server::start(&db, &[]);
+        let api = Api::new(&server);
+        let post = |key: &'static str, email: &'static str| {
+            let api = api.clone();
+            let admin = admin.clone();
+            async move {
+                let response = api
+                    .http
+                    .post(format!("{}/api/v1/members", api.base))
+                    .bearer_auth(&admin)
+                    .header("Idempotency-Key", key)
+                    .json(&json!({ "email": email, "role": "member" }))
+                    .send()
+                    .await
+                    .unwrap();
+                let status = response.status().as_u16();
+                let replayed = response.headers().contains_key("idempotent-replayed");
+                (status, replayed, response.json::<serde_json::Value>().await.unwrap())
+            }
+        };
+        let roster_version = || async {
+            let store = db.store().await;
+            let version = store::AggregateRepository::<domain::roster::Roster>::new(store.clone(), ())
+                .load(domain::roster::ROSTER_ID)
+                .await
+                .unwrap()
+                .1;
+            store.close().await;
+            version
+        };
+
+        let (status, replayed, first) = post("k-1", "ada@example.com").await;
+        assert_eq!((status, replayed), (201, false), "{}: {first}", db.backend());
+        let before_retry = roster_version().await;
+        let (status, replayed, again) = post("k-1", "ada@example.com").await;
+        assert_eq!((status, replayed), (201, true), "{}", db.backend());
+        assert_eq!(again, first, "the retry gets the first answer");
+        assert_eq!(roster_version().await, before_retry, "{}: the retry appended events", db.backend());
+
+        let (status, _, problem) = post("k-1", "someone-else@example.com").await;
+        assert_eq!((status, problem["code"].as_str()), (422, Some("idempotency_key_reused")));
+
+        // A refusal is remembered too.
+        let (status, replayed, _) = post("k-2", "ada@example.com").await;
+        assert_eq!((status, replayed), (409, false));
+        let (status, replayed, problem) = post("k-2", "ada@example.com").await;
+        assert_eq!((status, replayed, problem["code"].as_str()), (409, true, Some("already_member")));
+
+        // Ten concurrent attempts with one key: one invitation.
+        let before = roster_version().await;
+        let attempts: Vec<_> = (0..10).map(|_| tokio::spawn(post("k-3", "bob@example.com"))).collect();
+        for attempt in attempts {
+            let (status, _, body) = attempt.await.unwrap();
+            assert!(status == 201 || (status == 409 && body["code"] == "request_in_progress"), "{status}: {body}");
+        }
+        assert_eq!(roster_version().await, before + 1, "{}: exactly one invitation", db.backend());
+
+        let long = "x".repeat(256);
+        let response = api
+            .http
+            .post(format!("{}/api/v1/members", api.base))
+            .bearer_auth(&admin)
+            .header("Idempotency-Key", long)
+            .json(&json!({ "email": "carol@example.com", "role": "member" }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400);
+        assert!(server.terminate().success());
+    }
+}

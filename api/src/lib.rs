@@ -5,6 +5,7 @@
 //! (`/healthz`, `/readyz`, `/metrics`, `/api/v1/openapi.json`) live in [`ops`].
 
 pub mod auth;
+pub mod idempotency;
 pub mod members;
 pub mod metrics;
 pub mod ops;

@@ -232,19 +232,28 @@ pub async fn invite_member(
     body: web::Json<InviteRequest>,
 ) -> Result<HttpResponse, Problem> {
     caller.require(&[Role::Admin])?;
-    let email = parse_email(&body.email, "email")?;
-    let role = parse_role(&body.role)?;
-    let command = RosterCommand::Invite { email: email.clone(), role, invited_by: caller.email.clone() };
-    run(&state, &caller, &request, command).await?;
-    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-    Ok(HttpResponse::Created().insert_header(("Location", format!("/api/v1/members/{email}"))).json(MemberView {
-        email: email.to_string(),
-        role: role.as_str().to_string(),
-        status: "pending".into(),
-        invited_by: Some(caller.email.to_string()),
-        invited_at: now.clone(),
-        updated_at: now,
-    }))
+    let fingerprint = serde_json::json!({ "email": body.email, "role": body.role }).to_string();
+    crate::idempotency::run(&state, &caller, &request, fingerprint, || async {
+        let email = parse_email(&body.email, "email")?;
+        let role = parse_role(&body.role)?;
+        let command = RosterCommand::Invite { email: email.clone(), role, invited_by: caller.email.clone() };
+        run(&state, &caller, &request, command).await?;
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let member = MemberView {
+            email: email.to_string(),
+            role: role.as_str().to_string(),
+            status: "pending".into(),
+            invited_by: Some(caller.email.to_string()),
+            invited_at: now.clone(),
+            updated_at: now,
+        };
+        Ok(crate::idempotency::Reply {
+            status: StatusCode::CREATED,
+            body: serde_json::to_value(member).map_err(|_| Problem::internal())?,
+            location: Some(format!("/api/v1/members/{email}")),
+        })
+    })
+    .await
 }
 
 /// Changes a member's role (admins). The last admin cannot be demoted.

@@ -36,6 +36,10 @@ pub enum ProblemCode {
     ConcurrentModification,
     /// `If-Match` named a version that is no longer current.
     StaleVersion,
+    /// The `Idempotency-Key` was used before for a different request.
+    IdempotencyKeyReused,
+    /// A request with the same `Idempotency-Key` is still running; retry after `Retry-After`.
+    RequestInProgress,
 }
 
 /// An RFC 9457 problem document.

@@ -12,6 +12,7 @@
 
 mod cursor;
 mod error;
+pub mod idempotency;
 mod metadata;
 mod postgres;
 mod repository;

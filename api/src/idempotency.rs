@@ -1,0 +1,121 @@
+//! `Idempotency-Key` on POSTs: a retried request gets the first attempt's answer instead of running again.
+//!
+//! The first request with a key claims it (a `pending` row, unique per caller, route and key), runs, and stores its
+//! answer; a retry with the same key and the same body gets that answer back (`Idempotent-Replayed: true`), one
+//! with another body gets 422, and one that arrives while the first still runs gets 409 with `Retry-After`.
+//! Answers that say "try again" (5xx) are not kept, so the retry runs. A claim left `pending` by a crash is taken
+//! over after [`STALE_PENDING_MS`]; answers are kept for [`RETENTION_MS`]. These rows are operational state, not
+//! history: the events the first attempt produced are the record.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse};
+use store::idempotency::{self, Claim};
+
+use crate::auth::Caller;
+use crate::{AppState, Problem, ProblemCode};
+
+/// How long an answer is kept.
+pub const RETENTION_MS: i64 = 24 * 3600 * 1000;
+/// How long a claim may stay pending before another attempt takes it over.
+pub const STALE_PENDING_MS: i64 = 60 * 1000;
+
+/// A successful answer to keep and send.
+pub struct Reply {
+    /// The status.
+    pub status: StatusCode,
+    /// The JSON body.
+    pub body: serde_json::Value,
+    /// The `Location` header, if any.
+    pub location: Option<String>,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn respond(status: u16, body: &str, location: Option<&str>, replayed: bool) -> HttpResponse {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = HttpResponse::build(status);
+    let content_type = if status.is_success() { "application/json" } else { "application/problem+json" };
+    response.content_type(content_type);
+    if let Some(location) = location {
+        response.insert_header(("Location", location.to_string()));
+    }
+    if replayed {
+        response.insert_header(("Idempotent-Replayed", "true"));
+    }
+    response.body(body.to_string())
+}
+
+fn reply_response(reply: &Reply) -> HttpResponse {
+    respond(reply.status.as_u16(), &reply.body.to_string(), reply.location.as_deref(), false)
+}
+
+/// Runs `action` once per `Idempotency-Key` (when the request has one). `fingerprint` identifies the request's
+/// content: a retry must send the same.
+pub async fn run<F, Fut>(
+    state: &AppState,
+    caller: &Caller,
+    request: &HttpRequest,
+    fingerprint: String,
+    action: F,
+) -> Result<HttpResponse, Problem>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<Reply, Problem>>,
+{
+    let Some(key) = request.headers().get("idempotency-key") else {
+        return action().await.map(|reply| reply_response(&reply));
+    };
+    let key = key
+        .to_str()
+        .ok()
+        .filter(|key| !key.is_empty() && key.len() <= 255 && key.bytes().all(|b| b.is_ascii_graphic()))
+        .ok_or_else(|| {
+            Problem::new(StatusCode::BAD_REQUEST, ProblemCode::InvalidField, "Invalid header")
+                .field("Idempotency-Key")
+                .detail("Idempotency-Key is 1 to 255 printable ASCII characters")
+        })?
+        .to_string();
+    let scope = format!("{} {} {}", caller.email, request.method(), request.match_pattern().unwrap_or_default());
+    let store = &state.store;
+    match idempotency::claim(store, &scope, &key, &fingerprint, now_ms(), STALE_PENDING_MS, RETENTION_MS).await? {
+        Claim::Claimed => {}
+        Claim::Done { status, response, location } => return Ok(respond(status, &response, location.as_deref(), true)),
+        Claim::InProgress => return Err(in_progress()),
+        Claim::Reused => {
+            return Err(Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                ProblemCode::IdempotencyKeyReused,
+                "Idempotency key reused",
+            )
+            .field("Idempotency-Key")
+            .detail("This key was used for a different request."))
+        }
+    }
+
+    let outcome = action().await;
+    let (status, body, location) = match &outcome {
+        Ok(reply) => (reply.status.as_u16(), reply.body.to_string(), reply.location.clone()),
+        Err(problem) => (problem.status, serde_json::to_string(problem).unwrap_or_default(), None),
+    };
+    let kept = if status >= 500 {
+        idempotency::forget(store, &scope, &key).await
+    } else {
+        idempotency::complete(store, &scope, &key, status, &body, location.as_deref()).await
+    };
+    if let Err(error) = kept {
+        // The answer still goes out; a retry finds the claim pending and takes it over once it is stale.
+        tracing::warn!(error.message = %error, "could not record an idempotent answer");
+    }
+    outcome.map(|reply| reply_response(&reply))
+}
+
+fn in_progress() -> Problem {
+    Problem::new(StatusCode::CONFLICT, ProblemCode::RequestInProgress, "Request in progress")
+        .detail("A request with this Idempotency-Key is still running; retry shortly.")
+        .retry_after(1)
+}
