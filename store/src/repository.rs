@@ -130,28 +130,35 @@ where
         let sink = EventSink::default();
         let decided = aggregate.handle(command.clone(), &self.services, &sink).await;
         let events = sink.collect().await;
-        if !confirmed && (decided.is_err() || events.is_empty()) && self.has_newer(aggregate_id, version).await? {
-            // Refused or no-op on a cached state that turned out old: decide again on the current state.
-            return self.execute_confirmed(aggregate_id, command, metadata).await;
+        if !confirmed && (decided.is_err() || events.is_empty()) {
+            // A refusal or no-op on cached state is only final if the store holds nothing newer; otherwise decide
+            // again on the current state (read once, here).
+            let current = self.load(aggregate_id).await?;
+            if current.1 != version {
+                return self.decide_on(aggregate_id, current, command, metadata).await;
+            }
         }
         decided.map_err(CommandError::Rejected)?;
         if events.is_empty() {
             return Ok(Committed { version, appended: 0 });
         }
         match self.append(aggregate_id, aggregate, version, &events, metadata).await {
-            Err(CommandError::Conflict) if !confirmed => self.execute_confirmed(aggregate_id, command, metadata).await,
+            Err(CommandError::Conflict) if !confirmed => {
+                let current = self.load(aggregate_id).await?;
+                self.decide_on(aggregate_id, current, command, metadata).await
+            }
             outcome => outcome,
         }
     }
 
-    /// Decides on state read from the store (the cache plus every event after it).
-    async fn execute_confirmed(
+    /// Decides on state just read from the store and appends the result.
+    async fn decide_on(
         &self,
         aggregate_id: &str,
+        (mut aggregate, version): (A, u64),
         command: A::Command,
         metadata: &EventMetadata,
     ) -> Result<Committed, CommandError<A::Error>> {
-        let (mut aggregate, version) = self.load(aggregate_id).await?;
         let sink = EventSink::default();
         aggregate.handle(command, &self.services, &sink).await.map_err(CommandError::Rejected)?;
         let events = sink.collect().await;
@@ -222,11 +229,6 @@ where
 
     fn cached(&self, aggregate_id: &str) -> Option<(A, u64)> {
         self.cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get(aggregate_id).cloned()
-    }
-
-    /// True when the store holds events of this aggregate after `version`.
-    async fn has_newer(&self, aggregate_id: &str, version: u64) -> Result<bool, StoreError> {
-        Ok(!self.events_after(aggregate_id, version).await?.is_empty())
     }
 
     async fn events_after(&self, aggregate_id: &str, version: u64) -> Result<Vec<SerializedEvent>, StoreError> {
