@@ -8,6 +8,8 @@
 //! Change them only through an upcaster and an ADR.
 
 pub mod email;
+pub mod publishing;
 pub mod roster;
+pub mod trust;
 
 pub use email::{Email, InvalidEmail};
