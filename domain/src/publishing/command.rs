@@ -15,6 +15,8 @@ pub struct TrustMatch {
 }
 
 /// A request to change publishing. The actor, the time and the policy in force arrive inside the command.
+// A command is built once per request and moved into the aggregate; boxing the large variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PublishingCommand {
     /// Ask to publish a workspace.
