@@ -9,7 +9,9 @@ use actix_web::dev::{Server, ServerHandle, Service};
 use actix_web::{App, HttpServer};
 use anyhow::Context;
 use cqrs_es::Aggregate;
+use domain::publishing::Publishing;
 use domain::roster::{Roster, RosterCommand, ROSTER_ID};
+use domain::trust::TrustRules;
 use domain::Email;
 use projections::Projector;
 use store::{AggregateRepository, EventMetadata, EventStore};
@@ -24,6 +26,7 @@ pub struct Application {
     server: Server,
     handle: ServerHandle,
     projector: JoinHandle<()>,
+    expiry: JoinHandle<()>,
     shutdown: CancellationToken,
     draining: Arc<AtomicBool>,
     drain_delay: Duration,
@@ -50,6 +53,9 @@ impl Application {
                 .await
                 .with_context(|| format!("cannot bootstrap the admin ({})", Roster::TYPE))?;
         }
+        let publishing = Arc::new(AggregateRepository::<Publishing>::new(store.clone(), ()));
+        let trust = Arc::new(AggregateRepository::<TrustRules>::new(store.clone(), ()));
+        let publish_policy = settings.publish_policy()?;
         let local_issuer = settings.local_issuer().context("local token issuer")?;
         let auth = Arc::new(api::auth::Authenticator::new(
             local_issuer.as_ref(),
@@ -63,6 +69,11 @@ impl Application {
         let status = projector.status();
         let shutdown = CancellationToken::new();
         let projector = tokio::spawn(projector.run(shutdown.clone()));
+        let expiry = tokio::spawn(crate::expiry::run(
+            publishing.clone(),
+            Duration::from_secs(settings.publish_expiry_sweep_secs.max(1)),
+            shutdown.clone(),
+        ));
 
         let draining = Arc::new(AtomicBool::new(false));
         let http_metrics = api::HttpMetrics::register(&registry).context("http metrics")?;
@@ -74,6 +85,10 @@ impl Application {
             auth,
             members: projections::MembersQuery::new(store.read_models().clone()),
             roster,
+            publishing,
+            trust,
+            publishing_reads: projections::PublishingQuery::new(store.read_models().clone()),
+            publish_policy,
         };
         let listener =
             TcpListener::bind(&settings.listen).with_context(|| format!("cannot listen on {}", settings.listen))?;
@@ -105,7 +120,7 @@ impl Application {
         let handle = server.handle();
         tracing::info!(port, "listening");
         let drain_delay = Duration::from_secs(settings.shutdown_drain_secs);
-        Ok(Self { port, server, handle, projector, shutdown, draining, drain_delay, store })
+        Ok(Self { port, server, handle, projector, expiry, shutdown, draining, drain_delay, store })
     }
 
     /// The bound port.
@@ -130,6 +145,9 @@ impl Application {
         let served = self.server.await.context("HTTP server failed");
         signals.abort();
         self.shutdown.cancel();
+        if tokio::time::timeout(Duration::from_secs(5), self.expiry).await.is_err() {
+            tracing::warn!("publish request expiry did not stop within 5 s");
+        }
         if tokio::time::timeout(Duration::from_secs(10), self.projector).await.is_err() {
             tracing::warn!("projector did not stop within 10 s");
         }

@@ -58,6 +58,16 @@ pub struct Settings {
     pub auth_audience: String,
     /// Seconds of clock skew tolerated on `exp` and `nbf`.
     pub auth_leeway_secs: u64,
+    /// Admin approvals a publish request needs (at least 1).
+    pub publish_approvals_required: u32,
+    /// Whether approving or rejecting a publish request needs a reason.
+    pub publish_require_reason: bool,
+    /// Seconds a publish request may stay pending before it expires.
+    pub publish_request_ttl_secs: u64,
+    /// The largest patch a publish request may carry, in bytes (at most 1 MiB).
+    pub publish_max_patch_bytes: usize,
+    /// Seconds between sweeps that expire overdue publish requests.
+    pub publish_expiry_sweep_secs: u64,
 }
 
 impl Default for Settings {
@@ -80,6 +90,11 @@ impl Default for Settings {
             auth_local_issuer: true,
             auth_audience: "gatehouse".into(),
             auth_leeway_secs: 60,
+            publish_approvals_required: 1,
+            publish_require_reason: false,
+            publish_request_ttl_secs: 7 * 24 * 3600,
+            publish_max_patch_bytes: 128 * 1024,
+            publish_expiry_sweep_secs: 60,
         }
     }
 }
@@ -128,6 +143,26 @@ impl Settings {
         api::auth::LocalIssuer::load_or_create(&self.data_dir, &self.auth_audience).map(Some)
     }
 
+    /// The publishing policy these settings describe.
+    pub fn publish_policy(&self) -> anyhow::Result<api::publishing::PublishPolicy> {
+        if self.publish_approvals_required == 0 {
+            anyhow::bail!("publish_approvals_required must be at least 1");
+        }
+        if self.publish_request_ttl_secs == 0 {
+            anyhow::bail!("publish_request_ttl_secs must be at least 1");
+        }
+        if self.publish_max_patch_bytes > domain::publishing::values::MAX_PATCH_BYTES {
+            anyhow::bail!("publish_max_patch_bytes must be at most {}", domain::publishing::values::MAX_PATCH_BYTES);
+        }
+        let ttl_secs = i64::try_from(self.publish_request_ttl_secs).unwrap_or(i64::MAX).min(10 * 365 * 24 * 3600);
+        Ok(api::publishing::PublishPolicy {
+            approvals_required: self.publish_approvals_required,
+            require_reason: self.publish_require_reason,
+            ttl: chrono::Duration::seconds(ttl_secs),
+            max_patch_bytes: self.publish_max_patch_bytes,
+        })
+    }
+
     /// The projector configuration these settings describe.
     pub fn projector(&self) -> projections::ProjectorConfig {
         projections::ProjectorConfig {
@@ -143,6 +178,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's own signature
     fn a_toml_file_overrides_defaults_and_unknown_keys_are_refused() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("gatehouse.toml", "listen = \"0.0.0.0:9000\"\nlog_format = \"json\"")?;

@@ -10,12 +10,16 @@ pub mod members;
 pub mod metrics;
 pub mod ops;
 mod problem;
+pub mod publishing;
 
 use std::sync::Arc;
 
+use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest};
+use domain::publishing::Publishing;
 use domain::roster::Roster;
-use projections::{MembersQuery, StatusBoard};
+use domain::trust::TrustRules;
+use projections::{MembersQuery, PublishingQuery, StatusBoard};
 use store::{AggregateRepository, EventStore};
 
 pub use metrics::HttpMetrics;
@@ -38,6 +42,14 @@ pub struct AppState {
     pub members: MembersQuery,
     /// The roster aggregate.
     pub roster: Arc<AggregateRepository<Roster>>,
+    /// The publishing aggregate.
+    pub publishing: Arc<AggregateRepository<Publishing>>,
+    /// The trust rules aggregate.
+    pub trust: Arc<AggregateRepository<TrustRules>>,
+    /// The publishing and trust rules read models.
+    pub publishing_reads: PublishingQuery,
+    /// The publishing policy in force.
+    pub publish_policy: publishing::PublishPolicy,
 }
 
 /// The request's id: a valid `X-Request-Id` from the caller, or a new one.
@@ -51,6 +63,25 @@ pub fn request_id(request: &HttpRequest) -> String {
         })
         .map(str::to_string)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+}
+
+/// The version an `If-Match` names: `None` for no header or `*`; strong entity tags only.
+pub(crate) fn if_match(request: &HttpRequest) -> Result<Option<u64>, Problem> {
+    let Some(value) = request.headers().get("if-match") else { return Ok(None) };
+    let value = value.to_str().unwrap_or_default().trim();
+    if value == "*" {
+        return Ok(None);
+    }
+    value
+        .strip_prefix('"')
+        .and_then(|rest| rest.strip_suffix('"'))
+        .and_then(|version| version.parse::<u64>().ok())
+        .map(Some)
+        .ok_or_else(|| {
+            Problem::new(StatusCode::BAD_REQUEST, ProblemCode::InvalidField, "Invalid header")
+                .field("If-Match")
+                .detail("If-Match takes the ETag of a GET, such as \"12\"")
+        })
 }
 
 /// Mounts every route and the JSON error handlers.
@@ -71,6 +102,26 @@ pub fn configure(state: AppState) -> impl FnOnce(&mut web::ServiceConfig) {
             .service(members::invite_member)
             .service(members::change_role)
             .service(members::remove_member)
+            .service(publishing::list_requests)
+            .service(publishing::approvals_queue)
+            .service(publishing::get_request)
+            .service(publishing::approve)
+            .service(publishing::reject)
+            .service(publishing::withdraw)
+            .service(publishing::list_trust_rules)
+            .service(publishing::create_trust_rule)
+            .service(publishing::evaluate_trust)
+            .service(publishing::get_trust_rule)
+            .service(publishing::revoke_trust_rule)
+            .service(
+                web::scope("")
+                    .app_data(
+                        web::JsonConfig::default()
+                            .limit(3 * domain::publishing::values::MAX_PATCH_BYTES)
+                            .error_handler(problem::json_error),
+                    )
+                    .service(publishing::submit),
+            )
             .default_service(web::to(problem::not_found));
     }
 }

@@ -201,25 +201,6 @@ pub async fn get_member(
     Ok(HttpResponse::Ok().insert_header(("ETag", format!("\"{}\"", row.version))).json(MemberView::from(row)))
 }
 
-/// The version an `If-Match` names: `None` for no header or `*`; strong entity tags only.
-fn if_match(request: &HttpRequest) -> Result<Option<u64>, Problem> {
-    let Some(value) = request.headers().get("if-match") else { return Ok(None) };
-    let value = value.to_str().unwrap_or_default().trim();
-    if value == "*" {
-        return Ok(None);
-    }
-    value
-        .strip_prefix('"')
-        .and_then(|rest| rest.strip_suffix('"'))
-        .and_then(|version| version.parse::<u64>().ok())
-        .map(Some)
-        .ok_or_else(|| {
-            Problem::new(StatusCode::BAD_REQUEST, ProblemCode::InvalidField, "Invalid header")
-                .field("If-Match")
-                .detail("If-Match takes the ETag of a GET, such as \"12\"")
-        })
-}
-
 /// Invites someone (admins).
 #[utoipa::path(post, path = "/api/v1/members", tag = "members", request_body = InviteRequest, security(("bearer" = [])),
     responses((status = 201, body = MemberView), (status = 401, body = Problem), (status = 403, body = Problem),
@@ -271,8 +252,12 @@ pub async fn change_role(
     caller.require(&[Role::Admin])?;
     let email = parse_email(&path, "email")?;
     let role = parse_role(&body.role)?;
-    let command =
-        RosterCommand::ChangeRole { email, role, changed_by: caller.email.clone(), if_version: if_match(&request)? };
+    let command = RosterCommand::ChangeRole {
+        email,
+        role,
+        changed_by: caller.email.clone(),
+        if_version: crate::if_match(&request)?,
+    };
     run(&state, &caller, &request, command).await?;
     Ok(HttpResponse::NoContent().finish())
 }
@@ -290,7 +275,8 @@ pub async fn remove_member(
 ) -> Result<HttpResponse, Problem> {
     caller.require(&[Role::Admin])?;
     let email = parse_email(&path, "email")?;
-    let command = RosterCommand::Remove { email, removed_by: caller.email.clone(), if_version: if_match(&request)? };
+    let command =
+        RosterCommand::Remove { email, removed_by: caller.email.clone(), if_version: crate::if_match(&request)? };
     run(&state, &caller, &request, command).await?;
     Ok(HttpResponse::NoContent().finish())
 }

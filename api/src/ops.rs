@@ -18,11 +18,19 @@ use crate::{AppState, Problem, ProblemCode};
         healthz, readyz, metrics, openapi_document,
         crate::members::me, crate::members::list_members, crate::members::get_member,
         crate::members::invite_member, crate::members::change_role, crate::members::remove_member,
+        crate::publishing::submit, crate::publishing::list_requests, crate::publishing::approvals_queue,
+        crate::publishing::get_request, crate::publishing::approve, crate::publishing::reject,
+        crate::publishing::withdraw, crate::publishing::list_trust_rules, crate::publishing::create_trust_rule,
+        crate::publishing::evaluate_trust, crate::publishing::get_trust_rule, crate::publishing::revoke_trust_rule,
     ),
     components(schemas(
         Problem, ProblemCode, Health, Readiness, ProjectionReadiness,
         crate::members::MemberView, crate::members::MemberPage, crate::members::InviteRequest,
         crate::members::RoleChange, crate::members::Me,
+        crate::publishing::SubmitRequest, crate::publishing::DiffInput, crate::publishing::ReviewInput,
+        crate::publishing::DiffView, crate::publishing::ReviewView, crate::publishing::PublishRequestView,
+        crate::publishing::PublishRequestPage, crate::publishing::DecisionView, crate::publishing::TrustRuleInput,
+        crate::publishing::TrustRuleView, crate::publishing::TrustRulePage, crate::publishing::EvaluateView,
     )),
     modifiers(&BearerAuth)
 )]

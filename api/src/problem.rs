@@ -40,6 +40,20 @@ pub enum ProblemCode {
     IdempotencyKeyReused,
     /// A request with the same `Idempotency-Key` is still running; retry after `Retry-After`.
     RequestInProgress,
+    /// The publish request is no longer pending (approved, rejected, withdrawn or expired).
+    RequestNotPending,
+    /// The workspace already has a pending publish request.
+    RequestInFlight,
+    /// Another workspace holds the subdomain.
+    SubdomainTaken,
+    /// The workspace belongs to another builder.
+    NotWorkspaceOwner,
+    /// Nobody may approve their own publish request.
+    SelfApproval,
+    /// This admin already approved the request.
+    AlreadyReviewed,
+    /// A trust rule for this user and scope exists.
+    DuplicateTrustRule,
 }
 
 /// An RFC 9457 problem document.

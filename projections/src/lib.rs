@@ -10,11 +10,16 @@
 
 mod members;
 mod projection;
+mod publishing;
 mod rebuild;
 mod runtime;
 
 pub use members::{MemberRow, MembersProjection, MembersQuery};
 pub use projection::{ApplyError, Projection, Tables};
+pub use publishing::{
+    PublishRequestRow, PublishRequestsProjection, PublishingQuery, RequestFilter, RequestKey, ReviewRow, TrustRuleRow,
+    TrustRulesProjection, SYSTEM_REVIEWER,
+};
 pub use rebuild::{rebuild, RebuildError, RebuildReport};
 pub use runtime::{
     checkpoints, Checkpoint, ProjectionState, ProjectionStatus, Projector, ProjectorConfig, StatusBoard,
@@ -22,5 +27,9 @@ pub use runtime::{
 
 /// Every projection this service runs, in one place so `serve` and `projections rebuild` agree.
 pub fn all() -> Vec<std::sync::Arc<dyn Projection>> {
-    vec![std::sync::Arc::new(MembersProjection)]
+    vec![
+        std::sync::Arc::new(MembersProjection),
+        std::sync::Arc::new(PublishRequestsProjection),
+        std::sync::Arc::new(TrustRulesProjection),
+    ]
 }

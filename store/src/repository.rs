@@ -205,12 +205,17 @@ where
                 self.store.notify_commit();
                 Ok(Committed { version: new_version, appended: events.len() })
             }
-            Err(error) => {
-                // The cached state may be behind what won the race; forget it so the next load rereads.
-                self.cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).pop(aggregate_id);
-                Err(CommandError::from(from_persistence(error, A::TYPE, aggregate_id)))
-            }
+            // The cache still holds valid state at its own version (only a successful append replaces it), so the
+            // next load reads just the events the winner appended instead of the whole stream: that keeps a hot
+            // single-stream aggregate (publishing, the roster) cheap to re-decide under contention.
+            Err(error) => Err(CommandError::from(from_persistence(error, A::TYPE, aggregate_id))),
         }
+    }
+
+    /// The cached state and version of an aggregate, without touching the store. Right after a successful command
+    /// this is that command's result (or something newer); `None` if it is not cached.
+    pub fn peek(&self, aggregate_id: &str) -> Option<(A, u64)> {
+        self.cached(aggregate_id)
     }
 
     /// Forgets every cached aggregate (for tests and benchmarks that measure cold loads).

@@ -15,9 +15,15 @@ use tokio::sync::mpsc;
 use crate::{Cursor, RecordedEvent, StoreError};
 
 /// Events in an SQLite file, with optimistic concurrency on `(aggregate_type, aggregate_id, sequence)`.
+///
+/// Appends from this process take turns on an in-process lock before asking SQLite for its write lock. SQLite's
+/// own busy handler polls with growing sleeps, so many connections contending for the write lock waste most of
+/// the time asleep (measured: 50 concurrent approvals on 16 pooled connections ran past the 5 s pool timeout);
+/// queueing in process hands the lock over at once. Other processes are still kept out by SQLite's lock.
 #[derive(Debug, Clone)]
 pub struct SqliteEventRepository {
     pool: SqlitePool,
+    writer: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 const SELECT_EVENTS: &str = "
@@ -31,7 +37,7 @@ VALUES (?, ?, ?, ?, ?, ?, ?)";
 impl SqliteEventRepository {
     /// A repository over `pool`, whose database has been migrated.
     pub fn new(pool: SqlitePool) -> Self {
-        Self { pool }
+        Self { pool, writer: std::sync::Arc::new(tokio::sync::Mutex::new(())) }
     }
 
     async fn select<A: Aggregate>(
@@ -105,6 +111,7 @@ impl PersistedEventRepository for SqliteEventRepository {
         events: &[SerializedEvent],
         _snapshot_update: Option<(String, Value, usize)>,
     ) -> Result<(), PersistenceError> {
+        let _turn = self.writer.lock().await;
         let mut transaction = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(persistence_error)?;
         for event in events {
             sqlx::query(INSERT_EVENT)

@@ -278,10 +278,11 @@ impl Aggregate for Publishing {
                 self.end(sink, PublishingEvent::PublishRejected { request_id, reviewer, feedback }, release).await;
             }
             PublishingCommand::Withdraw { request_id, by, if_version } => {
-                let request = self.pending(&request_id, if_version)?;
-                if request.builder != by {
+                // Whose request it is comes first: to anyone else its state is none of their business.
+                if self.requests.get(&request_id).is_some_and(|request| request.builder != by) {
                     return Err(PublishingError::NotBuilder(request_id));
                 }
+                let request = self.pending(&request_id, if_version)?;
                 let release = self.release_after_refusal(request);
                 self.end(sink, PublishingEvent::PublishWithdrawn { request_id, withdrawn_by: by }, release).await;
             }

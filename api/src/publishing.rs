@@ -1,0 +1,970 @@
+//! `/api/v1/publish-requests`, `/api/v1/approvals` and `/api/v1/trust-rules`: the publish workflow over HTTP.
+//!
+//! Commands go to the publishing and trust rules aggregates; lists and single requests come from the read models
+//! (`publish_requests`, `publish_reviews`, `trust_rules`). A request just submitted may take a moment to reach the
+//! lists; `GET /api/v1/publish-requests/{id}` waits for it (up to two seconds) when the aggregate knows it, so a
+//! client can always read its own write.
+
+use std::time::Duration as StdDuration;
+
+use actix_web::http::StatusCode;
+use actix_web::{delete, get, post, web, HttpRequest, HttpResponse};
+use domain::publishing::values::{self, MAX_MESSAGE_CHARS, MAX_REASON_CHARS};
+use domain::publishing::{
+    BlueprintKey, CommitId, DiffSummary, InvalidValue, PublishingCommand, PublishingError, RequestId, RequestStatus,
+    Subdomain, TrustMatch, WorkspaceId, PUBLISHING_ID,
+};
+use domain::roster::Role;
+use domain::trust::{TrustCommand, TrustError, TRUST_RULES_ID};
+use domain::Email;
+use jwt_simple::reexports::ct_codecs::{Base64UrlSafeNoPadding, Decoder, Encoder};
+use projections::{PublishRequestRow, RequestFilter, RequestKey, ReviewRow, TrustRuleRow};
+use serde::{Deserialize, Serialize};
+use store::{CommandError, EventMetadata};
+
+use crate::auth::Caller;
+use crate::{AppState, Problem, ProblemCode};
+
+/// The publishing policy in force (from settings).
+#[derive(Debug, Clone)]
+pub struct PublishPolicy {
+    /// Admin approvals a request needs (at least 1).
+    pub approvals_required: u32,
+    /// Whether approvals and rejections must give a reason.
+    pub require_reason: bool,
+    /// How long a request may stay pending before it expires.
+    pub ttl: chrono::Duration,
+    /// The largest patch accepted, in bytes (at most 1 MiB).
+    pub max_patch_bytes: usize,
+}
+
+impl Default for PublishPolicy {
+    fn default() -> Self {
+        Self {
+            approvals_required: 1,
+            require_reason: false,
+            ttl: chrono::Duration::days(7),
+            max_patch_bytes: 128 * 1024,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Wire types
+
+/// What a submission changes.
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DiffInput {
+    /// Files changed.
+    pub files: u32,
+    /// Lines added.
+    pub insertions: u64,
+    /// Lines removed.
+    pub deletions: u64,
+    /// The unified diff, up to the configured cap (`publish_max_patch_bytes`).
+    #[serde(default)]
+    pub patch: Option<String>,
+}
+
+/// A publish request submission.
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitRequest {
+    /// The workspace to publish (1–128 of `A-Z a-z 0-9 . _ -`).
+    pub workspace_id: String,
+    /// Its blueprint (same shape).
+    pub blueprint_key: String,
+    /// A DNS label: 1–63 of `a-z 0-9 -`, no leading or trailing `-`, not reserved.
+    pub subdomain: String,
+    /// The commit to publish: 40 or 64 hex digits.
+    pub commit_id: String,
+    /// What changes.
+    pub diff: DiffInput,
+    /// A message to reviewers (1–4,000 characters).
+    pub message: String,
+}
+
+/// An approval or rejection.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReviewInput {
+    /// Why (for a rejection: feedback for the builder). Required when the policy says so; up to 2,000 characters.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// Diff summary as shown.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DiffView {
+    /// Files changed.
+    pub files: i64,
+    /// Lines added.
+    pub insertions: i64,
+    /// Lines removed.
+    pub deletions: i64,
+    /// The patch (only on a single request).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patch: Option<String>,
+}
+
+/// One step of a request's history.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ReviewView {
+    /// `submitted`, `approval`, `approved`, `auto_approved`, `rejected`, `withdrawn` or `expired`.
+    pub kind: String,
+    /// Who (`system` for a trust rule; absent for expiry).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+    /// Reason or feedback.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// When (RFC 3339).
+    pub at: String,
+}
+
+/// A publish request.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PublishRequestView {
+    /// The request's id.
+    pub id: String,
+    /// The workspace.
+    pub workspace_id: String,
+    /// Its blueprint.
+    pub blueprint_key: String,
+    /// Where it would be published.
+    pub subdomain: String,
+    /// The builder.
+    pub builder: String,
+    /// The commit.
+    pub commit_id: String,
+    /// What changes.
+    pub diff: DiffView,
+    /// The builder's message.
+    pub message: String,
+    /// `pending`, `approved`, `rejected`, `withdrawn` or `expired`.
+    pub status: String,
+    /// Approvals needed.
+    pub approvals_required: i64,
+    /// Approvals so far.
+    pub approvals: i64,
+    /// RFC 3339.
+    pub submitted_at: String,
+    /// When a pending request expires (RFC 3339).
+    pub expires_at: String,
+    /// When it was decided (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decided_at: Option<String>,
+    /// Who decided (`system` when a trust rule approved it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decided_by: Option<String>,
+    /// The deciding reason or the rejection's feedback.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decision_reason: Option<String>,
+    /// The trust rule that approved it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trust_rule_id: Option<String>,
+    /// The request's version, as its ETag carries it.
+    pub version: i64,
+    /// Every step, oldest first (only on a single request).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history: Option<Vec<ReviewView>>,
+}
+
+impl PublishRequestView {
+    fn from_row(row: PublishRequestRow, history: Option<Vec<ReviewRow>>) -> Self {
+        Self {
+            id: row.request_id,
+            workspace_id: row.workspace_id,
+            blueprint_key: row.blueprint_key,
+            subdomain: row.subdomain,
+            builder: row.builder,
+            commit_id: row.commit_id,
+            diff: DiffView { files: row.files, insertions: row.insertions, deletions: row.deletions, patch: row.patch },
+            message: row.message,
+            status: row.status,
+            approvals_required: row.approvals_required,
+            approvals: row.approvals,
+            submitted_at: row.submitted_at,
+            expires_at: row.expires_at,
+            decided_at: row.decided_at,
+            decided_by: row.decided_by,
+            decision_reason: row.decision_reason,
+            trust_rule_id: row.trust_rule_id,
+            version: row.version,
+            history: history.map(|steps| {
+                steps
+                    .into_iter()
+                    .map(|step| ReviewView { kind: step.kind, actor: step.actor, reason: step.reason, at: step.at })
+                    .collect()
+            }),
+        }
+    }
+}
+
+/// A page of publish requests.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PublishRequestPage {
+    /// The requests, in the list's order.
+    pub items: Vec<PublishRequestView>,
+    /// Pass as `after` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+/// The outcome of a review or withdrawal, decided by the aggregate (the read model follows).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DecisionView {
+    /// The request.
+    pub id: String,
+    /// Its status now.
+    pub status: String,
+    /// Approvals so far.
+    pub approvals: usize,
+    /// Approvals needed.
+    pub approvals_required: u32,
+    /// Its version now (the new ETag).
+    pub version: u64,
+}
+
+/// Filters and paging of `GET /api/v1/publish-requests` (newest first).
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct RequestListQuery {
+    /// `pending`, `approved`, `rejected`, `withdrawn` or `expired`.
+    pub status: Option<String>,
+    /// Only this blueprint.
+    pub blueprint_key: Option<String>,
+    /// Only this builder (members may only name themselves, and see only their own requests).
+    pub builder: Option<String>,
+    /// Only this workspace.
+    pub workspace_id: Option<String>,
+    /// The `next` value of the previous page.
+    pub after: Option<String>,
+    /// Page size, 1 to 500 (default 100).
+    pub limit: Option<i64>,
+}
+
+/// Filters and paging of the approvals queue (oldest first).
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct QueueQuery {
+    /// Only this blueprint.
+    pub blueprint_key: Option<String>,
+    /// The `next` value of the previous page.
+    pub after: Option<String>,
+    /// Page size, 1 to 500 (default 100).
+    pub limit: Option<i64>,
+}
+
+/// A trust rule to create.
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TrustRuleInput {
+    /// The trusted user.
+    pub email: String,
+    /// One blueprint; absent or null trusts the user for every blueprint.
+    #[serde(default)]
+    pub blueprint_key: Option<String>,
+    /// Why (up to 2,000 characters).
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// A trust rule.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct TrustRuleView {
+    /// The rule's id.
+    pub id: String,
+    /// The trusted user.
+    pub email: String,
+    /// The blueprint; absent means every blueprint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blueprint_key: Option<String>,
+    /// Why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// The admin who created it.
+    pub granted_by: String,
+    /// When (RFC 3339).
+    pub granted_at: String,
+}
+
+impl From<TrustRuleRow> for TrustRuleView {
+    fn from(row: TrustRuleRow) -> Self {
+        Self {
+            id: row.rule_id,
+            email: row.email,
+            blueprint_key: row.blueprint_key,
+            description: row.description,
+            granted_by: row.granted_by,
+            granted_at: row.granted_at,
+        }
+    }
+}
+
+/// A page of trust rules.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct TrustRulePage {
+    /// Rules in id order.
+    pub items: Vec<TrustRuleView>,
+    /// Pass as `after` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+/// Paging of trust rules.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct TrustPageQuery {
+    /// The `next` value of the previous page.
+    pub after: Option<String>,
+    /// Page size, 1 to 500 (default 100).
+    pub limit: Option<i64>,
+}
+
+/// A dry run's question.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct EvaluateQuery {
+    /// The user (members may only ask about themselves).
+    pub email: String,
+    /// The blueprint.
+    pub blueprint_key: String,
+}
+
+/// A dry run's answer: what a submission by `email` on `blueprint_key` would get now.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct EvaluateView {
+    /// The user asked about.
+    pub email: String,
+    /// The blueprint asked about.
+    pub blueprint_key: String,
+    /// Whether the publish would be approved on submission.
+    pub auto_approved: bool,
+    /// The matching rule.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<TrustRuleView>,
+    /// The reason the system reviewer would record.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Helpers
+
+fn invalid(error: InvalidValue) -> Problem {
+    Problem::new(StatusCode::UNPROCESSABLE_ENTITY, ProblemCode::InvalidField, "Invalid field")
+        .field(error.field)
+        .detail(error.reason)
+}
+
+fn bad_query(field: &str, detail: &str) -> Problem {
+    Problem::new(StatusCode::BAD_REQUEST, ProblemCode::InvalidField, "Invalid query").field(field).detail(detail)
+}
+
+fn not_found(what: &str) -> Problem {
+    Problem::new(StatusCode::NOT_FOUND, ProblemCode::NotFound, "Not found").detail(format!("No {what}."))
+}
+
+fn optional_text(field: &'static str, raw: Option<&str>, max: usize) -> Result<Option<String>, Problem> {
+    match raw {
+        None => Ok(None),
+        Some(raw) if raw.trim().is_empty() => Ok(None),
+        Some(raw) => values::text(field, raw, max).map(Some).map_err(invalid),
+    }
+}
+
+fn limit(raw: Option<i64>) -> Result<i64, Problem> {
+    let limit = raw.unwrap_or(100);
+    if (1..=500).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(bad_query("limit", "limit is between 1 and 500"))
+    }
+}
+
+/// Opaque keyset cursors: base64url of `submitted_at|request_id`.
+fn encode_key(row: &PublishRequestRow) -> String {
+    let raw = format!("{}|{}", row.submitted_at, row.request_id);
+    Base64UrlSafeNoPadding::encode_to_string(raw.as_bytes()).unwrap_or_default()
+}
+
+fn decode_key(raw: &str) -> Result<RequestKey, Problem> {
+    let bad = || bad_query("after", "after takes the next value of the previous page");
+    let bytes = Base64UrlSafeNoPadding::decode_to_vec(raw.as_bytes(), None).map_err(|_| bad())?;
+    let text = String::from_utf8(bytes).map_err(|_| bad())?;
+    let (submitted_at, request_id) = text.split_once('|').ok_or_else(bad)?;
+    chrono::DateTime::parse_from_rfc3339(submitted_at).map_err(|_| bad())?;
+    RequestId::parse(request_id).map_err(|_| bad())?;
+    Ok(RequestKey { submitted_at: submitted_at.to_string(), request_id: request_id.to_string() })
+}
+
+fn page(mut rows: Vec<PublishRequestRow>, limit: i64) -> PublishRequestPage {
+    let next = if rows.len() as i64 > limit {
+        rows.truncate(limit as usize);
+        rows.last().map(encode_key)
+    } else {
+        None
+    };
+    PublishRequestPage { items: rows.into_iter().map(|row| PublishRequestView::from_row(row, None)).collect(), next }
+}
+
+fn metadata(caller: &Caller, request: &HttpRequest) -> EventMetadata {
+    EventMetadata::for_request(caller.email.to_string(), crate::request_id(request))
+}
+
+/// Maps a publishing command failure to a problem.
+fn publishing_problem(error: CommandError<PublishingError>) -> Problem {
+    match error {
+        CommandError::Rejected(rejection) => {
+            let (status, code) = match &rejection {
+                PublishingError::UnknownRequest(_) => (StatusCode::NOT_FOUND, ProblemCode::NotFound),
+                PublishingError::DuplicateRequest(_) => (StatusCode::CONFLICT, ProblemCode::ConcurrentModification),
+                PublishingError::NotPending { .. } => (StatusCode::CONFLICT, ProblemCode::RequestNotPending),
+                PublishingError::RequestInFlight { .. } => (StatusCode::CONFLICT, ProblemCode::RequestInFlight),
+                PublishingError::SubdomainTaken(_) => (StatusCode::CONFLICT, ProblemCode::SubdomainTaken),
+                PublishingError::NotWorkspaceOwner(_) => (StatusCode::FORBIDDEN, ProblemCode::NotWorkspaceOwner),
+                PublishingError::NotBuilder(_) => (StatusCode::FORBIDDEN, ProblemCode::Forbidden),
+                PublishingError::SelfApproval => (StatusCode::FORBIDDEN, ProblemCode::SelfApproval),
+                PublishingError::AlreadyApproved(_) => (StatusCode::CONFLICT, ProblemCode::AlreadyReviewed),
+                PublishingError::ReasonRequired => {
+                    return Problem::new(StatusCode::UNPROCESSABLE_ENTITY, ProblemCode::InvalidField, "Invalid field")
+                        .field("reason")
+                        .detail("The review policy requires a reason.");
+                }
+                PublishingError::StaleRequest { .. } => (StatusCode::PRECONDITION_FAILED, ProblemCode::StaleVersion),
+                PublishingError::NotDue(_) | PublishingError::InvalidPolicy => {
+                    return Problem::internal();
+                }
+            };
+            Problem::new(status, code, "Refused").detail(rejection.to_string())
+        }
+        CommandError::Conflict => {
+            Problem::new(StatusCode::CONFLICT, ProblemCode::ConcurrentModification, "Concurrent change")
+                .detail("Publishing changed while this request was decided; retry it.")
+        }
+        CommandError::VersionMismatch { .. } => {
+            Problem::new(StatusCode::PRECONDITION_FAILED, ProblemCode::StaleVersion, "Stale version")
+        }
+        CommandError::Store(error) => Problem::from(error),
+    }
+}
+
+fn trust_problem(error: CommandError<TrustError>) -> Problem {
+    match error {
+        CommandError::Rejected(rejection) => {
+            let (status, code) = match &rejection {
+                TrustError::DuplicateRule { .. } => (StatusCode::CONFLICT, ProblemCode::DuplicateTrustRule),
+                TrustError::DuplicateId(_) => (StatusCode::CONFLICT, ProblemCode::ConcurrentModification),
+                TrustError::UnknownRule(_) => (StatusCode::NOT_FOUND, ProblemCode::NotFound),
+            };
+            Problem::new(status, code, "Refused").detail(rejection.to_string())
+        }
+        CommandError::Conflict => {
+            Problem::new(StatusCode::CONFLICT, ProblemCode::ConcurrentModification, "Concurrent change")
+                .detail("The trust rules changed while this request was decided; retry it.")
+        }
+        CommandError::VersionMismatch { .. } => {
+            Problem::new(StatusCode::PRECONDITION_FAILED, ProblemCode::StaleVersion, "Stale version")
+        }
+        CommandError::Store(error) => Problem::from(error),
+    }
+}
+
+/// Runs a review-like command and reports where the request stands.
+async fn decide(
+    state: &AppState,
+    caller: &Caller,
+    request: &HttpRequest,
+    request_id: RequestId,
+    command: PublishingCommand,
+) -> Result<HttpResponse, Problem> {
+    // A lost race is decided again on the winner's state. That is safe with an If-Match too: the version check is
+    // part of the command, so a request changed by the winner answers 412, and one the winner decided answers 409.
+    state
+        .publishing
+        .execute_retrying(PUBLISHING_ID, command, &metadata(caller, request), 5)
+        .await
+        .map_err(publishing_problem)?;
+    // The command's own result is in the repository's cache; reading the store again could fail after the change
+    // was made, and the caller would be told nothing happened.
+    let publishing = match state.publishing.peek(PUBLISHING_ID) {
+        Some((publishing, _)) => publishing,
+        None => state.publishing.load(PUBLISHING_ID).await.map_err(Problem::from)?.0,
+    };
+    let current = publishing.request(&request_id).ok_or_else(Problem::internal)?;
+    let view = DecisionView {
+        id: request_id.to_string(),
+        status: current.status.as_str().to_string(),
+        approvals: current.approvals.len(),
+        approvals_required: current.approvals_required,
+        version: current.version,
+    };
+    Ok(HttpResponse::Ok().insert_header(("ETag", format!("\"{}\"", view.version))).json(view))
+}
+
+/// A review's optional JSON body: empty means no reason.
+fn review_body(bytes: &[u8]) -> Result<ReviewInput, Problem> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(ReviewInput::default());
+    }
+    if bytes.len() > 64 * 1024 {
+        return Err(Problem::new(StatusCode::PAYLOAD_TOO_LARGE, ProblemCode::InvalidRequest, "Body too large")
+            .detail("A review body has at most 64 KiB."));
+    }
+    serde_json::from_slice(bytes).map_err(|error| {
+        Problem::new(StatusCode::BAD_REQUEST, ProblemCode::InvalidRequest, "Invalid JSON body")
+            .detail(error.to_string())
+    })
+}
+
+fn request_id_from_path(raw: &str) -> Result<RequestId, Problem> {
+    RequestId::parse(raw).map_err(|_| not_found("such publish request"))
+}
+
+/// Reads one request from the read model, at least as new as the aggregate's state of it: when the projector has
+/// not caught up yet (a client reading its own fresh write), it waits for it, up to two seconds.
+async fn read_request(state: &AppState, request_id: &RequestId) -> Result<Option<PublishRequestRow>, Problem> {
+    let (publishing, _) = state.publishing.load(PUBLISHING_ID).await.map_err(Problem::from)?;
+    let Some(wanted) = publishing.request(request_id).map(|request| request.version) else {
+        return Ok(None);
+    };
+    let wanted = i64::try_from(wanted).unwrap_or(i64::MAX);
+    let deadline = std::time::Instant::now() + StdDuration::from_secs(2);
+    loop {
+        let row = state.publishing_reads.get(request_id.as_str()).await.map_err(store::StoreError::from)?;
+        if row.as_ref().is_some_and(|row| row.version >= wanted) {
+            return Ok(row);
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(
+                Problem::store_unavailable().detail("The request exists but its read model is behind; retry shortly.")
+            );
+        }
+        actix_web::rt::time::sleep(StdDuration::from_millis(10)).await;
+    }
+}
+
+/// Whether `caller` may see `row`: admins and auditors see every request, builders their own.
+fn may_see(caller: &Caller, row: &PublishRequestRow) -> bool {
+    matches!(caller.role, Role::Admin | Role::Auditor) || row.builder == caller.email.as_str()
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Publish requests
+
+/// Asks to publish a workspace (members and admins, for their own workspaces). A trusted builder's request is
+/// approved at once. Send an `Idempotency-Key` so that a retried submission never creates two requests.
+#[utoipa::path(post, path = "/api/v1/publish-requests", tag = "publishing", request_body = SubmitRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe")),
+    security(("bearer" = [])),
+    responses((status = 201, body = PublishRequestView), (status = 400, body = Problem), (status = 401, body = Problem),
+              (status = 403, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem),
+              (status = 503, body = Problem)))]
+#[post("/api/v1/publish-requests")]
+pub async fn submit(
+    caller: Caller,
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    body: web::Json<SubmitRequest>,
+) -> Result<HttpResponse, Problem> {
+    caller.require(&[Role::Member, Role::Admin])?;
+    let fingerprint = serde_json::to_string(&*body).map_err(|_| Problem::internal())?;
+    crate::idempotency::run(&state, &caller, &request, fingerprint, || async {
+        let policy = &state.publish_policy;
+        let workspace_id = WorkspaceId::parse(&body.workspace_id).map_err(invalid)?;
+        let blueprint_key = BlueprintKey::parse(&body.blueprint_key).map_err(invalid)?;
+        let subdomain = Subdomain::parse(&body.subdomain).map_err(invalid)?;
+        let commit_id = CommitId::parse(&body.commit_id).map_err(invalid)?;
+        let diff = &body.diff;
+        let diff =
+            DiffSummary::new(diff.files, diff.insertions, diff.deletions, diff.patch.clone(), policy.max_patch_bytes)
+                .map_err(invalid)?;
+        let message = values::text("message", &body.message, MAX_MESSAGE_CHARS).map_err(invalid)?;
+
+        let (trust, _) = state.trust.load(TRUST_RULES_ID).await.map_err(Problem::from)?;
+        let trusted = trust
+            .evaluate(&caller.email, &blueprint_key)
+            .map(|(rule_id, rule)| TrustMatch { rule_id: rule_id.to_string(), reason: rule.reason(rule_id) });
+        let request_id = RequestId::parse(&uuid::Uuid::new_v4().to_string()).map_err(|_| Problem::internal())?;
+        let now = chrono::Utc::now();
+        let command = PublishingCommand::Submit {
+            request_id: request_id.clone(),
+            workspace_id: workspace_id.clone(),
+            blueprint_key: blueprint_key.clone(),
+            subdomain: subdomain.clone(),
+            commit_id: commit_id.clone(),
+            diff: diff.clone(),
+            message: message.clone(),
+            builder: caller.email.clone(),
+            now,
+            ttl: policy.ttl,
+            approvals_required: policy.approvals_required.max(1),
+            trusted: trusted.clone(),
+        };
+        let committed = state
+            .publishing
+            .execute_retrying(PUBLISHING_ID, command, &metadata(&caller, &request), 10)
+            .await
+            .map_err(publishing_problem)?;
+        let stamp = |time: chrono::DateTime<chrono::Utc>| time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let view = PublishRequestView {
+            id: request_id.to_string(),
+            workspace_id: workspace_id.to_string(),
+            blueprint_key: blueprint_key.to_string(),
+            subdomain: subdomain.to_string(),
+            builder: caller.email.to_string(),
+            commit_id: commit_id.to_string(),
+            diff: DiffView {
+                files: i64::from(diff.files),
+                insertions: i64::try_from(diff.insertions).unwrap_or(i64::MAX),
+                deletions: i64::try_from(diff.deletions).unwrap_or(i64::MAX),
+                patch: None,
+            },
+            message,
+            status: if trusted.is_some() { RequestStatus::Approved } else { RequestStatus::Pending }.as_str().into(),
+            approvals_required: i64::from(policy.approvals_required.max(1)),
+            approvals: 0,
+            submitted_at: stamp(now),
+            expires_at: stamp(now + policy.ttl),
+            decided_at: trusted.as_ref().map(|_| stamp(now)),
+            decided_by: trusted.as_ref().map(|_| projections::SYSTEM_REVIEWER.to_string()),
+            decision_reason: trusted.as_ref().map(|rule| rule.reason.clone()),
+            trust_rule_id: trusted.as_ref().map(|rule| rule.rule_id.clone()),
+            version: i64::try_from(committed.version).unwrap_or(i64::MAX),
+            history: None,
+        };
+        Ok(crate::idempotency::Reply {
+            status: StatusCode::CREATED,
+            body: serde_json::to_value(view).map_err(|_| Problem::internal())?,
+            location: Some(format!("/api/v1/publish-requests/{request_id}")),
+        })
+    })
+    .await
+}
+
+/// Lists publish requests, newest first: every request for admins and auditors (the publish history), the
+/// caller's own for members.
+#[utoipa::path(get, path = "/api/v1/publish-requests", tag = "publishing", params(RequestListQuery),
+    security(("bearer" = [])),
+    responses((status = 200, body = PublishRequestPage), (status = 400, body = Problem), (status = 401, body = Problem),
+              (status = 403, body = Problem)))]
+#[get("/api/v1/publish-requests")]
+pub async fn list_requests(
+    caller: Caller,
+    state: web::Data<AppState>,
+    query: web::Query<RequestListQuery>,
+) -> Result<web::Json<PublishRequestPage>, Problem> {
+    let limit = limit(query.limit)?;
+    let status = match query.status.as_deref() {
+        None => None,
+        Some(raw @ ("pending" | "approved" | "rejected" | "withdrawn" | "expired")) => Some(raw.to_string()),
+        Some(_) => return Err(bad_query("status", "status is pending, approved, rejected, withdrawn or expired")),
+    };
+    let builder = match query.builder.as_deref() {
+        None => None,
+        Some(raw) => Some(Email::parse(raw).map_err(|error| bad_query("builder", &error.to_string()))?),
+    };
+    let builder = match caller.role {
+        Role::Admin | Role::Auditor => builder,
+        Role::Member => match builder {
+            Some(other) if other != caller.email => {
+                return Err(caller.require(&[Role::Admin, Role::Auditor]).err().unwrap_or_else(Problem::internal));
+            }
+            _ => Some(caller.email.clone()),
+        },
+    };
+    let filter = RequestFilter {
+        status,
+        blueprint_key: query.blueprint_key.clone(),
+        builder: builder.map(String::from),
+        workspace_id: query.workspace_id.clone(),
+    };
+    let after = query.after.as_deref().filter(|after| !after.is_empty()).map(decode_key).transpose()?;
+    let rows = state
+        .publishing_reads
+        .list(&filter, false, after.as_ref(), limit + 1)
+        .await
+        .map_err(store::StoreError::from)?;
+    Ok(web::Json(page(rows, limit)))
+}
+
+/// The approvals queue: pending requests, oldest first (admins and auditors).
+#[utoipa::path(get, path = "/api/v1/approvals", tag = "publishing", params(QueueQuery), security(("bearer" = [])),
+    responses((status = 200, body = PublishRequestPage), (status = 400, body = Problem), (status = 401, body = Problem),
+              (status = 403, body = Problem)))]
+#[get("/api/v1/approvals")]
+pub async fn approvals_queue(
+    caller: Caller,
+    state: web::Data<AppState>,
+    query: web::Query<QueueQuery>,
+) -> Result<web::Json<PublishRequestPage>, Problem> {
+    caller.require(&[Role::Admin, Role::Auditor])?;
+    let limit = limit(query.limit)?;
+    let filter = RequestFilter {
+        status: Some("pending".into()),
+        blueprint_key: query.blueprint_key.clone(),
+        ..RequestFilter::default()
+    };
+    let after = query.after.as_deref().filter(|after| !after.is_empty()).map(decode_key).transpose()?;
+    let rows =
+        state.publishing_reads.list(&filter, true, after.as_ref(), limit + 1).await.map_err(store::StoreError::from)?;
+    Ok(web::Json(page(rows, limit)))
+}
+
+/// One request with its patch and full review history (admins, auditors, and its builder).
+#[utoipa::path(get, path = "/api/v1/publish-requests/{id}", tag = "publishing", security(("bearer" = [])),
+    responses((status = 200, body = PublishRequestView, headers(("ETag" = String, description = "The request's version, for If-Match"))),
+              (status = 401, body = Problem), (status = 404, body = Problem)))]
+#[get("/api/v1/publish-requests/{id}")]
+pub async fn get_request(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, Problem> {
+    let request_id = request_id_from_path(&path)?;
+    let row = read_request(&state, &request_id).await?;
+    // Someone else's request is "not found" to a member: its existence is not theirs to learn.
+    let row = row.filter(|row| may_see(&caller, row)).ok_or_else(|| not_found("such publish request"))?;
+    let history = state.publishing_reads.history(request_id.as_str()).await.map_err(store::StoreError::from)?;
+    let etag = format!("\"{}\"", row.version);
+    Ok(HttpResponse::Ok().insert_header(("ETag", etag)).json(PublishRequestView::from_row(row, Some(history))))
+}
+
+/// Approves a pending request (admins other than its builder). With `If-Match`, only if unchanged since.
+#[utoipa::path(post, path = "/api/v1/publish-requests/{id}/approve", tag = "publishing", request_body = ReviewInput,
+    security(("bearer" = [])),
+    responses((status = 200, body = DecisionView), (status = 401, body = Problem), (status = 403, body = Problem),
+              (status = 404, body = Problem), (status = 409, body = Problem), (status = 412, body = Problem),
+              (status = 422, body = Problem)))]
+#[post("/api/v1/publish-requests/{id}/approve")]
+pub async fn approve(
+    caller: Caller,
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, Problem> {
+    caller.require(&[Role::Admin])?;
+    let request_id = request_id_from_path(&path)?;
+    let reason = optional_text("reason", review_body(&body)?.reason.as_deref(), MAX_REASON_CHARS)?;
+    let command = PublishingCommand::Approve {
+        request_id: request_id.clone(),
+        reviewer: caller.email.clone(),
+        reason,
+        reason_required: state.publish_policy.require_reason,
+        if_version: crate::if_match(&request)?,
+    };
+    decide(&state, &caller, &request, request_id, command).await
+}
+
+/// Rejects a pending request with optional feedback (admins). Final: the builder submits a new request.
+#[utoipa::path(post, path = "/api/v1/publish-requests/{id}/reject", tag = "publishing", request_body = ReviewInput,
+    security(("bearer" = [])),
+    responses((status = 200, body = DecisionView), (status = 401, body = Problem), (status = 403, body = Problem),
+              (status = 404, body = Problem), (status = 409, body = Problem), (status = 412, body = Problem),
+              (status = 422, body = Problem)))]
+#[post("/api/v1/publish-requests/{id}/reject")]
+pub async fn reject(
+    caller: Caller,
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, Problem> {
+    caller.require(&[Role::Admin])?;
+    let request_id = request_id_from_path(&path)?;
+    let feedback = optional_text("reason", review_body(&body)?.reason.as_deref(), MAX_REASON_CHARS)?;
+    let command = PublishingCommand::Reject {
+        request_id: request_id.clone(),
+        reviewer: caller.email.clone(),
+        feedback,
+        reason_required: state.publish_policy.require_reason,
+        if_version: crate::if_match(&request)?,
+    };
+    decide(&state, &caller, &request, request_id, command).await
+}
+
+/// Withdraws a pending request (its builder only). Final.
+#[utoipa::path(post, path = "/api/v1/publish-requests/{id}/withdraw", tag = "publishing", security(("bearer" = [])),
+    responses((status = 200, body = DecisionView), (status = 401, body = Problem), (status = 403, body = Problem),
+              (status = 404, body = Problem), (status = 409, body = Problem), (status = 412, body = Problem)))]
+#[post("/api/v1/publish-requests/{id}/withdraw")]
+pub async fn withdraw(
+    caller: Caller,
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, Problem> {
+    caller.require(&[Role::Member, Role::Admin])?;
+    let request_id = request_id_from_path(&path)?;
+    let command = PublishingCommand::Withdraw {
+        request_id: request_id.clone(),
+        by: caller.email.clone(),
+        if_version: crate::if_match(&request)?,
+    };
+    decide(&state, &caller, &request, request_id, command).await
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Trust rules
+
+/// Lists trust rules (admins and auditors).
+#[utoipa::path(get, path = "/api/v1/trust-rules", tag = "trust", params(TrustPageQuery), security(("bearer" = [])),
+    responses((status = 200, body = TrustRulePage), (status = 400, body = Problem), (status = 401, body = Problem),
+              (status = 403, body = Problem)))]
+#[get("/api/v1/trust-rules")]
+pub async fn list_trust_rules(
+    caller: Caller,
+    state: web::Data<AppState>,
+    query: web::Query<TrustPageQuery>,
+) -> Result<web::Json<TrustRulePage>, Problem> {
+    caller.require(&[Role::Admin, Role::Auditor])?;
+    let limit = limit(query.limit)?;
+    let mut rows = state
+        .publishing_reads
+        .trust_rules(query.after.as_deref().filter(|after| !after.is_empty()), limit + 1)
+        .await
+        .map_err(store::StoreError::from)?;
+    let next = if rows.len() as i64 > limit {
+        rows.truncate(limit as usize);
+        rows.last().map(|row| row.rule_id.clone())
+    } else {
+        None
+    };
+    Ok(web::Json(TrustRulePage { items: rows.into_iter().map(TrustRuleView::from).collect(), next }))
+}
+
+/// Trusts a user for one blueprint or all (admins). Their later submissions are approved at once.
+#[utoipa::path(post, path = "/api/v1/trust-rules", tag = "trust", request_body = TrustRuleInput,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe")),
+    security(("bearer" = [])),
+    responses((status = 201, body = TrustRuleView), (status = 401, body = Problem), (status = 403, body = Problem),
+              (status = 409, body = Problem), (status = 422, body = Problem)))]
+#[post("/api/v1/trust-rules")]
+pub async fn create_trust_rule(
+    caller: Caller,
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    body: web::Json<TrustRuleInput>,
+) -> Result<HttpResponse, Problem> {
+    caller.require(&[Role::Admin])?;
+    let fingerprint = serde_json::to_string(&*body).map_err(|_| Problem::internal())?;
+    crate::idempotency::run(&state, &caller, &request, fingerprint, || async {
+        let email = Email::parse(&body.email).map_err(|error| {
+            Problem::new(StatusCode::UNPROCESSABLE_ENTITY, ProblemCode::InvalidField, "Invalid field")
+                .field("email")
+                .detail(error.to_string())
+        })?;
+        let blueprint_key = body.blueprint_key.as_deref().map(BlueprintKey::parse).transpose().map_err(invalid)?;
+        let description = optional_text("description", body.description.as_deref(), MAX_REASON_CHARS)?;
+        let rule_id = uuid::Uuid::new_v4().to_string();
+        let command = TrustCommand::Grant {
+            rule_id: rule_id.clone(),
+            email: email.clone(),
+            blueprint_key: blueprint_key.clone(),
+            description: description.clone(),
+            granted_by: caller.email.clone(),
+        };
+        state
+            .trust
+            .execute_retrying(TRUST_RULES_ID, command, &metadata(&caller, &request), 5)
+            .await
+            .map_err(trust_problem)?;
+        let view = TrustRuleView {
+            id: rule_id.clone(),
+            email: email.to_string(),
+            blueprint_key: blueprint_key.map(String::from),
+            description,
+            granted_by: caller.email.to_string(),
+            granted_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        };
+        Ok(crate::idempotency::Reply {
+            status: StatusCode::CREATED,
+            body: serde_json::to_value(view).map_err(|_| Problem::internal())?,
+            location: Some(format!("/api/v1/trust-rules/{rule_id}")),
+        })
+    })
+    .await
+}
+
+/// Would `email`'s publish on `blueprint_key` be approved at once, and by which rule? Answers from the same
+/// state a submission is decided on. Admins and auditors may ask about anyone, members about themselves.
+#[utoipa::path(get, path = "/api/v1/trust-rules/evaluate", tag = "trust", params(EvaluateQuery),
+    security(("bearer" = [])),
+    responses((status = 200, body = EvaluateView), (status = 400, body = Problem), (status = 401, body = Problem),
+              (status = 403, body = Problem)))]
+#[get("/api/v1/trust-rules/evaluate")]
+pub async fn evaluate_trust(
+    caller: Caller,
+    state: web::Data<AppState>,
+    query: web::Query<EvaluateQuery>,
+) -> Result<web::Json<EvaluateView>, Problem> {
+    let email = Email::parse(&query.email).map_err(|error| bad_query("email", &error.to_string()))?;
+    if email != caller.email {
+        caller.require(&[Role::Admin, Role::Auditor])?;
+    }
+    let blueprint_key =
+        BlueprintKey::parse(&query.blueprint_key).map_err(|error| bad_query("blueprint_key", &error.reason))?;
+    let (trust, _) = state.trust.load(TRUST_RULES_ID).await.map_err(Problem::from)?;
+    let matched = trust.evaluate(&email, &blueprint_key).map(|(rule_id, rule)| (rule_id.to_string(), rule.clone()));
+    let reason = matched.as_ref().map(|(rule_id, rule)| rule.reason(rule_id));
+    let rule = match &matched {
+        Some((rule_id, _)) => state.publishing_reads.trust_rule(rule_id).await.map_err(store::StoreError::from)?,
+        None => None,
+    };
+    // The read model may lag the aggregate by a moment; the aggregate's facts fill in.
+    let rule = rule.map(TrustRuleView::from).or_else(|| {
+        matched.map(|(rule_id, rule)| TrustRuleView {
+            id: rule_id,
+            email: rule.email.to_string(),
+            blueprint_key: rule.blueprint_key.map(String::from),
+            description: rule.description,
+            granted_by: String::new(),
+            granted_at: String::new(),
+        })
+    });
+    Ok(web::Json(EvaluateView {
+        email: email.to_string(),
+        blueprint_key: blueprint_key.to_string(),
+        auto_approved: rule.is_some(),
+        rule,
+        reason,
+    }))
+}
+
+/// One trust rule (admins and auditors).
+#[utoipa::path(get, path = "/api/v1/trust-rules/{id}", tag = "trust", security(("bearer" = [])),
+    responses((status = 200, body = TrustRuleView), (status = 401, body = Problem), (status = 403, body = Problem),
+              (status = 404, body = Problem)))]
+#[get("/api/v1/trust-rules/{id}")]
+pub async fn get_trust_rule(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<web::Json<TrustRuleView>, Problem> {
+    caller.require(&[Role::Admin, Role::Auditor])?;
+    let row = state.publishing_reads.trust_rule(&path).await.map_err(store::StoreError::from)?;
+    row.map(|row| web::Json(TrustRuleView::from(row))).ok_or_else(|| not_found("such trust rule"))
+}
+
+/// Revokes a trust rule (admins).
+#[utoipa::path(delete, path = "/api/v1/trust-rules/{id}", tag = "trust", security(("bearer" = [])),
+    responses((status = 204), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)))]
+#[delete("/api/v1/trust-rules/{id}")]
+pub async fn revoke_trust_rule(
+    caller: Caller,
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, Problem> {
+    caller.require(&[Role::Admin])?;
+    let command = TrustCommand::Revoke { rule_id: path.into_inner(), revoked_by: caller.email.clone() };
+    state
+        .trust
+        .execute_retrying(TRUST_RULES_ID, command, &metadata(&caller, &request), 5)
+        .await
+        .map_err(trust_problem)?;
+    Ok(HttpResponse::NoContent().finish())
+}

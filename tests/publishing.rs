@@ -1,0 +1,672 @@
+//! The publish workflow (`/api/v1/publish-requests`, `/api/v1/approvals`, `/api/v1/trust-rules`) through a real
+//! `gatehouse serve` process, on both backends where it matters.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{eventually, issue_token, Api, Server};
+use reqwest::Method;
+use serde_json::{json, Value};
+use testkit::TestDb;
+
+const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
+
+fn submission(workspace: &str, subdomain: &str, blueprint: &str) -> Value {
+    json!({
+        "workspace_id": workspace,
+        "blueprint_key": blueprint,
+        "subdomain": subdomain,
+        "commit_id": COMMIT,
+        "diff": {"files": 2, "insertions": 10, "deletions": 3, "patch": "--- a/x\n+++ b/x\n@@ -1 +1 @@\n-a\n+b\n"},
+        "message": "First version of the dashboard",
+    })
+}
+
+async fn submit(api: &Api, token: &str, workspace: &str, subdomain: &str, blueprint: &str) -> (u16, Value) {
+    let body = submission(workspace, subdomain, blueprint);
+    let (status, _, body) = api.call(Method::POST, "/api/v1/publish-requests", Some(token), Some(body)).await;
+    (status, body)
+}
+
+async fn review(api: &Api, token: &str, id: &str, verb: &str, reason: Option<&str>) -> (u16, Value) {
+    let body = reason.map(|reason| json!({ "reason": reason }));
+    let path = format!("/api/v1/publish-requests/{id}/{verb}");
+    let (status, _, body) = api.call(Method::POST, &path, Some(token), body).await;
+    (status, body)
+}
+
+/// Ids of the approvals queue, following pagination.
+async fn queue(api: &Api, token: &str, query: &str, limit: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    let mut after = String::new();
+    loop {
+        let path = format!("/api/v1/approvals?limit={limit}{query}&after={after}");
+        let (status, page) = api.get(&path, Some(token)).await;
+        assert_eq!(status, 200, "{page}");
+        ids.extend(page["items"].as_array().unwrap().iter().map(|item| item["id"].as_str().unwrap().to_string()));
+        match page["next"].as_str() {
+            Some(next) => after = next.to_string(),
+            None => return ids,
+        }
+    }
+}
+
+fn code(body: &Value) -> &str {
+    body["code"].as_str().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_goes_from_submission_through_review_to_its_end() {
+    for db in TestDb::all("publish lifecycle").await {
+        let root = issue_token(&db, "root@example.com", "admin", "1h");
+        let grace = issue_token(&db, "grace@example.com", "admin", "1h");
+        let ada = issue_token(&db, "ada@example.com", "member", "1h");
+        let bob = issue_token(&db, "bob@example.com", "member", "1h");
+        let server = Server::start(&db, &[]);
+        let api = Api::new(&server);
+        let backend = db.backend();
+
+        // Ada asks to publish her workspace; the request is pending and she can read it back at once.
+        let (status, created) = submit(&api, &ada, "ws-ada", "my-app", "web").await;
+        assert_eq!(status, 201, "{backend}: {created}");
+        assert_eq!(created["status"], "pending");
+        assert_eq!(created["builder"], "ada@example.com");
+        let id = created["id"].as_str().unwrap().to_string();
+        let (status, headers, read) =
+            api.call(Method::GET, &format!("/api/v1/publish-requests/{id}"), Some(&ada), None).await;
+        assert_eq!(status, 200, "{read}");
+        assert_eq!(read["diff"]["patch"], submission("", "", "")["diff"]["patch"]);
+        assert_eq!(read["history"][0]["kind"], "submitted");
+        assert!(headers.get("etag").is_some());
+        // Another builder cannot see it, not even that it exists.
+        assert_eq!(api.get(&format!("/api/v1/publish-requests/{id}"), Some(&bob)).await.0, 404);
+
+        // It reaches the admins' queue.
+        assert!(
+            eventually(Duration::from_secs(5), || async { queue(&api, &root, "", 100).await == [id.clone()] }).await
+        );
+
+        // One request in flight per workspace; a subdomain belongs to one workspace.
+        let (status, body) = submit(&api, &ada, "ws-ada", "my-app", "web").await;
+        assert_eq!((status, code(&body)), (409, "request_in_flight"), "{body}");
+        let (status, body) = submit(&api, &bob, "ws-bob", "my-app", "web").await;
+        assert_eq!((status, code(&body)), (409, "subdomain_taken"), "{body}");
+        let (status, body) = submit(&api, &bob, "ws-ada", "bobs-app", "web").await;
+        assert_eq!((status, code(&body)), (403, "not_workspace_owner"), "{body}");
+
+        // Members cannot review; an admin approves.
+        assert_eq!(review(&api, &bob, &id, "approve", None).await.0, 403);
+        let (status, decided) = review(&api, &root, &id, "approve", Some("looks good")).await;
+        assert_eq!((status, decided["status"].as_str()), (200, Some("approved")), "{decided}");
+        let (status, body) = review(&api, &grace, &id, "reject", None).await;
+        assert_eq!((status, code(&body)), (409, "request_not_pending"), "an approved request is final");
+        assert!(eventually(Duration::from_secs(5), || async { queue(&api, &root, "", 100).await.is_empty() }).await);
+        let (_, read) = api.get(&format!("/api/v1/publish-requests/{id}"), Some(&ada)).await;
+        let kinds: Vec<&str> =
+            read["history"].as_array().unwrap().iter().map(|s| s["kind"].as_str().unwrap()).collect();
+        assert_eq!(kinds, ["submitted", "approval", "approved"], "{read}");
+        assert_eq!(read["decided_by"], "root@example.com");
+        assert_eq!(read["decision_reason"], "looks good");
+
+        // A new request from the published workspace; only its builder may withdraw it.
+        let (status, second) = submit(&api, &ada, "ws-ada", "my-app", "web").await;
+        assert_eq!(status, 201, "{second}");
+        let second = second["id"].as_str().unwrap().to_string();
+        assert_eq!(review(&api, &bob, &second, "withdraw", None).await.0, 403);
+        assert_eq!(review(&api, &root, &second, "withdraw", None).await.0, 403);
+        let (status, withdrawn) = review(&api, &ada, &second, "withdraw", None).await;
+        assert_eq!((status, withdrawn["status"].as_str()), (200, Some("withdrawn")));
+        // my-app is still Ada's (her app is live there), so Bob still cannot take it.
+        assert_eq!(code(&submit(&api, &bob, "ws-bob", "my-app", "web").await.1), "subdomain_taken");
+
+        // Bob's request is rejected with feedback, which he can read; the rejection frees his subdomain.
+        let (status, bobs) = submit(&api, &bob, "ws-bob", "bobs-app", "api").await;
+        assert_eq!(status, 201, "{bobs}");
+        let bobs = bobs["id"].as_str().unwrap().to_string();
+        let (status, decided) = review(&api, &grace, &bobs, "reject", Some("add a README")).await;
+        assert_eq!((status, decided["status"].as_str()), (200, Some("rejected")));
+        let rejected = eventually(Duration::from_secs(5), || async {
+            let (_, read) = api.get(&format!("/api/v1/publish-requests/{bobs}"), Some(&bob)).await;
+            read["status"] == "rejected" && read["decision_reason"] == "add a README"
+        })
+        .await;
+        assert!(rejected, "{backend}");
+        let (status, body) = submit(&api, &ada, "ws-ada-2", "bobs-app", "web").await;
+        assert_eq!(status, 201, "a released subdomain can be claimed: {body}");
+
+        // Nobody approves their own request: another admin must.
+        let (_, own) = submit(&api, &root, "ws-root", "root-app", "web").await;
+        let own = own["id"].as_str().unwrap().to_string();
+        let (status, body) = review(&api, &root, &own, "approve", None).await;
+        assert_eq!((status, code(&body)), (403, "self_approval"));
+        assert_eq!(review(&api, &grace, &own, "approve", None).await.0, 200);
+
+        // Builders list their own requests, newest first; admins see everything, filterable.
+        let listed = eventually(Duration::from_secs(5), || async {
+            let (_, mine) = api.get("/api/v1/publish-requests", Some(&bob)).await;
+            mine["items"].as_array().unwrap().iter().map(|item| item["id"].clone()).collect::<Vec<_>>() == [json!(bobs)]
+        })
+        .await;
+        assert!(listed);
+        assert_eq!(api.get("/api/v1/publish-requests?builder=ada@example.com", Some(&bob)).await.0, 403);
+        let (status, rejected) = api.get("/api/v1/publish-requests?status=rejected", Some(&root)).await;
+        assert_eq!(status, 200);
+        assert_eq!(rejected["items"].as_array().unwrap().len(), 1, "{rejected}");
+        assert!(rejected["items"][0].get("history").is_none() && rejected["items"][0]["diff"].get("patch").is_none());
+        assert!(server.terminate().success());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn trust_rules_approve_at_once_in_the_name_of_the_system_and_can_be_revoked() {
+    let db = TestDb::sqlite();
+    let root = issue_token(&db, "root@example.com", "admin", "1h");
+    let ada = issue_token(&db, "ada@example.com", "member", "1h");
+    let bob = issue_token(&db, "bob@example.com", "member", "1h");
+    let auditor = issue_token(&db, "audit@example.com", "auditor", "1h");
+    let server = Server::start(&db, &[]);
+    let api = Api::new(&server);
+
+    let rule = json!({"email": "Ada@Example.com", "blueprint_key": "web", "description": "owns the site"});
+    let (status, _, created) = api.call(Method::POST, "/api/v1/trust-rules", Some(&root), Some(rule.clone())).await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["email"], "ada@example.com");
+    let rule_id = created["id"].as_str().unwrap().to_string();
+    let (status, _, body) = api.call(Method::POST, "/api/v1/trust-rules", Some(&root), Some(rule)).await;
+    assert_eq!((status, code(&body)), (409, "duplicate_trust_rule"));
+
+    // The dry run answers what a submission would get.
+    let (status, answer) =
+        api.get("/api/v1/trust-rules/evaluate?email=ada@example.com&blueprint_key=web", Some(&root)).await;
+    assert_eq!(status, 200);
+    assert_eq!(answer["auto_approved"], true);
+    assert_eq!(answer["rule"]["id"], rule_id.as_str());
+    assert!(answer["reason"].as_str().unwrap().contains(&rule_id));
+    let (_, answer) = api.get("/api/v1/trust-rules/evaluate?email=ada@example.com&blueprint_key=api", Some(&ada)).await;
+    assert_eq!(answer["auto_approved"], false, "members may ask about themselves");
+    assert_eq!(
+        api.get("/api/v1/trust-rules/evaluate?email=ada@example.com&blueprint_key=web", Some(&bob)).await.0,
+        403
+    );
+    assert_eq!(
+        api.get("/api/v1/trust-rules/evaluate?email=ada@example.com&blueprint_key=web", Some(&auditor)).await.0,
+        200
+    );
+
+    // A trusted submission is approved on the spot, by the system reviewer, naming the rule.
+    let (status, trusted) = submit(&api, &ada, "ws-ada", "ada-site", "web").await;
+    assert_eq!(status, 201, "{trusted}");
+    assert_eq!(trusted["status"], "approved");
+    assert_eq!(trusted["decided_by"], "system");
+    assert_eq!(trusted["trust_rule_id"], rule_id.as_str());
+    let id = trusted["id"].as_str().unwrap();
+    let (_, read) = api.get(&format!("/api/v1/publish-requests/{id}"), Some(&ada)).await;
+    assert_eq!(read["history"][1]["kind"], "auto_approved", "{read}");
+    assert_eq!(read["history"][1]["actor"], "system");
+    assert!(read["history"][1]["reason"].as_str().unwrap().contains(&rule_id));
+    // Trust for one blueprint is not trust for another.
+    let (_, other) = submit(&api, &ada, "ws-ada-api", "ada-api", "api").await;
+    assert_eq!(other["status"], "pending");
+
+    // The rule is listed, then revoked; the next submission waits for review again.
+    let listed = eventually(Duration::from_secs(5), || async {
+        let (_, page) = api.get("/api/v1/trust-rules", Some(&auditor)).await;
+        page["items"].as_array().is_some_and(|items| items.len() == 1 && items[0]["id"] == rule_id.as_str())
+    })
+    .await;
+    assert!(listed);
+    let path = format!("/api/v1/trust-rules/{rule_id}");
+    assert_eq!(api.call(Method::DELETE, &path, Some(&ada), None).await.0, 403);
+    assert_eq!(api.call(Method::DELETE, &path, Some(&root), None).await.0, 204);
+    assert_eq!(api.call(Method::DELETE, &path, Some(&root), None).await.0, 404);
+    let (_, answer) =
+        api.get("/api/v1/trust-rules/evaluate?email=ada@example.com&blueprint_key=web", Some(&root)).await;
+    assert_eq!(answer["auto_approved"], false);
+    let (_, later) = submit(&api, &ada, "ws-ada-2", "ada-site-2", "web").await;
+    assert_eq!(later["status"], "pending", "{later}");
+    // Trust for every blueprint.
+    let everything = json!({"email": "bob@example.com", "blueprint_key": null});
+    assert_eq!(api.call(Method::POST, "/api/v1/trust-rules", Some(&root), Some(everything)).await.0, 201);
+    let (_, bobs) = submit(&api, &bob, "ws-bob", "bob-site", "anything").await;
+    assert_eq!(bobs["status"], "approved", "{bobs}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_gets_a_problem_naming_the_field_and_stores_nothing() {
+    let db = TestDb::sqlite();
+    let root = issue_token(&db, "root@example.com", "admin", "1h");
+    let ada = issue_token(&db, "ada@example.com", "member", "1h");
+    let server = Server::start(&db, &[("GATEHOUSE_PUBLISH_MAX_PATCH_BYTES", "1024")]);
+    let api = Api::new(&server);
+
+    let cases: Vec<(&str, Value, &str)> = vec![
+        ("workspace_id", json!(""), "workspace_id"),
+        ("workspace_id", json!("a/b"), "workspace_id"),
+        ("blueprint_key", json!("-web"), "blueprint_key"),
+        ("subdomain", json!("My-App"), "subdomain"),
+        ("subdomain", json!("-app"), "subdomain"),
+        ("subdomain", json!("www"), "subdomain"),
+        ("subdomain", json!("x".repeat(64)), "subdomain"),
+        ("commit_id", json!("abc123"), "commit_id"),
+        ("commit_id", json!("z".repeat(40)), "commit_id"),
+        ("message", json!("   "), "message"),
+        ("message", json!("x".repeat(4001)), "message"),
+        ("diff", json!({"files": 1, "insertions": 1, "deletions": 0, "patch": "x".repeat(1025)}), "diff.patch"),
+        ("diff", json!({"files": 0, "insertions": 5, "deletions": 0}), "diff.files"),
+    ];
+    for (field, value, named) in cases {
+        let mut body = submission("ws-1", "my-app", "web");
+        body[field] = value;
+        let (status, _, problem) = api.call(Method::POST, "/api/v1/publish-requests", Some(&ada), Some(body)).await;
+        assert_eq!((status, problem["field"].as_str()), (422, Some(named)), "{field}: {problem}");
+        assert_eq!(problem["code"], "invalid_field");
+    }
+    // Malformed JSON, a missing field, an unknown field, a negative count: 400 problems.
+    for body in [
+        json!({"workspace_id": "ws-1"}),
+        json!({"extra": 1, "workspace_id": "ws-1", "blueprint_key": "web", "subdomain": "a", "commit_id": COMMIT,
+               "diff": {"files": 1, "insertions": 0, "deletions": 0}, "message": "m"}),
+        {
+            let mut body = submission("ws-1", "my-app", "web");
+            body["diff"]["files"] = json!(-1);
+            body
+        },
+    ] {
+        let (status, headers, problem) =
+            api.call(Method::POST, "/api/v1/publish-requests", Some(&ada), Some(body)).await;
+        assert_eq!(status, 400, "{problem}");
+        assert_eq!(headers["content-type"], "application/problem+json");
+    }
+    let raw = api
+        .http
+        .post(format!("{}/api/v1/publish-requests", api.base))
+        .bearer_auth(&ada)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(raw.status(), 400);
+
+    // Queries and paths.
+    for path in [
+        "/api/v1/approvals?limit=0",
+        "/api/v1/approvals?after=not-a-cursor",
+        "/api/v1/publish-requests?status=lost",
+        "/api/v1/publish-requests?builder=nobody",
+        "/api/v1/publish-requests?unknown=1",
+        "/api/v1/trust-rules/evaluate?email=x&blueprint_key=web",
+    ] {
+        let (status, problem) = api.get(path, Some(&root)).await;
+        assert_eq!(status, 400, "{path}: {problem}");
+    }
+    assert_eq!(api.get("/api/v1/publish-requests/00000000-0000-0000-0000-000000000000", Some(&root)).await.0, 404);
+    assert_eq!(api.get("/api/v1/publish-requests/..%2F..", Some(&root)).await.0, 404);
+    let (status, body) = review(&api, &root, "00000000-0000-0000-0000-000000000000", "approve", None).await;
+    assert_eq!((status, code(&body)), (404, "not_found"));
+    assert_eq!(api.get("/api/v1/trust-rules/nope", Some(&root)).await.0, 404);
+    let (status, _, problem) =
+        api.call(Method::POST, "/api/v1/trust-rules", Some(&root), Some(json!({"email": "not an email"}))).await;
+    assert_eq!((status, problem["field"].as_str()), (422, Some("email")));
+
+    // A review body that is not JSON is refused rather than ignored.
+    let (_, created) = submit(&api, &ada, "ws-ok", "ok-app", "web").await;
+    let id = created["id"].as_str().unwrap();
+    let raw = api
+        .http
+        .post(format!("{}/api/v1/publish-requests/{id}/reject", api.base))
+        .bearer_auth(&root)
+        .body("{\"reason\": ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(raw.status(), 400);
+    let (status, _, problem) = api
+        .call(Method::POST, &format!("/api/v1/publish-requests/{id}/approve"), Some(&root), Some(json!({"why": 1})))
+        .await;
+    assert_eq!(status, 400, "{problem}");
+
+    // Nothing but the one valid request was stored.
+    let settled = eventually(Duration::from_secs(5), || async {
+        let (_, page) = api.get("/api/v1/publish-requests", Some(&root)).await;
+        page["items"].as_array().is_some_and(|items| items.len() == 1 && items[0]["status"] == "pending")
+    })
+    .await;
+    assert!(settled);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn if_match_with_a_stale_etag_gets_412() {
+    let db = TestDb::sqlite();
+    let root = issue_token(&db, "root@example.com", "admin", "1h");
+    let grace = issue_token(&db, "grace@example.com", "admin", "1h");
+    let ada = issue_token(&db, "ada@example.com", "member", "1h");
+    let server = Server::start(&db, &[("GATEHOUSE_PUBLISH_APPROVALS_REQUIRED", "2")]);
+    let api = Api::new(&server);
+    let (_, created) = submit(&api, &ada, "ws-ada", "my-app", "web").await;
+    let id = created["id"].as_str().unwrap().to_string();
+    let path = format!("/api/v1/publish-requests/{id}");
+    let (_, headers, _) = api.call(Method::GET, &path, Some(&root), None).await;
+    let etag = headers["etag"].to_str().unwrap().to_string();
+
+    // Grace approves first; Root's approval based on the older version is refused.
+    let (status, decided) = review(&api, &grace, &id, "approve", None).await;
+    assert_eq!((status, decided["status"].as_str(), decided["approvals"].as_u64()), (200, Some("pending"), Some(1)));
+    let stale = api
+        .http
+        .post(format!("{}{path}/approve", api.base))
+        .bearer_auth(&root)
+        .header("If-Match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stale.status(), 412);
+    let problem: Value = stale.json().await.unwrap();
+    assert_eq!(problem["code"], "stale_version");
+    let garbage = api
+        .http
+        .post(format!("{}{path}/approve", api.base))
+        .bearer_auth(&root)
+        .header("If-Match", "W/\"abc\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(garbage.status(), 400);
+
+    let current = format!("\"{}\"", decided["version"]);
+    let fresh = api
+        .http
+        .post(format!("{}{path}/approve", api.base))
+        .bearer_auth(&root)
+        .header("If-Match", current)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fresh.status(), 200);
+    let decided: Value = fresh.json().await.unwrap();
+    assert_eq!(decided["status"], "approved", "two approvals were required and given");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_review_policy_is_configurable() {
+    let db = TestDb::sqlite();
+    let root = issue_token(&db, "root@example.com", "admin", "1h");
+    let grace = issue_token(&db, "grace@example.com", "admin", "1h");
+    let ada = issue_token(&db, "ada@example.com", "member", "1h");
+    let server = Server::start(
+        &db,
+        &[("GATEHOUSE_PUBLISH_APPROVALS_REQUIRED", "2"), ("GATEHOUSE_PUBLISH_REQUIRE_REASON", "true")],
+    );
+    let api = Api::new(&server);
+    let (_, created) = submit(&api, &ada, "ws-ada", "my-app", "web").await;
+    assert_eq!(created["approvals_required"], 2);
+    let id = created["id"].as_str().unwrap().to_string();
+    let (status, problem) = review(&api, &root, &id, "approve", None).await;
+    assert_eq!((status, problem["field"].as_str()), (422, Some("reason")), "{problem}");
+    let (status, problem) = review(&api, &root, &id, "reject", Some("   ")).await;
+    assert_eq!((status, problem["field"].as_str()), (422, Some("reason")), "blank is no reason: {problem}");
+    let (status, first) = review(&api, &root, &id, "approve", Some("code reviewed")).await;
+    assert_eq!((status, first["status"].as_str()), (200, Some("pending")));
+    let (status, again) = review(&api, &root, &id, "approve", Some("again")).await;
+    assert_eq!((status, code(&again)), (409, "already_reviewed"));
+    let (status, second) = review(&api, &grace, &id, "approve", Some("security reviewed")).await;
+    assert_eq!((status, second["status"].as_str()), (200, Some("approved")));
+    let (_, read) = api.get(&format!("/api/v1/publish-requests/{id}"), Some(&ada)).await;
+    let reasons: Vec<&str> =
+        read["history"].as_array().unwrap().iter().filter_map(|step| step["reason"].as_str()).collect();
+    assert_eq!(reasons, ["code reviewed", "security reviewed"], "{read}");
+
+    // Nonsense policy is refused at start-up with one clear line.
+    let output = common::gatehouse()
+        .arg("serve")
+        .env("GATEHOUSE_DATABASE_URL", &db.url)
+        .env("GATEHOUSE_DATA_DIR", &db.data_dir)
+        .env("GATEHOUSE_LISTEN", "127.0.0.1:0")
+        .env("GATEHOUSE_PUBLISH_APPROVALS_REQUIRED", "0")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("publish_approvals_required"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pending_requests_expire_and_free_their_subdomain() {
+    let db = TestDb::sqlite();
+    let ada = issue_token(&db, "ada@example.com", "member", "1h");
+    let bob = issue_token(&db, "bob@example.com", "member", "1h");
+    let root = issue_token(&db, "root@example.com", "admin", "1h");
+    let server = Server::start(
+        &db,
+        &[("GATEHOUSE_PUBLISH_REQUEST_TTL_SECS", "1"), ("GATEHOUSE_PUBLISH_EXPIRY_SWEEP_SECS", "1")],
+    );
+    let api = Api::new(&server);
+    let (_, created) = submit(&api, &ada, "ws-ada", "my-app", "web").await;
+    let id = created["id"].as_str().unwrap().to_string();
+    let expired = eventually(Duration::from_secs(10), || async {
+        api.get(&format!("/api/v1/publish-requests/{id}"), Some(&ada)).await.1["status"] == "expired"
+    })
+    .await;
+    assert!(expired);
+    let (_, read) = api.get(&format!("/api/v1/publish-requests/{id}"), Some(&ada)).await;
+    assert_eq!(read["history"].as_array().unwrap().last().unwrap()["kind"], "expired");
+    let (status, body) = review(&api, &root, &id, "approve", None).await;
+    assert_eq!((status, code(&body)), (409, "request_not_pending"));
+    let (status, body) = submit(&api, &bob, "ws-bob", "my-app", "web").await;
+    assert_eq!(status, 201, "an expired request's subdomain is free again: {body}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_queue_is_oldest_first_filterable_and_paginated() {
+    let db = TestDb::sqlite();
+    let root = issue_token(&db, "root@example.com", "admin", "1h");
+    let ada = issue_token(&db, "ada@example.com", "member", "1h");
+    let server = Server::start(&db, &[]);
+    let api = Api::new(&server);
+    let mut web = Vec::new();
+    let mut all = Vec::new();
+    for n in 0..7 {
+        let blueprint = if n % 2 == 0 { "web" } else { "api" };
+        let (status, created) = submit(&api, &ada, &format!("ws-{n}"), &format!("app-{n}"), blueprint).await;
+        assert_eq!(status, 201, "{created}");
+        let id = created["id"].as_str().unwrap().to_string();
+        if blueprint == "web" {
+            web.push(id.clone());
+        }
+        all.push(id);
+    }
+    assert!(eventually(Duration::from_secs(5), || async { queue(&api, &root, "", 100).await.len() == 7 }).await);
+    assert_eq!(queue(&api, &root, "", 2).await, all, "pages of two, oldest first");
+    assert_eq!(queue(&api, &root, "&blueprint_key=web", 3).await, web);
+    // Ada's own list: newest first, paginated.
+    let (_, first) = api.get("/api/v1/publish-requests?limit=4", Some(&ada)).await;
+    let next = first["next"].as_str().unwrap();
+    let (_, second) = api.get(&format!("/api/v1/publish-requests?limit=4&after={next}"), Some(&ada)).await;
+    let ids: Vec<String> = first["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(second["items"].as_array().unwrap())
+        .map(|item| item["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, all.iter().rev().cloned().collect::<Vec<_>>());
+    assert!(second.get("next").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fifty_concurrent_approvals_produce_exactly_one() {
+    for db in TestDb::all("fifty approvals").await {
+        let ada = issue_token(&db, "ada@example.com", "member", "1h");
+        let admins: Vec<String> =
+            (0..5).map(|n| issue_token(&db, &format!("admin{n}@example.com"), "admin", "1h")).collect();
+        let server = Server::start(&db, &[]);
+        let api = Api::new(&server);
+        let (_, created) = submit(&api, &ada, "ws-ada", "my-app", "web").await;
+        let id = created["id"].as_str().unwrap().to_string();
+        let attempts = (0..50).map(|n| {
+            let api = api.clone();
+            let token = admins[n % admins.len()].clone();
+            let id = id.clone();
+            tokio::spawn(async move { review(&api, &token, &id, "approve", None).await })
+        });
+        let outcomes: Vec<(u16, Value)> =
+            futures::future::join_all(attempts).await.into_iter().map(Result::unwrap).collect();
+        let approved = outcomes.iter().filter(|(status, _)| *status == 200).count();
+        let refused = outcomes.iter().filter(|(status, _)| *status == 409).count();
+        assert_eq!((approved, refused), (1, 49), "{}: {outcomes:?}", db.backend());
+        let settled = eventually(Duration::from_secs(5), || async {
+            let (_, read) = api.get(&format!("/api/v1/publish-requests/{id}"), Some(&ada)).await;
+            read["status"] == "approved"
+        })
+        .await;
+        assert!(settled);
+        let (_, read) = api.get(&format!("/api/v1/publish-requests/{id}"), Some(&ada)).await;
+        let approvals = read["history"].as_array().unwrap().iter().filter(|step| step["kind"] == "approval").count();
+        assert_eq!((approvals, read["approvals"].as_i64()), (1, Some(1)), "{read}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn workspaces_racing_for_one_subdomain_have_exactly_one_winner() {
+    for db in TestDb::all("subdomain race").await {
+        let builders: Vec<String> =
+            (0..8).map(|n| issue_token(&db, &format!("builder{n}@example.com"), "member", "1h")).collect();
+        let root = issue_token(&db, "root@example.com", "admin", "1h");
+        let server = Server::start(&db, &[]);
+        let api = Api::new(&server);
+        for round in 0..3 {
+            let subdomain = format!("contested-{round}");
+            let attempts = builders.iter().enumerate().map(|(n, token)| {
+                let (api, token, subdomain) = (api.clone(), token.clone(), subdomain.clone());
+                tokio::spawn(async move { submit(&api, &token, &format!("ws-{round}-{n}"), &subdomain, "web").await })
+            });
+            let outcomes: Vec<(u16, Value)> =
+                futures::future::join_all(attempts).await.into_iter().map(Result::unwrap).collect();
+            let won = outcomes.iter().filter(|(status, _)| *status == 201).count();
+            let lost =
+                outcomes.iter().filter(|(status, body)| *status == 409 && code(body) == "subdomain_taken").count();
+            assert_eq!((won, lost), (1, builders.len() - 1), "{} round {round}: {outcomes:?}", db.backend());
+        }
+        let queued =
+            eventually(Duration::from_secs(5), || async { queue(&api, &root, "", 100).await.len() == 3 }).await;
+        assert!(queued, "exactly the three winners are queued");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retried_submission_with_an_idempotency_key_creates_one_request() {
+    for db in TestDb::all("idempotent submit").await {
+        let ada = issue_token(&db, "ada@example.com", "member", "1h");
+        let server = Server::start(&db, &[]);
+        let api = Api::new(&server);
+        let send = |key: &'static str, body: Value| {
+            let api = api.clone();
+            let ada = ada.clone();
+            async move {
+                let response = api
+                    .http
+                    .post(format!("{}/api/v1/publish-requests", api.base))
+                    .bearer_auth(&ada)
+                    .header("Idempotency-Key", key)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap();
+                let status = response.status().as_u16();
+                let replayed = response.headers().get("idempotent-replayed").is_some();
+                (status, replayed, response.json::<Value>().await.unwrap())
+            }
+        };
+        let attempts = (0..10).map(|_| tokio::spawn(send("submit-1", submission("ws-ada", "my-app", "web"))));
+        let outcomes: Vec<(u16, bool, Value)> =
+            futures::future::join_all(attempts).await.into_iter().map(Result::unwrap).collect();
+        let ids: std::collections::BTreeSet<String> = outcomes
+            .iter()
+            .filter(|(status, _, _)| *status == 201)
+            .map(|(_, _, body)| body["id"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(ids.len(), 1, "{}: {outcomes:?}", db.backend());
+        assert!(outcomes.iter().all(|(status, _, body)| *status == 201 || code(body) == "request_in_progress"));
+        let (status, replayed, again) = send("submit-1", submission("ws-ada", "my-app", "web")).await;
+        assert_eq!((status, replayed), (201, true));
+        assert_eq!(again["id"].as_str().unwrap(), ids.iter().next().unwrap());
+        let (status, _, problem) = send("submit-1", submission("ws-ada", "other-app", "web")).await;
+        assert_eq!((status, code(&problem)), (422, "idempotency_key_reused"));
+        let one = eventually(Duration::from_secs(5), || async {
+            api.get("/api/v1/publish-requests", Some(&ada)).await.1["items"].as_array().map(Vec::len) == Some(1)
+        })
+        .await;
+        assert!(one);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn authorization_matrix() {
+    let db = TestDb::sqlite();
+    let admin = issue_token(&db, "root@example.com", "admin", "1h");
+    let member = issue_token(&db, "ada@example.com", "member", "1h");
+    let other = issue_token(&db, "bob@example.com", "member", "1h");
+    let auditor = issue_token(&db, "audit@example.com", "auditor", "1h");
+    let server = Server::start(&db, &[]);
+    let api = Api::new(&server);
+    // Fixtures: Ada's pending requests (one per review verb) and a trust rule.
+    let mut ids = Vec::new();
+    for n in 0..4 {
+        let (status, created) = submit(&api, &member, &format!("ws-{n}"), &format!("fixture-{n}"), "web").await;
+        assert_eq!(status, 201);
+        ids.push(created["id"].as_str().unwrap().to_string());
+    }
+    let (_, _, rule) =
+        api.call(Method::POST, "/api/v1/trust-rules", Some(&admin), Some(json!({"email": "carol@example.com"}))).await;
+    let rule = rule["id"].as_str().unwrap().to_string();
+    assert!(eventually(Duration::from_secs(5), || async { queue(&api, &admin, "", 100).await.len() == 4 }).await);
+
+    let callers: [(&str, Option<&str>); 5] = [
+        ("anonymous", None),
+        ("member", Some(&member)),
+        ("another member", Some(&other)),
+        ("admin", Some(&admin)),
+        ("auditor", Some(&auditor)),
+    ];
+    let request = |n: usize| format!("/api/v1/publish-requests/{}", ids[n]);
+    // Each row: (method, path, body, expected for anonymous, member (the builder), another member, admin, auditor).
+    // Rows that change state are built so that only one caller's attempt can succeed.
+    let submit_body = |n: &str| Some(submission(&format!("matrix-ws-{n}"), &format!("matrix-{n}"), "web"));
+    let matrix: Vec<(Method, String, Option<Value>, [u16; 5])> = vec![
+        (Method::POST, "/api/v1/publish-requests".into(), submit_body("m"), [401, 201, 201, 201, 403]),
+        (Method::GET, "/api/v1/publish-requests".into(), None, [401, 200, 200, 200, 200]),
+        (Method::GET, "/api/v1/approvals".into(), None, [401, 403, 403, 200, 200]),
+        (Method::GET, request(0), None, [401, 200, 404, 200, 200]),
+        (Method::POST, format!("{}/reject", request(1)), None, [401, 403, 403, 200, 403]),
+        (Method::POST, format!("{}/approve", request(2)), None, [401, 403, 403, 200, 403]),
+        (Method::POST, format!("{}/withdraw", request(3)), None, [401, 200, 403, 403, 403]),
+        (Method::GET, "/api/v1/trust-rules".into(), None, [401, 403, 403, 200, 200]),
+        (Method::GET, format!("/api/v1/trust-rules/{rule}"), None, [401, 403, 403, 200, 200]),
+        (
+            Method::GET,
+            "/api/v1/trust-rules/evaluate?email=ada@example.com&blueprint_key=web".into(),
+            None,
+            [401, 200, 403, 200, 200],
+        ),
+        (
+            Method::POST,
+            "/api/v1/trust-rules".into(),
+            Some(json!({"email": "dave@example.com", "blueprint_key": "web"})),
+            [401, 403, 403, 201, 403],
+        ),
+        (Method::DELETE, format!("/api/v1/trust-rules/{rule}"), None, [401, 403, 403, 204, 403]),
+    ];
+    for (method, path, body, expected) in matrix {
+        for (n, ((name, token), expected)) in callers.iter().zip(expected).enumerate() {
+            // Submissions need a distinct workspace and subdomain per caller.
+            let body = match (&body, method == Method::POST && path == "/api/v1/publish-requests") {
+                (Some(_), true) => submit_body(&n.to_string()),
+                (body, _) => body.clone(),
+            };
+            let (status, _, response) = api.call(method.clone(), &path, *token, body).await;
+            assert_eq!(status, expected, "{method} {path} as {name}: {response}");
+        }
+    }
+}
