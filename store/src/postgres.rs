@@ -32,6 +32,32 @@ pub(crate) async fn read_global(pool: &PgPool, after: Cursor, limit: i64) -> Res
     rows.iter().map(decode).collect()
 }
 
+const AGGREGATE_EVENTS: &str = "
+SELECT position, txid::text AS txid_text, aggregate_type, aggregate_id, sequence, event_type, event_version,
+       payload, metadata, recorded_at
+  FROM events
+ WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3
+ ORDER BY sequence
+ LIMIT $4";
+
+/// One aggregate's events after `sequence`, with their global cursors.
+pub(crate) async fn aggregate_events(
+    pool: &PgPool,
+    aggregate_type: &str,
+    aggregate_id: &str,
+    sequence: u64,
+    limit: i64,
+) -> Result<Vec<RecordedEvent>, StoreError> {
+    let rows = sqlx::query(AGGREGATE_EVENTS)
+        .bind(aggregate_type)
+        .bind(aggregate_id)
+        .bind(i64::try_from(sequence).unwrap_or(i64::MAX))
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
+    rows.iter().map(decode).collect()
+}
+
 /// Sends every readable event after `after`, in order, from one query (no paging), until the receiver hangs up.
 pub(crate) async fn stream_global(pool: PgPool, after: Cursor, sink: mpsc::Sender<Result<RecordedEvent, StoreError>>) {
     let rows = sqlx::query(READ_GLOBAL).bind(after.txid.to_string()).bind(after.position).fetch(&pool);

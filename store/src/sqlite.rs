@@ -169,6 +169,28 @@ pub(crate) async fn read_global(
     rows.iter().map(decode_recorded).collect()
 }
 
+/// One aggregate's events after `sequence`, with their global cursors.
+pub(crate) async fn aggregate_events(
+    pool: &SqlitePool,
+    aggregate_type: &str,
+    aggregate_id: &str,
+    sequence: u64,
+    limit: i64,
+) -> Result<Vec<RecordedEvent>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT position, aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata,
+                recorded_at FROM events WHERE aggregate_type = ? AND aggregate_id = ? AND sequence > ?
+          ORDER BY sequence LIMIT ?",
+    )
+    .bind(aggregate_type)
+    .bind(aggregate_id)
+    .bind(i64::try_from(sequence).unwrap_or(i64::MAX))
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    rows.iter().map(decode_recorded).collect()
+}
+
 /// Sends every event after `after`, in order, from one query, until the receiver hangs up.
 pub(crate) async fn stream_global(
     pool: SqlitePool,

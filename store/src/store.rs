@@ -314,6 +314,26 @@ impl EventStore {
         events
     }
 
+    /// Up to `limit` of one aggregate's events after `sequence` (0 for the first), in sequence order, each with its
+    /// place in the global log.
+    pub async fn aggregate_events(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        sequence: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let limit = i64::try_from(limit.clamp(1, 10_000)).unwrap_or(10_000);
+        match &self.inner.backend {
+            Backend::Postgres(pool) => {
+                crate::postgres::aggregate_events(pool, aggregate_type, aggregate_id, sequence, limit).await
+            }
+            Backend::Sqlite(pool) => {
+                crate::sqlite::aggregate_events(pool, aggregate_type, aggregate_id, sequence, limit).await
+            }
+        }
+    }
+
     /// True when committed events exist after `after`, readable or not.
     ///
     /// An empty [`read_global`](Self::read_global) means "nothing readable now", not "nothing there": on PostgreSQL
