@@ -179,12 +179,13 @@ impl SsoIssuer {
             SsoKeys::Static(keys) => return found(keys.find(kid), kid),
             SsoKeys::Jwks(cache) => cache,
         };
-        match cache.keys().find(kid) {
+        let (fetches, keys) = cache.keys();
+        match keys.find(kid) {
             Lookup::Unknown => {}
             lookup => return found(lookup, kid),
         }
-        if cache.refresh_for_unknown_kid().await {
-            return found(cache.keys().find(kid), kid);
+        if cache.refresh_for_unknown_kid(fetches).await {
+            return found(cache.keys().1.find(kid), kid);
         }
         found(Lookup::Unknown, kid)
     }

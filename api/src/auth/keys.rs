@@ -373,8 +373,9 @@ pub struct JwksCache {
     keys: RwLock<Arc<KeySet>>,
     /// Held while fetching, so concurrent requests share one fetch.
     refresh: tokio::sync::Mutex<RefreshState>,
-    /// Fetches attempted so far (a waiter that sees it change knows someone fetched for it).
-    attempts: AtomicU64,
+    /// Fetches finished so far, successful or not: a request that sees it change while it waits for the lock knows
+    /// someone fetched for it.
+    fetches: AtomicU64,
     /// Skipped keys already logged, so each is logged once.
     logged_skips: Mutex<HashSet<(Option<String>, String)>>,
 }
@@ -407,23 +408,26 @@ impl JwksCache {
             config,
             keys: RwLock::new(Arc::new(KeySet::default())),
             refresh: tokio::sync::Mutex::new(RefreshState::default()),
-            attempts: AtomicU64::new(0),
+            fetches: AtomicU64::new(0),
             logged_skips: Mutex::new(HashSet::new()),
         };
         let mut state = cache.refresh.lock().await;
         state.last_attempt = Some(Instant::now());
-        cache.attempts.fetch_add(1, Ordering::SeqCst);
         let keys =
             cache.fetch().await.map_err(|source| JwksSetupError::Fetch { url: cache.url.to_string(), source })?;
         tracing::info!(url = %cache.url, keys = keys.len(), "JWKS fetched");
         cache.swap(keys);
+        cache.fetches.fetch_add(1, Ordering::SeqCst);
         drop(state);
         Ok(cache)
     }
 
-    /// The keys in use.
-    pub fn keys(&self) -> Arc<KeySet> {
-        self.keys.read().map(|keys| keys.clone()).unwrap_or_else(|poisoned| poisoned.into_inner().clone())
+    /// The keys in use, and the count of finished fetches to give [`JwksCache::refresh_for_unknown_kid`] when they
+    /// lack a key (read first: a fetch swaps the keys, then counts itself).
+    pub fn keys(&self) -> (u64, Arc<KeySet>) {
+        let fetches = self.fetches.load(Ordering::SeqCst);
+        let keys = self.keys.read().map(|keys| keys.clone()).unwrap_or_else(|poisoned| poisoned.into_inner().clone());
+        (fetches, keys)
     }
 
     fn swap(&self, keys: KeySet) {
@@ -434,14 +438,12 @@ impl JwksCache {
         }
     }
 
-    /// Called when a token names a key id the cache does not know: refetches unless another request just did, or
-    /// the last fetch was less than the minimum interval ago. Returns whether the keys may have changed since the
-    /// caller looked (so it should look again).
-    pub async fn refresh_for_unknown_kid(&self) -> bool {
-        let seen = self.attempts.load(Ordering::SeqCst);
+    /// Called when a token names a key id missing from the keys [`JwksCache::keys`] returned with `fetches`:
+    /// fetches again, unless another request fetched since (its result is shared) or the last fetch started less
+    /// than the minimum interval ago. Returns whether the keys may have changed (so the caller should look again).
+    pub async fn refresh_for_unknown_kid(&self, fetches: u64) -> bool {
         let mut state = self.refresh.lock().await;
-        if self.attempts.load(Ordering::SeqCst) != seen {
-            // Another request fetched while this one waited for the lock: share its result.
+        if self.fetches.load(Ordering::SeqCst) != fetches {
             return true;
         }
         if state.last_attempt.is_some_and(|last| last.elapsed() < self.config.min_refresh_interval) {
@@ -465,8 +467,7 @@ impl JwksCache {
 
     async fn refresh(&self, state: &mut RefreshState, reason: &'static str) -> bool {
         state.last_attempt = Some(Instant::now());
-        self.attempts.fetch_add(1, Ordering::SeqCst);
-        match self.fetch().await {
+        let refreshed = match self.fetch().await {
             Ok(keys) => {
                 tracing::debug!(url = %self.url, reason, keys = keys.len(), "JWKS refreshed");
                 self.swap(keys);
@@ -476,7 +477,9 @@ impl JwksCache {
                 tracing::warn!(url = %self.url, reason, error = %error, "JWKS refresh failed; keeping the keys in use");
                 false
             }
-        }
+        };
+        self.fetches.fetch_add(1, Ordering::SeqCst);
+        refreshed
     }
 
     async fn fetch(&self) -> Result<KeySet, FetchError> {
@@ -803,22 +806,49 @@ mod tests {
         assert_eq!(server.requests.load(Ordering::SeqCst), 1);
 
         // Right after the first fetch: held back by the minimum interval.
-        assert!(!cache.refresh_for_unknown_kid().await);
+        assert!(!cache.refresh_for_unknown_kid(cache.keys().0).await);
         assert_eq!(server.requests.load(Ordering::SeqCst), 1);
 
         tokio::time::sleep(Duration::from_millis(350)).await;
         let refreshes: Vec<_> = (0..20)
             .map(|_| {
                 let cache = cache.clone();
-                tokio::spawn(async move { cache.refresh_for_unknown_kid().await })
+                tokio::spawn(async move {
+                    let (fetches, _) = cache.keys();
+                    cache.refresh_for_unknown_kid(fetches).await
+                })
             })
             .collect();
         for refresh in refreshes {
             refresh.await.unwrap();
         }
         assert_eq!(server.requests.load(Ordering::SeqCst), 2, "twenty unknown kids, one fetch");
-        assert!(!cache.refresh_for_unknown_kid().await);
+        assert!(!cache.refresh_for_unknown_kid(cache.keys().0).await);
         assert_eq!(server.requests.load(Ordering::SeqCst), 2);
-        assert_eq!(cache.keys().len(), 1);
+        assert_eq!(cache.keys().1.len(), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn without_a_minimum_interval_concurrent_unknown_kids_still_share_one_fetch() {
+        let server = serve(|| http_response(&ec_document()), Duration::from_millis(300)).await;
+        let mut config = config(&server.url);
+        config.min_refresh_interval = Duration::ZERO;
+        let cache = Arc::new(JwksCache::connect(config).await.unwrap());
+        let refreshes: Vec<_> = (0..20)
+            .map(|_| {
+                let cache = cache.clone();
+                tokio::spawn(async move {
+                    let (fetches, _) = cache.keys();
+                    cache.refresh_for_unknown_kid(fetches).await
+                })
+            })
+            .collect();
+        for refresh in refreshes {
+            assert!(refresh.await.unwrap(), "every waiter should look again");
+        }
+        assert_eq!(server.requests.load(Ordering::SeqCst), 2, "one fetch at start, one shared by twenty requests");
+        // Later ones fetch again: nothing holds them back.
+        assert!(cache.refresh_for_unknown_kid(cache.keys().0).await);
+        assert_eq!(server.requests.load(Ordering::SeqCst), 3);
     }
 }
