@@ -195,7 +195,9 @@ fn found(lookup: Lookup, kid: Option<&str>) -> Result<Arc<VerifyingKey>, AuthFai
     match lookup {
         Lookup::Found(key) => Ok(key),
         Lookup::Unknown => {
-            tracing::debug!(kid = kid.unwrap_or(""), "bearer token rejected: unknown key id");
+            // The kid is not secret, but it is the caller's text: logged short.
+            let kid: String = kid.unwrap_or_default().chars().take(64).collect();
+            tracing::debug!(kid, "bearer token rejected: unknown key id");
             Err(AuthFailure::Invalid)
         }
         Lookup::Ambiguous => {

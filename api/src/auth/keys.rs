@@ -398,7 +398,7 @@ impl JwksCache {
         let client = reqwest::Client::builder()
             .connect_timeout(config.timeout)
             .timeout(config.timeout)
-            .redirect(reqwest::redirect::Policy::limited(3))
+            .redirect(redirect_policy(url.scheme() == "https"))
             .user_agent(concat!("gatehouse/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(JwksSetupError::Client)?;
@@ -513,11 +513,36 @@ impl JwksCache {
 
     fn log_skipped(&self, skipped: Vec<SkippedKey>) {
         let Ok(mut logged) = self.logged_skips.lock() else { return };
+        if logged.len() > 1000 {
+            // Bounded: an endpoint that keeps publishing new unusable keys gets them logged again, not remembered.
+            logged.clear();
+        }
         for key in skipped {
             if logged.insert((key.kid.clone(), key.reason.clone())) {
                 tracing::debug!(kid = key.kid.as_deref().unwrap_or(""), reason = %key.reason, "JWK skipped");
             }
         }
+    }
+}
+
+/// At most three redirects, and none from https to plain http.
+fn redirect_policy(https: bool) -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(move |attempt| {
+        match redirect_refusal(https, attempt.previous().len(), attempt.url().scheme()) {
+            Some(reason) => attempt.error(reason),
+            None => attempt.follow(),
+        }
+    })
+}
+
+/// Why a redirect to a `scheme` URL, after `previous` requests, is not followed.
+fn redirect_refusal(https: bool, previous: usize, scheme: &str) -> Option<&'static str> {
+    if previous > 3 {
+        Some("too many redirects")
+    } else if https && scheme != "https" {
+        Some("redirected from https to plain http")
+    } else {
+        None
     }
 }
 
@@ -795,6 +820,41 @@ mod tests {
         for url in ["ftp://example.com/jwks", "not a url", "file:///etc/passwd"] {
             assert!(matches!(JwksCache::connect(config(url)).await, Err(JwksSetupError::Url(_))), "{url}");
         }
+    }
+
+    #[tokio::test]
+    async fn https_urls_are_fetched_over_tls() {
+        // A plain TCP listener sees what the client sends first: a TLS handshake record (0x16), not HTTP.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("https://127.0.0.1:{}/jwks", listener.local_addr().unwrap().port());
+        let first_byte = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut byte = [0u8; 1];
+            socket.read_exact(&mut byte).await.unwrap();
+            byte[0]
+        });
+        let error = JwksCache::connect(config(&url)).await.err().unwrap();
+        assert!(matches!(error, JwksSetupError::Fetch { source: FetchError::Request(_), .. }), "{error}");
+        assert_eq!(first_byte.await.unwrap(), 0x16, "the client did not start a TLS handshake");
+    }
+
+    #[tokio::test]
+    async fn redirects_are_followed_but_not_to_plain_http_from_https() {
+        let target = serve(|| http_response(&ec_document()), Duration::ZERO).await;
+        let location = target.url.clone();
+        let redirect = serve(
+            move || format!("HTTP/1.1 302 Found\r\nlocation: {location}\r\ncontent-length: 0\r\n\r\n").into_bytes(),
+            Duration::ZERO,
+        )
+        .await;
+        let cache = JwksCache::connect(config(&redirect.url)).await.unwrap();
+        assert_eq!(cache.keys().1.len(), 1);
+        assert_eq!(target.requests.load(Ordering::SeqCst), 1);
+
+        assert_eq!(redirect_refusal(true, 1, "http"), Some("redirected from https to plain http"));
+        assert_eq!(redirect_refusal(true, 1, "https"), None);
+        assert_eq!(redirect_refusal(false, 3, "https"), None);
+        assert_eq!(redirect_refusal(false, 4, "http"), Some("too many redirects"));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
