@@ -1,8 +1,22 @@
 //! Authentication: every API request carries a JWT, verified here; the caller's role comes from the members read
 //! model, never from the token.
 //!
-//! Issuers: the local development issuer (an ES256 key pair generated on first start in the data directory, whose
-//! tokens `gatehouse token issue` prints). External SSO issuers (JWKS, RS256/ES256) are planned.
+//! Issuers, either or both:
+//! - the local development issuer ([`LocalIssuer`]): an ES256 key pair generated on first start in the data
+//!   directory, whose tokens `gatehouse token issue` prints; `iss` is `gatehouse-local`, the caller is `email`;
+//! - one external SSO issuer ([`SsoIssuer`]): RS256 or ES256 keys from a JWKS endpoint or from PEM public key files;
+//!   `iss` is `auth_sso_issuer`, the caller is the `auth_email_claim` claim (default `email`; `sub` works too).
+//!
+//! [`Authenticator::verify`] reads the unverified header only for `alg` and `kid`. Only RS256 and ES256 pass (no
+//! `none`, no HS*, so no HS/RS key confusion, no PS*). The key is chosen by `kid`: the local key when it matches,
+//! else the SSO issuer's (a token without `kid` only when that issuer has exactly one key). The token's `alg` must
+//! be the key's own (RSA: RS256, EC P-256: ES256). jwt-simple then checks the signature, `iss` (the issuer of that
+//! key), `aud` (`auth_audience`), `exp` (required) and `nbf` with `auth_leeway_secs` of tolerance.
+//!
+//! JWKS keys ([`keys::JwksCache`]) are fetched at start (the service does not start without them), refreshed every
+//! `auth_jwks_refresh_secs` by a background task, and refetched when a token names an unknown `kid`: concurrent
+//! requests share one fetch, and such fetches happen at most once per `auth_jwks_min_refresh_secs`. A failed fetch
+//! keeps the keys in use and logs a warning. Tokens are never logged; rejection reasons go to the debug log only.
 
 pub mod keys;
 
