@@ -260,14 +260,14 @@ async fn a_rotated_key_is_fetched_once_and_a_flood_of_unknown_kids_fetches_at_mo
     let jwks = JwksServer::start(vec![ec_jwk(&old, "old")]).await;
     let db = TestDb::sqlite();
     let server =
-        start(&db, &[("GATEHOUSE_AUTH_SSO_JWKS_URL", &jwks.url), ("GATEHOUSE_AUTH_JWKS_MIN_REFRESH_SECS", "2")]);
+        start(&db, &[("GATEHOUSE_AUTH_SSO_JWKS_URL", &jwks.url), ("GATEHOUSE_AUTH_JWKS_MIN_REFRESH_SECS", "3")]);
     let api = Api::new(&server);
     let old_token = old.sign(claims()).unwrap();
     assert_eq!(me(&api, &old_token).await.0, 200);
     assert_eq!(jwks.fetches(), 1);
 
     // The issuer rotates: the new key replaces the old one, and tokens signed with it start arriving.
-    tokio::time::sleep(Duration::from_millis(2200)).await;
+    tokio::time::sleep(Duration::from_millis(3200)).await;
     let new = ec("new");
     jwks.publish(vec![ec_jwk(&new, "new")]);
     let new_token = new.sign(claims()).unwrap();
@@ -278,7 +278,7 @@ async fn a_rotated_key_is_fetched_once_and_a_flood_of_unknown_kids_fetches_at_mo
     assert_rejected(&api, "the retired key", &old_token).await;
 
     // Twenty requests with unknown kids at once, past the minimum interval: one fetch between them.
-    tokio::time::sleep(Duration::from_millis(2200)).await;
+    tokio::time::sleep(Duration::from_millis(3200)).await;
     let flood = |round: u32| {
         (0..20)
             .map(|i| {
