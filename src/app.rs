@@ -27,6 +27,7 @@ pub struct Application {
     handle: ServerHandle,
     projector: JoinHandle<()>,
     expiry: JoinHandle<()>,
+    key_refresher: Option<JoinHandle<()>>,
     shutdown: CancellationToken,
     draining: Arc<AtomicBool>,
     drain_delay: Duration,
@@ -37,6 +38,11 @@ impl Application {
     /// Opens the store, migrates it (or checks it is current), bootstraps the admin, starts the projector and binds
     /// `settings.listen` (port 0 picks a free port; see [`Application::port`]).
     pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
+        // Authentication settings first: a bad key source fails before anything else starts.
+        let sso_issuer = match settings.sso_issuer().map_err(anyhow::Error::msg).context("SSO token issuer")? {
+            Some(config) => Some(api::auth::SsoIssuer::load(config).await.context("SSO token issuer")?),
+            None => None,
+        };
         let store = EventStore::open(&settings.store()).await.context("cannot open the event store")?;
         if settings.migrate_on_start {
             store.migrate().await.context("cannot migrate the event store")?;
@@ -57,11 +63,16 @@ impl Application {
         let trust = Arc::new(AggregateRepository::<TrustRules>::new(store.clone(), ()));
         let publish_policy = settings.publish_policy()?;
         let local_issuer = settings.local_issuer().context("local token issuer")?;
+        if local_issuer.is_none() && sso_issuer.is_none() {
+            tracing::warn!("no token issuer is configured: every API request will get 401");
+        }
         let auth = Arc::new(api::auth::Authenticator::new(
             local_issuer.as_ref(),
+            sso_issuer,
             &settings.auth_audience,
             Duration::from_secs(settings.auth_leeway_secs),
         ));
+        let key_refresher = auth.key_refresher().map(tokio::spawn);
 
         let registry = prometheus::Registry::new_custom(None, None).context("metrics registry")?;
         let projector = Projector::new(store.clone(), projections::all(), settings.projector(), &registry)
@@ -120,7 +131,7 @@ impl Application {
         let handle = server.handle();
         tracing::info!(port, "listening");
         let drain_delay = Duration::from_secs(settings.shutdown_drain_secs);
-        Ok(Self { port, server, handle, projector, expiry, shutdown, draining, drain_delay, store })
+        Ok(Self { port, server, handle, projector, expiry, key_refresher, shutdown, draining, drain_delay, store })
     }
 
     /// The bound port.
@@ -144,6 +155,9 @@ impl Application {
         });
         let served = self.server.await.context("HTTP server failed");
         signals.abort();
+        if let Some(refresher) = &self.key_refresher {
+            refresher.abort();
+        }
         self.shutdown.cancel();
         if tokio::time::timeout(Duration::from_secs(5), self.expiry).await.is_err() {
             tracing::warn!("publish request expiry did not stop within 5 s");

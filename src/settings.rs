@@ -68,7 +68,44 @@ pub struct Settings {
     pub publish_max_patch_bytes: usize,
     /// Seconds between sweeps that expire overdue publish requests.
     pub publish_expiry_sweep_secs: u64,
+    /// The `iss` of an external SSO issuer whose tokens are accepted (needs `auth_sso_jwks_url` or
+    /// `auth_sso_public_keys`).
+    pub auth_sso_issuer: Option<String>,
+    /// The SSO issuer's JWKS endpoint (http or https), fetched at start and refreshed.
+    pub auth_sso_jwks_url: Option<String>,
+    /// Instead of a JWKS: PEM public key files (RSA or EC P-256), `PATH` (key id: the file name without extension)
+    /// or `PATH#KID`. A single string is split at commas.
+    #[serde(deserialize_with = "one_or_many")]
+    pub auth_sso_public_keys: Vec<String>,
+    /// The claim of SSO tokens holding the caller's email (local tokens always use `email`).
+    pub auth_email_claim: String,
+    /// Seconds between periodic JWKS refreshes.
+    pub auth_jwks_refresh_secs: u64,
+    /// Least seconds between two JWKS fetches caused by tokens naming an unknown key id.
+    pub auth_jwks_min_refresh_secs: u64,
 }
+
+/// A list, or one string split at commas (environment variables hold strings).
+fn one_or_many<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    let items = match OneOrMany::deserialize(deserializer)? {
+        OneOrMany::One(text) => text.split(',').map(str::to_string).collect(),
+        OneOrMany::Many(items) => items,
+    };
+    Ok(items.into_iter().map(|item| item.trim().to_string()).filter(|item| !item.is_empty()).collect())
+}
+
+fn non_empty(value: &Option<String>) -> Option<&str> {
+    value.as_deref().map(str::trim).filter(|value| !value.is_empty())
+}
+
+/// Registered claims that cannot name the caller (`sub` can).
+const REGISTERED_CLAIMS: &[&str] = &["iss", "aud", "exp", "nbf", "iat", "jti", "nonce"];
 
 impl Default for Settings {
     fn default() -> Self {
@@ -95,6 +132,12 @@ impl Default for Settings {
             publish_request_ttl_secs: 7 * 24 * 3600,
             publish_max_patch_bytes: 128 * 1024,
             publish_expiry_sweep_secs: 60,
+            auth_sso_issuer: None,
+            auth_sso_jwks_url: None,
+            auth_sso_public_keys: Vec::new(),
+            auth_email_claim: "email".into(),
+            auth_jwks_refresh_secs: 3600,
+            auth_jwks_min_refresh_secs: 30,
         }
     }
 }
@@ -163,6 +206,39 @@ impl Settings {
         })
     }
 
+    /// The external SSO issuer these settings describe, if any; a half-configured issuer is an error.
+    pub fn sso_issuer(&self) -> Result<Option<api::auth::SsoConfig>, String> {
+        let issuer = non_empty(&self.auth_sso_issuer);
+        let jwks_url = non_empty(&self.auth_sso_jwks_url);
+        let has_keys = jwks_url.is_some() || !self.auth_sso_public_keys.is_empty();
+        let Some(issuer) = issuer else {
+            if has_keys {
+                return Err("auth_sso_jwks_url or auth_sso_public_keys is set but auth_sso_issuer is not".into());
+            }
+            return Ok(None);
+        };
+        let keys = match (jwks_url, self.auth_sso_public_keys.is_empty()) {
+            (None, true) => {
+                return Err(format!(
+                    "auth_sso_issuer is {issuer:?} but neither auth_sso_jwks_url nor auth_sso_public_keys is set"
+                ))
+            }
+            (Some(_), false) => return Err("set auth_sso_jwks_url or auth_sso_public_keys, not both".into()),
+            (Some(url), true) => api::auth::SsoKeySource::Jwks(api::auth::JwksConfig {
+                url: url.to_string(),
+                refresh_interval: Duration::from_secs(self.auth_jwks_refresh_secs.max(1)),
+                min_refresh_interval: Duration::from_secs(self.auth_jwks_min_refresh_secs),
+                timeout: api::auth::keys::FETCH_TIMEOUT,
+            }),
+            (None, false) => api::auth::SsoKeySource::PublicKeys(self.auth_sso_public_keys.clone()),
+        };
+        let email_claim = self.auth_email_claim.trim();
+        if email_claim.is_empty() || REGISTERED_CLAIMS.contains(&email_claim) {
+            return Err(format!("auth_email_claim {email_claim:?} cannot hold an email address"));
+        }
+        Ok(Some(api::auth::SsoConfig { issuer: issuer.to_string(), keys, email_claim: email_claim.to_string() }))
+    }
+
     /// The projector configuration these settings describe.
     pub fn projector(&self) -> projections::ProjectorConfig {
         projections::ProjectorConfig {
@@ -174,11 +250,11 @@ impl Settings {
 }
 
 #[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail's closures return figment::Error, whatever its size.
 mod tests {
     use super::*;
 
     #[test]
-    #[allow(clippy::result_large_err)] // figment::Jail's own signature
     fn a_toml_file_overrides_defaults_and_unknown_keys_are_refused() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("gatehouse.toml", "listen = \"0.0.0.0:9000\"\nlog_format = \"json\"")?;
@@ -195,6 +271,53 @@ mod tests {
             assert!(Settings::load(Some(Path::new("bad.toml"))).is_err());
             jail.set_env("GATEHOUSE_LOG_FORMAT", "yaml");
             assert!(Settings::load(None).is_err());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn sso_settings_need_an_issuer_and_exactly_one_key_source() {
+        figment::Jail::expect_with(|jail| {
+            assert!(Settings::load(None)
+                .map_err(|error| *error)?
+                .sso_issuer()
+                .map_err(figment::Error::from)?
+                .is_none());
+
+            jail.set_env("GATEHOUSE_AUTH_SSO_ISSUER", "https://sso.example.com");
+            let error = Settings::load(None).map_err(|error| *error)?.sso_issuer().err().unwrap_or_default();
+            assert!(error.contains("neither auth_sso_jwks_url nor auth_sso_public_keys"), "{error}");
+
+            jail.set_env("GATEHOUSE_AUTH_SSO_PUBLIC_KEYS", "/keys/a.pem, /keys/b.pem#b2");
+            let settings = Settings::load(None).map_err(|error| *error)?;
+            assert_eq!(settings.auth_sso_public_keys, ["/keys/a.pem", "/keys/b.pem#b2"]);
+            let sso = settings.sso_issuer().map_err(figment::Error::from)?;
+            assert!(
+                matches!(sso.map(|sso| sso.keys), Some(api::auth::SsoKeySource::PublicKeys(keys)) if keys.len() == 2)
+            );
+            jail.set_env("GATEHOUSE_AUTH_SSO_PUBLIC_KEYS", "[/keys/a.pem]");
+            assert_eq!(Settings::load(None).map_err(|error| *error)?.auth_sso_public_keys, ["/keys/a.pem"]);
+
+            jail.set_env("GATEHOUSE_AUTH_SSO_JWKS_URL", "https://sso.example.com/jwks");
+            let error = Settings::load(None).map_err(|error| *error)?.sso_issuer().err().unwrap_or_default();
+            assert!(error.contains("not both"), "{error}");
+
+            jail.set_env("GATEHOUSE_AUTH_SSO_PUBLIC_KEYS", "");
+            jail.set_env("GATEHOUSE_AUTH_EMAIL_CLAIM", "upn");
+            jail.set_env("GATEHOUSE_AUTH_JWKS_MIN_REFRESH_SECS", "5");
+            let sso = Settings::load(None).map_err(|error| *error)?.sso_issuer().map_err(figment::Error::from)?;
+            let Some(sso) = sso else { return Err("no SSO issuer".into()) };
+            assert_eq!(sso.email_claim, "upn");
+            assert!(
+                matches!(sso.keys, api::auth::SsoKeySource::Jwks(jwks) if jwks.min_refresh_interval == Duration::from_secs(5))
+            );
+
+            jail.set_env("GATEHOUSE_AUTH_EMAIL_CLAIM", "aud");
+            assert!(Settings::load(None).map_err(|error| *error)?.sso_issuer().is_err());
+
+            jail.set_env("GATEHOUSE_AUTH_SSO_ISSUER", "");
+            let error = Settings::load(None).map_err(|error| *error)?.sso_issuer().err().unwrap_or_default();
+            assert!(error.contains("auth_sso_issuer is not"), "{error}");
             Ok(())
         });
     }
