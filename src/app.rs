@@ -27,6 +27,7 @@ pub struct Application {
     handle: ServerHandle,
     projector: JoinHandle<()>,
     expiry: JoinHandle<()>,
+    checkpoints: JoinHandle<()>,
     key_refresher: Option<JoinHandle<()>>,
     shutdown: CancellationToken,
     draining: Arc<AtomicBool>,
@@ -62,6 +63,7 @@ impl Application {
         let publishing = Arc::new(AggregateRepository::<Publishing>::new(store.clone(), ()));
         let trust = Arc::new(AggregateRepository::<TrustRules>::new(store.clone(), ()));
         let publish_policy = settings.publish_policy()?;
+        let audit_key = Arc::new(settings.audit_key()?);
         let local_issuer = settings.local_issuer().context("local token issuer")?;
         if local_issuer.is_none() && sso_issuer.is_none() {
             tracing::warn!("no token issuer is configured: every API request will get 401");
@@ -80,6 +82,12 @@ impl Application {
         let status = projector.status();
         let shutdown = CancellationToken::new();
         let projector = tokio::spawn(projector.run(shutdown.clone()));
+        let checkpoints = tokio::spawn(crate::checkpoints::run(
+            store.clone(),
+            audit_key.clone(),
+            Duration::from_secs(settings.audit_checkpoint_secs.max(1)),
+            shutdown.clone(),
+        ));
         let expiry = tokio::spawn(crate::expiry::run(
             publishing.clone(),
             Duration::from_secs(settings.publish_expiry_sweep_secs.max(1)),
@@ -100,6 +108,8 @@ impl Application {
             trust,
             publishing_reads: projections::PublishingQuery::new(store.read_models().clone()),
             publish_policy,
+            audit_access: Arc::new(AggregateRepository::new(store.clone(), ())),
+            audit_key,
         };
         let listener =
             TcpListener::bind(&settings.listen).with_context(|| format!("cannot listen on {}", settings.listen))?;
@@ -131,7 +141,19 @@ impl Application {
         let handle = server.handle();
         tracing::info!(port, "listening");
         let drain_delay = Duration::from_secs(settings.shutdown_drain_secs);
-        Ok(Self { port, server, handle, projector, expiry, key_refresher, shutdown, draining, drain_delay, store })
+        Ok(Self {
+            port,
+            server,
+            handle,
+            projector,
+            expiry,
+            checkpoints,
+            key_refresher,
+            shutdown,
+            draining,
+            drain_delay,
+            store,
+        })
     }
 
     /// The bound port.
@@ -159,6 +181,9 @@ impl Application {
             refresher.abort();
         }
         self.shutdown.cancel();
+        if tokio::time::timeout(Duration::from_secs(5), self.checkpoints).await.is_err() {
+            tracing::warn!("audit checkpoints did not stop within 5 s");
+        }
         if tokio::time::timeout(Duration::from_secs(5), self.expiry).await.is_err() {
             tracing::warn!("publish request expiry did not stop within 5 s");
         }

@@ -4,6 +4,7 @@
 //! admin, starts the projector and binds the HTTP listener. `main.rs` only parses the command line.
 
 pub mod app;
+pub mod checkpoints;
 pub mod expiry;
 pub mod settings;
 pub mod telemetry;

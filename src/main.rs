@@ -32,6 +32,11 @@ enum Command {
         #[command(subcommand)]
         command: ProjectionsCommand,
     },
+    /// Export and verify the tamper-evident audit log (docs/AUDIT.md).
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Tokens of the local development issuer.
     Token {
         #[command(subcommand)]
@@ -73,6 +78,34 @@ fn parse_ttl(raw: &str) -> Result<Duration, String> {
 }
 
 #[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Write the chained log as NDJSON, ending with a checkpoint signed now (reads the database directly).
+    Export {
+        /// Export the events after this cursor (the `cursor` of the last event line of a previous export).
+        #[arg(long)]
+        since: Option<String>,
+        /// The file to write; standard output by default.
+        #[arg(long)]
+        to: Option<PathBuf>,
+    },
+    /// Verify an export offline: no database, only the file and the public key.
+    Verify {
+        /// The export.
+        #[arg(long)]
+        file: PathBuf,
+        /// The checkpoint signing key: 64 hex digits (`gatehouse audit public-key`), or a file holding them.
+        #[arg(long)]
+        public_key: String,
+        /// A checkpoint obtained earlier (a file holding one checkpoint line, e.g. from
+        /// `/api/v1/audit/checkpoints/latest`): the export must reach it, with the same link.
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+    },
+    /// Print the checkpoint signing key's public half (hex), creating the key if it does not exist yet.
+    PublicKey,
+}
+
+#[derive(Debug, Subcommand)]
 enum ProjectionsCommand {
     /// List projections and their checkpoints.
     List,
@@ -106,6 +139,17 @@ fn main() -> ExitCode {
             Command::Migrate => migrate(settings).await,
             Command::Projections { command: ProjectionsCommand::List } => list_projections(settings).await,
             Command::Projections { command: ProjectionsCommand::Rebuild { name } } => rebuild(settings, &name).await,
+            Command::Audit { command: AuditCommand::Export { since, to } } => {
+                audit_export(settings, since.as_deref(), to.as_deref()).await
+            }
+            Command::Audit { command: AuditCommand::Verify { file, public_key, checkpoint } } => {
+                audit_verify(&file, &public_key, checkpoint.as_deref())
+            }
+            Command::Audit { command: AuditCommand::PublicKey } => {
+                let key = settings.audit_key()?;
+                println!("{}", key.public_key_hex());
+                Ok(())
+            }
             Command::Token { command: TokenCommand::Issue { email, role, ttl } } => {
                 issue_token(settings, &email, &role, ttl).await
             }
@@ -184,6 +228,102 @@ async fn rebuild(settings: Settings, name: &str) -> anyhow::Result<()> {
     println!("rebuilt {name}: {} events, checkpoint {}", report.events, report.cursor);
     store.close().await;
     Ok(())
+}
+
+async fn audit_export(settings: Settings, since: Option<&str>, to: Option<&std::path::Path>) -> anyhow::Result<()> {
+    use std::io::Write;
+    let since = since
+        .map(|raw| raw.parse::<store::Cursor>().map_err(|_| anyhow::anyhow!("--since {raw:?} is not a cursor")))
+        .transpose()?;
+    let key = settings.audit_key()?;
+    let store = open_store(&settings).await?;
+    store.check_schema().await?;
+    // Chain whatever the log holds that no running server has chained yet (the projector's lock keeps two
+    // chainers from both writing).
+    let registry = prometheus::Registry::new();
+    let chainer: Vec<std::sync::Arc<dyn projections::Projection>> =
+        vec![std::sync::Arc::new(projections::audit_chain::AuditChainProjection)];
+    projections::Projector::new(store.clone(), chainer, settings.projector(), &registry)
+        .context("projector")?
+        .catch_up()
+        .await
+        .map_err(|error| anyhow::anyhow!("cannot chain the log: {error}"))?;
+    let start = projections::audit_chain::export_start(&store, since).await.context("cannot start the export")?;
+    let reader = domain::Email::parse("cli@gatehouse.local")?;
+    let record = domain::audit_access::RecordRead {
+        reader: reader.clone(),
+        resource: "gatehouse audit export".into(),
+        target: format!("--since {}", since.map(|cursor| cursor.to_string()).unwrap_or_default()),
+        items: 0,
+    };
+    store::AggregateRepository::<domain::audit_access::AuditAccess>::new(store.clone(), ())
+        .execute_retrying(reader.as_str(), record, &store::EventMetadata::system("audit-export"), 10)
+        .await
+        .context("cannot record the export")?;
+    let mut out: Box<dyn Write> = match to {
+        Some(path) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    let (lines, mut receiver) = tokio::sync::mpsc::channel(1024);
+    let exporter = {
+        let store = store.clone();
+        tokio::spawn(async move { projections::audit_chain::export(&store, start, &key, lines).await })
+    };
+    while let Some(line) = receiver.recv().await {
+        out.write_all(line.context("export failed")?.as_bytes()).context("cannot write the export")?;
+    }
+    out.flush().context("cannot write the export")?;
+    let exported = exporter.await.context("export task")?;
+    if to.is_some() {
+        eprintln!("exported {exported} events");
+    }
+    store.close().await;
+    Ok(())
+}
+
+fn audit_verify(file: &std::path::Path, public_key: &str, checkpoint: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let key_text = match std::fs::read_to_string(public_key) {
+        Ok(text) => text,
+        Err(_) => public_key.to_string(),
+    };
+    let key_text = key_text.trim();
+    let key = audit::PublicKey::from_hex(key_text)
+        .map_err(|_| anyhow::anyhow!("--public-key is neither 64 hex digits nor a file holding them"))?;
+    let trusted = match checkpoint {
+        Some(path) => {
+            let line = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let line = line.lines().rev().find(|line| !line.trim().is_empty()).unwrap_or_default();
+            Some(audit::Checkpoint::from_line(line).map_err(|error| anyhow::anyhow!("--checkpoint: {error}"))?)
+        }
+        None => None,
+    };
+    let opened = std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
+    let size = opened.metadata().map(|metadata| metadata.len()).unwrap_or(0);
+    let bar = ProgressBar::new(size);
+    bar.set_style(
+        ProgressStyle::with_template("verifying [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec}, eta {eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    let reader = std::io::BufReader::with_capacity(1 << 20, opened);
+    let outcome = audit::verify(reader, &key, trusted.as_ref(), |bytes| bar.set_position(bytes));
+    bar.finish_and_clear();
+    match outcome {
+        Ok(report) => {
+            println!(
+                "ok: {} events (chain index {} to {}), {} checkpoint(s); last checkpoint covers index {}",
+                report.events_verified,
+                report.first_index,
+                report.last_index,
+                report.checkpoints_verified,
+                report.last_checkpoint.index
+            );
+            Ok(())
+        }
+        Err(broken) => anyhow::bail!("verification failed at {broken}"),
+    }
 }
 
 async fn issue_token(settings: Settings, email: &str, role: &str, ttl: Duration) -> anyhow::Result<()> {

@@ -68,6 +68,11 @@ pub struct Settings {
     pub publish_max_patch_bytes: usize,
     /// Seconds between sweeps that expire overdue publish requests.
     pub publish_expiry_sweep_secs: u64,
+    /// The Ed25519 seed (64 hex digits) that signs audit checkpoints; unset means `data_dir/audit-ed25519.key`,
+    /// created on first use.
+    pub audit_signing_key_file: Option<PathBuf>,
+    /// Seconds between signed audit checkpoints (signed also when no events arrived).
+    pub audit_checkpoint_secs: u64,
     /// The `iss` of an external SSO issuer whose tokens are accepted (needs `auth_sso_jwks_url` or
     /// `auth_sso_public_keys`).
     pub auth_sso_issuer: Option<String>,
@@ -132,6 +137,8 @@ impl Default for Settings {
             publish_request_ttl_secs: 7 * 24 * 3600,
             publish_max_patch_bytes: 128 * 1024,
             publish_expiry_sweep_secs: 60,
+            audit_signing_key_file: None,
+            audit_checkpoint_secs: 60,
             auth_sso_issuer: None,
             auth_sso_jwks_url: None,
             auth_sso_public_keys: Vec::new(),
@@ -184,6 +191,21 @@ impl Settings {
             return Ok(None);
         }
         api::auth::LocalIssuer::load_or_create(&self.data_dir, &self.auth_audience).map(Some)
+    }
+
+    /// The key that signs audit checkpoints: the configured file, or one created in the data directory.
+    pub fn audit_key(&self) -> anyhow::Result<audit::AuditKey> {
+        match &self.audit_signing_key_file {
+            Some(path) => audit::AuditKey::load(path)
+                .map_err(|error| anyhow::anyhow!("audit signing key {}: {error}", path.display())),
+            None => {
+                let path = self.data_dir.join("audit-ed25519.key");
+                std::fs::create_dir_all(&self.data_dir)
+                    .map_err(|error| anyhow::anyhow!("data directory {}: {error}", self.data_dir.display()))?;
+                audit::AuditKey::load_or_create(&path)
+                    .map_err(|error| anyhow::anyhow!("audit signing key {}: {error}", path.display()))
+            }
+        }
     }
 
     /// The publishing policy these settings describe.

@@ -4,6 +4,7 @@
 //! Errors leave through [`Problem`] (RFC 9457 problem documents with stable codes). Operational endpoints
 //! (`/healthz`, `/readyz`, `/metrics`, `/api/v1/openapi.json`) live in [`ops`].
 
+pub mod audit;
 pub mod auth;
 pub mod idempotency;
 pub mod members;
@@ -50,6 +51,10 @@ pub struct AppState {
     pub publishing_reads: PublishingQuery,
     /// The publishing policy in force.
     pub publish_policy: publishing::PublishPolicy,
+    /// Records of audit API reads.
+    pub audit_access: Arc<AggregateRepository<domain::audit_access::AuditAccess>>,
+    /// Signs audit checkpoints.
+    pub audit_key: Arc<::audit::AuditKey>,
 }
 
 /// The request's id: a valid `X-Request-Id` from the caller, or a new one.
@@ -102,6 +107,13 @@ pub fn configure(state: AppState) -> impl FnOnce(&mut web::ServiceConfig) {
             .service(members::invite_member)
             .service(members::change_role)
             .service(members::remove_member)
+            .service(audit::aggregate_events)
+            .service(audit::aggregate_state)
+            .service(audit::feed)
+            .service(audit::export)
+            .service(audit::public_key)
+            .service(audit::latest_checkpoint)
+            .service(audit::list_checkpoints)
             .service(publishing::list_requests)
             .service(publishing::approvals_queue)
             .service(publishing::get_request)

@@ -22,6 +22,8 @@ use crate::{AppState, Problem, ProblemCode};
         crate::publishing::get_request, crate::publishing::approve, crate::publishing::reject,
         crate::publishing::withdraw, crate::publishing::list_trust_rules, crate::publishing::create_trust_rule,
         crate::publishing::evaluate_trust, crate::publishing::get_trust_rule, crate::publishing::revoke_trust_rule,
+        crate::audit::aggregate_events, crate::audit::aggregate_state, crate::audit::feed, crate::audit::export,
+        crate::audit::public_key, crate::audit::latest_checkpoint, crate::audit::list_checkpoints,
     ),
     components(schemas(
         Problem, ProblemCode, Health, Readiness, ProjectionReadiness,
@@ -31,6 +33,8 @@ use crate::{AppState, Problem, ProblemCode};
         crate::publishing::DiffView, crate::publishing::ReviewView, crate::publishing::PublishRequestView,
         crate::publishing::PublishRequestPage, crate::publishing::DecisionView, crate::publishing::TrustRuleInput,
         crate::publishing::TrustRuleView, crate::publishing::TrustRulePage, crate::publishing::EvaluateView,
+        crate::audit::EventView, crate::audit::AggregateEventsPage, crate::audit::FeedPage, crate::audit::StateView,
+        crate::audit::PublicKeyView, crate::audit::CheckpointPage,
     )),
     modifiers(&BearerAuth)
 )]

@@ -7,6 +7,7 @@
 //! **API Boundary:** every `event_type()` string, `event_version()` and event field is part of the stored contract.
 //! Change them only through an upcaster and an ADR.
 
+pub mod audit_access;
 pub mod email;
 pub mod publishing;
 pub mod roster;

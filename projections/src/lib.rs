@@ -8,6 +8,7 @@
 //!
 //! **Architecture Invariant:** read models can be rebuilt from the event log alone; this crate knows no HTTP.
 
+pub mod audit_chain;
 mod members;
 mod projection;
 mod publishing;
@@ -28,6 +29,7 @@ pub use runtime::{
 /// Every projection this service runs, in one place so `serve` and `projections rebuild` agree.
 pub fn all() -> Vec<std::sync::Arc<dyn Projection>> {
     vec![
+        std::sync::Arc::new(audit_chain::AuditChainProjection),
         std::sync::Arc::new(MembersProjection),
         std::sync::Arc::new(PublishRequestsProjection),
         std::sync::Arc::new(TrustRulesProjection),
