@@ -199,6 +199,7 @@ async fn authorization_matrix() {
         "/api/v1/audit/export",
         "/api/v1/audit/public-key",
         "/api/v1/audit/checkpoints/latest",
+        "/api/v1/audit/checkpoints",
     ] {
         for ((name, token), expected) in callers.iter().zip([401, 403, 403, 200, 200]) {
             let (status, _, body) = api.call(Method::GET, path, *token, None).await;
