@@ -94,6 +94,14 @@ impl EventParts<'_> {
     }
 }
 
+/// `SHA-256(previous ‖ canonical)` for already encoded canonical bytes.
+pub(crate) fn link_of_canonical(previous: &Link, canonical: &[u8]) -> Link {
+    let mut hasher = Sha256::new();
+    hasher.update(previous.0);
+    hasher.update(canonical);
+    Link(hasher.finalize().into())
+}
+
 fn with_parts<T>(
     event: &ChainEvent,
     f: impl FnOnce(&EventParts<'_>) -> Result<T, CanonicalError>,

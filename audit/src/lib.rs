@@ -43,6 +43,7 @@
 mod canonical;
 mod event;
 mod export;
+mod fast;
 mod hex;
 mod keys;
 mod link;

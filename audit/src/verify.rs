@@ -1,15 +1,30 @@
 //! The offline verifier: streams an export once, recomputes the chain, checks every stored link, the placement,
 //! signature and link of every checkpoint, and that the file ends with a checkpoint of its last event.
 
+//!
+//! Parsing (JSON, canonical form, canonical event bytes) runs on worker threads over chunks of whole lines;
+//! the calling thread reads the chunks, and hashes and checks the chain in order. Memory stays bounded: a few
+//! chunks of [`PROGRESS_INTERVAL`] bytes per worker are in flight.
+
 use std::fmt;
 use std::io::{BufRead, Read};
+use std::ops::Range;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
-use crate::export::{parse_line, Line, LineBuffers, MAX_LINE_BYTES};
+use crate::event::link_of_canonical;
+use crate::export::{parse_line, Header, Line, LineBuffers, MAX_LINE_BYTES};
+use crate::fast;
 use crate::keys::CheckpointError;
 use crate::{Checkpoint, Link, PublicKey, GENESIS};
 
-/// The progress callback is called at most once per this many bytes read (and once at the end).
+/// The file is read and parsed in chunks of about this many bytes (whole lines); the progress callback is
+/// called once per chunk.
 pub const PROGRESS_INTERVAL: u64 = 1 << 20;
+
+/// Chunks queued per worker thread.
+const IN_FLIGHT: usize = 2;
+/// Most worker threads used.
+const MAX_WORKERS: usize = 4;
 
 /// What kind of break the verifier found. See docs/AUDIT.md, "What a break means".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -120,11 +135,17 @@ pub struct Report {
 /// - `trusted_checkpoint`: optionally, a checkpoint obtained earlier (e.g. `Report::last_checkpoint` of a previous
 ///   verification, or published elsewhere). The file must then reach its index, with the same link there; its
 ///   index may be `first_index - 1` (checked against the header). Its signature is checked first (break on line 0).
-/// - `progress`: called with the number of bytes read so far, at most every [`PROGRESS_INTERVAL`] bytes and once
-///   at the end.
+/// - `progress`: called with the number of bytes processed so far, about every [`PROGRESS_INTERVAL`] bytes and
+///   once at the end.
+///
+/// Every line must be exactly as [`ExportWriter`](crate::ExportWriter) writes it (a semantically equal but
+/// differently encoded line is `Malformed`), so no byte can change unnoticed except inside a `cursor` value.
 ///
 /// Returns the first break found, with its line, chain index and [`BreakKind`]. After a break the verifier may
-/// read further lines to tell apart similar kinds (e.g. a deleted line from a moved one).
+/// read further lines to tell similar kinds apart (e.g. a deleted line from a moved one).
+///
+/// Uses up to 4 worker threads for parsing (as many as the machine has cores); `reader` and `progress` stay on
+/// the calling thread.
 pub fn verify<R: BufRead, P: FnMut(u64)>(
     reader: R,
     public_key: &PublicKey,
@@ -140,63 +161,128 @@ pub fn verify<R: BufRead, P: FnMut(u64)>(
             brk(kind, 0, Some(t.index), format!("the trusted checkpoint does not verify: {e}"))
         })?;
     }
-    let mut lines = Lines { reader, progress, buf: Vec::with_capacity(4096), line: 0, bytes: 0, next_progress: 0 };
-    let mut bufs = LineBuffers::default();
-    let mut chain = read_header(&mut lines, &mut bufs, public_key, trusted_checkpoint)?;
-    while let Some(terminated) = lines.next()? {
-        if let Err(anomaly) = chain.step(&lines.buf, terminated, lines.line, &mut bufs) {
-            return Err(resolve(anomaly, &mut lines, &mut bufs, public_key));
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, MAX_WORKERS);
+    std::thread::scope(|scope| {
+        let mut to_workers = Vec::with_capacity(workers);
+        let mut from_workers = Vec::with_capacity(workers);
+        for _ in 0..workers {
+            let (chunk_tx, chunk_rx) = sync_channel::<Chunk>(IN_FLIGHT);
+            let (parsed_tx, parsed_rx) = sync_channel::<Parsed>(IN_FLIGHT);
+            scope.spawn(move || worker(chunk_rx, parsed_tx));
+            to_workers.push(chunk_tx);
+            from_workers.push(parsed_rx);
         }
-    }
-    let report = chain.finish(lines.line, lines.bytes)?;
-    (lines.progress)(lines.bytes);
-    Ok(report)
+        let mut stream = Stream {
+            reader,
+            progress,
+            to_workers,
+            from_workers,
+            dispatched: 0,
+            received: 0,
+            eof: false,
+            read_error: None,
+            lines_dispatched: 0,
+            spare: Vec::new(),
+            current: None,
+            next_record: 0,
+            lines: 0,
+            bytes: 0,
+        };
+        let result = run(&mut stream, public_key, trusted_checkpoint);
+        if result.is_ok() {
+            (stream.progress)(stream.bytes);
+        }
+        result
+        // `stream` is dropped here: the channels close and the workers end before the scope returns.
+    })
 }
 
 fn brk(kind: BreakKind, line: u64, index: Option<u64>, detail: impl Into<String>) -> Break {
     Break { kind, line, index, detail: detail.into() }
 }
 
-struct Lines<R, P> {
-    reader: R,
-    progress: P,
-    buf: Vec<u8>,
-    line: u64,
-    bytes: u64,
-    next_progress: u64,
+// ---------------------------------------------------------------------------------------------------------
+// Parsing stage (worker threads).
+
+/// Whole lines of the file, and the number of the first.
+struct Chunk {
+    data: Vec<u8>,
+    first_line: u64,
+    /// Buffers of an earlier parsed chunk, for reuse.
+    recycled: Option<Recycled>,
 }
 
-impl<R: BufRead, P: FnMut(u64)> Lines<R, P> {
-    /// Reads the next line into `buf`, without its newline. `Some(true)` if it ended with a newline.
-    fn next(&mut self) -> Result<Option<bool>, Break> {
-        self.buf.clear();
-        let limit = MAX_LINE_BYTES as u64 + 1;
-        let n = (&mut self.reader)
-            .take(limit)
-            .read_until(b'\n', &mut self.buf)
-            .map_err(|e| brk(BreakKind::Io, self.line + 1, None, format!("cannot read the export: {e}")))?;
-        if n == 0 {
-            return Ok(None);
+/// The record and arena buffers of a consumed chunk.
+type Recycled = (Vec<Record>, Vec<u8>);
+
+/// A chunk's lines, parsed; canonical event bytes in `arena`.
+struct Parsed {
+    data: Vec<u8>,
+    records: Vec<Record>,
+    arena: Vec<u8>,
+}
+
+/// One line, parsed and checked for canonical form.
+enum Record {
+    Header { line: u64, header: Header },
+    Event { line: u64, index: u64, link: Link, canonical: Range<usize> },
+    Checkpoint { line: u64, checkpoint: Checkpoint },
+    Bad(Break),
+}
+
+fn worker(chunks: Receiver<Chunk>, parsed: SyncSender<Parsed>) {
+    let mut bufs = LineBuffers::default();
+    while let Ok(chunk) = chunks.recv() {
+        let (mut records, mut arena) = chunk.recycled.unwrap_or_default();
+        records.clear();
+        arena.clear();
+        let mut line = chunk.first_line;
+        let mut rest = &chunk.data[..];
+        while !rest.is_empty() {
+            let (text, terminated, next) = match memchr::memchr(b'\n', rest) {
+                Some(i) => (&rest[..i], true, &rest[i + 1..]),
+                None => (rest, false, &rest[rest.len()..]),
+            };
+            records.push(prepare(text, terminated, line, &mut bufs, &mut arena));
+            line += 1;
+            rest = next;
         }
-        self.line += 1;
-        self.bytes += n as u64;
-        if self.bytes >= self.next_progress {
-            (self.progress)(self.bytes);
-            self.next_progress = self.bytes + PROGRESS_INTERVAL;
+        if parsed.send(Parsed { data: chunk.data, records, arena }).is_err() {
+            break;
         }
-        if self.buf.last() == Some(&b'\n') {
-            self.buf.pop();
-            return Ok(Some(true));
+    }
+}
+
+fn prepare(bytes: &[u8], terminated: bool, line: u64, bufs: &mut LineBuffers, arena: &mut Vec<u8>) -> Record {
+    if let Some(e) = std::str::from_utf8(bytes).ok().and_then(fast::scan_event) {
+        let start = arena.len();
+        if e.parts.feed(|piece| arena.extend_from_slice(piece)).is_ok() {
+            return Record::Event { line, index: e.index, link: e.link, canonical: start..arena.len() };
         }
-        if self.buf.len() > MAX_LINE_BYTES {
-            return Err(brk(BreakKind::Malformed, self.line, None, format!("line longer than {MAX_LINE_BYTES} bytes")));
+        arena.truncate(start);
+    }
+    match parse(bytes, terminated, line, bufs) {
+        Err(b) => Record::Bad(b),
+        Ok(Line::Header(header)) => Record::Header { line, header },
+        Ok(Line::Checkpoint(checkpoint)) => Record::Checkpoint { line, checkpoint },
+        Ok(Line::Event(e)) => {
+            let start = arena.len();
+            match e.parts(bufs).feed(|piece| arena.extend_from_slice(piece)) {
+                Ok(()) => Record::Event { line, index: e.index, link: e.link, canonical: start..arena.len() },
+                Err(err) => {
+                    arena.truncate(start);
+                    Record::Bad(brk(BreakKind::Malformed, line, Some(e.index), err.to_string()))
+                }
+            }
         }
-        Ok(Some(false))
     }
 }
 
 /// Parses a line; an unparsable last line without newline is a cut file rather than a malformed one.
 fn parse<'a>(bytes: &'a [u8], terminated: bool, line: u64, bufs: &mut LineBuffers) -> Result<Line<'a>, Break> {
+    if bytes.len() > MAX_LINE_BYTES {
+        return Err(brk(BreakKind::Malformed, line, None, format!("line longer than {MAX_LINE_BYTES} bytes")));
+    }
     let result = match std::str::from_utf8(bytes) {
         Ok(text) => parse_line(text, bufs).map_err(|e| e.0),
         Err(e) => Err(format!("not UTF-8: {e}")),
@@ -213,25 +299,149 @@ fn parse<'a>(bytes: &'a [u8], terminated: bool, line: u64, bufs: &mut LineBuffer
             BreakKind::Malformed,
             line,
             None,
-            "the line is valid but not in canonical form (field order, escapes, whitespace, key order or number format differ from what the exporter writes)",
+            "the line is valid JSON but not in canonical form (field order, escapes, whitespace, key order or number format differ from what the exporter writes)",
         ));
     }
     Ok(parsed)
 }
 
-fn read_header<R: BufRead, P: FnMut(u64)>(
-    lines: &mut Lines<R, P>,
-    bufs: &mut LineBuffers,
+// ---------------------------------------------------------------------------------------------------------
+// Reading and ordering stage (calling thread).
+
+struct Stream<R, P> {
+    reader: R,
+    progress: P,
+    to_workers: Vec<SyncSender<Chunk>>,
+    from_workers: Vec<Receiver<Parsed>>,
+    dispatched: usize,
+    received: usize,
+    eof: bool,
+    /// A read failure (or an overlong line), reported once the chunks before it are consumed.
+    read_error: Option<Break>,
+    lines_dispatched: u64,
+    spare: Vec<(Vec<u8>, Option<Recycled>)>,
+    current: Option<Parsed>,
+    next_record: usize,
+    /// Lines and bytes of the records handed out so far.
+    lines: u64,
+    bytes: u64,
+}
+
+impl<R: BufRead, P: FnMut(u64)> Stream<R, P> {
+    /// Reads the next chunk of whole lines (`None` at the end of the file).
+    fn read_chunk(&mut self, mut data: Vec<u8>) -> Result<Option<Vec<u8>>, Break> {
+        data.clear();
+        let io = |e: std::io::Error, line: u64| brk(BreakKind::Io, line, None, format!("cannot read the export: {e}"));
+        let n = (&mut self.reader)
+            .take(PROGRESS_INTERVAL)
+            .read_to_end(&mut data)
+            .map_err(|e| io(e, self.lines_dispatched + 1))?;
+        if n == 0 {
+            return Ok(None);
+        }
+        if data.last() != Some(&b'\n') {
+            // Complete the last line (or reach the end of the file).
+            let limit = MAX_LINE_BYTES as u64 + 1;
+            (&mut self.reader)
+                .take(limit)
+                .read_until(b'\n', &mut data)
+                .map_err(|e| io(e, self.lines_dispatched + 1))?;
+            if data.last() != Some(&b'\n') {
+                let start = data.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+                if data.len() - start > MAX_LINE_BYTES {
+                    let line = self.lines_dispatched + count_lines(&data[..start]) + 1;
+                    return Err(brk(
+                        BreakKind::Malformed,
+                        line,
+                        None,
+                        format!("line longer than {MAX_LINE_BYTES} bytes"),
+                    ));
+                }
+            }
+        }
+        Ok(Some(data))
+    }
+
+    /// Keeps every worker supplied with chunks.
+    fn dispatch(&mut self) {
+        let capacity = self.to_workers.len() * IN_FLIGHT;
+        while !self.eof && self.dispatched - self.received < capacity {
+            let (data, recycled) = self.spare.pop().unwrap_or_default();
+            match self.read_chunk(data) {
+                Ok(Some(data)) => {
+                    let first_line = self.lines_dispatched + 1;
+                    self.lines_dispatched += count_lines(&data) + u64::from(data.last() != Some(&b'\n'));
+                    let worker = self.dispatched % self.to_workers.len();
+                    if self.to_workers[worker].send(Chunk { data, first_line, recycled }).is_err() {
+                        self.read_error = Some(brk(BreakKind::Io, first_line, None, "a verifier thread failed"));
+                        self.eof = true;
+                        return;
+                    }
+                    self.dispatched += 1;
+                }
+                Ok(None) => self.eof = true,
+                Err(b) => {
+                    self.read_error = Some(b);
+                    self.eof = true;
+                }
+            }
+        }
+    }
+
+    /// The next record, in file order, with the arena holding its canonical bytes.
+    fn next(&mut self) -> Result<Option<(&Record, &[u8])>, Break> {
+        loop {
+            if let Some(parsed) = &self.current {
+                if self.next_record < parsed.records.len() {
+                    break;
+                }
+            }
+            if let Some(done) = self.current.take() {
+                self.spare.push((done.data, Some((done.records, done.arena))));
+            }
+            self.dispatch();
+            if self.received == self.dispatched {
+                return match self.read_error.take() {
+                    Some(b) => Err(b),
+                    None => Ok(None),
+                };
+            }
+            let worker = self.received % self.from_workers.len();
+            let parsed = self.from_workers[worker]
+                .recv()
+                .map_err(|_| brk(BreakKind::Io, self.lines + 1, None, "a verifier thread failed"))?;
+            self.received += 1;
+            self.bytes += parsed.data.len() as u64;
+            (self.progress)(self.bytes);
+            self.current = Some(parsed);
+            self.next_record = 0;
+        }
+        let Some(parsed) = self.current.as_ref() else {
+            return Ok(None);
+        };
+        let record = &parsed.records[self.next_record];
+        self.next_record += 1;
+        self.lines += 1;
+        Ok(Some((record, &parsed.arena)))
+    }
+}
+
+fn count_lines(bytes: &[u8]) -> u64 {
+    memchr::memchr_iter(b'\n', bytes).count() as u64
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Chain stage (calling thread).
+
+fn run<R: BufRead, P: FnMut(u64)>(
+    stream: &mut Stream<R, P>,
     key: &PublicKey,
     trusted: Option<&Checkpoint>,
-) -> Result<Chain, Break> {
-    let Some(terminated) = lines.next()? else {
-        return Err(brk(BreakKind::Truncated, 0, None, "the file is empty"));
-    };
-    let header = match parse(&lines.buf, terminated, 1, bufs) {
-        Ok(Line::Header(h)) => h,
-        Ok(_) => return Err(brk(BreakKind::Malformed, 1, None, "the first line is not a header")),
-        Err(b) if b.kind == BreakKind::Malformed => {
+) -> Result<Report, Break> {
+    let mut chain = match stream.next()? {
+        None => return Err(brk(BreakKind::Truncated, 0, None, "the file is empty")),
+        Some((Record::Header { header, .. }, _)) => Chain::start(header, key, trusted)?,
+        Some((Record::Bad(b), _)) if b.kind == BreakKind::Malformed => {
             return Err(brk(
                 BreakKind::Malformed,
                 1,
@@ -239,63 +449,19 @@ fn read_header<R: BufRead, P: FnMut(u64)>(
                 format!("the first line is not a valid header: {}", b.detail),
             ))
         }
-        Err(b) => return Err(b),
+        Some((Record::Bad(b), _)) => return Err(b.clone()),
+        Some(_) => return Err(brk(BreakKind::Malformed, 1, None, "the first line is not a header")),
     };
-    let k = header.first_index;
-    if k == 0 {
-        return Err(brk(BreakKind::Malformed, 1, None, "first_index is 0: chain indexes start at 1"));
-    }
-    if k == 1 && header.previous_link != GENESIS {
-        return Err(brk(
-            BreakKind::Malformed,
-            1,
-            Some(0),
-            "a full export (first_index 1) must start from the genesis link",
-        ));
-    }
-    if let Some(t) = trusted {
-        if t.index < k - 1 {
-            return Err(brk(
-                BreakKind::MissingEvents,
-                1,
-                Some(t.index + 1),
-                format!(
-                    "the export starts at event {k}, after the trusted checkpoint's event {}: events {}..={} are not in the file, so it cannot be checked against that checkpoint",
-                    t.index,
-                    t.index + 1,
-                    k - 1
-                ),
-            ));
-        }
-        if t.index == k - 1 && t.link != header.previous_link {
-            return Err(brk(
-                BreakKind::CheckpointMismatch,
-                1,
-                Some(t.index),
-                format!(
-                    "the header's previous_link {} is not the trusted checkpoint's link {} for event {}",
-                    header.previous_link, t.link, t.index
-                ),
-            ));
+    while let Some((record, arena)) = stream.next()? {
+        if let Err(anomaly) = chain.apply(record, arena) {
+            return Err(resolve(anomaly, stream, key));
         }
     }
-    Ok(Chain {
-        key_id: key.key_id(),
-        key: key.clone(),
-        trusted: trusted.map(|t| (t.index, t.link)),
-        first_index: k,
-        tip_index: k - 1,
-        tip_link: header.previous_link,
-        events: 0,
-        checkpoints: 0,
-        last_checkpoint: None,
-        last_was_checkpoint: false,
-    })
+    chain.finish(stream.lines, stream.bytes)
 }
 
 struct Chain {
     key: PublicKey,
-    key_id: crate::KeyId,
     trusted: Option<(u64, Link)>,
     first_index: u64,
     tip_index: u64,
@@ -332,53 +498,104 @@ impl From<Break> for Anomaly {
 }
 
 impl Chain {
-    fn step(&mut self, bytes: &[u8], terminated: bool, line: u64, bufs: &mut LineBuffers) -> Result<(), Anomaly> {
-        match parse(bytes, terminated, line, bufs)? {
-            Line::Header(_) => Err(brk(BreakKind::Malformed, line, None, "a second header").into()),
-            Line::Event(e) => {
+    fn start(header: &Header, key: &PublicKey, trusted: Option<&Checkpoint>) -> Result<Chain, Break> {
+        let k = header.first_index;
+        if k == 0 {
+            return Err(brk(BreakKind::Malformed, 1, None, "first_index is 0: chain indexes start at 1"));
+        }
+        if k == 1 && header.previous_link != GENESIS {
+            return Err(brk(
+                BreakKind::Malformed,
+                1,
+                Some(0),
+                "a full export (first_index 1) must start from the genesis link",
+            ));
+        }
+        if let Some(t) = trusted {
+            if t.index < k - 1 {
+                return Err(brk(
+                    BreakKind::MissingEvents,
+                    1,
+                    Some(t.index + 1),
+                    format!(
+                        "the export starts at event {k}, after the trusted checkpoint's event {}: events {}..={} are not in the file, so it cannot be checked against that checkpoint",
+                        t.index,
+                        t.index + 1,
+                        k - 1
+                    ),
+                ));
+            }
+            if t.index == k - 1 && t.link != header.previous_link {
+                return Err(brk(
+                    BreakKind::CheckpointMismatch,
+                    1,
+                    Some(t.index),
+                    format!(
+                        "the header's previous_link {} is not the trusted checkpoint's link {} for event {}",
+                        header.previous_link, t.link, t.index
+                    ),
+                ));
+            }
+        }
+        Ok(Chain {
+            key: key.clone(),
+            trusted: trusted.map(|t| (t.index, t.link)),
+            first_index: k,
+            tip_index: k - 1,
+            tip_link: header.previous_link,
+            events: 0,
+            checkpoints: 0,
+            last_checkpoint: None,
+            last_was_checkpoint: false,
+        })
+    }
+
+    fn apply(&mut self, record: &Record, arena: &[u8]) -> Result<(), Anomaly> {
+        match record {
+            Record::Bad(b) => Err(b.clone().into()),
+            Record::Header { line, .. } => Err(brk(BreakKind::Malformed, *line, None, "a second header").into()),
+            &Record::Event { line, index, link, ref canonical } => {
                 let Some(expected) = self.tip_index.checked_add(1) else {
                     return Err(brk(BreakKind::Malformed, line, None, "event after index u64::MAX").into());
                 };
-                if e.index < expected {
+                if index < expected {
                     return Err(brk(
                         BreakKind::InsertedOrReordered,
                         line,
-                        Some(e.index),
+                        Some(index),
                         format!(
-                            "event {} comes after event {}: a duplicated, inserted or moved event line",
-                            e.index, self.tip_index
+                            "event {index} comes after event {}: a duplicated, inserted or moved event line",
+                            self.tip_index
                         ),
                     )
                     .into());
                 }
-                if e.index > expected {
-                    return Err(Anomaly::Gap { line, expected, found: e.index, what: "event" });
+                if index > expected {
+                    return Err(Anomaly::Gap { line, expected, found: index, what: "event" });
                 }
-                let recomputed = e
-                    .parts(bufs)
-                    .link(&self.tip_link)
-                    .map_err(|err| brk(BreakKind::Malformed, line, Some(e.index), err.to_string()))?;
-                if recomputed != e.link {
-                    return Err(Anomaly::LinkMismatch { line, index: e.index, stored: e.link, recomputed });
+                let recomputed = link_of_canonical(&self.tip_link, &arena[canonical.clone()]);
+                if recomputed != link {
+                    return Err(Anomaly::LinkMismatch { line, index, stored: link, recomputed });
                 }
-                self.tip_index = e.index;
+                self.tip_index = index;
                 self.tip_link = recomputed;
                 self.events += 1;
                 self.last_was_checkpoint = false;
                 if let Some((t_index, t_link)) = self.trusted {
-                    if t_index == e.index && t_link != recomputed {
+                    if t_index == index && t_link != recomputed {
                         return Err(brk(
                             BreakKind::CheckpointMismatch,
                             line,
-                            Some(e.index),
-                            format!("event {} has link {recomputed}, the trusted checkpoint says {t_link}: the history up to it was rewritten", e.index),
+                            Some(index),
+                            format!("event {index} has link {recomputed}, the trusted checkpoint says {t_link}: the history up to it was rewritten"),
                         )
                         .into());
                     }
                 }
                 Ok(())
             }
-            Line::Checkpoint(c) => {
+            Record::Checkpoint { line, checkpoint: c } => {
+                let line = *line;
                 if c.index > self.tip_index {
                     return Err(Anomaly::Gap {
                         line,
@@ -399,7 +616,7 @@ impl Chain {
                     )
                     .into());
                 }
-                self.key.verify_checkpoint(&c).map_err(|e| match e {
+                self.key.verify_checkpoint(c).map_err(|e| match e {
                     CheckpointError::UnknownKey { .. } => {
                         brk(BreakKind::UnknownKey, line, Some(c.index), e.to_string())
                     }
@@ -426,9 +643,8 @@ impl Chain {
                     )
                     .into());
                 }
-                debug_assert_eq!(c.key_id, self.key_id);
                 self.checkpoints += 1;
-                self.last_checkpoint = Some(c);
+                self.last_checkpoint = Some(c.clone());
                 self.last_was_checkpoint = true;
                 Ok(())
             }
@@ -483,12 +699,7 @@ impl Chain {
 }
 
 /// Turns an anomaly into the reported break, reading further lines where that tells similar kinds apart.
-fn resolve<R: BufRead, P: FnMut(u64)>(
-    anomaly: Anomaly,
-    lines: &mut Lines<R, P>,
-    bufs: &mut LineBuffers,
-    key: &PublicKey,
-) -> Break {
+fn resolve<R: BufRead, P: FnMut(u64)>(anomaly: Anomaly, stream: &mut Stream<R, P>, key: &PublicKey) -> Break {
     match anomaly {
         Anomaly::Break(b) => b,
         Anomaly::LinkMismatch { line, index, stored, recomputed } => {
@@ -500,46 +711,46 @@ fn resolve<R: BufRead, P: FnMut(u64)>(
                     format!("event {index} does not hash to its stored link: {how}"),
                 )
             };
-            let next = match lines.next() {
-                Ok(Some(terminated)) => parse(&lines.buf, terminated, lines.line, bufs).ok(),
-                _ => None,
+            let bad_link = |how: &str| {
+                brk(
+                    BreakKind::BadLink,
+                    line,
+                    Some(index),
+                    format!("the stored link of event {index} was altered: its content hashes to {recomputed}, {how}"),
+                )
             };
-            match next {
-                Some(Line::Event(n)) if n.index <= index => brk(
+            let inserted = |next: String| {
+                brk(
                     BreakKind::InsertedOrReordered,
                     line,
                     Some(index),
-                    format!("event line {index} does not chain and the next line repeats index {}: an inserted or forged event", n.index),
-                ),
-                Some(Line::Event(n)) if n.index == index + 1 => {
-                    let parts = n.parts(bufs);
-                    if parts.link(&stored).is_ok_and(|l| l == n.link) {
+                    format!(
+                        "event line {index} does not chain and the next line is {next}: an inserted or forged event"
+                    ),
+                )
+            };
+            match stream.next() {
+                Ok(Some((&Record::Event { index: n, link: next_link, ref canonical, .. }, arena))) => {
+                    if n <= index {
+                        inserted(format!("event {n}"))
+                    } else if n > index + 1 {
+                        edited("the event or its link was altered")
+                    } else if link_of_canonical(&stored, &arena[canonical.clone()]) == next_link {
                         edited("its content was altered (the next event chains from the stored link)")
-                    } else if parts.link(&recomputed).is_ok_and(|l| l == n.link) {
-                        brk(
-                            BreakKind::BadLink,
-                            line,
-                            Some(index),
-                            format!("the stored link of event {index} was altered: its content hashes to {recomputed}, from which the chain continues"),
-                        )
+                    } else if link_of_canonical(&recomputed, &arena[canonical.clone()]) == next_link {
+                        bad_link("from which the chain continues")
                     } else {
                         edited("the event or its link was altered")
                     }
                 }
-                Some(Line::Checkpoint(c)) if c.index < index => brk(
-                    BreakKind::InsertedOrReordered,
-                    line,
-                    Some(index),
-                    format!("event line {index} does not chain and the next line is a checkpoint of event {}: an inserted or forged event", c.index),
-                ),
-                Some(Line::Checkpoint(c)) if c.index == index && key.verify_checkpoint(&c).is_ok() => {
+                Ok(Some((Record::Checkpoint { checkpoint: c, .. }, _))) if c.index < index => {
+                    inserted(format!("a checkpoint of event {}", c.index))
+                }
+                Ok(Some((Record::Checkpoint { checkpoint: c, .. }, _)))
+                    if c.index == index && key.verify_checkpoint(c).is_ok() =>
+                {
                     if c.link == recomputed {
-                        brk(
-                            BreakKind::BadLink,
-                            line,
-                            Some(index),
-                            format!("the stored link of event {index} was altered: its content hashes to {recomputed}, as the signed checkpoint says"),
-                        )
+                        bad_link("as the signed checkpoint says")
                     } else {
                         edited("its content was altered (the signed checkpoint has the stored link)")
                     }
@@ -549,10 +760,10 @@ fn resolve<R: BufRead, P: FnMut(u64)>(
         }
         Anomaly::Gap { line, expected, found, what } => {
             let mut moved_to = None;
-            while let Ok(Some(terminated)) = lines.next() {
-                if let Ok(Line::Event(e)) = parse(&lines.buf, terminated, lines.line, bufs) {
-                    if e.index == expected {
-                        moved_to = Some(lines.line);
+            while let Ok(Some((record, _))) = stream.next() {
+                if let Record::Event { line: later, index, .. } = record {
+                    if *index == expected {
+                        moved_to = Some(*later);
                         break;
                     }
                 }
