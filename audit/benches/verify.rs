@@ -35,8 +35,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let last =
         common::write_export(BufWriter::with_capacity(1 << 20, File::create(&path)?), &key, 42, events, 1000, payload)?;
     let size = std::fs::metadata(&path)?.len();
+    let mut rng = common::Rng::new(7);
+    let sample: Vec<usize> = (1..=1000)
+        .map(|i| audit::canonical_json(&common::synthetic_event(&mut rng, i, payload).payload).map_or(0, |p| p.len()))
+        .collect();
+    let avg_payload = sample.iter().sum::<usize>() / sample.len();
     println!(
-        "export: {events} events, checkpoint every 1000 and a final one, {:.1} MB ({} bytes/event), written in {:.2?}",
+        "export: {events} events, checkpoint every 1000 and a final one, {:.1} MB ({} bytes/line, payload {avg_payload} bytes on average), written in {:.2?}",
         size as f64 / 1e6,
         size / events.max(1),
         started.elapsed()
