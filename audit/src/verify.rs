@@ -52,7 +52,7 @@ pub enum BreakKind {
     /// The file does not end with a checkpoint of its last event, ends in the middle of a line, is empty, or
     /// ends before the trusted checkpoint's index.
     Truncated,
-    /// The file could not be read (not evidence about the log).
+    /// The file could not be read, or the verifier could not start its threads (not evidence about the log).
     Io,
 }
 
@@ -168,9 +168,20 @@ pub fn verify<R: BufRead, P: FnMut(u64)>(
         for _ in 0..workers {
             let (chunk_tx, chunk_rx) = sync_channel::<Chunk>(IN_FLIGHT);
             let (parsed_tx, parsed_rx) = sync_channel::<Parsed>(IN_FLIGHT);
-            scope.spawn(move || worker(chunk_rx, parsed_tx));
-            to_workers.push(chunk_tx);
-            from_workers.push(parsed_rx);
+            let spawned = std::thread::Builder::new()
+                .name("audit-verify".into())
+                .spawn_scoped(scope, move || worker(chunk_rx, parsed_tx));
+            match spawned {
+                Ok(_) => {
+                    to_workers.push(chunk_tx);
+                    from_workers.push(parsed_rx);
+                }
+                // Fewer threads than cores is fine; none at all is not.
+                Err(e) if to_workers.is_empty() => {
+                    return Err(brk(BreakKind::Io, 0, None, format!("cannot start a verifier thread: {e}")))
+                }
+                Err(_) => break,
+            }
         }
         let mut stream = Stream {
             reader,
