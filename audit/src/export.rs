@@ -58,8 +58,10 @@ pub enum ExportError {
 }
 
 impl ExportLine {
-    /// Parses one line (without or with its trailing newline). Strict: unknown, missing, duplicate or
-    /// misplaced fields, non-lower-case hex, floats and duplicate keys in payload/metadata are refused.
+    /// Parses one line (without or with its trailing newline). Unknown, missing, duplicate or misplaced fields,
+    /// non-lower-case hex, floats and duplicate keys in payload/metadata are refused; otherwise any JSON encoding
+    /// of the content is accepted (whitespace, member order, escapes), e.g. a checkpoint re-serialised by an API.
+    /// [`verify`](crate::verify) is stricter: it requires each line exactly as [`ExportWriter`] writes it.
     /// Payload and metadata are returned in canonical form.
     pub fn parse(line: &str) -> Result<ExportLine, ParseError> {
         let mut bufs = LineBuffers::default();

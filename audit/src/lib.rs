@@ -5,7 +5,8 @@
 //!   `link_N = SHA-256(link_{N-1} ‖ canonical(event_N))`, over [`canonical_json`] payloads.
 //! - [`AuditKey`], [`PublicKey`], [`Checkpoint`]: Ed25519-signed assertions "event N has link L".
 //! - [`ExportWriter`], [`ExportLine`]: the NDJSON export lines (header, events, checkpoints).
-//! - [`verify`]: the streaming offline verifier, returning a [`Report`] or the first [`Break`].
+//! - [`verify`]: the streaming offline verifier, returning a [`Report`] or the first [`Break`]. It accepts each
+//!   line only exactly as [`ExportWriter`] writes it, parses on worker threads and hashes in order.
 //!
 //! No database, network or async runtime: the server side (projector, export endpoint, CLI) builds on this.
 //!

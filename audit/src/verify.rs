@@ -744,7 +744,7 @@ fn resolve<R: BufRead, P: FnMut(u64)>(anomaly: Anomaly, stream: &mut Stream<R, P
                 Ok(Some((&Record::Event { index: n, link: next_link, ref canonical, .. }, arena))) => {
                     if n <= index {
                         inserted(format!("event {n}"))
-                    } else if n > index + 1 {
+                    } else if n > index.saturating_add(1) {
                         edited("the event or its link was altered")
                     } else if link_of_canonical(&stored, &arena[canonical.clone()]) == next_link {
                         edited("its content was altered (the next event chains from the stored link)")
