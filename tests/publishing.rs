@@ -599,6 +599,25 @@ async fn a_retried_submission_with_an_idempotency_key_creates_one_request() {
         })
         .await;
         assert!(one);
+
+        // A retried approval with its key gets the first answer, not a 409 for the approval it made itself.
+        let root = issue_token(&db, "root@example.com", "admin", "1h");
+        let id = ids.iter().next().unwrap().clone();
+        let approve = || {
+            api.http
+                .post(format!("{}/api/v1/publish-requests/{id}/approve", api.base))
+                .bearer_auth(&root)
+                .header("Idempotency-Key", "approve-1")
+                .send()
+        };
+        let first = approve().await.unwrap();
+        assert_eq!(first.status(), 200);
+        assert!(first.headers().get("etag").is_some());
+        let again = approve().await.unwrap();
+        assert_eq!(again.status(), 200, "{}", db.backend());
+        assert_eq!(again.headers()["idempotent-replayed"], "true");
+        let body: Value = again.json().await.unwrap();
+        assert_eq!(body["status"], "approved");
     }
 }
 

@@ -27,6 +27,8 @@ pub struct Reply {
     pub body: serde_json::Value,
     /// The `Location` header, if any.
     pub location: Option<String>,
+    /// The `ETag` header, if any (sent on the first answer only: a replay carries the body's version instead).
+    pub etag: Option<String>,
 }
 
 fn now_ms() -> i64 {
@@ -51,7 +53,12 @@ fn respond(status: u16, body: &str, location: Option<&str>, replayed: bool) -> H
 }
 
 fn reply_response(reply: &Reply) -> HttpResponse {
-    respond(reply.status.as_u16(), &reply.body.to_string(), reply.location.as_deref(), false)
+    let mut response = respond(reply.status.as_u16(), &reply.body.to_string(), reply.location.as_deref(), false);
+    if let Some(etag) = reply.etag.as_deref().and_then(|etag| actix_web::http::header::HeaderValue::from_str(etag).ok())
+    {
+        response.headers_mut().insert(actix_web::http::header::ETAG, etag);
+    }
+    response
 }
 
 /// Runs `action` once per `Idempotency-Key` (when the request has one). `fingerprint` identifies the request's

@@ -232,6 +232,7 @@ pub async fn invite_member(
             status: StatusCode::CREATED,
             body: serde_json::to_value(member).map_err(|_| Problem::internal())?,
             location: Some(format!("/api/v1/members/{email}")),
+            etag: None,
         })
     })
     .await

@@ -479,29 +479,40 @@ async fn decide(
     request: &HttpRequest,
     request_id: RequestId,
     command: PublishingCommand,
+    body: &[u8],
 ) -> Result<HttpResponse, Problem> {
-    // A lost race is decided again on the winner's state. That is safe with an If-Match too: the version check is
-    // part of the command, so a request changed by the winner answers 412, and one the winner decided answers 409.
-    state
-        .publishing
-        .execute_retrying(PUBLISHING_ID, command, &metadata(caller, request), 5)
-        .await
-        .map_err(publishing_problem)?;
-    // The command's own result is in the repository's cache; reading the store again could fail after the change
-    // was made, and the caller would be told nothing happened.
-    let publishing = match state.publishing.peek(PUBLISHING_ID) {
-        Some((publishing, _)) => publishing,
-        None => state.publishing.load(PUBLISHING_ID).await.map_err(Problem::from)?.0,
-    };
-    let current = publishing.request(&request_id).ok_or_else(Problem::internal)?;
-    let view = DecisionView {
-        id: request_id.to_string(),
-        status: current.status.as_str().to_string(),
-        approvals: current.approvals.len(),
-        approvals_required: current.approvals_required,
-        version: current.version,
-    };
-    Ok(HttpResponse::Ok().insert_header(("ETag", format!("\"{}\"", view.version))).json(view))
+    let if_match = request.headers().get("if-match").and_then(|value| value.to_str().ok()).unwrap_or_default();
+    let fingerprint = format!("{}\n{if_match}\n{}", request.path(), String::from_utf8_lossy(body));
+    crate::idempotency::run(state, caller, request, fingerprint, || async {
+        // A lost race is decided again on the winner's state. That is safe with an If-Match too: the version check
+        // is part of the command, so a request changed by the winner answers 412, and one the winner decided 409.
+        state
+            .publishing
+            .execute_retrying(PUBLISHING_ID, command, &metadata(caller, request), 5)
+            .await
+            .map_err(publishing_problem)?;
+        // The command's own result is in the repository's cache; reading the store again could fail after the
+        // change was made, and the caller would be told nothing happened.
+        let publishing = match state.publishing.peek(PUBLISHING_ID) {
+            Some((publishing, _)) => publishing,
+            None => state.publishing.load(PUBLISHING_ID).await.map_err(Problem::from)?.0,
+        };
+        let current = publishing.request(&request_id).ok_or_else(Problem::internal)?;
+        let view = DecisionView {
+            id: request_id.to_string(),
+            status: current.status.as_str().to_string(),
+            approvals: current.approvals.len(),
+            approvals_required: current.approvals_required,
+            version: current.version,
+        };
+        Ok(crate::idempotency::Reply {
+            status: StatusCode::OK,
+            etag: Some(format!("\"{}\"", view.version)),
+            body: serde_json::to_value(view).map_err(|_| Problem::internal())?,
+            location: None,
+        })
+    })
+    .await
 }
 
 /// A review's optional JSON body: empty means no reason.
@@ -639,6 +650,7 @@ pub async fn submit(
             status: StatusCode::CREATED,
             body: serde_json::to_value(view).map_err(|_| Problem::internal())?,
             location: Some(format!("/api/v1/publish-requests/{request_id}")),
+            etag: Some(format!("\"{}\"", committed.version)),
         })
     })
     .await
@@ -756,7 +768,7 @@ pub async fn approve(
         reason_required: state.publish_policy.require_reason,
         if_version: crate::if_match(&request)?,
     };
-    decide(&state, &caller, &request, request_id, command).await
+    decide(&state, &caller, &request, request_id, command, &body).await
 }
 
 /// Rejects a pending request with optional feedback (admins). Final: the builder submits a new request.
@@ -783,7 +795,7 @@ pub async fn reject(
         reason_required: state.publish_policy.require_reason,
         if_version: crate::if_match(&request)?,
     };
-    decide(&state, &caller, &request, request_id, command).await
+    decide(&state, &caller, &request, request_id, command, &body).await
 }
 
 /// Withdraws a pending request (its builder only). Final.
@@ -804,7 +816,7 @@ pub async fn withdraw(
         by: caller.email.clone(),
         if_version: crate::if_match(&request)?,
     };
-    decide(&state, &caller, &request, request_id, command).await
+    decide(&state, &caller, &request, request_id, command, &[]).await
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -884,6 +896,7 @@ pub async fn create_trust_rule(
             status: StatusCode::CREATED,
             body: serde_json::to_value(view).map_err(|_| Problem::internal())?,
             location: Some(format!("/api/v1/trust-rules/{rule_id}")),
+            etag: None,
         })
     })
     .await
