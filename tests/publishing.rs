@@ -689,3 +689,28 @@ async fn authorization_matrix() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_builders_never_see_a_conflict_for_unrelated_submissions() {
+    for db in TestDb::all("concurrent submitters").await {
+        let builders: Vec<String> =
+            (0..4).map(|n| issue_token(&db, &format!("busy{n}@example.com"), "member", "1h")).collect();
+        let server = Server::start(&db, &[]);
+        let api = Api::new(&server);
+        let runs = builders.iter().enumerate().map(|(n, token)| {
+            let (api, token) = (api.clone(), token.clone());
+            tokio::spawn(async move {
+                let mut statuses = Vec::new();
+                for round in 0..15 {
+                    let (status, body) =
+                        submit(&api, &token, &format!("ws-{n}-{round}"), &format!("app-{n}-{round}"), "web").await;
+                    statuses.push((status, code(&body).to_string()));
+                }
+                statuses
+            })
+        });
+        let outcomes: Vec<(u16, String)> =
+            futures::future::join_all(runs).await.into_iter().flat_map(Result::unwrap).collect();
+        assert!(outcomes.iter().all(|(status, _)| *status == 201), "{}: {outcomes:?}", db.backend());
+    }
+}

@@ -10,6 +10,12 @@
 //! on cached state is likewise confirmed by reading the events after the cached version (one indexed query) and
 //! deciding again if there were any. So nothing is ever decided on stale state, several processes may write the same
 //! aggregates, and the usual command costs one write and no read, whatever the length of the stream.
+//!
+//! Within one process, commands on the same aggregate take turns (a striped lock held from decision to append).
+//! They would conflict anyway; taking turns means they never do, and it prevents starvation: with optimistic
+//! retries alone, a writer that just won keeps deciding on fresh cached state while the losers must first reread,
+//! so a busy single-stream aggregate (publishing, the roster) could refuse a loser ten times in a row (measured:
+//! 0.5–2 % of submissions with three concurrent submitters on SQLite). Conflicts now only come from other processes.
 
 use std::num::NonZeroUsize;
 use std::sync::Mutex;
@@ -37,6 +43,17 @@ pub struct AggregateRepository<A: Aggregate> {
     store: EventStore,
     services: A::Services,
     cache: Mutex<LruCache<String, (A, u64)>>,
+    turns: Vec<tokio::sync::Mutex<()>>,
+}
+
+/// How many locks commands on different aggregates spread over.
+const TURN_STRIPES: usize = 256;
+
+fn stripe(aggregate_id: &str) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    aggregate_id.hash(&mut hasher);
+    (hasher.finish() % TURN_STRIPES as u64) as usize
 }
 
 impl<A> AggregateRepository<A>
@@ -47,7 +64,8 @@ where
     /// A repository on `store` whose commands get `services`.
     pub fn new(store: EventStore, services: A::Services) -> Self {
         let capacity = NonZeroUsize::new(store.inner.aggregate_cache_capacity).unwrap_or(NonZeroUsize::MIN);
-        Self { store, services, cache: Mutex::new(LruCache::new(capacity)) }
+        let turns = (0..TURN_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect();
+        Self { store, services, cache: Mutex::new(LruCache::new(capacity)), turns }
     }
 
     /// The aggregate's current state and version (0 when it has no events).
@@ -115,6 +133,7 @@ where
         metadata: &EventMetadata,
         expected_version: Option<u64>,
     ) -> Result<Committed, CommandError<A::Error>> {
+        let _turn = self.turns[stripe(aggregate_id)].lock().await;
         // An If-Match is checked against the store, never against the cache.
         let cached = if expected_version.is_none() { self.cached(aggregate_id) } else { None };
         let confirmed = cached.is_none();
