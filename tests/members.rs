@@ -362,3 +362,17 @@ async fn a_retried_invitation_with_an_idempotency_key_is_answered_not_executed_a
         assert!(server.terminate().success());
     }
 }
+
+/// Verified tokens are remembered (a signature check is the costliest part of a request), but never past `exp`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_that_worked_stops_working_when_it_expires() {
+    let db = TestDb::sqlite();
+    let short = issue_token(&db, "root@example.com", "admin", "2s");
+    let server = Server::start(&db, &[("GATEHOUSE_AUTH_LEEWAY_SECS", "0")]);
+    let api = Api::new(&server);
+    assert_eq!(api.get("/api/v1/me", Some(&short)).await.0, 200);
+    assert_eq!(api.get("/api/v1/me", Some(&short)).await.0, 200, "the remembered verification");
+    let expired =
+        eventually(Duration::from_secs(6), || async { api.get("/api/v1/me", Some(&short)).await.0 == 401 }).await;
+    assert!(expired, "an expired token kept working");
+}
