@@ -20,7 +20,7 @@ mod event;
 mod tests;
 pub mod values;
 
-use std::collections::HashMap;
+use imbl::HashMap;
 
 use chrono::{DateTime, Utc};
 use cqrs_es::event_sink::EventSink;
