@@ -10,6 +10,7 @@
 pub mod audit_access;
 pub mod email;
 pub mod publishing;
+pub mod relay;
 pub mod roster;
 pub mod trust;
 

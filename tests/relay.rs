@@ -1,0 +1,362 @@
+//! The terminal relay end to end: a real `gatehouse serve`, a real `gatehouse agent` child process with real shells
+//! in PTYs, and WebSocket clients in the test playing the browser.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use common::{eventually, gatehouse, issue_token, Api, Server};
+use futures::{SinkExt, StreamExt};
+use reqwest::Method;
+use serde_json::{json, Value};
+use testkit::TestDb;
+use tokio_tungstenite::tungstenite::Message;
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A running `gatehouse agent`.
+struct Agent {
+    child: Child,
+}
+
+impl Agent {
+    fn start(server: &Server, token: &str, workspace: &str, owner: &str) -> Agent {
+        let child = gatehouse()
+            .args(["agent", "--server", &server.base, "--workspace", workspace, "--tag", "RDE_DISPLAY_NAME=Test"])
+            .env("GATEHOUSE_AGENT_TOKEN", token)
+            .env("RDE_OWNER_EMAIL", owner)
+            .env("GATEHOUSE_LOG", "warn")
+            .env("PS1", "$ ")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Agent { child }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn mint_agent_token(api: &Api, admin: &str) -> String {
+    let (status, _, body) =
+        api.call(Method::POST, "/api/v1/agent-tokens", Some(admin), Some(json!({"name": "test agent"}))).await;
+    assert_eq!(status, 201, "{body}");
+    body["token"].as_str().unwrap().to_string()
+}
+
+async fn wait_for_workspace(api: &Api, token: &str, workspace: &str) {
+    let listed = eventually(Duration::from_secs(30), || async {
+        let (status, body) = api.get("/api/v1/workspaces", Some(token)).await;
+        status == 200 && body["items"].as_array().unwrap().iter().any(|item| item["id"] == workspace)
+    })
+    .await;
+    assert!(listed, "the workspace {workspace} never appeared");
+}
+
+async fn ticket(api: &Api, token: &str, workspace: &str) -> (u16, Value) {
+    let path = format!("/api/v1/workspaces/{workspace}/tickets");
+    let (status, _, body) = api.call(Method::POST, &path, Some(token), Some(json!({"kind": "terminal"}))).await;
+    (status, body)
+}
+
+async fn connect(server: &Server, workspace: &str) -> Socket {
+    let url = format!("{}/api/v1/workspaces/{workspace}/terminal", server.base.replace("http://", "ws://"));
+    let (socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    socket
+}
+
+/// Connects and authenticates; returns the socket after `ready`, or the close code.
+async fn open(server: &Server, workspace: &str, ticket: &str) -> Result<Socket, u16> {
+    let mut socket = connect(server, workspace).await;
+    socket.send(Message::Text(json!({"type": "auth", "ticket": ticket}).to_string())).await.unwrap();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(20), socket.next()).await.expect("no answer to auth") {
+            Some(Ok(Message::Text(text))) => {
+                let message: Value = serde_json::from_str(&text).unwrap();
+                assert_eq!(message["type"], "ready", "{text}");
+                return Ok(socket);
+            }
+            Some(Ok(Message::Close(frame))) => return Err(frame.map(|frame| u16::from(frame.code)).unwrap_or(1005)),
+            Some(Ok(_)) => {}
+            other => panic!("socket ended without a close frame: {other:?}"),
+        }
+    }
+}
+
+/// Reads output until `needle` appears; panics after `limit`.
+async fn read_until(socket: &mut Socket, needle: &str, limit: Duration) -> String {
+    let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + limit;
+    while !seen.contains(needle) {
+        let message = tokio::time::timeout_at(deadline, socket.next())
+            .await
+            .unwrap_or_else(|_| panic!("{needle:?} never appeared in {seen:?}"));
+        match message {
+            Some(Ok(Message::Binary(bytes))) => seen.push_str(&String::from_utf8_lossy(&bytes)),
+            Some(Ok(Message::Close(frame))) => panic!("closed ({frame:?}) before {needle:?}; saw {seen:?}"),
+            Some(Ok(_)) => {}
+            other => panic!("socket ended before {needle:?}: {other:?}; saw {seen:?}"),
+        }
+    }
+    seen
+}
+
+/// The close code the socket ends with (after any output).
+async fn close_code(socket: &mut Socket, limit: Duration) -> u16 {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, socket.next()).await.expect("socket was not closed") {
+            Some(Ok(Message::Close(frame))) => return frame.map(|frame| u16::from(frame.code)).unwrap_or(1005),
+            Some(Ok(_)) => {}
+            other => panic!("socket ended without a close frame: {other:?}"),
+        }
+    }
+}
+
+async fn type_line(socket: &mut Socket, line: &str) {
+    socket.send(Message::Binary(line.as_bytes().to_vec())).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_browser_types_into_a_real_shell_through_the_relay() {
+    let db = TestDb::sqlite();
+    let root = issue_token(&db, "root@example.com", "admin", "1h");
+    let ada = issue_token(&db, "ada@example.com", "member", "1h");
+    let bob = issue_token(&db, "bob@example.com", "member", "1h");
+    let server = Server::start(&db, &[]);
+    let api = Api::new(&server);
+
+    let agent_token = mint_agent_token(&api, &root).await;
+    let _agent = Agent::start(&server, &agent_token, "ws-ada", "ada@example.com");
+    wait_for_workspace(&api, &ada, "ws-ada").await;
+    // Bob does not see Ada's workspace; the admin does.
+    let (_, listed) = api.get("/api/v1/workspaces", Some(&bob)).await;
+    assert_eq!(listed["items"].as_array().unwrap().len(), 0, "{listed}");
+    let (_, listed) = api.get("/api/v1/workspaces", Some(&root)).await;
+    assert_eq!(listed["items"][0]["owner"], "ada@example.com", "{listed}");
+
+    let (status, issued) = ticket(&api, &ada, "ws-ada").await;
+    assert_eq!(status, 201, "{issued}");
+    let one_time = issued["ticket"].as_str().unwrap().to_string();
+    assert_eq!(one_time.len(), 43, "32 bytes in base64url");
+    let mut socket = open(&server, "ws-ada", &one_time).await.expect("the ticket opens a terminal");
+    type_line(&mut socket, "echo hel''lo\n").await;
+    read_until(&mut socket, "hello", Duration::from_secs(20)).await;
+
+    socket.send(Message::Text(json!({"type": "resize", "cols": 100, "rows": 40}).to_string())).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    type_line(&mut socket, "stty size\n").await;
+    read_until(&mut socket, "40 100", Duration::from_secs(20)).await;
+
+    socket.send(Message::Text(json!({"type": "ping"}).to_string())).await.unwrap();
+
+    // The same ticket again: refused, however it is presented.
+    assert_eq!(open(&server, "ws-ada", &one_time).await.err(), Some(4001), "a replayed ticket");
+    // Garbage: refused.
+    assert_eq!(open(&server, "ws-ada", "not-a-ticket").await.err(), Some(4001), "an unknown ticket");
+    // Something other than auth first: 4000.
+    let mut early = connect(&server, "ws-ada").await;
+    early.send(Message::Text(json!({"type": "ping"}).to_string())).await.unwrap();
+    assert_eq!(close_code(&mut early, Duration::from_secs(10)).await, 4000);
+
+    // Bob cannot get a ticket for Ada's workspace, nor for one that is not connected.
+    assert_eq!(ticket(&api, &bob, "ws-ada").await.0, 403);
+    assert_eq!(ticket(&api, &bob, "ws-nowhere").await.0, 404);
+
+    // The session is active, then closed by the client.
+    let (status, sessions) = api.get("/api/v1/sessions?active=true&workspace=ws-ada", Some(&root)).await;
+    assert_eq!(status, 200, "{sessions}");
+    assert_eq!(sessions["items"].as_array().unwrap().len(), 1, "{sessions}");
+    assert_eq!(sessions["items"][0]["user"], "ada@example.com");
+    socket.close(None).await.unwrap();
+    let recorded = eventually(Duration::from_secs(10), || async {
+        let (_, sessions) = api.get("/api/v1/sessions?user=ada@example.com", Some(&root)).await;
+        sessions["items"][0]["reason"] == "client_closed" && sessions["items"][0]["bytes_in"].as_u64() > Some(10)
+    })
+    .await;
+    assert!(recorded, "the session's close was not recorded");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn foreign_and_expired_tickets_are_refused() {
+    let db = TestDb::sqlite();
+    let root = issue_token(&db, "root@example.com", "admin", "1h");
+    let ada = issue_token(&db, "ada@example.com", "member", "1h");
+    let bob = issue_token(&db, "bob@example.com", "member", "1h");
+    let server = Server::start(&db, &[("GATEHOUSE_RELAY_TICKET_TTL_SECS", "3")]);
+    let api = Api::new(&server);
+    let agent_token = mint_agent_token(&api, &root).await;
+    let _ada_agent = Agent::start(&server, &agent_token, "ws-ada", "ada@example.com");
+    let _bob_agent = Agent::start(&server, &agent_token, "ws-bob", "bob@example.com");
+    wait_for_workspace(&api, &root, "ws-ada").await;
+    wait_for_workspace(&api, &root, "ws-bob").await;
+
+    // Bob's ticket for his own workspace does not open Ada's.
+    let (_, bobs) = ticket(&api, &bob, "ws-bob").await;
+    assert_eq!(open(&server, "ws-ada", bobs["ticket"].as_str().unwrap()).await.err(), Some(4001));
+    // An expired ticket (TTL 3 s here).
+    let (_, late) = ticket(&api, &ada, "ws-ada").await;
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert_eq!(open(&server, "ws-ada", late["ticket"].as_str().unwrap()).await.err(), Some(4001));
+    // A fresh one works, and only once even when two connections race with it.
+    let (_, fresh) = ticket(&api, &ada, "ws-ada").await;
+    let fresh = fresh["ticket"].as_str().unwrap().to_string();
+    let (first, second) = tokio::join!(open(&server, "ws-ada", &fresh), open(&server, "ws-ada", &fresh));
+    assert_eq!(first.is_ok() as u8 + second.is_ok() as u8, 1, "exactly one racing redemption wins");
+    let refused = first.err().or(second.err());
+    assert_eq!(refused, Some(4001));
+
+    // A second agent for a workspace already served is refused; the first keeps serving.
+    let mut intruder = Agent::start(&server, &agent_token, "ws-ada", "eve@example.com");
+    let exited = eventually(Duration::from_secs(5), || {
+        let status = intruder.child.try_wait().unwrap();
+        async move { status.is_some() }
+    })
+    .await;
+    assert!(!exited, "a refused agent keeps retrying with backoff");
+    let (_, listed) = api.get("/api/v1/workspaces", Some(&root)).await;
+    let owners: Vec<_> = listed["items"].as_array().unwrap().iter().map(|item| item["owner"].clone()).collect();
+    assert_eq!(owners, vec![json!("ada@example.com"), json!("bob@example.com")]);
+    intruder.kill();
+
+    // A revoked agent token: the agent stops.
+    let (_, _, minted) =
+        api.call(Method::POST, "/api/v1/agent-tokens", Some(&root), Some(json!({"name": "short-lived"}))).await;
+    let id = minted["id"].as_str().unwrap();
+    let (status, _, _) = api.call(Method::DELETE, &format!("/api/v1/agent-tokens/{id}"), Some(&root), None).await;
+    assert_eq!(status, 204);
+    let mut revoked = Agent::start(&server, minted["token"].as_str().unwrap(), "ws-x", "ada@example.com");
+    let stopped = eventually(Duration::from_secs(15), || {
+        let status = revoked.child.try_wait().unwrap();
+        async move { status.is_some_and(|status| !status.success()) }
+    })
+    .await;
+    assert!(stopped, "an agent with a revoked token stops");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killing_the_agent_closes_sessions_as_agent_lost() {
+    let db = TestDb::sqlite();
+    let root = issue_token(&db, "root@example.com", "admin", "1h");
+    let ada = issue_token(&db, "ada@example.com", "member", "1h");
+    let server = Server::start(&db, &[]);
+    let api = Api::new(&server);
+    let agent_token = mint_agent_token(&api, &root).await;
+    let mut agent = Agent::start(&server, &agent_token, "ws-ada", "ada@example.com");
+    wait_for_workspace(&api, &ada, "ws-ada").await;
+    let (_, issued) = ticket(&api, &ada, "ws-ada").await;
+    let mut socket = open(&server, "ws-ada", issued["ticket"].as_str().unwrap()).await.unwrap();
+    type_line(&mut socket, "echo al''ive\n").await;
+    read_until(&mut socket, "alive", Duration::from_secs(20)).await;
+
+    agent.kill();
+    assert_eq!(close_code(&mut socket, Duration::from_secs(20)).await, 4410);
+    let recorded = eventually(Duration::from_secs(10), || async {
+        let (_, sessions) = api.get("/api/v1/sessions?workspace=ws-ada", Some(&root)).await;
+        sessions["items"][0]["reason"] == "agent_lost" && sessions["items"][0]["active"] == false
+    })
+    .await;
+    assert!(recorded, "SessionClosed with reason agent_lost");
+    let gone = eventually(Duration::from_secs(10), || async {
+        let (_, listed) = api.get("/api/v1/workspaces", Some(&ada)).await;
+        listed["items"].as_array().unwrap().is_empty()
+    })
+    .await;
+    assert!(gone, "a lost agent's workspace is no longer listed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn many_sessions_share_one_agent() {
+    const SESSIONS: usize = 24;
+    let db = TestDb::sqlite();
+    let root = issue_token(&db, "root@example.com", "admin", "1h");
+    let server = Server::start(&db, &[("GATEHOUSE_RELAY_MAX_SESSIONS_PER_USER", "30")]);
+    let api = Api::new(&server);
+    let agent_token = mint_agent_token(&api, &root).await;
+    let _agent = Agent::start(&server, &agent_token, "ws-many", "ada@example.com");
+    wait_for_workspace(&api, &root, "ws-many").await;
+    let mut sockets = Vec::new();
+    for _ in 0..SESSIONS {
+        let (status, issued) = ticket(&api, &root, "ws-many").await;
+        assert_eq!(status, 201, "{issued}");
+        sockets.push(open(&server, "ws-many", issued["ticket"].as_str().unwrap()).await.unwrap());
+    }
+    let tasks: Vec<_> = sockets
+        .into_iter()
+        .enumerate()
+        .map(|(index, mut socket)| {
+            tokio::spawn(async move {
+                type_line(&mut socket, &format!("echo mark''er-{index}-end\n")).await;
+                let seen = read_until(&mut socket, &format!("marker-{index}-end"), Duration::from_secs(60)).await;
+                for other in (0..SESSIONS).filter(|other| *other != index) {
+                    assert!(!seen.contains(&format!("marker-{other}-end")), "session {index} saw {other}'s output");
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let (_, sessions) = api.get("/api/v1/sessions?active=true", Some(&root)).await;
+    assert_eq!(sessions["items"].as_array().unwrap().len(), SESSIONS);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_role_is_checked_on_every_relay_endpoint() {
+    let db = TestDb::sqlite();
+    let root = issue_token(&db, "root@example.com", "admin", "1h");
+    let ada = issue_token(&db, "ada@example.com", "member", "1h");
+    let bob = issue_token(&db, "bob@example.com", "member", "1h");
+    let auditor = issue_token(&db, "audit@example.com", "auditor", "1h");
+    let server = Server::start(&db, &[]);
+    let api = Api::new(&server);
+    let agent_token = mint_agent_token(&api, &root).await;
+    let _agent = Agent::start(&server, &agent_token, "ws-ada", "ada@example.com");
+    wait_for_workspace(&api, &root, "ws-ada").await;
+
+    let mint = || Some(json!({"name": "x"}));
+    let ticket_body = || Some(json!({"kind": "terminal"}));
+    let unknown_token = "0".repeat(64);
+    // (method, path, body, [anonymous, ada (owner), bob (another member), admin, auditor])
+    let cases: Vec<(Method, String, Option<Value>, [u16; 5])> = vec![
+        (Method::POST, "/api/v1/agent-tokens".into(), mint(), [401, 403, 403, 201, 403]),
+        (Method::DELETE, format!("/api/v1/agent-tokens/{unknown_token}"), None, [401, 403, 403, 404, 403]),
+        (Method::GET, "/api/v1/workspaces".into(), None, [401, 200, 200, 200, 403]),
+        (Method::POST, "/api/v1/workspaces/ws-ada/tickets".into(), ticket_body(), [401, 201, 403, 201, 403]),
+        (Method::GET, "/api/v1/sessions".into(), None, [401, 403, 403, 200, 403]),
+    ];
+    for (method, path, body, expected) in cases {
+        let callers = [None, Some(ada.as_str()), Some(bob.as_str()), Some(root.as_str()), Some(auditor.as_str())];
+        for (caller, want) in callers.into_iter().zip(expected) {
+            let (status, _, answer) = api.call(method.clone(), &path, caller, body.clone()).await;
+            assert_eq!(status, want, "{method} {path} as {caller:?}: {answer}");
+        }
+    }
+    // A foreign Origin is refused before the upgrade; the same request from the same host is upgraded.
+    let upgrade = |origin: &str| {
+        tokio_tungstenite::tungstenite::http::Request::builder()
+            .uri(format!("{}/api/v1/workspaces/ws-ada/terminal", server.base.replace("http://", "ws://")))
+            .header("Host", server.base.trim_start_matches("http://"))
+            .header("Origin", origin)
+            .header("Connection", "Upgrade")
+            .header("Upgrade", "websocket")
+            .header("Sec-WebSocket-Version", "13")
+            .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .body(())
+            .unwrap()
+    };
+    assert!(tokio_tungstenite::connect_async(upgrade("https://evil.example")).await.is_err(), "a foreign Origin");
+    assert!(tokio_tungstenite::connect_async(upgrade(&server.base)).await.is_ok(), "a same-host Origin");
+}
