@@ -16,8 +16,8 @@ use api::{Problem, ProblemCode};
 use base64::Engine;
 use chrono::Utc;
 use domain::relay::{
-    AgentToken, AgentTokenCommand, AgentTokenError, CloseReason, SessionCommand, SessionEvent, TerminalSession,
-    Ticket, TicketCommand,
+    AgentToken, AgentTokenCommand, AgentTokenError, CloseReason, SessionCommand, SessionEvent, TerminalSession, Ticket,
+    TicketCommand,
 };
 use domain::roster::Role;
 use domain::Email;
@@ -175,7 +175,10 @@ async fn revoke_agent_token(
         return Err(Problem::new(StatusCode::NOT_FOUND, ProblemCode::NotFound, "Not found"));
     }
     let metadata = EventMetadata::for_request(caller.email.as_str(), api::request_id(&request));
-    match relay.agent_tokens.execute_retrying(&id, AgentTokenCommand::Revoke { by: caller.email.clone() }, &metadata, 3).await
+    match relay
+        .agent_tokens
+        .execute_retrying(&id, AgentTokenCommand::Revoke { by: caller.email.clone() }, &metadata, 3)
+        .await
     {
         Ok(_) | Err(CommandError::Rejected(AgentTokenError::AlreadyRevoked)) => Ok(HttpResponse::NoContent().finish()),
         Err(CommandError::Rejected(_)) => Err(Problem::new(StatusCode::NOT_FOUND, ProblemCode::NotFound, "Not found")),
@@ -204,7 +207,8 @@ async fn list_workspaces(caller: Caller, relay: web::Data<Relay>) -> Result<Http
         .list()
         .into_iter()
         .filter(|agent| {
-            caller.role == Role::Admin || agent.owner().is_some_and(|owner| owner.eq_ignore_ascii_case(caller.email.as_str()))
+            caller.role == Role::Admin
+                || agent.owner().is_some_and(|owner| owner.eq_ignore_ascii_case(caller.email.as_str()))
         })
         .map(|agent| WorkspaceView {
             id: agent.workspace.clone(),
@@ -253,11 +257,16 @@ async fn issue_ticket(
     }
     let ticket = random_secret()?;
     let ticket_hash = sha256_hex(&ticket);
-    let expires_at = Utc::now()
-        + chrono::Duration::from_std(relay.limits.ticket_ttl).map_err(|_| Problem::internal())?;
+    let expires_at =
+        Utc::now() + chrono::Duration::from_std(relay.limits.ticket_ttl).map_err(|_| Problem::internal())?;
     let metadata = EventMetadata::for_request(caller.email.as_str(), api::request_id(&request));
-    let command =
-        TicketCommand::Issue { ticket_hash: ticket_hash.clone(), user: caller.email.clone(), workspace, kind, expires_at };
+    let command = TicketCommand::Issue {
+        ticket_hash: ticket_hash.clone(),
+        user: caller.email.clone(),
+        workspace,
+        kind,
+        expires_at,
+    };
     relay.tickets.execute(&ticket_hash, command, &metadata).await.map_err(|error| match error {
         CommandError::Store(error) => Problem::from(error),
         _ => Problem::internal(),
@@ -611,12 +620,8 @@ async fn browser_session(
     let (why, close) = outcome.unwrap_or((CloseReason::ClientClosed, None));
     handle.close();
     let _ = session.close(close).await;
-    let closed = SessionCommand::Close {
-        bytes_in,
-        bytes_out,
-        duration_ms: started.elapsed().as_millis() as u64,
-        reason: why,
-    };
+    let closed =
+        SessionCommand::Close { bytes_in, bytes_out, duration_ms: started.elapsed().as_millis() as u64, reason: why };
     if let Err(error) = relay.sessions.execute_retrying(&session_id, closed, &metadata, 3).await {
         tracing::warn!(%error, session = session_id, "cannot record a session's end");
     }

@@ -172,7 +172,8 @@ impl Default for Settings {
 }
 
 /// Environment keys that belong to other tools and are not settings.
-const NOT_SETTINGS: &[&str] = &["config", "test_database_url"];
+const NOT_SETTINGS: &[&str] =
+    &["config", "test_database_url", "agent_server", "agent_token", "agent_workspace", "agent_shell"];
 
 impl Settings {
     /// Loads defaults, then `file` (if any), then `GATEHOUSE_*` variables.

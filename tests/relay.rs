@@ -303,14 +303,17 @@ async fn many_sessions_share_one_agent() {
                 for other in (0..SESSIONS).filter(|other| *other != index) {
                     assert!(!seen.contains(&format!("marker-{other}-end")), "session {index} saw {other}'s output");
                 }
+                socket
             })
         })
         .collect();
+    let mut sockets = Vec::new();
     for task in tasks {
-        task.await.unwrap();
+        sockets.push(task.await.unwrap());
     }
     let (_, sessions) = api.get("/api/v1/sessions?active=true", Some(&root)).await;
     assert_eq!(sessions["items"].as_array().unwrap().len(), SESSIONS);
+    drop(sockets);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -527,9 +527,8 @@ mod tests {
         let expiry = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 30).unwrap();
         let late = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 30).unwrap();
         let now = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 10).unwrap();
-        let refused = |reason, workspace: &str| {
-            vec![TicketEvent::TicketRefused { reason, workspace: workspace.to_string() }]
-        };
+        let refused =
+            |reason, workspace: &str| vec![TicketEvent::TicketRefused { reason, workspace: workspace.to_string() }];
         TestFramework::<Ticket>::with(())
             .given(vec![issued(expiry)])
             .when(redeem("ws-1", late))

@@ -36,7 +36,7 @@ pub mod close {
 
 /// The agent's first message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename = "hello", deny_unknown_fields)]
+#[serde(tag = "type", rename = "hello")]
 pub struct Hello {
     /// The agent token.
     pub token: String,
@@ -173,16 +173,17 @@ async fn serve_once(config: &AgentConfig, url: &str) -> Result<Outcome, Box<dyn 
             }
         };
         match frame {
-            Frame::Open { session, cols, rows, .. } => match Shell::spawn(&config.shell, session, cols, rows, &out_tx) {
-                Ok(shell) => {
-                    sessions.insert(session, shell);
-                    let _ = out_tx.send(Frame::Opened { session });
+            Frame::Open { session, cols, rows, .. } => {
+                match Shell::spawn(&config.shell, session, cols, rows, &out_tx) {
+                    Ok(shell) => {
+                        sessions.insert(session, shell);
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, session, "cannot start a shell");
+                        let _ = out_tx.send(Frame::Close { session });
+                    }
                 }
-                Err(error) => {
-                    tracing::warn!(%error, session, "cannot start a shell");
-                    let _ = out_tx.send(Frame::Close { session });
-                }
-            },
+            }
             Frame::Data { session, bytes } => {
                 if let Some(shell) = sessions.get(&session) {
                     let _ = shell.input.send(bytes);
@@ -252,6 +253,8 @@ impl Shell {
         let window = Arc::new(Semaphore::new(INITIAL_WINDOW as usize));
         let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let runtime = tokio::runtime::Handle::current();
+        // `Opened` goes out before the pumps start, so it precedes the shell's first output.
+        out.send(Frame::Opened { session })?;
 
         let (input, inputs) = std::sync::mpsc::channel::<Vec<u8>>();
         let credit_out = out.clone();
@@ -309,6 +312,21 @@ impl Shell {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hello_and_welcome_round_trip() {
+        let hello = Hello {
+            token: "t".into(),
+            workspace: "ws".into(),
+            tags: BTreeMap::from([("RDE_OWNER_EMAIL".to_string(), "ada@example.com".to_string())]),
+        };
+        let text = serde_json::to_string(&hello).unwrap_or_default();
+        assert!(text.starts_with(r#"{"type":"hello","#), "{text}");
+        assert_eq!(serde_json::from_str::<Hello>(&text).ok(), Some(hello));
+        let welcome = serde_json::to_string(&Welcome { agent: "a".into() }).unwrap_or_default();
+        assert_eq!(welcome, r#"{"type":"welcome","agent":"a"}"#);
+        assert_eq!(serde_json::from_str::<Welcome>(&welcome).ok(), Some(Welcome { agent: "a".into() }));
+    }
 
     #[test]
     fn urls_map_to_the_agent_endpoint() {
