@@ -60,6 +60,8 @@ pub struct Relay {
     sessions: AggregateRepository<TerminalSession>,
     store: EventStore,
     shutdown: CancellationToken,
+    /// Cancelled after the sessions are recorded closed, so that they end as `shutdown`, not `agent_lost`.
+    agents_shutdown: CancellationToken,
     /// Open sessions: id → user.
     active: Mutex<HashMap<String, Email>>,
 }
@@ -75,6 +77,7 @@ impl Relay {
             sessions: AggregateRepository::new(store.clone(), ()),
             store,
             shutdown: CancellationToken::new(),
+            agents_shutdown: CancellationToken::new(),
             active: Mutex::new(HashMap::new()),
         }
     }
@@ -86,6 +89,7 @@ impl Relay {
         while Instant::now() < deadline && self.active.lock().map(|active| !active.is_empty()).unwrap_or(false) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        self.agents_shutdown.cancel();
     }
 
     fn sessions_of(&self, user: &Email) -> usize {
@@ -421,7 +425,7 @@ async fn agent_connection(relay: Arc<Relay>, mut session: actix_ws::Session, mut
                 }
                 Some(Ok(_)) => {}
             },
-            _ = relay.shutdown.cancelled() => break Some(WsReason { code: WsCode::Away, description: None }),
+            _ = relay.agents_shutdown.cancelled() => break Some(WsReason { code: WsCode::Away, description: None }),
         }
     };
     relay.hub.unregister(&conn);

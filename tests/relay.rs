@@ -363,3 +363,66 @@ async fn every_role_is_checked_on_every_relay_endpoint() {
     assert!(tokio_tungstenite::connect_async(upgrade("https://evil.example")).await.is_err(), "a foreign Origin");
     assert!(tokio_tungstenite::connect_async(upgrade(&server.base)).await.is_ok(), "a same-host Origin");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn limits_are_enforced_and_shutdown_records_every_open_session() {
+    let db = TestDb::sqlite();
+    let root = issue_token(&db, "root@example.com", "admin", "1h");
+    let ada = issue_token(&db, "ada@example.com", "member", "1h");
+    let limits = [
+        ("GATEHOUSE_RELAY_IDLE_TIMEOUT_SECS", "2"),
+        ("GATEHOUSE_RELAY_MAX_SESSIONS_PER_USER", "2"),
+        ("GATEHOUSE_RELAY_MAX_FRAME_BYTES", "70000"),
+        ("GATEHOUSE_RELAY_AUTH_TIMEOUT_SECS", "1"),
+    ];
+    let server = Server::start(&db, &limits);
+    let api = Api::new(&server);
+    let agent_token = mint_agent_token(&api, &root).await;
+    let _agent = Agent::start(&server, &agent_token, "ws-ada", "ada@example.com");
+    wait_for_workspace(&api, &ada, "ws-ada").await;
+    let open_one = || async {
+        let (_, issued) = ticket(&api, &ada, "ws-ada").await;
+        open(&server, "ws-ada", issued["ticket"].as_str().unwrap()).await
+    };
+
+    // No auth message in time: 4008.
+    let mut silent = connect(&server, "ws-ada").await;
+    assert_eq!(close_code(&mut silent, Duration::from_secs(10)).await, 4008);
+
+    // An idle session is closed with 4008 and recorded as idle_timeout.
+    let mut idle = open_one().await.unwrap();
+    assert_eq!(close_code(&mut idle, Duration::from_secs(15)).await, 4008);
+    let recorded = eventually(Duration::from_secs(10), || async {
+        let (_, sessions) = api.get("/api/v1/sessions", Some(&root)).await;
+        sessions["items"][0]["reason"] == "idle_timeout"
+    })
+    .await;
+    assert!(recorded, "SessionClosed with reason idle_timeout");
+
+    // An oversized frame: 1009.
+    let mut big = open_one().await.unwrap();
+    big.send(Message::Binary(vec![b'x'; 80_000])).await.unwrap();
+    assert_eq!(close_code(&mut big, Duration::from_secs(10)).await, 1009);
+
+    // At most two sessions for Ada; a third is refused with 4029.
+    let mut first = open_one().await.unwrap();
+    let mut second = open_one().await.unwrap();
+    assert_eq!(open_one().await.err(), Some(4029));
+
+    // SIGTERM: both sessions are closed with 1001 and recorded as shutdown.
+    type_line(&mut first, "echo st''ill\n").await;
+    read_until(&mut first, "still", Duration::from_secs(20)).await;
+    server.send_sigterm();
+    assert_eq!(close_code(&mut first, Duration::from_secs(20)).await, 1001);
+    assert_eq!(close_code(&mut second, Duration::from_secs(20)).await, 1001);
+    let mut server = server;
+    assert!(server.wait(Duration::from_secs(30)).success());
+    drop(server);
+    let server = Server::start(&db, &[]);
+    let api = Api::new(&server);
+    let (status, sessions) = api.get("/api/v1/sessions?user=ada@example.com", Some(&root)).await;
+    assert_eq!(status, 200, "{sessions}");
+    let reasons: Vec<_> = sessions["items"].as_array().unwrap().iter().map(|item| item["reason"].clone()).collect();
+    assert_eq!(reasons[..2], [json!("shutdown"), json!("shutdown")], "{sessions}");
+    assert!(sessions["items"].as_array().unwrap().iter().all(|item| item["active"] == false), "{sessions}");
+}
