@@ -248,33 +248,35 @@ async fn foreign_and_expired_tickets_are_refused() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn killing_the_agent_closes_sessions_as_agent_lost() {
-    let db = TestDb::sqlite();
-    let root = issue_token(&db, "root@example.com", "admin", "1h");
-    let ada = issue_token(&db, "ada@example.com", "member", "1h");
-    let server = Server::start(&db, &[]);
-    let api = Api::new(&server);
-    let agent_token = mint_agent_token(&api, &root).await;
-    let mut agent = Agent::start(&server, &agent_token, "ws-ada", "ada@example.com");
-    wait_for_workspace(&api, &ada, "ws-ada").await;
-    let (_, issued) = ticket(&api, &ada, "ws-ada").await;
-    let mut socket = open(&server, "ws-ada", issued["ticket"].as_str().unwrap()).await.unwrap();
-    type_line(&mut socket, "echo al''ive\n").await;
-    read_until(&mut socket, "alive", Duration::from_secs(20)).await;
+    // Both backends (PostgreSQL when GATEHOUSE_TEST_DATABASE_URL is set).
+    for db in TestDb::all("relay agent lost").await {
+        let root = issue_token(&db, "root@example.com", "admin", "1h");
+        let ada = issue_token(&db, "ada@example.com", "member", "1h");
+        let server = Server::start(&db, &[]);
+        let api = Api::new(&server);
+        let agent_token = mint_agent_token(&api, &root).await;
+        let mut agent = Agent::start(&server, &agent_token, "ws-ada", "ada@example.com");
+        wait_for_workspace(&api, &ada, "ws-ada").await;
+        let (_, issued) = ticket(&api, &ada, "ws-ada").await;
+        let mut socket = open(&server, "ws-ada", issued["ticket"].as_str().unwrap()).await.unwrap();
+        type_line(&mut socket, "echo al''ive\n").await;
+        read_until(&mut socket, "alive", Duration::from_secs(20)).await;
 
-    agent.kill();
-    assert_eq!(close_code(&mut socket, Duration::from_secs(20)).await, 4410);
-    let recorded = eventually(Duration::from_secs(10), || async {
-        let (_, sessions) = api.get("/api/v1/sessions?workspace=ws-ada", Some(&root)).await;
-        sessions["items"][0]["reason"] == "agent_lost" && sessions["items"][0]["active"] == false
-    })
-    .await;
-    assert!(recorded, "SessionClosed with reason agent_lost");
-    let gone = eventually(Duration::from_secs(10), || async {
-        let (_, listed) = api.get("/api/v1/workspaces", Some(&ada)).await;
-        listed["items"].as_array().unwrap().is_empty()
-    })
-    .await;
-    assert!(gone, "a lost agent's workspace is no longer listed");
+        agent.kill();
+        assert_eq!(close_code(&mut socket, Duration::from_secs(20)).await, 4410);
+        let recorded = eventually(Duration::from_secs(10), || async {
+            let (_, sessions) = api.get("/api/v1/sessions?workspace=ws-ada", Some(&root)).await;
+            sessions["items"][0]["reason"] == "agent_lost" && sessions["items"][0]["active"] == false
+        })
+        .await;
+        assert!(recorded, "SessionClosed with reason agent_lost");
+        let gone = eventually(Duration::from_secs(10), || async {
+            let (_, listed) = api.get("/api/v1/workspaces", Some(&ada)).await;
+            listed["items"].as_array().unwrap().is_empty()
+        })
+        .await;
+        assert!(gone, "a lost agent's workspace is no longer listed");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
