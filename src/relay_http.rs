@@ -552,15 +552,23 @@ async fn browser_session(
     let mut outcome = if session.text(ready).await.is_err() { Some((CloseReason::ClientClosed, None)) } else { None };
     let mut last_activity = tokio::time::Instant::now();
     let max_age = tokio::time::Instant::now() + relay.limits.max_age;
+    // Keystrokes waiting for the agent's window. While some wait, the browser is not read (TCP pushes back on it)
+    // but output keeps flowing, so a paste into a busy shell cannot deadlock the session.
+    let mut pending: Vec<u8> = Vec::new();
+    let input = handle.input();
     while outcome.is_none() {
         tokio::select! {
-            message = stream.next() => match message {
+            sent = input.send_chunk(&pending), if !pending.is_empty() => match sent {
+                Some(count) => {
+                    pending.drain(..count);
+                }
+                None => outcome = Some((CloseReason::AgentLost, refuse(CloseCode::AgentLost, "agent lost"))),
+            },
+            message = stream.next(), if pending.is_empty() => match message {
                 Some(Ok(Message::Binary(bytes))) => {
                     last_activity = tokio::time::Instant::now();
                     bytes_in += bytes.len() as u64;
-                    if !handle.send_input(&bytes).await {
-                        outcome = Some((CloseReason::AgentLost, refuse(CloseCode::AgentLost, "agent lost")));
-                    }
+                    pending.extend_from_slice(&bytes);
                 }
                 Some(Ok(Message::Text(text))) => match ClientMessage::parse(&text) {
                     Ok(ClientMessage::Resize { cols, rows }) => handle.resize(cols, rows),

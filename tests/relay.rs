@@ -428,3 +428,46 @@ async fn limits_are_enforced_and_shutdown_records_every_open_session() {
     assert_eq!(reasons[..2], [json!("shutdown"), json!("shutdown")], "{sessions}");
     assert!(sessions["items"].as_array().unwrap().iter().all(|item| item["active"] == false), "{sessions}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_large_paste_into_an_echoing_shell_flows_through_the_windows() {
+    let db = TestDb::sqlite();
+    let root = issue_token(&db, "root@example.com", "admin", "1h");
+    let server = Server::start(&db, &[]);
+    let api = Api::new(&server);
+    let agent_token = mint_agent_token(&api, &root).await;
+    let _agent = Agent::start(&server, &agent_token, "ws-paste", "ada@example.com");
+    wait_for_workspace(&api, &root, "ws-paste").await;
+    let (_, issued) = ticket(&api, &root, "ws-paste").await;
+    let socket = open(&server, "ws-paste", issued["ticket"].as_str().unwrap()).await.unwrap();
+    let (mut write, mut read) = socket.split();
+    // `cat` echoes every line twice (the terminal's echo and cat's own output): about 1.2 MB back for 600 KB in,
+    // several times both 256 KiB windows.
+    let writer = tokio::spawn(async move {
+        write.send(Message::Binary(b"cat\n".to_vec())).await.unwrap();
+        let line = format!("{}\n", "a".repeat(99));
+        for _ in 0..100 {
+            write.send(Message::Binary(line.repeat(60).into_bytes())).await.unwrap();
+        }
+        write.send(Message::Binary(b"\x04echo pas''te-done\n".to_vec())).await.unwrap();
+        write
+    });
+    let mut seen = 0usize;
+    let mut tail: Vec<u8> = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while !tail.windows(10).any(|window| window == b"paste-done") {
+        match tokio::time::timeout_at(deadline, read.next()).await.expect("the paste stalled") {
+            Some(Ok(Message::Binary(bytes))) => {
+                seen += bytes.len();
+                tail.extend_from_slice(&bytes);
+                if tail.len() > 4096 {
+                    tail.drain(..tail.len() - 2048);
+                }
+            }
+            Some(Ok(_)) => {}
+            other => panic!("socket ended during the paste: {other:?}"),
+        }
+    }
+    assert!(seen > 1_000_000, "only {seen} bytes came back");
+    drop(writer.await.unwrap());
+}

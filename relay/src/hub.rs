@@ -146,17 +146,19 @@ impl SessionHandle {
     }
 
     /// Sends keystrokes, waiting for credit. `false` when the session or agent is gone.
-    pub async fn send_input(&self, bytes: &[u8]) -> bool {
-        for chunk in bytes.chunks(MAX_DATA) {
-            match self.input_credit.acquire_many(chunk.len() as u32).await {
-                Ok(permit) => permit.forget(),
-                Err(_) => return false,
-            }
-            if self.conn.to_agent.send(Frame::Data { session: self.session, bytes: chunk.to_vec() }).is_err() {
-                return false;
+    pub async fn send_input(&self, mut bytes: &[u8]) -> bool {
+        while !bytes.is_empty() {
+            match self.input().send_chunk(bytes).await {
+                Some(count) => bytes = &bytes[count..],
+                None => return false,
             }
         }
         true
+    }
+
+    /// The sending half for keystrokes (usable while [`SessionHandle::recv`] is pending).
+    pub fn input(&self) -> Input {
+        Input { session: self.session, conn: self.conn.clone(), credit: self.input_credit.clone() }
     }
 
     /// The browser accepted `bytes` of output: return them to the agent as credit.
@@ -189,6 +191,27 @@ impl SessionHandle {
 impl Drop for SessionHandle {
     fn drop(&mut self) {
         self.close();
+    }
+}
+
+/// Keystrokes towards a session's agent.
+#[derive(Clone)]
+pub struct Input {
+    session: u32,
+    conn: Arc<AgentConn>,
+    credit: Arc<Semaphore>,
+}
+
+impl Input {
+    /// Sends the first chunk (at most [`MAX_DATA`] bytes) of `bytes` once the window allows it; returns how many
+    /// bytes were sent, `None` when the session or agent is gone. Cancel-safe: dropped before it completes, it has
+    /// sent nothing (so it can be one branch of a `select!` that keeps forwarding output meanwhile).
+    pub async fn send_chunk(&self, bytes: &[u8]) -> Option<usize> {
+        let chunk = &bytes[..bytes.len().min(MAX_DATA)];
+        let permit = self.credit.acquire_many(chunk.len() as u32).await.ok()?;
+        permit.forget();
+        self.conn.to_agent.send(Frame::Data { session: self.session, bytes: chunk.to_vec() }).ok()?;
+        Some(chunk.len())
     }
 }
 
