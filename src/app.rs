@@ -112,7 +112,8 @@ impl Application {
             audit_access: Arc::new(AggregateRepository::new(store.clone(), ())),
             audit_key,
         };
-        let relay = actix_web::web::Data::new(crate::relay_http::Relay::new(store.clone(), settings.relay()));
+        let relay = actix_web::web::Data::new(crate::relay_http::Relay::new(store.clone(), settings.relay()?));
+        relay.load_firewall().await.context("cannot load the relay firewall")?;
         let relay_routes = relay.clone();
         let listener =
             TcpListener::bind(&settings.listen).with_context(|| format!("cannot listen on {}", settings.listen))?;

@@ -9,12 +9,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix_web::http::StatusCode;
-use actix_web::{delete, get, post, web, HttpRequest, HttpResponse};
+use actix_web::{delete, get, post, put, web, HttpRequest, HttpResponse};
 use actix_ws::{CloseCode as WsCode, CloseReason as WsReason, Message};
 use api::auth::Caller;
 use api::{Problem, ProblemCode};
 use base64::Engine;
 use chrono::Utc;
+use domain::firewall::{Cidr, Firewall, FirewallAction, FirewallCommand, FirewallRule, FIREWALL_ID};
 use domain::relay::{
     AgentToken, AgentTokenCommand, AgentTokenError, CloseReason, SessionCommand, SessionEvent, TerminalSession, Ticket,
     TicketCommand,
@@ -34,6 +35,8 @@ use tokio_util::sync::CancellationToken;
 /// The relay's limits (settings `relay_*`).
 #[derive(Debug, Clone)]
 pub struct RelayLimits {
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<Cidr>,
     /// How long a ticket stays redeemable.
     pub ticket_ttl: Duration,
     /// Origins allowed besides none and same-host.
@@ -64,6 +67,9 @@ pub struct Relay {
     agents_shutdown: CancellationToken,
     /// Open sessions: id → user.
     active: Mutex<HashMap<String, Email>>,
+    firewall: AggregateRepository<Firewall>,
+    /// The rules in force; sessions watch it and re-check their client when it changes.
+    rules: tokio::sync::watch::Sender<Arc<Firewall>>,
 }
 
 impl Relay {
@@ -75,11 +81,20 @@ impl Relay {
             tickets: AggregateRepository::new(store.clone(), ()),
             agent_tokens: AggregateRepository::new(store.clone(), ()),
             sessions: AggregateRepository::new(store.clone(), ()),
-            store,
+            store: store.clone(),
             shutdown: CancellationToken::new(),
             agents_shutdown: CancellationToken::new(),
             active: Mutex::new(HashMap::new()),
+            firewall: AggregateRepository::new(store.clone(), ()),
+            rules: tokio::sync::watch::Sender::new(Arc::new(Firewall::default())),
         }
+    }
+
+    /// Loads the firewall rules from the store.
+    pub async fn load_firewall(&self) -> Result<(), store::StoreError> {
+        let (firewall, _) = self.firewall.load(FIREWALL_ID).await?;
+        self.rules.send_replace(Arc::new(firewall));
+        Ok(())
     }
 
     /// Closes every session (recording `shutdown`) and every agent connection; waits up to `limit` for the records.
@@ -107,6 +122,8 @@ pub fn configure(relay: web::Data<Relay>) -> impl FnOnce(&mut web::ServiceConfig
             .service(list_workspaces)
             .service(issue_ticket)
             .service(list_sessions)
+            .service(get_firewall)
+            .service(put_firewall)
             .service(agent_connect)
             .service(terminal);
     }
@@ -343,6 +360,92 @@ async fn list_sessions(
     Ok(HttpResponse::Ok().json(serde_json::json!({ "items": items })))
 }
 
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct FirewallBody {
+    rules: Vec<FirewallRule>,
+    default_action: FirewallAction,
+}
+
+/// `GET /api/v1/firewall` (admin, auditor): the rules in force.
+#[get("/api/v1/firewall")]
+async fn get_firewall(caller: Caller, relay: web::Data<Relay>) -> Result<HttpResponse, Problem> {
+    caller.require(&[Role::Admin, Role::Auditor])?;
+    let (firewall, version) = relay.firewall.load(FIREWALL_ID).await.map_err(Problem::from)?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "rules": firewall.rules, "default_action": firewall.default_action, "version": version,
+    })))
+}
+
+/// `PUT /api/v1/firewall` (admin): replaces the ordered rules and the default action; live sessions the new rules
+/// deny are closed (4003, reason `firewall`).
+#[put("/api/v1/firewall")]
+async fn put_firewall(
+    caller: Caller,
+    request: HttpRequest,
+    body: web::Json<FirewallBody>,
+    relay: web::Data<Relay>,
+) -> Result<HttpResponse, Problem> {
+    caller.require(&[Role::Admin])?;
+    let FirewallBody { rules, default_action } = body.into_inner();
+    let metadata = EventMetadata::for_request(caller.email.as_str(), api::request_id(&request));
+    let command = FirewallCommand::Replace { rules, default_action, by: caller.email.clone() };
+    relay.firewall.execute_retrying(FIREWALL_ID, command, &metadata, 5).await.map_err(|error| match error {
+        CommandError::Rejected(rejection) => {
+            Problem::new(StatusCode::BAD_REQUEST, ProblemCode::InvalidField, "Invalid field")
+                .field("rules")
+                .detail(rejection.to_string())
+        }
+        CommandError::Store(error) => Problem::from(error),
+        _ => Problem::internal(),
+    })?;
+    let (firewall, version) = relay.firewall.load(FIREWALL_ID).await.map_err(Problem::from)?;
+    let answer = serde_json::json!({
+        "rules": firewall.rules, "default_action": firewall.default_action, "version": version,
+    });
+    relay.rules.send_replace(Arc::new(firewall));
+    Ok(HttpResponse::Ok().json(answer))
+}
+
+/// The client's address: the peer, or, when the peer is a trusted proxy, the last `X-Forwarded-For` hop that is
+/// not one.
+fn client_ip(request: &HttpRequest, trusted: &[Cidr]) -> Option<std::net::IpAddr> {
+    let peer = request.peer_addr()?.ip();
+    let is_trusted = |address: std::net::IpAddr| trusted.iter().any(|cidr| cidr.contains(address));
+    if !is_trusted(peer) {
+        return Some(peer);
+    }
+    let forwarded: Vec<std::net::IpAddr> = request
+        .headers()
+        .get_all("x-forwarded-for")
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|hop| hop.trim().parse().ok())
+        .collect();
+    Some(forwarded.into_iter().rev().find(|hop| !is_trusted(*hop)).unwrap_or(peer))
+}
+
+/// Records a blocked attempt (logged once) and answers whether the address is denied.
+async fn blocked(relay: &Relay, address: Option<std::net::IpAddr>, workspace: &str, user: Option<&Email>) -> bool {
+    let firewall = relay.rules.borrow().clone();
+    let (action, rule) = match address {
+        Some(address) => firewall.evaluate(address),
+        None => (firewall.default_action, None),
+    };
+    if action == FirewallAction::Allow {
+        return false;
+    }
+    let client_ip = address.map(|address| address.to_string()).unwrap_or_default();
+    tracing::info!(client_ip, ?rule, workspace, "terminal connection blocked by the firewall");
+    let command =
+        FirewallCommand::RecordBlocked { client_ip, rule, workspace: workspace.to_string(), user: user.cloned() };
+    if let Err(error) = relay.firewall.execute_retrying(FIREWALL_ID, command, &EventMetadata::system("relay"), 5).await
+    {
+        tracing::warn!(%error, "cannot record a blocked connection");
+    }
+    true
+}
+
 fn reason(code: u16, description: &str) -> Option<WsReason> {
     Some(WsReason { code: WsCode::Other(code), description: Some(description.to_string()) })
 }
@@ -457,7 +560,7 @@ async fn terminal(
             .detail("This origin may not open terminals.")
             .into());
     }
-    let client_ip = request.peer_addr().map(|address| address.ip().to_string()).unwrap_or_default();
+    let address = client_ip(&request, &relay.limits.trusted_proxies);
     let user_agent = request
         .headers()
         .get("user-agent")
@@ -468,14 +571,14 @@ async fn terminal(
         .collect::<String>();
     let (response, session, stream) = actix_ws::handle(&request, body)?;
     let stream = stream.max_frame_size(relay.limits.max_frame);
-    let context = BrowserContext { workspace: path.into_inner(), client_ip, user_agent };
+    let context = BrowserContext { workspace: path.into_inner(), address, user_agent };
     actix_web::rt::spawn(browser_session(relay.into_inner(), context, session, stream));
     Ok(response)
 }
 
 struct BrowserContext {
     workspace: String,
-    client_ip: String,
+    address: Option<std::net::IpAddr>,
     user_agent: String,
 }
 
@@ -511,6 +614,10 @@ async fn browser_session(
             return;
         }
     };
+    if blocked(&relay, context.address, &context.workspace, Some(&user)).await {
+        let _ = session.close(refuse(CloseCode::Firewall, "refused by the firewall")).await;
+        return;
+    }
     if relay.sessions_of(&user) >= relay.limits.max_sessions_per_user {
         let _ = session.close(refuse(CloseCode::TooManySessions, "too many sessions")).await;
         return;
@@ -534,7 +641,7 @@ async fn browser_session(
         user: user.clone(),
         workspace: context.workspace.clone(),
         agent: agent.id.clone(),
-        client_ip: context.client_ip.clone(),
+        client_ip: context.address.map(|address| address.to_string()).unwrap_or_default(),
         user_agent: context.user_agent.clone(),
     };
     if let Err(error) = relay.sessions.execute(&session_id, open, &metadata).await {
@@ -556,6 +663,7 @@ async fn browser_session(
     // but output keeps flowing, so a paste into a busy shell cannot deadlock the session.
     let mut pending: Vec<u8> = Vec::new();
     let input = handle.input();
+    let mut rules = relay.rules.subscribe();
     while outcome.is_none() {
         tokio::select! {
             sent = input.send_chunk(&pending), if !pending.is_empty() => match sent {
@@ -623,6 +731,11 @@ async fn browser_session(
             }
             _ = tokio::time::sleep_until(max_age) => {
                 outcome = Some((CloseReason::MaxAge, refuse(CloseCode::MaxAge, "maximum session age")));
+            }
+            Ok(()) = rules.changed() => {
+                if blocked(&relay, context.address, &context.workspace, Some(&user)).await {
+                    outcome = Some((CloseReason::Firewall, refuse(CloseCode::Firewall, "refused by the firewall")));
+                }
             }
             _ = relay.shutdown.cancelled() => {
                 outcome = Some((CloseReason::Shutdown, refuse(CloseCode::GoingAway, "shutting down")));

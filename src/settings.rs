@@ -103,6 +103,9 @@ pub struct Settings {
     pub relay_max_frame_bytes: usize,
     /// Open terminal sessions one user may have at once (4029).
     pub relay_max_sessions_per_user: usize,
+    /// Proxies (CIDRs) whose `X-Forwarded-For` is believed when finding a terminal client's address.
+    #[serde(deserialize_with = "one_or_many")]
+    pub relay_trusted_proxies: Vec<String>,
 }
 
 /// A list, or one string split at commas (environment variables hold strings).
@@ -167,6 +170,7 @@ impl Default for Settings {
             relay_max_session_secs: 12 * 3600,
             relay_max_frame_bytes: 1024 * 1024,
             relay_max_sessions_per_user: 20,
+            relay_trusted_proxies: Vec::new(),
         }
     }
 }
@@ -198,8 +202,16 @@ impl Settings {
     }
 
     /// The relay's limits.
-    pub fn relay(&self) -> crate::relay_http::RelayLimits {
-        crate::relay_http::RelayLimits {
+    pub fn relay(&self) -> anyhow::Result<crate::relay_http::RelayLimits> {
+        let trusted_proxies = self
+            .relay_trusted_proxies
+            .iter()
+            .map(|raw| {
+                domain::firewall::Cidr::parse(raw).map_err(|error| anyhow::anyhow!("relay_trusted_proxies: {error}"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(crate::relay_http::RelayLimits {
+            trusted_proxies,
             ticket_ttl: Duration::from_secs(self.relay_ticket_ttl_secs.max(1)),
             allowed_origins: self.relay_allowed_origins.clone(),
             auth_timeout: Duration::from_secs(self.relay_auth_timeout_secs.max(1)),
@@ -207,7 +219,7 @@ impl Settings {
             max_age: Duration::from_secs(self.relay_max_session_secs.max(1)),
             max_frame: self.relay_max_frame_bytes.max(relay::mux::MAX_DATA + 16),
             max_sessions_per_user: self.relay_max_sessions_per_user.max(1),
-        }
+        })
     }
 
     /// The store configuration these settings describe.

@@ -341,6 +341,13 @@ async fn every_role_is_checked_on_every_relay_endpoint() {
         (Method::GET, "/api/v1/workspaces".into(), None, [401, 200, 200, 200, 403]),
         (Method::POST, "/api/v1/workspaces/ws-ada/tickets".into(), ticket_body(), [401, 201, 403, 201, 403]),
         (Method::GET, "/api/v1/sessions".into(), None, [401, 403, 403, 200, 403]),
+        (Method::GET, "/api/v1/firewall".into(), None, [401, 403, 403, 200, 200]),
+        (
+            Method::PUT,
+            "/api/v1/firewall".into(),
+            Some(json!({"rules": [], "default_action": "allow"})),
+            [401, 403, 403, 200, 403],
+        ),
     ];
     for (method, path, body, expected) in cases {
         let callers = [None, Some(ada.as_str()), Some(bob.as_str()), Some(root.as_str()), Some(auditor.as_str())];
@@ -470,4 +477,92 @@ async fn a_large_paste_into_an_echoing_shell_flows_through_the_windows() {
     }
     assert!(seen > 1_000_000, "only {seen} bytes came back");
     drop(writer.await.unwrap());
+}
+
+async fn set_firewall(api: &Api, admin: &str, rules: Value, default_action: &str) -> Value {
+    let body = json!({"rules": rules, "default_action": default_action});
+    let (status, _, answer) = api.call(Method::PUT, "/api/v1/firewall", Some(admin), Some(body)).await;
+    assert_eq!(status, 200, "{answer}");
+    answer
+}
+
+/// Opens with a fresh ticket, optionally through a (trusted) proxy that forwards `forwarded_for`.
+async fn open_via(
+    server: &Server,
+    api: &Api,
+    token: &str,
+    workspace: &str,
+    forwarded_for: Option<&str>,
+) -> Result<Socket, u16> {
+    let (_, issued) = ticket(api, token, workspace).await;
+    let mut request = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(format!(
+        "{}/api/v1/workspaces/{workspace}/terminal",
+        server.base.replace("http://", "ws://")
+    ))
+    .unwrap();
+    if let Some(hop) = forwarded_for {
+        request.headers_mut().insert("x-forwarded-for", hop.parse().unwrap());
+    }
+    let (mut socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let auth = json!({"type": "auth", "ticket": issued["ticket"]}).to_string();
+    socket.send(Message::Text(auth)).await.unwrap();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(20), socket.next()).await.expect("no answer to auth") {
+            Some(Ok(Message::Text(_))) => return Ok(socket),
+            Some(Ok(Message::Close(frame))) => return Err(frame.map(|frame| u16::from(frame.code)).unwrap_or(1005)),
+            Some(Ok(_)) => {}
+            other => panic!("socket ended without a close frame: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_firewall_blocks_denied_addresses_and_closes_live_sessions() {
+    let db = TestDb::sqlite();
+    let root = issue_token(&db, "root@example.com", "admin", "1h");
+    let server = Server::start(&db, &[("GATEHOUSE_RELAY_TRUSTED_PROXIES", "127.0.0.1/32")]);
+    let api = Api::new(&server);
+    let agent_token = mint_agent_token(&api, &root).await;
+    let _agent = Agent::start(&server, &agent_token, "ws-fw", "ada@example.com");
+    wait_for_workspace(&api, &root, "ws-fw").await;
+
+    // Through the trusted proxy (the test's own loopback), X-Forwarded-For names the client.
+    let deny_ten = json!([
+        {"action": "allow", "cidr": "10.9.0.0/16", "description": "office"},
+        {"action": "deny", "cidr": "10.0.0.0/8", "description": "lab"},
+    ]);
+    set_firewall(&api, &root, deny_ten, "allow").await;
+    assert_eq!(open_via(&server, &api, &root, "ws-fw", Some("10.1.2.3")).await.err(), Some(4003));
+    assert!(open_via(&server, &api, &root, "ws-fw", Some("10.9.2.3")).await.is_ok(), "the first match wins");
+    assert!(open_via(&server, &api, &root, "ws-fw", Some("192.0.2.1")).await.is_ok(), "the default action");
+    assert!(open_via(&server, &api, &root, "ws-fw", Some("198.51.100.1, 10.1.2.3")).await.is_err(), "last hop");
+
+    // A live session from 192.0.2.1 is closed within a second when a rule starts denying it.
+    let mut live = open_via(&server, &api, &root, "ws-fw", Some("192.0.2.1")).await.unwrap();
+    type_line(&mut live, "echo u''p\n").await;
+    read_until(&mut live, "up", Duration::from_secs(20)).await;
+    set_firewall(&api, &root, json!([{"action": "deny", "cidr": "192.0.2.0/24"}]), "allow").await;
+    assert_eq!(close_code(&mut live, Duration::from_secs(1)).await, 4003);
+    let recorded = eventually(Duration::from_secs(10), || async {
+        let (_, sessions) = api.get("/api/v1/sessions?workspace=ws-fw", Some(&root)).await;
+        sessions["items"][0]["reason"] == "firewall" && sessions["items"][0]["client_ip"] == "192.0.2.1"
+    })
+    .await;
+    assert!(recorded, "SessionClosed with reason firewall");
+
+    // Blocked attempts are events on the firewall aggregate, with the rule and the address.
+    let (status, events) = api.get("/api/v1/aggregates/firewall/org/events?limit=1000", Some(&root)).await;
+    assert_eq!(status, 200, "{events}");
+    let text = events.to_string();
+    assert!(text.contains("ConnectionBlocked") && text.contains("10.1.2.3"), "{text}");
+    // Bad rules are refused.
+    let (status, _, _) = api
+        .call(
+            Method::PUT,
+            "/api/v1/firewall",
+            Some(&root),
+            Some(json!({"rules": [{"action": "deny", "cidr": "10.0.0.1/8"}], "default_action": "allow"})),
+        )
+        .await;
+    assert_eq!(status, 400);
 }

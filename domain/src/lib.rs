@@ -9,6 +9,7 @@
 
 pub mod audit_access;
 pub mod email;
+pub mod firewall;
 pub mod publishing;
 pub mod relay;
 pub mod roster;
