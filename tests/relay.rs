@@ -566,3 +566,62 @@ async fn the_firewall_blocks_denied_addresses_and_closes_live_sessions() {
         .await;
     assert_eq!(status, 400);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shells_exit_with_their_status_and_bad_agents_get_documented_close_codes() {
+    let db = TestDb::sqlite();
+    let root = issue_token(&db, "root@example.com", "admin", "1h");
+    let server = Server::start(&db, &[("GATEHOUSE_RELAY_AUTH_TIMEOUT_SECS", "1")]);
+    let api = Api::new(&server);
+    let agent_token = mint_agent_token(&api, &root).await;
+    let _agent = Agent::start(&server, &agent_token, "ws-exit", "ada@example.com");
+    wait_for_workspace(&api, &root, "ws-exit").await;
+
+    // The shell's exit status reaches the browser, then a normal close.
+    let (_, issued) = ticket(&api, &root, "ws-exit").await;
+    let mut socket = open(&server, "ws-exit", issued["ticket"].as_str().unwrap()).await.unwrap();
+    type_line(&mut socket, "exit 3\n").await;
+    let mut exit = None;
+    let code = loop {
+        match tokio::time::timeout(Duration::from_secs(20), socket.next()).await.expect("no exit") {
+            Some(Ok(Message::Text(text))) => exit = Some(serde_json::from_str::<Value>(&text).unwrap()),
+            Some(Ok(Message::Close(frame))) => break frame.map(|frame| u16::from(frame.code)),
+            Some(Ok(_)) => {}
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(exit, Some(json!({"type": "exit", "code": 3})));
+    assert_eq!(code, Some(1000));
+
+    // Hand-made agents: each gets its documented close code and the real agent keeps serving.
+    let url = format!("{}/api/v1/agent/connect", server.base.replace("http://", "ws://"));
+    let hello = |token: &str, workspace: &str| {
+        Message::Text(json!({"type": "hello", "token": token, "workspace": workspace, "tags": {}}).to_string())
+    };
+    let attempt = |first: Option<Message>, then: Option<Message>| {
+        let url = url.clone();
+        async move {
+            let (mut socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+            if let Some(first) = first {
+                socket.send(first).await.unwrap();
+            }
+            if let Some(then) = then {
+                // After the welcome.
+                let _ = socket.next().await;
+                socket.send(then).await.unwrap();
+            }
+            close_code(&mut socket, Duration::from_secs(10)).await
+        }
+    };
+    assert_eq!(attempt(None, None).await, 4000, "no hello");
+    assert_eq!(attempt(Some(Message::Text("{}".into())), None).await, 4000, "not a hello");
+    assert_eq!(attempt(Some(hello("gha_wrong", "ws-other")), None).await, 4401, "unknown token");
+    assert_eq!(attempt(Some(hello(&agent_token, "ws-exit")), None).await, 4409, "a workspace already served");
+    let garbage = Some(Message::Binary(vec![0x09, 0, 0, 0, 1]));
+    assert_eq!(attempt(Some(hello(&agent_token, "ws-fake")), garbage).await, 1002, "a malformed frame");
+
+    let (_, issued) = ticket(&api, &root, "ws-exit").await;
+    let mut socket = open(&server, "ws-exit", issued["ticket"].as_str().unwrap()).await.unwrap();
+    type_line(&mut socket, "echo sti''ll-here\n").await;
+    read_until(&mut socket, "still-here", Duration::from_secs(20)).await;
+}
