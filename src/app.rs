@@ -33,6 +33,7 @@ pub struct Application {
     draining: Arc<AtomicBool>,
     drain_delay: Duration,
     store: EventStore,
+    relay: actix_web::web::Data<crate::relay_http::Relay>,
 }
 
 impl Application {
@@ -111,6 +112,9 @@ impl Application {
             audit_access: Arc::new(AggregateRepository::new(store.clone(), ())),
             audit_key,
         };
+        let relay = actix_web::web::Data::new(crate::relay_http::Relay::new(store.clone(), settings.relay()?));
+        relay.load_firewall().await.context("cannot load the relay firewall")?;
+        let relay_routes = relay.clone();
         let listener =
             TcpListener::bind(&settings.listen).with_context(|| format!("cannot listen on {}", settings.listen))?;
         let port = listener.local_addr().context("listener address")?.port();
@@ -131,6 +135,7 @@ impl Application {
                         Ok(response)
                     }
                 })
+                .configure(crate::relay_http::configure(relay_routes.clone()))
                 .configure(api::configure(state.clone()))
         })
         .disable_signals()
@@ -153,6 +158,7 @@ impl Application {
             draining,
             drain_delay,
             store,
+            relay,
         })
     }
 
@@ -163,7 +169,12 @@ impl Application {
 
     /// A handle that stops the service gracefully, as SIGTERM does.
     pub fn stopper(&self) -> Stopper {
-        Stopper { handle: self.handle.clone(), draining: self.draining.clone(), drain_delay: self.drain_delay }
+        Stopper {
+            handle: self.handle.clone(),
+            draining: self.draining.clone(),
+            drain_delay: self.drain_delay,
+            relay: self.relay.clone(),
+        }
     }
 
     /// Serves until SIGTERM or SIGINT (or a [`Stopper`]), then drains: readiness turns off, in-flight requests
@@ -202,6 +213,7 @@ pub struct Stopper {
     handle: ServerHandle,
     draining: Arc<AtomicBool>,
     drain_delay: Duration,
+    relay: actix_web::web::Data<crate::relay_http::Relay>,
 }
 
 impl Stopper {
@@ -213,6 +225,8 @@ impl Stopper {
             tracing::info!(seconds = self.drain_delay.as_secs(), "draining: readiness is off, still serving");
             tokio::time::sleep(self.drain_delay).await;
         }
+        // Terminal sessions are long-lived: close them (recording `shutdown`) before waiting for connections.
+        self.relay.shut_down(Duration::from_secs(5)).await;
         self.handle.stop(true).await;
     }
 }

@@ -42,6 +42,59 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Run a workspace agent: dial out to the gateway and serve terminals (docs/OPERATIONS.md).
+    Agent {
+        /// The gateway's base URL (http://, https://, ws:// or wss://).
+        #[arg(long, env = "GATEHOUSE_AGENT_SERVER")]
+        server: String,
+        /// The agent token an admin minted (`POST /api/v1/agent-tokens`).
+        #[arg(long, env = "GATEHOUSE_AGENT_TOKEN", hide_env_values = true)]
+        token: String,
+        /// The workspace this agent serves (default: the `WORKSPACE_ID` tag, else the host name).
+        #[arg(long, env = "GATEHOUSE_AGENT_WORKSPACE")]
+        workspace: Option<String>,
+        /// A tag to announce, KEY=VALUE; repeatable. `RDE_OWNER_EMAIL`, `RDE_DISPLAY_NAME` and `BLUEPRINT_KEY` are
+        /// also taken from the environment.
+        #[arg(long = "tag", value_parser = parse_tag)]
+        tags: Vec<(String, String)>,
+        /// The shell to run in each terminal.
+        #[arg(long, env = "GATEHOUSE_AGENT_SHELL", default_value = "/bin/sh")]
+        shell: String,
+    },
+}
+
+fn parse_tag(raw: &str) -> Result<(String, String), String> {
+    match raw.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => Ok((key.trim().to_string(), value.to_string())),
+        _ => Err(format!("{raw:?} is not KEY=VALUE")),
+    }
+}
+
+async fn agent(
+    server: String,
+    token: String,
+    workspace: Option<String>,
+    tags: Vec<(String, String)>,
+    shell: String,
+) -> anyhow::Result<()> {
+    let mut announced = std::collections::BTreeMap::new();
+    for key in ["RDE_OWNER_EMAIL", "RDE_DISPLAY_NAME", "BLUEPRINT_KEY", "WORKSPACE_ID"] {
+        if let Ok(value) = std::env::var(key) {
+            if !value.trim().is_empty() {
+                announced.insert(key.to_string(), value);
+            }
+        }
+    }
+    announced.extend(tags);
+    let workspace = workspace
+        .or_else(|| announced.get("WORKSPACE_ID").cloned())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .filter(|workspace| !workspace.trim().is_empty())
+        .context("no workspace: pass --workspace or a WORKSPACE_ID tag")?;
+    announced.insert("WORKSPACE_ID".into(), workspace.clone());
+    relay::agent::run(relay::agent::AgentConfig { server, token, workspace, tags: announced, shell })
+        .await
+        .context("agent stopped")
 }
 
 #[derive(Debug, Subcommand)]
@@ -152,6 +205,9 @@ fn main() -> ExitCode {
             }
             Command::Token { command: TokenCommand::Issue { email, role, ttl } } => {
                 issue_token(settings, &email, &role, ttl).await
+            }
+            Command::Agent { server, token, workspace, tags, shell } => {
+                agent(server, token, workspace, tags, shell).await
             }
         }
     });

@@ -88,6 +88,24 @@ pub struct Settings {
     pub auth_jwks_refresh_secs: u64,
     /// Least seconds between two JWKS fetches caused by tokens naming an unknown key id.
     pub auth_jwks_min_refresh_secs: u64,
+    /// Seconds a terminal ticket stays redeemable.
+    pub relay_ticket_ttl_secs: u64,
+    /// Origins allowed to open a browser terminal (besides requests without `Origin` and same-host origins).
+    #[serde(deserialize_with = "one_or_many")]
+    pub relay_allowed_origins: Vec<String>,
+    /// Seconds a browser (or an agent) has to send its first message.
+    pub relay_auth_timeout_secs: u64,
+    /// Seconds without input or output before a session is closed (4008).
+    pub relay_idle_timeout_secs: u64,
+    /// Seconds a session may last at most (4009).
+    pub relay_max_session_secs: u64,
+    /// Largest WebSocket frame accepted from a browser or an agent, in bytes (1009).
+    pub relay_max_frame_bytes: usize,
+    /// Open terminal sessions one user may have at once (4029).
+    pub relay_max_sessions_per_user: usize,
+    /// Proxies (CIDRs) whose `X-Forwarded-For` is believed when finding a terminal client's address.
+    #[serde(deserialize_with = "one_or_many")]
+    pub relay_trusted_proxies: Vec<String>,
 }
 
 /// A list, or one string split at commas (environment variables hold strings).
@@ -145,12 +163,21 @@ impl Default for Settings {
             auth_email_claim: "email".into(),
             auth_jwks_refresh_secs: 3600,
             auth_jwks_min_refresh_secs: 30,
+            relay_ticket_ttl_secs: 30,
+            relay_allowed_origins: Vec::new(),
+            relay_auth_timeout_secs: 5,
+            relay_idle_timeout_secs: 15 * 60,
+            relay_max_session_secs: 12 * 3600,
+            relay_max_frame_bytes: 1024 * 1024,
+            relay_max_sessions_per_user: 20,
+            relay_trusted_proxies: Vec::new(),
         }
     }
 }
 
 /// Environment keys that belong to other tools and are not settings.
-const NOT_SETTINGS: &[&str] = &["config", "test_database_url"];
+const NOT_SETTINGS: &[&str] =
+    &["config", "test_database_url", "agent_server", "agent_token", "agent_workspace", "agent_shell"];
 
 impl Settings {
     /// Loads defaults, then `file` (if any), then `GATEHOUSE_*` variables.
@@ -172,6 +199,27 @@ impl Settings {
             )
             .extract()
             .map_err(Box::new)
+    }
+
+    /// The relay's limits.
+    pub fn relay(&self) -> anyhow::Result<crate::relay_http::RelayLimits> {
+        let trusted_proxies = self
+            .relay_trusted_proxies
+            .iter()
+            .map(|raw| {
+                domain::firewall::Cidr::parse(raw).map_err(|error| anyhow::anyhow!("relay_trusted_proxies: {error}"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(crate::relay_http::RelayLimits {
+            trusted_proxies,
+            ticket_ttl: Duration::from_secs(self.relay_ticket_ttl_secs.max(1)),
+            allowed_origins: self.relay_allowed_origins.clone(),
+            auth_timeout: Duration::from_secs(self.relay_auth_timeout_secs.max(1)),
+            idle_timeout: Duration::from_secs(self.relay_idle_timeout_secs.max(1)),
+            max_age: Duration::from_secs(self.relay_max_session_secs.max(1)),
+            max_frame: self.relay_max_frame_bytes.max(relay::mux::MAX_DATA + 16),
+            max_sessions_per_user: self.relay_max_sessions_per_user.max(1),
+        })
     }
 
     /// The store configuration these settings describe.

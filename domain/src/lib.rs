@@ -9,7 +9,9 @@
 
 pub mod audit_access;
 pub mod email;
+pub mod firewall;
 pub mod publishing;
+pub mod relay;
 pub mod roster;
 pub mod trust;
 

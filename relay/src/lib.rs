@@ -4,11 +4,15 @@
 //!
 //! - [`browser`]: messages on a browser's terminal WebSocket, and the close codes the gateway uses.
 //! - [`mux`]: the binary frames that carry many sessions over one agent connection, with per-session flow control.
+//! - [`hub`]: the gateway's registry of connected agents and the sessions each carries (transport-free).
+//! - [`agent`]: the workspace agent (`gatehouse agent`): dials out, runs shells in PTYs.
 //!
 //! **API Boundary:** both protocols are contracts with code we do not deploy together (browsers, agents in
 //! workspaces); change them only by adding message kinds.
 //!
 //! **Architecture Invariant:** `relay` never depends on `api` (nor `api` on `relay`); the root package wires them.
 
+pub mod agent;
 pub mod browser;
+pub mod hub;
 pub mod mux;

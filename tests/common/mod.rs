@@ -127,6 +127,13 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // The server's own account of a failed test.
+            eprintln!("gatehouse exit status: {:?}", self.child.try_wait());
+            for line in self.logs.try_iter().collect::<Vec<_>>().iter().rev().take(40).rev() {
+                eprintln!("gatehouse: {line}");
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

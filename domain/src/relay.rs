@@ -1,0 +1,558 @@
+//! The terminal relay's facts: one-time tickets, agent tokens and terminal sessions.
+//!
+//! - [`Ticket`]: one aggregate per ticket, id = the hex SHA-256 of the ticket (the ticket itself is never stored).
+//!   Redeeming is a command on it, so two racing redemptions conflict in the store and exactly one wins.
+//!   A refused redemption is recorded on the aggregate of the hash presented (for an unknown ticket that aggregate
+//!   holds nothing but refusals).
+//! - [`AgentToken`]: one aggregate per agent token, id = the hex SHA-256 of the token.
+//! - [`TerminalSession`]: one aggregate per session, id = the session's id.
+//!
+//! Times arrive in commands (the domain has no clock).
+
+use chrono::{DateTime, Utc};
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::{Aggregate, DomainEvent};
+use serde::{Deserialize, Serialize};
+
+use crate::Email;
+
+/// Why a ticket redemption was refused. **API Boundary:** stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefusalReason {
+    /// No ticket with this hash was ever issued.
+    Unknown,
+    /// Past its expiry.
+    Expired,
+    /// Already redeemed.
+    Reused,
+    /// Issued for another user, workspace or kind.
+    Foreign,
+}
+
+impl RefusalReason {
+    /// The stable name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefusalReason::Unknown => "unknown",
+            RefusalReason::Expired => "expired",
+            RefusalReason::Reused => "reused",
+            RefusalReason::Foreign => "foreign",
+        }
+    }
+}
+
+/// Commands on a ticket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TicketCommand {
+    /// Issue it.
+    Issue {
+        /// Hex SHA-256 of the ticket (also the aggregate id).
+        ticket_hash: String,
+        /// For whom.
+        user: Email,
+        /// For which workspace.
+        workspace: String,
+        /// `terminal` (or, later, `preview`).
+        kind: String,
+        /// Until when.
+        expires_at: DateTime<Utc>,
+    },
+    /// Redeem it.
+    Redeem {
+        /// The workspace of the connection redeeming it.
+        workspace: String,
+        /// The kind of connection.
+        kind: String,
+        /// Now.
+        now: DateTime<Utc>,
+    },
+}
+
+/// A ticket's events. **API Boundary:** stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TicketEvent {
+    /// A ticket was issued.
+    TicketIssued {
+        /// Hex SHA-256 of the ticket.
+        ticket_hash: String,
+        /// For whom.
+        user: Email,
+        /// For which workspace.
+        workspace: String,
+        /// Its kind.
+        kind: String,
+        /// Until when.
+        expires_at: DateTime<Utc>,
+    },
+    /// It was redeemed (once).
+    TicketRedeemed {
+        /// The workspace.
+        workspace: String,
+    },
+    /// A redemption was refused.
+    TicketRefused {
+        /// Why.
+        reason: RefusalReason,
+        /// The workspace the connection asked for.
+        workspace: String,
+    },
+}
+
+impl DomainEvent for TicketEvent {
+    fn event_type(&self) -> String {
+        match self {
+            TicketEvent::TicketIssued { .. } => "TicketIssued",
+            TicketEvent::TicketRedeemed { .. } => "TicketRedeemed",
+            TicketEvent::TicketRefused { .. } => "TicketRefused",
+        }
+        .to_string()
+    }
+
+    fn event_version(&self) -> String {
+        "1.0".to_string()
+    }
+}
+
+/// Why a ticket command failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TicketError {
+    /// Issuing the same ticket twice.
+    #[error("the ticket was already issued")]
+    AlreadyIssued,
+}
+
+/// A one-time ticket.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ticket {
+    /// Issued for whom (None: never issued).
+    pub user: Option<Email>,
+    /// Its workspace.
+    pub workspace: String,
+    /// Its kind.
+    pub kind: String,
+    /// Its expiry.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Redeemed already.
+    pub redeemed: bool,
+    /// Events applied so far (the aggregate's version).
+    pub version: u64,
+    /// The version at which it was redeemed: a redeemer whose command committed that version won.
+    pub redeemed_at: Option<u64>,
+}
+
+impl Ticket {
+    /// Why a redemption would be refused now, if it would.
+    pub fn refusal(&self, workspace: &str, kind: &str, now: DateTime<Utc>) -> Option<RefusalReason> {
+        let Some(expires_at) = self.expires_at else { return Some(RefusalReason::Unknown) };
+        if self.redeemed {
+            Some(RefusalReason::Reused)
+        } else if self.workspace != workspace || self.kind != kind {
+            Some(RefusalReason::Foreign)
+        } else if now >= expires_at {
+            Some(RefusalReason::Expired)
+        } else {
+            None
+        }
+    }
+}
+
+impl Aggregate for Ticket {
+    const TYPE: &'static str = "ticket";
+    type Command = TicketCommand;
+    type Event = TicketEvent;
+    type Error = TicketError;
+    type Services = ();
+
+    async fn handle(&mut self, command: Self::Command, _: &(), sink: &EventSink<Self>) -> Result<(), Self::Error> {
+        match command {
+            TicketCommand::Issue { ticket_hash, user, workspace, kind, expires_at } => {
+                if self.user.is_some() {
+                    return Err(TicketError::AlreadyIssued);
+                }
+                sink.write(TicketEvent::TicketIssued { ticket_hash, user, workspace, kind, expires_at }, self).await;
+            }
+            TicketCommand::Redeem { workspace, kind, now } => match self.refusal(&workspace, &kind, now) {
+                Some(reason) => sink.write(TicketEvent::TicketRefused { reason, workspace }, self).await,
+                None => sink.write(TicketEvent::TicketRedeemed { workspace }, self).await,
+            },
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, event: Self::Event) {
+        self.version += 1;
+        match event {
+            TicketEvent::TicketIssued { user, workspace, kind, expires_at, .. } => {
+                self.user = Some(user);
+                self.workspace = workspace;
+                self.kind = kind;
+                self.expires_at = Some(expires_at);
+            }
+            TicketEvent::TicketRedeemed { .. } => {
+                self.redeemed = true;
+                self.redeemed_at = Some(self.version);
+            }
+            TicketEvent::TicketRefused { .. } => {}
+        }
+    }
+}
+
+/// Commands on an agent token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentTokenCommand {
+    /// Mint it.
+    Mint {
+        /// A label for people.
+        name: String,
+        /// The admin minting it.
+        by: Email,
+    },
+    /// Revoke it.
+    Revoke {
+        /// The admin revoking it.
+        by: Email,
+    },
+}
+
+/// An agent token's events. **API Boundary:** stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AgentTokenEvent {
+    /// Minted (its hash is the aggregate id).
+    AgentTokenMinted {
+        /// A label.
+        name: String,
+        /// By whom.
+        by: Email,
+    },
+    /// Revoked.
+    AgentTokenRevoked {
+        /// By whom.
+        by: Email,
+    },
+}
+
+impl DomainEvent for AgentTokenEvent {
+    fn event_type(&self) -> String {
+        match self {
+            AgentTokenEvent::AgentTokenMinted { .. } => "AgentTokenMinted",
+            AgentTokenEvent::AgentTokenRevoked { .. } => "AgentTokenRevoked",
+        }
+        .to_string()
+    }
+
+    fn event_version(&self) -> String {
+        "1.0".to_string()
+    }
+}
+
+/// Why an agent token command failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AgentTokenError {
+    /// Minting a token twice.
+    #[error("the agent token exists already")]
+    Exists,
+    /// Revoking a token that was never minted.
+    #[error("no such agent token")]
+    NotFound,
+    /// Revoking twice.
+    #[error("the agent token is revoked already")]
+    AlreadyRevoked,
+}
+
+/// An agent token.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentToken {
+    /// Its label (None: never minted).
+    pub name: Option<String>,
+    /// Revoked.
+    pub revoked: bool,
+}
+
+impl AgentToken {
+    /// Whether an agent may connect with it.
+    pub fn is_valid(&self) -> bool {
+        self.name.is_some() && !self.revoked
+    }
+}
+
+impl Aggregate for AgentToken {
+    const TYPE: &'static str = "agent_token";
+    type Command = AgentTokenCommand;
+    type Event = AgentTokenEvent;
+    type Error = AgentTokenError;
+    type Services = ();
+
+    async fn handle(&mut self, command: Self::Command, _: &(), sink: &EventSink<Self>) -> Result<(), Self::Error> {
+        match command {
+            AgentTokenCommand::Mint { name, by } => {
+                if self.name.is_some() {
+                    return Err(AgentTokenError::Exists);
+                }
+                sink.write(AgentTokenEvent::AgentTokenMinted { name, by }, self).await;
+            }
+            AgentTokenCommand::Revoke { by } => {
+                if self.name.is_none() {
+                    return Err(AgentTokenError::NotFound);
+                }
+                if self.revoked {
+                    return Err(AgentTokenError::AlreadyRevoked);
+                }
+                sink.write(AgentTokenEvent::AgentTokenRevoked { by }, self).await;
+            }
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, event: Self::Event) {
+        match event {
+            AgentTokenEvent::AgentTokenMinted { name, .. } => self.name = Some(name),
+            AgentTokenEvent::AgentTokenRevoked { .. } => self.revoked = true,
+        }
+    }
+}
+
+/// Why a session closed. **API Boundary:** stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CloseReason {
+    /// The browser closed it (or the shell exited).
+    ClientClosed,
+    /// The agent disconnected.
+    AgentLost,
+    /// No traffic for the idle timeout.
+    IdleTimeout,
+    /// The session reached its maximum age.
+    MaxAge,
+    /// The gateway shut down.
+    Shutdown,
+    /// The IP firewall closed it.
+    Firewall,
+}
+
+impl CloseReason {
+    /// The stable name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::ClientClosed => "client_closed",
+            CloseReason::AgentLost => "agent_lost",
+            CloseReason::IdleTimeout => "idle_timeout",
+            CloseReason::MaxAge => "max_age",
+            CloseReason::Shutdown => "shutdown",
+            CloseReason::Firewall => "firewall",
+        }
+    }
+}
+
+/// Commands on a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionCommand {
+    /// It opened.
+    Open {
+        /// Its id.
+        session_id: String,
+        /// Whose.
+        user: Email,
+        /// Which workspace.
+        workspace: String,
+        /// Which agent (its connection id).
+        agent: String,
+        /// The client's address.
+        client_ip: String,
+        /// The client's user agent.
+        user_agent: String,
+    },
+    /// It closed.
+    Close {
+        /// Browser → agent bytes.
+        bytes_in: u64,
+        /// Agent → browser bytes.
+        bytes_out: u64,
+        /// How long it lasted.
+        duration_ms: u64,
+        /// Why.
+        reason: CloseReason,
+    },
+}
+
+/// A session's events. **API Boundary:** stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SessionEvent {
+    /// Opened.
+    SessionOpened {
+        /// Its id.
+        session_id: String,
+        /// Whose.
+        user: Email,
+        /// Which workspace.
+        workspace: String,
+        /// Which agent.
+        agent: String,
+        /// The client's address.
+        client_ip: String,
+        /// The client's user agent.
+        user_agent: String,
+    },
+    /// Closed.
+    SessionClosed {
+        /// Browser → agent bytes.
+        bytes_in: u64,
+        /// Agent → browser bytes.
+        bytes_out: u64,
+        /// How long it lasted.
+        duration_ms: u64,
+        /// Why.
+        reason: CloseReason,
+    },
+}
+
+impl DomainEvent for SessionEvent {
+    fn event_type(&self) -> String {
+        match self {
+            SessionEvent::SessionOpened { .. } => "SessionOpened",
+            SessionEvent::SessionClosed { .. } => "SessionClosed",
+        }
+        .to_string()
+    }
+
+    fn event_version(&self) -> String {
+        "1.0".to_string()
+    }
+}
+
+/// Why a session command failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SessionError {
+    /// Opened twice.
+    #[error("the session is open already")]
+    AlreadyOpen,
+    /// Closing a session never opened.
+    #[error("the session was never opened")]
+    NotOpen,
+    /// Closing twice.
+    #[error("the session is closed already")]
+    AlreadyClosed,
+}
+
+/// A terminal session.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TerminalSession {
+    /// Opened.
+    pub opened: bool,
+    /// Closed.
+    pub closed: bool,
+}
+
+impl Aggregate for TerminalSession {
+    const TYPE: &'static str = "terminal_session";
+    type Command = SessionCommand;
+    type Event = SessionEvent;
+    type Error = SessionError;
+    type Services = ();
+
+    async fn handle(&mut self, command: Self::Command, _: &(), sink: &EventSink<Self>) -> Result<(), Self::Error> {
+        match command {
+            SessionCommand::Open { session_id, user, workspace, agent, client_ip, user_agent } => {
+                if self.opened {
+                    return Err(SessionError::AlreadyOpen);
+                }
+                sink.write(
+                    SessionEvent::SessionOpened { session_id, user, workspace, agent, client_ip, user_agent },
+                    self,
+                )
+                .await;
+            }
+            SessionCommand::Close { bytes_in, bytes_out, duration_ms, reason } => {
+                if !self.opened {
+                    return Err(SessionError::NotOpen);
+                }
+                if self.closed {
+                    return Err(SessionError::AlreadyClosed);
+                }
+                sink.write(SessionEvent::SessionClosed { bytes_in, bytes_out, duration_ms, reason }, self).await;
+            }
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, event: Self::Event) {
+        match event {
+            SessionEvent::SessionOpened { .. } => self.opened = true,
+            SessionEvent::SessionClosed { .. } => self.closed = true,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use chrono::TimeZone;
+    use cqrs_es::test::TestFramework;
+
+    use super::*;
+
+    fn issued(at: DateTime<Utc>) -> TicketEvent {
+        TicketEvent::TicketIssued {
+            ticket_hash: "ab".into(),
+            user: Email::parse("ada@example.com").unwrap(),
+            workspace: "ws-1".into(),
+            kind: "terminal".into(),
+            expires_at: at,
+        }
+    }
+
+    fn redeem(workspace: &str, now: DateTime<Utc>) -> TicketCommand {
+        TicketCommand::Redeem { workspace: workspace.into(), kind: "terminal".into(), now }
+    }
+
+    #[test]
+    fn a_ticket_is_redeemed_once() {
+        let expiry = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 30).unwrap();
+        let now = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 10).unwrap();
+        TestFramework::<Ticket>::with(())
+            .given(vec![issued(expiry)])
+            .when(redeem("ws-1", now))
+            .then_expect_events(vec![TicketEvent::TicketRedeemed { workspace: "ws-1".into() }]);
+        TestFramework::<Ticket>::with(())
+            .given(vec![issued(expiry), TicketEvent::TicketRedeemed { workspace: "ws-1".into() }])
+            .when(redeem("ws-1", now))
+            .then_expect_events(vec![TicketEvent::TicketRefused {
+                reason: RefusalReason::Reused,
+                workspace: "ws-1".into(),
+            }]);
+    }
+
+    #[test]
+    fn expired_foreign_and_unknown_tickets_are_refused() {
+        let expiry = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 30).unwrap();
+        let late = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 30).unwrap();
+        let now = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 10).unwrap();
+        let refused =
+            |reason, workspace: &str| vec![TicketEvent::TicketRefused { reason, workspace: workspace.to_string() }];
+        TestFramework::<Ticket>::with(())
+            .given(vec![issued(expiry)])
+            .when(redeem("ws-1", late))
+            .then_expect_events(refused(RefusalReason::Expired, "ws-1"));
+        TestFramework::<Ticket>::with(())
+            .given(vec![issued(expiry)])
+            .when(redeem("ws-2", now))
+            .then_expect_events(refused(RefusalReason::Foreign, "ws-2"));
+        TestFramework::<Ticket>::with(())
+            .given_no_previous_events()
+            .when(redeem("ws-1", now))
+            .then_expect_events(refused(RefusalReason::Unknown, "ws-1"));
+    }
+
+    #[test]
+    fn agent_tokens_mint_and_revoke_once() {
+        let by = Email::parse("root@example.com").unwrap();
+        TestFramework::<AgentToken>::with(())
+            .given(vec![AgentTokenEvent::AgentTokenMinted { name: "a".into(), by: by.clone() }])
+            .when(AgentTokenCommand::Revoke { by: by.clone() })
+            .then_expect_events(vec![AgentTokenEvent::AgentTokenRevoked { by: by.clone() }]);
+        TestFramework::<AgentToken>::with(())
+            .given_no_previous_events()
+            .when(AgentTokenCommand::Revoke { by })
+            .then_expect_error(AgentTokenError::NotFound);
+    }
+}

@@ -1,0 +1,338 @@
+//! The workspace agent: dials out to the gateway over one WebSocket, announces itself, and runs each session it is
+//! asked to open as a shell in a real PTY.
+//!
+//! Handshake: the agent's first message is the text frame [`Hello`] (its token travels there, never in the URL);
+//! the gateway answers [`Welcome`] or closes with one of the [`close`] codes. Then binary [`Frame`]s flow both ways.
+//! On any disconnection the agent ends its shells and reconnects with exponential backoff and jitter; a refused
+//! token ends it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{Read, Write};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use portable_pty::{native_pty_system, ChildKiller, CommandBuilder, MasterPty, PtySize};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::mux::{Frame, INITIAL_WINDOW};
+
+/// Close codes the gateway ends an agent's connection with. **API Boundary:** documented in docs/API.md.
+pub mod close {
+    /// The first message was not a valid `hello`, or did not come in time.
+    pub const HELLO_REQUIRED: u16 = 4000;
+    /// The agent token is unknown or revoked. The agent stops.
+    pub const TOKEN_REFUSED: u16 = 4401;
+    /// Another live agent already serves the workspace.
+    pub const WORKSPACE_TAKEN: u16 = 4409;
+    /// A malformed frame or a window overrun.
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// The gateway is shutting down.
+    pub const GOING_AWAY: u16 = 1001;
+}
+
+/// The agent's first message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename = "hello")]
+pub struct Hello {
+    /// The agent token.
+    pub token: String,
+    /// The workspace it serves.
+    pub workspace: String,
+    /// Its tags (`RDE_OWNER_EMAIL`, `RDE_DISPLAY_NAME`, `BLUEPRINT_KEY`, …).
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+}
+
+/// The gateway's answer to [`Hello`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename = "welcome")]
+pub struct Welcome {
+    /// The connection's id.
+    pub agent: String,
+}
+
+/// How to run an agent.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// The gateway's base URL (`http(s)://` or `ws(s)://`).
+    pub server: String,
+    /// The agent token.
+    pub token: String,
+    /// The workspace served.
+    pub workspace: String,
+    /// Tags to announce.
+    pub tags: BTreeMap<String, String>,
+    /// The shell to run.
+    pub shell: String,
+}
+
+/// Why the agent stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The gateway refused the token.
+    #[error("the gateway refused the agent token")]
+    TokenRefused,
+    /// The server URL is not usable.
+    #[error("bad server URL {0:?}")]
+    BadUrl(String),
+}
+
+/// The WebSocket URL of the agent endpoint.
+pub fn connect_url(server: &str) -> Result<String, AgentError> {
+    let base = server.trim_end_matches('/');
+    let base = if let Some(rest) = base.strip_prefix("http://") {
+        format!("ws://{rest}")
+    } else if let Some(rest) = base.strip_prefix("https://") {
+        format!("wss://{rest}")
+    } else if base.starts_with("ws://") || base.starts_with("wss://") {
+        base.to_string()
+    } else {
+        return Err(AgentError::BadUrl(server.to_string()));
+    };
+    Ok(format!("{base}/api/v1/agent/connect"))
+}
+
+/// Runs the agent until its token is refused: connects, serves, reconnects with backoff.
+pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
+    let url = connect_url(&config.server)?;
+    let mut failures: u32 = 0;
+    loop {
+        match serve_once(&config, &url).await {
+            Ok(Outcome::TokenRefused) => return Err(AgentError::TokenRefused),
+            Ok(Outcome::Served) => {
+                failures = 0;
+                tracing::warn!("disconnected from the gateway; reconnecting");
+            }
+            Ok(Outcome::Refused(code)) => tracing::warn!(code, "the gateway refused the connection"),
+            Err(error) => tracing::warn!(%error, "cannot reach the gateway"),
+        }
+        failures = failures.saturating_add(1);
+        let base = 250u64.saturating_mul(1u64 << failures.min(7)).min(30_000);
+        let jitter = rand::random::<u64>() % (base / 2 + 1);
+        tokio::time::sleep(Duration::from_millis(base / 2 + jitter)).await;
+    }
+}
+
+enum Outcome {
+    /// Was connected and welcomed, then lost the connection.
+    Served,
+    /// Closed before the welcome.
+    Refused(u16),
+    /// The token was refused.
+    TokenRefused,
+}
+
+async fn serve_once(config: &AgentConfig, url: &str) -> Result<Outcome, Box<dyn std::error::Error + Send + Sync>> {
+    let request = url.into_client_request()?;
+    let (socket, _) = tokio_tungstenite::connect_async(request).await?;
+    let (mut sink, mut stream) = socket.split();
+    let hello = Hello { token: config.token.clone(), workspace: config.workspace.clone(), tags: config.tags.clone() };
+    sink.send(Message::Text(serde_json::to_string(&hello)?)).await?;
+    loop {
+        match stream.next().await {
+            Some(Ok(Message::Text(text))) => {
+                let welcome: Welcome = serde_json::from_str(&text)?;
+                tracing::info!(agent = welcome.agent, workspace = config.workspace, "connected to the gateway");
+                break;
+            }
+            Some(Ok(Message::Close(frame))) => {
+                let code = frame.map(|frame| u16::from(frame.code)).unwrap_or(1005);
+                return Ok(if code == close::TOKEN_REFUSED { Outcome::TokenRefused } else { Outcome::Refused(code) });
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(error)) => return Err(error.into()),
+            None => return Ok(Outcome::Refused(1006)),
+        }
+    }
+
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Frame>();
+    let writer = tokio::spawn(async move {
+        while let Some(frame) = out_rx.recv().await {
+            if sink.send(Message::Binary(frame.encode())).await.is_err() {
+                break;
+            }
+        }
+        let _ = sink.close().await;
+    });
+    let mut sessions: HashMap<u32, Shell> = HashMap::new();
+    while let Some(message) = stream.next().await {
+        let bytes = match message {
+            Ok(Message::Binary(bytes)) => bytes,
+            Ok(Message::Close(_)) | Err(_) => break,
+            Ok(_) => continue,
+        };
+        let frame = match Frame::decode(&bytes) {
+            Ok(frame) => frame,
+            Err(error) => {
+                tracing::warn!(%error, "malformed frame from the gateway");
+                break;
+            }
+        };
+        match frame {
+            Frame::Open { session, cols, rows, .. } => {
+                match Shell::spawn(&config.shell, session, cols, rows, &out_tx) {
+                    Ok(shell) => {
+                        sessions.insert(session, shell);
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, session, "cannot start a shell");
+                        let _ = out_tx.send(Frame::Close { session });
+                    }
+                }
+            }
+            Frame::Data { session, bytes } => {
+                if let Some(shell) = sessions.get(&session) {
+                    let _ = shell.input.send(bytes);
+                }
+            }
+            Frame::Resize { session, cols, rows } => {
+                if let Some(shell) = sessions.get(&session) {
+                    shell.resize(cols, rows);
+                }
+            }
+            Frame::Credit { session, bytes } => {
+                if let Some(shell) = sessions.get(&session) {
+                    let room = (INITIAL_WINDOW as usize).saturating_sub(shell.window.available_permits());
+                    shell.window.add_permits((bytes as usize).min(room));
+                }
+            }
+            Frame::Close { session } => {
+                if let Some(mut shell) = sessions.remove(&session) {
+                    shell.kill();
+                }
+            }
+            Frame::Opened { .. } | Frame::Exit { .. } => {}
+        }
+        sessions.retain(|_, shell| !shell.finished());
+    }
+    for (_, mut shell) in sessions.drain() {
+        shell.kill();
+    }
+    drop(out_tx);
+    writer.abort();
+    Ok(Outcome::Served)
+}
+
+/// One shell in a PTY, with its pumps on plain threads (PTY I/O is blocking).
+struct Shell {
+    input: std::sync::mpsc::Sender<Vec<u8>>,
+    window: Arc<Semaphore>,
+    master: Arc<Mutex<Box<dyn MasterPty + Send>>>,
+    killer: Box<dyn ChildKiller + Send + Sync>,
+    done: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Shell {
+    fn spawn(
+        shell: &str,
+        session: u32,
+        cols: u16,
+        rows: u16,
+        out: &mpsc::UnboundedSender<Frame>,
+    ) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        let pair = native_pty_system().openpty(PtySize {
+            rows: rows.max(1),
+            cols: cols.max(1),
+            pixel_width: 0,
+            pixel_height: 0,
+        })?;
+        let mut command = CommandBuilder::new(shell);
+        command.env("TERM", "xterm-256color");
+        if let Ok(home) = std::env::var("HOME") {
+            command.cwd(home);
+        }
+        let mut child = pair.slave.spawn_command(command)?;
+        drop(pair.slave);
+        let killer = child.clone_killer();
+        let mut reader = pair.master.try_clone_reader()?;
+        let mut writer = pair.master.take_writer()?;
+        let window = Arc::new(Semaphore::new(INITIAL_WINDOW as usize));
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let runtime = tokio::runtime::Handle::current();
+        // `Opened` goes out before the pumps start, so it precedes the shell's first output.
+        out.send(Frame::Opened { session })?;
+
+        let (input, inputs) = std::sync::mpsc::channel::<Vec<u8>>();
+        let credit_out = out.clone();
+        std::thread::spawn(move || {
+            for bytes in inputs {
+                if writer.write_all(&bytes).and_then(|_| writer.flush()).is_err() {
+                    break;
+                }
+                let _ = credit_out.send(Frame::Credit { session, bytes: bytes.len() as u32 });
+            }
+        });
+
+        let out = out.clone();
+        let output_window = window.clone();
+        let finished = done.clone();
+        std::thread::spawn(move || {
+            let mut buffer = vec![0u8; 16 * 1024];
+            loop {
+                let read = match reader.read(&mut buffer) {
+                    Ok(0) | Err(_) => break,
+                    Ok(read) => read,
+                };
+                match runtime.block_on(output_window.acquire_many(read as u32)) {
+                    Ok(permit) => permit.forget(),
+                    Err(_) => break,
+                }
+                if out.send(Frame::Data { session, bytes: buffer[..read].to_vec() }).is_err() {
+                    break;
+                }
+            }
+            let code = child.wait().map(|status| status.exit_code() as i32).unwrap_or(-1);
+            finished.store(true, std::sync::atomic::Ordering::Relaxed);
+            let _ = out.send(Frame::Exit { session, code });
+            let _ = out.send(Frame::Close { session });
+        });
+        Ok(Self { input, window, master: Arc::new(Mutex::new(pair.master)), killer, done })
+    }
+
+    fn resize(&self, cols: u16, rows: u16) {
+        if let Ok(master) = self.master.lock() {
+            let _ = master.resize(PtySize { rows: rows.max(1), cols: cols.max(1), pixel_width: 0, pixel_height: 0 });
+        }
+    }
+
+    fn finished(&self) -> bool {
+        self.done.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn kill(&mut self) {
+        self.window.close();
+        let _ = self.killer.kill();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hello_and_welcome_round_trip() {
+        let hello = Hello {
+            token: "t".into(),
+            workspace: "ws".into(),
+            tags: BTreeMap::from([("RDE_OWNER_EMAIL".to_string(), "ada@example.com".to_string())]),
+        };
+        let text = serde_json::to_string(&hello).unwrap_or_default();
+        assert!(text.starts_with(r#"{"type":"hello","#), "{text}");
+        assert_eq!(serde_json::from_str::<Hello>(&text).ok(), Some(hello));
+        let welcome = serde_json::to_string(&Welcome { agent: "a".into() }).unwrap_or_default();
+        assert_eq!(welcome, r#"{"type":"welcome","agent":"a"}"#);
+        assert_eq!(serde_json::from_str::<Welcome>(&welcome).ok(), Some(Welcome { agent: "a".into() }));
+    }
+
+    #[test]
+    fn urls_map_to_the_agent_endpoint() {
+        assert_eq!(connect_url("http://h:1/").ok().as_deref(), Some("ws://h:1/api/v1/agent/connect"));
+        assert_eq!(connect_url("https://h").ok().as_deref(), Some("wss://h/api/v1/agent/connect"));
+        assert_eq!(connect_url("wss://h").ok().as_deref(), Some("wss://h/api/v1/agent/connect"));
+        assert!(connect_url("ftp://h").is_err());
+    }
+}

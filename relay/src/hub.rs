@@ -1,0 +1,309 @@
+//! The gateway's side of agent connections: which workspace has which connected agent, and the sessions each
+//! agent connection carries.
+//!
+//! Transport-free: whoever owns an agent's WebSocket feeds decoded frames into [`AgentConn::handle_frame`] and writes
+//! out the frames it receives from [`Hub::register`]'s receiver. Browser sessions talk to their agent through a
+//! [`SessionHandle`].
+//!
+//! Flow control, per session: agent → browser, the agent may have [`INITIAL_WINDOW`] bytes outstanding; the gateway
+//! returns `Credit` only once the browser's socket accepted the bytes ([`SessionHandle::consumed`]). Browser →
+//! agent, [`SessionHandle::send_input`] waits for credit, so a browser typing into a stuck shell stalls only itself.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, Semaphore};
+
+use crate::mux::{Frame, MuxError, SessionKind, Window, INITIAL_WINDOW, MAX_DATA};
+
+/// What an agent sends a browser session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ToBrowser {
+    /// The agent opened the session.
+    Opened,
+    /// Terminal output.
+    Data(Vec<u8>),
+    /// The shell exited.
+    Exit(i32),
+    /// The agent closed the session.
+    Closed,
+    /// The agent disconnected.
+    AgentLost,
+}
+
+/// Refusal of an agent's registration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("workspace {0} already has a connected agent")]
+pub struct WorkspaceTaken(pub String);
+
+struct SessionSlot {
+    to_browser: mpsc::UnboundedSender<ToBrowser>,
+    input_credit: Arc<Semaphore>,
+    output_window: Window,
+}
+
+/// One connected agent.
+pub struct AgentConn {
+    /// The connection's id (as sessions record it).
+    pub id: String,
+    /// The workspace it serves.
+    pub workspace: String,
+    /// The tags it announced.
+    pub tags: BTreeMap<String, String>,
+    to_agent: mpsc::UnboundedSender<Frame>,
+    sessions: Mutex<HashMap<u32, SessionSlot>>,
+    next_session: AtomicU32,
+}
+
+impl AgentConn {
+    /// The owner tag (`RDE_OWNER_EMAIL`), if announced.
+    pub fn owner(&self) -> Option<&str> {
+        self.tags.get("RDE_OWNER_EMAIL").map(String::as_str)
+    }
+
+    /// Sessions open on this connection.
+    pub fn session_count(&self) -> usize {
+        self.sessions.lock().map(|sessions| sessions.len()).unwrap_or(0)
+    }
+
+    /// Applies one frame from the agent. An error means the agent broke the protocol (the caller closes it).
+    /// Frames for unknown sessions are ignored (a session the gateway already closed).
+    pub fn handle_frame(&self, frame: Frame) -> Result<(), MuxError> {
+        let Ok(mut sessions) = self.sessions.lock() else { return Ok(()) };
+        let session = frame.session();
+        let Some(slot) = sessions.get_mut(&session) else { return Ok(()) };
+        let message = match frame {
+            Frame::Opened { .. } => ToBrowser::Opened,
+            Frame::Data { bytes, .. } => {
+                slot.output_window.consume(bytes.len())?;
+                ToBrowser::Data(bytes)
+            }
+            Frame::Credit { bytes, .. } => {
+                let room = (INITIAL_WINDOW as usize).saturating_sub(slot.input_credit.available_permits());
+                slot.input_credit.add_permits((bytes as usize).min(room));
+                return Ok(());
+            }
+            Frame::Exit { code, .. } => ToBrowser::Exit(code),
+            Frame::Close { .. } => {
+                let slot = sessions.remove(&session);
+                if let Some(slot) = slot {
+                    slot.input_credit.close();
+                    let _ = slot.to_browser.send(ToBrowser::Closed);
+                }
+                return Ok(());
+            }
+            Frame::Open { .. } | Frame::Resize { .. } => return Ok(()),
+        };
+        let _ = slot.to_browser.send(message);
+        Ok(())
+    }
+
+    /// Opens a terminal session on this agent.
+    pub fn open_terminal(self: &Arc<Self>, cols: u16, rows: u16) -> SessionHandle {
+        let session = self.next_session.fetch_add(1, Ordering::Relaxed);
+        let (to_browser, from_agent) = mpsc::unbounded_channel();
+        let input_credit = Arc::new(Semaphore::new(INITIAL_WINDOW as usize));
+        if let Ok(mut sessions) = self.sessions.lock() {
+            sessions.insert(
+                session,
+                SessionSlot { to_browser, input_credit: input_credit.clone(), output_window: Window::new(session) },
+            );
+        }
+        let _ = self.to_agent.send(Frame::Open { session, kind: SessionKind::Terminal, cols, rows, port: 0 });
+        SessionHandle { session, conn: self.clone(), input_credit, from_agent, closed: false }
+    }
+
+    fn lost(&self) {
+        if let Ok(mut sessions) = self.sessions.lock() {
+            for (_, slot) in sessions.drain() {
+                slot.input_credit.close();
+                let _ = slot.to_browser.send(ToBrowser::AgentLost);
+            }
+        }
+    }
+}
+
+/// A browser session's end of its agent.
+pub struct SessionHandle {
+    /// The session's number on the agent connection.
+    pub session: u32,
+    conn: Arc<AgentConn>,
+    input_credit: Arc<Semaphore>,
+    from_agent: mpsc::UnboundedReceiver<ToBrowser>,
+    closed: bool,
+}
+
+impl SessionHandle {
+    /// The agent connection.
+    pub fn agent(&self) -> &Arc<AgentConn> {
+        &self.conn
+    }
+
+    /// The next message from the agent (`None`: the channel is gone, treat as lost).
+    pub async fn recv(&mut self) -> Option<ToBrowser> {
+        self.from_agent.recv().await
+    }
+
+    /// Sends keystrokes, waiting for credit. `false` when the session or agent is gone.
+    pub async fn send_input(&self, mut bytes: &[u8]) -> bool {
+        while !bytes.is_empty() {
+            match self.input().send_chunk(bytes).await {
+                Some(count) => bytes = &bytes[count..],
+                None => return false,
+            }
+        }
+        true
+    }
+
+    /// The sending half for keystrokes (usable while [`SessionHandle::recv`] is pending).
+    pub fn input(&self) -> Input {
+        Input { session: self.session, conn: self.conn.clone(), credit: self.input_credit.clone() }
+    }
+
+    /// The browser accepted `bytes` of output: return them to the agent as credit.
+    pub fn consumed(&self, bytes: usize) {
+        if let Ok(mut sessions) = self.conn.sessions.lock() {
+            if let Some(slot) = sessions.get_mut(&self.session) {
+                slot.output_window.grant(bytes as u32);
+            }
+        }
+        let _ = self.conn.to_agent.send(Frame::Credit { session: self.session, bytes: bytes as u32 });
+    }
+
+    /// Resizes the terminal.
+    pub fn resize(&self, cols: u16, rows: u16) {
+        let _ = self.conn.to_agent.send(Frame::Resize { session: self.session, cols, rows });
+    }
+
+    /// Closes the session on the agent (also done on drop).
+    pub fn close(&mut self) {
+        if !self.closed {
+            self.closed = true;
+            if let Ok(mut sessions) = self.conn.sessions.lock() {
+                sessions.remove(&self.session);
+            }
+            let _ = self.conn.to_agent.send(Frame::Close { session: self.session });
+        }
+    }
+}
+
+impl Drop for SessionHandle {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// Keystrokes towards a session's agent.
+#[derive(Clone)]
+pub struct Input {
+    session: u32,
+    conn: Arc<AgentConn>,
+    credit: Arc<Semaphore>,
+}
+
+impl Input {
+    /// Sends the first chunk (at most [`MAX_DATA`] bytes) of `bytes` once the window allows it; returns how many
+    /// bytes were sent, `None` when the session or agent is gone. Cancel-safe: dropped before it completes, it has
+    /// sent nothing (so it can be one branch of a `select!` that keeps forwarding output meanwhile).
+    pub async fn send_chunk(&self, bytes: &[u8]) -> Option<usize> {
+        let chunk = &bytes[..bytes.len().min(MAX_DATA)];
+        let permit = self.credit.acquire_many(chunk.len() as u32).await.ok()?;
+        permit.forget();
+        self.conn.to_agent.send(Frame::Data { session: self.session, bytes: chunk.to_vec() }).ok()?;
+        Some(chunk.len())
+    }
+}
+
+/// Every connected agent, by workspace.
+#[derive(Default)]
+pub struct Hub {
+    agents: Mutex<HashMap<String, Arc<AgentConn>>>,
+    next_id: AtomicU64,
+}
+
+impl Hub {
+    /// A hub with no agents.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers an agent for `workspace`; refused while another live agent holds it. The receiver yields the frames
+    /// to write to the agent.
+    pub fn register(
+        &self,
+        workspace: &str,
+        tags: BTreeMap<String, String>,
+    ) -> Result<(Arc<AgentConn>, mpsc::UnboundedReceiver<Frame>), WorkspaceTaken> {
+        let mut agents = self.agents.lock().map_err(|_| WorkspaceTaken(workspace.to_string()))?;
+        if agents.contains_key(workspace) {
+            return Err(WorkspaceTaken(workspace.to_string()));
+        }
+        let (to_agent, frames) = mpsc::unbounded_channel();
+        let id = format!("agent-{}-{}", self.next_id.fetch_add(1, Ordering::Relaxed) + 1, workspace);
+        let conn = Arc::new(AgentConn {
+            id,
+            workspace: workspace.to_string(),
+            tags,
+            to_agent,
+            sessions: Mutex::new(HashMap::new()),
+            next_session: AtomicU32::new(1),
+        });
+        agents.insert(workspace.to_string(), conn.clone());
+        Ok((conn, frames))
+    }
+
+    /// Forgets a disconnected agent and tells each of its sessions.
+    pub fn unregister(&self, conn: &Arc<AgentConn>) {
+        if let Ok(mut agents) = self.agents.lock() {
+            if agents.get(&conn.workspace).is_some_and(|current| Arc::ptr_eq(current, conn)) {
+                agents.remove(&conn.workspace);
+            }
+        }
+        conn.lost();
+    }
+
+    /// The agent serving `workspace`.
+    pub fn get(&self, workspace: &str) -> Option<Arc<AgentConn>> {
+        self.agents.lock().ok().and_then(|agents| agents.get(workspace).cloned())
+    }
+
+    /// Every connected agent, ordered by workspace.
+    pub fn list(&self) -> Vec<Arc<AgentConn>> {
+        let mut all: Vec<_> = self.agents.lock().map(|agents| agents.values().cloned().collect()).unwrap_or_default();
+        all.sort_by(|a, b| a.workspace.cmp(&b.workspace));
+        all
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[tokio::test]
+    async fn a_workspace_has_one_agent_and_sessions_hear_it_leave() {
+        let hub = Hub::new();
+        let (conn, mut frames) = hub.register("ws-1", BTreeMap::new()).unwrap();
+        assert!(hub.register("ws-1", BTreeMap::new()).is_err());
+        let mut session = conn.open_terminal(80, 24);
+        assert!(matches!(frames.recv().await, Some(Frame::Open { cols: 80, rows: 24, .. })));
+        conn.handle_frame(Frame::Data { session: session.session, bytes: b"hi".to_vec() }).unwrap();
+        assert_eq!(session.recv().await, Some(ToBrowser::Data(b"hi".to_vec())));
+        // More output than the window is a protocol error.
+        let too_much = Frame::Data { session: session.session, bytes: vec![0; MAX_DATA] };
+        for _ in 0..(INITIAL_WINDOW as usize / MAX_DATA - 1) {
+            conn.handle_frame(too_much.clone()).unwrap();
+        }
+        assert!(conn.handle_frame(too_much).is_err());
+        hub.unregister(&conn);
+        assert!(hub.get("ws-1").is_none());
+        while let Some(message) = session.recv().await {
+            if message == ToBrowser::AgentLost {
+                break;
+            }
+        }
+        assert!(!session.send_input(b"x").await);
+        assert!(hub.register("ws-1", BTreeMap::new()).is_ok());
+    }
+}

@@ -1,0 +1,627 @@
+//! The terminal relay end to end: a real `gatehouse serve`, a real `gatehouse agent` child process with real shells
+//! in PTYs, and WebSocket clients in the test playing the browser.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use common::{eventually, gatehouse, issue_token, Api, Server};
+use futures::{SinkExt, StreamExt};
+use reqwest::Method;
+use serde_json::{json, Value};
+use testkit::TestDb;
+use tokio_tungstenite::tungstenite::Message;
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A running `gatehouse agent`.
+struct Agent {
+    child: Child,
+}
+
+impl Agent {
+    fn start(server: &Server, token: &str, workspace: &str, owner: &str) -> Agent {
+        let child = gatehouse()
+            .args(["agent", "--server", &server.base, "--workspace", workspace, "--tag", "RDE_DISPLAY_NAME=Test"])
+            .env("GATEHOUSE_AGENT_TOKEN", token)
+            .env("RDE_OWNER_EMAIL", owner)
+            .env("GATEHOUSE_LOG", "warn")
+            .env("PS1", "$ ")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Agent { child }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn mint_agent_token(api: &Api, admin: &str) -> String {
+    let (status, _, body) =
+        api.call(Method::POST, "/api/v1/agent-tokens", Some(admin), Some(json!({"name": "test agent"}))).await;
+    assert_eq!(status, 201, "{body}");
+    body["token"].as_str().unwrap().to_string()
+}
+
+async fn wait_for_workspace(api: &Api, token: &str, workspace: &str) {
+    let listed = eventually(Duration::from_secs(30), || async {
+        let (status, body) = api.get("/api/v1/workspaces", Some(token)).await;
+        status == 200 && body["items"].as_array().unwrap().iter().any(|item| item["id"] == workspace)
+    })
+    .await;
+    assert!(listed, "the workspace {workspace} never appeared");
+}
+
+async fn ticket(api: &Api, token: &str, workspace: &str) -> (u16, Value) {
+    let path = format!("/api/v1/workspaces/{workspace}/tickets");
+    let (status, _, body) = api.call(Method::POST, &path, Some(token), Some(json!({"kind": "terminal"}))).await;
+    (status, body)
+}
+
+async fn connect(server: &Server, workspace: &str) -> Socket {
+    let url = format!("{}/api/v1/workspaces/{workspace}/terminal", server.base.replace("http://", "ws://"));
+    let (socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    socket
+}
+
+/// Connects and authenticates; returns the socket after `ready`, or the close code.
+async fn open(server: &Server, workspace: &str, ticket: &str) -> Result<Socket, u16> {
+    let mut socket = connect(server, workspace).await;
+    socket.send(Message::Text(json!({"type": "auth", "ticket": ticket}).to_string())).await.unwrap();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(20), socket.next()).await.expect("no answer to auth") {
+            Some(Ok(Message::Text(text))) => {
+                let message: Value = serde_json::from_str(&text).unwrap();
+                assert_eq!(message["type"], "ready", "{text}");
+                return Ok(socket);
+            }
+            Some(Ok(Message::Close(frame))) => return Err(frame.map(|frame| u16::from(frame.code)).unwrap_or(1005)),
+            Some(Ok(_)) => {}
+            other => panic!("socket ended without a close frame: {other:?}"),
+        }
+    }
+}
+
+/// Reads output until `needle` appears; panics after `limit`.
+async fn read_until(socket: &mut Socket, needle: &str, limit: Duration) -> String {
+    let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + limit;
+    while !seen.contains(needle) {
+        let message = tokio::time::timeout_at(deadline, socket.next())
+            .await
+            .unwrap_or_else(|_| panic!("{needle:?} never appeared in {seen:?}"));
+        match message {
+            Some(Ok(Message::Binary(bytes))) => seen.push_str(&String::from_utf8_lossy(&bytes)),
+            Some(Ok(Message::Close(frame))) => panic!("closed ({frame:?}) before {needle:?}; saw {seen:?}"),
+            Some(Ok(_)) => {}
+            other => panic!("socket ended before {needle:?}: {other:?}; saw {seen:?}"),
+        }
+    }
+    seen
+}
+
+/// The close code the socket ends with (after any output).
+async fn close_code(socket: &mut Socket, limit: Duration) -> u16 {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, socket.next()).await.expect("socket was not closed") {
+            Some(Ok(Message::Close(frame))) => return frame.map(|frame| u16::from(frame.code)).unwrap_or(1005),
+            Some(Ok(_)) => {}
+            other => panic!("socket ended without a close frame: {other:?}"),
+        }
+    }
+}
+
+async fn type_line(socket: &mut Socket, line: &str) {
+    socket.send(Message::Binary(line.as_bytes().to_vec())).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_browser_types_into_a_real_shell_through_the_relay() {
+    let db = TestDb::sqlite();
+    let root = issue_token(&db, "root@example.com", "admin", "1h");
+    let ada = issue_token(&db, "ada@example.com", "member", "1h");
+    let bob = issue_token(&db, "bob@example.com", "member", "1h");
+    let server = Server::start(&db, &[]);
+    let api = Api::new(&server);
+
+    let agent_token = mint_agent_token(&api, &root).await;
+    let _agent = Agent::start(&server, &agent_token, "ws-ada", "ada@example.com");
+    wait_for_workspace(&api, &ada, "ws-ada").await;
+    // Bob does not see Ada's workspace; the admin does.
+    let (_, listed) = api.get("/api/v1/workspaces", Some(&bob)).await;
+    assert_eq!(listed["items"].as_array().unwrap().len(), 0, "{listed}");
+    let (_, listed) = api.get("/api/v1/workspaces", Some(&root)).await;
+    assert_eq!(listed["items"][0]["owner"], "ada@example.com", "{listed}");
+
+    let (status, issued) = ticket(&api, &ada, "ws-ada").await;
+    assert_eq!(status, 201, "{issued}");
+    let one_time = issued["ticket"].as_str().unwrap().to_string();
+    assert_eq!(one_time.len(), 43, "32 bytes in base64url");
+    let mut socket = open(&server, "ws-ada", &one_time).await.expect("the ticket opens a terminal");
+    type_line(&mut socket, "echo hel''lo\n").await;
+    read_until(&mut socket, "hello", Duration::from_secs(20)).await;
+
+    socket.send(Message::Text(json!({"type": "resize", "cols": 100, "rows": 40}).to_string())).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    type_line(&mut socket, "stty size\n").await;
+    read_until(&mut socket, "40 100", Duration::from_secs(20)).await;
+
+    socket.send(Message::Text(json!({"type": "ping"}).to_string())).await.unwrap();
+
+    // The same ticket again: refused, however it is presented.
+    assert_eq!(open(&server, "ws-ada", &one_time).await.err(), Some(4001), "a replayed ticket");
+    // Garbage: refused.
+    assert_eq!(open(&server, "ws-ada", "not-a-ticket").await.err(), Some(4001), "an unknown ticket");
+    // Something other than auth first: 4000.
+    let mut early = connect(&server, "ws-ada").await;
+    early.send(Message::Text(json!({"type": "ping"}).to_string())).await.unwrap();
+    assert_eq!(close_code(&mut early, Duration::from_secs(10)).await, 4000);
+
+    // Bob cannot get a ticket for Ada's workspace, nor for one that is not connected.
+    assert_eq!(ticket(&api, &bob, "ws-ada").await.0, 403);
+    assert_eq!(ticket(&api, &bob, "ws-nowhere").await.0, 404);
+
+    // The session is active, then closed by the client.
+    let (status, sessions) = api.get("/api/v1/sessions?active=true&workspace=ws-ada", Some(&root)).await;
+    assert_eq!(status, 200, "{sessions}");
+    assert_eq!(sessions["items"].as_array().unwrap().len(), 1, "{sessions}");
+    assert_eq!(sessions["items"][0]["user"], "ada@example.com");
+    socket.close(None).await.unwrap();
+    let recorded = eventually(Duration::from_secs(10), || async {
+        let (_, sessions) = api.get("/api/v1/sessions?user=ada@example.com", Some(&root)).await;
+        sessions["items"][0]["reason"] == "client_closed" && sessions["items"][0]["bytes_in"].as_u64() > Some(10)
+    })
+    .await;
+    assert!(recorded, "the session's close was not recorded");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn foreign_and_expired_tickets_are_refused() {
+    let db = TestDb::sqlite();
+    let root = issue_token(&db, "root@example.com", "admin", "1h");
+    let ada = issue_token(&db, "ada@example.com", "member", "1h");
+    let bob = issue_token(&db, "bob@example.com", "member", "1h");
+    let server = Server::start(&db, &[("GATEHOUSE_RELAY_TICKET_TTL_SECS", "3")]);
+    let api = Api::new(&server);
+    let agent_token = mint_agent_token(&api, &root).await;
+    let _ada_agent = Agent::start(&server, &agent_token, "ws-ada", "ada@example.com");
+    let _bob_agent = Agent::start(&server, &agent_token, "ws-bob", "bob@example.com");
+    wait_for_workspace(&api, &root, "ws-ada").await;
+    wait_for_workspace(&api, &root, "ws-bob").await;
+
+    // Bob's ticket for his own workspace does not open Ada's.
+    let (_, bobs) = ticket(&api, &bob, "ws-bob").await;
+    assert_eq!(open(&server, "ws-ada", bobs["ticket"].as_str().unwrap()).await.err(), Some(4001));
+    // An expired ticket (TTL 3 s here).
+    let (_, late) = ticket(&api, &ada, "ws-ada").await;
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert_eq!(open(&server, "ws-ada", late["ticket"].as_str().unwrap()).await.err(), Some(4001));
+    // A fresh one works, and only once even when two connections race with it.
+    let (_, fresh) = ticket(&api, &ada, "ws-ada").await;
+    let fresh = fresh["ticket"].as_str().unwrap().to_string();
+    let (first, second) = tokio::join!(open(&server, "ws-ada", &fresh), open(&server, "ws-ada", &fresh));
+    assert_eq!(first.is_ok() as u8 + second.is_ok() as u8, 1, "exactly one racing redemption wins");
+    let refused = first.err().or(second.err());
+    assert_eq!(refused, Some(4001));
+
+    // A second agent for a workspace already served is refused; the first keeps serving.
+    let mut intruder = Agent::start(&server, &agent_token, "ws-ada", "eve@example.com");
+    let exited = eventually(Duration::from_secs(5), || {
+        let status = intruder.child.try_wait().unwrap();
+        async move { status.is_some() }
+    })
+    .await;
+    assert!(!exited, "a refused agent keeps retrying with backoff");
+    let (_, listed) = api.get("/api/v1/workspaces", Some(&root)).await;
+    let owners: Vec<_> = listed["items"].as_array().unwrap().iter().map(|item| item["owner"].clone()).collect();
+    assert_eq!(owners, vec![json!("ada@example.com"), json!("bob@example.com")]);
+    intruder.kill();
+
+    // A revoked agent token: the agent stops.
+    let (_, _, minted) =
+        api.call(Method::POST, "/api/v1/agent-tokens", Some(&root), Some(json!({"name": "short-lived"}))).await;
+    let id = minted["id"].as_str().unwrap();
+    let (status, _, _) = api.call(Method::DELETE, &format!("/api/v1/agent-tokens/{id}"), Some(&root), None).await;
+    assert_eq!(status, 204);
+    let mut revoked = Agent::start(&server, minted["token"].as_str().unwrap(), "ws-x", "ada@example.com");
+    let stopped = eventually(Duration::from_secs(15), || {
+        let status = revoked.child.try_wait().unwrap();
+        async move { status.is_some_and(|status| !status.success()) }
+    })
+    .await;
+    assert!(stopped, "an agent with a revoked token stops");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killing_the_agent_closes_sessions_as_agent_lost() {
+    // Both backends (PostgreSQL when GATEHOUSE_TEST_DATABASE_URL is set).
+    for db in TestDb::all("relay agent lost").await {
+        let root = issue_token(&db, "root@example.com", "admin", "1h");
+        let ada = issue_token(&db, "ada@example.com", "member", "1h");
+        let server = Server::start(&db, &[]);
+        let api = Api::new(&server);
+        let agent_token = mint_agent_token(&api, &root).await;
+        let mut agent = Agent::start(&server, &agent_token, "ws-ada", "ada@example.com");
+        wait_for_workspace(&api, &ada, "ws-ada").await;
+        let (_, issued) = ticket(&api, &ada, "ws-ada").await;
+        let mut socket = open(&server, "ws-ada", issued["ticket"].as_str().unwrap()).await.unwrap();
+        type_line(&mut socket, "echo al''ive\n").await;
+        read_until(&mut socket, "alive", Duration::from_secs(20)).await;
+
+        agent.kill();
+        assert_eq!(close_code(&mut socket, Duration::from_secs(20)).await, 4410);
+        let recorded = eventually(Duration::from_secs(10), || async {
+            let (_, sessions) = api.get("/api/v1/sessions?workspace=ws-ada", Some(&root)).await;
+            sessions["items"][0]["reason"] == "agent_lost" && sessions["items"][0]["active"] == false
+        })
+        .await;
+        assert!(recorded, "SessionClosed with reason agent_lost");
+        let gone = eventually(Duration::from_secs(10), || async {
+            let (_, listed) = api.get("/api/v1/workspaces", Some(&ada)).await;
+            listed["items"].as_array().unwrap().is_empty()
+        })
+        .await;
+        assert!(gone, "a lost agent's workspace is no longer listed");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn many_sessions_share_one_agent() {
+    const SESSIONS: usize = 24;
+    let db = TestDb::sqlite();
+    let root = issue_token(&db, "root@example.com", "admin", "1h");
+    let server = Server::start(&db, &[("GATEHOUSE_RELAY_MAX_SESSIONS_PER_USER", "30")]);
+    let api = Api::new(&server);
+    let agent_token = mint_agent_token(&api, &root).await;
+    let _agent = Agent::start(&server, &agent_token, "ws-many", "ada@example.com");
+    wait_for_workspace(&api, &root, "ws-many").await;
+    let mut sockets = Vec::new();
+    for _ in 0..SESSIONS {
+        let (status, issued) = ticket(&api, &root, "ws-many").await;
+        assert_eq!(status, 201, "{issued}");
+        sockets.push(open(&server, "ws-many", issued["ticket"].as_str().unwrap()).await.unwrap());
+    }
+    let tasks: Vec<_> = sockets
+        .into_iter()
+        .enumerate()
+        .map(|(index, mut socket)| {
+            tokio::spawn(async move {
+                type_line(&mut socket, &format!("echo mark''er-{index}-end\n")).await;
+                let seen = read_until(&mut socket, &format!("marker-{index}-end"), Duration::from_secs(60)).await;
+                for other in (0..SESSIONS).filter(|other| *other != index) {
+                    assert!(!seen.contains(&format!("marker-{other}-end")), "session {index} saw {other}'s output");
+                }
+                socket
+            })
+        })
+        .collect();
+    let mut sockets = Vec::new();
+    for task in tasks {
+        sockets.push(task.await.unwrap());
+    }
+    let (_, sessions) = api.get("/api/v1/sessions?active=true", Some(&root)).await;
+    assert_eq!(sessions["items"].as_array().unwrap().len(), SESSIONS);
+    drop(sockets);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_role_is_checked_on_every_relay_endpoint() {
+    let db = TestDb::sqlite();
+    let root = issue_token(&db, "root@example.com", "admin", "1h");
+    let ada = issue_token(&db, "ada@example.com", "member", "1h");
+    let bob = issue_token(&db, "bob@example.com", "member", "1h");
+    let auditor = issue_token(&db, "audit@example.com", "auditor", "1h");
+    let server = Server::start(&db, &[]);
+    let api = Api::new(&server);
+    let agent_token = mint_agent_token(&api, &root).await;
+    let _agent = Agent::start(&server, &agent_token, "ws-ada", "ada@example.com");
+    wait_for_workspace(&api, &root, "ws-ada").await;
+
+    let mint = || Some(json!({"name": "x"}));
+    let ticket_body = || Some(json!({"kind": "terminal"}));
+    let unknown_token = "0".repeat(64);
+    // (method, path, body, [anonymous, ada (owner), bob (another member), admin, auditor])
+    let cases: Vec<(Method, String, Option<Value>, [u16; 5])> = vec![
+        (Method::POST, "/api/v1/agent-tokens".into(), mint(), [401, 403, 403, 201, 403]),
+        (Method::DELETE, format!("/api/v1/agent-tokens/{unknown_token}"), None, [401, 403, 403, 404, 403]),
+        (Method::GET, "/api/v1/workspaces".into(), None, [401, 200, 200, 200, 403]),
+        (Method::POST, "/api/v1/workspaces/ws-ada/tickets".into(), ticket_body(), [401, 201, 403, 201, 403]),
+        (Method::GET, "/api/v1/sessions".into(), None, [401, 403, 403, 200, 403]),
+        (Method::GET, "/api/v1/firewall".into(), None, [401, 403, 403, 200, 200]),
+        (
+            Method::PUT,
+            "/api/v1/firewall".into(),
+            Some(json!({"rules": [], "default_action": "allow"})),
+            [401, 403, 403, 200, 403],
+        ),
+    ];
+    for (method, path, body, expected) in cases {
+        let callers = [None, Some(ada.as_str()), Some(bob.as_str()), Some(root.as_str()), Some(auditor.as_str())];
+        for (caller, want) in callers.into_iter().zip(expected) {
+            let (status, _, answer) = api.call(method.clone(), &path, caller, body.clone()).await;
+            assert_eq!(status, want, "{method} {path} as {caller:?}: {answer}");
+        }
+    }
+    // A foreign Origin is refused before the upgrade; the same request from the same host is upgraded.
+    let upgrade = |origin: &str| {
+        tokio_tungstenite::tungstenite::http::Request::builder()
+            .uri(format!("{}/api/v1/workspaces/ws-ada/terminal", server.base.replace("http://", "ws://")))
+            .header("Host", server.base.trim_start_matches("http://"))
+            .header("Origin", origin)
+            .header("Connection", "Upgrade")
+            .header("Upgrade", "websocket")
+            .header("Sec-WebSocket-Version", "13")
+            .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .body(())
+            .unwrap()
+    };
+    assert!(tokio_tungstenite::connect_async(upgrade("https://evil.example")).await.is_err(), "a foreign Origin");
+    assert!(tokio_tungstenite::connect_async(upgrade(&server.base)).await.is_ok(), "a same-host Origin");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn limits_are_enforced_and_shutdown_records_every_open_session() {
+    let db = TestDb::sqlite();
+    let root = issue_token(&db, "root@example.com", "admin", "1h");
+    let ada = issue_token(&db, "ada@example.com", "member", "1h");
+    let limits = [
+        ("GATEHOUSE_RELAY_IDLE_TIMEOUT_SECS", "2"),
+        ("GATEHOUSE_RELAY_MAX_SESSIONS_PER_USER", "2"),
+        ("GATEHOUSE_RELAY_MAX_FRAME_BYTES", "70000"),
+        ("GATEHOUSE_RELAY_AUTH_TIMEOUT_SECS", "1"),
+    ];
+    let server = Server::start(&db, &limits);
+    let api = Api::new(&server);
+    let agent_token = mint_agent_token(&api, &root).await;
+    let _agent = Agent::start(&server, &agent_token, "ws-ada", "ada@example.com");
+    wait_for_workspace(&api, &ada, "ws-ada").await;
+    let open_one = || async {
+        let (_, issued) = ticket(&api, &ada, "ws-ada").await;
+        open(&server, "ws-ada", issued["ticket"].as_str().unwrap()).await
+    };
+
+    // No auth message in time: 4008.
+    let mut silent = connect(&server, "ws-ada").await;
+    assert_eq!(close_code(&mut silent, Duration::from_secs(10)).await, 4008);
+
+    // An idle session is closed with 4008 and recorded as idle_timeout.
+    let mut idle = open_one().await.unwrap();
+    assert_eq!(close_code(&mut idle, Duration::from_secs(15)).await, 4008);
+    let recorded = eventually(Duration::from_secs(10), || async {
+        let (_, sessions) = api.get("/api/v1/sessions", Some(&root)).await;
+        sessions["items"][0]["reason"] == "idle_timeout"
+    })
+    .await;
+    assert!(recorded, "SessionClosed with reason idle_timeout");
+
+    // An oversized frame: 1009.
+    let mut big = open_one().await.unwrap();
+    big.send(Message::Binary(vec![b'x'; 80_000])).await.unwrap();
+    assert_eq!(close_code(&mut big, Duration::from_secs(10)).await, 1009);
+
+    // At most two sessions for Ada; a third is refused with 4029.
+    let mut first = open_one().await.unwrap();
+    let mut second = open_one().await.unwrap();
+    assert_eq!(open_one().await.err(), Some(4029));
+
+    // SIGTERM: both sessions are closed with 1001 and recorded as shutdown.
+    type_line(&mut first, "echo st''ill\n").await;
+    read_until(&mut first, "still", Duration::from_secs(20)).await;
+    server.send_sigterm();
+    assert_eq!(close_code(&mut first, Duration::from_secs(20)).await, 1001);
+    assert_eq!(close_code(&mut second, Duration::from_secs(20)).await, 1001);
+    let mut server = server;
+    assert!(server.wait(Duration::from_secs(30)).success());
+    drop(server);
+    let server = Server::start(&db, &[]);
+    let api = Api::new(&server);
+    let (status, sessions) = api.get("/api/v1/sessions?user=ada@example.com", Some(&root)).await;
+    assert_eq!(status, 200, "{sessions}");
+    let reasons: Vec<_> = sessions["items"].as_array().unwrap().iter().map(|item| item["reason"].clone()).collect();
+    assert_eq!(reasons[..2], [json!("shutdown"), json!("shutdown")], "{sessions}");
+    assert!(sessions["items"].as_array().unwrap().iter().all(|item| item["active"] == false), "{sessions}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_large_paste_into_an_echoing_shell_flows_through_the_windows() {
+    let db = TestDb::sqlite();
+    let root = issue_token(&db, "root@example.com", "admin", "1h");
+    let server = Server::start(&db, &[]);
+    let api = Api::new(&server);
+    let agent_token = mint_agent_token(&api, &root).await;
+    let _agent = Agent::start(&server, &agent_token, "ws-paste", "ada@example.com");
+    wait_for_workspace(&api, &root, "ws-paste").await;
+    let (_, issued) = ticket(&api, &root, "ws-paste").await;
+    let socket = open(&server, "ws-paste", issued["ticket"].as_str().unwrap()).await.unwrap();
+    let (mut write, mut read) = socket.split();
+    // `cat` echoes every line twice (the terminal's echo and cat's own output): about 1.2 MB back for 600 KB in,
+    // several times both 256 KiB windows.
+    let writer = tokio::spawn(async move {
+        write.send(Message::Binary(b"cat\n".to_vec())).await.unwrap();
+        let line = format!("{}\n", "a".repeat(99));
+        for _ in 0..100 {
+            write.send(Message::Binary(line.repeat(60).into_bytes())).await.unwrap();
+        }
+        write.send(Message::Binary(b"\x04echo pas''te-done\n".to_vec())).await.unwrap();
+        write
+    });
+    let mut seen = 0usize;
+    let mut tail: Vec<u8> = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while !tail.windows(10).any(|window| window == b"paste-done") {
+        match tokio::time::timeout_at(deadline, read.next()).await.expect("the paste stalled") {
+            Some(Ok(Message::Binary(bytes))) => {
+                seen += bytes.len();
+                tail.extend_from_slice(&bytes);
+                if tail.len() > 4096 {
+                    tail.drain(..tail.len() - 2048);
+                }
+            }
+            Some(Ok(_)) => {}
+            other => panic!("socket ended during the paste: {other:?}"),
+        }
+    }
+    assert!(seen > 1_000_000, "only {seen} bytes came back");
+    drop(writer.await.unwrap());
+}
+
+async fn set_firewall(api: &Api, admin: &str, rules: Value, default_action: &str) -> Value {
+    let body = json!({"rules": rules, "default_action": default_action});
+    let (status, _, answer) = api.call(Method::PUT, "/api/v1/firewall", Some(admin), Some(body)).await;
+    assert_eq!(status, 200, "{answer}");
+    answer
+}
+
+/// Opens with a fresh ticket, optionally through a (trusted) proxy that forwards `forwarded_for`.
+async fn open_via(
+    server: &Server,
+    api: &Api,
+    token: &str,
+    workspace: &str,
+    forwarded_for: Option<&str>,
+) -> Result<Socket, u16> {
+    let (_, issued) = ticket(api, token, workspace).await;
+    let mut request = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(format!(
+        "{}/api/v1/workspaces/{workspace}/terminal",
+        server.base.replace("http://", "ws://")
+    ))
+    .unwrap();
+    if let Some(hop) = forwarded_for {
+        request.headers_mut().insert("x-forwarded-for", hop.parse().unwrap());
+    }
+    let (mut socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let auth = json!({"type": "auth", "ticket": issued["ticket"]}).to_string();
+    socket.send(Message::Text(auth)).await.unwrap();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(20), socket.next()).await.expect("no answer to auth") {
+            Some(Ok(Message::Text(_))) => return Ok(socket),
+            Some(Ok(Message::Close(frame))) => return Err(frame.map(|frame| u16::from(frame.code)).unwrap_or(1005)),
+            Some(Ok(_)) => {}
+            other => panic!("socket ended without a close frame: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_firewall_blocks_denied_addresses_and_closes_live_sessions() {
+    let db = TestDb::sqlite();
+    let root = issue_token(&db, "root@example.com", "admin", "1h");
+    let server = Server::start(&db, &[("GATEHOUSE_RELAY_TRUSTED_PROXIES", "127.0.0.1/32")]);
+    let api = Api::new(&server);
+    let agent_token = mint_agent_token(&api, &root).await;
+    let _agent = Agent::start(&server, &agent_token, "ws-fw", "ada@example.com");
+    wait_for_workspace(&api, &root, "ws-fw").await;
+
+    // Through the trusted proxy (the test's own loopback), X-Forwarded-For names the client.
+    let deny_ten = json!([
+        {"action": "allow", "cidr": "10.9.0.0/16", "description": "office"},
+        {"action": "deny", "cidr": "10.0.0.0/8", "description": "lab"},
+    ]);
+    set_firewall(&api, &root, deny_ten, "allow").await;
+    assert_eq!(open_via(&server, &api, &root, "ws-fw", Some("10.1.2.3")).await.err(), Some(4003));
+    assert!(open_via(&server, &api, &root, "ws-fw", Some("10.9.2.3")).await.is_ok(), "the first match wins");
+    assert!(open_via(&server, &api, &root, "ws-fw", Some("192.0.2.1")).await.is_ok(), "the default action");
+    assert!(open_via(&server, &api, &root, "ws-fw", Some("198.51.100.1, 10.1.2.3")).await.is_err(), "last hop");
+
+    // A live session from 192.0.2.1 is closed within a second when a rule starts denying it.
+    let mut live = open_via(&server, &api, &root, "ws-fw", Some("192.0.2.1")).await.unwrap();
+    type_line(&mut live, "echo u''p\n").await;
+    read_until(&mut live, "up", Duration::from_secs(20)).await;
+    set_firewall(&api, &root, json!([{"action": "deny", "cidr": "192.0.2.0/24"}]), "allow").await;
+    assert_eq!(close_code(&mut live, Duration::from_secs(1)).await, 4003);
+    let recorded = eventually(Duration::from_secs(10), || async {
+        let (_, sessions) = api.get("/api/v1/sessions?workspace=ws-fw", Some(&root)).await;
+        sessions["items"][0]["reason"] == "firewall" && sessions["items"][0]["client_ip"] == "192.0.2.1"
+    })
+    .await;
+    assert!(recorded, "SessionClosed with reason firewall");
+
+    // Blocked attempts are events on the firewall aggregate, with the rule and the address.
+    let (status, events) = api.get("/api/v1/aggregates/firewall/org/events?limit=1000", Some(&root)).await;
+    assert_eq!(status, 200, "{events}");
+    let text = events.to_string();
+    assert!(text.contains("ConnectionBlocked") && text.contains("10.1.2.3"), "{text}");
+    // Bad rules are refused.
+    let (status, _, _) = api
+        .call(
+            Method::PUT,
+            "/api/v1/firewall",
+            Some(&root),
+            Some(json!({"rules": [{"action": "deny", "cidr": "10.0.0.1/8"}], "default_action": "allow"})),
+        )
+        .await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shells_exit_with_their_status_and_bad_agents_get_documented_close_codes() {
+    let db = TestDb::sqlite();
+    let root = issue_token(&db, "root@example.com", "admin", "1h");
+    let server = Server::start(&db, &[("GATEHOUSE_RELAY_AUTH_TIMEOUT_SECS", "1")]);
+    let api = Api::new(&server);
+    let agent_token = mint_agent_token(&api, &root).await;
+    let _agent = Agent::start(&server, &agent_token, "ws-exit", "ada@example.com");
+    wait_for_workspace(&api, &root, "ws-exit").await;
+
+    // The shell's exit status reaches the browser, then a normal close.
+    let (_, issued) = ticket(&api, &root, "ws-exit").await;
+    let mut socket = open(&server, "ws-exit", issued["ticket"].as_str().unwrap()).await.unwrap();
+    type_line(&mut socket, "exit 3\n").await;
+    let mut exit = None;
+    let code = loop {
+        match tokio::time::timeout(Duration::from_secs(20), socket.next()).await.expect("no exit") {
+            Some(Ok(Message::Text(text))) => exit = Some(serde_json::from_str::<Value>(&text).unwrap()),
+            Some(Ok(Message::Close(frame))) => break frame.map(|frame| u16::from(frame.code)),
+            Some(Ok(_)) => {}
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(exit, Some(json!({"type": "exit", "code": 3})));
+    assert_eq!(code, Some(1000));
+
+    // Hand-made agents: each gets its documented close code and the real agent keeps serving.
+    let url = format!("{}/api/v1/agent/connect", server.base.replace("http://", "ws://"));
+    let hello = |token: &str, workspace: &str| {
+        Message::Text(json!({"type": "hello", "token": token, "workspace": workspace, "tags": {}}).to_string())
+    };
+    let attempt = |first: Option<Message>, then: Option<Message>| {
+        let url = url.clone();
+        async move {
+            let (mut socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+            if let Some(first) = first {
+                socket.send(first).await.unwrap();
+            }
+            if let Some(then) = then {
+                // After the welcome.
+                let _ = socket.next().await;
+                socket.send(then).await.unwrap();
+            }
+            close_code(&mut socket, Duration::from_secs(10)).await
+        }
+    };
+    assert_eq!(attempt(None, None).await, 4000, "no hello");
+    assert_eq!(attempt(Some(Message::Text("{}".into())), None).await, 4000, "not a hello");
+    assert_eq!(attempt(Some(hello("gha_wrong", "ws-other")), None).await, 4401, "unknown token");
+    assert_eq!(attempt(Some(hello(&agent_token, "ws-exit")), None).await, 4409, "a workspace already served");
+    let garbage = Some(Message::Binary(vec![0x09, 0, 0, 0, 1]));
+    assert_eq!(attempt(Some(hello(&agent_token, "ws-fake")), garbage).await, 1002, "a malformed frame");
+
+    let (_, issued) = ticket(&api, &root, "ws-exit").await;
+    let mut socket = open(&server, "ws-exit", issued["ticket"].as_str().unwrap()).await.unwrap();
+    type_line(&mut socket, "echo sti''ll-here\n").await;
+    read_until(&mut socket, "still-here", Duration::from_secs(20)).await;
+}
