@@ -17,19 +17,19 @@ use base64::Engine;
 use chrono::Utc;
 use domain::firewall::{Cidr, Firewall, FirewallAction, FirewallCommand, FirewallRule, FIREWALL_ID};
 use domain::relay::{
-    AgentToken, AgentTokenCommand, AgentTokenError, CloseReason, SessionCommand, SessionEvent, TerminalSession, Ticket,
-    TicketCommand,
+    AgentToken, AgentTokenCommand, AgentTokenError, CloseReason, SessionCommand, TerminalSession, Ticket, TicketCommand,
 };
 use domain::roster::Role;
 use domain::Email;
 use futures::StreamExt;
+use projections::{ActivityFilter, SessionFilter, SessionsQuery, TimeKey};
 use relay::agent::{close as agent_close, Hello, Welcome};
 use relay::browser::{ClientMessage, CloseCode, ServerMessage};
 use relay::hub::{Hub, ToBrowser};
 use relay::mux::Frame;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use store::{AggregateRepository, CommandError, Cursor, EventMetadata, EventStore};
+use store::{AggregateRepository, CommandError, EventMetadata, EventStore};
 use tokio_util::sync::CancellationToken;
 
 /// The relay's limits (settings `relay_*`).
@@ -61,7 +61,6 @@ pub struct Relay {
     tickets: AggregateRepository<Ticket>,
     agent_tokens: AggregateRepository<AgentToken>,
     sessions: AggregateRepository<TerminalSession>,
-    store: EventStore,
     shutdown: CancellationToken,
     /// Cancelled after the sessions are recorded closed, so that they end as `shutdown`, not `agent_lost`.
     agents_shutdown: CancellationToken,
@@ -70,6 +69,8 @@ pub struct Relay {
     firewall: AggregateRepository<Firewall>,
     /// The rules in force; sessions watch it and re-check their client when it changes.
     rules: tokio::sync::watch::Sender<Arc<Firewall>>,
+    /// The `sessions` read model.
+    reads: SessionsQuery,
 }
 
 impl Relay {
@@ -81,12 +82,12 @@ impl Relay {
             tickets: AggregateRepository::new(store.clone(), ()),
             agent_tokens: AggregateRepository::new(store.clone(), ()),
             sessions: AggregateRepository::new(store.clone(), ()),
-            store: store.clone(),
             shutdown: CancellationToken::new(),
             agents_shutdown: CancellationToken::new(),
             active: Mutex::new(HashMap::new()),
             firewall: AggregateRepository::new(store.clone(), ()),
             rules: tokio::sync::watch::Sender::new(Arc::new(Firewall::default())),
+            reads: SessionsQuery::new(store.read_models().clone()),
         }
     }
 
@@ -122,6 +123,7 @@ pub fn configure(relay: web::Data<Relay>) -> impl FnOnce(&mut web::ServiceConfig
             .service(list_workspaces)
             .service(issue_ticket)
             .service(list_sessions)
+            .service(list_activity)
             .service(get_firewall)
             .service(put_firewall)
             .service(agent_connect)
@@ -297,68 +299,189 @@ async fn issue_ticket(
         .json(serde_json::json!({ "ticket": ticket, "expires_at": expires_at })))
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SessionFilter {
-    active: Option<bool>,
-    user: Option<String>,
-    workspace: Option<String>,
+fn bad_query(field: &str, detail: &str) -> Problem {
+    Problem::new(StatusCode::BAD_REQUEST, ProblemCode::InvalidField, "Invalid query").field(field).detail(detail)
 }
 
-/// `GET /api/v1/sessions` (admin): terminal sessions, newest first, from the event log.
+/// A filter value: absent or empty is no filter.
+fn present(raw: Option<String>) -> Option<String> {
+    raw.filter(|value| !value.is_empty())
+}
+
+fn parse_user(raw: Option<String>) -> Result<Option<String>, Problem> {
+    present(raw)
+        .map(|raw| Email::parse(&raw).map(String::from).map_err(|error| bad_query("user", &error.to_string())))
+        .transpose()
+}
+
+/// `from`/`to`: RFC 3339, normalized to the read models' text form (UTC, microseconds) so they compare as text.
+fn parse_time(field: &str, raw: Option<String>) -> Result<Option<String>, Problem> {
+    present(raw)
+        .map(|raw| {
+            chrono::DateTime::parse_from_rfc3339(&raw)
+                .map(|time| time.with_timezone(&Utc).to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+                .map_err(|_| bad_query(field, &format!("{field} is an RFC 3339 time, such as 2026-01-31T12:00:00Z")))
+        })
+        .transpose()
+}
+
+fn parse_limit(raw: Option<String>) -> Result<i64, Problem> {
+    match present(raw) {
+        None => Ok(100),
+        Some(raw) => raw
+            .parse::<i64>()
+            .ok()
+            .filter(|limit| (1..=500).contains(limit))
+            .ok_or_else(|| bad_query("limit", "limit is between 1 and 500")),
+    }
+}
+
+/// Opaque keyset cursors: base64url of `time|id`.
+fn encode_key(at: &str, id: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{at}|{id}"))
+}
+
+fn decode_key(raw: Option<String>) -> Result<Option<TimeKey>, Problem> {
+    let Some(raw) = present(raw) else { return Ok(None) };
+    let bad = || bad_query("after", "after takes the next value of the previous page");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(raw.as_bytes()).map_err(|_| bad())?;
+    let text = String::from_utf8(bytes).map_err(|_| bad())?;
+    let (at, id) = text.split_once('|').ok_or_else(bad)?;
+    chrono::DateTime::parse_from_rfc3339(at).map_err(|_| bad())?;
+    if id.is_empty() {
+        return Err(bad());
+    }
+    Ok(Some(TimeKey { at: at.to_string(), id: id.to_string() }))
+}
+
+/// Keeps `limit` rows; the cursor of the last one when there were more.
+fn paginate<T>(mut rows: Vec<T>, limit: i64, key: impl Fn(&T) -> String) -> (Vec<T>, Option<String>) {
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    if rows.len() > limit {
+        rows.truncate(limit);
+        let next = rows.last().map(key);
+        (rows, next)
+    } else {
+        (rows, None)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SessionListQuery {
+    active: Option<String>,
+    user: Option<String>,
+    workspace: Option<String>,
+    kind: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    after: Option<String>,
+    limit: Option<String>,
+}
+
+/// `GET /api/v1/sessions` (admin): terminal sessions, newest first, from the `sessions` read model.
 #[get("/api/v1/sessions")]
 async fn list_sessions(
     caller: Caller,
-    query: web::Query<SessionFilter>,
+    query: web::Query<SessionListQuery>,
     relay: web::Data<Relay>,
 ) -> Result<HttpResponse, Problem> {
     caller.require(&[Role::Admin])?;
-    let filter = query.into_inner();
-    let mut rows: Vec<(String, serde_json::Value)> = Vec::new();
-    let mut index: HashMap<String, usize> = HashMap::new();
-    let mut after = Cursor::START;
-    loop {
-        let page = relay.store.read_global(after, 1000).await.map_err(Problem::from)?;
-        let Some(last) = page.last() else { break };
-        after = last.cursor;
-        for event in page.iter().filter(|event| event.aggregate_type == "terminal_session") {
-            let Ok(parsed) = serde_json::from_value::<SessionEvent>(event.payload.clone()) else { continue };
-            match parsed {
-                SessionEvent::SessionOpened { session_id, user, workspace, agent, client_ip, user_agent } => {
-                    index.insert(event.aggregate_id.clone(), rows.len());
-                    rows.push((
-                        event.aggregate_id.clone(),
-                        serde_json::json!({
-                            "id": session_id, "user": user, "workspace": workspace, "agent": agent,
-                            "client_ip": client_ip, "user_agent": user_agent, "opened_at": event.recorded_at,
-                            "active": true, "closed_at": null, "reason": null,
-                            "bytes_in": 0, "bytes_out": 0, "duration_ms": null,
-                        }),
-                    ));
-                }
-                SessionEvent::SessionClosed { bytes_in, bytes_out, duration_ms, reason } => {
-                    if let Some(row) = index.get(&event.aggregate_id).and_then(|at| rows.get_mut(*at)) {
-                        row.1["active"] = false.into();
-                        row.1["closed_at"] = serde_json::json!(event.recorded_at);
-                        row.1["reason"] = reason.as_str().into();
-                        row.1["bytes_in"] = bytes_in.into();
-                        row.1["bytes_out"] = bytes_out.into();
-                        row.1["duration_ms"] = duration_ms.into();
-                    }
-                }
-            }
-        }
-    }
+    let query = query.into_inner();
+    let limit = parse_limit(query.limit)?;
+    let active = match present(query.active).as_deref() {
+        None => None,
+        Some("true") => Some(true),
+        Some("false") => Some(false),
+        Some(_) => return Err(bad_query("active", "active is true or false")),
+    };
+    let kind = match present(query.kind) {
+        None => None,
+        Some(kind) if kind == "terminal" => Some(kind),
+        Some(_) => return Err(bad_query("kind", "kind is \"terminal\"")),
+    };
+    let filter = SessionFilter {
+        active,
+        user: parse_user(query.user)?,
+        workspace: present(query.workspace),
+        kind,
+        from: parse_time("from", query.from)?,
+        to: parse_time("to", query.to)?,
+    };
+    let after = decode_key(query.after)?;
+    let rows = relay.reads.sessions(&filter, after.as_ref(), limit + 1).await.map_err(store::StoreError::from)?;
+    let (rows, next) = paginate(rows, limit, |row| encode_key(&row.opened_at, &row.session_id));
     let items: Vec<serde_json::Value> = rows
         .into_iter()
-        .rev()
-        .map(|(_, row)| row)
-        .filter(|row| filter.active.is_none_or(|active| row["active"] == active))
-        .filter(|row| filter.user.as_deref().is_none_or(|user| row["user"].as_str() == Some(user)))
-        .filter(|row| filter.workspace.as_deref().is_none_or(|workspace| row["workspace"].as_str() == Some(workspace)))
+        .map(|row| {
+            serde_json::json!({
+                "id": row.session_id, "user": row.user, "workspace": row.workspace, "agent": row.agent,
+                "kind": row.kind, "client_ip": row.client_ip, "user_agent": row.user_agent,
+                "opened_at": row.opened_at, "active": row.closed_at.is_none(), "closed_at": row.closed_at,
+                "reason": row.close_reason, "bytes_in": row.bytes_in, "bytes_out": row.bytes_out,
+                "duration_ms": row.duration_ms,
+            })
+        })
         .collect();
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "items": items })))
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "items": items, "next": next })))
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ActivityListQuery {
+    kind: Option<String>,
+    user: Option<String>,
+    workspace: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    after: Option<String>,
+    limit: Option<String>,
+}
+
+/// `GET /api/v1/relay/activity` (admin, auditor): tickets issued, redeemed and refused, and connections the
+/// firewall blocked, newest first, from the `sessions` read model.
+#[get("/api/v1/relay/activity")]
+async fn list_activity(
+    caller: Caller,
+    query: web::Query<ActivityListQuery>,
+    relay: web::Data<Relay>,
+) -> Result<HttpResponse, Problem> {
+    caller.require(&[Role::Admin, Role::Auditor])?;
+    let query = query.into_inner();
+    let limit = parse_limit(query.limit)?;
+    let kind = match present(query.kind) {
+        None => None,
+        Some(kind) if ACTIVITY_KINDS.contains(&kind.as_str()) => Some(kind),
+        Some(_) => {
+            return Err(bad_query(
+                "kind",
+                "kind is ticket_issued, ticket_redeemed, ticket_refused or connection_blocked",
+            ))
+        }
+    };
+    let filter = ActivityFilter {
+        kind,
+        user: parse_user(query.user)?,
+        workspace: present(query.workspace),
+        from: parse_time("from", query.from)?,
+        to: parse_time("to", query.to)?,
+    };
+    let after = decode_key(query.after)?;
+    let rows = relay.reads.activity(&filter, after.as_ref(), limit + 1).await.map_err(store::StoreError::from)?;
+    let (rows, next) = paginate(rows, limit, |row| encode_key(&row.at, &row.activity_id));
+    let items: Vec<serde_json::Value> = rows
+        .into_iter()
+        .map(|row| {
+            serde_json::json!({
+                "id": row.activity_id, "at": row.at, "kind": row.kind, "user": row.user,
+                "workspace": row.workspace, "client_ip": row.client_ip, "reason": row.reason, "rule": row.rule,
+            })
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "items": items, "next": next })))
+}
+
+const ACTIVITY_KINDS: [&str; 4] = ["ticket_issued", "ticket_redeemed", "ticket_refused", "connection_blocked"];
 
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]

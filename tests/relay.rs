@@ -175,11 +175,14 @@ async fn a_browser_types_into_a_real_shell_through_the_relay() {
     assert_eq!(ticket(&api, &bob, "ws-ada").await.0, 403);
     assert_eq!(ticket(&api, &bob, "ws-nowhere").await.0, 404);
 
-    // The session is active, then closed by the client.
-    let (status, sessions) = api.get("/api/v1/sessions?active=true&workspace=ws-ada", Some(&root)).await;
-    assert_eq!(status, 200, "{sessions}");
-    assert_eq!(sessions["items"].as_array().unwrap().len(), 1, "{sessions}");
-    assert_eq!(sessions["items"][0]["user"], "ada@example.com");
+    // The session is active (the read model follows the log within milliseconds), then closed by the client.
+    let listed = eventually(Duration::from_secs(10), || async {
+        let (status, sessions) = api.get("/api/v1/sessions?active=true&workspace=ws-ada", Some(&root)).await;
+        assert_eq!(status, 200, "{sessions}");
+        sessions["items"].as_array().unwrap().len() == 1 && sessions["items"][0]["user"] == "ada@example.com"
+    })
+    .await;
+    assert!(listed, "the open session was not listed");
     socket.close(None).await.unwrap();
     let recorded = eventually(Duration::from_secs(10), || async {
         let (_, sessions) = api.get("/api/v1/sessions?user=ada@example.com", Some(&root)).await;
@@ -313,8 +316,12 @@ async fn many_sessions_share_one_agent() {
     for task in tasks {
         sockets.push(task.await.unwrap());
     }
-    let (_, sessions) = api.get("/api/v1/sessions?active=true", Some(&root)).await;
-    assert_eq!(sessions["items"].as_array().unwrap().len(), SESSIONS);
+    let listed = eventually(Duration::from_secs(10), || async {
+        let (_, sessions) = api.get("/api/v1/sessions?active=true", Some(&root)).await;
+        sessions["items"].as_array().unwrap().len() == SESSIONS
+    })
+    .await;
+    assert!(listed, "every open session is listed");
     drop(sockets);
 }
 
@@ -341,6 +348,7 @@ async fn every_role_is_checked_on_every_relay_endpoint() {
         (Method::GET, "/api/v1/workspaces".into(), None, [401, 200, 200, 200, 403]),
         (Method::POST, "/api/v1/workspaces/ws-ada/tickets".into(), ticket_body(), [401, 201, 403, 201, 403]),
         (Method::GET, "/api/v1/sessions".into(), None, [401, 403, 403, 200, 403]),
+        (Method::GET, "/api/v1/relay/activity".into(), None, [401, 403, 403, 200, 200]),
         (Method::GET, "/api/v1/firewall".into(), None, [401, 403, 403, 200, 200]),
         (
             Method::PUT,
@@ -429,11 +437,174 @@ async fn limits_are_enforced_and_shutdown_records_every_open_session() {
     drop(server);
     let server = Server::start(&db, &[]);
     let api = Api::new(&server);
-    let (status, sessions) = api.get("/api/v1/sessions?user=ada@example.com", Some(&root)).await;
-    assert_eq!(status, 200, "{sessions}");
-    let reasons: Vec<_> = sessions["items"].as_array().unwrap().iter().map(|item| item["reason"].clone()).collect();
-    assert_eq!(reasons[..2], [json!("shutdown"), json!("shutdown")], "{sessions}");
-    assert!(sessions["items"].as_array().unwrap().iter().all(|item| item["active"] == false), "{sessions}");
+    // The restarted server's projection catches up with the log.
+    let recorded = eventually(Duration::from_secs(10), || async {
+        let (status, sessions) = api.get("/api/v1/sessions?user=ada@example.com", Some(&root)).await;
+        assert_eq!(status, 200, "{sessions}");
+        let items = sessions["items"].as_array().unwrap();
+        items.len() >= 2
+            && items[..2].iter().all(|item| item["reason"] == "shutdown")
+            && items.iter().all(|item| item["active"] == false)
+    })
+    .await;
+    let (_, sessions) = api.get("/api/v1/sessions?user=ada@example.com", Some(&root)).await;
+    assert!(recorded, "both sessions recorded as shutdown: {sessions}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sessions_and_relay_activity_are_read_models_with_filters_and_pages() {
+    for db in TestDb::all("relay_read_models").await {
+        read_models_with_filters_and_pages(db).await;
+    }
+}
+
+async fn read_models_with_filters_and_pages(db: TestDb) {
+    let root = issue_token(&db, "root@example.com", "admin", "1h");
+    let ada = issue_token(&db, "ada@example.com", "member", "1h");
+    let bob = issue_token(&db, "bob@example.com", "member", "1h");
+    let auditor = issue_token(&db, "audit@example.com", "auditor", "1h");
+    let server = Server::start(&db, &[("GATEHOUSE_RELAY_MAX_SESSIONS_PER_USER", "10")]);
+    let api = Api::new(&server);
+    let agent_token = mint_agent_token(&api, &root).await;
+    let _ada_agent = Agent::start(&server, &agent_token, "ws-ada", "ada@example.com");
+    let _bob_agent = Agent::start(&server, &agent_token, "ws-bob", "bob@example.com");
+    wait_for_workspace(&api, &root, "ws-ada").await;
+    wait_for_workspace(&api, &root, "ws-bob").await;
+
+    // Three sessions for Ada (the first one closed), one for Bob.
+    let mut ada_sockets = Vec::new();
+    for _ in 0..3 {
+        let (_, issued) = ticket(&api, &ada, "ws-ada").await;
+        ada_sockets.push(open(&server, "ws-ada", issued["ticket"].as_str().unwrap()).await.unwrap());
+    }
+    let (_, issued) = ticket(&api, &bob, "ws-bob").await;
+    let _bob_socket = open(&server, "ws-bob", issued["ticket"].as_str().unwrap()).await.unwrap();
+    ada_sockets.remove(0).close(None).await.unwrap();
+    // Refused: Bob's ticket presented for Ada's workspace (foreign), and garbage (unknown).
+    let (_, foreign) = ticket(&api, &bob, "ws-bob").await;
+    assert_eq!(open(&server, "ws-ada", foreign["ticket"].as_str().unwrap()).await.err(), Some(4001));
+    assert_eq!(open(&server, "ws-ada", "not-a-ticket").await.err(), Some(4001));
+
+    let sessions = |query: &str| {
+        let api = &api;
+        let root = &root;
+        let path = format!("/api/v1/sessions?{query}");
+        async move {
+            let (status, body) = api.get(&path, Some(root)).await;
+            assert_eq!(status, 200, "{path}: {body}");
+            body
+        }
+    };
+    let caught_up = eventually(Duration::from_secs(10), || async {
+        let all = sessions("").await;
+        let closed = sessions("active=false").await;
+        all["items"].as_array().unwrap().len() == 4 && closed["items"].as_array().unwrap().len() == 1
+    })
+    .await;
+    assert!(caught_up, "four sessions, one closed: {}", sessions("").await);
+
+    // Filters.
+    let count = |body: &Value| body["items"].as_array().unwrap().len();
+    assert_eq!(count(&sessions("active=true").await), 3);
+    assert_eq!(count(&sessions("active=true&user=ada@example.com").await), 2);
+    let bobs = sessions("workspace=ws-bob").await;
+    assert_eq!(count(&bobs), 1, "{bobs}");
+    assert_eq!(bobs["items"][0]["user"], "bob@example.com");
+    assert_eq!(bobs["items"][0]["kind"], "terminal");
+    assert_eq!(count(&sessions("kind=terminal").await), 4);
+    assert_eq!(count(&sessions("from=2000-01-01T00:00:00Z&to=2999-01-01T00:00:00%2B02:00").await), 4);
+    assert_eq!(count(&sessions("from=2999-01-01T00:00:00Z").await), 0);
+    assert_eq!(count(&sessions("to=2000-01-01T00:00:00Z").await), 0);
+
+    // Pages of two, newest first, with an opaque cursor; the last page has no next.
+    let first = sessions("user=ada@example.com&limit=2").await;
+    assert_eq!(count(&first), 2, "{first}");
+    let next = first["next"].as_str().expect("a next cursor").to_string();
+    let second = sessions(&format!("user=ada@example.com&limit=2&after={next}")).await;
+    assert_eq!(count(&second), 1, "{second}");
+    assert!(second["next"].is_null(), "{second}");
+    let mut opened: Vec<(String, String)> = first["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(second["items"].as_array().unwrap())
+        .map(|item| (item["opened_at"].as_str().unwrap().to_string(), item["id"].as_str().unwrap().to_string()))
+        .collect();
+    let listed = opened.clone();
+    opened.sort();
+    opened.reverse();
+    opened.dedup();
+    assert_eq!(listed, opened, "three distinct sessions, newest first");
+    assert_eq!(second["items"][0]["reason"], "client_closed", "the oldest is the closed one: {second}");
+
+    // Bad filters are 400 problems naming the field.
+    for (query, field) in [
+        ("active=maybe", "active"),
+        ("user=not-an-email", "user"),
+        ("kind=preview", "kind"),
+        ("from=yesterday", "from"),
+        ("to=2026-13-01", "to"),
+        ("after=%25%25%25", "after"),
+        ("limit=0", "limit"),
+        ("limit=many", "limit"),
+    ] {
+        let (status, problem) = api.get(&format!("/api/v1/sessions?{query}"), Some(&root)).await;
+        assert_eq!((status, problem["field"].as_str()), (400, Some(field)), "{query}: {problem}");
+    }
+
+    // The activity log: issued, redeemed and refused tickets, with the refusal's reason and the ticket's user.
+    let activity = |query: &str, token: &str| {
+        let api = &api;
+        let path = format!("/api/v1/relay/activity?{query}");
+        let token = token.to_string();
+        async move { api.get(&path, Some(&token)).await }
+    };
+    let refusals = eventually(Duration::from_secs(10), || async {
+        let (_, body) = activity("kind=ticket_refused", &auditor).await;
+        count(&body) == 2
+    })
+    .await;
+    let (status, refused) = activity("kind=ticket_refused", &auditor).await;
+    assert_eq!(status, 200, "{refused}");
+    assert!(refusals, "two refusals: {refused}");
+    assert_eq!(refused["items"][0]["reason"], "unknown", "newest first: {refused}");
+    assert!(refused["items"][0]["user"].is_null(), "{refused}");
+    assert_eq!(refused["items"][1]["reason"], "foreign", "{refused}");
+    assert_eq!(refused["items"][1]["user"], "bob@example.com", "{refused}");
+    assert_eq!(refused["items"][1]["workspace"], "ws-ada", "{refused}");
+    let (_, bobs) = activity("user=bob@example.com&kind=ticket_issued", &root).await;
+    assert_eq!(count(&bobs), 2, "{bobs}");
+    let (_, redeemed) = activity("kind=ticket_redeemed&workspace=ws-ada", &root).await;
+    assert_eq!(count(&redeemed), 3, "{redeemed}");
+    let (_, none) = activity("from=2999-01-01T00:00:00Z", &root).await;
+    assert_eq!(count(&none), 0, "{none}");
+    // Pages of one walk the whole log without repeats.
+    let (_, everything) = activity("limit=500", &root).await;
+    let mut seen = Vec::new();
+    let mut after = String::new();
+    loop {
+        let (status, page) = activity(&format!("limit=1&after={after}"), &root).await;
+        assert_eq!(status, 200, "{page}");
+        seen.extend(page["items"].as_array().unwrap().iter().map(|item| item["id"].clone()));
+        match page["next"].as_str() {
+            Some(next) => after = next.to_string(),
+            None => break,
+        }
+    }
+    let all: Vec<_> = everything["items"].as_array().unwrap().iter().map(|item| item["id"].clone()).collect();
+    assert_eq!(seen, all);
+    assert_eq!(all.len(), 5 + 4 + 2, "five tickets issued, four redeemed, two refused: {everything}");
+    for (query, field) in [("kind=opened", "kind"), ("user=x", "user"), ("from=soon", "from"), ("limit=501", "limit")] {
+        let (status, problem) = activity(query, &root).await;
+        assert_eq!((status, problem["field"].as_str()), (400, Some(field)), "{query}: {problem}");
+    }
+    // Only admins and auditors read the activity log; only admins the sessions.
+    assert_eq!(api.get("/api/v1/relay/activity", None).await.0, 401);
+    assert_eq!(activity("", &ada).await.0, 403);
+    assert_eq!(api.get("/api/v1/sessions", None).await.0, 401);
+    assert_eq!(api.get("/api/v1/sessions", Some(&ada)).await.0, 403);
+    assert_eq!(api.get("/api/v1/sessions", Some(&auditor)).await.0, 403);
+    drop(ada_sockets);
 }
 
 #[tokio::test(flavor = "multi_thread")]

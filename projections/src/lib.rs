@@ -14,6 +14,7 @@ mod projection;
 mod publishing;
 mod rebuild;
 mod runtime;
+mod sessions;
 
 pub use members::{MemberRow, MembersProjection, MembersQuery};
 pub use projection::{ApplyError, Projection, Tables};
@@ -25,6 +26,9 @@ pub use rebuild::{rebuild, RebuildError, RebuildReport};
 pub use runtime::{
     checkpoints, Checkpoint, ProjectionState, ProjectionStatus, Projector, ProjectorConfig, StatusBoard,
 };
+pub use sessions::{
+    ActivityFilter, ActivityRow, SessionFilter, SessionRow, SessionsProjection, SessionsQuery, TimeKey,
+};
 
 /// Every projection this service runs, in one place so `serve` and `projections rebuild` agree.
 pub fn all() -> Vec<std::sync::Arc<dyn Projection>> {
@@ -33,5 +37,6 @@ pub fn all() -> Vec<std::sync::Arc<dyn Projection>> {
         std::sync::Arc::new(MembersProjection),
         std::sync::Arc::new(PublishRequestsProjection),
         std::sync::Arc::new(TrustRulesProjection),
+        std::sync::Arc::new(SessionsProjection),
     ]
 }
