@@ -284,10 +284,10 @@ async fn killing_the_agent_closes_sessions_as_agent_lost() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn many_sessions_share_one_agent() {
-    const SESSIONS: usize = 24;
+    const SESSIONS: usize = 100;
     let db = TestDb::sqlite();
     let root = issue_token(&db, "root@example.com", "admin", "1h");
-    let server = Server::start(&db, &[("GATEHOUSE_RELAY_MAX_SESSIONS_PER_USER", "30")]);
+    let server = Server::start(&db, &[("GATEHOUSE_RELAY_MAX_SESSIONS_PER_USER", "110")]);
     let api = Api::new(&server);
     let agent_token = mint_agent_token(&api, &root).await;
     let _agent = Agent::start(&server, &agent_token, "ws-many", "ada@example.com");
@@ -317,7 +317,7 @@ async fn many_sessions_share_one_agent() {
         sockets.push(task.await.unwrap());
     }
     let listed = eventually(Duration::from_secs(10), || async {
-        let (_, sessions) = api.get("/api/v1/sessions?active=true", Some(&root)).await;
+        let (_, sessions) = api.get("/api/v1/sessions?active=true&limit=500", Some(&root)).await;
         sessions["items"].as_array().unwrap().len() == SESSIONS
     })
     .await;
