@@ -1,0 +1,615 @@
+//! Issue #5's benchmark: the terminal relay (browser → gateway → agent → PTY → echo program and back) beside a
+//! direct loopback TCP echo and a PTY-only echo, all measured in the same run.
+//!
+//! Run: `cargo bench --bench relay` (`-- --quick` moves 8 MiB instead of 32 MiB and does 500 keystrokes).
+//! Results go to stdout as Markdown (progress to stderr); docs/BENCHMARKS.md records them.
+//!
+//! The gateway is a real `gatehouse serve` child process (embedded SQLite in a temp dir), so that its RSS is its own;
+//! the agent is a real `gatehouse agent` child process whose "shell" is a script that puts its PTY in raw mode
+//! without echo, prints a marker and `exec`s `cat`, so every byte sent comes back exactly once, unchanged.
+
+#![allow(clippy::unwrap_used)]
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::io::{Read, Write};
+use std::process::{Child, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{gatehouse, issue_token, Api, Server};
+use futures::{SinkExt, StreamExt};
+use portable_pty::{native_pty_system, CommandBuilder, PtySize};
+use reqwest::Method;
+use serde_json::{json, Value};
+use testkit::TestDb;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::Message;
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+const CHUNK: usize = 16 * 1024;
+const MARKER: &str = "ECHO-READY";
+const WORKSPACE: &str = "ws-bench";
+const OWNER: &str = "ada@example.com";
+
+struct Config {
+    bytes: usize,
+    keystrokes: usize,
+    sessions: usize,
+    diagnostic_keystrokes: usize,
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Pids of the direct children of `pid` (over all its threads).
+fn children(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for task in tasks.flatten() {
+            if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
+                out.extend(text.split_whitespace().filter_map(|raw| raw.parse::<u32>().ok()));
+            }
+        }
+    }
+    out
+}
+
+/// Proportional set size (shared pages divided among their users), from smaps_rollup.
+fn pss_kib(pid: u32) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    text.lines()
+        .find_map(|line| line.strip_prefix("Pss:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task")).map(|tasks| tasks.count()).unwrap_or(0)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index].as_secs_f64() * 1e6
+}
+
+struct Latency {
+    p50_us: f64,
+    p99_us: f64,
+    max_us: f64,
+}
+
+fn summarize(mut samples: Vec<Duration>) -> Latency {
+    samples.sort();
+    Latency {
+        p50_us: percentile(&samples, 0.5),
+        p99_us: percentile(&samples, 0.99),
+        max_us: samples.last().unwrap().as_secs_f64() * 1e6,
+    }
+}
+
+fn mib_per_s(bytes: usize, elapsed: Duration) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0) / elapsed.as_secs_f64()
+}
+
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| b'a' + (i % 26) as u8).collect()
+}
+
+// ---------------------------------------------------------------- direct loopback TCP echo
+
+async fn tcp_echo_server() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            stream.set_nodelay(true).unwrap();
+            tokio::spawn(async move {
+                let (mut read, mut write) = stream.into_split();
+                let _ = tokio::io::copy(&mut read, &mut write).await;
+            });
+        }
+    });
+    addr
+}
+
+async fn tcp_throughput(addr: std::net::SocketAddr, total: usize) -> Duration {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    let (mut read, mut write) = stream.into_split();
+    let chunk = pattern(CHUNK);
+    let start = Instant::now();
+    let writer = tokio::spawn(async move {
+        let mut sent = 0;
+        while sent < total {
+            let n = CHUNK.min(total - sent);
+            write.write_all(&chunk[..n]).await.unwrap();
+            sent += n;
+        }
+        write
+    });
+    let mut buffer = vec![0u8; 64 * 1024];
+    let mut got = 0;
+    while got < total {
+        let n = read.read(&mut buffer).await.unwrap();
+        assert!(n > 0, "direct echo ended early");
+        got += n;
+    }
+    let elapsed = start.elapsed();
+    drop(writer.await.unwrap());
+    elapsed
+}
+
+async fn tcp_latency(addr: std::net::SocketAddr, count: usize) -> Vec<Duration> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    let mut samples = Vec::with_capacity(count);
+    let mut byte = [0u8; 1];
+    for i in 0..count {
+        let key = b'a' + (i % 26) as u8;
+        let start = Instant::now();
+        stream.write_all(&[key]).await.unwrap();
+        stream.read_exact(&mut byte).await.unwrap();
+        samples.push(start.elapsed());
+        assert_eq!(byte[0], key);
+    }
+    samples
+}
+
+// ---------------------------------------------------------------- PTY only (same script, no relay)
+
+struct PtyEcho {
+    reader: Box<dyn Read + Send>,
+    writer: Box<dyn Write + Send>,
+    _master: Box<dyn portable_pty::MasterPty + Send>,
+    child: Box<dyn portable_pty::Child + Send + Sync>,
+}
+
+fn pty_echo(script: &std::path::Path) -> PtyEcho {
+    let pair = native_pty_system().openpty(PtySize { rows: 24, cols: 80, pixel_width: 0, pixel_height: 0 }).unwrap();
+    let child = pair.slave.spawn_command(CommandBuilder::new(script)).unwrap();
+    drop(pair.slave);
+    let mut reader = pair.master.try_clone_reader().unwrap();
+    let writer = pair.master.take_writer().unwrap();
+    let mut seen = Vec::new();
+    let mut buffer = [0u8; 256];
+    while !String::from_utf8_lossy(&seen).contains(MARKER) {
+        let n = reader.read(&mut buffer).unwrap();
+        assert!(n > 0, "the PTY echo script ended");
+        seen.extend_from_slice(&buffer[..n]);
+    }
+    PtyEcho { reader, writer, _master: pair.master, child }
+}
+
+fn pty_throughput(script: &std::path::Path, total: usize) -> Duration {
+    let PtyEcho { mut reader, mut writer, _master, mut child } = pty_echo(script);
+    let chunk = pattern(CHUNK);
+    let start = Instant::now();
+    let pump = std::thread::spawn(move || {
+        let mut sent = 0;
+        while sent < total {
+            let n = CHUNK.min(total - sent);
+            writer.write_all(&chunk[..n]).unwrap();
+            sent += n;
+        }
+        writer
+    });
+    let mut buffer = vec![0u8; 64 * 1024];
+    let mut got = 0;
+    while got < total {
+        let n = reader.read(&mut buffer).unwrap();
+        assert!(n > 0, "PTY echo ended early");
+        got += n;
+    }
+    let elapsed = start.elapsed();
+    drop(pump.join().unwrap());
+    let _ = child.kill();
+    elapsed
+}
+
+fn pty_latency(script: &std::path::Path, count: usize) -> Vec<Duration> {
+    let PtyEcho { mut reader, mut writer, _master, mut child } = pty_echo(script);
+    let mut samples = Vec::with_capacity(count);
+    let mut byte = [0u8; 1];
+    for i in 0..count {
+        let key = b'a' + (i % 26) as u8;
+        let start = Instant::now();
+        writer.write_all(&[key]).unwrap();
+        writer.flush().unwrap();
+        reader.read_exact(&mut byte).unwrap();
+        samples.push(start.elapsed());
+        assert_eq!(byte[0], key);
+    }
+    let _ = child.kill();
+    samples
+}
+
+// ---------------------------------------------------------------- through the relay
+
+struct Agent {
+    child: Child,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An agent made here (no PTY): answers `Open` with `Opened` and the marker, and each `Data` with a `Credit` then
+/// the same bytes, in that order and as separate writes, as the real agent does. `nodelay` disables Nagle's
+/// algorithm on its socket (the real agent's `connect_async` leaves it on).
+async fn handmade_agent(base: &str, token: &str, workspace: &str, nodelay: bool) -> tokio::task::JoinHandle<()> {
+    use relay::mux::Frame;
+    let url = format!("{}/api/v1/agent/connect", base.replace("http://", "ws://"));
+    let (socket, _) = tokio_tungstenite::connect_async_with_config(url, None, nodelay).await.unwrap();
+    let (mut sink, mut stream) = socket.split();
+    let hello = json!({"type": "hello", "token": token, "workspace": workspace, "tags": {"RDE_OWNER_EMAIL": OWNER}});
+    sink.send(Message::Text(hello.to_string())).await.unwrap();
+    loop {
+        match stream.next().await {
+            Some(Ok(Message::Text(_))) => break,
+            Some(Ok(Message::Close(frame))) => panic!("hand-made agent refused: {frame:?}"),
+            Some(Ok(_)) => {}
+            other => panic!("hand-made agent: {other:?}"),
+        }
+    }
+    tokio::spawn(async move {
+        while let Some(Ok(message)) = stream.next().await {
+            let Message::Binary(bytes) = message else { continue };
+            let Ok(frame) = Frame::decode(&bytes) else { break };
+            let replies = match frame {
+                Frame::Open { session, .. } => {
+                    vec![Frame::Opened { session }, Frame::Data { session, bytes: MARKER.as_bytes().to_vec() }]
+                }
+                Frame::Data { session, bytes } => {
+                    vec![Frame::Credit { session, bytes: bytes.len() as u32 }, Frame::Data { session, bytes }]
+                }
+                Frame::Close { session } => vec![Frame::Close { session }],
+                _ => vec![],
+            };
+            for reply in replies {
+                if sink.send(Message::Binary(reply.encode())).await.is_err() {
+                    return;
+                }
+            }
+        }
+    })
+}
+
+async fn mint_agent_token(api: &Api, admin: &str) -> String {
+    let (status, _, body) =
+        api.call(Method::POST, "/api/v1/agent-tokens", Some(admin), Some(json!({"name": "bench agent"}))).await;
+    assert_eq!(status, 201, "{body}");
+    body["token"].as_str().unwrap().to_string()
+}
+
+async fn ticket(api: &Api, token: &str, workspace: &str) -> String {
+    let path = format!("/api/v1/workspaces/{workspace}/tickets");
+    for attempt in 0..20 {
+        let (status, _, body) = api.call(Method::POST, &path, Some(token), Some(json!({"kind": "terminal"}))).await;
+        if status == 201 {
+            return body["ticket"].as_str().unwrap().to_string();
+        }
+        eprintln!("ticket: {status} {body} (attempt {attempt})");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no ticket");
+}
+
+/// Opens an authenticated terminal and waits until the echo program is running (its marker has arrived).
+async fn open(base: &str, api: &Api, token: &str, workspace: &str) -> Socket {
+    let one_time = ticket(api, token, workspace).await;
+    let url = format!("{}/api/v1/workspaces/{workspace}/terminal", base.replace("http://", "ws://"));
+    // Browsers disable Nagle's algorithm on their sockets; so does this one.
+    let (mut socket, _) = tokio_tungstenite::connect_async_with_config(url, None, true).await.unwrap();
+    socket.send(Message::Text(json!({"type": "auth", "ticket": one_time}).to_string())).await.unwrap();
+    let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !seen.contains(MARKER) {
+        match tokio::time::timeout_at(deadline, socket.next()).await.expect("no marker from the echo program") {
+            Some(Ok(Message::Binary(bytes))) => seen.push_str(&String::from_utf8_lossy(&bytes)),
+            Some(Ok(Message::Text(text))) => {
+                let message: Value = serde_json::from_str(&text).unwrap();
+                assert!(message["type"] == "ready" || message["type"] == "pong", "{text}");
+            }
+            Some(Ok(Message::Close(frame))) => panic!("closed before the marker: {frame:?}"),
+            Some(Ok(_)) => {}
+            other => panic!("socket ended before the marker: {other:?}"),
+        }
+    }
+    socket
+}
+
+async fn relay_throughput(socket: Socket, total: usize) -> (Duration, Socket) {
+    let (mut sink, mut stream) = socket.split();
+    let chunk = pattern(CHUNK);
+    let start = Instant::now();
+    let writer = tokio::spawn(async move {
+        let mut sent = 0;
+        while sent < total {
+            let n = CHUNK.min(total - sent);
+            sink.send(Message::Binary(chunk[..n].to_vec())).await.unwrap();
+            sent += n;
+        }
+        sink
+    });
+    let mut got = 0;
+    let mut frames = 0usize;
+    while got < total {
+        match tokio::time::timeout(Duration::from_secs(30), stream.next()).await.expect("relay stalled for 30 s") {
+            Some(Ok(Message::Binary(bytes))) => {
+                got += bytes.len();
+                frames += 1;
+            }
+            Some(Ok(Message::Close(frame))) => panic!("closed during throughput at {got} bytes: {frame:?}"),
+            Some(Ok(_)) => {}
+            other => panic!("socket ended during throughput at {got} bytes: {other:?}"),
+        }
+    }
+    let elapsed = start.elapsed();
+    eprintln!("relay throughput: {got} bytes in {frames} frames");
+    let sink = writer.await.unwrap();
+    (elapsed, sink.reunite(stream).unwrap())
+}
+
+async fn relay_latency(socket: &mut Socket, count: usize) -> Vec<Duration> {
+    let mut samples = Vec::with_capacity(count);
+    for i in 0..count {
+        let key = b'a' + (i % 26) as u8;
+        let start = Instant::now();
+        socket.send(Message::Binary(vec![key])).await.unwrap();
+        loop {
+            match socket.next().await {
+                Some(Ok(Message::Binary(bytes))) => {
+                    assert_eq!(bytes, vec![key]);
+                    break;
+                }
+                Some(Ok(Message::Close(frame))) => panic!("closed during latency: {frame:?}"),
+                Some(Ok(_)) => {}
+                other => panic!("socket ended during latency: {other:?}"),
+            }
+        }
+        samples.push(start.elapsed());
+    }
+    samples
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let quick = std::env::args().any(|arg| arg == "--quick");
+    let config = if quick {
+        Config { bytes: 8 << 20, keystrokes: 500, sessions: 1000, diagnostic_keystrokes: 100 }
+    } else {
+        Config { bytes: 32 << 20, keystrokes: 2000, sessions: 1000, diagnostic_keystrokes: 300 }
+    };
+
+    let scratch = tempfile::tempdir().unwrap();
+    let script = scratch.path().join("echo.sh");
+    std::fs::write(&script, format!("#!/bin/sh\nstty raw -echo\nprintf '{MARKER}'\nexec cat\n")).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    // Direct baselines first, while nothing else runs.
+    eprintln!("direct TCP echo…");
+    let addr = tcp_echo_server().await;
+    let _ = tcp_throughput(addr, 1 << 20).await; // warm-up
+    let tcp_tp = tcp_throughput(addr, config.bytes).await;
+    let tcp_lat = summarize(tcp_latency(addr, config.keystrokes).await);
+
+    eprintln!("PTY-only echo…");
+    let pty_tp = {
+        let script = script.clone();
+        let bytes = config.bytes;
+        tokio::task::spawn_blocking(move || pty_throughput(&script, bytes)).await.unwrap()
+    };
+    let pty_lat = {
+        let script = script.clone();
+        let count = config.keystrokes;
+        summarize(tokio::task::spawn_blocking(move || pty_latency(&script, count)).await.unwrap())
+    };
+
+    eprintln!("starting gateway and agent…");
+    let db = TestDb::sqlite();
+    let root = issue_token(&db, "root@example.com", "admin", "2h");
+    let ada = issue_token(&db, OWNER, "member", "2h");
+    let limit = (config.sessions + 100).to_string();
+    let server = Server::start(
+        &db,
+        &[
+            ("GATEHOUSE_LOG", "info,sqlx=warn"),
+            ("GATEHOUSE_RELAY_MAX_SESSIONS_PER_USER", &limit),
+            ("GATEHOUSE_RELAY_IDLE_TIMEOUT_SECS", "3600"),
+            ("GATEHOUSE_RELAY_AUTH_TIMEOUT_SECS", "60"),
+        ],
+    );
+    let server_pid = server.child.id();
+    let api = Api::new(&server);
+    let agent_token = mint_agent_token(&api, &root).await;
+    let agent = Agent {
+        child: gatehouse()
+            .args(["agent", "--server", &server.base, "--workspace", WORKSPACE])
+            .env("GATEHOUSE_AGENT_TOKEN", &agent_token)
+            .env("GATEHOUSE_AGENT_SHELL", &script)
+            .env("RDE_OWNER_EMAIL", OWNER)
+            .env("GATEHOUSE_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    };
+    let agent_pid = agent.child.id();
+    let listed = common::eventually(Duration::from_secs(30), || async {
+        let (status, body) = api.get("/api/v1/workspaces", Some(&ada)).await;
+        status == 200 && body["items"].as_array().unwrap().iter().any(|item| item["id"] == WORKSPACE)
+    })
+    .await;
+    assert!(listed, "the agent never connected");
+
+    eprintln!("relay throughput…");
+    let socket = open(&server.base, &api, &ada, WORKSPACE).await;
+    let (_, socket) = relay_throughput(socket, 1 << 20).await; // warm-up
+    let (relay_tp, mut socket) = relay_throughput(socket, config.bytes).await;
+    eprintln!("relay latency…");
+    let relay_lat = summarize(relay_latency(&mut socket, config.keystrokes).await);
+    socket.close(None).await.unwrap();
+    drop(socket);
+
+    // Where the keystroke latency goes: the same round trip through agents made here, with and without Nagle.
+    let mut handmade = Vec::new();
+    for (workspace, nodelay) in [("ws-handmade-nodelay", true), ("ws-handmade-nagle", false)] {
+        eprintln!("relay latency through a hand-made agent ({workspace})…");
+        let token = mint_agent_token(&api, &root).await;
+        let task = handmade_agent(&server.base, &token, workspace, nodelay).await;
+        let mut socket = open(&server.base, &api, &ada, workspace).await;
+        let samples = relay_latency(&mut socket, config.diagnostic_keystrokes).await;
+        socket.close(None).await.unwrap();
+        task.abort();
+        handmade.push((nodelay, summarize(samples)));
+    }
+
+    // Memory: 1,000 idle sessions.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let gateway_before = rss_kib(server_pid);
+    let agent_before = rss_kib(agent_pid);
+    let agent_threads_before = threads(agent_pid);
+    eprintln!("opening {} idle sessions…", config.sessions);
+    let start = Instant::now();
+    let base = Arc::new(server.base.clone());
+    let sockets: Vec<Socket> = futures::stream::iter(0..config.sessions)
+        .map(|_| {
+            let (base, api, ada) = (base.clone(), api.clone(), ada.clone());
+            async move { open(&base, &api, &ada, WORKSPACE).await }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    let open_elapsed = start.elapsed();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let gateway_open = rss_kib(server_pid);
+    let agent_open = rss_kib(agent_pid);
+    let agent_threads_open = threads(agent_pid);
+    let shells = children(agent_pid);
+    let shells_pss: u64 = shells.iter().map(|pid| pss_kib(*pid)).sum();
+    let (status, active) = api.get("/api/v1/sessions?active=true&limit=1", Some(&root)).await;
+    eprintln!("active sessions query: {status} {}", active.to_string().chars().take(300).collect::<String>());
+    eprintln!("closing them…");
+    let closing = Instant::now();
+    futures::stream::iter(sockets)
+        .for_each_concurrent(64, |mut socket| async move {
+            let _ = socket.close(None).await;
+        })
+        .await;
+    let close_elapsed = closing.elapsed();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let gateway_after = rss_kib(server_pid);
+    let shells_left = children(agent_pid).len();
+
+    // A second cycle: does the gateway's RSS keep growing (a leak) or is the first cycle's memory reused?
+    eprintln!("second cycle of {} sessions…", config.sessions);
+    let sockets: Vec<Socket> = futures::stream::iter(0..config.sessions)
+        .map(|_| {
+            let (base, api, ada) = (base.clone(), api.clone(), ada.clone());
+            async move { open(&base, &api, &ada, WORKSPACE).await }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let gateway_open2 = rss_kib(server_pid);
+    futures::stream::iter(sockets)
+        .for_each_concurrent(64, |mut socket| async move {
+            let _ = socket.close(None).await;
+        })
+        .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let gateway_after2 = rss_kib(server_pid);
+
+    let n = config.sessions as f64;
+    let per_session = (gateway_open as f64 - gateway_before as f64) / n;
+    let agent_per_session = (agent_open as f64 - agent_before as f64) / n;
+    let tcp_mib = mib_per_s(config.bytes, tcp_tp);
+    let pty_mib = mib_per_s(config.bytes, pty_tp);
+    let relay_mib = mib_per_s(config.bytes, relay_tp);
+
+    println!(
+        "## Terminal relay ({} MiB in {} KiB chunks, {} keystrokes)\n",
+        config.bytes >> 20,
+        CHUNK >> 10,
+        config.keystrokes
+    );
+    println!("| path | MiB/s | vs direct TCP | vs PTY only |");
+    println!("|---|---:|---:|---:|");
+    println!("| direct loopback TCP echo | {tcp_mib:.1} | 1.00× | — |");
+    println!("| PTY + `cat` only (no relay) | {pty_mib:.1} | {:.2}× | 1.00× |", pty_mib / tcp_mib);
+    println!(
+        "| browser → relay → agent → PTY + `cat` → back | {relay_mib:.1} | {:.2}× | {:.2}× |",
+        relay_mib / tcp_mib,
+        relay_mib / pty_mib
+    );
+    println!();
+    println!("| keystroke round trip | p50 µs | p99 µs | max µs |");
+    println!("|---|---:|---:|---:|");
+    println!("| direct loopback TCP | {:.0} | {:.0} | {:.0} |", tcp_lat.p50_us, tcp_lat.p99_us, tcp_lat.max_us);
+    println!("| PTY + `cat` only | {:.0} | {:.0} | {:.0} |", pty_lat.p50_us, pty_lat.p99_us, pty_lat.max_us);
+    println!("| through the relay | {:.0} | {:.0} | {:.0} |", relay_lat.p50_us, relay_lat.p99_us, relay_lat.max_us);
+    println!(
+        "| added by relay + PTY (relay − TCP) | {:.0} | {:.0} | — |",
+        relay_lat.p50_us - tcp_lat.p50_us,
+        relay_lat.p99_us - tcp_lat.p99_us
+    );
+    println!(
+        "| added by relay alone (relay − PTY) | {:.0} | {:.0} | — |",
+        relay_lat.p50_us - pty_lat.p50_us,
+        relay_lat.p99_us - pty_lat.p99_us
+    );
+    for (nodelay, latency) in &handmade {
+        println!(
+            "| relay + hand-made echo agent (no PTY), agent socket {} | {:.0} | {:.0} | {:.0} |",
+            if *nodelay { "TCP_NODELAY" } else { "with Nagle (as the real agent)" },
+            latency.p50_us,
+            latency.p99_us,
+            latency.max_us
+        );
+    }
+    println!();
+    println!("| memory, {} idle sessions | value |", config.sessions);
+    println!("|---|---:|");
+    println!("| gateway RSS before / open / after close (KiB) | {gateway_before} / {gateway_open} / {gateway_after} |");
+    println!("| **gateway KiB per idle session** | **{per_session:.1}** |");
+    println!("| agent process RSS before / open (KiB) | {agent_before} / {agent_open} ({agent_per_session:.1} KiB per session) |");
+    println!("| agent threads before / open | {agent_threads_before} / {agent_threads_open} |");
+    println!("| gateway RSS, second cycle open / after close (KiB) | {gateway_open2} / {gateway_after2} |");
+    println!("| shells (children of the agent) while open: count, total PSS KiB | {}, {shells_pss} |", shells.len());
+    println!("| shells left 5 s after closing | {shells_left} |");
+    println!(
+        "| time to open (ticket + WebSocket + auth + shell marker, 16 at a time) | {:.1} s |",
+        open_elapsed.as_secs_f64()
+    );
+    println!("| time to close all | {:.1} s |", close_elapsed.as_secs_f64());
+    println!();
+    println!("| target | measured | verdict |");
+    println!("|---|---:|---|");
+    let verdict = |ok: bool| if ok { "met" } else { "missed" };
+    println!("| throughput ≥ 0.5× direct | {:.2}× | {} |", relay_mib / tcp_mib, verdict(relay_mib / tcp_mib >= 0.5));
+    println!(
+        "| added keystroke p99 ≤ 1 ms | {:.0} µs | {} |",
+        relay_lat.p99_us - tcp_lat.p99_us,
+        verdict(relay_lat.p99_us - tcp_lat.p99_us <= 1000.0)
+    );
+    println!("| gateway ≤ 16 KiB per idle session | {per_session:.1} KiB | {} |", verdict(per_session <= 16.0));
+
+    drop(agent);
+    drop(server);
+}
