@@ -128,7 +128,8 @@ enum Outcome {
 
 async fn serve_once(config: &AgentConfig, url: &str) -> Result<Outcome, Box<dyn std::error::Error + Send + Sync>> {
     let request = url.into_client_request()?;
-    let (socket, _) = tokio_tungstenite::connect_async(request).await?;
+    // Nagle off: keystrokes and credits are small frames sent back to back (see src/app.rs, tcp_nodelay).
+    let (socket, _) = tokio_tungstenite::connect_async_with_config(request, None, true).await?;
     let (mut sink, mut stream) = socket.split();
     let hello = Hello { token: config.token.clone(), workspace: config.workspace.clone(), tags: config.tags.clone() };
     sink.send(Message::Text(serde_json::to_string(&hello)?)).await?;
