@@ -451,6 +451,43 @@ async fn limits_are_enforced_and_shutdown_records_every_open_session() {
     assert!(recorded, "both sessions recorded as shutdown: {sessions}");
 }
 
+/// A session that keeps working is still closed at its maximum age: 4009, recorded as `max_age`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_busy_session_is_closed_at_its_maximum_age() {
+    let db = TestDb::sqlite();
+    let root = issue_token(&db, "root@example.com", "admin", "1h");
+    let ada = issue_token(&db, "ada@example.com", "member", "1h");
+    let server = Server::start(&db, &[("GATEHOUSE_RELAY_MAX_SESSION_SECS", "2")]);
+    let api = Api::new(&server);
+    let agent_token = mint_agent_token(&api, &root).await;
+    let _agent = Agent::start(&server, &agent_token, "ws-ada", "ada@example.com");
+    wait_for_workspace(&api, &ada, "ws-ada").await;
+    let (_, issued) = ticket(&api, &ada, "ws-ada").await;
+    let mut socket = open(&server, "ws-ada", issued["ticket"].as_str().unwrap()).await.unwrap();
+    // Keep it busy (never idle) until it is closed.
+    let started = std::time::Instant::now();
+    let mut code = None;
+    while started.elapsed() < Duration::from_secs(10) {
+        type_line(&mut socket, "echo still-here\n").await;
+        match tokio::time::timeout(Duration::from_millis(300), socket.next()).await {
+            Ok(Some(Ok(Message::Close(Some(frame))))) => {
+                code = Some(u16::from(frame.code));
+                break;
+            }
+            Ok(None) | Ok(Some(Err(_))) => break,
+            _ => {}
+        }
+    }
+    assert_eq!(code, Some(4009), "closed at its maximum age");
+    assert!(started.elapsed() >= Duration::from_millis(1500), "closed too early: {:?}", started.elapsed());
+    let recorded = eventually(Duration::from_secs(10), || async {
+        let (_, sessions) = api.get("/api/v1/sessions", Some(&root)).await;
+        sessions["items"][0]["reason"] == "max_age"
+    })
+    .await;
+    assert!(recorded, "SessionClosed with reason max_age");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sessions_and_relay_activity_are_read_models_with_filters_and_pages() {
     for db in TestDb::all("relay_read_models").await {
