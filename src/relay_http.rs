@@ -299,10 +299,6 @@ async fn issue_ticket(
         .json(serde_json::json!({ "ticket": ticket, "expires_at": expires_at })))
 }
 
-fn bad_query(field: &str, detail: &str) -> Problem {
-    Problem::new(StatusCode::BAD_REQUEST, ProblemCode::InvalidField, "Invalid query").field(field).detail(detail)
-}
-
 /// A filter value: absent or empty is no filter.
 fn present(raw: Option<String>) -> Option<String> {
     raw.filter(|value| !value.is_empty())
@@ -310,7 +306,9 @@ fn present(raw: Option<String>) -> Option<String> {
 
 fn parse_user(raw: Option<String>) -> Result<Option<String>, Problem> {
     present(raw)
-        .map(|raw| Email::parse(&raw).map(String::from).map_err(|error| bad_query("user", &error.to_string())))
+        .map(|raw| {
+            Email::parse(&raw).map(String::from).map_err(|error| Problem::invalid_query("user", error.to_string()))
+        })
         .transpose()
 }
 
@@ -320,7 +318,9 @@ fn parse_time(field: &str, raw: Option<String>) -> Result<Option<String>, Proble
         .map(|raw| {
             chrono::DateTime::parse_from_rfc3339(&raw)
                 .map(|time| time.with_timezone(&Utc).to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
-                .map_err(|_| bad_query(field, &format!("{field} is an RFC 3339 time, such as 2026-01-31T12:00:00Z")))
+                .map_err(|_| {
+                    Problem::invalid_query(field, format!("{field} is an RFC 3339 time, such as 2026-01-31T12:00:00Z"))
+                })
         })
         .transpose()
 }
@@ -332,26 +332,12 @@ fn parse_limit(raw: Option<String>) -> Result<i64, Problem> {
             .parse::<i64>()
             .ok()
             .filter(|limit| (1..=500).contains(limit))
-            .ok_or_else(|| bad_query("limit", "limit is between 1 and 500")),
+            .ok_or_else(|| Problem::invalid_query("limit", "limit is between 1 and 500")),
     }
-}
-
-/// Opaque keyset cursors: base64url of `time|id`.
-fn encode_key(at: &str, id: &str) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{at}|{id}"))
 }
 
 fn decode_key(raw: Option<String>) -> Result<Option<TimeKey>, Problem> {
-    let Some(raw) = present(raw) else { return Ok(None) };
-    let bad = || bad_query("after", "after takes the next value of the previous page");
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(raw.as_bytes()).map_err(|_| bad())?;
-    let text = String::from_utf8(bytes).map_err(|_| bad())?;
-    let (at, id) = text.split_once('|').ok_or_else(bad)?;
-    chrono::DateTime::parse_from_rfc3339(at).map_err(|_| bad())?;
-    if id.is_empty() {
-        return Err(bad());
-    }
-    Ok(Some(TimeKey { at: at.to_string(), id: id.to_string() }))
+    present(raw).map(|raw| api::decode_page_key(&raw)).transpose()
 }
 
 /// Keeps `limit` rows; the cursor of the last one when there were more.
@@ -393,12 +379,12 @@ async fn list_sessions(
         None => None,
         Some("true") => Some(true),
         Some("false") => Some(false),
-        Some(_) => return Err(bad_query("active", "active is true or false")),
+        Some(_) => return Err(Problem::invalid_query("active", "active is true or false")),
     };
     let kind = match present(query.kind) {
         None => None,
         Some(kind) if kind == "terminal" => Some(kind),
-        Some(_) => return Err(bad_query("kind", "kind is \"terminal\"")),
+        Some(_) => return Err(Problem::invalid_query("kind", "kind is \"terminal\"")),
     };
     let filter = SessionFilter {
         active,
@@ -410,7 +396,7 @@ async fn list_sessions(
     };
     let after = decode_key(query.after)?;
     let rows = relay.reads.sessions(&filter, after.as_ref(), limit + 1).await.map_err(store::StoreError::from)?;
-    let (rows, next) = paginate(rows, limit, |row| encode_key(&row.opened_at, &row.session_id));
+    let (rows, next) = paginate(rows, limit, |row| api::encode_page_key(&row.opened_at, &row.session_id));
     let items: Vec<serde_json::Value> = rows
         .into_iter()
         .map(|row| {
@@ -453,7 +439,7 @@ async fn list_activity(
         None => None,
         Some(kind) if ACTIVITY_KINDS.contains(&kind.as_str()) => Some(kind),
         Some(_) => {
-            return Err(bad_query(
+            return Err(Problem::invalid_query(
                 "kind",
                 "kind is ticket_issued, ticket_redeemed, ticket_refused or connection_blocked",
             ))
@@ -468,7 +454,7 @@ async fn list_activity(
     };
     let after = decode_key(query.after)?;
     let rows = relay.reads.activity(&filter, after.as_ref(), limit + 1).await.map_err(store::StoreError::from)?;
-    let (rows, next) = paginate(rows, limit, |row| encode_key(&row.at, &row.activity_id));
+    let (rows, next) = paginate(rows, limit, |row| api::encode_page_key(&row.at, &row.activity_id));
     let items: Vec<serde_json::Value> = rows
         .into_iter()
         .map(|row| {

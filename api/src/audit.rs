@@ -140,18 +140,15 @@ pub struct StateView {
     pub state: serde_json::Value,
 }
 
-fn bad_query(field: &str, detail: impl Into<String>) -> Problem {
-    Problem::new(StatusCode::BAD_REQUEST, ProblemCode::InvalidField, "Invalid query").field(field).detail(detail)
-}
-
 pub(crate) fn parse_cursor(field: &str, raw: &str) -> Result<Cursor, Problem> {
-    raw.parse::<Cursor>().map_err(|_| bad_query(field, "a cursor is the `cursor` or `next` value the API returned"))
+    raw.parse::<Cursor>()
+        .map_err(|_| Problem::invalid_query(field, "a cursor is the `cursor` or `next` value the API returned"))
 }
 
 fn parse_time(field: &str, raw: &str) -> Result<DateTime<Utc>, Problem> {
     DateTime::parse_from_rfc3339(raw)
         .map(|time| time.with_timezone(&Utc))
-        .map_err(|_| bad_query(field, "an RFC 3339 time, such as 2026-11-29T12:00:00Z"))
+        .map_err(|_| Problem::invalid_query(field, "an RFC 3339 time, such as 2026-11-29T12:00:00Z"))
 }
 
 fn aggregate_type(raw: &str) -> Result<&str, Problem> {
@@ -208,7 +205,7 @@ pub async fn aggregate_events(
     let (kind, id) = (aggregate_type(&kind)?, aggregate_id(&id)?);
     let limit = query.limit.unwrap_or(100);
     if !(1..=1_000).contains(&limit) {
-        return Err(bad_query("limit", "limit is between 1 and 1000"));
+        return Err(Problem::invalid_query("limit", "limit is between 1 and 1000"));
     }
     let after = query.after.unwrap_or(0);
     let mut events = state.store.aggregate_events(kind, id, after, limit + 1).await.map_err(Problem::from)?;
@@ -240,7 +237,7 @@ pub async fn feed(
     caller.require(&[Role::Auditor, Role::Admin])?;
     let limit = query.limit.unwrap_or(100);
     if !(1..=1_000).contains(&limit) {
-        return Err(bad_query("limit", "limit is between 1 and 1000"));
+        return Err(Problem::invalid_query("limit", "limit is between 1 and 1000"));
     }
     let mut cursor = match query.after.as_deref().filter(|after| !after.is_empty()) {
         Some(raw) => parse_cursor("after", raw)?,
@@ -314,7 +311,7 @@ pub async fn aggregate_state(
     let at = query.at.as_deref().map(|raw| parse_cursor("at", raw)).transpose()?;
     let at_time = query.at_time.as_deref().map(|raw| parse_time("at_time", raw)).transpose()?;
     if at.is_some() && at_time.is_some() {
-        return Err(bad_query("at", "give at or at_time, not both"));
+        return Err(Problem::invalid_query("at", "give at or at_time, not both"));
     }
     let mut events = Vec::new();
     let mut sequence = 0;
@@ -422,9 +419,10 @@ pub async fn export(
     let since =
         query.since.as_deref().filter(|since| !since.is_empty()).map(|raw| parse_cursor("since", raw)).transpose()?;
     let start = projections::audit_chain::export_start(&state.store, since).await.map_err(|error| match error {
-        projections::audit_chain::ExportError::UnknownCursor => {
-            bad_query("since", "the cursor names no chained event (chaining follows the log within milliseconds)")
-        }
+        projections::audit_chain::ExportError::UnknownCursor => Problem::invalid_query(
+            "since",
+            "the cursor names no chained event (chaining follows the log within milliseconds)",
+        ),
         projections::audit_chain::ExportError::Store(error) => Problem::from(error),
     })?;
     record_read(&state, &caller, &request, 0).await?;
@@ -501,7 +499,7 @@ pub async fn list_checkpoints(
     caller.require(&[Role::Auditor, Role::Admin])?;
     let limit = query.limit.unwrap_or(100);
     if !(1..=1_000).contains(&limit) {
-        return Err(bad_query("limit", "limit is between 1 and 1000"));
+        return Err(Problem::invalid_query("limit", "limit is between 1 and 1000"));
     }
     let rows = projections::audit_chain::checkpoints(state.store.read_models(), query.after.unwrap_or(0), limit + 1)
         .await

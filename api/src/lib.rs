@@ -89,6 +89,26 @@ pub(crate) fn if_match(request: &HttpRequest) -> Result<Option<u64>, Problem> {
         })
 }
 
+/// The opaque keyset cursor of a (time, id) list: base64url of `time|id`.
+pub fn encode_page_key(at: &str, id: &str) -> String {
+    use jwt_simple::reexports::ct_codecs::{Base64UrlSafeNoPadding, Encoder};
+    Base64UrlSafeNoPadding::encode_to_string(format!("{at}|{id}").as_bytes()).unwrap_or_default()
+}
+
+/// Reads a cursor made by [`encode_page_key`] (the `after` query parameter); anything else is a 400.
+pub fn decode_page_key(raw: &str) -> Result<projections::TimeKey, Problem> {
+    use jwt_simple::reexports::ct_codecs::{Base64UrlSafeNoPadding, Decoder};
+    let bad = || Problem::invalid_query("after", "after takes the next value of the previous page");
+    let bytes = Base64UrlSafeNoPadding::decode_to_vec(raw.as_bytes(), None).map_err(|_| bad())?;
+    let text = String::from_utf8(bytes).map_err(|_| bad())?;
+    let (at, id) = text.split_once('|').ok_or_else(bad)?;
+    chrono::DateTime::parse_from_rfc3339(at).map_err(|_| bad())?;
+    if id.is_empty() {
+        return Err(bad());
+    }
+    Ok(projections::TimeKey { at: at.to_string(), id: id.to_string() })
+}
+
 /// Mounts every route and the JSON error handlers.
 pub fn configure(state: AppState) -> impl FnOnce(&mut web::ServiceConfig) {
     move |config: &mut web::ServiceConfig| {

@@ -165,9 +165,7 @@ pub async fn list_members(
     caller.require(&[Role::Admin, Role::Auditor])?;
     let limit = query.limit.unwrap_or(100);
     if !(1..=500).contains(&limit) {
-        return Err(Problem::new(StatusCode::BAD_REQUEST, ProblemCode::InvalidField, "Invalid query")
-            .field("limit")
-            .detail("limit is between 1 and 500"));
+        return Err(Problem::invalid_query("limit", "limit is between 1 and 500"));
     }
     let mut rows = state.members.list(query.after.as_deref(), limit + 1).await.map_err(store::StoreError::from)?;
     let next = if rows.len() as i64 > limit {

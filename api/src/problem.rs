@@ -113,6 +113,11 @@ impl Problem {
         self
     }
 
+    /// A query parameter is invalid: 400 `invalid_field` naming it.
+    pub fn invalid_query(field: &str, detail: impl Into<String>) -> Self {
+        Problem::new(StatusCode::BAD_REQUEST, ProblemCode::InvalidField, "Invalid query").field(field).detail(detail)
+    }
+
     /// The store is unavailable: 503 with `Retry-After`.
     pub fn store_unavailable() -> Self {
         Problem::new(StatusCode::SERVICE_UNAVAILABLE, ProblemCode::StoreUnavailable, "The event store is unavailable")

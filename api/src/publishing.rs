@@ -17,8 +17,7 @@ use domain::publishing::{
 use domain::roster::Role;
 use domain::trust::{TrustCommand, TrustError, TRUST_RULES_ID};
 use domain::Email;
-use jwt_simple::reexports::ct_codecs::{Base64UrlSafeNoPadding, Decoder, Encoder};
-use projections::{PublishRequestRow, RequestFilter, RequestKey, ReviewRow, TrustRuleRow};
+use projections::{PublishRequestRow, RequestFilter, ReviewRow, TimeKey, TrustRuleRow};
 use serde::{Deserialize, Serialize};
 use store::{CommandError, EventMetadata};
 
@@ -359,10 +358,6 @@ fn invalid(error: InvalidValue) -> Problem {
         .detail(error.reason)
 }
 
-fn bad_query(field: &str, detail: &str) -> Problem {
-    Problem::new(StatusCode::BAD_REQUEST, ProblemCode::InvalidField, "Invalid query").field(field).detail(detail)
-}
-
 fn not_found(what: &str) -> Problem {
     Problem::new(StatusCode::NOT_FOUND, ProblemCode::NotFound, "Not found").detail(format!("No {what}."))
 }
@@ -380,24 +375,20 @@ fn limit(raw: Option<i64>) -> Result<i64, Problem> {
     if (1..=500).contains(&limit) {
         Ok(limit)
     } else {
-        Err(bad_query("limit", "limit is between 1 and 500"))
+        Err(Problem::invalid_query("limit", "limit is between 1 and 500"))
     }
 }
 
-/// Opaque keyset cursors: base64url of `submitted_at|request_id`.
+/// The cursor after `row` in a list ordered by (submission time, request id).
 fn encode_key(row: &PublishRequestRow) -> String {
-    let raw = format!("{}|{}", row.submitted_at, row.request_id);
-    Base64UrlSafeNoPadding::encode_to_string(raw.as_bytes()).unwrap_or_default()
+    crate::encode_page_key(&row.submitted_at, &row.request_id)
 }
 
-fn decode_key(raw: &str) -> Result<RequestKey, Problem> {
-    let bad = || bad_query("after", "after takes the next value of the previous page");
-    let bytes = Base64UrlSafeNoPadding::decode_to_vec(raw.as_bytes(), None).map_err(|_| bad())?;
-    let text = String::from_utf8(bytes).map_err(|_| bad())?;
-    let (submitted_at, request_id) = text.split_once('|').ok_or_else(bad)?;
-    chrono::DateTime::parse_from_rfc3339(submitted_at).map_err(|_| bad())?;
-    RequestId::parse(request_id).map_err(|_| bad())?;
-    Ok(RequestKey { submitted_at: submitted_at.to_string(), request_id: request_id.to_string() })
+fn decode_key(raw: &str) -> Result<TimeKey, Problem> {
+    let key = crate::decode_page_key(raw)?;
+    RequestId::parse(&key.id)
+        .map_err(|_| Problem::invalid_query("after", "after takes the next value of the previous page"))?;
+    Ok(key)
 }
 
 fn page(mut rows: Vec<PublishRequestRow>, limit: i64) -> PublishRequestPage {
@@ -672,11 +663,13 @@ pub async fn list_requests(
     let status = match query.status.as_deref() {
         None => None,
         Some(raw @ ("pending" | "approved" | "rejected" | "withdrawn" | "expired")) => Some(raw.to_string()),
-        Some(_) => return Err(bad_query("status", "status is pending, approved, rejected, withdrawn or expired")),
+        Some(_) => {
+            return Err(Problem::invalid_query("status", "status is pending, approved, rejected, withdrawn or expired"))
+        }
     };
     let builder = match query.builder.as_deref() {
         None => None,
-        Some(raw) => Some(Email::parse(raw).map_err(|error| bad_query("builder", &error.to_string()))?),
+        Some(raw) => Some(Email::parse(raw).map_err(|error| Problem::invalid_query("builder", error.to_string()))?),
     };
     let builder = match caller.role {
         Role::Admin | Role::Auditor => builder,
@@ -914,12 +907,12 @@ pub async fn evaluate_trust(
     state: web::Data<AppState>,
     query: web::Query<EvaluateQuery>,
 ) -> Result<web::Json<EvaluateView>, Problem> {
-    let email = Email::parse(&query.email).map_err(|error| bad_query("email", &error.to_string()))?;
+    let email = Email::parse(&query.email).map_err(|error| Problem::invalid_query("email", error.to_string()))?;
     if email != caller.email {
         caller.require(&[Role::Admin, Role::Auditor])?;
     }
-    let blueprint_key =
-        BlueprintKey::parse(&query.blueprint_key).map_err(|error| bad_query("blueprint_key", &error.reason))?;
+    let blueprint_key = BlueprintKey::parse(&query.blueprint_key)
+        .map_err(|error| Problem::invalid_query("blueprint_key", &error.reason))?;
     let (trust, _) = state.trust.load(TRUST_RULES_ID).await.map_err(Problem::from)?;
     let matched = trust.evaluate(&email, &blueprint_key).map(|(rule_id, rule)| (rule_id.to_string(), rule.clone()));
     let reason = matched.as_ref().map(|(rule_id, rule)| rule.reason(rule_id));

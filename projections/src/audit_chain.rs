@@ -18,19 +18,7 @@ use crate::{ApplyError, Projection, Tables};
 
 /// The chain's form of a stored event.
 pub fn chain_event(index: u64, event: &RecordedEvent) -> ChainEvent {
-    ChainEvent {
-        index,
-        cursor: event.cursor.to_string(),
-        position: u64::try_from(event.cursor.position()).unwrap_or(0),
-        aggregate_type: event.aggregate_type.clone(),
-        aggregate_id: event.aggregate_id.clone(),
-        sequence: event.sequence,
-        event_type: event.event_type.clone(),
-        event_version: event.event_version.clone(),
-        payload: event.payload.clone(),
-        metadata: event.metadata.clone(),
-        recorded_at: event.recorded_at.to_rfc3339_opts(SecondsFormat::Micros, true),
-    }
+    into_chain_event(index, event.clone())
 }
 
 fn corrupt(message: impl Into<String>) -> ApplyError {
@@ -41,7 +29,7 @@ fn parse_link(raw: &str) -> Result<Link, StoreError> {
     Link::from_hex(raw).map_err(|_| StoreError::Corrupt(format!("audit_chain holds a malformed link {raw:?}")))
 }
 
-/// Like [`chain_event`], consuming the event (no copies of its payload).
+/// The chain's form of a stored event, consuming it (no copies of its payload).
 pub fn into_chain_event(index: u64, event: RecordedEvent) -> ChainEvent {
     ChainEvent {
         index,

@@ -17,18 +17,16 @@ mod runtime;
 mod sessions;
 
 pub use members::{MemberRow, MembersProjection, MembersQuery};
-pub use projection::{ApplyError, Projection, Tables};
+pub use projection::{ApplyError, Projection, Tables, TimeKey};
 pub use publishing::{
-    PublishRequestRow, PublishRequestsProjection, PublishingQuery, RequestFilter, RequestKey, ReviewRow, TrustRuleRow,
+    PublishRequestRow, PublishRequestsProjection, PublishingQuery, RequestFilter, ReviewRow, TrustRuleRow,
     TrustRulesProjection, SYSTEM_REVIEWER,
 };
 pub use rebuild::{rebuild, RebuildError, RebuildReport};
 pub use runtime::{
     checkpoints, Checkpoint, ProjectionState, ProjectionStatus, Projector, ProjectorConfig, StatusBoard,
 };
-pub use sessions::{
-    ActivityFilter, ActivityRow, SessionFilter, SessionRow, SessionsProjection, SessionsQuery, TimeKey,
-};
+pub use sessions::{ActivityFilter, ActivityRow, SessionFilter, SessionRow, SessionsProjection, SessionsQuery};
 
 /// Every projection this service runs, in one place so `serve` and `projections rebuild` agree.
 pub fn all() -> Vec<std::sync::Arc<dyn Projection>> {

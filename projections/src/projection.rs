@@ -92,3 +92,22 @@ pub(crate) fn decode<E: serde::de::DeserializeOwned>(event: &RecordedEvent) -> R
         reason: error.to_string(),
     })
 }
+
+/// A position in a list ordered by (time, id), for keyset pagination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimeKey {
+    /// RFC 3339.
+    pub at: String,
+    /// The row's id.
+    pub id: String,
+}
+
+/// A time in the read models' text form: RFC 3339, UTC, microseconds (sorts as text on both backends).
+pub(crate) fn rfc3339(time: &chrono::DateTime<chrono::Utc>) -> String {
+    time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+/// A count or sequence as the read models' integer column.
+pub(crate) fn int(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}

@@ -2,7 +2,6 @@
 //! (`publish_requests`, `publish_reviews`), and the trust rules (`trust_rules`).
 
 use async_trait::async_trait;
-use chrono::{DateTime, SecondsFormat, Utc};
 use cqrs_es::Aggregate;
 use domain::publishing::{Publishing, PublishingEvent};
 use domain::trust::{TrustEvent, TrustRules};
@@ -10,16 +9,8 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, AnyPool, Executor, Row};
 use store::RecordedEvent;
 
-use crate::projection::decode;
+use crate::projection::{decode, int, rfc3339, TimeKey};
 use crate::{ApplyError, Projection, Tables};
-
-fn rfc3339(time: &DateTime<Utc>) -> String {
-    time.to_rfc3339_opts(SecondsFormat::Micros, true)
-}
-
-fn int(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
-}
 
 /// A request's final decision, as the read model records it.
 struct Decision<'a> {
@@ -353,15 +344,6 @@ pub struct TrustRuleRow {
     pub granted_at: String,
 }
 
-/// A position in a list ordered by (submission time, request id).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RequestKey {
-    /// RFC 3339.
-    pub submitted_at: String,
-    /// The request id.
-    pub request_id: String,
-}
-
 /// Filters of the request lists.
 #[derive(Debug, Clone, Default)]
 pub struct RequestFilter {
@@ -427,7 +409,7 @@ impl PublishingQuery {
         &self,
         filter: &RequestFilter,
         oldest_first: bool,
-        after: Option<&RequestKey>,
+        after: Option<&TimeKey>,
         limit: i64,
     ) -> Result<Vec<PublishRequestRow>, sqlx::Error> {
         let mut conditions = Vec::new();
@@ -445,8 +427,8 @@ impl PublishingQuery {
         }
         let (comparison, direction) = if oldest_first { (">", "ASC") } else { ("<", "DESC") };
         if let Some(after) = after {
-            binds.push(after.submitted_at.clone());
-            binds.push(after.request_id.clone());
+            binds.push(after.at.clone());
+            binds.push(after.id.clone());
             conditions.push(format!(
                 "(submitted_at, request_id) {comparison} (${}, ${})",
                 binds.len() - 1,

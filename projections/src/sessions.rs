@@ -2,7 +2,6 @@
 //! (`relay_activity`: tickets issued, redeemed and refused, connections the firewall blocked).
 
 use async_trait::async_trait;
-use chrono::{DateTime, SecondsFormat, Utc};
 use cqrs_es::Aggregate;
 use domain::firewall::{Firewall, FirewallEvent};
 use domain::relay::{SessionEvent, TerminalSession, Ticket, TicketEvent};
@@ -10,16 +9,8 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, AnyPool, Executor, Row};
 use store::RecordedEvent;
 
-use crate::projection::decode;
+use crate::projection::{decode, int, rfc3339, TimeKey};
 use crate::{ApplyError, Projection, Tables};
-
-fn rfc3339(time: &DateTime<Utc>) -> String {
-    time.to_rfc3339_opts(SecondsFormat::Micros, true)
-}
-
-fn int(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
-}
 
 /// The only kind of session the relay opens today.
 const TERMINAL: &str = "terminal";
@@ -243,15 +234,6 @@ pub struct ActivityRow {
     pub reason: Option<String>,
     /// The position of the firewall rule that blocked, if one did.
     pub rule: Option<i64>,
-}
-
-/// A position in a newest-first list: (time, id).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TimeKey {
-    /// RFC 3339.
-    pub at: String,
-    /// The row's id.
-    pub id: String,
 }
 
 /// Filters of the session list.
