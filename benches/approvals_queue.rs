@@ -6,6 +6,9 @@
 //! database of its own that it drops at the end. `-- --quick` runs a short version. Results go to stdout as
 //! Markdown (progress to stderr); docs/BENCHMARKS.md records them.
 //!
+//! The service serves roles and queue pages from its read caches (`api::cache`) while the read model is unchanged;
+//! the probes run with the caches off, to show what a cache miss costs.
+//!
 //! Everything runs in this one process: the real service (`Application::build` on `127.0.0.1:0`), a trivial actix
 //! server and a probe server (both with actix's default worker count, as the service), and the load generator.
 
@@ -310,10 +313,15 @@ fn authenticator(settings: &Settings) -> Authenticator {
 /// A server with the pieces of the queue endpoint, each alone, over its own store handle on the same database
 /// (configured as the service configures its own).
 fn start_probes(store: &EventStore, settings: &Settings) -> (String, ServerHandle) {
+    // No read model revision is ever known here, so the probes' read caches stay empty: they measure the pieces
+    // as a cache miss pays for them.
+    let registry = prometheus::Registry::new();
+    let caches =
+        Arc::new(api::cache::Caches::new(&projections::Revisions::default(), &registry).expect("cache metrics"));
     let state = AppState {
         store: store.clone(),
         projections: StatusBoard::default(),
-        registry: prometheus::Registry::new(),
+        registry,
         draining: Arc::new(AtomicBool::new(false)),
         auth: Arc::new(authenticator(settings)),
         members: MembersQuery::new(store.read_models().clone()),
@@ -324,6 +332,7 @@ fn start_probes(store: &EventStore, settings: &Settings) -> (String, ServerHandl
         publish_policy: settings.publish_policy().expect("the publish policy"),
         audit_access: Arc::new(AggregateRepository::new(store.clone(), ())),
         audit_key: Arc::new(settings.audit_key().expect("the audit key")),
+        caches,
     };
     let listener = TcpListener::bind("127.0.0.1:0").expect("a port for the probe server");
     let port = listener.local_addr().expect("the probe server's address").port();
@@ -706,8 +715,8 @@ async fn run_backend(db: &TestDb, plan: &Plan) -> Report {
     let mut probes = Vec::new();
     for (name, path) in [
         ("probe: JWT verification only", "/probe/jwt"),
-        ("probe: Caller extractor (JWT + role lookup)", "/probe/caller"),
-        ("probe: queue read + JSON, no auth", "/probe/queue?limit=50"),
+        ("probe: Caller extractor, read caches off (JWT + role lookup in the read model)", "/probe/caller"),
+        ("probe: queue read + JSON, no auth, no cache", "/probe/queue?limit=50"),
     ] {
         eprintln!("{backend}: {name}");
         probes.push((name, drive(&format!("{probe_base}{path}"), &admin, plan).await));

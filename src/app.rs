@@ -28,6 +28,7 @@ pub struct Application {
     projector: JoinHandle<()>,
     expiry: JoinHandle<()>,
     checkpoints: JoinHandle<()>,
+    revisions: JoinHandle<()>,
     key_refresher: Option<JoinHandle<()>>,
     shutdown: CancellationToken,
     draining: Arc<AtomicBool>,
@@ -81,8 +82,16 @@ impl Application {
         let projector = Projector::new(store.clone(), projections::all(), settings.projector(), &registry)
             .context("projector metrics")?;
         let status = projector.status();
+        let revisions = projector.revisions();
         let shutdown = CancellationToken::new();
         let projector = tokio::spawn(projector.run(shutdown.clone()));
+        // Read caches must know every read model's revision before the first request, and then follow them.
+        if let Err(error) = revisions.refresh(&store).await {
+            tracing::warn!(error.message = %error, "cannot read the read models' revisions yet; read caches wait");
+        }
+        let caches = Arc::new(api::cache::Caches::new(&revisions, &registry).context("read cache metrics")?);
+        let revisions =
+            tokio::spawn(revisions.follow(store.clone(), settings.projector().poll_interval, shutdown.clone()));
         let checkpoints = tokio::spawn(crate::checkpoints::run(
             store.clone(),
             audit_key.clone(),
@@ -111,6 +120,7 @@ impl Application {
             publish_policy,
             audit_access: Arc::new(AggregateRepository::new(store.clone(), ())),
             audit_key,
+            caches,
         };
         let relay = actix_web::web::Data::new(crate::relay_http::Relay::new(store.clone(), settings.relay()?));
         relay.load_firewall().await.context("cannot load the relay firewall")?;
@@ -156,6 +166,7 @@ impl Application {
             projector,
             expiry,
             checkpoints,
+            revisions,
             key_refresher,
             shutdown,
             draining,
@@ -200,6 +211,9 @@ impl Application {
         }
         if tokio::time::timeout(Duration::from_secs(5), self.expiry).await.is_err() {
             tracing::warn!("publish request expiry did not stop within 5 s");
+        }
+        if tokio::time::timeout(Duration::from_secs(5), self.revisions).await.is_err() {
+            tracing::warn!("read-model revision follower did not stop within 5 s");
         }
         if tokio::time::timeout(Duration::from_secs(10), self.projector).await.is_err() {
             tracing::warn!("projector did not stop within 10 s");

@@ -714,3 +714,50 @@ async fn concurrent_builders_never_see_a_conflict_for_unrelated_submissions() {
         assert!(outcomes.iter().all(|(status, _)| *status == 201), "{}: {outcomes:?}", db.backend());
     }
 }
+
+/// Roles and queue pages are served from memory (`api::cache`); a second process sharing the database must still see
+/// what the first one changed: through PostgreSQL `NOTIFY` (its projector poll is set to a minute here, so nothing
+/// else could tell it in time) and, on SQLite, through its poll of the read models' revisions.
+#[tokio::test(flavor = "multi_thread")]
+async fn another_process_sees_role_changes_and_new_requests_despite_its_caches() {
+    for db in TestDb::all("cache invalidation").await {
+        let admin = issue_token(&db, "root@example.com", "admin", "1h");
+        let ada = issue_token(&db, "ada@example.com", "member", "1h");
+        let bob = issue_token(&db, "bob@example.com", "member", "1h");
+        let poll = if db.backend() == "postgres" { "60000" } else { "100" };
+        let first = Server::start(&db, &[]);
+        let second = Server::start(&db, &[("GATEHOUSE_PROJECTOR_POLL_INTERVAL_MS", poll)]);
+        let (one, two) = (Api::new(&first), Api::new(&second));
+
+        // Fill the second process's caches: Ada's role, and the (empty) queue page.
+        for _ in 0..3 {
+            assert_eq!(two.get("/api/v1/me", Some(&ada)).await.1["role"], "member");
+            assert_eq!(queue(&two, &admin, "", 50).await.len(), 0);
+        }
+
+        let (status, body) = submit(&one, &bob, "ws-cache", "cache-demo", "web").await;
+        assert_eq!(status, 201, "{body}");
+        let id = body["id"].as_str().unwrap().to_string();
+        let listed =
+            eventually(Duration::from_secs(5), || async { queue(&two, &admin, "", 50).await == [id.clone()] }).await;
+        assert!(listed, "{}: the second process kept serving a stale queue page", db.backend());
+
+        let body = json!({"role": "auditor"});
+        let (status, _, _) = one.call(Method::PATCH, "/api/v1/members/ada@example.com", Some(&admin), Some(body)).await;
+        assert_eq!(status, 204);
+        let changed = eventually(Duration::from_secs(5), || async {
+            two.get("/api/v1/me", Some(&ada)).await.1["role"] == "auditor"
+        })
+        .await;
+        assert!(changed, "{}: the second process kept a stale role", db.backend());
+
+        // Removal takes effect too (no member row: the cache holds nothing to serve).
+        let (status, _, _) = one.call(Method::DELETE, "/api/v1/members/ada@example.com", Some(&admin), None).await;
+        assert_eq!(status, 204);
+        let removed =
+            eventually(Duration::from_secs(5), || async { two.get("/api/v1/me", Some(&ada)).await.0 == 403 }).await;
+        assert!(removed, "{}: a removed member kept access on the second process", db.backend());
+        assert!(first.terminate().success());
+        assert!(second.terminate().success());
+    }
+}

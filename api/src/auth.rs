@@ -488,6 +488,13 @@ impl FromRequest for Caller {
                 .filter(|token| !token.is_empty())
                 .ok_or(Unauthenticated(AuthFailure::Missing))?;
             let email = state.auth.verify(token).await.map_err(Unauthenticated)?;
+            if let Some(cached) = state.caches.roles.get(email.as_str()) {
+                if cached.pending {
+                    crate::members::record_sign_in(&state, &email).await;
+                }
+                return Ok(Caller { email, role: cached.role });
+            }
+            let revision = state.caches.roles.revision();
             let member = state
                 .members
                 .get(email.as_str())
@@ -495,7 +502,9 @@ impl FromRequest for Caller {
                 .map_err(|error| Problem::from(store::StoreError::from(error)))?;
             if let Some(member) = member {
                 let role = Role::parse(&member.role).ok_or_else(Problem::internal)?;
-                if member.status == "pending" {
+                let pending = member.status == "pending";
+                state.caches.roles.insert(revision, member.email, crate::cache::CachedRole { role, pending });
+                if pending {
                     crate::members::record_sign_in(&state, &email).await;
                 }
                 return Ok(Caller { email, role });

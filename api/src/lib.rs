@@ -6,6 +6,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod cache;
 pub mod idempotency;
 pub mod members;
 pub mod metrics;
@@ -55,6 +56,8 @@ pub struct AppState {
     pub audit_access: Arc<AggregateRepository<domain::audit_access::AuditAccess>>,
     /// Signs audit checkpoints.
     pub audit_key: Arc<::audit::AuditKey>,
+    /// Read-model answers remembered until their read model changes.
+    pub caches: Arc<cache::Caches>,
 }
 
 /// The request's id: a valid `X-Request-Id` from the caller, or a new one.

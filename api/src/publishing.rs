@@ -704,18 +704,33 @@ pub async fn approvals_queue(
     caller: Caller,
     state: web::Data<AppState>,
     query: web::Query<QueueQuery>,
-) -> Result<web::Json<PublishRequestPage>, Problem> {
+) -> Result<HttpResponse, Problem> {
     caller.require(&[Role::Admin, Role::Auditor])?;
     let limit = limit(query.limit)?;
-    let filter = RequestFilter {
-        status: Some("pending".into()),
-        blueprint_key: query.blueprint_key.clone(),
-        ..RequestFilter::default()
+    let after = query.after.as_deref().filter(|after| !after.is_empty());
+    let key = (query.blueprint_key.clone(), after.map(str::to_string), limit);
+    // The same page for every reader until the read model moves: served from memory (crate::cache).
+    let body = match state.caches.queue.get(&key) {
+        Some(body) => body,
+        None => {
+            let revision = state.caches.queue.revision();
+            let filter = RequestFilter {
+                status: Some("pending".into()),
+                blueprint_key: query.blueprint_key.clone(),
+                ..RequestFilter::default()
+            };
+            let after = after.map(decode_key).transpose()?;
+            let rows = state
+                .publishing_reads
+                .list(&filter, true, after.as_ref(), limit + 1)
+                .await
+                .map_err(store::StoreError::from)?;
+            let body = web::Bytes::from(serde_json::to_vec(&page(rows, limit)).map_err(|_| Problem::internal())?);
+            state.caches.queue.insert(revision, key, body.clone());
+            body
+        }
     };
-    let after = query.after.as_deref().filter(|after| !after.is_empty()).map(decode_key).transpose()?;
-    let rows =
-        state.publishing_reads.list(&filter, true, after.as_ref(), limit + 1).await.map_err(store::StoreError::from)?;
-    Ok(web::Json(page(rows, limit)))
+    Ok(HttpResponse::Ok().content_type("application/json").body(body))
 }
 
 /// One request with its patch and full review history (admins, auditors, and its builder).

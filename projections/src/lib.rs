@@ -13,6 +13,7 @@ mod members;
 mod projection;
 mod publishing;
 mod rebuild;
+pub mod revisions;
 mod runtime;
 mod sessions;
 
@@ -23,6 +24,7 @@ pub use publishing::{
     TrustRulesProjection, SYSTEM_REVIEWER,
 };
 pub use rebuild::{rebuild, RebuildError, RebuildReport};
+pub use revisions::Revisions;
 pub use runtime::{
     checkpoints, Checkpoint, ProjectionState, ProjectionStatus, Projector, ProjectorConfig, StatusBoard,
 };

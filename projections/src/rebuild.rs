@@ -155,7 +155,8 @@ async fn rebuild_locked(
     swap_tables(&mut transaction, store, projection).await?;
     sqlx::query(
         "UPDATE projection_checkpoints
-            SET cursor = $2, events_applied = $3, updated_at = CURRENT_TIMESTAMP, failed_cursor = NULL, last_error = NULL
+            SET cursor = $2, events_applied = $3, updated_at = CURRENT_TIMESTAMP, failed_cursor = NULL, last_error = NULL,
+                revision = revision + 1
           WHERE name = $1",
     )
     .bind(projection.name())

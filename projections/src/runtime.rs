@@ -10,6 +10,7 @@ use store::{Cursor, EventStore, RecordedEvent, StoreError};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::revisions::Revisions;
 use crate::{ApplyError, Projection, Tables};
 
 /// How the projector batches and waits.
@@ -130,6 +131,7 @@ pub struct Projector {
     config: ProjectorConfig,
     status: StatusBoard,
     metrics: Metrics,
+    revisions: Revisions,
 }
 
 /// What stopped a batch.
@@ -177,7 +179,20 @@ impl Projector {
         config: ProjectorConfig,
         registry: &Registry,
     ) -> Result<Self, prometheus::Error> {
-        Ok(Self { store, projections, config, status: StatusBoard::default(), metrics: Metrics::register(registry)? })
+        let metrics = Metrics::register(registry)?;
+        Ok(Self {
+            store,
+            projections,
+            config,
+            status: StatusBoard::default(),
+            metrics,
+            revisions: Revisions::default(),
+        })
+    }
+
+    /// The read-model revisions this projector advances after each batch it commits (see [`Revisions`]).
+    pub fn revisions(&self) -> Revisions {
+        self.revisions.clone()
     }
 
     /// The status board this projector updates.
@@ -193,6 +208,7 @@ impl Projector {
             config: self.config.clone(),
             status: self.status.clone(),
             metrics: self.metrics.clone(),
+            revisions: self.revisions.clone(),
         }
     }
 
@@ -243,6 +259,7 @@ struct Worker {
     config: ProjectorConfig,
     status: StatusBoard,
     metrics: Metrics,
+    revisions: Revisions,
 }
 
 impl Worker {
@@ -358,18 +375,10 @@ impl Worker {
             }
             return Err(error);
         }
-        sqlx::query(
-            "UPDATE projection_checkpoints
-                SET cursor = $2, events_applied = events_applied + $3, updated_at = CURRENT_TIMESTAMP,
-                    failed_cursor = NULL, last_error = NULL
-              WHERE name = $1",
-        )
-        .bind(name)
-        .bind(last.to_string())
-        .bind(events.len() as i64)
-        .execute(&mut *transaction)
-        .await?;
+        let revision = advance_checkpoint(&mut transaction, &self.store, name, last, events.len()).await?;
         transaction.commit().await?;
+        // Before the status moves: whoever waits for the batch must find caches of the old read model stale.
+        self.revisions.advance(name, revision);
         let now = chrono::Utc::now();
         let lag = self.metrics.lag.with_label_values(&[name]);
         for event in &events {
@@ -395,6 +404,34 @@ impl Worker {
             tracing::warn!(projection = self.projection.name(), error.message = %error, "could not record the projection failure");
         }
     }
+}
+
+/// Moves a projection's checkpoint to `last` and its revision up by one, inside the batch's transaction; on
+/// PostgreSQL the new revision is announced on [`revisions::CHANNEL`](crate::revisions::CHANNEL) when the transaction
+/// commits. Returns the new revision.
+async fn advance_checkpoint(
+    connection: &mut AnyConnection,
+    store: &EventStore,
+    name: &str,
+    last: Cursor,
+    applied: usize,
+) -> Result<i64, BatchError> {
+    let update = "UPDATE projection_checkpoints
+                     SET cursor = $2, events_applied = events_applied + $3, updated_at = CURRENT_TIMESTAMP,
+                         failed_cursor = NULL, last_error = NULL, revision = revision + 1
+                   WHERE name = $1
+               RETURNING name, revision";
+    let sql = if store.backend_name() == "postgres" {
+        format!(
+            "WITH moved AS ({update})
+             SELECT revision FROM moved WHERE pg_notify('{channel}', name || ' ' || revision)::text = ''",
+            channel = crate::revisions::CHANNEL
+        )
+    } else {
+        update.to_string()
+    };
+    let row = connection.fetch_one(sqlx::query(&sql).bind(name).bind(last.to_string()).bind(applied as i64)).await?;
+    Ok(row.try_get("revision")?)
 }
 
 /// Applies a batch; a failure becomes a poison (or transient) error naming the event and its index.

@@ -257,3 +257,39 @@ async fn rebuild_replays_into_fresh_tables_and_swaps_them_in_while_readers_read(
         store.close().await;
     }
 }
+
+/// Every batch and every rebuild moves the read model's revision up, the committing projector knows it at once, and
+/// another process learns it from the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn each_batch_and_rebuild_moves_the_read_models_revision() {
+    for db in TestDb::all("revisions").await {
+        let store = db.store().await;
+        let roster = AggregateRepository::<Roster>::new(store.clone(), ());
+        write_history(&roster, 0, 10).await;
+        let projector = projector(&store);
+        let local = projector.revisions();
+        assert_eq!(local.current("members"), None);
+        projector.catch_up().await.unwrap();
+        let after_catch_up = local.current("members").unwrap();
+        assert!(after_catch_up >= 1, "{}", db.backend());
+
+        let other = projections::Revisions::default();
+        other.refresh(&store).await.unwrap();
+        assert_eq!(other.current("members"), Some(after_catch_up), "{}", db.backend());
+
+        write_history(&roster, 10, 12).await;
+        projector.catch_up().await.unwrap();
+        let after_more = local.current("members").unwrap();
+        assert!(after_more > after_catch_up, "{}", db.backend());
+
+        let members = projections::all().into_iter().find(|projection| projection.name() == "members").unwrap();
+        projections::rebuild(&store, members.as_ref(), &|_, _| {}).await.unwrap();
+        other.refresh(&store).await.unwrap();
+        assert_eq!(other.current("members"), Some(after_more + 1), "{}: a rebuild is a change", db.backend());
+        // Nothing moves for a projection with nothing to apply.
+        projector.catch_up().await.unwrap();
+        other.refresh(&store).await.unwrap();
+        assert_eq!(other.current("members"), Some(after_more + 1), "{}", db.backend());
+        store.close().await;
+    }
+}
