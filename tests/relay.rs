@@ -131,7 +131,12 @@ async fn type_line(socket: &mut Socket, line: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_browser_types_into_a_real_shell_through_the_relay() {
-    let db = TestDb::sqlite();
+    for db in TestDb::all("relay a_browser_types_into_a_real_shell_through_the_relay").await {
+        a_browser_types_into_a_real_shell_through_the_relay_on(db).await;
+    }
+}
+
+async fn a_browser_types_into_a_real_shell_through_the_relay_on(db: TestDb) {
     let root = issue_token(&db, "root@example.com", "admin", "1h");
     let ada = issue_token(&db, "ada@example.com", "member", "1h");
     let bob = issue_token(&db, "bob@example.com", "member", "1h");
@@ -194,7 +199,12 @@ async fn a_browser_types_into_a_real_shell_through_the_relay() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn foreign_and_expired_tickets_are_refused() {
-    let db = TestDb::sqlite();
+    for db in TestDb::all("relay foreign_and_expired_tickets_are_refused").await {
+        foreign_and_expired_tickets_are_refused_on(db).await;
+    }
+}
+
+async fn foreign_and_expired_tickets_are_refused_on(db: TestDb) {
     let root = issue_token(&db, "root@example.com", "admin", "1h");
     let ada = issue_token(&db, "ada@example.com", "member", "1h");
     let bob = issue_token(&db, "bob@example.com", "member", "1h");
@@ -285,6 +295,8 @@ async fn killing_the_agent_closes_sessions_as_agent_lost() {
 #[tokio::test(flavor = "multi_thread")]
 async fn many_sessions_share_one_agent() {
     const SESSIONS: usize = 100;
+    // SQLite only: a hundred shells and sessions take most of a minute on a small machine, and the relay's
+    // multiplexing does not depend on the store; every other relay test runs on both backends.
     let db = TestDb::sqlite();
     let root = issue_token(&db, "root@example.com", "admin", "1h");
     let server = Server::start(&db, &[("GATEHOUSE_RELAY_MAX_SESSIONS_PER_USER", "110")]);
@@ -327,7 +339,12 @@ async fn many_sessions_share_one_agent() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_role_is_checked_on_every_relay_endpoint() {
-    let db = TestDb::sqlite();
+    for db in TestDb::all("relay every_role_is_checked_on_every_relay_endpoint").await {
+        every_role_is_checked_on_every_relay_endpoint_on(db).await;
+    }
+}
+
+async fn every_role_is_checked_on_every_relay_endpoint_on(db: TestDb) {
     let root = issue_token(&db, "root@example.com", "admin", "1h");
     let ada = issue_token(&db, "ada@example.com", "member", "1h");
     let bob = issue_token(&db, "bob@example.com", "member", "1h");
@@ -383,7 +400,12 @@ async fn every_role_is_checked_on_every_relay_endpoint() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn limits_are_enforced_and_shutdown_records_every_open_session() {
-    let db = TestDb::sqlite();
+    for db in TestDb::all("relay limits_are_enforced_and_shutdown_records_every_open_session").await {
+        limits_are_enforced_and_shutdown_records_every_open_session_on(db).await;
+    }
+}
+
+async fn limits_are_enforced_and_shutdown_records_every_open_session_on(db: TestDb) {
     let root = issue_token(&db, "root@example.com", "admin", "1h");
     let ada = issue_token(&db, "ada@example.com", "member", "1h");
     let limits = [
@@ -454,7 +476,12 @@ async fn limits_are_enforced_and_shutdown_records_every_open_session() {
 /// A session that keeps working is still closed at its maximum age: 4009, recorded as `max_age`.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_busy_session_is_closed_at_its_maximum_age() {
-    let db = TestDb::sqlite();
+    for db in TestDb::all("relay a_busy_session_is_closed_at_its_maximum_age").await {
+        a_busy_session_is_closed_at_its_maximum_age_on(db).await;
+    }
+}
+
+async fn a_busy_session_is_closed_at_its_maximum_age_on(db: TestDb) {
     let root = issue_token(&db, "root@example.com", "admin", "1h");
     let ada = issue_token(&db, "ada@example.com", "member", "1h");
     let server = Server::start(&db, &[("GATEHOUSE_RELAY_MAX_SESSION_SECS", "2")]);
@@ -646,7 +673,12 @@ async fn read_models_with_filters_and_pages(db: TestDb) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_large_paste_into_an_echoing_shell_flows_through_the_windows() {
-    let db = TestDb::sqlite();
+    for db in TestDb::all("relay a_large_paste_into_an_echoing_shell_flows_through_the_windows").await {
+        a_large_paste_into_an_echoing_shell_flows_through_the_windows_on(db).await;
+    }
+}
+
+async fn a_large_paste_into_an_echoing_shell_flows_through_the_windows_on(db: TestDb) {
     let root = issue_token(&db, "root@example.com", "admin", "1h");
     let server = Server::start(&db, &[]);
     let api = Api::new(&server);
@@ -726,7 +758,12 @@ async fn open_via(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_firewall_blocks_denied_addresses_and_closes_live_sessions() {
-    let db = TestDb::sqlite();
+    for db in TestDb::all("relay the_firewall_blocks_denied_addresses_and_closes_live_sessions").await {
+        the_firewall_blocks_denied_addresses_and_closes_live_sessions_on(db).await;
+    }
+}
+
+async fn the_firewall_blocks_denied_addresses_and_closes_live_sessions_on(db: TestDb) {
     let root = issue_token(&db, "root@example.com", "admin", "1h");
     let server = Server::start(&db, &[("GATEHOUSE_RELAY_TRUSTED_PROXIES", "127.0.0.1/32")]);
     let api = Api::new(&server);
@@ -777,7 +814,12 @@ async fn the_firewall_blocks_denied_addresses_and_closes_live_sessions() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn shells_exit_with_their_status_and_bad_agents_get_documented_close_codes() {
-    let db = TestDb::sqlite();
+    for db in TestDb::all("relay shells_exit_with_their_status_and_bad_agents_get_documented_close_codes").await {
+        shells_exit_with_their_status_and_bad_agents_get_documented_close_codes_on(db).await;
+    }
+}
+
+async fn shells_exit_with_their_status_and_bad_agents_get_documented_close_codes_on(db: TestDb) {
     let root = issue_token(&db, "root@example.com", "admin", "1h");
     let server = Server::start(&db, &[("GATEHOUSE_RELAY_AUTH_TIMEOUT_SECS", "1")]);
     let api = Api::new(&server);
