@@ -111,6 +111,7 @@ impl Application {
             publish_policy,
             audit_access: Arc::new(AggregateRepository::new(store.clone(), ())),
             audit_key,
+            openapi: Arc::new(crate::relay_http::openapi()),
         };
         let relay = actix_web::web::Data::new(crate::relay_http::Relay::new(store.clone(), settings.relay()?));
         relay.load_firewall().await.context("cannot load the relay firewall")?;

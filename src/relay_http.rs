@@ -163,6 +163,29 @@ impl Relay {
     }
 }
 
+/// The relay's part of the OpenAPI document; `openapi()` merges it into `api`'s.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(
+        mint_agent_token, revoke_agent_token, list_workspaces, issue_ticket, list_sessions, list_activity,
+        get_firewall, put_firewall, agent_connect, terminal,
+    ),
+    components(schemas(
+        MintBody, MintedToken, WorkspaceView, WorkspacePage, TicketBody, TicketView, SessionView, SessionPage,
+        ActivityView, ActivityPage, FirewallRuleDoc, FirewallActionDoc, FirewallBody, FirewallView,
+    )),
+    tags((name = "relay", description = "Agents, workspaces, tickets, terminal sessions and the IP firewall (docs/API.md)"))
+)]
+pub struct RelayApiDoc;
+
+/// The whole OpenAPI document the service serves: `api`'s and the relay's.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    use utoipa::OpenApi;
+    let mut document = api::ops::document();
+    document.merge(RelayApiDoc::openapi());
+    document
+}
+
 /// Mounts the relay's routes. Must come before `api::configure` (whose catch-all scope would shadow them).
 pub fn configure(relay: web::Data<Relay>) -> impl FnOnce(&mut web::ServiceConfig) {
     move |config: &mut web::ServiceConfig| {
@@ -192,7 +215,7 @@ fn random_secret() -> Result<String, Problem> {
 }
 
 /// A new agent token's label.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MintBody {
     /// 1 to 100 characters, for people.
@@ -200,7 +223,7 @@ pub struct MintBody {
 }
 
 /// A minted agent token: the only time the token is shown.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct MintedToken {
     /// The token's id: its hex SHA-256 (what is stored; revoke with it).
     id: String,
@@ -211,6 +234,10 @@ pub struct MintedToken {
 }
 
 /// Mints an agent token (admin). It is shown once; only its SHA-256 is stored.
+#[utoipa::path(post, path = "/api/v1/agent-tokens", tag = "relay", request_body = MintBody,
+    security(("bearer" = [])),
+    responses((status = 201, body = MintedToken), (status = 400, body = Problem), (status = 401, body = Problem),
+              (status = 403, body = Problem), (status = 503, body = Problem)))]
 #[post("/api/v1/agent-tokens")]
 async fn mint_agent_token(
     caller: Caller,
@@ -239,8 +266,13 @@ async fn mint_agent_token(
     Ok(HttpResponse::Created().json(MintedToken { id, name, token }))
 }
 
-/// `DELETE /api/v1/agent-tokens/{id}` (admin): revokes a token. Agents connected with it are disconnected at once
-/// (close 4401, so they stop) and their sessions closed with reason `agent_revoked`; none can connect with it again.
+/// Revokes an agent token (admin). Agents connected with it are disconnected at once (close 4401, so they stop) and
+/// their sessions closed (4410, reason `agent_revoked`); none can connect with it again.
+#[utoipa::path(delete, path = "/api/v1/agent-tokens/{id}", tag = "relay",
+    params(("id" = String, Path, description = "The token's id (hex SHA-256), as minted")),
+    security(("bearer" = [])),
+    responses((status = 204, description = "Revoked (also when it was already)"), (status = 401, body = Problem),
+              (status = 403, body = Problem), (status = 404, body = Problem), (status = 503, body = Problem)))]
 #[delete("/api/v1/agent-tokens/{id}")]
 async fn revoke_agent_token(
     caller: Caller,
@@ -272,7 +304,7 @@ async fn revoke_agent_token(
 }
 
 /// A workspace with a connected agent.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct WorkspaceView {
     /// The workspace's id.
     id: String,
@@ -291,13 +323,15 @@ pub struct WorkspaceView {
 }
 
 /// Connected workspaces.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct WorkspacePage {
     /// Ordered by id.
     items: Vec<WorkspaceView>,
 }
 
 /// Workspaces with a connected agent: admins see all, members those whose owner tag is their email.
+#[utoipa::path(get, path = "/api/v1/workspaces", tag = "relay", security(("bearer" = [])),
+    responses((status = 200, body = WorkspacePage), (status = 401, body = Problem), (status = 403, body = Problem)))]
 #[get("/api/v1/workspaces")]
 async fn list_workspaces(caller: Caller, relay: web::Data<Relay>) -> Result<HttpResponse, Problem> {
     caller.require(&[Role::Admin, Role::Member])?;
@@ -323,7 +357,7 @@ async fn list_workspaces(caller: Caller, relay: web::Data<Relay>) -> Result<Http
 }
 
 /// What a ticket is for.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TicketBody {
     /// `terminal`.
@@ -331,7 +365,7 @@ pub struct TicketBody {
 }
 
 /// A one-time ticket: send it as the terminal WebSocket's first message.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TicketView {
     /// 32 random bytes, base64url; redeemable once.
     ticket: String,
@@ -340,6 +374,12 @@ pub struct TicketView {
 }
 
 /// Issues a one-time ticket for the workspace's terminal (the workspace's owner, or an admin).
+#[utoipa::path(post, path = "/api/v1/workspaces/{id}/tickets", tag = "relay", request_body = TicketBody,
+    params(("id" = String, Path, description = "The workspace")),
+    security(("bearer" = [])),
+    responses((status = 201, body = TicketView, headers(("Cache-Control" = String, description = "no-store"))),
+              (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
+              (status = 404, body = Problem), (status = 503, body = Problem)))]
 #[post("/api/v1/workspaces/{id}/tickets")]
 async fn issue_ticket(
     caller: Caller,
@@ -438,7 +478,8 @@ fn paginate<T>(mut rows: Vec<T>, limit: i64, key: impl Fn(&T) -> String) -> (Vec
 }
 
 /// Filters and paging of the session list.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct SessionListQuery {
     /// `true`: only open sessions; `false`: only closed ones.
@@ -460,7 +501,7 @@ pub struct SessionListQuery {
 }
 
 /// One terminal session.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SessionView {
     /// The session's id.
     id: String,
@@ -494,7 +535,7 @@ pub struct SessionView {
 }
 
 /// A page of sessions, newest first.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SessionPage {
     /// The sessions.
     items: Vec<SessionView>,
@@ -503,6 +544,9 @@ pub struct SessionPage {
 }
 
 /// Terminal sessions, newest first, from the `sessions` read model (admin).
+#[utoipa::path(get, path = "/api/v1/sessions", tag = "relay", params(SessionListQuery), security(("bearer" = [])),
+    responses((status = 200, body = SessionPage), (status = 400, body = Problem), (status = 401, body = Problem),
+              (status = 403, body = Problem), (status = 503, body = Problem)))]
 #[get("/api/v1/sessions")]
 async fn list_sessions(
     caller: Caller,
@@ -557,7 +601,8 @@ async fn list_sessions(
 }
 
 /// Filters and paging of the relay's activity log.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ActivityListQuery {
     /// `ticket_issued`, `ticket_redeemed`, `ticket_refused` or `connection_blocked`.
@@ -577,7 +622,7 @@ pub struct ActivityListQuery {
 }
 
 /// One relay event.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ActivityView {
     /// `{aggregate type}:{aggregate id}:{sequence}`.
     id: String,
@@ -599,7 +644,7 @@ pub struct ActivityView {
 }
 
 /// A page of relay events, newest first.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ActivityPage {
     /// The events.
     items: Vec<ActivityView>,
@@ -609,6 +654,10 @@ pub struct ActivityPage {
 
 /// Tickets issued, redeemed and refused, and connections the firewall blocked, newest first, from the `sessions`
 /// read model (admin, auditor).
+#[utoipa::path(get, path = "/api/v1/relay/activity", tag = "relay", params(ActivityListQuery),
+    security(("bearer" = [])),
+    responses((status = 200, body = ActivityPage), (status = 400, body = Problem), (status = 401, body = Problem),
+              (status = 403, body = Problem), (status = 503, body = Problem)))]
 #[get("/api/v1/relay/activity")]
 async fn list_activity(
     caller: Caller,
@@ -656,28 +705,61 @@ async fn list_activity(
 
 const ACTIVITY_KINDS: [&str; 4] = ["ticket_issued", "ticket_redeemed", "ticket_refused", "connection_blocked"];
 
+// The domain's `FirewallAction` and `FirewallRule`, described for the OpenAPI document (`domain` has no utoipa).
+/// Allow or deny.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[schema(as = FirewallAction)]
+#[allow(dead_code)]
+enum FirewallActionDoc {
+    Allow,
+    Deny,
+}
+
+/// One firewall rule.
+#[derive(utoipa::ToSchema)]
+#[schema(as = FirewallRule)]
+#[allow(dead_code)]
+struct FirewallRuleDoc {
+    /// What a match does.
+    action: FirewallActionDoc,
+    /// An IPv4 or IPv6 network, `ADDRESS/PREFIX` with the host bits zero; a bare address is a /32 or /128.
+    #[schema(example = "10.0.0.0/8")]
+    cidr: String,
+    /// Why it exists (optional in a request).
+    #[schema(required = false, default = "")]
+    description: String,
+}
+
 /// The firewall's rules as an admin sets them.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FirewallBody {
     /// Ordered: the first match wins (at most 1000).
+    #[schema(value_type = Vec<FirewallRuleDoc>)]
     rules: Vec<FirewallRule>,
     /// What happens when no rule matches.
+    #[schema(value_type = FirewallActionDoc)]
     default_action: FirewallAction,
 }
 
 /// The firewall in force.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct FirewallView {
     /// Ordered: the first match wins.
+    #[schema(value_type = Vec<FirewallRuleDoc>)]
     rules: Vec<FirewallRule>,
     /// What happens when no rule matches.
+    #[schema(value_type = FirewallActionDoc)]
     default_action: FirewallAction,
     /// The firewall aggregate's version.
     version: u64,
 }
 
 /// The IP firewall's rules in force (admin, auditor).
+#[utoipa::path(get, path = "/api/v1/firewall", tag = "relay", security(("bearer" = [])),
+    responses((status = 200, body = FirewallView), (status = 401, body = Problem), (status = 403, body = Problem),
+              (status = 503, body = Problem)))]
 #[get("/api/v1/firewall")]
 async fn get_firewall(caller: Caller, relay: web::Data<Relay>) -> Result<HttpResponse, Problem> {
     caller.require(&[Role::Admin, Role::Auditor])?;
@@ -688,6 +770,10 @@ async fn get_firewall(caller: Caller, relay: web::Data<Relay>) -> Result<HttpRes
 
 /// Replaces the IP firewall's ordered rules and default action (admin); live sessions the new rules deny are
 /// closed (4003, reason `firewall`).
+#[utoipa::path(put, path = "/api/v1/firewall", tag = "relay", request_body = FirewallBody,
+    security(("bearer" = [])),
+    responses((status = 200, body = FirewallView), (status = 400, body = Problem), (status = 401, body = Problem),
+              (status = 403, body = Problem), (status = 503, body = Problem)))]
 #[put("/api/v1/firewall")]
 async fn put_firewall(
     caller: Caller,
@@ -803,6 +889,9 @@ fn upgrade(
 
 /// An agent's WebSocket, used by `gatehouse agent` (protocol and close codes: docs/API.md, "Agent WebSocket").
 /// The first message is `{"type": "hello", "token", "workspace", "tags"}`; the token never travels in the URL.
+#[utoipa::path(get, path = "/api/v1/agent/connect", tag = "relay",
+    responses((status = 101, description = "Switching Protocols: the agent's multiplexed WebSocket"),
+              (status = 400, body = Problem, description = "Not a WebSocket upgrade")))]
 #[get("/api/v1/agent/connect")]
 async fn agent_connect(
     request: HttpRequest,
@@ -915,6 +1004,11 @@ fn origin_allowed(request: &HttpRequest, allowed: &[String]) -> bool {
 /// A browser's terminal WebSocket (protocol and close codes: docs/API.md, "Terminal WebSocket"). The first
 /// message is `{"type": "auth", "ticket"}` with a ticket from `POST /api/v1/workspaces/{id}/tickets`; tickets never
 /// travel in the URL.
+#[utoipa::path(get, path = "/api/v1/workspaces/{id}/terminal", tag = "relay",
+    params(("id" = String, Path, description = "The workspace")),
+    responses((status = 101, description = "Switching Protocols: the terminal WebSocket"),
+              (status = 400, body = Problem, description = "Not a WebSocket upgrade"),
+              (status = 403, body = Problem, description = "The Origin may not open terminals")))]
 #[get("/api/v1/workspaces/{id}/terminal")]
 async fn terminal(
     request: HttpRequest,

@@ -55,6 +55,9 @@ pub struct AppState {
     pub audit_access: Arc<AggregateRepository<domain::audit_access::AuditAccess>>,
     /// Signs audit checkpoints.
     pub audit_key: Arc<::audit::AuditKey>,
+    /// The OpenAPI document served at `/api/v1/openapi.json`: [`ops::document`] merged with the routes other
+    /// crates mount (the relay's), built once at start.
+    pub openapi: Arc<utoipa::openapi::OpenApi>,
 }
 
 /// The request's id: a valid `X-Request-Id` from the caller, or a new one.
