@@ -333,6 +333,7 @@ fn start_probes(store: &EventStore, settings: &Settings) -> (String, ServerHandl
         audit_access: Arc::new(AggregateRepository::new(store.clone(), ())),
         audit_key: Arc::new(settings.audit_key().expect("the audit key")),
         caches,
+        openapi: Arc::new(gatehouse::relay_http::openapi()),
     };
     let listener = TcpListener::bind("127.0.0.1:0").expect("a port for the probe server");
     let port = listener.local_addr().expect("the probe server's address").port();

@@ -121,6 +121,7 @@ impl Application {
             audit_access: Arc::new(AggregateRepository::new(store.clone(), ())),
             audit_key,
             caches,
+            openapi: Arc::new(crate::relay_http::openapi()),
         };
         let relay = actix_web::web::Data::new(crate::relay_http::Relay::new(store.clone(), settings.relay()?));
         relay.load_firewall().await.context("cannot load the relay firewall")?;

@@ -5,6 +5,8 @@
 //! protocols), which never depend on each other. Tickets, agent tokens and sessions are aggregates (`domain::relay`).
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -71,6 +73,31 @@ pub struct Relay {
     rules: tokio::sync::watch::Sender<Arc<Firewall>>,
     /// The `sessions` read model.
     reads: SessionsQuery,
+    /// Connected agents by the id of their token: cancelled when the token is revoked.
+    live_tokens: Mutex<HashMap<String, Vec<(u64, CancellationToken)>>>,
+    next_watch: AtomicU64,
+}
+
+/// A connected agent's interest in its token: `revoked` is cancelled when an admin revokes the token. Dropping it
+/// stops watching.
+struct TokenWatch<'a> {
+    relay: &'a Relay,
+    token_id: String,
+    id: u64,
+    revoked: CancellationToken,
+}
+
+impl Drop for TokenWatch<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut live) = self.relay.live_tokens.lock() {
+            if let Some(watches) = live.get_mut(&self.token_id) {
+                watches.retain(|(id, _)| *id != self.id);
+                if watches.is_empty() {
+                    live.remove(&self.token_id);
+                }
+            }
+        }
+    }
 }
 
 impl Relay {
@@ -88,7 +115,30 @@ impl Relay {
             firewall: AggregateRepository::new(store.clone(), ()),
             rules: tokio::sync::watch::Sender::new(Arc::new(Firewall::default())),
             reads: SessionsQuery::new(store.read_models().clone()),
+            live_tokens: Mutex::new(HashMap::new()),
+            next_watch: AtomicU64::new(0),
         }
+    }
+
+    /// Watches an agent token for revocation. Taken before the token is checked, so a revocation committed after
+    /// the check still reaches the connection.
+    fn watch_token(&self, token_id: &str) -> TokenWatch<'_> {
+        let id = self.next_watch.fetch_add(1, Ordering::Relaxed);
+        let revoked = CancellationToken::new();
+        if let Ok(mut live) = self.live_tokens.lock() {
+            live.entry(token_id.to_string()).or_default().push((id, revoked.clone()));
+        }
+        TokenWatch { relay: self, token_id: token_id.to_string(), id, revoked }
+    }
+
+    /// Disconnects every agent connected with the token `token_id` (after its revocation was committed); how many.
+    fn disconnect_token(&self, token_id: &str) -> usize {
+        let watches = self.live_tokens.lock().map(|mut live| live.remove(token_id).unwrap_or_default());
+        let watches = watches.unwrap_or_default();
+        for (_, revoked) in &watches {
+            revoked.cancel();
+        }
+        watches.len()
     }
 
     /// Loads the firewall rules from the store.
@@ -111,6 +161,29 @@ impl Relay {
     fn sessions_of(&self, user: &Email) -> usize {
         self.active.lock().map(|active| active.values().filter(|owner| *owner == user).count()).unwrap_or(0)
     }
+}
+
+/// The relay's part of the OpenAPI document; `openapi()` merges it into `api`'s.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(
+        mint_agent_token, revoke_agent_token, list_workspaces, issue_ticket, list_sessions, list_activity,
+        get_firewall, put_firewall, agent_connect, terminal,
+    ),
+    components(schemas(
+        MintBody, MintedToken, WorkspaceView, WorkspacePage, TicketBody, TicketView, SessionView, SessionPage,
+        ActivityView, ActivityPage, FirewallRuleDoc, FirewallActionDoc, FirewallBody, FirewallView,
+    )),
+    tags((name = "relay", description = "Agents, workspaces, tickets, terminal sessions and the IP firewall (docs/API.md)"))
+)]
+pub struct RelayApiDoc;
+
+/// The whole OpenAPI document the service serves: `api`'s and the relay's.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    use utoipa::OpenApi;
+    let mut document = api::ops::document();
+    document.merge(RelayApiDoc::openapi());
+    document
 }
 
 /// Mounts the relay's routes. Must come before `api::configure` (whose catch-all scope would shadow them).
@@ -141,20 +214,30 @@ fn random_secret() -> Result<String, Problem> {
     Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
 }
 
-#[derive(Debug, Deserialize)]
+/// A new agent token's label.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct MintBody {
+pub struct MintBody {
+    /// 1 to 100 characters, for people.
     name: String,
 }
 
-#[derive(Debug, Serialize)]
-struct MintedToken {
+/// A minted agent token: the only time the token is shown.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct MintedToken {
+    /// The token's id: its hex SHA-256 (what is stored; revoke with it).
     id: String,
+    /// Its label.
     name: String,
+    /// The token, for `gatehouse agent --token`.
     token: String,
 }
 
-/// `POST /api/v1/agent-tokens` (admin): a new agent token, shown once.
+/// Mints an agent token (admin). It is shown once; only its SHA-256 is stored.
+#[utoipa::path(post, path = "/api/v1/agent-tokens", tag = "relay", request_body = MintBody,
+    security(("bearer" = [])),
+    responses((status = 201, body = MintedToken), (status = 400, body = Problem), (status = 401, body = Problem),
+              (status = 403, body = Problem), (status = 503, body = Problem)))]
 #[post("/api/v1/agent-tokens")]
 async fn mint_agent_token(
     caller: Caller,
@@ -183,8 +266,13 @@ async fn mint_agent_token(
     Ok(HttpResponse::Created().json(MintedToken { id, name, token }))
 }
 
-/// `DELETE /api/v1/agent-tokens/{id}` (admin): revokes a token (connected agents keep their connection until it
-/// drops; they cannot reconnect).
+/// Revokes an agent token (admin). Agents connected with it are disconnected at once (close 4401, so they stop) and
+/// their sessions closed (4410, reason `agent_revoked`); none can connect with it again.
+#[utoipa::path(delete, path = "/api/v1/agent-tokens/{id}", tag = "relay",
+    params(("id" = String, Path, description = "The token's id (hex SHA-256), as minted")),
+    security(("bearer" = [])),
+    responses((status = 204, description = "Revoked (also when it was already)"), (status = 401, body = Problem),
+              (status = 403, body = Problem), (status = 404, body = Problem), (status = 503, body = Problem)))]
 #[delete("/api/v1/agent-tokens/{id}")]
 async fn revoke_agent_token(
     caller: Caller,
@@ -203,25 +291,47 @@ async fn revoke_agent_token(
         .execute_retrying(&id, AgentTokenCommand::Revoke { by: caller.email.clone() }, &metadata, 3)
         .await
     {
-        Ok(_) | Err(CommandError::Rejected(AgentTokenError::AlreadyRevoked)) => Ok(HttpResponse::NoContent().finish()),
+        Ok(_) | Err(CommandError::Rejected(AgentTokenError::AlreadyRevoked)) => {
+            // Also when it was revoked already: a connection that slipped in before is not left behind.
+            let disconnected = relay.disconnect_token(&id);
+            tracing::info!(by = %caller.email, disconnected, "agent token revoked");
+            Ok(HttpResponse::NoContent().finish())
+        }
         Err(CommandError::Rejected(_)) => Err(Problem::new(StatusCode::NOT_FOUND, ProblemCode::NotFound, "Not found")),
         Err(CommandError::Store(error)) => Err(Problem::from(error)),
         Err(_) => Err(Problem::internal()),
     }
 }
 
-#[derive(Debug, Serialize)]
-struct WorkspaceView {
+/// A workspace with a connected agent.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct WorkspaceView {
+    /// The workspace's id.
     id: String,
+    /// Its `RDE_OWNER_EMAIL` tag.
     owner: Option<String>,
+    /// Its `RDE_DISPLAY_NAME` tag.
     display_name: Option<String>,
+    /// Its `BLUEPRINT_KEY` tag.
     blueprint_key: Option<String>,
+    /// The agent connection's id.
     agent: String,
+    /// Open sessions.
     sessions: usize,
+    /// Every tag the agent announced.
     tags: BTreeMap<String, String>,
 }
 
-/// `GET /api/v1/workspaces`: connected workspaces; admins see all, members those they own.
+/// Connected workspaces.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct WorkspacePage {
+    /// Ordered by id.
+    items: Vec<WorkspaceView>,
+}
+
+/// Workspaces with a connected agent: admins see all, members those whose owner tag is their email.
+#[utoipa::path(get, path = "/api/v1/workspaces", tag = "relay", security(("bearer" = [])),
+    responses((status = 200, body = WorkspacePage), (status = 401, body = Problem), (status = 403, body = Problem)))]
 #[get("/api/v1/workspaces")]
 async fn list_workspaces(caller: Caller, relay: web::Data<Relay>) -> Result<HttpResponse, Problem> {
     caller.require(&[Role::Admin, Role::Member])?;
@@ -243,16 +353,33 @@ async fn list_workspaces(caller: Caller, relay: web::Data<Relay>) -> Result<Http
             tags: agent.tags.clone(),
         })
         .collect();
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "items": items })))
+    Ok(HttpResponse::Ok().json(WorkspacePage { items }))
 }
 
-#[derive(Debug, Deserialize)]
+/// What a ticket is for.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct TicketBody {
+pub struct TicketBody {
+    /// `terminal`.
     kind: String,
 }
 
-/// `POST /api/v1/workspaces/{id}/tickets` (the workspace's owner, or an admin): a one-time ticket.
+/// A one-time ticket: send it as the terminal WebSocket's first message.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct TicketView {
+    /// 32 random bytes, base64url; redeemable once.
+    ticket: String,
+    /// When it stops being redeemable.
+    expires_at: chrono::DateTime<Utc>,
+}
+
+/// Issues a one-time ticket for the workspace's terminal (the workspace's owner, or an admin).
+#[utoipa::path(post, path = "/api/v1/workspaces/{id}/tickets", tag = "relay", request_body = TicketBody,
+    params(("id" = String, Path, description = "The workspace")),
+    security(("bearer" = [])),
+    responses((status = 201, body = TicketView, headers(("Cache-Control" = String, description = "no-store"))),
+              (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
+              (status = 404, body = Problem), (status = 503, body = Problem)))]
 #[post("/api/v1/workspaces/{id}/tickets")]
 async fn issue_ticket(
     caller: Caller,
@@ -294,9 +421,7 @@ async fn issue_ticket(
         CommandError::Store(error) => Problem::from(error),
         _ => Problem::internal(),
     })?;
-    Ok(HttpResponse::Created()
-        .insert_header(("Cache-Control", "no-store"))
-        .json(serde_json::json!({ "ticket": ticket, "expires_at": expires_at })))
+    Ok(HttpResponse::Created().insert_header(("Cache-Control", "no-store")).json(TicketView { ticket, expires_at }))
 }
 
 /// A filter value: absent or empty is no filter.
@@ -352,20 +477,76 @@ fn paginate<T>(mut rows: Vec<T>, limit: i64, key: impl Fn(&T) -> String) -> (Vec
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// Filters and paging of the session list.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
-struct SessionListQuery {
+pub struct SessionListQuery {
+    /// `true`: only open sessions; `false`: only closed ones.
     active: Option<String>,
+    /// Only this user's.
     user: Option<String>,
+    /// Only this workspace's.
     workspace: Option<String>,
+    /// `terminal`.
     kind: Option<String>,
+    /// Opened at or after this RFC 3339 time.
     from: Option<String>,
+    /// Opened before this RFC 3339 time.
     to: Option<String>,
+    /// The previous page's `next`.
     after: Option<String>,
+    /// 1 to 500 (default 100).
     limit: Option<String>,
 }
 
-/// `GET /api/v1/sessions` (admin): terminal sessions, newest first, from the `sessions` read model.
+/// One terminal session.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SessionView {
+    /// The session's id.
+    id: String,
+    /// Whose.
+    user: String,
+    /// Which workspace.
+    workspace: String,
+    /// The agent connection that served it.
+    agent: String,
+    /// `terminal`.
+    kind: String,
+    /// The client's address (see `relay_trusted_proxies`; empty when unknown).
+    client_ip: String,
+    /// The client's `User-Agent` (at most 256 characters).
+    user_agent: String,
+    /// RFC 3339.
+    opened_at: String,
+    /// Still open.
+    active: bool,
+    /// RFC 3339, once closed.
+    closed_at: Option<String>,
+    /// Why it closed: `client_closed`, `agent_lost`, `agent_revoked`, `idle_timeout`, `max_age`, `shutdown` or
+    /// `firewall`.
+    reason: Option<String>,
+    /// Browser → agent bytes (0 while open).
+    bytes_in: i64,
+    /// Agent → browser bytes (0 while open).
+    bytes_out: i64,
+    /// How long it lasted, once closed.
+    duration_ms: Option<i64>,
+}
+
+/// A page of sessions, newest first.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SessionPage {
+    /// The sessions.
+    items: Vec<SessionView>,
+    /// Pass as `after` for the next page; `null` on the last.
+    next: Option<String>,
+}
+
+/// Terminal sessions, newest first, from the `sessions` read model (admin).
+#[utoipa::path(get, path = "/api/v1/sessions", tag = "relay", params(SessionListQuery), security(("bearer" = [])),
+    responses((status = 200, body = SessionPage), (status = 400, body = Problem), (status = 401, body = Problem),
+              (status = 403, body = Problem), (status = 503, body = Problem)))]
 #[get("/api/v1/sessions")]
 async fn list_sessions(
     caller: Caller,
@@ -397,35 +578,86 @@ async fn list_sessions(
     let after = decode_key(query.after)?;
     let rows = relay.reads.sessions(&filter, after.as_ref(), limit + 1).await.map_err(store::StoreError::from)?;
     let (rows, next) = paginate(rows, limit, |row| api::encode_page_key(&row.opened_at, &row.session_id));
-    let items: Vec<serde_json::Value> = rows
+    let items = rows
         .into_iter()
-        .map(|row| {
-            serde_json::json!({
-                "id": row.session_id, "user": row.user, "workspace": row.workspace, "agent": row.agent,
-                "kind": row.kind, "client_ip": row.client_ip, "user_agent": row.user_agent,
-                "opened_at": row.opened_at, "active": row.closed_at.is_none(), "closed_at": row.closed_at,
-                "reason": row.close_reason, "bytes_in": row.bytes_in, "bytes_out": row.bytes_out,
-                "duration_ms": row.duration_ms,
-            })
+        .map(|row| SessionView {
+            id: row.session_id,
+            user: row.user,
+            workspace: row.workspace,
+            agent: row.agent,
+            kind: row.kind,
+            client_ip: row.client_ip,
+            user_agent: row.user_agent,
+            opened_at: row.opened_at,
+            active: row.closed_at.is_none(),
+            closed_at: row.closed_at,
+            reason: row.close_reason,
+            bytes_in: row.bytes_in,
+            bytes_out: row.bytes_out,
+            duration_ms: row.duration_ms,
         })
         .collect();
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "items": items, "next": next })))
+    Ok(HttpResponse::Ok().json(SessionPage { items, next }))
 }
 
-#[derive(Debug, Deserialize)]
+/// Filters and paging of the relay's activity log.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
-struct ActivityListQuery {
+pub struct ActivityListQuery {
+    /// `ticket_issued`, `ticket_redeemed`, `ticket_refused` or `connection_blocked`.
     kind: Option<String>,
+    /// Only this user's.
     user: Option<String>,
+    /// Only this workspace's.
     workspace: Option<String>,
+    /// At or after this RFC 3339 time.
     from: Option<String>,
+    /// Before this RFC 3339 time.
     to: Option<String>,
+    /// The previous page's `next`.
     after: Option<String>,
+    /// 1 to 500 (default 100).
     limit: Option<String>,
 }
 
-/// `GET /api/v1/relay/activity` (admin, auditor): tickets issued, redeemed and refused, and connections the
-/// firewall blocked, newest first, from the `sessions` read model.
+/// One relay event.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ActivityView {
+    /// `{aggregate type}:{aggregate id}:{sequence}`.
+    id: String,
+    /// RFC 3339.
+    at: String,
+    /// `ticket_issued`, `ticket_redeemed`, `ticket_refused` or `connection_blocked`.
+    kind: String,
+    /// The ticket's user (for a refusal, whom it was issued to; `null` for an unknown ticket).
+    user: Option<String>,
+    /// The workspace.
+    workspace: String,
+    /// The client's address: blocked connections and refused tickets (`null` for refusals recorded before
+    /// addresses were, or when it was unknown).
+    client_ip: Option<String>,
+    /// A refusal's `unknown`, `expired`, `reused` or `foreign`; a block's `rule` or `default_action`.
+    reason: Option<String>,
+    /// The blocking rule's position.
+    rule: Option<i64>,
+}
+
+/// A page of relay events, newest first.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ActivityPage {
+    /// The events.
+    items: Vec<ActivityView>,
+    /// Pass as `after` for the next page; `null` on the last.
+    next: Option<String>,
+}
+
+/// Tickets issued, redeemed and refused, and connections the firewall blocked, newest first, from the `sessions`
+/// read model (admin, auditor).
+#[utoipa::path(get, path = "/api/v1/relay/activity", tag = "relay", params(ActivityListQuery),
+    security(("bearer" = [])),
+    responses((status = 200, body = ActivityPage), (status = 400, body = Problem), (status = 401, body = Problem),
+              (status = 403, body = Problem), (status = 503, body = Problem)))]
 #[get("/api/v1/relay/activity")]
 async fn list_activity(
     caller: Caller,
@@ -455,39 +687,93 @@ async fn list_activity(
     let after = decode_key(query.after)?;
     let rows = relay.reads.activity(&filter, after.as_ref(), limit + 1).await.map_err(store::StoreError::from)?;
     let (rows, next) = paginate(rows, limit, |row| api::encode_page_key(&row.at, &row.activity_id));
-    let items: Vec<serde_json::Value> = rows
+    let items = rows
         .into_iter()
-        .map(|row| {
-            serde_json::json!({
-                "id": row.activity_id, "at": row.at, "kind": row.kind, "user": row.user,
-                "workspace": row.workspace, "client_ip": row.client_ip, "reason": row.reason, "rule": row.rule,
-            })
+        .map(|row| ActivityView {
+            id: row.activity_id,
+            at: row.at,
+            kind: row.kind,
+            user: row.user,
+            workspace: row.workspace,
+            client_ip: row.client_ip,
+            reason: row.reason,
+            rule: row.rule,
         })
         .collect();
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "items": items, "next": next })))
+    Ok(HttpResponse::Ok().json(ActivityPage { items, next }))
 }
 
 const ACTIVITY_KINDS: [&str; 4] = ["ticket_issued", "ticket_redeemed", "ticket_refused", "connection_blocked"];
 
-#[derive(Debug, Deserialize, Serialize)]
+// The domain's `FirewallAction` and `FirewallRule`, described for the OpenAPI document (`domain` has no utoipa).
+/// Allow or deny.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[schema(as = FirewallAction)]
+#[allow(dead_code)]
+enum FirewallActionDoc {
+    Allow,
+    Deny,
+}
+
+/// One firewall rule.
+#[derive(utoipa::ToSchema)]
+#[schema(as = FirewallRule)]
+#[allow(dead_code)]
+struct FirewallRuleDoc {
+    /// What a match does.
+    action: FirewallActionDoc,
+    /// An IPv4 or IPv6 network, `ADDRESS/PREFIX` with the host bits zero; a bare address is a /32 or /128.
+    #[schema(example = "10.0.0.0/8")]
+    cidr: String,
+    /// Why it exists (optional in a request).
+    #[schema(required = false, default = "")]
+    description: String,
+}
+
+/// The firewall's rules as an admin sets them.
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct FirewallBody {
+pub struct FirewallBody {
+    /// Ordered: the first match wins (at most 1000).
+    #[schema(value_type = Vec<FirewallRuleDoc>)]
     rules: Vec<FirewallRule>,
+    /// What happens when no rule matches.
+    #[schema(value_type = FirewallActionDoc)]
     default_action: FirewallAction,
 }
 
-/// `GET /api/v1/firewall` (admin, auditor): the rules in force.
+/// The firewall in force.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct FirewallView {
+    /// Ordered: the first match wins.
+    #[schema(value_type = Vec<FirewallRuleDoc>)]
+    rules: Vec<FirewallRule>,
+    /// What happens when no rule matches.
+    #[schema(value_type = FirewallActionDoc)]
+    default_action: FirewallAction,
+    /// The firewall aggregate's version.
+    version: u64,
+}
+
+/// The IP firewall's rules in force (admin, auditor).
+#[utoipa::path(get, path = "/api/v1/firewall", tag = "relay", security(("bearer" = [])),
+    responses((status = 200, body = FirewallView), (status = 401, body = Problem), (status = 403, body = Problem),
+              (status = 503, body = Problem)))]
 #[get("/api/v1/firewall")]
 async fn get_firewall(caller: Caller, relay: web::Data<Relay>) -> Result<HttpResponse, Problem> {
     caller.require(&[Role::Admin, Role::Auditor])?;
     let (firewall, version) = relay.firewall.load(FIREWALL_ID).await.map_err(Problem::from)?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({
-        "rules": firewall.rules, "default_action": firewall.default_action, "version": version,
-    })))
+    let Firewall { rules, default_action } = firewall;
+    Ok(HttpResponse::Ok().json(FirewallView { rules, default_action, version }))
 }
 
-/// `PUT /api/v1/firewall` (admin): replaces the ordered rules and the default action; live sessions the new rules
-/// deny are closed (4003, reason `firewall`).
+/// Replaces the IP firewall's ordered rules and default action (admin); live sessions the new rules deny are
+/// closed (4003, reason `firewall`).
+#[utoipa::path(put, path = "/api/v1/firewall", tag = "relay", request_body = FirewallBody,
+    security(("bearer" = [])),
+    responses((status = 200, body = FirewallView), (status = 400, body = Problem), (status = 401, body = Problem),
+              (status = 403, body = Problem), (status = 503, body = Problem)))]
 #[put("/api/v1/firewall")]
 async fn put_firewall(
     caller: Caller,
@@ -509,33 +795,63 @@ async fn put_firewall(
         _ => Problem::internal(),
     })?;
     let (firewall, version) = relay.firewall.load(FIREWALL_ID).await.map_err(Problem::from)?;
-    let answer = serde_json::json!({
-        "rules": firewall.rules, "default_action": firewall.default_action, "version": version,
-    });
+    let answer = FirewallView { rules: firewall.rules.clone(), default_action: firewall.default_action, version };
     relay.rules.send_replace(Arc::new(firewall));
     Ok(HttpResponse::Ok().json(answer))
 }
 
-/// The client's address: the peer, or, when the peer is a trusted proxy, the last `X-Forwarded-For` hop that is
-/// not one.
-fn client_ip(request: &HttpRequest, trusted: &[Cidr]) -> Option<std::net::IpAddr> {
-    let peer = request.peer_addr()?.ip();
-    let is_trusted = |address: std::net::IpAddr| trusted.iter().any(|cidr| cidr.contains(address));
+/// The client's address for `request` (see [`client_address`]).
+fn client_ip(request: &HttpRequest, trusted: &[Cidr]) -> Option<IpAddr> {
+    let forwarded = request.headers().get_all("x-forwarded-for").map(|value| value.to_str().unwrap_or("\u{0}"));
+    client_address(request.peer_addr().map(|peer| peer.ip()), forwarded, trusted)
+}
+
+/// The client's address: the TCP peer, or, when the peer is a trusted proxy, the right-most `X-Forwarded-For` hop
+/// that is not a trusted proxy (hops are read right to left, each header in order; an address written by an
+/// untrusted party is never believed, so a client cannot spoof its way past the firewall). When every hop is a
+/// trusted proxy, the left-most one is the client. A hop that is not an address (bracketed IPv6 and a `:port` are
+/// accepted) ends the walk: the client is unknown (`None`), because what lies left of it cannot be trusted.
+/// IPv4-mapped IPv6 addresses are reported as IPv4.
+pub fn client_address<'a>(
+    peer: Option<IpAddr>,
+    forwarded: impl IntoIterator<Item = &'a str>,
+    trusted: &[Cidr],
+) -> Option<IpAddr> {
+    let peer = peer?.to_canonical();
+    let is_trusted = |address: IpAddr| trusted.iter().any(|cidr| cidr.contains(address));
     if !is_trusted(peer) {
         return Some(peer);
     }
-    let forwarded: Vec<std::net::IpAddr> = request
-        .headers()
-        .get_all("x-forwarded-for")
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .filter_map(|hop| hop.trim().parse().ok())
-        .collect();
-    Some(forwarded.into_iter().rev().find(|hop| !is_trusted(*hop)).unwrap_or(peer))
+    let hops: Vec<&str> =
+        forwarded.into_iter().flat_map(|value| value.split(',')).map(str::trim).filter(|hop| !hop.is_empty()).collect();
+    let mut client = peer;
+    for hop in hops.into_iter().rev() {
+        client = parse_hop(hop)?;
+        if !is_trusted(client) {
+            return Some(client);
+        }
+    }
+    Some(client)
 }
 
-/// Records a blocked attempt (logged once) and answers whether the address is denied.
-async fn blocked(relay: &Relay, address: Option<std::net::IpAddr>, workspace: &str, user: Option<&Email>) -> bool {
+/// One `X-Forwarded-For` entry: `ADDRESS`, `[IPV6]`, `IPV4:PORT` or `[IPV6]:PORT`.
+fn parse_hop(hop: &str) -> Option<IpAddr> {
+    if let Ok(address) = hop.parse::<IpAddr>() {
+        return Some(address.to_canonical());
+    }
+    if let Ok(socket) = hop.parse::<std::net::SocketAddr>() {
+        return Some(socket.ip().to_canonical());
+    }
+    hop.strip_prefix('[')?.strip_suffix(']')?.parse::<std::net::Ipv6Addr>().ok().map(|v6| IpAddr::V6(v6).to_canonical())
+}
+
+/// Records a blocked attempt (logged once) and answers whether the address is denied. `user` names whose attempt
+/// it was; it is asked only for a blocked one.
+async fn blocked<F, Fut>(relay: &Relay, address: Option<IpAddr>, workspace: &str, user: F) -> bool
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Option<Email>>,
+{
     let firewall = relay.rules.borrow().clone();
     let (action, rule) = match address {
         Some(address) => firewall.evaluate(address),
@@ -547,7 +863,7 @@ async fn blocked(relay: &Relay, address: Option<std::net::IpAddr>, workspace: &s
     let client_ip = address.map(|address| address.to_string()).unwrap_or_default();
     tracing::info!(client_ip, ?rule, workspace, "terminal connection blocked by the firewall");
     let command =
-        FirewallCommand::RecordBlocked { client_ip, rule, workspace: workspace.to_string(), user: user.cloned() };
+        FirewallCommand::RecordBlocked { client_ip, rule, workspace: workspace.to_string(), user: user().await };
     if let Err(error) = relay.firewall.execute_retrying(FIREWALL_ID, command, &EventMetadata::system("relay"), 5).await
     {
         tracing::warn!(%error, "cannot record a blocked connection");
@@ -559,14 +875,30 @@ fn reason(code: u16, description: &str) -> Option<WsReason> {
     Some(WsReason { code: WsCode::Other(code), description: Some(description.to_string()) })
 }
 
-/// `GET /api/v1/agent/connect`: an agent's WebSocket. First message: `hello` with the agent token.
+/// The WebSocket upgrade, or a problem when the request is not one.
+fn upgrade(
+    request: &HttpRequest,
+    body: web::Payload,
+) -> Result<(HttpResponse, actix_ws::Session, actix_ws::MessageStream), Problem> {
+    actix_ws::handle(request, body).map_err(|error| {
+        let status = error.as_response_error().status_code();
+        let status = if status.is_client_error() { status } else { StatusCode::BAD_REQUEST };
+        Problem::new(status, ProblemCode::InvalidRequest, "Not a WebSocket upgrade").detail(error.to_string())
+    })
+}
+
+/// An agent's WebSocket, used by `gatehouse agent` (protocol and close codes: docs/API.md, "Agent WebSocket").
+/// The first message is `{"type": "hello", "token", "workspace", "tags"}`; the token never travels in the URL.
+#[utoipa::path(get, path = "/api/v1/agent/connect", tag = "relay",
+    responses((status = 101, description = "Switching Protocols: the agent's multiplexed WebSocket"),
+              (status = 400, body = Problem, description = "Not a WebSocket upgrade")))]
 #[get("/api/v1/agent/connect")]
 async fn agent_connect(
     request: HttpRequest,
     body: web::Payload,
     relay: web::Data<Relay>,
-) -> Result<HttpResponse, actix_web::Error> {
-    let (response, session, stream) = actix_ws::handle(&request, body)?;
+) -> Result<HttpResponse, Problem> {
+    let (response, session, stream) = upgrade(&request, body)?;
     let stream = stream.max_frame_size(relay.limits.max_frame);
     actix_web::rt::spawn(agent_connection(relay.into_inner(), session, stream));
     Ok(response)
@@ -583,7 +915,9 @@ async fn agent_connection(relay: Arc<Relay>, mut session: actix_ws::Session, mut
         let _ = session.close(reason(agent_close::HELLO_REQUIRED, "hello required")).await;
         return;
     };
-    let valid = match relay.agent_tokens.load(&sha256_hex(&hello.token)).await {
+    let token_id = sha256_hex(&hello.token);
+    let watch = relay.watch_token(&token_id);
+    let valid = match relay.agent_tokens.load(&token_id).await {
         Ok((token, _)) => token.is_valid(),
         Err(error) => {
             tracing::warn!(%error, "cannot check an agent token");
@@ -617,8 +951,13 @@ async fn agent_connection(relay: Arc<Relay>, mut session: actix_ws::Session, mut
             }
         }
     });
+    let mut revoked = false;
     let close = loop {
         tokio::select! {
+            _ = watch.revoked.cancelled() => {
+                revoked = true;
+                break reason(agent_close::TOKEN_REFUSED, "agent token revoked");
+            }
             message = stream.next() => match message {
                 Some(Ok(Message::Binary(bytes))) => {
                     let outcome = Frame::decode(&bytes).and_then(|frame| conn.handle_frame(frame));
@@ -640,9 +979,15 @@ async fn agent_connection(relay: Arc<Relay>, mut session: actix_ws::Session, mut
             _ = relay.agents_shutdown.cancelled() => break Some(WsReason { code: WsCode::Away, description: None }),
         }
     };
-    relay.hub.unregister(&conn);
+    drop(watch);
+    if revoked {
+        relay.hub.unregister_revoked(&conn);
+        tracing::info!(agent = conn.id, workspace = conn.workspace, "agent disconnected: its token was revoked");
+    } else {
+        relay.hub.unregister(&conn);
+        tracing::info!(agent = conn.id, workspace = conn.workspace, "agent disconnected");
+    }
     writer.abort();
-    tracing::info!(agent = conn.id, workspace = conn.workspace, "agent disconnected");
     let _ = session.close(close).await;
 }
 
@@ -656,18 +1001,24 @@ fn origin_allowed(request: &HttpRequest, allowed: &[String]) -> bool {
     !host.is_empty() && origin_host.eq_ignore_ascii_case(host)
 }
 
-/// `GET /api/v1/workspaces/{id}/terminal`: a browser's terminal WebSocket. First message: `auth` with a ticket.
+/// A browser's terminal WebSocket (protocol and close codes: docs/API.md, "Terminal WebSocket"). The first
+/// message is `{"type": "auth", "ticket"}` with a ticket from `POST /api/v1/workspaces/{id}/tickets`; tickets never
+/// travel in the URL.
+#[utoipa::path(get, path = "/api/v1/workspaces/{id}/terminal", tag = "relay",
+    params(("id" = String, Path, description = "The workspace")),
+    responses((status = 101, description = "Switching Protocols: the terminal WebSocket"),
+              (status = 400, body = Problem, description = "Not a WebSocket upgrade"),
+              (status = 403, body = Problem, description = "The Origin may not open terminals")))]
 #[get("/api/v1/workspaces/{id}/terminal")]
 async fn terminal(
     request: HttpRequest,
     body: web::Payload,
     path: web::Path<String>,
     relay: web::Data<Relay>,
-) -> Result<HttpResponse, actix_web::Error> {
+) -> Result<HttpResponse, Problem> {
     if !origin_allowed(&request, &relay.limits.allowed_origins) {
         return Err(Problem::new(StatusCode::FORBIDDEN, ProblemCode::Forbidden, "Forbidden")
-            .detail("This origin may not open terminals.")
-            .into());
+            .detail("This origin may not open terminals."));
     }
     let address = client_ip(&request, &relay.limits.trusted_proxies);
     let user_agent = request
@@ -678,7 +1029,7 @@ async fn terminal(
         .chars()
         .take(256)
         .collect::<String>();
-    let (response, session, stream) = actix_ws::handle(&request, body)?;
+    let (response, session, stream) = upgrade(&request, body)?;
     let stream = stream.max_frame_size(relay.limits.max_frame);
     let context = BrowserContext { workspace: path.into_inner(), address, user_agent };
     actix_web::rt::spawn(browser_session(relay.into_inner(), context, session, stream));
@@ -687,7 +1038,7 @@ async fn terminal(
 
 struct BrowserContext {
     workspace: String,
-    address: Option<std::net::IpAddr>,
+    address: Option<IpAddr>,
     user_agent: String,
 }
 
@@ -716,17 +1067,19 @@ async fn browser_session(
             return;
         }
     };
-    let user = match redeem(&relay, &ticket, &context.workspace).await {
+    // The firewall first: a blocked client must not spend the ticket (it stays usable from an allowed address
+    // until it expires). The block is recorded with the user the ticket was issued to, read without redeeming it.
+    if blocked(&relay, context.address, &context.workspace, || ticket_user(&relay, &ticket)).await {
+        let _ = session.close(refuse(CloseCode::Firewall, "refused by the firewall")).await;
+        return;
+    }
+    let user = match redeem(&relay, &ticket, &context.workspace, context.address).await {
         Some(user) => user,
         None => {
             let _ = session.close(refuse(CloseCode::TicketRefused, "ticket refused")).await;
             return;
         }
     };
-    if blocked(&relay, context.address, &context.workspace, Some(&user)).await {
-        let _ = session.close(refuse(CloseCode::Firewall, "refused by the firewall")).await;
-        return;
-    }
     if relay.sessions_of(&user) >= relay.limits.max_sessions_per_user {
         let _ = session.close(refuse(CloseCode::TooManySessions, "too many sessions")).await;
         return;
@@ -779,7 +1132,7 @@ async fn browser_session(
                 Some(count) => {
                     pending.drain(..count);
                 }
-                None => outcome = Some((CloseReason::AgentLost, refuse(CloseCode::AgentLost, "agent lost"))),
+                None => outcome = Some(agent_gone(handle.departure())),
             },
             message = stream.next(), if pending.is_empty() => match message {
                 Some(Ok(Message::Binary(bytes))) => {
@@ -831,9 +1184,8 @@ async fn browser_session(
                     outcome = Some((CloseReason::ClientClosed, Some(WsReason { code: WsCode::Normal, description: None })));
                 }
                 Some(ToBrowser::Opened) => {}
-                Some(ToBrowser::AgentLost) | None => {
-                    outcome = Some((CloseReason::AgentLost, refuse(CloseCode::AgentLost, "agent lost")));
-                }
+                Some(why @ (ToBrowser::AgentLost | ToBrowser::AgentRevoked)) => outcome = Some(agent_gone(Some(why))),
+                None => outcome = Some(agent_gone(None)),
             },
             _ = tokio::time::sleep_until(last_activity + relay.limits.idle_timeout) => {
                 outcome = Some((CloseReason::IdleTimeout, refuse(CloseCode::IdleTimeout, "idle timeout")));
@@ -842,7 +1194,7 @@ async fn browser_session(
                 outcome = Some((CloseReason::MaxAge, refuse(CloseCode::MaxAge, "maximum session age")));
             }
             Ok(()) = rules.changed() => {
-                if blocked(&relay, context.address, &context.workspace, Some(&user)).await {
+                if blocked(&relay, context.address, &context.workspace, || async { Some(user.clone()) }).await {
                     outcome = Some((CloseReason::Firewall, refuse(CloseCode::Firewall, "refused by the firewall")));
                 }
             }
@@ -865,11 +1217,37 @@ async fn browser_session(
     tracing::info!(session = session_id, reason = why.as_str(), bytes_in, bytes_out, "terminal session closed");
 }
 
-/// Redeems a ticket for `workspace`; the ticket's user when it wins. Every refusal is recorded.
-async fn redeem(relay: &Relay, ticket: &str, workspace: &str) -> Option<Email> {
+/// How a session ends when its agent went away: revoked (its token was), else lost. Both close with 4410.
+fn agent_gone(why: Option<ToBrowser>) -> (CloseReason, Option<WsReason>) {
+    if why == Some(ToBrowser::AgentRevoked) {
+        (CloseReason::AgentRevoked, reason(CloseCode::AgentLost.code(), "agent token revoked"))
+    } else {
+        (CloseReason::AgentLost, reason(CloseCode::AgentLost.code(), "agent lost"))
+    }
+}
+
+/// The user a ticket was issued to, without redeeming it (`None`: unknown ticket, or the store failed).
+async fn ticket_user(relay: &Relay, ticket: &str) -> Option<Email> {
+    match relay.tickets.load(&sha256_hex(ticket)).await {
+        Ok((state, _)) => state.user,
+        Err(error) => {
+            tracing::warn!(%error, "cannot read a ticket");
+            None
+        }
+    }
+}
+
+/// Redeems a ticket for `workspace`; the ticket's user when it wins. Every refusal is recorded, with the client's
+/// address.
+async fn redeem(relay: &Relay, ticket: &str, workspace: &str, client: Option<IpAddr>) -> Option<Email> {
     let hash = sha256_hex(ticket);
     let metadata = EventMetadata::system("relay");
-    let command = TicketCommand::Redeem { workspace: workspace.to_string(), kind: "terminal".into(), now: Utc::now() };
+    let command = TicketCommand::Redeem {
+        workspace: workspace.to_string(),
+        kind: "terminal".into(),
+        now: Utc::now(),
+        client_ip: client.map(|address| address.to_string()),
+    };
     let committed = match relay.tickets.execute_retrying(&hash, command, &metadata, 5).await {
         Ok(committed) => committed,
         Err(error) => {
@@ -881,7 +1259,71 @@ async fn redeem(relay: &Relay, ticket: &str, workspace: &str) -> Option<Email> {
     if state.redeemed_at == Some(committed.version) {
         state.user
     } else {
-        tracing::info!(workspace, "ticket refused");
+        tracing::info!(workspace, client_ip = ?client, "ticket refused");
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn ip(raw: &str) -> IpAddr {
+        raw.parse().unwrap()
+    }
+
+    fn cidrs(raw: &[&str]) -> Vec<Cidr> {
+        raw.iter().map(|cidr| Cidr::parse(cidr).unwrap()).collect()
+    }
+
+    fn client(peer: &str, forwarded: &[&str], trusted: &[&str]) -> Option<IpAddr> {
+        client_address(Some(ip(peer)), forwarded.iter().copied(), &cidrs(trusted))
+    }
+
+    #[test]
+    fn an_untrusted_peer_is_the_client_whatever_it_forwards() {
+        assert_eq!(client("203.0.113.9", &["10.1.2.3"], &["127.0.0.1/32"]), Some(ip("203.0.113.9")));
+        assert_eq!(client("2001:db8::9", &["2001:db8::1"], &["::1/128"]), Some(ip("2001:db8::9")));
+        // Spoofed from an IPv6 peer that is not a proxy; also when the proxy list is empty.
+        assert_eq!(client("2001:db8::9", &["::1", "fd00::5"], &["fd00::/8", "::1/128"]), Some(ip("2001:db8::9")));
+        assert_eq!(client("::1", &["2001:db8::7"], &[]), Some(ip("::1")));
+        assert_eq!(client_address(None, ["2001:db8::7"], &cidrs(&["::1/128"])), None);
+    }
+
+    #[test]
+    fn ipv6_clients_through_ipv6_proxies() {
+        let trusted = ["::1/128", "fd00::/8"];
+        assert_eq!(client("::1", &["2001:db8::7"], &trusted), Some(ip("2001:db8::7")));
+        assert_eq!(client("fd00::2", &["2001:db8::7"], &trusted), Some(ip("2001:db8::7")));
+        // A chain: only the right-most hop that is not a trusted proxy counts; what is left of it could be forged.
+        assert_eq!(client("::1", &["198.51.100.1, 2001:db8::7, fd00::5"], &trusted), Some(ip("2001:db8::7")));
+        assert_eq!(client("::1", &["2001:db8::66, 2001:db8::7"], &trusted), Some(ip("2001:db8::7")));
+        // Several headers are one list, in order.
+        assert_eq!(client("::1", &["2001:db8::66", "2001:db8::7, fd00::5"], &trusted), Some(ip("2001:db8::7")));
+        // Bracketed and with a port.
+        assert_eq!(client("::1", &["[2001:db8::7]"], &trusted), Some(ip("2001:db8::7")));
+        assert_eq!(client("::1", &["[2001:db8::7]:4431"], &trusted), Some(ip("2001:db8::7")));
+        assert_eq!(client("::1", &["192.0.2.4:4431"], &trusted), Some(ip("192.0.2.4")));
+        // An IPv4 client behind an IPv6 proxy, and IPv4-mapped addresses reported as IPv4.
+        assert_eq!(client("::1", &["192.0.2.4"], &trusted), Some(ip("192.0.2.4")));
+        assert_eq!(client("::1", &["::ffff:192.0.2.4"], &trusted), Some(ip("192.0.2.4")));
+        assert_eq!(client("::ffff:127.0.0.1", &["2001:db8::7"], &["127.0.0.0/8"]), Some(ip("2001:db8::7")));
+        assert_eq!(client("::ffff:203.0.113.9", &[], &["127.0.0.0/8"]), Some(ip("203.0.113.9")));
+    }
+
+    #[test]
+    fn odd_forwarded_headers() {
+        let trusted = ["::1/128", "fd00::/8"];
+        // Nothing forwarded: the proxy itself.
+        assert_eq!(client("::1", &[], &trusted), Some(ip("::1")));
+        assert_eq!(client("::1", &[" , "], &trusted), Some(ip("::1")));
+        // Only proxies: the left-most is where the request came from.
+        assert_eq!(client("::1", &["fd00::9, fd00::5"], &trusted), Some(ip("fd00::9")));
+        // Garbage right of the client: unknown, never the forged address left of it.
+        assert_eq!(client("::1", &["2001:db8::7, unknown"], &trusted), None);
+        assert_eq!(client("::1", &["2001:db8::7, fe80::1%eth0"], &trusted), None);
+        // Garbage left of the client does not matter.
+        assert_eq!(client("::1", &["nonsense, 2001:db8::7, fd00::5"], &trusted), Some(ip("2001:db8::7")));
     }
 }

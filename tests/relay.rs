@@ -131,7 +131,12 @@ async fn type_line(socket: &mut Socket, line: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_browser_types_into_a_real_shell_through_the_relay() {
-    let db = TestDb::sqlite();
+    for db in TestDb::all("relay a_browser_types_into_a_real_shell_through_the_relay").await {
+        a_browser_types_into_a_real_shell_through_the_relay_on(db).await;
+    }
+}
+
+async fn a_browser_types_into_a_real_shell_through_the_relay_on(db: TestDb) {
     let root = issue_token(&db, "root@example.com", "admin", "1h");
     let ada = issue_token(&db, "ada@example.com", "member", "1h");
     let bob = issue_token(&db, "bob@example.com", "member", "1h");
@@ -194,7 +199,12 @@ async fn a_browser_types_into_a_real_shell_through_the_relay() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn foreign_and_expired_tickets_are_refused() {
-    let db = TestDb::sqlite();
+    for db in TestDb::all("relay foreign_and_expired_tickets_are_refused").await {
+        foreign_and_expired_tickets_are_refused_on(db).await;
+    }
+}
+
+async fn foreign_and_expired_tickets_are_refused_on(db: TestDb) {
     let root = issue_token(&db, "root@example.com", "admin", "1h");
     let ada = issue_token(&db, "ada@example.com", "member", "1h");
     let bob = issue_token(&db, "bob@example.com", "member", "1h");
@@ -285,6 +295,8 @@ async fn killing_the_agent_closes_sessions_as_agent_lost() {
 #[tokio::test(flavor = "multi_thread")]
 async fn many_sessions_share_one_agent() {
     const SESSIONS: usize = 100;
+    // SQLite only: a hundred shells and sessions take most of a minute on a small machine, and the relay's
+    // multiplexing does not depend on the store; every other relay test runs on both backends.
     let db = TestDb::sqlite();
     let root = issue_token(&db, "root@example.com", "admin", "1h");
     let server = Server::start(&db, &[("GATEHOUSE_RELAY_MAX_SESSIONS_PER_USER", "110")]);
@@ -327,7 +339,12 @@ async fn many_sessions_share_one_agent() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_role_is_checked_on_every_relay_endpoint() {
-    let db = TestDb::sqlite();
+    for db in TestDb::all("relay every_role_is_checked_on_every_relay_endpoint").await {
+        every_role_is_checked_on_every_relay_endpoint_on(db).await;
+    }
+}
+
+async fn every_role_is_checked_on_every_relay_endpoint_on(db: TestDb) {
     let root = issue_token(&db, "root@example.com", "admin", "1h");
     let ada = issue_token(&db, "ada@example.com", "member", "1h");
     let bob = issue_token(&db, "bob@example.com", "member", "1h");
@@ -378,12 +395,30 @@ async fn every_role_is_checked_on_every_relay_endpoint() {
             .unwrap()
     };
     assert!(tokio_tungstenite::connect_async(upgrade("https://evil.example")).await.is_err(), "a foreign Origin");
+    // Plain HTTP requests to the WebSocket endpoints get problems, not bare errors.
+    for path in ["/api/v1/workspaces/ws-ada/terminal", "/api/v1/agent/connect"] {
+        let response = api.http.get(server.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), 400, "{path}");
+        assert_eq!(response.headers()["content-type"], "application/problem+json", "{path}");
+        let problem: Value = response.json().await.unwrap();
+        assert_eq!(problem["code"], "invalid_request", "{path}: {problem}");
+    }
+    let response =
+        api.http.get(server.url("/api/v1/workspaces/ws-ada/terminal")).header("Origin", "https://evil.example");
+    let response = response.send().await.unwrap();
+    assert_eq!(response.status(), 403);
+    assert_eq!(response.headers()["content-type"], "application/problem+json");
     assert!(tokio_tungstenite::connect_async(upgrade(&server.base)).await.is_ok(), "a same-host Origin");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn limits_are_enforced_and_shutdown_records_every_open_session() {
-    let db = TestDb::sqlite();
+    for db in TestDb::all("relay limits_are_enforced_and_shutdown_records_every_open_session").await {
+        limits_are_enforced_and_shutdown_records_every_open_session_on(db).await;
+    }
+}
+
+async fn limits_are_enforced_and_shutdown_records_every_open_session_on(db: TestDb) {
     let root = issue_token(&db, "root@example.com", "admin", "1h");
     let ada = issue_token(&db, "ada@example.com", "member", "1h");
     let limits = [
@@ -454,7 +489,12 @@ async fn limits_are_enforced_and_shutdown_records_every_open_session() {
 /// A session that keeps working is still closed at its maximum age: 4009, recorded as `max_age`.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_busy_session_is_closed_at_its_maximum_age() {
-    let db = TestDb::sqlite();
+    for db in TestDb::all("relay a_busy_session_is_closed_at_its_maximum_age").await {
+        a_busy_session_is_closed_at_its_maximum_age_on(db).await;
+    }
+}
+
+async fn a_busy_session_is_closed_at_its_maximum_age_on(db: TestDb) {
     let root = issue_token(&db, "root@example.com", "admin", "1h");
     let ada = issue_token(&db, "ada@example.com", "member", "1h");
     let server = Server::start(&db, &[("GATEHOUSE_RELAY_MAX_SESSION_SECS", "2")]);
@@ -606,6 +646,9 @@ async fn read_models_with_filters_and_pages(db: TestDb) {
     assert!(refusals, "two refusals: {refused}");
     assert_eq!(refused["items"][0]["reason"], "unknown", "newest first: {refused}");
     assert!(refused["items"][0]["user"].is_null(), "{refused}");
+    // Refusals carry the address of the client that presented the ticket (here the test itself, on loopback).
+    assert_eq!(refused["items"][0]["client_ip"], "127.0.0.1", "{refused}");
+    assert_eq!(refused["items"][1]["client_ip"], "127.0.0.1", "{refused}");
     assert_eq!(refused["items"][1]["reason"], "foreign", "{refused}");
     assert_eq!(refused["items"][1]["user"], "bob@example.com", "{refused}");
     assert_eq!(refused["items"][1]["workspace"], "ws-ada", "{refused}");
@@ -646,7 +689,12 @@ async fn read_models_with_filters_and_pages(db: TestDb) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_large_paste_into_an_echoing_shell_flows_through_the_windows() {
-    let db = TestDb::sqlite();
+    for db in TestDb::all("relay a_large_paste_into_an_echoing_shell_flows_through_the_windows").await {
+        a_large_paste_into_an_echoing_shell_flows_through_the_windows_on(db).await;
+    }
+}
+
+async fn a_large_paste_into_an_echoing_shell_flows_through_the_windows_on(db: TestDb) {
     let root = issue_token(&db, "root@example.com", "admin", "1h");
     let server = Server::start(&db, &[]);
     let api = Api::new(&server);
@@ -703,16 +751,22 @@ async fn open_via(
     forwarded_for: Option<&str>,
 ) -> Result<Socket, u16> {
     let (_, issued) = ticket(api, token, workspace).await;
+    open_at(&server.base, workspace, issued["ticket"].as_str().unwrap(), forwarded_for).await
+}
+
+/// Opens a terminal at `base` (`http://HOST:PORT`) with `ticket`, sending `X-Forwarded-For: forwarded_for` (as a
+/// proxy would); the socket after `ready`, or the close code.
+async fn open_at(base: &str, workspace: &str, ticket: &str, forwarded_for: Option<&str>) -> Result<Socket, u16> {
     let mut request = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(format!(
         "{}/api/v1/workspaces/{workspace}/terminal",
-        server.base.replace("http://", "ws://")
+        base.replace("http://", "ws://")
     ))
     .unwrap();
     if let Some(hop) = forwarded_for {
         request.headers_mut().insert("x-forwarded-for", hop.parse().unwrap());
     }
     let (mut socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
-    let auth = json!({"type": "auth", "ticket": issued["ticket"]}).to_string();
+    let auth = json!({"type": "auth", "ticket": ticket}).to_string();
     socket.send(Message::Text(auth)).await.unwrap();
     loop {
         match tokio::time::timeout(Duration::from_secs(20), socket.next()).await.expect("no answer to auth") {
@@ -726,7 +780,12 @@ async fn open_via(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_firewall_blocks_denied_addresses_and_closes_live_sessions() {
-    let db = TestDb::sqlite();
+    for db in TestDb::all("relay the_firewall_blocks_denied_addresses_and_closes_live_sessions").await {
+        the_firewall_blocks_denied_addresses_and_closes_live_sessions_on(db).await;
+    }
+}
+
+async fn the_firewall_blocks_denied_addresses_and_closes_live_sessions_on(db: TestDb) {
     let root = issue_token(&db, "root@example.com", "admin", "1h");
     let server = Server::start(&db, &[("GATEHOUSE_RELAY_TRUSTED_PROXIES", "127.0.0.1/32")]);
     let api = Api::new(&server);
@@ -777,7 +836,12 @@ async fn the_firewall_blocks_denied_addresses_and_closes_live_sessions() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn shells_exit_with_their_status_and_bad_agents_get_documented_close_codes() {
-    let db = TestDb::sqlite();
+    for db in TestDb::all("relay shells_exit_with_their_status_and_bad_agents_get_documented_close_codes").await {
+        shells_exit_with_their_status_and_bad_agents_get_documented_close_codes_on(db).await;
+    }
+}
+
+async fn shells_exit_with_their_status_and_bad_agents_get_documented_close_codes_on(db: TestDb) {
     let root = issue_token(&db, "root@example.com", "admin", "1h");
     let server = Server::start(&db, &[("GATEHOUSE_RELAY_AUTH_TIMEOUT_SECS", "1")]);
     let api = Api::new(&server);
@@ -832,4 +896,198 @@ async fn shells_exit_with_their_status_and_bad_agents_get_documented_close_codes
     let mut socket = open(&server, "ws-exit", issued["ticket"].as_str().unwrap()).await.unwrap();
     type_line(&mut socket, "echo sti''ll-here\n").await;
     read_until(&mut socket, "still-here", Duration::from_secs(20)).await;
+}
+
+/// Mints an agent token; (its id, the token).
+async fn mint_agent_token_with_id(api: &Api, admin: &str, name: &str) -> (String, String) {
+    let (status, _, body) =
+        api.call(Method::POST, "/api/v1/agent-tokens", Some(admin), Some(json!({"name": name}))).await;
+    assert_eq!(status, 201, "{body}");
+    (body["id"].as_str().unwrap().to_string(), body["token"].as_str().unwrap().to_string())
+}
+
+/// Revoking an agent token cuts off the agent connected with it: its connection closes with 4401 (the agent exits 1,
+/// as for a token refused at `hello`), its sessions close with 4410 and are recorded as `agent_revoked`, and its
+/// workspace disappears. An agent with another token keeps serving.
+#[tokio::test(flavor = "multi_thread")]
+async fn revoking_an_agent_token_disconnects_its_agent_and_closes_its_sessions() {
+    for db in TestDb::all("relay revoking an agent token").await {
+        revoking_an_agent_token_on(db).await;
+    }
+}
+
+async fn revoking_an_agent_token_on(db: TestDb) {
+    let root = issue_token(&db, "root@example.com", "admin", "1h");
+    let server = Server::start(&db, &[]);
+    let api = Api::new(&server);
+    let (doomed_id, doomed) = mint_agent_token_with_id(&api, &root, "doomed").await;
+    let (_, kept) = mint_agent_token_with_id(&api, &root, "kept").await;
+    let mut agent = Agent::start(&server, &doomed, "ws-doomed", "ada@example.com");
+    let _other = Agent::start(&server, &kept, "ws-kept", "ada@example.com");
+    wait_for_workspace(&api, &root, "ws-doomed").await;
+    wait_for_workspace(&api, &root, "ws-kept").await;
+    let (_, issued) = ticket(&api, &root, "ws-doomed").await;
+    let mut doomed_session = open(&server, "ws-doomed", issued["ticket"].as_str().unwrap()).await.unwrap();
+    type_line(&mut doomed_session, "echo be''fore\n").await;
+    read_until(&mut doomed_session, "before", Duration::from_secs(20)).await;
+    let (_, issued) = ticket(&api, &root, "ws-kept").await;
+    let mut kept_session = open(&server, "ws-kept", issued["ticket"].as_str().unwrap()).await.unwrap();
+
+    let (status, _, _) =
+        api.call(Method::DELETE, &format!("/api/v1/agent-tokens/{doomed_id}"), Some(&root), None).await;
+    assert_eq!(status, 204);
+    assert_eq!(close_code(&mut doomed_session, Duration::from_secs(5)).await, 4410, "the session ends with its agent");
+    let exited = eventually(Duration::from_secs(10), || {
+        let status = agent.child.try_wait().unwrap();
+        async move { status.is_some() }
+    })
+    .await;
+    assert!(exited, "the agent whose token was revoked stops");
+    assert_eq!(agent.child.wait().unwrap().code(), Some(1), "it exits 1, as for a token refused at hello");
+    let recorded = eventually(Duration::from_secs(10), || async {
+        let (_, sessions) = api.get("/api/v1/sessions?workspace=ws-doomed", Some(&root)).await;
+        sessions["items"][0]["reason"] == "agent_revoked" && sessions["items"][0]["active"] == false
+    })
+    .await;
+    let (_, sessions) = api.get("/api/v1/sessions?workspace=ws-doomed", Some(&root)).await;
+    assert!(recorded, "SessionClosed with reason agent_revoked: {sessions}");
+    let (_, listed) = api.get("/api/v1/workspaces", Some(&root)).await;
+    let ids: Vec<_> = listed["items"].as_array().unwrap().iter().map(|item| item["id"].clone()).collect();
+    assert_eq!(ids, vec![json!("ws-kept")], "{listed}");
+
+    // The other token's agent and its session are untouched.
+    type_line(&mut kept_session, "echo st''ill-kept\n").await;
+    read_until(&mut kept_session, "still-kept", Duration::from_secs(20)).await;
+    // Revoking again changes nothing and still answers 204.
+    let (status, _, _) =
+        api.call(Method::DELETE, &format!("/api/v1/agent-tokens/{doomed_id}"), Some(&root), None).await;
+    assert_eq!(status, 204);
+}
+
+/// The firewall is checked before the ticket is redeemed: a blocked client does not spend it, so the same ticket
+/// still opens the terminal from an allowed address. The block is recorded with the rule, the address and the
+/// ticket's user; a refused ticket records the address that presented it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_blocked_client_does_not_spend_its_ticket() {
+    for db in TestDb::all("relay firewall before redemption").await {
+        a_blocked_client_does_not_spend_its_ticket_on(db).await;
+    }
+}
+
+async fn a_blocked_client_does_not_spend_its_ticket_on(db: TestDb) {
+    let root = issue_token(&db, "root@example.com", "admin", "1h");
+    let ada = issue_token(&db, "ada@example.com", "member", "1h");
+    let server = Server::start(&db, &[("GATEHOUSE_RELAY_TRUSTED_PROXIES", "127.0.0.1/32")]);
+    let api = Api::new(&server);
+    let agent_token = mint_agent_token(&api, &root).await;
+    let _agent = Agent::start(&server, &agent_token, "ws-ada", "ada@example.com");
+    wait_for_workspace(&api, &ada, "ws-ada").await;
+    set_firewall(&api, &root, json!([{"action": "deny", "cidr": "10.0.0.0/8", "description": "lab"}]), "allow").await;
+
+    let (_, issued) = ticket(&api, &ada, "ws-ada").await;
+    let one_time = issued["ticket"].as_str().unwrap().to_string();
+    assert_eq!(open_at(&server.base, "ws-ada", &one_time, Some("10.1.2.3")).await.err(), Some(4003));
+    let mut socket = open_at(&server.base, "ws-ada", &one_time, Some("192.0.2.1"))
+        .await
+        .expect("the ticket a blocked client presented still opens the terminal from an allowed address");
+    type_line(&mut socket, "echo o''k\n").await;
+    read_until(&mut socket, "ok", Duration::from_secs(20)).await;
+    // Spent now: presented again (from yet another address) it is refused, and the refusal names that address.
+    assert_eq!(open_at(&server.base, "ws-ada", &one_time, Some("198.51.100.7")).await.err(), Some(4001));
+
+    let activity = |query: &'static str| {
+        let api = &api;
+        let root = &root;
+        async move {
+            let (status, body) = api.get(&format!("/api/v1/relay/activity?{query}"), Some(root)).await;
+            assert_eq!(status, 200, "{body}");
+            body["items"].as_array().unwrap().clone()
+        }
+    };
+    let projected = eventually(Duration::from_secs(10), || async {
+        activity("kind=ticket_refused").await.len() == 1 && activity("kind=connection_blocked").await.len() == 1
+    })
+    .await;
+    assert!(projected, "one block and one refusal: {:?}", activity("").await);
+    let blocked = &activity("kind=connection_blocked").await[0];
+    assert_eq!(blocked["client_ip"], "10.1.2.3", "{blocked}");
+    assert_eq!(blocked["rule"], 0, "{blocked}");
+    assert_eq!(blocked["reason"], "rule", "{blocked}");
+    assert_eq!(blocked["user"], "ada@example.com", "the ticket's user, read without redeeming it: {blocked}");
+    assert_eq!(blocked["workspace"], "ws-ada", "{blocked}");
+    let refused = &activity("kind=ticket_refused").await[0];
+    assert_eq!(refused["reason"], "reused", "{refused}");
+    assert_eq!(refused["client_ip"], "198.51.100.7", "{refused}");
+    assert_eq!(refused["user"], "ada@example.com", "{refused}");
+    assert_eq!(activity("kind=ticket_redeemed").await.len(), 1, "redeemed once, from the allowed address");
+    // The event itself carries the rule as it was.
+    let (_, events) = api.get("/api/v1/aggregates/firewall/org/events?limit=1000", Some(&root)).await;
+    let text = events.to_string();
+    assert!(text.contains("ConnectionBlocked") && text.contains("10.1.2.3") && text.contains("10.0.0.0/8"), "{text}");
+}
+
+/// IPv6 end to end: the service listens on every address, a proxy on `::1` (trusted, with `fd00::/8`) forwards
+/// IPv6 clients; the right-most untrusted hop of a chain is the client; an untrusted peer cannot claim another
+/// address; sessions, blocks and refusals record the address the firewall judged.
+#[tokio::test(flavor = "multi_thread")]
+async fn ipv6_clients_through_trusted_ipv6_proxies() {
+    for db in TestDb::all("relay ipv6 forwarded for").await {
+        ipv6_clients_through_trusted_ipv6_proxies_on(db).await;
+    }
+}
+
+async fn ipv6_clients_through_trusted_ipv6_proxies_on(db: TestDb) {
+    let root = issue_token(&db, "root@example.com", "admin", "1h");
+    let server =
+        Server::start(&db, &[("GATEHOUSE_LISTEN", "[::]:0"), ("GATEHOUSE_RELAY_TRUSTED_PROXIES", "::1/128,fd00::/8")]);
+    let api = Api::new(&server);
+    let v6 = server.base.replace("127.0.0.1", "[::1]");
+    let v4 = server.base.clone();
+    let agent_token = mint_agent_token(&api, &root).await;
+    let _agent = Agent::start(&server, &agent_token, "ws-v6", "ada@example.com");
+    wait_for_workspace(&api, &root, "ws-v6").await;
+    let rules = json!([
+        {"action": "allow", "cidr": "2001:db8:1::/48", "description": "office"},
+        {"action": "deny", "cidr": "2001:db8::/32", "description": "elsewhere"},
+        {"action": "deny", "cidr": "127.0.0.0/8", "description": "no direct IPv4 terminals"},
+    ]);
+    set_firewall(&api, &root, rules, "allow").await;
+    let fresh = || async {
+        let (_, issued) = ticket(&api, &root, "ws-v6").await;
+        issued["ticket"].as_str().unwrap().to_string()
+    };
+
+    // An IPv6 client through the IPv6 proxy: denied by rule 1.
+    assert_eq!(open_at(&v6, "ws-v6", &fresh().await, Some("2001:db8::7")).await.err(), Some(4003));
+    // A chain through two proxies: the right-most hop that is not a proxy is the client (allowed by rule 0); the
+    // denied address left of it could have been written by anyone.
+    let chain = "2001:db8::66, 2001:db8:1::9, fd00::5";
+    let socket = open_at(&v6, "ws-v6", &fresh().await, Some(chain)).await.expect("the office client is allowed");
+    // An untrusted peer (IPv4 loopback here) claiming an allowed address is judged by its own: blocked by rule 2.
+    assert_eq!(open_at(&v4, "ws-v6", &fresh().await, Some("2001:db8:1::9")).await.err(), Some(4003));
+    // A refused ticket records the forwarded IPv6 client.
+    assert_eq!(open_at(&v6, "ws-v6", "not-a-ticket", Some("2001:db8:1::10")).await.err(), Some(4001));
+
+    let projected = eventually(Duration::from_secs(10), || async {
+        let (_, activity) = api.get("/api/v1/relay/activity?limit=500", Some(&root)).await;
+        let (_, sessions) = api.get("/api/v1/sessions?workspace=ws-v6", Some(&root)).await;
+        let items = activity["items"].as_array().unwrap();
+        items.iter().filter(|item| item["kind"] == "connection_blocked").count() == 2
+            && items.iter().any(|item| item["kind"] == "ticket_refused")
+            && sessions["items"].as_array().unwrap().len() == 1
+    })
+    .await;
+    let (_, activity) = api.get("/api/v1/relay/activity?limit=500", Some(&root)).await;
+    assert!(projected, "{activity}");
+    let of_kind = |kind: &str| -> Vec<Value> {
+        activity["items"].as_array().unwrap().iter().filter(|item| item["kind"] == kind).cloned().collect()
+    };
+    let blocks = of_kind("connection_blocked");
+    // Newest first.
+    assert_eq!((blocks[0]["client_ip"].as_str(), blocks[0]["rule"].as_i64()), (Some("127.0.0.1"), Some(2)));
+    assert_eq!((blocks[1]["client_ip"].as_str(), blocks[1]["rule"].as_i64()), (Some("2001:db8::7"), Some(1)));
+    assert_eq!(of_kind("ticket_refused")[0]["client_ip"], "2001:db8:1::10", "{activity}");
+    let (_, sessions) = api.get("/api/v1/sessions?workspace=ws-v6", Some(&root)).await;
+    assert_eq!(sessions["items"][0]["client_ip"], "2001:db8:1::9", "{sessions}");
+    drop(socket);
 }

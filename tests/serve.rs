@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{eventually, Server};
@@ -40,6 +42,25 @@ async fn serve_answers_health_readiness_metrics_and_openapi_then_stops_on_sigter
             client.get(server.url("/api/v1/openapi.json")).send().await.unwrap().json().await.unwrap();
         assert_eq!(openapi["openapi"], "3.1.0");
         assert!(openapi["paths"]["/readyz"]["get"].is_object());
+        // Every route the service mounts is in the document, and every operation in it is a mounted route.
+        let documented = operations(&openapi);
+        let mounted = routes_in_source();
+        assert!(mounted.len() >= 30, "the source scan found too few routes: {mounted:?}");
+        let undocumented: Vec<_> = mounted.difference(&documented).collect();
+        assert!(undocumented.is_empty(), "routes missing from the OpenAPI document: {undocumented:?}");
+        let unmounted: Vec<_> = documented.difference(&mounted).collect();
+        assert!(unmounted.is_empty(), "operations in the OpenAPI document with no handler: {unmounted:?}");
+        for (method, path) in &documented {
+            // Path parameters filled with a placeholder; whatever the handler answers, it must not be the
+            // default service's "No route" (which would mean the handler is documented but not mounted).
+            let concrete =
+                path.split('/').map(|part| if part.starts_with('{') { "x" } else { part }).collect::<Vec<_>>();
+            let url = server.url(&concrete.join("/"));
+            let response = client.request(method.parse().unwrap(), &url).send().await.unwrap();
+            let status = response.status();
+            let body = response.text().await.unwrap();
+            assert!(!body.contains("No route for"), "{method} {path} is documented but not mounted: {status} {body}");
+        }
 
         let missing = client.get(server.url("/api/v1/nothing-here")).send().await.unwrap();
         assert_eq!(missing.status(), 404);
@@ -51,6 +72,60 @@ async fn serve_answers_health_readiness_metrics_and_openapi_then_stops_on_sigter
         let status = server.terminate();
         assert!(status.success(), "{}: exit {status:?}", db.backend());
     }
+}
+
+/// The (method, path) of every operation in an OpenAPI document.
+fn operations(openapi: &serde_json::Value) -> BTreeSet<(String, String)> {
+    let mut all = BTreeSet::new();
+    for (path, item) in openapi["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            if ["get", "put", "post", "delete", "patch", "head", "options"].contains(&method.as_str()) {
+                all.insert((method.to_uppercase(), path.clone()));
+            }
+        }
+    }
+    all
+}
+
+/// The (method, path) of every route handler in the service's source: the actix-web route attributes
+/// (`#[get("/path")]`, ...) in `api/src` and `src`. Routes are mounted only through those attributes; a route
+/// registered another way (`.route(...)`, `web::resource(...)`) fails this scan, so the OpenAPI test cannot
+/// silently miss it.
+fn routes_in_source() -> BTreeSet<(String, String)> {
+    fn walk(dir: &Path, files: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(&path, files);
+            } else if path.extension().is_some_and(|extension| extension == "rs") {
+                files.push(path);
+            }
+        }
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    walk(&root.join("src"), &mut files);
+    walk(&root.join("api/src"), &mut files);
+    let mut routes = BTreeSet::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for line in text.lines() {
+            let line = line.trim();
+            for forbidden in [".route(", "web::resource(", "web::route("] {
+                assert!(
+                    !line.contains(forbidden),
+                    "{}: routes are mounted with attributes only: {line}",
+                    file.display()
+                );
+            }
+            for method in ["get", "post", "put", "patch", "delete"] {
+                let Some(rest) = line.strip_prefix(&format!("#[{method}(\"")) else { continue };
+                let path = rest.split('"').next().unwrap();
+                routes.insert((method.to_uppercase(), path.to_string()));
+            }
+        }
+    }
+    routes
 }
 
 #[tokio::test(flavor = "multi_thread")]

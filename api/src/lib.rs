@@ -58,6 +58,9 @@ pub struct AppState {
     pub audit_key: Arc<::audit::AuditKey>,
     /// Read-model answers remembered until their read model changes.
     pub caches: Arc<cache::Caches>,
+    /// The OpenAPI document served at `/api/v1/openapi.json`: [`ops::document`] merged with the routes other
+    /// crates mount (the relay's), built once at start.
+    pub openapi: Arc<utoipa::openapi::OpenApi>,
 }
 
 /// The request's id: a valid `X-Request-Id` from the caller, or a new one.

@@ -66,6 +66,8 @@ pub enum TicketCommand {
         kind: String,
         /// Now.
         now: DateTime<Utc>,
+        /// The address of the client presenting it, when known (recorded on a refusal).
+        client_ip: Option<String>,
     },
 }
 
@@ -96,6 +98,10 @@ pub enum TicketEvent {
         reason: RefusalReason,
         /// The workspace the connection asked for.
         workspace: String,
+        /// The address of the client that presented the ticket. Added after the first events were stored: those
+        /// have no such field and read as `None` (as does a client whose address was unknown).
+        #[serde(default)]
+        client_ip: Option<String>,
     },
 }
 
@@ -172,8 +178,8 @@ impl Aggregate for Ticket {
                 }
                 sink.write(TicketEvent::TicketIssued { ticket_hash, user, workspace, kind, expires_at }, self).await;
             }
-            TicketCommand::Redeem { workspace, kind, now } => match self.refusal(&workspace, &kind, now) {
-                Some(reason) => sink.write(TicketEvent::TicketRefused { reason, workspace }, self).await,
+            TicketCommand::Redeem { workspace, kind, now, client_ip } => match self.refusal(&workspace, &kind, now) {
+                Some(reason) => sink.write(TicketEvent::TicketRefused { reason, workspace, client_ip }, self).await,
                 None => sink.write(TicketEvent::TicketRedeemed { workspace }, self).await,
             },
         }
@@ -328,6 +334,8 @@ pub enum CloseReason {
     Shutdown,
     /// The IP firewall closed it.
     Firewall,
+    /// Its agent's token was revoked, which disconnected the agent.
+    AgentRevoked,
 }
 
 impl CloseReason {
@@ -340,6 +348,7 @@ impl CloseReason {
             CloseReason::MaxAge => "max_age",
             CloseReason::Shutdown => "shutdown",
             CloseReason::Firewall => "firewall",
+            CloseReason::AgentRevoked => "agent_revoked",
         }
     }
 }
@@ -502,7 +511,12 @@ mod tests {
     }
 
     fn redeem(workspace: &str, now: DateTime<Utc>) -> TicketCommand {
-        TicketCommand::Redeem { workspace: workspace.into(), kind: "terminal".into(), now }
+        TicketCommand::Redeem {
+            workspace: workspace.into(),
+            kind: "terminal".into(),
+            now,
+            client_ip: Some("2001:db8::7".into()),
+        }
     }
 
     #[test]
@@ -519,6 +533,7 @@ mod tests {
             .then_expect_events(vec![TicketEvent::TicketRefused {
                 reason: RefusalReason::Reused,
                 workspace: "ws-1".into(),
+                client_ip: Some("2001:db8::7".into()),
             }]);
     }
 
@@ -527,8 +542,13 @@ mod tests {
         let expiry = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 30).unwrap();
         let late = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 30).unwrap();
         let now = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 10).unwrap();
-        let refused =
-            |reason, workspace: &str| vec![TicketEvent::TicketRefused { reason, workspace: workspace.to_string() }];
+        let refused = |reason, workspace: &str| {
+            vec![TicketEvent::TicketRefused {
+                reason,
+                workspace: workspace.to_string(),
+                client_ip: Some("2001:db8::7".into()),
+            }]
+        };
         TestFramework::<Ticket>::with(())
             .given(vec![issued(expiry)])
             .when(redeem("ws-1", late))
@@ -541,6 +561,42 @@ mod tests {
             .given_no_previous_events()
             .when(redeem("ws-1", now))
             .then_expect_events(refused(RefusalReason::Unknown, "ws-1"));
+    }
+
+    #[test]
+    fn refusals_stored_before_client_ips_were_recorded_still_read() {
+        let old: TicketEvent =
+            serde_json::from_str(r#"{"TicketRefused": {"reason": "unknown", "workspace": "ws-1"}}"#).unwrap();
+        assert_eq!(
+            old,
+            TicketEvent::TicketRefused { reason: RefusalReason::Unknown, workspace: "ws-1".into(), client_ip: None }
+        );
+        let new = TicketEvent::TicketRefused {
+            reason: RefusalReason::Expired,
+            workspace: "ws-1".into(),
+            client_ip: Some("2001:db8::7".into()),
+        };
+        let stored = serde_json::to_value(&new).unwrap();
+        assert_eq!(stored["TicketRefused"]["client_ip"], "2001:db8::7");
+        assert_eq!(serde_json::from_value::<TicketEvent>(stored).unwrap(), new);
+        assert_eq!(new.event_version(), "1.0", "an optional field with a default needs no new version");
+    }
+
+    #[test]
+    fn close_reasons_are_stored_by_their_stable_names() {
+        let all = [
+            CloseReason::ClientClosed,
+            CloseReason::AgentLost,
+            CloseReason::IdleTimeout,
+            CloseReason::MaxAge,
+            CloseReason::Shutdown,
+            CloseReason::Firewall,
+            CloseReason::AgentRevoked,
+        ];
+        for reason in all {
+            assert_eq!(serde_json::to_value(reason).unwrap(), reason.as_str());
+        }
+        assert_eq!(serde_json::from_str::<CloseReason>("\"agent_revoked\"").unwrap(), CloseReason::AgentRevoked);
     }
 
     #[test]

@@ -141,19 +141,19 @@ impl Projection for SessionsProjection {
                     };
                     return Self::activity(connection, tables, event, activity).await;
                 }
-                TicketEvent::TicketRedeemed { workspace } => ("ticket_redeemed", workspace, None),
-                TicketEvent::TicketRefused { reason, workspace } => {
-                    ("ticket_refused", workspace, Some(reason.as_str()))
+                TicketEvent::TicketRedeemed { workspace } => ("ticket_redeemed", workspace, None, None),
+                TicketEvent::TicketRefused { reason, workspace, client_ip } => {
+                    ("ticket_refused", workspace, Some(reason.as_str()), client_ip)
                 }
             };
-            let (kind, workspace, reason) = activity;
+            let (kind, workspace, reason, client_ip) = activity;
             let user = Self::ticket_user(connection, tables, ticket).await?;
             let activity = Activity {
                 kind,
                 ticket: Some(ticket),
                 user,
                 workspace: &workspace,
-                client_ip: None,
+                client_ip: client_ip.as_deref().filter(|address| !address.is_empty()),
                 reason,
                 rule: None,
             };
@@ -228,7 +228,8 @@ pub struct ActivityRow {
     pub user: Option<String>,
     /// The workspace.
     pub workspace: String,
-    /// The client's address (blocked connections).
+    /// The client's address (blocked connections and refused tickets; `None` for refusals recorded before
+    /// addresses were, and when it was unknown).
     pub client_ip: Option<String>,
     /// Why: a refusal reason (unknown, expired, reused, foreign), or `rule` / `default_action` for blocks.
     pub reason: Option<String>,

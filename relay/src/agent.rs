@@ -24,7 +24,8 @@ use crate::mux::{Frame, INITIAL_WINDOW};
 pub mod close {
     /// The first message was not a valid `hello`, or did not come in time.
     pub const HELLO_REQUIRED: u16 = 4000;
-    /// The agent token is unknown or revoked. The agent stops.
+    /// The agent token is unknown or revoked (at `hello`, or later when an admin revokes it while the agent is
+    /// connected). The agent stops.
     pub const TOKEN_REFUSED: u16 = 4401;
     /// Another live agent already serves the workspace.
     pub const WORKSPACE_TAKEN: u16 = 4409;
@@ -160,10 +161,18 @@ async fn serve_once(config: &AgentConfig, url: &str) -> Result<Outcome, Box<dyn 
         let _ = sink.close().await;
     });
     let mut sessions: HashMap<u32, Shell> = HashMap::new();
+    let mut outcome = Outcome::Served;
     while let Some(message) = stream.next().await {
         let bytes = match message {
             Ok(Message::Binary(bytes)) => bytes,
-            Ok(Message::Close(_)) | Err(_) => break,
+            Ok(Message::Close(frame)) => {
+                // The token was revoked while connected: stop, as when it is refused at `hello`.
+                if frame.is_some_and(|frame| u16::from(frame.code) == close::TOKEN_REFUSED) {
+                    outcome = Outcome::TokenRefused;
+                }
+                break;
+            }
+            Err(_) => break,
             Ok(_) => continue,
         };
         let frame = match Frame::decode(&bytes) {
@@ -215,7 +224,7 @@ async fn serve_once(config: &AgentConfig, url: &str) -> Result<Outcome, Box<dyn 
     }
     drop(out_tx);
     writer.abort();
-    Ok(Outcome::Served)
+    Ok(outcome)
 }
 
 /// One shell in a PTY, with its pumps on plain threads (PTY I/O is blocking).

@@ -30,6 +30,8 @@ pub enum ToBrowser {
     Closed,
     /// The agent disconnected.
     AgentLost,
+    /// The agent was disconnected because its token was revoked.
+    AgentRevoked,
 }
 
 /// Refusal of an agent's registration.
@@ -114,11 +116,13 @@ impl AgentConn {
         SessionHandle { session, conn: self.clone(), input_credit, from_agent, closed: false }
     }
 
-    fn lost(&self) {
+    /// Tells every session why the agent left (`ToBrowser::AgentLost` or `ToBrowser::AgentRevoked`) and forgets it.
+    fn gone(&self, why: ToBrowser) {
         if let Ok(mut sessions) = self.sessions.lock() {
             for (_, slot) in sessions.drain() {
+                // The reason first: a session whose input is waiting for credit sees the closed window too.
+                let _ = slot.to_browser.send(why.clone());
                 slot.input_credit.close();
-                let _ = slot.to_browser.send(ToBrowser::AgentLost);
             }
         }
     }
@@ -143,6 +147,17 @@ impl SessionHandle {
     /// The next message from the agent (`None`: the channel is gone, treat as lost).
     pub async fn recv(&mut self) -> Option<ToBrowser> {
         self.from_agent.recv().await
+    }
+
+    /// Why the agent went away, if it did: the first [`ToBrowser::AgentLost`] or [`ToBrowser::AgentRevoked`] already
+    /// waiting (output queued before it is dropped). For a session whose input found the window closed.
+    pub fn departure(&mut self) -> Option<ToBrowser> {
+        while let Ok(message) = self.from_agent.try_recv() {
+            if matches!(message, ToBrowser::AgentLost | ToBrowser::AgentRevoked) {
+                return Some(message);
+            }
+        }
+        None
     }
 
     /// Sends keystrokes, waiting for credit. `false` when the session or agent is gone.
@@ -253,14 +268,25 @@ impl Hub {
         Ok((conn, frames))
     }
 
-    /// Forgets a disconnected agent and tells each of its sessions.
+    /// Forgets a disconnected agent and tells each of its sessions ([`ToBrowser::AgentLost`]).
     pub fn unregister(&self, conn: &Arc<AgentConn>) {
+        self.forget(conn);
+        conn.gone(ToBrowser::AgentLost);
+    }
+
+    /// Forgets an agent disconnected because its token was revoked and tells each of its sessions
+    /// ([`ToBrowser::AgentRevoked`]).
+    pub fn unregister_revoked(&self, conn: &Arc<AgentConn>) {
+        self.forget(conn);
+        conn.gone(ToBrowser::AgentRevoked);
+    }
+
+    fn forget(&self, conn: &Arc<AgentConn>) {
         if let Ok(mut agents) = self.agents.lock() {
             if agents.get(&conn.workspace).is_some_and(|current| Arc::ptr_eq(current, conn)) {
                 agents.remove(&conn.workspace);
             }
         }
-        conn.lost();
     }
 
     /// The agent serving `workspace`.
@@ -305,5 +331,19 @@ mod tests {
         }
         assert!(!session.send_input(b"x").await);
         assert!(hub.register("ws-1", BTreeMap::new()).is_ok());
+    }
+
+    #[tokio::test]
+    async fn sessions_hear_that_their_agent_was_revoked() {
+        let hub = Hub::new();
+        let (conn, _frames) = hub.register("ws-1", BTreeMap::new()).unwrap();
+        let mut session = conn.open_terminal(80, 24);
+        hub.unregister_revoked(&conn);
+        assert!(hub.get("ws-1").is_none());
+        // Input finds the window closed; the reason is waiting.
+        assert!(!session.send_input(b"x").await);
+        assert_eq!(session.departure(), Some(ToBrowser::AgentRevoked));
+        assert_eq!(session.departure(), None);
+        assert_eq!(session.recv().await, None);
     }
 }
