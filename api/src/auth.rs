@@ -368,6 +368,17 @@ impl Authenticator {
             tracing::debug!(claim = %sso.email_claim, "bearer token rejected: no email claim");
             return Err(AuthFailure::Invalid);
         };
+        // OpenID Connect's `email_verified`: an issuer that says the address is unverified (anyone could have typed
+        // it) does not vouch for the identity. Issuers that leave the claim out (their addresses are their own) are
+        // trusted as before; some send it as a string.
+        match claims.custom.get("email_verified") {
+            None | Some(serde_json::Value::Bool(true)) => {}
+            Some(serde_json::Value::String(text)) if text == "true" => {}
+            Some(_) => {
+                tracing::debug!("bearer token rejected: email_verified is not true");
+                return Err(AuthFailure::Invalid);
+            }
+        }
         Email::parse(&email).map(|email| (email, expires, true)).map_err(|_| {
             tracing::debug!(claim = %sso.email_claim, "bearer token rejected: the email claim is not an email address");
             AuthFailure::Invalid
@@ -575,6 +586,15 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_verified_email_is_accepted_as_bool_or_text() {
+        let auth = authenticator("email", None);
+        for verified in [json!(true), json!("true")] {
+            let token = ec().sign(claims(json!({"email": "ada@example.com", "email_verified": verified}))).unwrap();
+            assert_eq!(auth.verify(&token).await.unwrap().as_str(), "ada@example.com");
+        }
+    }
+
+    #[tokio::test]
     async fn the_email_comes_from_the_configured_claim() {
         let auth = authenticator("upn", None);
         let token = rsa().sign(claims(json!({"upn": "bob@example.com", "email": "mallory@example.com"}))).unwrap();
@@ -613,6 +633,21 @@ mod tests {
             ("no email", claims(json!({"name": "Ada"})), AuthFailure::Invalid),
             ("email not a string", claims(json!({"email": ["ada@example.com"]})), AuthFailure::Invalid),
             ("email not an email", claims(json!({"email": "ada"})), AuthFailure::Invalid),
+            (
+                "email unverified",
+                claims(json!({"email": "ada@example.com", "email_verified": false})),
+                AuthFailure::Invalid,
+            ),
+            (
+                "email unverified as text",
+                claims(json!({"email": "ada@example.com", "email_verified": "false"})),
+                AuthFailure::Invalid,
+            ),
+            (
+                "email_verified null",
+                claims(json!({"email": "ada@example.com", "email_verified": null})),
+                AuthFailure::Invalid,
+            ),
         ];
         for (name, claims, expected) in cases {
             assert_eq!(auth.verify(&rsa().sign(claims.clone()).unwrap()).await, Err(expected), "RS256 {name}");
