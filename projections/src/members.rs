@@ -24,6 +24,10 @@ impl Projection for MembersProjection {
         &["members"]
     }
 
+    fn aggregate_types(&self) -> Option<&'static [&'static str]> {
+        Some(&[Roster::TYPE])
+    }
+
     async fn apply(
         &self,
         connection: &mut AnyConnection,

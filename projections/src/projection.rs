@@ -19,6 +19,13 @@ pub trait Projection: Send + Sync + 'static {
     /// The tables this projection owns. Migrations create them; rebuilds copy their shape.
     fn tables(&self) -> &'static [&'static str];
 
+    /// The aggregate types whose events this projection reads, if it reads only some: the projector then skips
+    /// runs of other events without a transaction, moving the checkpoint past them later in one go. `None` (the
+    /// default): every event matters.
+    fn aggregate_types(&self) -> Option<&'static [&'static str]> {
+        None
+    }
+
     /// Applies one event (of any aggregate type; ignore the ones that do not concern this projection).
     async fn apply(
         &self,

@@ -89,6 +89,10 @@ impl Projection for PublishRequestsProjection {
         &["publish_requests", "publish_reviews"]
     }
 
+    fn aggregate_types(&self) -> Option<&'static [&'static str]> {
+        Some(&[Publishing::TYPE])
+    }
+
     async fn apply(
         &self,
         connection: &mut AnyConnection,
@@ -228,6 +232,10 @@ impl Projection for TrustRulesProjection {
 
     fn tables(&self) -> &'static [&'static str] {
         &["trust_rules"]
+    }
+
+    fn aggregate_types(&self) -> Option<&'static [&'static str]> {
+        Some(&[TrustRules::TYPE])
     }
 
     async fn apply(

@@ -22,11 +22,19 @@ pub struct ProjectorConfig {
     pub poll_interval: Duration,
     /// How long to wait before retrying after the store was unavailable.
     pub retry_delay: Duration,
+    /// How long a projection's stored checkpoint may stay behind events of no interest to it (see
+    /// [`Projection::aggregate_types`]); it also moves with the projection's next event of interest.
+    pub skip_age: Duration,
 }
 
 impl Default for ProjectorConfig {
     fn default() -> Self {
-        Self { batch_size: 500, poll_interval: Duration::from_millis(200), retry_delay: Duration::from_secs(1) }
+        Self {
+            batch_size: 500,
+            poll_interval: Duration::from_millis(200),
+            retry_delay: Duration::from_secs(1),
+            skip_age: Duration::from_secs(1),
+        }
     }
 }
 
@@ -203,6 +211,7 @@ impl Projector {
     fn worker(&self, projection: &Arc<dyn Projection>) -> Worker {
         Worker {
             poison_index: std::sync::Mutex::default(),
+            position: std::sync::Mutex::default(),
             store: self.store.clone(),
             projection: projection.clone(),
             config: self.config.clone(),
@@ -229,9 +238,9 @@ impl Projector {
     pub async fn catch_up(&self) -> Result<(), String> {
         for projection in &self.projections {
             let worker = self.worker(projection);
-            worker.ensure_checkpoint().await.map_err(|error| error.to_string())?;
+            worker.ensure_checkpoint().await.map_err(|error| format!("{error:?}"))?;
             loop {
-                match worker.run_batch().await {
+                match worker.run_batch(true).await {
                     Ok(0) => {
                         let state = self.status.snapshot().get(projection.name()).map(|status| status.state.clone());
                         if state != Some(ProjectionState::HeldBack) {
@@ -240,7 +249,7 @@ impl Projector {
                         tokio::time::sleep(Duration::from_millis(5)).await;
                     }
                     Ok(_) => {}
-                    Err(BatchError::Unavailable(error)) => return Err(error.to_string()),
+                    Err(BatchError::Unavailable(error)) => return Err(format!("{error:?}")),
                     Err(BatchError::Poison { cursor, error }) => {
                         return Err(format!("projection {} stopped at {cursor}: {error}", projection.name()))
                     }
@@ -251,9 +260,25 @@ impl Projector {
     }
 }
 
+/// How many events of no interest to a projection its worker may skip before it writes the checkpoint past them.
+const SKIP_LIMIT: usize = 5_000;
+
+/// Events of no interest to a projection that its worker has read past without moving the stored checkpoint.
+#[derive(Debug, Clone, Copy)]
+struct Skipped {
+    /// Everything up to here is either applied or of no interest.
+    cursor: Cursor,
+    /// How many events were skipped since the stored checkpoint last moved.
+    count: usize,
+    /// When the first of them was skipped.
+    since: std::time::Instant,
+}
+
 struct Worker {
     /// Where in the last batch a poison event stood.
     poison_index: std::sync::Mutex<Option<usize>>,
+    /// Where this worker last found the stored checkpoint (or moved it), and what it skipped since.
+    position: std::sync::Mutex<(Option<Cursor>, Option<Skipped>)>,
     store: EventStore,
     projection: Arc<dyn Projection>,
     config: ProjectorConfig,
@@ -282,7 +307,7 @@ impl Worker {
                 }
             }
             let idle = if ready {
-                match self.run_batch().await {
+                match self.next_batch().await {
                     Ok(applied) => applied == 0,
                     Err(BatchError::Unavailable(error)) => {
                         self.status.set(name, ProjectionState::Retrying(error.to_string()), Cursor::START);
@@ -337,16 +362,75 @@ impl Worker {
         Ok(())
     }
 
+    /// The next step of a running worker. For a projection that reads only some aggregate types, runs of other
+    /// events are read past without a write transaction (one per event per projection was most of the projector's
+    /// work, and on SQLite every one queues for the single writer): the stored checkpoint catches up with the next
+    /// batch that has something to apply, or after [`SKIP_LIMIT`] events or `skip_age`. Skipped events are never
+    /// lost: after a restart they are read again from the stored checkpoint, and applying them is a no-op.
+    /// Returns how many events it applied or skipped (0 when idle).
+    async fn next_batch(&self) -> Result<usize, BatchError> {
+        let Some(types) = self.projection.aggregate_types() else { return self.run_batch(true).await };
+        let (stored, skipped) = *self.position.lock().unwrap_or_else(|p| p.into_inner());
+        let overdue = skipped
+            .is_some_and(|skipped| skipped.count >= SKIP_LIMIT || skipped.since.elapsed() >= self.config.skip_age);
+        if overdue {
+            return self.run_batch(true).await;
+        }
+        // Without a transaction first: most wake-ups of a projection are for events of no interest to it.
+        if let Some(from) = skipped.map(|skipped| skipped.cursor).or(stored) {
+            let events = self.store.read_global(from, self.config.batch_size).await?;
+            if events.is_empty() {
+                // Idle. Without skipped events, the usual empty batch tells caught up from held back.
+                return if skipped.is_some() { Ok(0) } else { self.run_batch(false).await };
+            }
+            if !concerns(types, &events) {
+                self.skip(&events);
+                return Ok(events.len());
+            }
+            // Something to apply: the batch starts at the stored checkpoint, behind what was skipped, and applies
+            // those too (no-ops) so that the checkpoint moves past them.
+            return self.run_batch(true).await;
+        }
+        self.run_batch(false).await
+    }
+
+    /// Records `events` (none of interest) as read past.
+    fn skip(&self, events: &[RecordedEvent]) {
+        let Some(last) = events.last().map(|event| event.cursor) else { return };
+        {
+            let mut position = self.position.lock().unwrap_or_else(|p| p.into_inner());
+            let skipped = position.1;
+            let count = skipped.map_or(0, |skipped| skipped.count) + events.len();
+            let since = skipped.map_or_else(std::time::Instant::now, |skipped| skipped.since);
+            let cursor = skipped.map_or(last, |skipped| skipped.cursor.max(last));
+            position.1 = Some(Skipped { cursor, count, since });
+        }
+        let state =
+            if events.len() < self.config.batch_size { ProjectionState::CaughtUp } else { ProjectionState::CatchingUp };
+        self.status.set(self.projection.name(), state, last);
+    }
+
+    /// Remembers where the stored checkpoint stands; what was skipped before it is behind it now.
+    fn stored_at(&self, cursor: Cursor) {
+        let mut position = self.position.lock().unwrap_or_else(|p| p.into_inner());
+        position.0 = Some(cursor);
+        if position.1.is_some_and(|skipped| skipped.cursor <= cursor) {
+            position.1 = None;
+        }
+    }
+
     /// One transaction: lock the checkpoint, read after it, apply, move it. Returns how many events it applied.
     ///
     /// When an event cannot be applied, the events before it in the batch are still applied (in a second
     /// transaction), so the checkpoint stops exactly in front of the poison event.
-    async fn run_batch(&self) -> Result<usize, BatchError> {
-        match self.run_limited_batch(self.config.batch_size).await {
+    ///
+    /// Unless `all`, a batch with no event of interest to the projection is rolled back and recorded as skipped.
+    async fn run_batch(&self, all: bool) -> Result<usize, BatchError> {
+        match self.run_limited_batch(self.config.batch_size, all).await {
             Err(BatchError::Poison { cursor, error }) => {
                 let before = self.poison_index.lock().unwrap_or_else(|p| p.into_inner()).take();
                 if let Some(before) = before.filter(|before| *before > 0) {
-                    self.run_limited_batch(before).await?;
+                    self.run_limited_batch(before, true).await?;
                 }
                 Err(BatchError::Poison { cursor, error })
             }
@@ -354,7 +438,7 @@ impl Worker {
         }
     }
 
-    async fn run_limited_batch(&self, limit: usize) -> Result<usize, BatchError> {
+    async fn run_limited_batch(&self, limit: usize, all: bool) -> Result<usize, BatchError> {
         let name = self.projection.name();
         let mut transaction = begin_exclusive(&self.store).await?;
         let cursor = locked_checkpoint(&mut transaction, &self.store, name).await?;
@@ -365,9 +449,18 @@ impl Worker {
             // hold committed events back. Only report caught up when there are none.
             let held_back = self.store.has_events_after(cursor).await?;
             let state = if held_back { ProjectionState::HeldBack } else { ProjectionState::CaughtUp };
+            self.stored_at(cursor);
             self.status.set(name, state, cursor);
             return Ok(0);
         };
+        let types = self.projection.aggregate_types();
+        let changed = types.is_none_or(|types| concerns(types, &events));
+        if !changed && !all {
+            transaction.rollback().await?;
+            self.stored_at(cursor);
+            self.skip(&events);
+            return Ok(events.len());
+        }
         let tables = Tables::live();
         if let Err((index, error)) = apply_batch(&*self.projection, &mut transaction, &tables, &events).await {
             if matches!(error, BatchError::Poison { .. }) {
@@ -375,10 +468,12 @@ impl Worker {
             }
             return Err(error);
         }
-        let revision = advance_checkpoint(&mut transaction, &self.store, name, last, events.len()).await?;
+        // Only a batch with events of interest changes the read model (and makes its cached answers stale).
+        let revision = advance_checkpoint(&mut transaction, &self.store, name, last, events.len(), changed).await?;
         transaction.commit().await?;
         // Before the status moves: whoever waits for the batch must find caches of the old read model stale.
         self.revisions.advance(name, revision);
+        self.stored_at(last);
         let now = chrono::Utc::now();
         let lag = self.metrics.lag.with_label_values(&[name]);
         for event in &events {
@@ -406,22 +501,28 @@ impl Worker {
     }
 }
 
-/// Moves a projection's checkpoint to `last` and its revision up by one, inside the batch's transaction; on
-/// PostgreSQL the new revision is announced on [`revisions::CHANNEL`](crate::revisions::CHANNEL) when the transaction
-/// commits. Returns the new revision.
+/// Whether any of `events` is of one of `types`.
+fn concerns(types: &[&str], events: &[RecordedEvent]) -> bool {
+    events.iter().any(|event| types.contains(&event.aggregate_type.as_str()))
+}
+
+/// Moves a projection's checkpoint to `last`, and its revision up by one when the batch `changed` the read model,
+/// inside the batch's transaction; on PostgreSQL a new revision is announced on
+/// [`revisions::CHANNEL`](crate::revisions::CHANNEL) when the transaction commits. Returns the revision.
 async fn advance_checkpoint(
     connection: &mut AnyConnection,
     store: &EventStore,
     name: &str,
     last: Cursor,
     applied: usize,
+    changed: bool,
 ) -> Result<i64, BatchError> {
     let update = "UPDATE projection_checkpoints
                      SET cursor = $2, events_applied = events_applied + $3, updated_at = CURRENT_TIMESTAMP,
-                         failed_cursor = NULL, last_error = NULL, revision = revision + 1
+                         failed_cursor = NULL, last_error = NULL, revision = revision + $4
                    WHERE name = $1
                RETURNING name, revision";
-    let sql = if store.backend_name() == "postgres" {
+    let sql = if changed && store.backend_name() == "postgres" {
         format!(
             "WITH moved AS ({update})
              SELECT revision FROM moved WHERE pg_notify('{channel}', name || ' ' || revision)::text = ''",
@@ -430,7 +531,9 @@ async fn advance_checkpoint(
     } else {
         update.to_string()
     };
-    let row = connection.fetch_one(sqlx::query(&sql).bind(name).bind(last.to_string()).bind(applied as i64)).await?;
+    let row = connection
+        .fetch_one(sqlx::query(&sql).bind(name).bind(last.to_string()).bind(applied as i64).bind(i64::from(changed)))
+        .await?;
     Ok(row.try_get("revision")?)
 }
 

@@ -83,6 +83,10 @@ impl Projection for SessionsProjection {
         &["terminal_sessions", "relay_activity"]
     }
 
+    fn aggregate_types(&self) -> Option<&'static [&'static str]> {
+        Some(&[TerminalSession::TYPE, Ticket::TYPE, Firewall::TYPE])
+    }
+
     async fn apply(
         &self,
         connection: &mut AnyConnection,

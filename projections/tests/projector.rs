@@ -293,3 +293,130 @@ async fn each_batch_and_rebuild_moves_the_read_models_revision() {
         store.close().await;
     }
 }
+
+/// A running projector reads past events of no interest to a projection without a transaction (its stored
+/// checkpoint stays put) and without moving its read model's revision; the stored checkpoint catches up with the next
+/// event of interest, or after `skip_age`; interleaved events of interest each take effect exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn events_of_no_interest_are_skipped_then_the_checkpoint_catches_up() {
+    use domain::trust::{TrustCommand, TrustRules, TRUST_RULES_ID};
+    async fn grant(trust: &AggregateRepository<TrustRules>, n: usize) {
+        let command = TrustCommand::Grant {
+            rule_id: format!("rule-{n}"),
+            email: email(100 + n),
+            blueprint_key: None,
+            description: None,
+            granted_by: admin(),
+        };
+        trust.execute(TRUST_RULES_ID, command, &meta()).await.unwrap();
+    }
+    async fn stored(store: &EventStore) -> String {
+        let checkpoints = projections::checkpoints(store).await.unwrap();
+        checkpoints
+            .iter()
+            .find(|checkpoint| checkpoint.name == "members")
+            .map(|checkpoint| checkpoint.cursor.clone())
+            .unwrap_or_default()
+    }
+    /// The last event's cursor, once nothing is held back (on PostgreSQL the readable log can trail the table while
+    /// transactions elsewhere on the cluster are open).
+    async fn end(store: &EventStore) -> String {
+        loop {
+            let last = store.read_global(store::Cursor::START, 100_000).await.unwrap().last().map(|event| event.cursor);
+            if let Some(last) = last {
+                if !store.has_events_after(last).await.unwrap() {
+                    return last.to_string();
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    /// Waits until `check` holds (the projector runs in the background).
+    async fn until<F: std::future::Future<Output = bool>>(what: &str, mut check: impl FnMut() -> F) {
+        for _ in 0..500 {
+            if check().await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("never: {what}");
+    }
+    for db in TestDb::all("skipping").await {
+        let store = db.store().await;
+        let roster = AggregateRepository::<Roster>::new(store.clone(), ());
+        let trust = AggregateRepository::<TrustRules>::new(store.clone(), ());
+        write_history(&roster, 0, 5).await;
+        let config = ProjectorConfig {
+            batch_size: 7,
+            poll_interval: Duration::from_millis(20),
+            skip_age: Duration::from_secs(3600),
+            ..ProjectorConfig::default()
+        };
+        let projector =
+            Projector::new(store.clone(), projections::all(), config, &prometheus::Registry::new()).unwrap();
+        let (revisions, status) = (projector.revisions(), projector.status());
+        let shutdown = CancellationToken::new();
+        let running = tokio::spawn(projector.run(shutdown.clone()));
+        let caught_up = end(&store).await;
+        until("members applied the roster", || async {
+            stored(&store).await == caught_up && revisions.current("members").is_some()
+        })
+        .await;
+        let before = revisions.current("members").unwrap();
+
+        for n in 0..30 {
+            grant(&trust, n).await;
+        }
+        let log_end = end(&store).await;
+        until("members read past the trust rules", || async {
+            status.snapshot().get("members").is_some_and(|status| status.cursor == log_end)
+        })
+        .await;
+        until("trust_rules applied them", || async {
+            projections::checkpoints(&store)
+                .await
+                .unwrap()
+                .iter()
+                .any(|c| c.name == "trust_rules" && c.cursor == log_end)
+        })
+        .await;
+        assert_eq!(stored(&store).await, caught_up, "{}: no transaction for events of no interest", db.backend());
+        assert_eq!(revisions.current("members"), Some(before), "{}: trust rules changed no member", db.backend());
+
+        // An event of interest moves the stored checkpoint past everything; each is applied once.
+        write_history(&roster, 5, 25).await;
+        let log_end = end(&store).await;
+        until("members caught up", || async { stored(&store).await == log_end }).await;
+        assert_eq!(projected(&store).await, expected(&roster, 25).await, "{}", db.backend());
+        assert!(revisions.current("members").unwrap() > before);
+        shutdown.cancel();
+        running.await.unwrap();
+
+        // With a short skip_age, the stored checkpoint follows events of no interest alone, without a revision.
+        let config = ProjectorConfig {
+            poll_interval: Duration::from_millis(20),
+            skip_age: Duration::from_millis(100),
+            ..ProjectorConfig::default()
+        };
+        let projector =
+            Projector::new(store.clone(), projections::all(), config, &prometheus::Registry::new()).unwrap();
+        let shutdown = CancellationToken::new();
+        let running = tokio::spawn(projector.run(shutdown.clone()));
+        let revision = {
+            let other = projections::Revisions::default();
+            other.refresh(&store).await.unwrap();
+            other.current("members").unwrap()
+        };
+        for n in 30..35 {
+            grant(&trust, n).await;
+        }
+        let log_end = end(&store).await;
+        until("members' checkpoint followed alone", || async { stored(&store).await == log_end }).await;
+        let other = projections::Revisions::default();
+        other.refresh(&store).await.unwrap();
+        assert_eq!(other.current("members"), Some(revision), "{}", db.backend());
+        shutdown.cancel();
+        running.await.unwrap();
+        store.close().await;
+    }
+}
