@@ -440,6 +440,8 @@ impl Worker {
 
     async fn run_limited_batch(&self, limit: usize, all: bool) -> Result<usize, BatchError> {
         let name = self.projection.name();
+        // SQLite: queue with this process's appends for the write lock (held until this function returns).
+        let _turn = self.store.write_turn().await;
         let mut transaction = begin_exclusive(&self.store).await?;
         let cursor = locked_checkpoint(&mut transaction, &self.store, name).await?;
         let events = self.store.read_global(cursor, limit).await?;

@@ -37,7 +37,13 @@ VALUES (?, ?, ?, ?, ?, ?, ?)";
 impl SqliteEventRepository {
     /// A repository over `pool`, whose database has been migrated.
     pub fn new(pool: SqlitePool) -> Self {
-        Self { pool, writer: std::sync::Arc::new(tokio::sync::Mutex::new(())) }
+        Self::with_writer_turns(pool, std::sync::Arc::default())
+    }
+
+    /// A repository whose appends take turns on `writer` with the process's other writers (the projector's
+    /// batches: [`EventStore::write_turn`](crate::EventStore::write_turn)).
+    pub fn with_writer_turns(pool: SqlitePool, writer: std::sync::Arc<tokio::sync::Mutex<()>>) -> Self {
+        Self { pool, writer }
     }
 
     async fn select<A: Aggregate>(

@@ -96,6 +96,8 @@ pub(crate) struct Inner {
     pub(crate) writer: Writer,
     pub(crate) commits: watch::Sender<u64>,
     pub(crate) aggregate_cache_capacity: usize,
+    /// On SQLite: the in-process queue for the single write lock, shared by appends and projector batches.
+    pub(crate) sqlite_turns: Option<Arc<tokio::sync::Mutex<()>>>,
 }
 
 impl EventStore {
@@ -180,9 +182,12 @@ impl EventStore {
                 })
             })
             .connect_lazy_with(any_options);
+        let turns = Arc::new(tokio::sync::Mutex::new(()));
         let writer = match &backend {
             Backend::Postgres(pool) => Writer::Postgres(postgres_es::PostgresEventRepository::new(pool.clone())),
-            Backend::Sqlite(pool) => Writer::Sqlite(crate::SqliteEventRepository::new(pool.clone())),
+            Backend::Sqlite(pool) => {
+                Writer::Sqlite(crate::SqliteEventRepository::with_writer_turns(pool.clone(), turns.clone()))
+            }
         };
         let (commits, _) = watch::channel(0);
         Ok(Self {
@@ -192,8 +197,20 @@ impl EventStore {
                 writer,
                 commits,
                 aggregate_cache_capacity: config.aggregate_cache_capacity.max(1),
+                sqlite_turns: is_sqlite.then_some(turns),
             }),
         })
+    }
+
+    /// On SQLite, waits for this process's turn at the database's single write lock and holds it until the guard
+    /// is dropped: writers that queue here are served in order, where SQLite's own busy handler lets a waiting
+    /// writer sleep in growing steps (up to 100 ms) and lose to whoever asks next (measured: the submit → queue
+    /// p99 under two busy writers was 352 ms with the projector left to the busy handler). `None` on PostgreSQL.
+    pub async fn write_turn(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        match &self.inner.sqlite_turns {
+            Some(turns) => Some(turns.clone().lock_owned().await),
+            None => None,
+        }
     }
 
     /// `"postgres"` or `"sqlite"`.
