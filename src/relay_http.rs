@@ -716,14 +716,16 @@ async fn browser_session(
             return;
         }
     };
-    let user = match redeem(&relay, &ticket, &context.workspace).await {
+    // The setup and bookkeeping futures (store commands, SQL) are large; boxed, they live on the heap only while
+    // they run, instead of making every idle session's task as large as the largest of them.
+    let user = match Box::pin(redeem(&relay, &ticket, &context.workspace)).await {
         Some(user) => user,
         None => {
             let _ = session.close(refuse(CloseCode::TicketRefused, "ticket refused")).await;
             return;
         }
     };
-    if blocked(&relay, context.address, &context.workspace, Some(&user)).await {
+    if Box::pin(blocked(&relay, context.address, &context.workspace, Some(&user))).await {
         let _ = session.close(refuse(CloseCode::Firewall, "refused by the firewall")).await;
         return;
     }
@@ -753,7 +755,7 @@ async fn browser_session(
         client_ip: context.address.map(|address| address.to_string()).unwrap_or_default(),
         user_agent: context.user_agent.clone(),
     };
-    if let Err(error) = relay.sessions.execute(&session_id, open, &metadata).await {
+    if let Err(error) = Box::pin(relay.sessions.execute(&session_id, open, &metadata)).await {
         tracing::warn!(%error, "cannot record a session");
         let _ = session.close(refuse(CloseCode::GoingAway, "cannot record the session")).await;
         return;
@@ -842,7 +844,7 @@ async fn browser_session(
                 outcome = Some((CloseReason::MaxAge, refuse(CloseCode::MaxAge, "maximum session age")));
             }
             Ok(()) = rules.changed() => {
-                if blocked(&relay, context.address, &context.workspace, Some(&user)).await {
+                if Box::pin(blocked(&relay, context.address, &context.workspace, Some(&user))).await {
                     outcome = Some((CloseReason::Firewall, refuse(CloseCode::Firewall, "refused by the firewall")));
                 }
             }
@@ -856,7 +858,7 @@ async fn browser_session(
     let _ = session.close(close).await;
     let closed =
         SessionCommand::Close { bytes_in, bytes_out, duration_ms: started.elapsed().as_millis() as u64, reason: why };
-    if let Err(error) = relay.sessions.execute_retrying(&session_id, closed, &metadata, 3).await {
+    if let Err(error) = Box::pin(relay.sessions.execute_retrying(&session_id, closed, &metadata, 3)).await {
         tracing::warn!(%error, session = session_id, "cannot record a session's end");
     }
     if let Ok(mut active) = relay.active.lock() {
