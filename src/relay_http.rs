@@ -775,6 +775,13 @@ async fn browser_session(
     let mut pending: Vec<u8> = Vec::new();
     let input = handle.input();
     let mut rules = relay.rules.subscribe();
+    // The timers and the shutdown signal are created once, not on every pass of the loop: re-creating them
+    // registered and removed two timer-wheel entries and a cancellation waiter for every frame relayed. The idle
+    // timer is not pushed back on each frame either; when it fires early, it is re-armed at the real deadline.
+    let idle = tokio::time::sleep_until(last_activity + relay.limits.idle_timeout);
+    let age = tokio::time::sleep_until(max_age);
+    let shutdown = relay.shutdown.cancelled();
+    tokio::pin!(idle, age, shutdown);
     while outcome.is_none() {
         tokio::select! {
             sent = input.send_chunk(&pending), if !pending.is_empty() => match sent {
@@ -837,10 +844,15 @@ async fn browser_session(
                     outcome = Some((CloseReason::AgentLost, refuse(CloseCode::AgentLost, "agent lost")));
                 }
             },
-            _ = tokio::time::sleep_until(last_activity + relay.limits.idle_timeout) => {
-                outcome = Some((CloseReason::IdleTimeout, refuse(CloseCode::IdleTimeout, "idle timeout")));
+            _ = &mut idle => {
+                let deadline = last_activity + relay.limits.idle_timeout;
+                if deadline <= tokio::time::Instant::now() {
+                    outcome = Some((CloseReason::IdleTimeout, refuse(CloseCode::IdleTimeout, "idle timeout")));
+                } else {
+                    idle.as_mut().reset(deadline);
+                }
             }
-            _ = tokio::time::sleep_until(max_age) => {
+            _ = &mut age => {
                 outcome = Some((CloseReason::MaxAge, refuse(CloseCode::MaxAge, "maximum session age")));
             }
             Ok(()) = rules.changed() => {
@@ -848,7 +860,7 @@ async fn browser_session(
                     outcome = Some((CloseReason::Firewall, refuse(CloseCode::Firewall, "refused by the firewall")));
                 }
             }
-            _ = relay.shutdown.cancelled() => {
+            _ = &mut shutdown => {
                 outcome = Some((CloseReason::Shutdown, refuse(CloseCode::GoingAway, "shutting down")));
             }
         }
