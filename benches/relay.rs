@@ -266,10 +266,10 @@ impl Drop for Agent {
 
 /// An agent made here (no PTY), speaking the real agent protocol: answers `Open` with `Opened` and the marker, and
 /// echoes each `Data` back within its output window (the gateway's `Credit`s refill it), returning `Credit` for the
-/// input as it echoes it (in batches of `CREDIT_BATCH`), as the real agent does once its PTY took the bytes. Like the real agent's writer it
-/// coalesces: the replies to all the frames already received go out in one write (one flush per batch, not per
-/// frame). Its socket has Nagle off, as the real agent's has. It measures the relay's own ceiling: browser →
-/// gateway → agent connection and back, without a PTY.
+/// input as it echoes it, in batches of `CREDIT_BATCH` as the protocol allows. It writes the replies to all the
+/// frames already received in one write (one flush per batch). (The real agent returns credit for each write to its
+/// PTY and flushes each frame: this agent measures the gateway, not the agent.) Its socket has Nagle off, as the
+/// real agent's has. It measures the relay's own ceiling: browser → gateway → agent connection and back, no PTY.
 async fn handmade_agent(base: &str, token: &str, workspace: &str) -> tokio::task::JoinHandle<()> {
     use std::collections::{HashMap, VecDeque};
 
@@ -280,7 +280,7 @@ async fn handmade_agent(base: &str, token: &str, workspace: &str) -> tokio::task
     struct Echo {
         window: u32,
         pending: VecDeque<Vec<u8>>,
-        /// Input echoed whose credit is not yet returned (returned in batches, as the real agent does).
+        /// Input echoed whose credit is not yet returned (returned in batches of `CREDIT_BATCH`).
         due: u32,
     }
 

@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::mux::{Frame, CREDIT_BATCH, INITIAL_WINDOW};
+use crate::mux::{Frame, INITIAL_WINDOW};
 
 /// Close codes the gateway ends an agent's connection with. **API Boundary:** documented in docs/API.md.
 pub mod close {
@@ -151,18 +151,9 @@ async fn serve_once(config: &AgentConfig, url: &str) -> Result<Outcome, Box<dyn 
     }
 
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Frame>();
-    // Every frame already queued goes out in one write: one flush per batch, not one per frame.
     let writer = tokio::spawn(async move {
-        'frames: while let Some(frame) = out_rx.recv().await {
-            if sink.feed(Message::Binary(frame.encode())).await.is_err() {
-                break;
-            }
-            while let Ok(frame) = out_rx.try_recv() {
-                if sink.feed(Message::Binary(frame.encode())).await.is_err() {
-                    break 'frames;
-                }
-            }
-            if sink.flush().await.is_err() {
+        while let Some(frame) = out_rx.recv().await {
+            if sink.send(Message::Binary(frame.encode())).await.is_err() {
                 break;
             }
         }
@@ -269,16 +260,11 @@ impl Shell {
         let (input, inputs) = std::sync::mpsc::channel::<Vec<u8>>();
         let credit_out = out.clone();
         std::thread::spawn(move || {
-            // Credit for input the PTY took goes back in batches of CREDIT_BATCH bytes (see `mux`).
-            let mut due = 0u32;
             for bytes in inputs {
                 if writer.write_all(&bytes).and_then(|_| writer.flush()).is_err() {
                     break;
                 }
-                due = due.saturating_add(bytes.len() as u32);
-                if due >= CREDIT_BATCH {
-                    let _ = credit_out.send(Frame::Credit { session, bytes: std::mem::take(&mut due) });
-                }
+                let _ = credit_out.send(Frame::Credit { session, bytes: bytes.len() as u32 });
             }
         });
 

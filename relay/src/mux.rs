@@ -10,7 +10,8 @@ pub const MAX_DATA: usize = 64 * 1024;
 pub const INITIAL_WINDOW: u32 = 256 * 1024;
 /// A receiver may hold back up to this much consumed credit before returning it in one `Credit` frame (a sender can
 /// always send at least `INITIAL_WINDOW - CREDIT_BATCH` bytes, more than a full [`MAX_DATA`] frame, so holding it
-/// back never stalls a session). Returning credit per frame doubled the frames on a busy session.
+/// back never stalls a session). The gateway does so: returning credit per frame doubled its frames to the agent on a
+/// busy session. The agent returns credit for each write to its PTY.
 pub const CREDIT_BATCH: u32 = INITIAL_WINDOW / 4;
 
 /// What a session carries.
