@@ -1067,13 +1067,15 @@ async fn browser_session(
             return;
         }
     };
+    // The setup and bookkeeping futures (store commands, SQL) are large; boxed, they live on the heap only while
+    // they run, instead of making every idle session's task as large as the largest of them.
     // The firewall first: a blocked client must not spend the ticket (it stays usable from an allowed address
     // until it expires). The block is recorded with the user the ticket was issued to, read without redeeming it.
-    if blocked(&relay, context.address, &context.workspace, || ticket_user(&relay, &ticket)).await {
+    if Box::pin(blocked(&relay, context.address, &context.workspace, || ticket_user(&relay, &ticket))).await {
         let _ = session.close(refuse(CloseCode::Firewall, "refused by the firewall")).await;
         return;
     }
-    let user = match redeem(&relay, &ticket, &context.workspace, context.address).await {
+    let user = match Box::pin(redeem(&relay, &ticket, &context.workspace, context.address)).await {
         Some(user) => user,
         None => {
             let _ = session.close(refuse(CloseCode::TicketRefused, "ticket refused")).await;
@@ -1106,7 +1108,7 @@ async fn browser_session(
         client_ip: context.address.map(|address| address.to_string()).unwrap_or_default(),
         user_agent: context.user_agent.clone(),
     };
-    if let Err(error) = relay.sessions.execute(&session_id, open, &metadata).await {
+    if let Err(error) = Box::pin(relay.sessions.execute(&session_id, open, &metadata)).await {
         tracing::warn!(%error, "cannot record a session");
         let _ = session.close(refuse(CloseCode::GoingAway, "cannot record the session")).await;
         return;
@@ -1126,6 +1128,13 @@ async fn browser_session(
     let mut pending: Vec<u8> = Vec::new();
     let input = handle.input();
     let mut rules = relay.rules.subscribe();
+    // The timers and the shutdown signal are created once, not on every pass of the loop: re-creating them
+    // registered and removed two timer-wheel entries and a cancellation waiter for every frame relayed. The idle
+    // timer is not pushed back on each frame either; when it fires early, it is re-armed at the real deadline.
+    let idle = tokio::time::sleep_until(last_activity + relay.limits.idle_timeout);
+    let age = tokio::time::sleep_until(max_age);
+    let shutdown = relay.shutdown.cancelled();
+    tokio::pin!(idle, age, shutdown);
     while outcome.is_none() {
         tokio::select! {
             sent = input.send_chunk(&pending), if !pending.is_empty() => match sent {
@@ -1187,18 +1196,23 @@ async fn browser_session(
                 Some(why @ (ToBrowser::AgentLost | ToBrowser::AgentRevoked)) => outcome = Some(agent_gone(Some(why))),
                 None => outcome = Some(agent_gone(None)),
             },
-            _ = tokio::time::sleep_until(last_activity + relay.limits.idle_timeout) => {
-                outcome = Some((CloseReason::IdleTimeout, refuse(CloseCode::IdleTimeout, "idle timeout")));
+            _ = &mut idle => {
+                let deadline = last_activity + relay.limits.idle_timeout;
+                if deadline <= tokio::time::Instant::now() {
+                    outcome = Some((CloseReason::IdleTimeout, refuse(CloseCode::IdleTimeout, "idle timeout")));
+                } else {
+                    idle.as_mut().reset(deadline);
+                }
             }
-            _ = tokio::time::sleep_until(max_age) => {
+            _ = &mut age => {
                 outcome = Some((CloseReason::MaxAge, refuse(CloseCode::MaxAge, "maximum session age")));
             }
             Ok(()) = rules.changed() => {
-                if blocked(&relay, context.address, &context.workspace, || async { Some(user.clone()) }).await {
+                if Box::pin(blocked(&relay, context.address, &context.workspace, || async { Some(user.clone()) })).await {
                     outcome = Some((CloseReason::Firewall, refuse(CloseCode::Firewall, "refused by the firewall")));
                 }
             }
-            _ = relay.shutdown.cancelled() => {
+            _ = &mut shutdown => {
                 outcome = Some((CloseReason::Shutdown, refuse(CloseCode::GoingAway, "shutting down")));
             }
         }
@@ -1208,7 +1222,7 @@ async fn browser_session(
     let _ = session.close(close).await;
     let closed =
         SessionCommand::Close { bytes_in, bytes_out, duration_ms: started.elapsed().as_millis() as u64, reason: why };
-    if let Err(error) = relay.sessions.execute_retrying(&session_id, closed, &metadata, 3).await {
+    if let Err(error) = Box::pin(relay.sessions.execute_retrying(&session_id, closed, &metadata, 3)).await {
         tracing::warn!(%error, session = session_id, "cannot record a session's end");
     }
     if let Ok(mut active) = relay.active.lock() {

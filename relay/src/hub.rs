@@ -6,7 +6,8 @@
 //! [`SessionHandle`].
 //!
 //! Flow control, per session: agent → browser, the agent may have [`INITIAL_WINDOW`] bytes outstanding; the gateway
-//! returns `Credit` only once the browser's socket accepted the bytes ([`SessionHandle::consumed`]). Browser →
+//! returns `Credit` only once the browser's socket accepted the bytes ([`SessionHandle::consumed`]), in batches of
+//! at least [`CREDIT_BATCH`] bytes. Browser →
 //! agent, [`SessionHandle::send_input`] waits for credit, so a browser typing into a stuck shell stalls only itself.
 
 use std::collections::{BTreeMap, HashMap};
@@ -15,7 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, Semaphore};
 
-use crate::mux::{Frame, MuxError, SessionKind, Window, INITIAL_WINDOW, MAX_DATA};
+use crate::mux::{Frame, MuxError, SessionKind, Window, CREDIT_BATCH, INITIAL_WINDOW, MAX_DATA};
 
 /// What an agent sends a browser session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +44,8 @@ struct SessionSlot {
     to_browser: mpsc::UnboundedSender<ToBrowser>,
     input_credit: Arc<Semaphore>,
     output_window: Window,
+    /// Output the browser accepted whose credit is not yet returned to the agent.
+    unreturned: u32,
 }
 
 /// One connected agent.
@@ -109,7 +112,12 @@ impl AgentConn {
         if let Ok(mut sessions) = self.sessions.lock() {
             sessions.insert(
                 session,
-                SessionSlot { to_browser, input_credit: input_credit.clone(), output_window: Window::new(session) },
+                SessionSlot {
+                    to_browser,
+                    input_credit: input_credit.clone(),
+                    output_window: Window::new(session),
+                    unreturned: 0,
+                },
             );
         }
         let _ = self.to_agent.send(Frame::Open { session, kind: SessionKind::Terminal, cols, rows, port: 0 });
@@ -176,14 +184,24 @@ impl SessionHandle {
         Input { session: self.session, conn: self.conn.clone(), credit: self.input_credit.clone() }
     }
 
-    /// The browser accepted `bytes` of output: return them to the agent as credit.
+    /// The browser accepted `bytes` of output: return them to the agent as credit, once at least [`CREDIT_BATCH`]
+    /// bytes are due (the window is granted here at the moment the credit is sent, so the gateway never counts on
+    /// window the agent has not been given).
     pub fn consumed(&self, bytes: usize) {
-        if let Ok(mut sessions) = self.conn.sessions.lock() {
-            if let Some(slot) = sessions.get_mut(&self.session) {
-                slot.output_window.grant(bytes as u32);
-            }
+        let due = match self.conn.sessions.lock() {
+            Ok(mut sessions) => sessions.get_mut(&self.session).and_then(|slot| {
+                slot.unreturned = slot.unreturned.saturating_add(u32::try_from(bytes).unwrap_or(u32::MAX));
+                (slot.unreturned >= CREDIT_BATCH).then(|| {
+                    let due = std::mem::take(&mut slot.unreturned);
+                    slot.output_window.grant(due);
+                    due
+                })
+            }),
+            Err(_) => None,
+        };
+        if let Some(bytes) = due {
+            let _ = self.conn.to_agent.send(Frame::Credit { session: self.session, bytes });
         }
-        let _ = self.conn.to_agent.send(Frame::Credit { session: self.session, bytes: bytes as u32 });
     }
 
     /// Resizes the terminal.
@@ -345,5 +363,41 @@ mod tests {
         assert_eq!(session.departure(), Some(ToBrowser::AgentRevoked));
         assert_eq!(session.departure(), None);
         assert_eq!(session.recv().await, None);
+    }
+
+    #[tokio::test]
+    async fn output_credit_goes_back_in_batches_and_never_stalls_the_agent() {
+        let hub = Hub::new();
+        let (conn, mut frames) = hub.register("ws-1", BTreeMap::new()).unwrap();
+        let session = conn.open_terminal(80, 24);
+        assert!(matches!(frames.recv().await, Some(Frame::Open { .. })));
+        // The agent fills its whole window, then keeps going on credit: 4 MiB in all, never overrunning.
+        let chunk = vec![7u8; 16 * 1024];
+        let (mut window, mut credits) = (INITIAL_WINDOW as usize, 0);
+        for _ in 0..256 {
+            while window < chunk.len() {
+                match frames.try_recv() {
+                    Ok(Frame::Credit { bytes, .. }) => {
+                        assert!(bytes >= CREDIT_BATCH);
+                        window += bytes as usize;
+                        credits += 1;
+                    }
+                    other => panic!("the agent would stall with {window} bytes of window: {other:?}"),
+                }
+            }
+            conn.handle_frame(Frame::Data { session: session.session, bytes: chunk.clone() }).unwrap();
+            window -= chunk.len();
+            session.consumed(chunk.len());
+        }
+        while let Ok(Frame::Credit { bytes, .. }) = frames.try_recv() {
+            window += bytes as usize;
+            credits += 1;
+        }
+        // Every byte consumed came back, in batches of CREDIT_BATCH: 64 credits for 4 MiB, not 256.
+        assert_eq!(window, INITIAL_WINDOW as usize);
+        assert_eq!(credits, 256 * chunk.len() / CREDIT_BATCH as usize);
+        // Less than a batch stays due: nothing is sent for a keystroke's echo.
+        session.consumed(1);
+        assert!(frames.try_recv().is_err());
     }
 }

@@ -8,6 +8,11 @@
 pub const MAX_DATA: usize = 64 * 1024;
 /// The window each side starts a session with, in bytes.
 pub const INITIAL_WINDOW: u32 = 256 * 1024;
+/// A receiver may hold back up to this much consumed credit before returning it in one `Credit` frame (a sender can
+/// always send at least `INITIAL_WINDOW - CREDIT_BATCH` bytes, more than a full [`MAX_DATA`] frame, so holding it
+/// back never stalls a session). The gateway does so: returning credit per frame doubled its frames to the agent on a
+/// busy session. The agent returns credit for each write to its PTY.
+pub const CREDIT_BATCH: u32 = INITIAL_WINDOW / 4;
 
 /// What a session carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,29 +124,52 @@ impl Frame {
 
     /// The wire form.
     pub fn encode(&self) -> Vec<u8> {
-        let (kind, body): (u8, Vec<u8>) = match self {
+        let header = |kind: u8, body: usize| {
+            let mut out = Vec::with_capacity(5 + body);
+            out.push(kind);
+            out.extend(self.session().to_be_bytes());
+            out
+        };
+        match self {
             Frame::Open { kind, cols, rows, port, .. } => {
-                let kind = match kind {
+                let mut out = header(0x01, 7);
+                out.push(match kind {
                     SessionKind::Terminal => 0u8,
                     SessionKind::Preview => 1u8,
-                };
-                let mut body = vec![kind];
-                body.extend(cols.to_be_bytes());
-                body.extend(rows.to_be_bytes());
-                body.extend(port.to_be_bytes());
-                (0x01, body)
+                });
+                out.extend(cols.to_be_bytes());
+                out.extend(rows.to_be_bytes());
+                out.extend(port.to_be_bytes());
+                out
             }
-            Frame::Opened { .. } => (0x02, Vec::new()),
-            Frame::Data { bytes, .. } => (0x03, bytes.clone()),
-            Frame::Resize { cols, rows, .. } => (0x04, [cols.to_be_bytes(), rows.to_be_bytes()].concat()),
-            Frame::Credit { bytes, .. } => (0x05, bytes.to_be_bytes().to_vec()),
-            Frame::Exit { code, .. } => (0x06, code.to_be_bytes().to_vec()),
-            Frame::Close { .. } => (0x07, Vec::new()),
-        };
-        let mut out = Vec::with_capacity(5 + body.len());
-        out.push(kind);
-        out.extend(self.session().to_be_bytes());
-        out.extend(body);
+            Frame::Opened { .. } => header(0x02, 0),
+            Frame::Data { session, bytes } => Self::encode_data(*session, bytes),
+            Frame::Resize { cols, rows, .. } => {
+                let mut out = header(0x04, 4);
+                out.extend(cols.to_be_bytes());
+                out.extend(rows.to_be_bytes());
+                out
+            }
+            Frame::Credit { bytes, .. } => {
+                let mut out = header(0x05, 4);
+                out.extend(bytes.to_be_bytes());
+                out
+            }
+            Frame::Exit { code, .. } => {
+                let mut out = header(0x06, 4);
+                out.extend(code.to_be_bytes());
+                out
+            }
+            Frame::Close { .. } => header(0x07, 0),
+        }
+    }
+
+    /// The wire form of `Data { session, bytes }`, built straight from a borrowed slice (one copy, no `Frame`).
+    pub fn encode_data(session: u32, bytes: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(5 + bytes.len());
+        out.push(0x03);
+        out.extend(session.to_be_bytes());
+        out.extend_from_slice(bytes);
         out
     }
 
@@ -254,6 +282,15 @@ mod tests {
         for frame in every_kind() {
             assert_eq!(Frame::decode(&frame.encode()), Ok(frame.clone()), "{frame:?}");
         }
+        assert_eq!(Frame::encode_data(9, b"ls\r"), Frame::Data { session: 9, bytes: b"ls\r".to_vec() }.encode());
+        // The wire form is the contract: pin one of each kind.
+        assert_eq!(Frame::Credit { session: 1, bytes: 258 }.encode(), [0x05, 0, 0, 0, 1, 0, 0, 1, 2]);
+        assert_eq!(
+            Frame::Open { session: 2, kind: SessionKind::Preview, cols: 1, rows: 2, port: 3 }.encode(),
+            [0x01, 0, 0, 0, 2, 1, 0, 1, 0, 2, 0, 3]
+        );
+        assert_eq!(Frame::Exit { session: 3, code: -1 }.encode(), [0x06, 0, 0, 0, 3, 0xff, 0xff, 0xff, 0xff]);
+        assert_eq!(Frame::Close { session: 4 }.encode(), [0x07, 0, 0, 0, 4]);
     }
 
     #[test]
