@@ -1225,6 +1225,8 @@ async fn browser_session(
     if let Err(error) = Box::pin(relay.sessions.execute_retrying(&session_id, closed, &metadata, 3)).await {
         tracing::warn!(%error, session = session_id, "cannot record a session's end");
     }
+    // A closed session takes no more commands.
+    relay.sessions.forget(&session_id);
     if let Ok(mut active) = relay.active.lock() {
         active.remove(&session_id);
     }
@@ -1270,6 +1272,8 @@ async fn redeem(relay: &Relay, ticket: &str, workspace: &str, client: Option<IpA
         }
     };
     let (state, _) = relay.tickets.load(&hash).await.ok()?;
+    // A ticket is used once: its cached state would only take memory (a replay reads it from the store).
+    relay.tickets.forget(&hash);
     if state.redeemed_at == Some(committed.version) {
         state.user
     } else {

@@ -237,6 +237,13 @@ where
         self.cached(aggregate_id)
     }
 
+    /// Forgets one cached aggregate: for aggregates that will not be used again soon (a redeemed ticket, a closed
+    /// session), whose cached state would only take memory until the LRU pushes it out. The next load reads the
+    /// store.
+    pub fn forget(&self, aggregate_id: &str) {
+        self.cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).pop(aggregate_id);
+    }
+
     /// Forgets every cached aggregate (for tests and benchmarks that measure cold loads).
     pub fn clear_cache(&self) {
         self.cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clear();

@@ -389,3 +389,24 @@ async fn streamed(store: &EventStore, after: Cursor) -> Vec<RecordedEvent> {
     }
     events
 }
+
+/// A forgotten aggregate leaves the cache and is read back from the store, whole, on its next use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forgotten_aggregate_is_read_back_from_the_store() {
+    for db in TestDb::all("forget").await {
+        let store = db.store().await;
+        let roster = AggregateRepository::<Roster>::new(store.clone(), ());
+        for n in 0..3 {
+            roster.execute("org", invite(n), &meta()).await.unwrap();
+        }
+        let (before, version) = roster.peek("org").unwrap();
+        roster.forget("org");
+        assert!(roster.peek("org").is_none(), "{}", db.backend());
+        let (after, reloaded) = roster.load("org").await.unwrap();
+        assert_eq!((after, reloaded), (before, version), "{}", db.backend());
+        roster.forget("never-cached");
+        roster.execute("org", invite(3), &meta()).await.unwrap();
+        assert_eq!(roster.peek("org").unwrap().1, version + 1, "{}", db.backend());
+        store.close().await;
+    }
+}
