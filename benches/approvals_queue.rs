@@ -20,12 +20,12 @@ use std::time::{Duration, Instant};
 use actix_web::dev::ServerHandle;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use api::auth::{Authenticator, Caller, LocalIssuer};
-use api::publishing::{DiffView, PublishRequestPage, PublishRequestView};
+use api::publishing::{PublishRequestPage, PublishRequestView};
 use api::AppState;
 use domain::publishing::{Publishing, PUBLISHING_ID};
 use domain::Email;
 use gatehouse::{Application, Settings};
-use projections::{MembersQuery, PublishRequestRow, PublishingQuery, RequestFilter, StatusBoard};
+use projections::{MembersQuery, PublishingQuery, RequestFilter, StatusBoard};
 use reqwest::header::{HeaderValue, AUTHORIZATION};
 use serde_json::{json, Value};
 use store::{AggregateRepository, EventStore};
@@ -254,30 +254,6 @@ struct ProbeQuery {
     limit: Option<i64>,
 }
 
-fn view(row: PublishRequestRow) -> PublishRequestView {
-    PublishRequestView {
-        id: row.request_id,
-        workspace_id: row.workspace_id,
-        blueprint_key: row.blueprint_key,
-        subdomain: row.subdomain,
-        builder: row.builder,
-        commit_id: row.commit_id,
-        diff: DiffView { files: row.files, insertions: row.insertions, deletions: row.deletions, patch: row.patch },
-        message: row.message,
-        status: row.status,
-        approvals_required: row.approvals_required,
-        approvals: row.approvals,
-        submitted_at: row.submitted_at,
-        expires_at: row.expires_at,
-        decided_at: row.decided_at,
-        decided_by: row.decided_by,
-        decision_reason: row.decision_reason,
-        trust_rule_id: row.trust_rule_id,
-        version: row.version,
-        history: None,
-    }
-}
-
 /// The queue handler's work without authentication: the same read-model query and the same response type.
 async fn probe_queue(
     state: web::Data<AppState>,
@@ -301,7 +277,10 @@ async fn probe_queue(
     } else {
         None
     };
-    Ok(web::Json(PublishRequestPage { items: rows.into_iter().map(view).collect(), next }))
+    Ok(web::Json(PublishRequestPage {
+        items: rows.into_iter().map(|row| PublishRequestView::from_row(row, None)).collect(),
+        next,
+    }))
 }
 
 /// An authenticator configured as the service's (the local issuer only).
@@ -563,7 +542,10 @@ async fn piece_costs(store: &EventStore, settings: &Settings, admin: &HeaderValu
     };
     costs.push(("same SQL on the native pool, rows fetched but not decoded", native));
     let rows = reads.list(&pending, true, None, 50).await.expect("the queue");
-    let page = PublishRequestPage { items: rows.into_iter().map(view).collect(), next: Some("next".into()) };
+    let page = PublishRequestPage {
+        items: rows.into_iter().map(|row| PublishRequestView::from_row(row, None)).collect(),
+        next: Some("next".into()),
+    };
     costs.push((
         "JSON of a 50-item page (`serde_json::to_vec`)",
         cost(1_000, || async { serde_json::to_vec(&page).map(drop).expect("a serialisable page") }).await,

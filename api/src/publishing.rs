@@ -171,7 +171,8 @@ pub struct PublishRequestView {
 }
 
 impl PublishRequestView {
-    fn from_row(row: PublishRequestRow, history: Option<Vec<ReviewRow>>) -> Self {
+    /// The view of a read-model row, with its review history when given.
+    pub fn from_row(row: PublishRequestRow, history: Option<Vec<ReviewRow>>) -> Self {
         Self {
             id: row.request_id,
             workspace_id: row.workspace_id,

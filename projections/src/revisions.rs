@@ -67,16 +67,19 @@ impl Revisions {
     /// meanwhile are gone).
     pub async fn follow(self, store: EventStore, interval: Duration, shutdown: CancellationToken) {
         let listener = match store.backend() {
-            Backend::Postgres(pool) => Some(tokio::spawn(self.clone().listen(pool.clone(), shutdown.clone()))),
+            Backend::Postgres(pool) => {
+                Some(tokio::spawn(self.clone().listen(store.clone(), pool.clone(), shutdown.clone())))
+            }
             Backend::Sqlite(_) => None,
         };
+        // The caller read every revision just before starting this.
         loop {
-            if let Err(error) = self.refresh(&store).await {
-                tracing::debug!(error.message = %error, "could not read the read models' revisions");
-            }
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 () = tokio::time::sleep(interval) => {}
+            }
+            if let Err(error) = self.refresh(&store).await {
+                tracing::debug!(error.message = %error, "could not read the read models' revisions");
             }
         }
         if let Some(listener) = listener {
@@ -84,7 +87,7 @@ impl Revisions {
         }
     }
 
-    async fn listen(self, pool: sqlx::PgPool, shutdown: CancellationToken) {
+    async fn listen(self, store: EventStore, pool: sqlx::PgPool, shutdown: CancellationToken) {
         loop {
             let mut listener = match sqlx::postgres::PgListener::connect_with(&pool).await {
                 Ok(listener) => listener,
@@ -117,7 +120,7 @@ impl Revisions {
                     // The connection was lost (and is re-established by the next call): what was sent meanwhile is
                     // gone, so read everything once.
                     Ok(None) => {
-                        let _ = self.refresh_pool(&pool).await;
+                        let _ = self.refresh(&store).await;
                     }
                     Err(error) => {
                         tracing::debug!(error.message = %error, "lost the read-model revision listener");
@@ -126,15 +129,6 @@ impl Revisions {
                 }
             }
         }
-    }
-
-    async fn refresh_pool(&self, pool: &sqlx::PgPool) -> Result<(), sqlx::Error> {
-        let rows: Vec<(String, i64)> =
-            sqlx::query_as("SELECT name, revision FROM projection_checkpoints").fetch_all(pool).await?;
-        for (name, revision) in rows {
-            self.advance(&name, revision);
-        }
-        Ok(())
     }
 }
 

@@ -238,7 +238,7 @@ impl Projector {
     pub async fn catch_up(&self) -> Result<(), String> {
         for projection in &self.projections {
             let worker = self.worker(projection);
-            worker.ensure_checkpoint().await.map_err(|error| format!("{error:?}"))?;
+            worker.ensure_checkpoint().await.map_err(|error| error.to_string())?;
             loop {
                 match worker.run_batch(true).await {
                     Ok(0) => {
@@ -249,7 +249,7 @@ impl Projector {
                         tokio::time::sleep(Duration::from_millis(5)).await;
                     }
                     Ok(_) => {}
-                    Err(BatchError::Unavailable(error)) => return Err(format!("{error:?}")),
+                    Err(BatchError::Unavailable(error)) => return Err(error.to_string()),
                     Err(BatchError::Poison { cursor, error }) => {
                         return Err(format!("projection {} stopped at {cursor}: {error}", projection.name()))
                     }

@@ -35,14 +35,9 @@ INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_ve
 VALUES (?, ?, ?, ?, ?, ?, ?)";
 
 impl SqliteEventRepository {
-    /// A repository over `pool`, whose database has been migrated.
-    pub fn new(pool: SqlitePool) -> Self {
-        Self::with_writer_turns(pool, std::sync::Arc::default())
-    }
-
-    /// A repository whose appends take turns on `writer` with the process's other writers (the projector's
-    /// batches: [`EventStore::write_turn`](crate::EventStore::write_turn)).
-    pub fn with_writer_turns(pool: SqlitePool, writer: std::sync::Arc<tokio::sync::Mutex<()>>) -> Self {
+    /// A repository over `pool`, whose database has been migrated; its appends take turns on `writer` with the
+    /// process's other writers (the projector's batches: [`EventStore::write_turn`](crate::EventStore::write_turn)).
+    pub fn new(pool: SqlitePool, writer: std::sync::Arc<tokio::sync::Mutex<()>>) -> Self {
         Self { pool, writer }
     }
 

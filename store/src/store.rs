@@ -185,9 +185,7 @@ impl EventStore {
         let turns = Arc::new(tokio::sync::Mutex::new(()));
         let writer = match &backend {
             Backend::Postgres(pool) => Writer::Postgres(postgres_es::PostgresEventRepository::new(pool.clone())),
-            Backend::Sqlite(pool) => {
-                Writer::Sqlite(crate::SqliteEventRepository::with_writer_turns(pool.clone(), turns.clone()))
-            }
+            Backend::Sqlite(pool) => Writer::Sqlite(crate::SqliteEventRepository::new(pool.clone(), turns.clone())),
         };
         let (commits, _) = watch::channel(0);
         Ok(Self {
