@@ -5,6 +5,7 @@
 //! - [`browser`]: messages on a browser's terminal WebSocket, and the close codes the gateway uses.
 //! - [`mux`]: the binary frames that carry many sessions over one agent connection, with per-session flow control.
 //! - [`hub`]: the gateway's registry of connected agents and the sessions each carries (transport-free).
+//! - [`ws`]: the server side of WebSocket on upgraded connections, holding no buffer while idle (ADR 0011).
 //! - [`agent`]: the workspace agent (`gatehouse agent`): dials out, runs shells in PTYs.
 //!
 //! **API Boundary:** both protocols are contracts with code we do not deploy together (browsers, agents in
@@ -16,3 +17,4 @@ pub mod agent;
 pub mod browser;
 pub mod hub;
 pub mod mux;
+pub mod ws;
