@@ -200,6 +200,10 @@ impl WebSocket {
     /// Ends the connection: sends a close frame (`code` and `reason`, or none), then, unless the peer's close frame
     /// already came, waits up to `linger` for it (discarding whatever else arrives) so that the peer reads the close
     /// frame before the socket goes away, and closes the socket.
+    ///
+    /// After the peer broke the protocol (the [`Error`] this close usually answers), what it sends can no longer be
+    /// read as frames: it is drained unread until the peer hangs up or `linger` ends (RFC 6455 §7.1.7). Closing a
+    /// socket with unread bytes would reset the connection, and the peer might lose the close frame.
     pub async fn close(mut self, code: Option<(u16, &str)>, linger: Duration) {
         if self.sender.close(code).await.is_err() {
             return;
@@ -210,12 +214,37 @@ impl WebSocket {
         let _ = tokio::time::timeout(linger, async {
             loop {
                 match self.recv().await {
-                    Ok(Some(Message::Close(_))) | Ok(None) | Err(_) => break,
+                    Ok(Some(Message::Close(_))) | Ok(None) | Err(Error::Io(_)) => break,
                     Ok(Some(_)) => {}
+                    Err(_) => {
+                        self.drain().await;
+                        break;
+                    }
                 }
             }
         })
         .await;
+    }
+
+    /// Reads and drops whatever arrives until the peer closes its side of the connection (or the socket fails).
+    async fn drain(&mut self) {
+        self.buffer = Vec::with_capacity(self.config.read_chunk);
+        self.start = 0;
+        loop {
+            if self.shared.stream.readable().await.is_err() {
+                return;
+            }
+            self.buffer.clear();
+            match self.shared.stream.try_read_buf(&mut self.buffer) {
+                Ok(0) => {
+                    self.eof = true;
+                    return;
+                }
+                Ok(_) => {}
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
+            }
+        }
     }
 
     /// Reads more bytes: waits for the socket to be readable, then reads into a buffer that exists only now.
