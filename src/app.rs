@@ -5,8 +5,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use actix_service::{IntoServiceFactory, ServiceFactoryExt};
 use actix_web::dev::{Server, ServerHandle, Service};
-use actix_web::{App, HttpServer};
+use actix_web::App;
 use anyhow::Context;
 use cqrs_es::Aggregate;
 use domain::publishing::Publishing;
@@ -106,6 +107,7 @@ impl Application {
 
         let draining = Arc::new(AtomicBool::new(false));
         let http_metrics = api::HttpMetrics::register(&registry).context("http metrics")?;
+        let http_metrics_for_upgrades = http_metrics.clone();
         let state = api::AppState {
             store: store.clone(),
             projections: status,
@@ -129,7 +131,8 @@ impl Application {
         let listener =
             TcpListener::bind(&settings.listen).with_context(|| format!("cannot listen on {}", settings.listen))?;
         let port = listener.local_addr().context("listener address")?.port();
-        let server = HttpServer::new(move || {
+        let address = listener.local_addr().context("listener address")?;
+        let make_app = move || {
             let metrics = http_metrics.clone();
             App::new()
                 .wrap_fn(move |request, service| {
@@ -148,15 +151,45 @@ impl Application {
                 })
                 .configure(crate::relay_http::configure(relay_routes.clone()))
                 .configure(api::configure(state.clone()))
-        })
-        .disable_signals()
-        // Terminal keystrokes are tiny frames written back to back; with Nagle's algorithm each waits for a
-        // delayed ACK (measured: 88 ms per keystroke round trip through the relay).
-        .tcp_nodelay(true)
-        .shutdown_timeout(settings.shutdown_timeout_secs)
-        .listen(listener)
-        .context("cannot start the HTTP server")?
-        .run();
+        };
+        let upgrades = relay.clone().into_inner();
+        let upgrade_metrics = crate::relay_ws::UpgradeMetrics(http_metrics_for_upgrades);
+        // actix-web's `HttpServer`, built by hand for one reason: requests asking for `Upgrade: websocket` go to the
+        // relay with their TCP connection (`relay_ws::upgrade`) instead of through actix-web, whose HTTP/1
+        // dispatcher would hold two 8 KiB buffers for each long-lived WebSocket (ADR 0011). The settings are
+        // `HttpServer`'s defaults.
+        let server = actix_server::Server::build()
+            .disable_signals()
+            .shutdown_timeout(settings.shutdown_timeout_secs)
+            .listen("gatehouse-http", listener, move || {
+                let relay = upgrades.clone();
+                let metrics = upgrade_metrics.clone();
+                let app = make_app().into_factory().map_err(|error: actix_web::Error| error.error_response());
+                actix_http::HttpService::build()
+                    .keep_alive(actix_http::KeepAlive::default())
+                    .client_request_timeout(Duration::from_secs(5))
+                    .client_disconnect_timeout(Duration::from_secs(1))
+                    // Terminal keystrokes are tiny frames written back to back; with Nagle's algorithm each waits
+                    // for a delayed ACK (measured: 88 ms per keystroke round trip through the relay).
+                    .tcp_nodelay(true)
+                    .local_addr(address)
+                    .upgrade(actix_service::fn_service(
+                        move |(request, framed): (actix_http::Request, crate::relay_ws::Upgraded)| {
+                            // The connection leaves actix's dispatcher (and its buffers) here.
+                            actix_web::rt::spawn(crate::relay_ws::upgrade(
+                                relay.clone(),
+                                metrics.clone(),
+                                request,
+                                framed,
+                            ));
+                            async { Ok::<_, std::convert::Infallible>(()) }
+                        },
+                    ))
+                    .finish(actix_service::map_config(app, |_| actix_web::dev::AppConfig::default()))
+                    .tcp()
+            })
+            .context("cannot start the HTTP server")?
+            .run();
         let handle = server.handle();
         tracing::info!(port, "listening");
         let drain_delay = Duration::from_secs(settings.shutdown_drain_secs);

@@ -12,23 +12,16 @@ use std::time::{Duration, Instant};
 
 use actix_web::http::StatusCode;
 use actix_web::{delete, get, post, put, web, HttpRequest, HttpResponse};
-use actix_ws::{CloseCode as WsCode, CloseReason as WsReason, Message};
 use api::auth::Caller;
 use api::{Problem, ProblemCode};
 use base64::Engine;
 use chrono::Utc;
 use domain::firewall::{Cidr, Firewall, FirewallAction, FirewallCommand, FirewallRule, FIREWALL_ID};
-use domain::relay::{
-    AgentToken, AgentTokenCommand, AgentTokenError, CloseReason, SessionCommand, TerminalSession, Ticket, TicketCommand,
-};
+use domain::relay::{AgentToken, AgentTokenCommand, AgentTokenError, TerminalSession, Ticket, TicketCommand};
 use domain::roster::Role;
 use domain::Email;
-use futures::StreamExt;
 use projections::{ActivityFilter, SessionFilter, SessionsQuery, TimeKey};
-use relay::agent::{close as agent_close, Hello, Welcome};
-use relay::browser::{ClientMessage, CloseCode, ServerMessage};
-use relay::hub::{Hub, ToBrowser};
-use relay::mux::Frame;
+use relay::hub::Hub;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use store::{AggregateRepository, CommandError, EventMetadata, EventStore};
@@ -59,18 +52,18 @@ pub struct RelayLimits {
 pub struct Relay {
     /// Connected agents.
     pub hub: Hub,
-    limits: RelayLimits,
+    pub(crate) limits: RelayLimits,
     tickets: AggregateRepository<Ticket>,
-    agent_tokens: AggregateRepository<AgentToken>,
-    sessions: AggregateRepository<TerminalSession>,
-    shutdown: CancellationToken,
+    pub(crate) agent_tokens: AggregateRepository<AgentToken>,
+    pub(crate) sessions: AggregateRepository<TerminalSession>,
+    pub(crate) shutdown: CancellationToken,
     /// Cancelled after the sessions are recorded closed, so that they end as `shutdown`, not `agent_lost`.
-    agents_shutdown: CancellationToken,
+    pub(crate) agents_shutdown: CancellationToken,
     /// Open sessions: id → user.
     active: Mutex<HashMap<String, Email>>,
     firewall: AggregateRepository<Firewall>,
     /// The rules in force; sessions watch it and re-check their client when it changes.
-    rules: tokio::sync::watch::Sender<Arc<Firewall>>,
+    pub(crate) rules: tokio::sync::watch::Sender<Arc<Firewall>>,
     /// The `sessions` read model.
     reads: SessionsQuery,
     /// Connected agents by the id of their token: cancelled when the token is revoked.
@@ -80,11 +73,11 @@ pub struct Relay {
 
 /// A connected agent's interest in its token: `revoked` is cancelled when an admin revokes the token. Dropping it
 /// stops watching.
-struct TokenWatch<'a> {
+pub(crate) struct TokenWatch<'a> {
     relay: &'a Relay,
     token_id: String,
     id: u64,
-    revoked: CancellationToken,
+    pub(crate) revoked: CancellationToken,
 }
 
 impl Drop for TokenWatch<'_> {
@@ -122,7 +115,7 @@ impl Relay {
 
     /// Watches an agent token for revocation. Taken before the token is checked, so a revocation committed after
     /// the check still reaches the connection.
-    fn watch_token(&self, token_id: &str) -> TokenWatch<'_> {
+    pub(crate) fn watch_token(&self, token_id: &str) -> TokenWatch<'_> {
         let id = self.next_watch.fetch_add(1, Ordering::Relaxed);
         let revoked = CancellationToken::new();
         if let Ok(mut live) = self.live_tokens.lock() {
@@ -158,8 +151,22 @@ impl Relay {
         self.agents_shutdown.cancel();
     }
 
-    fn sessions_of(&self, user: &Email) -> usize {
+    pub(crate) fn sessions_of(&self, user: &Email) -> usize {
         self.active.lock().map(|active| active.values().filter(|owner| *owner == user).count()).unwrap_or(0)
+    }
+
+    /// Counts an open session (for the per-user limit and the shutdown wait).
+    pub(crate) fn session_opened(&self, session_id: &str, user: &Email) {
+        if let Ok(mut active) = self.active.lock() {
+            active.insert(session_id.to_string(), user.clone());
+        }
+    }
+
+    /// Forgets a session once its end is recorded.
+    pub(crate) fn session_ended(&self, session_id: &str) {
+        if let Ok(mut active) = self.active.lock() {
+            active.remove(session_id);
+        }
     }
 }
 
@@ -204,7 +211,7 @@ pub fn configure(relay: web::Data<Relay>) -> impl FnOnce(&mut web::ServiceConfig
     }
 }
 
-fn sha256_hex(secret: &str) -> String {
+pub(crate) fn sha256_hex(secret: &str) -> String {
     Sha256::digest(secret.as_bytes()).iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
@@ -800,12 +807,6 @@ async fn put_firewall(
     Ok(HttpResponse::Ok().json(answer))
 }
 
-/// The client's address for `request` (see [`client_address`]).
-fn client_ip(request: &HttpRequest, trusted: &[Cidr]) -> Option<IpAddr> {
-    let forwarded = request.headers().get_all("x-forwarded-for").map(|value| value.to_str().unwrap_or("\u{0}"));
-    client_address(request.peer_addr().map(|peer| peer.ip()), forwarded, trusted)
-}
-
 /// The client's address: the TCP peer, or, when the peer is a trusted proxy, the right-most `X-Forwarded-For` hop
 /// that is not a trusted proxy (hops are read right to left, each header in order; an address written by an
 /// untrusted party is never believed, so a client cannot spoof its way past the firewall). When every hop is a
@@ -847,7 +848,7 @@ fn parse_hop(hop: &str) -> Option<IpAddr> {
 
 /// Records a blocked attempt (logged once) and answers whether the address is denied. `user` names whose attempt
 /// it was; it is asked only for a blocked one.
-async fn blocked<F, Fut>(relay: &Relay, address: Option<IpAddr>, workspace: &str, user: F) -> bool
+pub(crate) async fn blocked<F, Fut>(relay: &Relay, address: Option<IpAddr>, workspace: &str, user: F) -> bool
 where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = Option<Email>>,
@@ -871,134 +872,22 @@ where
     true
 }
 
-fn reason(code: u16, description: &str) -> Option<WsReason> {
-    Some(WsReason { code: WsCode::Other(code), description: Some(description.to_string()) })
-}
-
-/// The WebSocket upgrade, or a problem when the request is not one.
-fn upgrade(
-    request: &HttpRequest,
-    body: web::Payload,
-) -> Result<(HttpResponse, actix_ws::Session, actix_ws::MessageStream), Problem> {
-    actix_ws::handle(request, body).map_err(|error| {
-        let status = error.as_response_error().status_code();
-        let status = if status.is_client_error() { status } else { StatusCode::BAD_REQUEST };
-        Problem::new(status, ProblemCode::InvalidRequest, "Not a WebSocket upgrade").detail(error.to_string())
-    })
+/// Requests to the WebSocket endpoints that do not ask for an upgrade: those that do never reach actix-web's
+/// router (the HTTP server hands them to `relay_ws::upgrade` with their connection).
+fn not_an_upgrade() -> Problem {
+    Problem::new(StatusCode::BAD_REQUEST, ProblemCode::InvalidRequest, "Not a WebSocket upgrade")
+        .detail("This endpoint is a WebSocket: send GET with Connection: Upgrade, Upgrade: websocket, Sec-WebSocket-Version: 13 and a Sec-WebSocket-Key.")
 }
 
 /// An agent's WebSocket, used by `gatehouse agent` (protocol and close codes: docs/API.md, "Agent WebSocket").
 /// The first message is `{"type": "hello", "token", "workspace", "tags"}`; the token never travels in the URL.
 #[utoipa::path(get, path = "/api/v1/agent/connect", tag = "relay",
     responses((status = 101, description = "Switching Protocols: the agent's multiplexed WebSocket"),
-              (status = 400, body = Problem, description = "Not a WebSocket upgrade")))]
+              (status = 400, body = Problem, description = "Not a WebSocket upgrade"),
+              (status = 426, body = Problem, description = "A WebSocket version other than 13")))]
 #[get("/api/v1/agent/connect")]
-async fn agent_connect(
-    request: HttpRequest,
-    body: web::Payload,
-    relay: web::Data<Relay>,
-) -> Result<HttpResponse, Problem> {
-    let (response, session, stream) = upgrade(&request, body)?;
-    let stream = stream.max_frame_size(relay.limits.max_frame);
-    actix_web::rt::spawn(agent_connection(relay.into_inner(), session, stream));
-    Ok(response)
-}
-
-async fn agent_connection(relay: Arc<Relay>, mut session: actix_ws::Session, mut stream: actix_ws::MessageStream) {
-    let first = tokio::time::timeout(relay.limits.auth_timeout, stream.next()).await;
-    let hello = match first {
-        Ok(Some(Ok(Message::Text(text)))) => serde_json::from_str::<Hello>(&text).ok(),
-        _ => None,
-    };
-    let Some(hello) = hello else {
-        tracing::info!("agent refused: no hello");
-        let _ = session.close(reason(agent_close::HELLO_REQUIRED, "hello required")).await;
-        return;
-    };
-    let token_id = sha256_hex(&hello.token);
-    let watch = relay.watch_token(&token_id);
-    let valid = match relay.agent_tokens.load(&token_id).await {
-        Ok((token, _)) => token.is_valid(),
-        Err(error) => {
-            tracing::warn!(%error, "cannot check an agent token");
-            false
-        }
-    };
-    if !valid {
-        tracing::info!(workspace = hello.workspace, "agent refused: bad token");
-        let _ = session.close(reason(agent_close::TOKEN_REFUSED, "agent token refused")).await;
-        return;
-    }
-    let (conn, mut frames) = match relay.hub.register(&hello.workspace, hello.tags) {
-        Ok(registered) => registered,
-        Err(error) => {
-            tracing::info!(%error, "agent refused");
-            let _ = session.close(reason(agent_close::WORKSPACE_TAKEN, "workspace taken")).await;
-            return;
-        }
-    };
-    tracing::info!(agent = conn.id, workspace = conn.workspace, "agent connected");
-    let welcome = serde_json::to_string(&Welcome { agent: conn.id.clone() }).unwrap_or_default();
-    if session.text(welcome).await.is_err() {
-        relay.hub.unregister(&conn);
-        return;
-    }
-    let mut writer_session = session.clone();
-    let writer = actix_web::rt::spawn(async move {
-        while let Some(frame) = frames.recv().await {
-            if writer_session.binary(frame.encode()).await.is_err() {
-                break;
-            }
-        }
-    });
-    let mut revoked = false;
-    let close = loop {
-        tokio::select! {
-            _ = watch.revoked.cancelled() => {
-                revoked = true;
-                break reason(agent_close::TOKEN_REFUSED, "agent token revoked");
-            }
-            message = stream.next() => match message {
-                Some(Ok(Message::Binary(bytes))) => {
-                    let outcome = Frame::decode(&bytes).and_then(|frame| conn.handle_frame(frame));
-                    if let Err(error) = outcome {
-                        tracing::warn!(agent = conn.id, %error, "agent broke the protocol");
-                        break reason(agent_close::PROTOCOL_ERROR, "protocol error");
-                    }
-                }
-                Some(Ok(Message::Ping(bytes))) => {
-                    let _ = session.pong(&bytes).await;
-                }
-                Some(Ok(Message::Close(_))) | None => break None,
-                Some(Err(error)) => {
-                    tracing::warn!(agent = conn.id, %error, "agent connection failed");
-                    break reason(agent_close::PROTOCOL_ERROR, "protocol error");
-                }
-                Some(Ok(_)) => {}
-            },
-            _ = relay.agents_shutdown.cancelled() => break Some(WsReason { code: WsCode::Away, description: None }),
-        }
-    };
-    drop(watch);
-    if revoked {
-        relay.hub.unregister_revoked(&conn);
-        tracing::info!(agent = conn.id, workspace = conn.workspace, "agent disconnected: its token was revoked");
-    } else {
-        relay.hub.unregister(&conn);
-        tracing::info!(agent = conn.id, workspace = conn.workspace, "agent disconnected");
-    }
-    writer.abort();
-    let _ = session.close(close).await;
-}
-
-fn origin_allowed(request: &HttpRequest, allowed: &[String]) -> bool {
-    let Some(origin) = request.headers().get("origin").and_then(|value| value.to_str().ok()) else { return true };
-    if allowed.iter().any(|allowed| allowed == origin || allowed == "*") {
-        return true;
-    }
-    let host = request.headers().get("host").and_then(|value| value.to_str().ok()).unwrap_or_default();
-    let origin_host = origin.split_once("://").map(|(_, rest)| rest).unwrap_or(origin);
-    !host.is_empty() && origin_host.eq_ignore_ascii_case(host)
+async fn agent_connect() -> Result<HttpResponse, Problem> {
+    Err(not_an_upgrade())
 }
 
 /// A browser's terminal WebSocket (protocol and close codes: docs/API.md, "Terminal WebSocket"). The first
@@ -1008,242 +897,19 @@ fn origin_allowed(request: &HttpRequest, allowed: &[String]) -> bool {
     params(("id" = String, Path, description = "The workspace")),
     responses((status = 101, description = "Switching Protocols: the terminal WebSocket"),
               (status = 400, body = Problem, description = "Not a WebSocket upgrade"),
-              (status = 403, body = Problem, description = "The Origin may not open terminals")))]
+              (status = 403, body = Problem, description = "The Origin may not open terminals"),
+              (status = 426, body = Problem, description = "A WebSocket version other than 13")))]
 #[get("/api/v1/workspaces/{id}/terminal")]
-async fn terminal(
-    request: HttpRequest,
-    body: web::Payload,
-    path: web::Path<String>,
-    relay: web::Data<Relay>,
-) -> Result<HttpResponse, Problem> {
-    if !origin_allowed(&request, &relay.limits.allowed_origins) {
+async fn terminal(request: HttpRequest, relay: web::Data<Relay>) -> Result<HttpResponse, Problem> {
+    if !crate::relay_ws::origin_allowed(request.headers(), &relay.limits.allowed_origins) {
         return Err(Problem::new(StatusCode::FORBIDDEN, ProblemCode::Forbidden, "Forbidden")
             .detail("This origin may not open terminals."));
     }
-    let address = client_ip(&request, &relay.limits.trusted_proxies);
-    let user_agent = request
-        .headers()
-        .get("user-agent")
-        .and_then(|value| value.to_str().ok())
-        .unwrap_or_default()
-        .chars()
-        .take(256)
-        .collect::<String>();
-    let (response, session, stream) = upgrade(&request, body)?;
-    let stream = stream.max_frame_size(relay.limits.max_frame);
-    let context = BrowserContext { workspace: path.into_inner(), address, user_agent };
-    actix_web::rt::spawn(browser_session(relay.into_inner(), context, session, stream));
-    Ok(response)
-}
-
-struct BrowserContext {
-    workspace: String,
-    address: Option<IpAddr>,
-    user_agent: String,
-}
-
-async fn browser_session(
-    relay: Arc<Relay>,
-    context: BrowserContext,
-    mut session: actix_ws::Session,
-    mut stream: actix_ws::MessageStream,
-) {
-    let refuse = |code: CloseCode, text: &str| reason(code.code(), text);
-    let first = tokio::time::timeout(relay.limits.auth_timeout, stream.next()).await;
-    let ticket = match first {
-        Err(_) => Err(refuse(CloseCode::IdleTimeout, "no auth message in time")),
-        Ok(Some(Ok(Message::Text(text)))) => match ClientMessage::parse(&text) {
-            Ok(ClientMessage::Auth { ticket }) => Ok(ticket),
-            Ok(_) => Err(refuse(CloseCode::TicketRequired, "auth first")),
-            Err(error) => Err(refuse(error.close_code(), "bad control message")),
-        },
-        Ok(Some(Err(_))) => Err(refuse(CloseCode::TooLarge, "bad frame")),
-        Ok(_) => Err(refuse(CloseCode::TicketRequired, "auth first")),
-    };
-    let ticket = match ticket {
-        Ok(ticket) => ticket,
-        Err(close) => {
-            let _ = session.close(close).await;
-            return;
-        }
-    };
-    // The setup and bookkeeping futures (store commands, SQL) are large; boxed, they live on the heap only while
-    // they run, instead of making every idle session's task as large as the largest of them.
-    // The firewall first: a blocked client must not spend the ticket (it stays usable from an allowed address
-    // until it expires). The block is recorded with the user the ticket was issued to, read without redeeming it.
-    if Box::pin(blocked(&relay, context.address, &context.workspace, || ticket_user(&relay, &ticket))).await {
-        let _ = session.close(refuse(CloseCode::Firewall, "refused by the firewall")).await;
-        return;
-    }
-    let user = match Box::pin(redeem(&relay, &ticket, &context.workspace, context.address)).await {
-        Some(user) => user,
-        None => {
-            let _ = session.close(refuse(CloseCode::TicketRefused, "ticket refused")).await;
-            return;
-        }
-    };
-    if relay.sessions_of(&user) >= relay.limits.max_sessions_per_user {
-        let _ = session.close(refuse(CloseCode::TooManySessions, "too many sessions")).await;
-        return;
-    }
-    let Some(agent) = relay.hub.get(&context.workspace) else {
-        let _ = session.close(refuse(CloseCode::WorkspaceUnavailable, "no agent")).await;
-        return;
-    };
-    let mut handle = agent.open_terminal(80, 24);
-    match tokio::time::timeout(Duration::from_secs(10), handle.recv()).await {
-        Ok(Some(ToBrowser::Opened)) => {}
-        _ => {
-            let _ = session.close(refuse(CloseCode::AgentLost, "the agent did not open the session")).await;
-            return;
-        }
-    }
-    let session_id = uuid::Uuid::new_v4().to_string();
-    let metadata = EventMetadata::for_request(user.as_str(), session_id.clone());
-    let open = SessionCommand::Open {
-        session_id: session_id.clone(),
-        user: user.clone(),
-        workspace: context.workspace.clone(),
-        agent: agent.id.clone(),
-        client_ip: context.address.map(|address| address.to_string()).unwrap_or_default(),
-        user_agent: context.user_agent.clone(),
-    };
-    if let Err(error) = Box::pin(relay.sessions.execute(&session_id, open, &metadata)).await {
-        tracing::warn!(%error, "cannot record a session");
-        let _ = session.close(refuse(CloseCode::GoingAway, "cannot record the session")).await;
-        return;
-    }
-    if let Ok(mut active) = relay.active.lock() {
-        active.insert(session_id.clone(), user.clone());
-    }
-    tracing::info!(session = session_id, user = %user, workspace = context.workspace, "terminal session opened");
-    let started = Instant::now();
-    let (mut bytes_in, mut bytes_out) = (0u64, 0u64);
-    let ready = serde_json::to_string(&ServerMessage::Ready { session: session_id.clone() }).unwrap_or_default();
-    let mut outcome = if session.text(ready).await.is_err() { Some((CloseReason::ClientClosed, None)) } else { None };
-    let mut last_activity = tokio::time::Instant::now();
-    let max_age = tokio::time::Instant::now() + relay.limits.max_age;
-    // Keystrokes waiting for the agent's window. While some wait, the browser is not read (TCP pushes back on it)
-    // but output keeps flowing, so a paste into a busy shell cannot deadlock the session.
-    let mut pending: Vec<u8> = Vec::new();
-    let input = handle.input();
-    let mut rules = relay.rules.subscribe();
-    // The timers and the shutdown signal are created once, not on every pass of the loop: re-creating them
-    // registered and removed two timer-wheel entries and a cancellation waiter for every frame relayed. The idle
-    // timer is not pushed back on each frame either; when it fires early, it is re-armed at the real deadline.
-    let idle = tokio::time::sleep_until(last_activity + relay.limits.idle_timeout);
-    let age = tokio::time::sleep_until(max_age);
-    let shutdown = relay.shutdown.cancelled();
-    tokio::pin!(idle, age, shutdown);
-    while outcome.is_none() {
-        tokio::select! {
-            sent = input.send_chunk(&pending), if !pending.is_empty() => match sent {
-                Some(count) => {
-                    pending.drain(..count);
-                }
-                None => outcome = Some(agent_gone(handle.departure())),
-            },
-            message = stream.next(), if pending.is_empty() => match message {
-                Some(Ok(Message::Binary(bytes))) => {
-                    last_activity = tokio::time::Instant::now();
-                    bytes_in += bytes.len() as u64;
-                    pending.extend_from_slice(&bytes);
-                }
-                Some(Ok(Message::Text(text))) => match ClientMessage::parse(&text) {
-                    Ok(ClientMessage::Resize { cols, rows }) => handle.resize(cols, rows),
-                    Ok(ClientMessage::Ping {}) => {
-                        let pong = serde_json::to_string(&ServerMessage::Pong).unwrap_or_default();
-                        let _ = session.text(pong).await;
-                    }
-                    Ok(ClientMessage::Auth { .. }) => {
-                        outcome = Some((CloseReason::ClientClosed, refuse(CloseCode::ProtocolError, "auth twice")));
-                    }
-                    Err(error) => {
-                        outcome = Some((CloseReason::ClientClosed, refuse(error.close_code(), "bad control message")));
-                    }
-                },
-                Some(Ok(Message::Ping(bytes))) => {
-                    let _ = session.pong(&bytes).await;
-                }
-                Some(Ok(Message::Close(_))) | None => outcome = Some((CloseReason::ClientClosed, None)),
-                Some(Err(actix_ws::ProtocolError::Overflow)) => {
-                    outcome = Some((CloseReason::ClientClosed, refuse(CloseCode::TooLarge, "frame too large")));
-                }
-                Some(Err(_)) => {
-                    outcome = Some((CloseReason::ClientClosed, refuse(CloseCode::ProtocolError, "protocol error")));
-                }
-                Some(Ok(_)) => {}
-            },
-            message = handle.recv() => match message {
-                Some(ToBrowser::Data(bytes)) => {
-                    last_activity = tokio::time::Instant::now();
-                    let length = bytes.len();
-                    if session.binary(bytes).await.is_err() {
-                        outcome = Some((CloseReason::ClientClosed, None));
-                    } else {
-                        bytes_out += length as u64;
-                        handle.consumed(length);
-                    }
-                }
-                Some(ToBrowser::Exit(code)) => {
-                    let exit = serde_json::to_string(&ServerMessage::Exit { code: Some(code) }).unwrap_or_default();
-                    let _ = session.text(exit).await;
-                }
-                Some(ToBrowser::Closed) => {
-                    outcome = Some((CloseReason::ClientClosed, Some(WsReason { code: WsCode::Normal, description: None })));
-                }
-                Some(ToBrowser::Opened) => {}
-                Some(why @ (ToBrowser::AgentLost | ToBrowser::AgentRevoked)) => outcome = Some(agent_gone(Some(why))),
-                None => outcome = Some(agent_gone(None)),
-            },
-            _ = &mut idle => {
-                let deadline = last_activity + relay.limits.idle_timeout;
-                if deadline <= tokio::time::Instant::now() {
-                    outcome = Some((CloseReason::IdleTimeout, refuse(CloseCode::IdleTimeout, "idle timeout")));
-                } else {
-                    idle.as_mut().reset(deadline);
-                }
-            }
-            _ = &mut age => {
-                outcome = Some((CloseReason::MaxAge, refuse(CloseCode::MaxAge, "maximum session age")));
-            }
-            Ok(()) = rules.changed() => {
-                if Box::pin(blocked(&relay, context.address, &context.workspace, || async { Some(user.clone()) })).await {
-                    outcome = Some((CloseReason::Firewall, refuse(CloseCode::Firewall, "refused by the firewall")));
-                }
-            }
-            _ = &mut shutdown => {
-                outcome = Some((CloseReason::Shutdown, refuse(CloseCode::GoingAway, "shutting down")));
-            }
-        }
-    }
-    let (why, close) = outcome.unwrap_or((CloseReason::ClientClosed, None));
-    handle.close();
-    let _ = session.close(close).await;
-    let closed =
-        SessionCommand::Close { bytes_in, bytes_out, duration_ms: started.elapsed().as_millis() as u64, reason: why };
-    if let Err(error) = Box::pin(relay.sessions.execute_retrying(&session_id, closed, &metadata, 3)).await {
-        tracing::warn!(%error, session = session_id, "cannot record a session's end");
-    }
-    // A closed session takes no more commands.
-    relay.sessions.forget(&session_id);
-    if let Ok(mut active) = relay.active.lock() {
-        active.remove(&session_id);
-    }
-    tracing::info!(session = session_id, reason = why.as_str(), bytes_in, bytes_out, "terminal session closed");
-}
-
-/// How a session ends when its agent went away: revoked (its token was), else lost. Both close with 4410.
-fn agent_gone(why: Option<ToBrowser>) -> (CloseReason, Option<WsReason>) {
-    if why == Some(ToBrowser::AgentRevoked) {
-        (CloseReason::AgentRevoked, reason(CloseCode::AgentLost.code(), "agent token revoked"))
-    } else {
-        (CloseReason::AgentLost, reason(CloseCode::AgentLost.code(), "agent lost"))
-    }
+    Err(not_an_upgrade())
 }
 
 /// The user a ticket was issued to, without redeeming it (`None`: unknown ticket, or the store failed).
-async fn ticket_user(relay: &Relay, ticket: &str) -> Option<Email> {
+pub(crate) async fn ticket_user(relay: &Relay, ticket: &str) -> Option<Email> {
     match relay.tickets.load(&sha256_hex(ticket)).await {
         Ok((state, _)) => state.user,
         Err(error) => {
@@ -1255,7 +921,7 @@ async fn ticket_user(relay: &Relay, ticket: &str) -> Option<Email> {
 
 /// Redeems a ticket for `workspace`; the ticket's user when it wins. Every refusal is recorded, with the client's
 /// address.
-async fn redeem(relay: &Relay, ticket: &str, workspace: &str, client: Option<IpAddr>) -> Option<Email> {
+pub(crate) async fn redeem(relay: &Relay, ticket: &str, workspace: &str, client: Option<IpAddr>) -> Option<Email> {
     let hash = sha256_hex(ticket);
     let metadata = EventMetadata::system("relay");
     let command = TicketCommand::Redeem {

@@ -19,6 +19,8 @@ pub enum CloseCode {
     GoingAway = 1001,
     /// A frame the protocol does not allow: malformed JSON, an unknown type, a bad dimension (standard 1002).
     ProtocolError = 1002,
+    /// A text frame that is not UTF-8 (standard 1007).
+    InvalidPayload = 1007,
     /// A frame larger than the configured maximum (standard 1009).
     TooLarge = 1009,
     /// Something other than an `auth` message came first.

@@ -34,6 +34,8 @@ const OP_PONG: u8 = 0xA;
 
 /// Largest header of a server frame (unmasked, 64-bit length).
 const MAX_SERVER_HEADER: usize = 10;
+/// The most a read reserves ahead for the rest of a large frame (the buffer grows further as its bytes arrive).
+const MAX_RESERVE: usize = 256 * 1024;
 /// Payloads up to this size are copied next to their header and written in one slice.
 const SMALL_PAYLOAD: usize = 512;
 
@@ -264,7 +266,8 @@ impl WebSocket {
                     self.shared.stream.readable().await?;
                 }
             }
-            let wanted = self.config.read_chunk.max(self.frame_remaining());
+            // A frame's announced size is not trusted with memory: at most `MAX_RESERVE` is taken ahead of its bytes.
+            let wanted = self.config.read_chunk.max(self.frame_remaining().min(MAX_RESERVE));
             self.buffer.reserve(wanted);
             match self.shared.stream.try_read_buf(&mut self.buffer) {
                 Ok(0) => {
