@@ -20,9 +20,10 @@ use api::{Problem, ProblemCode};
 use domain::relay::{CloseReason, SessionCommand};
 use relay::agent::{close as agent_close, Hello, Welcome};
 use relay::browser::{ClientMessage, CloseCode, ServerMessage};
-use relay::hub::ToBrowser;
+use relay::hub::{SessionHandle, ToBrowser};
 use relay::mux::Frame;
 use relay::ws::{self, Message, WebSocket};
+use domain::Email;
 use store::EventMetadata;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -71,12 +72,16 @@ pub async fn upgrade(relay: Arc<Relay>, metrics: UpgradeMetrics, request: Reques
             return;
         }
     };
-    let key = request.headers().get("sec-websocket-key").and_then(|value| value.to_str().ok()).unwrap_or_default();
+    let key = header(&request, "sec-websocket-key").unwrap_or_default();
     let answer = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
         ws::accept_key(key)
     );
-    if io.write_all(answer.as_bytes()).await.is_err() {
+    // The request's header values share the dispatcher's 8 KiB read buffer: dropped now, not kept for the session.
+    drop(request);
+    let answered = io.write_all(answer.as_bytes()).await;
+    drop(answer);
+    if answered.is_err() {
         return;
     }
     let config = ws::Config { max_message: relay.limits.max_frame, read_chunk: BROWSER_READ };
@@ -319,9 +324,35 @@ struct BrowserContext {
     user_agent: String,
 }
 
-async fn browser_session(relay: Arc<Relay>, context: BrowserContext, socket: WebSocket) {
-    let mut socket = socket;
-    let refuse = |code: CloseCode, text: &'static str| Some((code.code(), text));
+/// A terminal session that is open: recorded, and its agent has started the shell.
+struct OpenSession {
+    session_id: String,
+    user: Email,
+    metadata: EventMetadata,
+    handle: SessionHandle,
+}
+
+/// A close code and reason for a connection that ends.
+type Close = Option<(u16, &'static str)>;
+
+fn refuse(code: CloseCode, text: &'static str) -> Close {
+    Some((code.code(), text))
+}
+
+async fn browser_session(relay: Arc<Relay>, context: BrowserContext, mut socket: WebSocket) {
+    // Opening takes store commands and SQL whose futures are large: boxed, they live on the heap only while they
+    // run.
+    match Box::pin(open_session(&relay, &context, &mut socket)).await {
+        // A task of its own: it is what stays alive for every open session, so it carries nothing from the
+        // handshake and the opening (spawned from this one, it lands on the same worker).
+        Ok(open) => drop(actix_web::rt::spawn(relay_session(relay, context, socket, open))),
+        Err(close) => Box::pin(socket.close(close, CLOSE_LINGER)).await,
+    }
+}
+
+/// Authenticates the browser with its ticket, checks the firewall and the limits, and opens the session on the
+/// workspace's agent; the close to answer with when any of it fails.
+async fn open_session(relay: &Relay, context: &BrowserContext, socket: &mut WebSocket) -> Result<OpenSession, Close> {
     let first = tokio::time::timeout(relay.limits.auth_timeout, socket.recv()).await;
     let ticket = match first {
         Err(_) => Err(refuse(CloseCode::IdleTimeout, "no auth message in time")),
@@ -333,42 +364,29 @@ async fn browser_session(relay: Arc<Relay>, context: BrowserContext, socket: Web
         Ok(Err(error)) => Err(error.close_code().map(|code| (code, "bad frame"))),
         Ok(Ok(_)) => Err(refuse(CloseCode::TicketRequired, "auth first")),
     };
-    let ticket = match ticket {
-        Ok(ticket) => ticket,
-        Err(close) => {
-            socket.close(close, CLOSE_LINGER).await;
-            return;
-        }
-    };
-    // The setup and bookkeeping futures (store commands, SQL) are large; boxed, they live on the heap only while
-    // they run, instead of making every idle session's task as large as the largest of them.
+    let ticket = ticket?;
     // The firewall first: a blocked client must not spend the ticket (it stays usable from an allowed address
     // until it expires). The block is recorded with the user the ticket was issued to, read without redeeming it.
-    if Box::pin(blocked(&relay, context.address, &context.workspace, || ticket_user(&relay, &ticket))).await {
-        socket.close(refuse(CloseCode::Firewall, "refused by the firewall"), CLOSE_LINGER).await;
-        return;
+    if blocked(relay, context.address, &context.workspace, || ticket_user(relay, &ticket)).await {
+        return Err(refuse(CloseCode::Firewall, "refused by the firewall"));
     }
-    let user = match Box::pin(redeem(&relay, &ticket, &context.workspace, context.address)).await {
+    let user = match redeem(relay, &ticket, &context.workspace, context.address).await {
         Some(user) => user,
         None => {
-            socket.close(refuse(CloseCode::TicketRefused, "ticket refused"), CLOSE_LINGER).await;
-            return;
+            return Err(refuse(CloseCode::TicketRefused, "ticket refused"));
         }
     };
     if relay.sessions_of(&user) >= relay.limits.max_sessions_per_user {
-        socket.close(refuse(CloseCode::TooManySessions, "too many sessions"), CLOSE_LINGER).await;
-        return;
+        return Err(refuse(CloseCode::TooManySessions, "too many sessions"));
     }
     let Some(agent) = relay.hub.get(&context.workspace) else {
-        socket.close(refuse(CloseCode::WorkspaceUnavailable, "no agent"), CLOSE_LINGER).await;
-        return;
+        return Err(refuse(CloseCode::WorkspaceUnavailable, "no agent"));
     };
     let mut handle = agent.open_terminal(80, 24);
     match tokio::time::timeout(Duration::from_secs(10), handle.recv()).await {
         Ok(Some(ToBrowser::Opened)) => {}
         _ => {
-            socket.close(refuse(CloseCode::AgentLost, "the agent did not open the session"), CLOSE_LINGER).await;
-            return;
+            return Err(refuse(CloseCode::AgentLost, "the agent did not open the session"));
         }
     }
     let session_id = uuid::Uuid::new_v4().to_string();
@@ -381,13 +399,17 @@ async fn browser_session(relay: Arc<Relay>, context: BrowserContext, socket: Web
         client_ip: context.address.map(|address| address.to_string()).unwrap_or_default(),
         user_agent: context.user_agent.clone(),
     };
-    if let Err(error) = Box::pin(relay.sessions.execute(&session_id, open, &metadata)).await {
+    if let Err(error) = relay.sessions.execute(&session_id, open, &metadata).await {
         tracing::warn!(%error, "cannot record a session");
-        socket.close(refuse(CloseCode::GoingAway, "cannot record the session"), CLOSE_LINGER).await;
-        return;
+        return Err(refuse(CloseCode::GoingAway, "cannot record the session"));
     }
-    drop(agent);
     relay.session_opened(&session_id, &user);
+    Ok(OpenSession { session_id, user, metadata, handle })
+}
+
+/// Relays an open session until it ends, then records its end.
+async fn relay_session(relay: Arc<Relay>, context: BrowserContext, mut socket: WebSocket, open: OpenSession) {
+    let OpenSession { session_id, user, metadata, mut handle } = open;
     tracing::info!(session = session_id, user = %user, workspace = context.workspace, "terminal session opened");
     let started = Instant::now();
     let (mut bytes_in, mut bytes_out) = (0u64, 0u64);
@@ -516,5 +538,26 @@ fn agent_gone(why: Option<ToBrowser>) -> (CloseReason, Option<(u16, &'static str
         (CloseReason::AgentRevoked, Some((CloseCode::AgentLost.code(), "agent token revoked")))
     } else {
         (CloseReason::AgentLost, Some((CloseCode::AgentLost.code(), "agent lost")))
+    }
+}
+
+#[cfg(test)]
+mod size_probe {
+    use super::*;
+    fn size3<A, B, C, Fut, F: Fn(A, B, C) -> Fut>(_: &F) -> usize {
+        std::mem::size_of::<Fut>()
+    }
+    fn size4<A, B, C, D, Fut, F: Fn(A, B, C, D) -> Fut>(_: &F) -> usize {
+        std::mem::size_of::<Fut>()
+    }
+    #[test]
+    fn print_sizes() {
+        eprintln!("PROBE upgrade {}", size4(&upgrade));
+        eprintln!("PROBE browser_session {}", size3(&browser_session));
+        fn size4b<A, B, C, D, Fut, F: Fn(A, B, C, D) -> Fut>(_: &F) -> usize {
+            std::mem::size_of::<Fut>()
+        }
+        eprintln!("PROBE relay_session {}", size4b(&relay_session));
+        eprintln!("PROBE ws recv {}", std::mem::size_of::<WebSocket>());
     }
 }

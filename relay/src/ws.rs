@@ -36,8 +36,6 @@ const OP_PONG: u8 = 0xA;
 const MAX_SERVER_HEADER: usize = 10;
 /// The most a read reserves ahead for the rest of a large frame (the buffer grows further as its bytes arrive).
 const MAX_RESERVE: usize = 256 * 1024;
-/// Payloads up to this size are copied next to their header and written in one slice.
-const SMALL_PAYLOAD: usize = 512;
 
 /// The `Sec-WebSocket-Accept` answer to a `Sec-WebSocket-Key`.
 pub fn accept_key(key: &str) -> String {
@@ -532,14 +530,11 @@ impl Sender {
     }
 
     async fn frame(&self, opcode: u8, payload: &[u8]) -> io::Result<()> {
-        let mut header = [0u8; MAX_SERVER_HEADER + SMALL_PAYLOAD];
+        // Header and payload leave in one vectored write; nothing is copied, and the future stays small (it is part
+        // of every idle session's task).
+        let mut header = [0u8; MAX_SERVER_HEADER];
         let size = header_into(&mut header, opcode, payload.len());
-        if payload.len() <= SMALL_PAYLOAD {
-            header[size..size + payload.len()].copy_from_slice(payload);
-            self.write_all(&mut [IoSlice::new(&header[..size + payload.len()])]).await
-        } else {
-            self.write_all(&mut [IoSlice::new(&header[..size]), IoSlice::new(payload)]).await
-        }
+        self.write_all(&mut [IoSlice::new(&header[..size]), IoSlice::new(payload)]).await
     }
 
     /// Writes every slice, in turn with the connection's other writers; a write cancelled half-way marks the
@@ -680,5 +675,42 @@ mod tests {
         assert!(!valid_key("dGhlIHNhbXBsZSBub25jZQ="));
         assert!(!valid_key("dGhlIHNhbXBsZSBub25jZR=="));
         assert!(!valid_key("dGhlIHNhbXBsZSBub25j!Q=="));
+    }
+}
+
+#[cfg(test)]
+mod idle_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    /// A connection waiting for its peer holds no read buffer, after small and large messages alike.
+    #[tokio::test]
+    async fn an_idle_connection_holds_no_read_buffer() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let mut socket = WebSocket::new(server, &[], Config::default());
+        for size in [5usize, 300, 70_000] {
+            let payload = vec![b'x'; size];
+            let mut frame = vec![0x82];
+            if size < 126 {
+                frame.push(0x80 | size as u8);
+            } else if size <= 0xFFFF {
+                frame.push(0x80 | 126);
+                frame.extend_from_slice(&(size as u16).to_be_bytes());
+            } else {
+                frame.push(0x80 | 127);
+                frame.extend_from_slice(&(size as u64).to_be_bytes());
+            }
+            frame.extend_from_slice(&[0, 0, 0, 0]);
+            frame.extend_from_slice(&payload);
+            client.write_all(&frame).await.unwrap();
+            assert_eq!(socket.recv().await.unwrap(), Some(Message::Binary(payload)));
+            // Waiting for the next message, which does not come.
+            let waiting = tokio::time::timeout(Duration::from_millis(50), socket.recv()).await;
+            assert!(waiting.is_err());
+            assert_eq!(socket.buffer.capacity(), 0, "after a {size}-byte message");
+        }
     }
 }
