@@ -167,6 +167,35 @@ async fn tcp_throughput(addr: std::net::SocketAddr, total: usize) -> Duration {
     elapsed
 }
 
+/// A plain TCP forwarder in front of `target` (what any relay adds at the least: a second hop through a user-space
+/// process, here with `tokio::io::copy_bidirectional` and 64 KiB buffers, no framing, no multiplexing, no flow control of its own).
+const GIB: f64 = (1u64 << 30) as f64;
+
+async fn tcp_forwarder(target: std::net::SocketAddr) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            inbound.set_nodelay(true).unwrap();
+            tokio::spawn(async move {
+                let mut outbound = tokio::net::TcpStream::connect(target).await.unwrap();
+                outbound.set_nodelay(true).unwrap();
+                let _ = tokio::io::copy_bidirectional_with_sizes(&mut inbound, &mut outbound, 64 * 1024, 64 * 1024).await;
+            });
+        }
+    });
+    addr
+}
+
+/// CPU time (user + system) a process has used, in clock ticks (`/proc/PID/stat`).
+fn cpu_ticks(pid: &str) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    // After the command's closing parenthesis: state is field 3, utime 14 and stime 15.
+    let field = |n: usize| fields.get(n - 3).and_then(|value| value.parse::<u64>().ok()).unwrap_or(0);
+    field(14) + field(15)
+}
+
 async fn tcp_latency(addr: std::net::SocketAddr, count: usize) -> Vec<Duration> {
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream.set_nodelay(true).unwrap();
@@ -583,6 +612,7 @@ async fn main() {
     assert!(listed, "the agent never connected");
 
     let mut relay_figures = None;
+    let mut ceiling_extra = None;
     if !only_memory {
         eprintln!("relay throughput (real agent, PTY)…");
         let socket = open(&server.base, &api, &ada, WORKSPACE).await;
@@ -601,10 +631,23 @@ async fn main() {
         let task = handmade_agent(&server.base, &token, HANDMADE).await;
         let socket = open(&server.base, &api, &ada, HANDMADE).await;
         let (_, mut socket) = relay_throughput(socket, 1 << 20).await; // warm-up
-        let (mut tcp_rounds, mut ceiling_rounds) = (Vec::new(), Vec::new());
+        let (mut tcp_rounds, mut ceiling_rounds, mut forwarder_rounds) = (Vec::new(), Vec::new(), Vec::new());
+        let forwarder = tcp_forwarder(addr).await;
+        let gateway = server_pid.to_string();
+        // CPU ticks: the bench process during direct TCP, during the forwarder, and bench and gateway during the
+        // relay.
+        let mut cpu = [0u64; 4];
         for _ in 0..config.rounds {
+            let before = cpu_ticks("self");
             tcp_rounds.push(mib_per_s(config.bytes, tcp_throughput(addr, config.bytes).await));
+            cpu[0] += cpu_ticks("self") - before;
+            let before = cpu_ticks("self");
+            forwarder_rounds.push(mib_per_s(config.bytes, tcp_throughput(forwarder, config.bytes).await));
+            cpu[1] += cpu_ticks("self") - before;
+            let (before, gateway_before) = (cpu_ticks("self"), cpu_ticks(&gateway));
             let (elapsed, back) = relay_throughput(socket, config.bytes).await;
+            cpu[2] += cpu_ticks("self") - before;
+            cpu[3] += cpu_ticks(&gateway) - gateway_before;
             socket = back;
             ceiling_rounds.push(mib_per_s(config.bytes, elapsed));
         }
@@ -613,6 +656,7 @@ async fn main() {
         socket.close(None).await.unwrap();
         task.abort();
         relay_figures = Some((relay_tp, relay_lat, tcp_rounds, ceiling_rounds, tcp_lat2, ceiling_lat));
+        ceiling_extra = Some((forwarder_rounds, cpu, config.bytes as f64 * config.rounds as f64));
     }
 
     let mut memory_figures = None;
@@ -697,6 +741,25 @@ async fn main() {
             "| browser → relay → hand-made echo agent (no PTY) → back | {ceiling_median:.1} | {} | **{ceiling_ratio:.2}×** |",
             rounds(ceiling_rounds)
         );
+        if let Some((forwarder_rounds, cpu, total)) = &ceiling_extra {
+            let forwarder_median = median(forwarder_rounds.clone());
+            println!(
+                "| direct TCP through a plain TCP forwarder (second hop, no framing) | {forwarder_median:.1} | {} | {:.2}× |",
+                rounds(forwarder_rounds),
+                forwarder_median / tcp_median
+            );
+            println!();
+            println!(
+                "Relay vs the plain forwarder: **{:.2}×**. CPU seconds per GiB echoed (user + system; 100 ticks/s): \
+                 direct TCP, bench process (client and echo) {:.2}; forwarder, bench process (client, forwarder and \
+                 echo) {:.2}; relay, bench process (browser and hand-made agent) {:.2} + gateway {:.2}.",
+                ceiling_median / forwarder_median,
+                cpu[0] as f64 / 100.0 / (total / GIB),
+                cpu[1] as f64 / 100.0 / (total / GIB),
+                cpu[2] as f64 / 100.0 / (total / GIB),
+                cpu[3] as f64 / 100.0 / (total / GIB),
+            );
+        }
         println!();
         println!("| keystroke round trip | p50 µs | p99 µs | max µs |");
         println!("|---|---:|---:|---:|");

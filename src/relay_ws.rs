@@ -38,7 +38,7 @@ pub const TERMINAL_PATH: &str = "/api/v1/workspaces/{id}/terminal";
 /// How long a close waits for the peer's close frame.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// The least a read asks for: a browser's keystrokes and pastes, an agent's output in frames of up to 64 KiB.
-const BROWSER_READ: usize = 16 * 1024;
+const BROWSER_READ: usize = 64 * 1024;
 const AGENT_READ: usize = 64 * 1024;
 /// The agent connection's writer gathers frames already queued into writes of up to this many bytes.
 const AGENT_WRITE_BATCH: usize = 256 * 1024;
