@@ -180,7 +180,8 @@ async fn tcp_forwarder(target: std::net::SocketAddr) -> std::net::SocketAddr {
             tokio::spawn(async move {
                 let mut outbound = tokio::net::TcpStream::connect(target).await.unwrap();
                 outbound.set_nodelay(true).unwrap();
-                let _ = tokio::io::copy_bidirectional_with_sizes(&mut inbound, &mut outbound, 64 * 1024, 64 * 1024).await;
+                let _ =
+                    tokio::io::copy_bidirectional_with_sizes(&mut inbound, &mut outbound, 64 * 1024, 64 * 1024).await;
             });
         }
     });
@@ -190,7 +191,8 @@ async fn tcp_forwarder(target: std::net::SocketAddr) -> std::net::SocketAddr {
 /// CPU time (user + system) a process has used, in clock ticks (`/proc/PID/stat`).
 fn cpu_ticks(pid: &str) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
     // After the command's closing parenthesis: state is field 3, utime 14 and stime 15.
     let field = |n: usize| fields.get(n - 3).and_then(|value| value.parse::<u64>().ok()).unwrap_or(0);
     field(14) + field(15)

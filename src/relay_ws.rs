@@ -6,6 +6,7 @@
 //! connection for its whole life). The routes stay mounted in actix-web for requests that are *not* upgrades, which
 //! get the same `400` problem as before (`relay_http::agent_connect` and `relay_http::terminal`).
 
+use std::io::IoSlice;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,12 +19,12 @@ use actix_web::http::StatusCode;
 use actix_web::HttpMessage;
 use api::{Problem, ProblemCode};
 use domain::relay::{CloseReason, SessionCommand};
+use domain::Email;
 use relay::agent::{close as agent_close, Hello, Welcome};
 use relay::browser::{ClientMessage, CloseCode, ServerMessage};
 use relay::hub::{SessionHandle, ToBrowser};
 use relay::mux::Frame;
 use relay::ws::{self, Message, WebSocket};
-use domain::Email;
 use store::EventMetadata;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -40,8 +41,9 @@ const CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// The least a read asks for: a browser's keystrokes and pastes, an agent's output in frames of up to 64 KiB.
 const BROWSER_READ: usize = 64 * 1024;
 const AGENT_READ: usize = 64 * 1024;
-/// The agent connection's writer gathers frames already queued into writes of up to this many bytes.
+/// The agent connection's writer gathers frames already queued into writes of up to this many bytes and frames.
 const AGENT_WRITE_BATCH: usize = 256 * 1024;
+const AGENT_WRITE_FRAMES: usize = 256;
 
 /// A connection the HTTP server upgraded, with what it read past the request's head.
 pub type Upgraded = Framed<TcpStream, h1::Codec>;
@@ -210,11 +212,11 @@ fn problem_response(problem: &Problem) -> Vec<u8> {
     response
 }
 
-/// Appends a mux frame, as one binary WebSocket frame, to `out`.
-fn encode_frame(out: &mut Vec<u8>, frame: &Frame) {
+/// About how many bytes a mux frame takes on the wire.
+fn frame_size(frame: &Frame) -> usize {
     match frame {
-        Frame::Data { session, bytes } => ws::encode_binary(out, &[&[0x03], &session.to_be_bytes(), bytes]),
-        frame => ws::encode_binary(out, &[&frame.encode()]),
+        Frame::Data { bytes, .. } => bytes.len() + 15,
+        _ => 24,
     }
 }
 
@@ -258,20 +260,54 @@ async fn agent_connection(relay: Arc<Relay>, socket: WebSocket) {
         relay.hub.unregister(&conn);
         return;
     }
-    // The writer sends what the hub queues for the agent, gathering the frames already queued into one write.
+    // The writer sends what the hub queues for the agent, gathering the frames already queued into one vectored
+    // write: headers are encoded side by side, `Data` payloads are written from where they are (not copied).
     let sender = socket.sender();
     let writer = actix_web::rt::spawn(async move {
-        let mut out = Vec::new();
+        let mut batch: Vec<Frame> = Vec::new();
+        let mut headers: Vec<u8> = Vec::new();
         while let Some(frame) = frames.recv().await {
-            out.clear();
-            encode_frame(&mut out, &frame);
-            while out.len() < AGENT_WRITE_BATCH {
+            batch.push(frame);
+            let mut size = 0;
+            while size < AGENT_WRITE_BATCH && batch.len() < AGENT_WRITE_FRAMES {
                 match frames.try_recv() {
-                    Ok(frame) => encode_frame(&mut out, &frame),
+                    Ok(frame) => {
+                        size += frame_size(&frame);
+                        batch.push(frame);
+                    }
                     Err(_) => break,
                 }
             }
-            if sender.write_encoded(&out).await.is_err() {
+            // Where each frame's header ends in `headers`, and its payload if it is written separately.
+            let mut ends = Vec::with_capacity(batch.len());
+            for frame in &batch {
+                match frame {
+                    Frame::Data { session, bytes } => {
+                        ws::encode_binary_header(&mut headers, 5 + bytes.len());
+                        headers.push(0x03);
+                        headers.extend_from_slice(&session.to_be_bytes());
+                        ends.push((headers.len(), Some(bytes.as_slice())));
+                    }
+                    frame => {
+                        ws::encode_binary(&mut headers, &[&frame.encode()]);
+                        ends.push((headers.len(), None));
+                    }
+                }
+            }
+            let mut slices = Vec::with_capacity(batch.len() * 2);
+            let mut from = 0;
+            for (end, payload) in ends {
+                slices.push(IoSlice::new(&headers[from..end]));
+                if let Some(payload) = payload {
+                    slices.push(IoSlice::new(payload));
+                }
+                from = end;
+            }
+            let written = sender.write_slices(&mut slices).await;
+            drop(slices);
+            batch.clear();
+            headers.clear();
+            if written.is_err() {
                 break;
             }
         }
@@ -431,14 +467,8 @@ async fn relay_session(relay: Arc<Relay>, context: BrowserContext, mut socket: W
     tokio::pin!(idle, age, shutdown);
     while outcome.is_none() {
         tokio::select! {
-            sent = input.send_chunk(&pending), if !pending.is_empty() => match sent {
-                Some(count) => {
-                    pending.drain(..count);
-                    if pending.is_empty() {
-                        // Give a large paste's buffer back.
-                        pending = Vec::new();
-                    }
-                }
+            sent = input.send_front(&mut pending), if !pending.is_empty() => match sent {
+                Some(_) => {}
                 None => outcome = Some(agent_gone(handle.departure())),
             },
             message = socket.recv(), if pending.is_empty() => match message {

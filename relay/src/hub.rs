@@ -248,6 +248,19 @@ impl Input {
     }
 }
 
+impl Input {
+    /// Like [`Input::send_chunk`] for the front of `pending`, which loses what was sent; when all of it fits in one
+    /// chunk, the vector itself becomes the frame (no copy). Cancel-safe like `send_chunk`.
+    pub async fn send_front(&self, pending: &mut Vec<u8>) -> Option<usize> {
+        let length = pending.len().min(MAX_DATA);
+        let permit = self.credit.acquire_many(length as u32).await.ok()?;
+        permit.forget();
+        let bytes = if length == pending.len() { std::mem::take(pending) } else { pending.drain(..length).collect() };
+        self.conn.to_agent.send(Frame::Data { session: self.session, bytes }).ok()?;
+        Some(length)
+    }
+}
+
 /// Every connected agent, by workspace.
 #[derive(Default)]
 pub struct Hub {

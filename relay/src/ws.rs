@@ -481,6 +481,14 @@ fn header_into(out: &mut [u8], opcode: u8, payload_length: usize) -> usize {
     }
 }
 
+/// Appends the header of one binary server frame with a `payload_length`-byte payload to `out` (the payload is
+/// written after it, for instance as its own slice in [`Sender::write_slices`]).
+pub fn encode_binary_header(out: &mut Vec<u8>, payload_length: usize) {
+    let mut header = [0u8; MAX_SERVER_HEADER];
+    let size = header_into(&mut header, OP_BINARY, payload_length);
+    out.extend_from_slice(&header[..size]);
+}
+
 /// Appends one binary server frame whose payload is the concatenation of `parts` to `out` (for writers that batch
 /// several frames into one [`Sender::write_encoded`]).
 pub fn encode_binary(out: &mut Vec<u8>, parts: &[&[u8]]) {
@@ -527,6 +535,12 @@ impl Sender {
     /// Writes frames made by [`encode_binary`], whole.
     pub async fn write_encoded(&self, frames: &[u8]) -> io::Result<()> {
         self.write_all(&mut [IoSlice::new(frames)]).await
+    }
+
+    /// Writes the slices whole, in order, as one turn (frames whose headers and payloads are separate slices; see
+    /// [`encode_binary_header`]).
+    pub async fn write_slices(&self, slices: &mut [IoSlice<'_>]) -> io::Result<()> {
+        self.write_all(slices).await
     }
 
     async fn frame(&self, opcode: u8, payload: &[u8]) -> io::Result<()> {
