@@ -550,7 +550,10 @@ async fn relay_session(relay: Arc<Relay>, context: BrowserContext, mut socket: W
     }
     let (why, close) = outcome.unwrap_or((CloseReason::ClientClosed, None));
     handle.close();
-    Box::pin(socket.close(close, CLOSE_LINGER)).await;
+    // The close frame goes out first; the session's end is recorded before waiting for the browser's answer, so a
+    // browser that never answers (up to `CLOSE_LINGER`) neither delays the record nor counts against its user's
+    // session limit meanwhile.
+    let _ = socket.sender().close(close).await;
     let closed =
         SessionCommand::Close { bytes_in, bytes_out, duration_ms: started.elapsed().as_millis() as u64, reason: why };
     if let Err(error) = Box::pin(relay.sessions.execute_retrying(&session_id, closed, &metadata, 3)).await {
@@ -560,6 +563,7 @@ async fn relay_session(relay: Arc<Relay>, context: BrowserContext, mut socket: W
     relay.sessions.forget(&session_id);
     relay.session_ended(&session_id);
     tracing::info!(session = session_id, reason = why.as_str(), bytes_in, bytes_out, "terminal session closed");
+    Box::pin(socket.linger(CLOSE_LINGER)).await;
 }
 
 /// How a session ends when its agent went away: revoked (its token was), else lost. Both close with 4410.

@@ -204,10 +204,17 @@ impl WebSocket {
     /// After the peer broke the protocol (the [`Error`] this close usually answers), what it sends can no longer be
     /// read as frames: it is drained unread until the peer hangs up or `linger` ends (RFC 6455 §7.1.7). Closing a
     /// socket with unread bytes would reset the connection, and the peer might lose the close frame.
-    pub async fn close(mut self, code: Option<(u16, &str)>, linger: Duration) {
+    pub async fn close(self, code: Option<(u16, &str)>, linger: Duration) {
         if self.sender.close(code).await.is_err() {
             return;
         }
+        self.linger(linger).await;
+    }
+
+    /// The second half of [`WebSocket::close`], for a caller that sent its close frame itself ([`Sender::close`])
+    /// and had something to do before waiting for the peer's answer: waits up to `linger` for the peer's close
+    /// frame (discarding the rest, draining a peer that broke the protocol), then closes the socket.
+    pub async fn linger(mut self, linger: Duration) {
         if self.close_received || self.eof {
             return;
         }
