@@ -574,24 +574,3 @@ fn agent_gone(why: Option<ToBrowser>) -> (CloseReason, Option<(u16, &'static str
         (CloseReason::AgentLost, Some((CloseCode::AgentLost.code(), "agent lost")))
     }
 }
-
-#[cfg(test)]
-mod size_probe {
-    use super::*;
-    fn size3<A, B, C, Fut, F: Fn(A, B, C) -> Fut>(_: &F) -> usize {
-        std::mem::size_of::<Fut>()
-    }
-    fn size4<A, B, C, D, Fut, F: Fn(A, B, C, D) -> Fut>(_: &F) -> usize {
-        std::mem::size_of::<Fut>()
-    }
-    #[test]
-    fn print_sizes() {
-        eprintln!("PROBE upgrade {}", size4(&upgrade));
-        eprintln!("PROBE browser_session {}", size3(&browser_session));
-        fn size4b<A, B, C, D, Fut, F: Fn(A, B, C, D) -> Fut>(_: &F) -> usize {
-            std::mem::size_of::<Fut>()
-        }
-        eprintln!("PROBE relay_session {}", size4b(&relay_session));
-        eprintln!("PROBE ws recv {}", std::mem::size_of::<WebSocket>());
-    }
-}
