@@ -57,8 +57,7 @@ pub struct UpgradeMetrics(pub api::HttpMetrics);
 pub async fn upgrade(relay: Arc<Relay>, metrics: UpgradeMetrics, request: Request, framed: Upgraded) {
     let started = Instant::now();
     let parts = framed.into_parts();
-    let (mut io, already_read) = (parts.io, parts.read_buf);
-    drop(parts.write_buf);
+    let (mut io, already_read, unsent) = (parts.io, parts.read_buf, parts.write_buf);
     let (route, outcome) = handshake(&relay, &request);
     let status = match &outcome {
         Ok(_) => StatusCode::SWITCHING_PROTOCOLS,
@@ -66,6 +65,12 @@ pub async fn upgrade(relay: Arc<Relay>, metrics: UpgradeMetrics, request: Reques
     };
     metrics.0.requests.with_label_values(&[request.method().as_str(), route, status.as_str()]).inc();
     metrics.0.duration.with_label_values(&[request.method().as_str(), route]).observe(started.elapsed().as_secs_f64());
+    // Answers to requests pipelined ahead of this one: actix-http hands the connection over as soon as it has
+    // encoded them, before it has written them, so they go out first (dropped, they were lost).
+    if !unsent.is_empty() && io.write_all(&unsent).await.is_err() {
+        return;
+    }
+    drop(unsent);
     let endpoint = match outcome {
         Ok(endpoint) => endpoint,
         Err(problem) => {

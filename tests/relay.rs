@@ -1091,3 +1091,411 @@ async fn ipv6_clients_through_trusted_ipv6_proxies_on(db: TestDb) {
     assert_eq!(sessions["items"][0]["client_ip"], "2001:db8:1::9", "{sessions}");
     drop(socket);
 }
+
+/// RFC 6455 §1.3's sample key and the accept value the RFC gives for it.
+const SAMPLE_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+const SAMPLE_ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+
+/// One HTTP/1.1 response read off a raw connection.
+struct Answer {
+    status_line: String,
+    /// Names lower-cased, in the order received.
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn status(&self) -> u16 {
+        self.status_line.split(' ').nth(1).and_then(|code| code.parse().ok()).unwrap_or(0)
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(key, _)| key == name).map(|(_, value)| value.as_str())
+    }
+
+    /// Checks that this is a whole `status` problem response that closes the connection; the problem document.
+    fn problem(&self, status: u16, code: &str, what: &str) -> Value {
+        let text = String::from_utf8_lossy(&self.body);
+        assert!(self.status_line.starts_with(&format!("HTTP/1.1 {status} ")), "{what}: {}", self.status_line);
+        assert_eq!(self.header("content-type"), Some("application/problem+json"), "{what}: {:?}", self.headers);
+        assert_eq!(self.header("connection"), Some("close"), "{what}: {:?}", self.headers);
+        let problem: Value = serde_json::from_slice(&self.body).unwrap_or_else(|_| panic!("{what}: not JSON: {text}"));
+        assert_eq!(problem["status"], status, "{what}: {problem}");
+        assert_eq!(problem["code"], code, "{what}: {problem}");
+        assert_eq!(problem["type"], format!("urn:gatehouse:problem:{code}"), "{what}: {problem}");
+        assert!(problem["title"].is_string() && problem["detail"].is_string(), "{what}: {problem}");
+        problem
+    }
+}
+
+/// A raw TCP connection to the server, with what was read from it and not yet consumed.
+struct Raw {
+    stream: tokio::net::TcpStream,
+    buffer: Vec<u8>,
+}
+
+impl Raw {
+    async fn connect(server: &Server) -> Raw {
+        let stream = tokio::net::TcpStream::connect(server.base.trim_start_matches("http://")).await.unwrap();
+        Raw { stream, buffer: Vec::new() }
+    }
+
+    /// Writes `bytes` in one write.
+    async fn send(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    /// Reads more into the buffer; false at the end of the stream.
+    async fn fill(&mut self) -> bool {
+        use tokio::io::AsyncReadExt;
+        let mut chunk = [0u8; 16 * 1024];
+        let read = tokio::time::timeout(Duration::from_secs(20), self.stream.read(&mut chunk))
+            .await
+            .expect("the server did not answer in time")
+            .unwrap();
+        self.buffer.extend_from_slice(&chunk[..read]);
+        read > 0
+    }
+
+    /// Takes `count` bytes off the buffer, reading as needed.
+    async fn take(&mut self, count: usize) -> Vec<u8> {
+        while self.buffer.len() < count {
+            assert!(self.fill().await, "the connection ended with {:?} of {count} bytes", self.buffer);
+        }
+        self.buffer.drain(..count).collect()
+    }
+
+    /// A response's status line and headers.
+    async fn head(&mut self) -> (String, Vec<(String, String)>) {
+        let end = loop {
+            if let Some(end) = self.buffer.windows(4).position(|window| window == b"\r\n\r\n") {
+                break end;
+            }
+            assert!(self.fill().await, "the connection ended in a response head: {:?}", self.buffer);
+        };
+        let head = String::from_utf8(self.buffer.drain(..end + 4).collect()).unwrap();
+        let mut lines = head.trim_end().split("\r\n");
+        let status_line = lines.next().unwrap().to_string();
+        let headers = lines
+            .map(|line| {
+                let (name, value) = line.split_once(':').unwrap_or_else(|| panic!("bad header line {line:?}"));
+                (name.trim().to_ascii_lowercase(), value.trim().to_string())
+            })
+            .collect();
+        (status_line, headers)
+    }
+
+    /// A whole response (its body by `Content-Length`).
+    async fn response(&mut self) -> Answer {
+        let (status_line, headers) = self.head().await;
+        let length = headers
+            .iter()
+            .find(|(name, _)| name == "content-length")
+            .map(|(_, value)| value.parse::<usize>().unwrap())
+            .unwrap_or_else(|| panic!("no Content-Length: {status_line} {headers:?}"));
+        let body = self.take(length).await;
+        Answer { status_line, headers, body }
+    }
+
+    /// Checks that the server closed the connection with nothing more to say.
+    async fn closed(&mut self, what: &str) {
+        assert!(self.buffer.is_empty() && !self.fill().await, "{what}: more after the response: {:?}", self.buffer);
+    }
+
+    /// The next frame from the server (unmasked, unfragmented): its opcode and payload.
+    async fn frame(&mut self) -> (u8, Vec<u8>) {
+        let header = self.take(2).await;
+        assert_eq!(header[0] & 0xf0, 0x80, "FIN and no reserved bits: {header:?}");
+        assert_eq!(header[1] & 0x80, 0, "a server never masks its frames");
+        let length = match header[1] & 0x7f {
+            126 => u16::from_be_bytes(self.take(2).await.try_into().unwrap()) as usize,
+            127 => u64::from_be_bytes(self.take(8).await.try_into().unwrap()) as usize,
+            length => length as usize,
+        };
+        (header[0] & 0x0f, self.take(length).await)
+    }
+
+    /// Reads binary frames until their text contains `needle`.
+    async fn read_until(&mut self, needle: &str) {
+        let mut seen = String::new();
+        while !seen.contains(needle) {
+            let (opcode, payload) = self.frame().await;
+            assert_eq!(opcode, 2, "only output before {needle:?}; saw {seen:?}, then {opcode}: {payload:?}");
+            seen.push_str(&String::from_utf8_lossy(&payload));
+        }
+    }
+}
+
+/// A masked client frame (RFC 6455 §5.2).
+fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mask: [u8; 4] = uuid::Uuid::new_v4().as_bytes()[..4].try_into().unwrap();
+    let mut frame = vec![0x80 | opcode];
+    match payload.len() {
+        length if length < 126 => frame.push(0x80 | length as u8),
+        length if length <= usize::from(u16::MAX) => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(length as u16).to_be_bytes());
+        }
+        length => {
+            frame.push(0x80 | 127);
+            frame.extend_from_slice(&(length as u64).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(index, byte)| byte ^ mask[index % 4]));
+    frame
+}
+
+/// A fresh `Sec-WebSocket-Key`: base64 of 16 random bytes.
+fn fresh_key() -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(uuid::Uuid::new_v4().as_bytes())
+}
+
+/// Changes to a handshake's headers: each header named is removed, then added with the value given (if any).
+type HeaderChanges<'a> = &'a [(&'a str, Option<&'a str>)];
+
+/// A well-formed WebSocket opening handshake for `path` (RFC 6455 §4.1), with `changes` applied.
+fn upgrade_request(
+    method: &str,
+    path: &str,
+    version: &str,
+    host: &str,
+    key: &str,
+    changes: HeaderChanges<'_>,
+) -> String {
+    let mut headers = vec![
+        ("Host", host),
+        ("Upgrade", "websocket"),
+        ("Connection", "Upgrade"),
+        ("Sec-WebSocket-Version", "13"),
+        ("Sec-WebSocket-Key", key),
+    ];
+    for (name, value) in changes {
+        headers.retain(|(header, _)| !header.eq_ignore_ascii_case(name));
+        if let Some(value) = value {
+            headers.push((name, value));
+        }
+    }
+    let mut request = format!("{method} {path} {version}\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    request
+}
+
+/// Checks a `101` answering a handshake, and that it carries `accept` as `Sec-WebSocket-Accept`.
+fn assert_switched(status_line: &str, headers: &[(String, String)], accept: &str) {
+    let header = |name: &str| headers.iter().find(|(key, _)| key == name).map(|(_, value)| value.as_str());
+    assert!(status_line.starts_with("HTTP/1.1 101 "), "{status_line} {headers:?}");
+    assert!(header("upgrade").is_some_and(|value| value.eq_ignore_ascii_case("websocket")), "{headers:?}");
+    assert!(header("connection").is_some_and(|value| value.eq_ignore_ascii_case("upgrade")), "{headers:?}");
+    assert_eq!(header("sec-websocket-accept"), Some(accept), "{headers:?}");
+}
+
+/// The WebSocket handshake as the relay answers it on the wire (it is not actix-web's): every refusal is a whole
+/// problem response with the headers RFC 6455 asks for, then the connection closes; a correct handshake gets `101`
+/// with the right `Sec-WebSocket-Accept`; a client that sends its first frame in the same write as the request (so
+/// the server reads it with the request's head) is served; and each answer is counted in the HTTP metrics.
+#[tokio::test(flavor = "multi_thread")]
+async fn websocket_handshakes_are_checked_and_answered_on_the_wire() {
+    for db in TestDb::all("relay websocket_handshakes_are_checked_and_answered_on_the_wire").await {
+        websocket_handshakes_are_checked_and_answered_on_the_wire_on(db).await;
+    }
+}
+
+async fn websocket_handshakes_are_checked_and_answered_on_the_wire_on(db: TestDb) {
+    let root = issue_token(&db, "root@example.com", "admin", "1h");
+    let server = Server::start(&db, &[]);
+    let api = Api::new(&server);
+    let host = server.base.trim_start_matches("http://").to_string();
+    let terminal = "/api/v1/workspaces/ws-wire/terminal";
+    let key = fresh_key();
+    let exchange = |request: String| {
+        let server = &server;
+        async move {
+            let mut raw = Raw::connect(server).await;
+            raw.send(request.as_bytes()).await;
+            let answer = raw.response().await;
+            raw.closed(&request).await;
+            answer
+        }
+    };
+    let request = |method: &str, path: &str, version: &str, changes: &[(&str, Option<&str>)]| {
+        upgrade_request(method, path, version, &host, &key, changes)
+    };
+
+    // Not GET: 405 with Allow, on both endpoints.
+    for path in [terminal, "/api/v1/agent/connect"] {
+        let answer = exchange(request("POST", path, "HTTP/1.1", &[])).await;
+        answer.problem(405, "invalid_request", &format!("POST {path}"));
+        assert_eq!(answer.header("allow"), Some("GET"), "{:?}", answer.headers);
+    }
+    // Another version of the protocol: 426 naming the one spoken.
+    for path in [terminal, "/api/v1/agent/connect"] {
+        let answer = exchange(request("GET", path, "HTTP/1.1", &[("Sec-WebSocket-Version", Some("8"))])).await;
+        answer.problem(426, "invalid_request", &format!("version 8 on {path}"));
+        assert_eq!(answer.header("sec-websocket-version"), Some("13"), "{:?}", answer.headers);
+    }
+    let answer = exchange(request("GET", terminal, "HTTP/1.1", &[("Sec-WebSocket-Version", None)])).await;
+    answer.problem(426, "invalid_request", "no version");
+    assert_eq!(answer.header("sec-websocket-version"), Some("13"), "{:?}", answer.headers);
+    // Malformed handshakes: 400.
+    let bad: [(&str, &str, HeaderChanges<'_>); 8] = [
+        ("no key", "HTTP/1.1", &[("Sec-WebSocket-Key", None)]),
+        ("a key that is not base64", "HTTP/1.1", &[("Sec-WebSocket-Key", Some("not a websocket key!!!!="))]),
+        // 15 bytes, then 17: base64, but not of 16 bytes.
+        ("a key of 15 bytes", "HTTP/1.1", &[("Sec-WebSocket-Key", Some("AAAAAAAAAAAAAAAAAAAA"))]),
+        ("a key of 17 bytes", "HTTP/1.1", &[("Sec-WebSocket-Key", Some("AAAAAAAAAAAAAAAAAAAAAAA="))]),
+        ("no Connection", "HTTP/1.1", &[("Connection", None)]),
+        ("Connection without upgrade", "HTTP/1.1", &[("Connection", Some("keep-alive"))]),
+        ("HTTP/1.0", "HTTP/1.0", &[]),
+        ("HTTP/1.0 without a key", "HTTP/1.0", &[("Sec-WebSocket-Key", None)]),
+    ];
+    for (what, version, changes) in bad {
+        exchange(request("GET", terminal, version, changes)).await.problem(400, "invalid_request", what);
+    }
+    // Upgrade to an ordinary route: 404 (the route exists, but not as a WebSocket).
+    exchange(request("GET", "/api/v1/members", "HTTP/1.1", &[])).await.problem(404, "not_found", "members");
+    exchange(request("GET", "/nowhere", "HTTP/1.1", &[])).await.problem(404, "not_found", "nowhere");
+    // A foreign Origin on the terminal: 403.
+    let foreign = request("GET", terminal, "HTTP/1.1", &[("Origin", Some("https://evil.example"))]);
+    exchange(foreign).await.problem(403, "forbidden", "foreign Origin");
+
+    // A correct handshake (with the server's own host as Origin): 101 with the accept value RFC 6455 gives for its
+    // sample key; then the relay speaks WebSocket: a close before auth is answered with a close frame.
+    let mut raw = Raw::connect(&server).await;
+    let same_host = format!("http://{host}");
+    raw.send(
+        upgrade_request("GET", terminal, "HTTP/1.1", &host, SAMPLE_KEY, &[("Origin", Some(&same_host))]).as_bytes(),
+    )
+    .await;
+    let (status_line, headers) = raw.head().await;
+    assert_switched(&status_line, &headers, SAMPLE_ACCEPT);
+    raw.send(&client_frame(0x8, &1000u16.to_be_bytes())).await;
+    let (opcode, _) = raw.frame().await;
+    assert_eq!(opcode, 0x8, "a close answers a close");
+    raw.closed("after the close handshake").await;
+
+    // An eager client: the request and its auth frame in one write, so the server reads the frame with the head.
+    let agent_token = mint_agent_token(&api, &root).await;
+    let _agent = Agent::start(&server, &agent_token, "ws-wire", "ada@example.com");
+    wait_for_workspace(&api, &root, "ws-wire").await;
+    let (status, issued) = ticket(&api, &root, "ws-wire").await;
+    assert_eq!(status, 201, "{issued}");
+    let auth = json!({"type": "auth", "ticket": issued["ticket"]}).to_string();
+    let eager_key = fresh_key();
+    let mut eager = upgrade_request("GET", terminal, "HTTP/1.1", &host, &eager_key, &[]).into_bytes();
+    eager.extend_from_slice(&client_frame(0x1, auth.as_bytes()));
+    let mut raw = Raw::connect(&server).await;
+    raw.send(&eager).await;
+    let (status_line, headers) = raw.head().await;
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(eager_key.as_bytes());
+    assert_eq!(tokio_tungstenite::tungstenite::handshake::derive_accept_key(SAMPLE_KEY.as_bytes()), SAMPLE_ACCEPT);
+    assert_switched(&status_line, &headers, &accept);
+    let (opcode, ready) = raw.frame().await;
+    let ready: Value = serde_json::from_slice(&ready).unwrap();
+    assert_eq!((opcode, &ready["type"]), (0x1, &json!("ready")), "{ready}");
+    assert!(ready["session"].is_string(), "{ready}");
+    raw.send(&client_frame(0x2, b"echo ea''ger-ok\n")).await;
+    raw.read_until("eager-ok").await;
+    raw.send(&client_frame(0x8, &1000u16.to_be_bytes())).await;
+    loop {
+        match raw.frame().await {
+            (0x8, _) => break,
+            (0x2, _) => {}
+            (opcode, payload) => panic!("after a close: {opcode} {payload:?}"),
+        }
+    }
+
+    // Every answer is counted by its route's pattern (the two on ordinary paths as `unmatched`).
+    let metrics = api.http.get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let route = "/api/v1/workspaces/{id}/terminal";
+    for (method, route, status, count) in [
+        ("GET", route, 101, 2),
+        ("GET", route, 426, 2),
+        ("POST", route, 405, 1),
+        ("POST", "/api/v1/agent/connect", 405, 1),
+        ("GET", "/api/v1/agent/connect", 426, 1),
+        ("GET", route, 400, bad.len()),
+        ("GET", route, 403, 1),
+        ("GET", "unmatched", 404, 2),
+    ] {
+        let line = format!(
+            "gatehouse_http_requests_total{{method=\"{method}\",route=\"{route}\",status=\"{status}\"}} {count}"
+        );
+        assert!(metrics.lines().any(|candidate| candidate == line), "no {line} in\n{metrics}");
+    }
+    let histogram = format!(
+        "gatehouse_http_request_duration_seconds_count{{method=\"GET\",route=\"{route}\"}} {}",
+        2 + 2 + bad.len() + 1
+    );
+    assert!(metrics.lines().any(|candidate| candidate == histogram), "no {histogram} in\n{metrics}");
+}
+
+/// Keep-alive is untouched by the upgrade hook: two REST requests on one connection, then an upgrade on the same
+/// connection; and a REST request pipelined with an upgrade in one write gets its answer before the `101`.
+#[tokio::test(flavor = "multi_thread")]
+async fn keep_alive_connections_serve_rest_then_upgrade() {
+    for db in TestDb::all("relay keep_alive_connections_serve_rest_then_upgrade").await {
+        keep_alive_connections_serve_rest_then_upgrade_on(db).await;
+    }
+}
+
+async fn keep_alive_connections_serve_rest_then_upgrade_on(db: TestDb) {
+    let root = issue_token(&db, "root@example.com", "admin", "1h");
+    let server = Server::start(&db, &[]);
+    let host = server.base.trim_start_matches("http://").to_string();
+    let rest = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {root}\r\n\r\n");
+    let agent = |key: &str| upgrade_request("GET", "/api/v1/agent/connect", "HTTP/1.1", &host, key, &[]);
+
+    let mut raw = Raw::connect(&server).await;
+    for round in 0..2 {
+        raw.send(rest("/api/v1/members").as_bytes()).await;
+        let answer = raw.response().await;
+        assert_eq!(answer.status(), 200, "round {round}: {} {:?}", answer.status_line, answer.headers);
+        assert_ne!(answer.header("connection"), Some("close"), "round {round}: {:?}", answer.headers);
+        let members: Value = serde_json::from_slice(&answer.body).unwrap();
+        assert_eq!(members["items"][0]["email"], "root@example.com", "round {round}: {members}");
+    }
+    // The same connection, upgraded now: the agent endpoint, which closes with 4000 when the first message is not
+    // a hello.
+    raw.send(agent(SAMPLE_KEY).as_bytes()).await;
+    let (status_line, headers) = raw.head().await;
+    assert_switched(&status_line, &headers, SAMPLE_ACCEPT);
+    raw.send(&client_frame(0x1, b"{}")).await;
+    let (opcode, payload) = raw.frame().await;
+    assert_eq!((opcode, payload.get(..2)), (0x8, Some(&4000u16.to_be_bytes()[..])), "{payload:?}");
+
+    // Pipelined: a REST request and an upgrade in one write; the REST answer comes first, then the 101.
+    let mut raw = Raw::connect(&server).await;
+    let key = fresh_key();
+    raw.send(format!("{}{}", rest("/healthz"), agent(&key)).as_bytes()).await;
+    let answer = raw.response().await;
+    assert_eq!(answer.status(), 200, "the pipelined REST answer first: {} {:?}", answer.status_line, answer.headers);
+    let (status_line, headers) = raw.head().await;
+    assert_switched(
+        &status_line,
+        &headers,
+        &tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()),
+    );
+    raw.send(&client_frame(0x1, b"{}")).await;
+    assert_eq!(raw.frame().await.0, 0x8);
+
+    // Pipelined with a refused upgrade: the REST answer, then the problem.
+    let mut raw = Raw::connect(&server).await;
+    let refused = upgrade_request(
+        "GET",
+        "/api/v1/agent/connect",
+        "HTTP/1.1",
+        &host,
+        &key,
+        &[("Sec-WebSocket-Version", Some("8"))],
+    );
+    raw.send(format!("{}{refused}", rest("/healthz")).as_bytes()).await;
+    assert_eq!(raw.response().await.status(), 200, "the pipelined REST answer first");
+    raw.response().await.problem(426, "invalid_request", "pipelined version 8");
+    raw.closed("after the problem").await;
+}
