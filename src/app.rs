@@ -176,9 +176,12 @@ impl Application {
                     .upgrade(actix_service::fn_service(
                         move |(request, framed): (actix_http::Request, crate::relay_ws::Upgraded)| {
                             // The connection leaves actix's dispatcher (and its buffers) here.
-                            let fut = crate::relay_ws::upgrade(relay.clone(), metrics.clone(), request, framed);
-                            eprintln!("TEMP upgrade future {} bytes", std::mem::size_of_val(&fut));
-                            actix_web::rt::spawn(fut);
+                            actix_web::rt::spawn(crate::relay_ws::upgrade(
+                                relay.clone(),
+                                metrics.clone(),
+                                request,
+                                framed,
+                            ));
                             async { Ok::<_, std::convert::Infallible>(()) }
                         },
                     ))
