@@ -69,6 +69,22 @@ pub struct Relay {
     /// Connected agents by the id of their token: cancelled when the token is revoked.
     live_tokens: Mutex<HashMap<String, Vec<(u64, CancellationToken)>>>,
     next_watch: AtomicU64,
+    /// The worker thread serving each connected agent (by agent connection id), where its sessions are relayed.
+    homes: Mutex<HashMap<String, (std::thread::ThreadId, tokio::runtime::Handle)>>,
+}
+
+/// An agent connection's registration as served by this worker thread; dropping it forgets it.
+pub(crate) struct Home<'a> {
+    relay: &'a Relay,
+    agent: String,
+}
+
+impl Drop for Home<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut homes) = self.relay.homes.lock() {
+            homes.remove(&self.agent);
+        }
+    }
 }
 
 /// A connected agent's interest in its token: `revoked` is cancelled when an admin revokes the token. Dropping it
@@ -110,6 +126,7 @@ impl Relay {
             reads: SessionsQuery::new(store.read_models().clone()),
             live_tokens: Mutex::new(HashMap::new()),
             next_watch: AtomicU64::new(0),
+            homes: Mutex::new(HashMap::new()),
         }
     }
 
@@ -153,6 +170,19 @@ impl Relay {
 
     pub(crate) fn sessions_of(&self, user: &Email) -> usize {
         self.active.lock().map(|active| active.values().filter(|owner| *owner == user).count()).unwrap_or(0)
+    }
+
+    /// Records that the agent connection `agent` is served by the current worker thread.
+    pub(crate) fn set_home(&self, agent: &str) -> Home<'_> {
+        if let Ok(mut homes) = self.homes.lock() {
+            homes.insert(agent.to_string(), (std::thread::current().id(), tokio::runtime::Handle::current()));
+        }
+        Home { relay: self, agent: agent.to_string() }
+    }
+
+    /// The worker thread serving the agent connection `agent`, if it is connected.
+    pub(crate) fn home_of(&self, agent: &str) -> Option<(std::thread::ThreadId, tokio::runtime::Handle)> {
+        self.homes.lock().ok().and_then(|homes| homes.get(agent).cloned())
     }
 
     /// Counts an open session (for the per-user limit and the shutdown wait).

@@ -159,6 +159,20 @@ impl WebSocket {
         }
     }
 
+    /// Takes the connection off the current runtime's reactor so that another runtime can serve it
+    /// ([`Detached::attach`]), with whatever was read and not yet parsed. Fails when a [`Sender`] of it is still
+    /// alive, or a write was torn.
+    pub fn detach(self) -> io::Result<Detached> {
+        let WebSocket { shared, sender, config, buffer, start, partial, eof, close_received } = self;
+        drop(sender);
+        let shared = Arc::try_unwrap(shared).map_err(|_| io::Error::other("the connection has other senders"))?;
+        if shared.broken.load(Ordering::Relaxed) {
+            return Err(io::ErrorKind::BrokenPipe.into());
+        }
+        let stream = shared.stream.into_std()?;
+        Ok(Detached { stream, config, buffer, start, partial, eof, close_received })
+    }
+
     /// A handle for writing frames (from this task or another).
     pub fn sender(&self) -> Sender {
         self.sender.clone()
@@ -377,6 +391,36 @@ impl WebSocket {
         } else {
             Ok(Some(Message::Binary(payload)))
         }
+    }
+}
+
+/// A connection between two runtimes (see [`WebSocket::detach`]).
+pub struct Detached {
+    stream: std::net::TcpStream,
+    config: Config,
+    buffer: Vec<u8>,
+    start: usize,
+    partial: Option<(u8, Vec<u8>)>,
+    eof: bool,
+    close_received: bool,
+}
+
+impl Detached {
+    /// Serves the connection on the current runtime, where it left off.
+    pub fn attach(self) -> io::Result<WebSocket> {
+        let Detached { stream, config, buffer, start, partial, eof, close_received } = self;
+        let stream = TcpStream::from_std(stream)?;
+        let shared = Arc::new(Shared { stream, writing: tokio::sync::Mutex::new(()), broken: AtomicBool::new(false) });
+        Ok(WebSocket {
+            sender: Sender { shared: shared.clone() },
+            shared,
+            config,
+            buffer,
+            start,
+            partial,
+            eof,
+            close_received,
+        })
     }
 }
 
@@ -733,5 +777,57 @@ mod idle_tests {
             assert!(waiting.is_err());
             assert_eq!(socket.buffer.capacity(), 0, "after a {size}-byte message");
         }
+    }
+
+    fn masked(payload: &[u8]) -> Vec<u8> {
+        let mut frame = vec![0x82, 0x80 | payload.len() as u8, 1, 2, 3, 4];
+        frame.extend(payload.iter().enumerate().map(|(index, byte)| byte ^ [1, 2, 3, 4][index % 4]));
+        frame
+    }
+
+    /// A connection moved to another runtime keeps what it had read but not parsed, and goes on in both directions.
+    #[tokio::test]
+    async fn a_detached_connection_goes_on_on_another_runtime() {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let mut socket = WebSocket::new(server, &[], Config::default());
+        // One whole frame and the first half of the next arrive together.
+        let (first, second) = (masked(b"first"), masked(b"second"));
+        let mut bytes = first.clone();
+        bytes.extend_from_slice(&second[..4]);
+        client.write_all(&bytes).await.unwrap();
+        assert_eq!(socket.recv().await.unwrap(), Some(Message::Binary(b"first".to_vec())));
+        // Make sure the half frame was read too before the move.
+        let waiting = tokio::time::timeout(Duration::from_millis(50), socket.recv()).await;
+        assert!(waiting.is_err());
+        let detached = socket.detach().unwrap();
+        let other = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async move {
+                let mut socket = detached.attach().unwrap();
+                let message = socket.recv().await.unwrap();
+                socket.binary(b"moved").await.unwrap();
+                message
+            })
+        });
+        client.write_all(&second[4..]).await.unwrap();
+        let mut answer = [0u8; 7];
+        client.read_exact(&mut answer).await.unwrap();
+        assert_eq!(answer, [0x82, 5, b'm', b'o', b'v', b'e', b'd']);
+        assert_eq!(other.join().unwrap(), Some(Message::Binary(b"second".to_vec())));
+    }
+
+    /// A connection with a live sender elsewhere cannot move.
+    #[tokio::test]
+    async fn a_connection_with_another_sender_does_not_move() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let socket = WebSocket::new(server, &[], Config::default());
+        let sender = socket.sender();
+        assert!(socket.detach().is_err());
+        drop(sender);
     }
 }
