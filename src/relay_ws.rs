@@ -114,11 +114,11 @@ enum Endpoint {
 /// Which endpoint the request is for (its route pattern, for metrics), or why it gets none.
 fn handshake(relay: &Relay, request: &Request) -> (&'static str, Result<Endpoint, Problem>) {
     let path = request.path();
-    let terminal = ResourceDef::new(TERMINAL_PATH);
+    static TERMINAL: std::sync::LazyLock<ResourceDef> = std::sync::LazyLock::new(|| ResourceDef::new(TERMINAL_PATH));
     let mut matched = Path::new(Url::new(request.uri().clone()));
     let (route, workspace) = if path == AGENT_PATH {
         (AGENT_PATH, None)
-    } else if terminal.capture_match_info(&mut matched) {
+    } else if TERMINAL.capture_match_info(&mut matched) {
         (TERMINAL_PATH, matched.get("id").map(str::to_string))
     } else {
         let problem = Problem::new(StatusCode::NOT_FOUND, ProblemCode::NotFound, "Not found").detail(
