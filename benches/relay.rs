@@ -29,11 +29,14 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use testkit::TestDb;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
 type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 const CHUNK: usize = 16 * 1024;
+/// What the bench's WebSocket clients read at a time (tungstenite's default is 128 KiB).
+const READ_BUFFER: usize = 256 * 1024;
 const MARKER: &str = "ECHO-READY";
 const WORKSPACE: &str = "ws-bench";
 /// The workspace of the hand-made (no PTY) agent.
@@ -316,10 +319,12 @@ async fn handmade_agent(base: &str, token: &str, workspace: &str) -> tokio::task
     }
 
     let url = format!("{}/api/v1/agent/connect", base.replace("http://", "ws://"));
-    let (socket, _) = tokio_tungstenite::connect_async_with_config(url, None, true).await.unwrap();
+    // Writes keep tungstenite's default 128 KiB buffer: the replies to a batch are fed, then flushed at once.
+    let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER);
+    let (socket, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true).await.unwrap();
     let (mut sink, mut stream) = socket.split();
     let hello = json!({"type": "hello", "token": token, "workspace": workspace, "tags": {"RDE_OWNER_EMAIL": OWNER}});
-    sink.send(Message::Text(hello.to_string())).await.unwrap();
+    sink.send(Message::Text(hello.to_string().into())).await.unwrap();
     loop {
         match stream.next().await {
             Some(Ok(Message::Text(_))) => break,
@@ -387,7 +392,7 @@ async fn handmade_agent(base: &str, token: &str, workspace: &str) -> tokio::task
                 alive &= apply(message, &mut out);
             }
             for frame in out.drain(..) {
-                if sink.feed(Message::Binary(frame.encode())).await.is_err() {
+                if sink.feed(Message::Binary(frame.encode().into())).await.is_err() {
                     return;
                 }
             }
@@ -422,9 +427,11 @@ async fn ticket(api: &Api, token: &str, workspace: &str) -> String {
 async fn open(base: &str, api: &Api, token: &str, workspace: &str) -> Socket {
     let one_time = ticket(api, token, workspace).await;
     let url = format!("{}/api/v1/workspaces/{workspace}/terminal", base.replace("http://", "ws://"));
-    // Browsers disable Nagle's algorithm on their sockets; so does this one.
-    let (mut socket, _) = tokio_tungstenite::connect_async_with_config(url, None, true).await.unwrap();
-    socket.send(Message::Text(json!({"type": "auth", "ticket": one_time}).to_string())).await.unwrap();
+    // Browsers disable Nagle's algorithm on their sockets; so does this one. It sends (and flushes) one message at a
+    // time, as a browser does: each is written at once, with no write buffer to fill first.
+    let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER).write_buffer_size(0);
+    let (mut socket, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true).await.unwrap();
+    socket.send(Message::Text(json!({"type": "auth", "ticket": one_time}).to_string().into())).await.unwrap();
     let mut seen = String::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while !seen.contains(MARKER) {
@@ -450,7 +457,7 @@ async fn relay_throughput(socket: Socket, total: usize) -> (Duration, Socket) {
         let mut sent = 0;
         while sent < total {
             let n = CHUNK.min(total - sent);
-            sink.send(Message::Binary(chunk[..n].to_vec())).await.unwrap();
+            sink.send(Message::Binary(chunk[..n].to_vec().into())).await.unwrap();
             sent += n;
         }
         sink
@@ -479,7 +486,7 @@ async fn relay_latency(socket: &mut Socket, count: usize) -> Vec<Duration> {
     for i in 0..count {
         let key = b'a' + (i % 26) as u8;
         let start = Instant::now();
-        socket.send(Message::Binary(vec![key])).await.unwrap();
+        socket.send(Message::Binary(vec![key].into())).await.unwrap();
         loop {
             match socket.next().await {
                 Some(Ok(Message::Binary(bytes))) => {

@@ -80,7 +80,7 @@ async fn connect(server: &Server, workspace: &str) -> Socket {
 /// Connects and authenticates; returns the socket after `ready`, or the close code.
 async fn open(server: &Server, workspace: &str, ticket: &str) -> Result<Socket, u16> {
     let mut socket = connect(server, workspace).await;
-    socket.send(Message::Text(json!({"type": "auth", "ticket": ticket}).to_string())).await.unwrap();
+    socket.send(Message::Text(json!({"type": "auth", "ticket": ticket}).to_string().into())).await.unwrap();
     loop {
         match tokio::time::timeout(Duration::from_secs(20), socket.next()).await.expect("no answer to auth") {
             Some(Ok(Message::Text(text))) => {
@@ -126,7 +126,7 @@ async fn close_code(socket: &mut Socket, limit: Duration) -> u16 {
 }
 
 async fn type_line(socket: &mut Socket, line: &str) {
-    socket.send(Message::Binary(line.as_bytes().to_vec())).await.unwrap();
+    socket.send(Message::Binary(line.as_bytes().to_vec().into())).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -160,12 +160,12 @@ async fn a_browser_types_into_a_real_shell_through_the_relay_on(db: TestDb) {
     type_line(&mut socket, "echo hel''lo\n").await;
     read_until(&mut socket, "hello", Duration::from_secs(20)).await;
 
-    socket.send(Message::Text(json!({"type": "resize", "cols": 100, "rows": 40}).to_string())).await.unwrap();
+    socket.send(Message::Text(json!({"type": "resize", "cols": 100, "rows": 40}).to_string().into())).await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     type_line(&mut socket, "stty size\n").await;
     read_until(&mut socket, "40 100", Duration::from_secs(20)).await;
 
-    socket.send(Message::Text(json!({"type": "ping"}).to_string())).await.unwrap();
+    socket.send(Message::Text(json!({"type": "ping"}).to_string().into())).await.unwrap();
 
     // The same ticket again: refused, however it is presented.
     assert_eq!(open(&server, "ws-ada", &one_time).await.err(), Some(4001), "a replayed ticket");
@@ -173,7 +173,7 @@ async fn a_browser_types_into_a_real_shell_through_the_relay_on(db: TestDb) {
     assert_eq!(open(&server, "ws-ada", "not-a-ticket").await.err(), Some(4001), "an unknown ticket");
     // Something other than auth first: 4000.
     let mut early = connect(&server, "ws-ada").await;
-    early.send(Message::Text(json!({"type": "ping"}).to_string())).await.unwrap();
+    early.send(Message::Text(json!({"type": "ping"}).to_string().into())).await.unwrap();
     assert_eq!(close_code(&mut early, Duration::from_secs(10)).await, 4000);
 
     // Bob cannot get a ticket for Ada's workspace, nor for one that is not connected.
@@ -453,7 +453,7 @@ async fn limits_are_enforced_and_shutdown_records_every_open_session_on(db: Test
 
     // An oversized frame: 1009.
     let mut big = open_one().await.unwrap();
-    big.send(Message::Binary(vec![b'x'; 80_000])).await.unwrap();
+    big.send(Message::Binary(vec![b'x'; 80_000].into())).await.unwrap();
     assert_eq!(close_code(&mut big, Duration::from_secs(10)).await, 1009);
 
     // At most two sessions for Ada; a third is refused with 4029.
@@ -707,12 +707,12 @@ async fn a_large_paste_into_an_echoing_shell_flows_through_the_windows_on(db: Te
     // `cat` echoes every line twice (the terminal's echo and cat's own output): about 1.2 MB back for 600 KB in,
     // several times both 256 KiB windows.
     let writer = tokio::spawn(async move {
-        write.send(Message::Binary(b"cat\n".to_vec())).await.unwrap();
+        write.send(Message::Binary(b"cat\n".to_vec().into())).await.unwrap();
         let line = format!("{}\n", "a".repeat(99));
         for _ in 0..100 {
-            write.send(Message::Binary(line.repeat(60).into_bytes())).await.unwrap();
+            write.send(Message::Binary(line.repeat(60).into_bytes().into())).await.unwrap();
         }
-        write.send(Message::Binary(b"\x04echo pas''te-done\n".to_vec())).await.unwrap();
+        write.send(Message::Binary(b"\x04echo pas''te-done\n".to_vec().into())).await.unwrap();
         write
     });
     let mut seen = 0usize;
@@ -767,7 +767,7 @@ async fn open_at(base: &str, workspace: &str, ticket: &str, forwarded_for: Optio
     }
     let (mut socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
     let auth = json!({"type": "auth", "ticket": ticket}).to_string();
-    socket.send(Message::Text(auth)).await.unwrap();
+    socket.send(Message::Text(auth.into())).await.unwrap();
     loop {
         match tokio::time::timeout(Duration::from_secs(20), socket.next()).await.expect("no answer to auth") {
             Some(Ok(Message::Text(_))) => return Ok(socket),
@@ -868,7 +868,7 @@ async fn shells_exit_with_their_status_and_bad_agents_get_documented_close_codes
     // Hand-made agents: each gets its documented close code and the real agent keeps serving.
     let url = format!("{}/api/v1/agent/connect", server.base.replace("http://", "ws://"));
     let hello = |token: &str, workspace: &str| {
-        Message::Text(json!({"type": "hello", "token": token, "workspace": workspace, "tags": {}}).to_string())
+        Message::Text(json!({"type": "hello", "token": token, "workspace": workspace, "tags": {}}).to_string().into())
     };
     let attempt = |first: Option<Message>, then: Option<Message>| {
         let url = url.clone();
@@ -889,7 +889,7 @@ async fn shells_exit_with_their_status_and_bad_agents_get_documented_close_codes
     assert_eq!(attempt(Some(Message::Text("{}".into())), None).await, 4000, "not a hello");
     assert_eq!(attempt(Some(hello("gha_wrong", "ws-other")), None).await, 4401, "unknown token");
     assert_eq!(attempt(Some(hello(&agent_token, "ws-exit")), None).await, 4409, "a workspace already served");
-    let garbage = Some(Message::Binary(vec![0x09, 0, 0, 0, 1]));
+    let garbage = Some(Message::Binary(vec![0x09, 0, 0, 0, 1].into()));
     assert_eq!(attempt(Some(hello(&agent_token, "ws-fake")), garbage).await, 1002, "a malformed frame");
 
     let (_, issued) = ticket(&api, &root, "ws-exit").await;

@@ -16,6 +16,7 @@ use portable_pty::{native_pty_system, ChildKiller, CommandBuilder, MasterPty, Pt
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::mux::{Frame, INITIAL_WINDOW};
@@ -127,13 +128,20 @@ enum Outcome {
     TokenRefused,
 }
 
+/// The agent's WebSocket settings. Reads: 256 KiB at a time (tungstenite's default is 128 KiB), for the bursts of
+/// input and credit a busy session sends. Writes: each frame goes to the socket as it is sent (no write buffer to
+/// fill first), so a keystroke's echo or a credit never waits behind a threshold; every `send` flushes anyway.
+fn websocket_config() -> WebSocketConfig {
+    WebSocketConfig::default().read_buffer_size(256 * 1024).write_buffer_size(0)
+}
+
 async fn serve_once(config: &AgentConfig, url: &str) -> Result<Outcome, Box<dyn std::error::Error + Send + Sync>> {
     let request = url.into_client_request()?;
     // Nagle off: keystrokes and credits are small frames sent back to back (see src/app.rs, tcp_nodelay).
-    let (socket, _) = tokio_tungstenite::connect_async_with_config(request, None, true).await?;
+    let (socket, _) = tokio_tungstenite::connect_async_with_config(request, Some(websocket_config()), true).await?;
     let (mut sink, mut stream) = socket.split();
     let hello = Hello { token: config.token.clone(), workspace: config.workspace.clone(), tags: config.tags.clone() };
-    sink.send(Message::Text(serde_json::to_string(&hello)?)).await?;
+    sink.send(Message::Text(serde_json::to_string(&hello)?.into())).await?;
     loop {
         match stream.next().await {
             Some(Ok(Message::Text(text))) => {
@@ -154,7 +162,7 @@ async fn serve_once(config: &AgentConfig, url: &str) -> Result<Outcome, Box<dyn 
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Frame>();
     let writer = tokio::spawn(async move {
         while let Some(frame) = out_rx.recv().await {
-            if sink.send(Message::Binary(frame.encode())).await.is_err() {
+            if sink.send(Message::Binary(frame.encode().into())).await.is_err() {
                 break;
             }
         }

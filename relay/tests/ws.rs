@@ -255,32 +255,33 @@ async fn text_and_binary_round_trips_with_tungstenite_at_every_length_form_up_to
     let (mut ws, mut client) = tungstenite_pair().await;
     for length in [0, 1, 125, 126, 65_535, 65_536, LIMIT] {
         let text = text_of(length);
-        let (sent, received) = tokio::join!(client.send(Tungstenite::Text(text.clone())), recv_message(&mut ws));
+        let (sent, received) = tokio::join!(client.send(Tungstenite::Text(text.clone().into())), recv_message(&mut ws));
         sent.unwrap();
         assert!(received == Message::Text(text.clone()), "text of {length} bytes came in different");
         let (sent, echoed) = tokio::join!(ws.text(&text), client_next(&mut client));
         sent.unwrap();
-        assert!(echoed == Tungstenite::Text(text), "text of {length} bytes went out different");
+        assert!(echoed == Tungstenite::Text(text.into()), "text of {length} bytes went out different");
 
         let bytes = random_bytes(length, length as u64);
-        let (sent, received) = tokio::join!(client.send(Tungstenite::Binary(bytes.clone())), recv_message(&mut ws));
+        let (sent, received) =
+            tokio::join!(client.send(Tungstenite::Binary(bytes.clone().into())), recv_message(&mut ws));
         sent.unwrap();
         assert!(received == Message::Binary(bytes.clone()), "binary of {length} bytes came in different");
         let (sent, echoed) = tokio::join!(ws.binary(&bytes), client_next(&mut client));
         sent.unwrap();
-        assert!(echoed == Tungstenite::Binary(bytes), "binary of {length} bytes went out different");
+        assert!(echoed == Tungstenite::Binary(bytes.into()), "binary of {length} bytes went out different");
     }
 }
 
 #[tokio::test]
 async fn pings_from_tungstenite_are_answered_with_pongs() {
     let (mut ws, mut client) = tungstenite_pair().await;
-    client.send(Tungstenite::Ping(b"are you there".to_vec())).await.unwrap();
+    client.send(Tungstenite::Ping(b"are you there".to_vec().into())).await.unwrap();
     let Message::Ping(payload) = recv_message(&mut ws).await else { panic!("expected a ping") };
     assert_eq!(payload, b"are you there");
     ws.sender().pong(&payload).await.unwrap();
-    assert_eq!(client_next(&mut client).await, Tungstenite::Pong(b"are you there".to_vec()));
-    client.send(Tungstenite::Pong(b"unasked".to_vec())).await.unwrap();
+    assert_eq!(client_next(&mut client).await, Tungstenite::Pong(b"are you there".to_vec().into()));
+    client.send(Tungstenite::Pong(b"unasked".to_vec().into())).await.unwrap();
     assert_eq!(recv_message(&mut ws).await, Message::Pong(b"unasked".to_vec()));
 }
 
@@ -297,7 +298,7 @@ async fn a_message_over_the_limit_from_tungstenite_is_refused_with_1009_and_the_
         ws.close(Some((1009, "too large")), Duration::from_millis(300)).await;
     };
     let talk = async {
-        client.send(Tungstenite::Binary(too_large)).await.unwrap();
+        client.send(Tungstenite::Binary(too_large.into())).await.unwrap();
         client_rest(&mut client).await
     };
     let ((), messages) = patiently("refusal", async { tokio::join!(server, talk) }).await;
@@ -408,7 +409,7 @@ async fn fragmented_messages_from_tungstenite() {
     for (index, (fin, opcode, payload)) in pieces.into_iter().enumerate() {
         client.send(Tungstenite::Frame(Frame::message(payload.to_vec(), opcode, fin))).await.unwrap();
         if index == 0 {
-            client.send(Tungstenite::Ping(b"between".to_vec())).await.unwrap();
+            client.send(Tungstenite::Ping(b"between".to_vec().into())).await.unwrap();
         }
     }
     assert_eq!(recv_message(&mut ws).await, Message::Ping(b"between".to_vec()));
@@ -984,8 +985,8 @@ async fn concurrent_senders_write_whole_frames_in_each_senders_order() {
     let mut next = [0usize; TASKS];
     for _ in 0..TASKS * EACH {
         let (payload, text) = match client_next(&mut client).await {
-            Tungstenite::Text(text) => (text.into_bytes(), true),
-            Tungstenite::Binary(bytes) => (bytes, false),
+            Tungstenite::Text(text) => (text.as_bytes().to_vec(), true),
+            Tungstenite::Binary(bytes) => (bytes.to_vec(), false),
             other => panic!("unexpected {other:?}"),
         };
         let name = std::str::from_utf8(&payload[..20.min(payload.len())]).unwrap_or("?").to_string();
@@ -1035,9 +1036,9 @@ async fn an_encoded_batch_arrives_as_separate_messages() {
     );
     written.unwrap();
     for (index, (frame, message)) in parts.iter().zip(&messages).enumerate() {
-        assert!(*message == Tungstenite::Binary(frame.concat()), "frame {index} of the batch came different");
+        assert!(*message == Tungstenite::Binary(frame.concat().into()), "frame {index} of the batch came different");
     }
-    assert_eq!(messages[parts.len()], Tungstenite::Text("after the batch".to_string()));
+    assert_eq!(messages[parts.len()], Tungstenite::Text("after the batch".into()));
 }
 
 #[tokio::test]
