@@ -35,8 +35,8 @@ use tokio_tungstenite::tungstenite::Message;
 type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 const CHUNK: usize = 16 * 1024;
-/// What the bench's WebSocket clients read at a time (tungstenite's default is 128 KiB).
-const READ_BUFFER: usize = 256 * 1024;
+/// What the bench's WebSocket clients read at a time (as the agent; tungstenite's default is 128 KiB).
+const READ_BUFFER: usize = 64 * 1024;
 const MARKER: &str = "ECHO-READY";
 const WORKSPACE: &str = "ws-bench";
 /// The workspace of the hand-made (no PTY) agent.
