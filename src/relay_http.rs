@@ -1,5 +1,6 @@
-//! The relay's HTTP and WebSocket surface: agent tokens, workspaces, tickets, sessions, the agent endpoint and the
-//! browser terminal endpoint.
+//! The relay's REST surface: agent tokens, workspaces, tickets, sessions, the firewall, and the relay's shared state
+//! ([`Relay`]). The WebSocket connections themselves are in `relay_ws` (ADR 0011); the two WebSocket routes here
+//! only answer requests that are not upgrades.
 //!
 //! It lives in the root package because it joins `api` (callers, problems) and `relay` (the hub and the wire
 //! protocols), which never depend on each other. Tickets, agent tokens and sessions are aggregates (`domain::relay`).
