@@ -169,11 +169,12 @@ impl SessionHandle {
     }
 
     /// Sends keystrokes, waiting for credit. `false` when the session or agent is gone.
-    pub async fn send_input(&self, mut bytes: &[u8]) -> bool {
-        while !bytes.is_empty() {
-            match self.input().send_chunk(bytes).await {
-                Some(count) => bytes = &bytes[count..],
-                None => return false,
+    pub async fn send_input(&self, bytes: &[u8]) -> bool {
+        let mut pending = bytes.to_vec();
+        let input = self.input();
+        while !pending.is_empty() {
+            if input.send_front(&mut pending).await.is_none() {
+                return false;
             }
         }
         true
@@ -236,21 +237,10 @@ pub struct Input {
 }
 
 impl Input {
-    /// Sends the first chunk (at most [`MAX_DATA`] bytes) of `bytes` once the window allows it; returns how many
+    /// Sends the front of `pending` (at most [`MAX_DATA`] bytes) once the window allows it, and removes it from
+    /// `pending`; when all of it fits in one chunk, the vector itself becomes the frame (no copy). Returns how many
     /// bytes were sent, `None` when the session or agent is gone. Cancel-safe: dropped before it completes, it has
     /// sent nothing (so it can be one branch of a `select!` that keeps forwarding output meanwhile).
-    pub async fn send_chunk(&self, bytes: &[u8]) -> Option<usize> {
-        let chunk = &bytes[..bytes.len().min(MAX_DATA)];
-        let permit = self.credit.acquire_many(chunk.len() as u32).await.ok()?;
-        permit.forget();
-        self.conn.to_agent.send(Frame::Data { session: self.session, bytes: chunk.to_vec() }).ok()?;
-        Some(chunk.len())
-    }
-}
-
-impl Input {
-    /// Like [`Input::send_chunk`] for the front of `pending`, which loses what was sent; when all of it fits in one
-    /// chunk, the vector itself becomes the frame (no copy). Cancel-safe like `send_chunk`.
     pub async fn send_front(&self, pending: &mut Vec<u8>) -> Option<usize> {
         let length = pending.len().min(MAX_DATA);
         let permit = self.credit.acquire_many(length as u32).await.ok()?;

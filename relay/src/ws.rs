@@ -130,6 +130,11 @@ pub struct Sender {
 pub struct WebSocket {
     shared: Arc<Shared>,
     sender: Sender,
+    read: Reading,
+}
+
+/// Where reading a connection stands (it moves with the connection, see [`WebSocket::detach`]).
+struct Reading {
     config: Config,
     /// Bytes read: `buffer[start..]` are not yet parsed. Empty (no allocation) while idle.
     buffer: Vec<u8>,
@@ -146,31 +151,34 @@ impl WebSocket {
     /// A connection over `stream`, after the `101 Switching Protocols` answer was written. `already_read` holds bytes
     /// the HTTP server read past the request's head (the first frames of an eager client).
     pub fn new(stream: TcpStream, already_read: &[u8], config: Config) -> Self {
-        let shared = Arc::new(Shared { stream, writing: tokio::sync::Mutex::new(()), broken: AtomicBool::new(false) });
-        Self {
-            sender: Sender { shared: shared.clone() },
-            shared,
+        let read = Reading {
             config,
             buffer: already_read.to_vec(),
             start: 0,
             partial: None,
             eof: false,
             close_received: false,
-        }
+        };
+        Self::resume(stream, read)
+    }
+
+    fn resume(stream: TcpStream, read: Reading) -> Self {
+        let shared = Arc::new(Shared { stream, writing: tokio::sync::Mutex::new(()), broken: AtomicBool::new(false) });
+        Self { sender: Sender { shared: shared.clone() }, shared, read }
     }
 
     /// Takes the connection off the current runtime's reactor so that another runtime can serve it
     /// ([`Detached::attach`]), with whatever was read and not yet parsed. Fails when a [`Sender`] of it is still
     /// alive, or a write was torn.
     pub fn detach(self) -> io::Result<Detached> {
-        let WebSocket { shared, sender, config, buffer, start, partial, eof, close_received } = self;
+        let WebSocket { shared, sender, read } = self;
         drop(sender);
         let shared = Arc::try_unwrap(shared).map_err(|_| io::Error::other("the connection has other senders"))?;
         if shared.broken.load(Ordering::Relaxed) {
             return Err(io::ErrorKind::BrokenPipe.into());
         }
         let stream = shared.stream.into_std()?;
-        Ok(Detached { stream, config, buffer, start, partial, eof, close_received })
+        Ok(Detached { stream, read })
     }
 
     /// A handle for writing frames (from this task or another).
@@ -185,8 +193,8 @@ impl WebSocket {
             if let Some(message) = self.parse()? {
                 return Ok(Some(message));
             }
-            if self.eof {
-                return if self.start == self.buffer.len() && self.partial.is_none() {
+            if self.read.eof {
+                return if self.read.start == self.read.buffer.len() && self.read.partial.is_none() {
                     Ok(None)
                 } else {
                     Err(Error::Io(io::ErrorKind::UnexpectedEof.into()))
@@ -229,7 +237,7 @@ impl WebSocket {
     /// and had something to do before waiting for the peer's answer: waits up to `linger` for the peer's close
     /// frame (discarding the rest, draining a peer that broke the protocol), then closes the socket.
     pub async fn linger(mut self, linger: Duration) {
-        if self.close_received || self.eof {
+        if self.read.close_received || self.read.eof {
             return;
         }
         let _ = tokio::time::timeout(linger, async {
@@ -249,16 +257,16 @@ impl WebSocket {
 
     /// Reads and drops whatever arrives until the peer closes its side of the connection (or the socket fails).
     async fn drain(&mut self) {
-        self.buffer = Vec::with_capacity(self.config.read_chunk);
-        self.start = 0;
+        self.read.buffer = Vec::with_capacity(self.read.config.read_chunk);
+        self.read.start = 0;
         loop {
             if self.shared.stream.readable().await.is_err() {
                 return;
             }
-            self.buffer.clear();
-            match self.shared.stream.try_read_buf(&mut self.buffer) {
+            self.read.buffer.clear();
+            match self.shared.stream.try_read_buf(&mut self.read.buffer) {
                 Ok(0) => {
-                    self.eof = true;
+                    self.read.eof = true;
                     return;
                 }
                 Ok(_) => {}
@@ -270,27 +278,27 @@ impl WebSocket {
 
     /// Reads more bytes: waits for the socket to be readable, then reads into a buffer that exists only now.
     async fn fill(&mut self) -> Result<(), Error> {
-        if self.start > 0 {
-            self.buffer.drain(..self.start);
-            self.start = 0;
+        if self.read.start > 0 {
+            self.read.buffer.drain(..self.read.start);
+            self.read.start = 0;
         }
         loop {
             match self.shared.stream.readable().now_or_never() {
                 Some(ready) => ready?,
                 None => {
-                    if self.buffer.is_empty() {
+                    if self.read.buffer.is_empty() {
                         // Nothing pending and nothing arriving: give the buffer back while the connection waits.
-                        self.buffer = Vec::new();
+                        self.read.buffer = Vec::new();
                     }
                     self.shared.stream.readable().await?;
                 }
             }
             // A frame's announced size is not trusted with memory: at most `MAX_RESERVE` is taken ahead of its bytes.
-            let wanted = self.config.read_chunk.max(self.frame_remaining().min(MAX_RESERVE));
-            self.buffer.reserve(wanted);
-            match self.shared.stream.try_read_buf(&mut self.buffer) {
+            let wanted = self.read.config.read_chunk.max(self.frame_remaining().min(MAX_RESERVE));
+            self.read.buffer.reserve(wanted);
+            match self.shared.stream.try_read_buf(&mut self.read.buffer) {
                 Ok(0) => {
-                    self.eof = true;
+                    self.read.eof = true;
                     return Ok(());
                 }
                 Ok(_) => return Ok(()),
@@ -302,11 +310,13 @@ impl WebSocket {
 
     /// How many bytes the frame at the front still needs (0 when its header is incomplete or nothing is pending).
     fn frame_remaining(&self) -> usize {
-        let available = &self.buffer[self.start..];
+        let available = &self.read.buffer[self.read.start..];
         match frame_header(available) {
             Ok(Some(header)) => {
                 let total = (header.length as usize).saturating_add(header.size);
-                total.saturating_sub(available.len()).min(self.config.max_message.saturating_add(MAX_CLIENT_HEADER))
+                total
+                    .saturating_sub(available.len())
+                    .min(self.read.config.max_message.saturating_add(MAX_CLIENT_HEADER))
             }
             _ => 0,
         }
@@ -315,24 +325,24 @@ impl WebSocket {
     /// The next whole message in the buffer, handling fragments; `None` when more bytes are needed.
     fn parse(&mut self) -> Result<Option<Message>, Error> {
         loop {
-            let available = &self.buffer[self.start..];
+            let available = &self.read.buffer[self.read.start..];
             let Some(header) = frame_header(available)? else { return Ok(None) };
             // Limits first: a peer announcing a huge frame is refused before its payload is waited for.
             match header.opcode {
                 OP_CONTINUATION => {
-                    let Some((_, so_far)) = &self.partial else {
+                    let Some((_, so_far)) = &self.read.partial else {
                         return Err(Error::Protocol("continuation frame without a message to continue"));
                     };
                     let total = so_far.len() as u64 + header.length;
-                    if total > self.config.max_message as u64 {
+                    if total > self.read.config.max_message as u64 {
                         return Err(Error::TooLarge(total));
                     }
                 }
                 OP_TEXT | OP_BINARY => {
-                    if self.partial.is_some() {
+                    if self.read.partial.is_some() {
                         return Err(Error::Protocol("new message before the fragmented one ended"));
                     }
-                    if header.length > self.config.max_message as u64 {
+                    if header.length > self.read.config.max_message as u64 {
                         return Err(Error::TooLarge(header.length));
                     }
                 }
@@ -343,14 +353,14 @@ impl WebSocket {
             if available.len() < header.size + length {
                 return Ok(None);
             }
-            let from = self.start + header.size;
-            let payload = &mut self.buffer[from..from + length];
+            let from = self.read.start + header.size;
+            let payload = &mut self.read.buffer[from..from + length];
             unmask(payload, header.mask);
             let payload = payload.to_vec();
-            self.start = from + length;
-            if self.start == self.buffer.len() {
-                self.buffer.clear();
-                self.start = 0;
+            self.read.start = from + length;
+            if self.read.start == self.read.buffer.len() {
+                self.read.buffer.clear();
+                self.read.start = 0;
             }
             if let Some(message) = self.finish(header, payload)? {
                 return Ok(Some(message));
@@ -364,23 +374,23 @@ impl WebSocket {
             OP_PING => return Ok(Some(Message::Ping(payload))),
             OP_PONG => return Ok(Some(Message::Pong(payload))),
             OP_CLOSE => {
-                self.close_received = true;
+                self.read.close_received = true;
                 return close_payload(&payload).map(|close| Some(Message::Close(close)));
             }
             OP_CONTINUATION => {
-                let Some((opcode, mut so_far)) = self.partial.take() else {
+                let Some((opcode, mut so_far)) = self.read.partial.take() else {
                     return Err(Error::Protocol("continuation frame without a message to continue"));
                 };
                 so_far.extend_from_slice(&payload);
                 if !header.fin {
-                    self.partial = Some((opcode, so_far));
+                    self.read.partial = Some((opcode, so_far));
                     return Ok(None);
                 }
                 (opcode, so_far)
             }
             opcode => {
                 if !header.fin {
-                    self.partial = Some((opcode, payload));
+                    self.read.partial = Some((opcode, payload));
                     return Ok(None);
                 }
                 (opcode, payload)
@@ -397,30 +407,13 @@ impl WebSocket {
 /// A connection between two runtimes (see [`WebSocket::detach`]).
 pub struct Detached {
     stream: std::net::TcpStream,
-    config: Config,
-    buffer: Vec<u8>,
-    start: usize,
-    partial: Option<(u8, Vec<u8>)>,
-    eof: bool,
-    close_received: bool,
+    read: Reading,
 }
 
 impl Detached {
     /// Serves the connection on the current runtime, where it left off.
     pub fn attach(self) -> io::Result<WebSocket> {
-        let Detached { stream, config, buffer, start, partial, eof, close_received } = self;
-        let stream = TcpStream::from_std(stream)?;
-        let shared = Arc::new(Shared { stream, writing: tokio::sync::Mutex::new(()), broken: AtomicBool::new(false) });
-        Ok(WebSocket {
-            sender: Sender { shared: shared.clone() },
-            shared,
-            config,
-            buffer,
-            start,
-            partial,
-            eof,
-            close_received,
-        })
+        Ok(WebSocket::resume(TcpStream::from_std(self.stream)?, self.read))
     }
 }
 
@@ -541,7 +534,7 @@ pub fn encode_binary_header(out: &mut Vec<u8>, payload_length: usize) {
 }
 
 /// Appends one binary server frame whose payload is the concatenation of `parts` to `out` (for writers that batch
-/// several frames into one [`Sender::write_encoded`]).
+/// several frames into one [`Sender::write_slices`]).
 pub fn encode_binary(out: &mut Vec<u8>, parts: &[&[u8]]) {
     let length = parts.iter().map(|part| part.len()).sum();
     let mut header = [0u8; MAX_SERVER_HEADER];
@@ -581,11 +574,6 @@ impl Sender {
             body.extend_from_slice(&reason.as_bytes()[..end]);
         }
         self.frame(OP_CLOSE, &body).await
-    }
-
-    /// Writes frames made by [`encode_binary`], whole.
-    pub async fn write_encoded(&self, frames: &[u8]) -> io::Result<()> {
-        self.write_all(&mut [IoSlice::new(frames)]).await
     }
 
     /// Writes the slices whole, in order, as one turn (frames whose headers and payloads are separate slices; see
@@ -644,6 +632,7 @@ impl Drop for TornGuard<'_> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use tokio::io::AsyncWriteExt;
 
     /// A masked client frame.
     fn client_frame(first: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
@@ -741,13 +730,6 @@ mod tests {
         assert!(!valid_key("dGhlIHNhbXBsZSBub25jZR=="));
         assert!(!valid_key("dGhlIHNhbXBsZSBub25j!Q=="));
     }
-}
-
-#[cfg(test)]
-mod idle_tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-    use tokio::io::AsyncWriteExt;
 
     /// A connection waiting for its peer holds no read buffer, after small and large messages alike.
     #[tokio::test]
@@ -758,31 +740,13 @@ mod idle_tests {
         let mut socket = WebSocket::new(server, &[], Config::default());
         for size in [5usize, 300, 70_000] {
             let payload = vec![b'x'; size];
-            let mut frame = vec![0x82];
-            if size < 126 {
-                frame.push(0x80 | size as u8);
-            } else if size <= 0xFFFF {
-                frame.push(0x80 | 126);
-                frame.extend_from_slice(&(size as u16).to_be_bytes());
-            } else {
-                frame.push(0x80 | 127);
-                frame.extend_from_slice(&(size as u64).to_be_bytes());
-            }
-            frame.extend_from_slice(&[0, 0, 0, 0]);
-            frame.extend_from_slice(&payload);
-            client.write_all(&frame).await.unwrap();
+            client.write_all(&client_frame(0x82, &payload, [0; 4])).await.unwrap();
             assert_eq!(socket.recv().await.unwrap(), Some(Message::Binary(payload)));
             // Waiting for the next message, which does not come.
             let waiting = tokio::time::timeout(Duration::from_millis(50), socket.recv()).await;
             assert!(waiting.is_err());
-            assert_eq!(socket.buffer.capacity(), 0, "after a {size}-byte message");
+            assert_eq!(socket.read.buffer.capacity(), 0, "after a {size}-byte message");
         }
-    }
-
-    fn masked(payload: &[u8]) -> Vec<u8> {
-        let mut frame = vec![0x82, 0x80 | payload.len() as u8, 1, 2, 3, 4];
-        frame.extend(payload.iter().enumerate().map(|(index, byte)| byte ^ [1, 2, 3, 4][index % 4]));
-        frame
     }
 
     /// A connection moved to another runtime keeps what it had read but not parsed, and goes on in both directions.
@@ -794,7 +758,7 @@ mod idle_tests {
         let (server, _) = listener.accept().await.unwrap();
         let mut socket = WebSocket::new(server, &[], Config::default());
         // One whole frame and the first half of the next arrive together.
-        let (first, second) = (masked(b"first"), masked(b"second"));
+        let (first, second) = (client_frame(0x82, b"first", [1, 2, 3, 4]), client_frame(0x82, b"second", [1, 2, 3, 4]));
         let mut bytes = first.clone();
         bytes.extend_from_slice(&second[..4]);
         client.write_all(&bytes).await.unwrap();

@@ -1023,7 +1023,7 @@ async fn an_encoded_batch_arrives_as_separate_messages() {
     let sender = ws.sender();
     let (written, messages) = tokio::join!(
         async {
-            sender.write_encoded(&batch).await?;
+            sender.write_slices(&mut [std::io::IoSlice::new(&batch)]).await?;
             sender.text("after the batch").await
         },
         async {
