@@ -44,6 +44,10 @@ const AGENT_READ: usize = 64 * 1024;
 /// The agent connection's writer gathers frames already queued into writes of up to this many bytes and frames.
 const AGENT_WRITE_BATCH: usize = 256 * 1024;
 const AGENT_WRITE_FRAMES: usize = 256;
+/// A session takes up to this many of its agent's messages at a time, and sends the output among them as messages of
+/// up to `OUTPUT_MESSAGE` bytes (the agent's whole window: what can pile up while one write goes out).
+const INBOX: usize = 64;
+const OUTPUT_MESSAGE: usize = relay::mux::INITIAL_WINDOW as usize;
 
 /// A connection the HTTP server upgraded, with what it read past the request's head.
 pub type Upgraded = Framed<TcpStream, h1::Codec>;
@@ -498,6 +502,7 @@ async fn relay_session(relay: Arc<Relay>, context: BrowserContext, mut socket: W
     // but output keeps flowing, so a paste into a busy shell cannot deadlock the session.
     let mut pending: Vec<u8> = Vec::new();
     let input = handle.input();
+    let mut inbox = Vec::new();
     let mut rules = relay.rules.subscribe();
     // The timers and the shutdown signal are created once, not on every pass of the loop: re-creating them
     // registered and removed two timer-wheel entries and a cancellation waiter for every frame relayed. The idle
@@ -546,28 +551,53 @@ async fn relay_session(relay: Arc<Relay>, context: BrowserContext, mut socket: W
                     outcome = Some((CloseReason::ClientClosed, close));
                 }
             },
-            message = handle.recv() => match message {
-                Some(ToBrowser::Data(bytes)) => {
-                    last_activity = tokio::time::Instant::now();
-                    let length = bytes.len();
-                    if socket.binary(&bytes).await.is_err() {
-                        outcome = Some((CloseReason::ClientClosed, None));
-                    } else {
-                        bytes_out += length as u64;
-                        handle.consumed(length);
+            received = handle.recv_many(&mut inbox, INBOX) => {
+                if received == 0 {
+                    outcome = Some(agent_gone(None));
+                }
+                // Taken, so that an idle session keeps no inbox capacity.
+                let mut messages = std::mem::take(&mut inbox).into_iter().peekable();
+                while outcome.is_none() {
+                    let Some(message) = messages.next() else { break };
+                    match message {
+                        ToBrowser::Data(first) => {
+                            // Output that piled up while the last write was going out leaves as one message, in one
+                            // vectored write (the payloads are not copied).
+                            last_activity = tokio::time::Instant::now();
+                            let mut run = vec![first];
+                            let mut length = run[0].len();
+                            while let Some(ToBrowser::Data(next)) = messages.peek() {
+                                if length + next.len() > OUTPUT_MESSAGE {
+                                    break;
+                                }
+                                length += next.len();
+                                if let Some(ToBrowser::Data(next)) = messages.next() {
+                                    run.push(next);
+                                }
+                            }
+                            let mut header = Vec::with_capacity(ws::MAX_SERVER_HEADER);
+                            ws::encode_binary_header(&mut header, length);
+                            let mut slices = Vec::with_capacity(run.len() + 1);
+                            slices.push(IoSlice::new(&header));
+                            slices.extend(run.iter().map(|payload| IoSlice::new(payload)));
+                            if socket.sender().write_slices(&mut slices).await.is_err() {
+                                outcome = Some((CloseReason::ClientClosed, None));
+                            } else {
+                                bytes_out += length as u64;
+                                handle.consumed(length);
+                            }
+                        }
+                        ToBrowser::Exit(code) => {
+                            let exit =
+                                serde_json::to_string(&ServerMessage::Exit { code: Some(code) }).unwrap_or_default();
+                            let _ = socket.text(&exit).await;
+                        }
+                        ToBrowser::Closed => outcome = Some((CloseReason::ClientClosed, Some((1000, "")))),
+                        ToBrowser::Opened => {}
+                        why @ (ToBrowser::AgentLost | ToBrowser::AgentRevoked) => outcome = Some(agent_gone(Some(why))),
                     }
                 }
-                Some(ToBrowser::Exit(code)) => {
-                    let exit = serde_json::to_string(&ServerMessage::Exit { code: Some(code) }).unwrap_or_default();
-                    let _ = socket.text(&exit).await;
-                }
-                Some(ToBrowser::Closed) => {
-                    outcome = Some((CloseReason::ClientClosed, Some((1000, ""))));
-                }
-                Some(ToBrowser::Opened) => {}
-                Some(why @ (ToBrowser::AgentLost | ToBrowser::AgentRevoked)) => outcome = Some(agent_gone(Some(why))),
-                None => outcome = Some(agent_gone(None)),
-            },
+            }
             _ = &mut idle => {
                 let deadline = last_activity + relay.limits.idle_timeout;
                 if deadline <= tokio::time::Instant::now() {

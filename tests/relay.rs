@@ -1499,3 +1499,149 @@ async fn keep_alive_connections_serve_rest_then_upgrade_on(db: TestDb) {
     raw.response().await.problem(426, "invalid_request", "pipelined version 8");
     raw.closed("after the problem").await;
 }
+
+/// A hand-made agent (the agent protocol spoken by the test) whose frames the test writes itself.
+struct HandAgent {
+    socket: Socket,
+}
+
+impl HandAgent {
+    async fn connect(server: &Server, token: &str, workspace: &str, owner: &str) -> HandAgent {
+        let url = format!("{}/api/v1/agent/connect", server.base.replace("http://", "ws://"));
+        let (mut socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        let hello =
+            json!({"type": "hello", "token": token, "workspace": workspace, "tags": {"RDE_OWNER_EMAIL": owner}});
+        socket.send(Message::Text(hello.to_string().into())).await.unwrap();
+        match tokio::time::timeout(Duration::from_secs(10), socket.next()).await.expect("no welcome") {
+            Some(Ok(Message::Text(text))) => assert!(text.contains("welcome"), "{text}"),
+            other => panic!("no welcome: {other:?}"),
+        }
+        HandAgent { socket }
+    }
+
+    /// The gateway's next frame.
+    async fn frame(&mut self) -> relay::mux::Frame {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), self.socket.next()).await.expect("no frame") {
+                Some(Ok(Message::Binary(bytes))) => return relay::mux::Frame::decode(&bytes).unwrap(),
+                Some(Ok(Message::Ping(_))) => {}
+                other => panic!("agent connection: {other:?}"),
+            }
+        }
+    }
+
+    /// Sends `frames` in one write (they reach the gateway together).
+    async fn send_together(&mut self, frames: &[relay::mux::Frame]) {
+        for frame in frames {
+            self.socket.feed(Message::Binary(frame.encode().into())).await.unwrap();
+        }
+        self.socket.flush().await.unwrap();
+    }
+}
+
+/// Opens a browser session on a hand-made agent: the test's agent answers the gateway's `Open`; returns the browser's
+/// socket (after `ready`) and the session's number on the agent connection.
+async fn open_on_hand_agent(
+    server: &Server,
+    api: &Api,
+    user: &str,
+    agent: &mut HandAgent,
+    workspace: &str,
+) -> (Socket, u32) {
+    let (_, issued) = ticket(api, user, workspace).await;
+    let one_time = issued["ticket"].as_str().unwrap().to_string();
+    let browser = {
+        let (base, workspace) = (server.base.clone(), workspace.to_string());
+        tokio::spawn(async move { open_at(&base, &workspace, &one_time, None).await })
+    };
+    // (Earlier sessions' `Close` frames may come first.)
+    let session = loop {
+        match agent.frame().await {
+            relay::mux::Frame::Open { session, .. } => break session,
+            relay::mux::Frame::Close { .. } => {}
+            other => panic!("the gateway did not open a session: {other:?}"),
+        }
+    };
+    agent.send_together(&[relay::mux::Frame::Opened { session }]).await;
+    (browser.await.unwrap().expect("the terminal opened"), session)
+}
+
+/// The browser's next binary message, text message or close code.
+async fn next_from_gateway(socket: &mut Socket) -> Result<Result<Vec<u8>, Value>, u16> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), socket.next()).await.expect("nothing from the gateway") {
+            Some(Ok(Message::Binary(bytes))) => return Ok(Ok(bytes.to_vec())),
+            Some(Ok(Message::Text(text))) => return Ok(Err(serde_json::from_str(&text).unwrap())),
+            Some(Ok(Message::Close(frame))) => return Err(frame.map(|frame| u16::from(frame.code)).unwrap_or(1005)),
+            Some(Ok(_)) => {}
+            other => panic!("socket ended without a close frame: {other:?}"),
+        }
+    }
+}
+
+/// Output that reaches the gateway together leaves for the browser as one message (one write, fewer wake-ups for
+/// both), in order, with the shell's exit after it; a whole window of output (four 64 KiB frames) arrives complete,
+/// in order, in messages of at most 256 KiB.
+#[tokio::test(flavor = "multi_thread")]
+async fn output_that_arrives_together_leaves_as_one_message() {
+    for db in TestDb::all("relay output_that_arrives_together_leaves_as_one_message").await {
+        output_that_arrives_together_leaves_as_one_message_on(db).await;
+    }
+}
+
+async fn output_that_arrives_together_leaves_as_one_message_on(db: TestDb) {
+    use relay::mux::{Frame, INITIAL_WINDOW, MAX_DATA};
+
+    let root = issue_token(&db, "root@example.com", "admin", "1h");
+    let ada = issue_token(&db, "ada@example.com", "member", "1h");
+    let server = Server::start(&db, &[]);
+    let api = Api::new(&server);
+    let agent_token = mint_agent_token(&api, &root).await;
+    let mut agent = HandAgent::connect(&server, &agent_token, "ws-hand", "ada@example.com").await;
+    wait_for_workspace(&api, &ada, "ws-hand").await;
+
+    let (mut browser, session) = open_on_hand_agent(&server, &api, &ada, &mut agent, "ws-hand").await;
+    let parts: Vec<Vec<u8>> = [b'a', b'b', b'c'].iter().map(|&byte| vec![byte; 1000]).collect();
+    let mut frames: Vec<Frame> = parts.iter().map(|bytes| Frame::Data { session, bytes: bytes.clone() }).collect();
+    frames.push(Frame::Exit { session, code: 7 });
+    frames.push(Frame::Close { session });
+    agent.send_together(&frames).await;
+    match next_from_gateway(&mut browser).await {
+        Ok(Ok(bytes)) => assert!(bytes == parts.concat(), "three frames, one message: got {} bytes", bytes.len()),
+        other => panic!("expected the output, got {other:?}"),
+    }
+    assert_eq!(next_from_gateway(&mut browser).await, Ok(Err(json!({"type": "exit", "code": 7}))));
+    assert_eq!(next_from_gateway(&mut browser).await, Err(1000));
+
+    let (mut browser, session) = open_on_hand_agent(&server, &api, &ada, &mut agent, "ws-hand").await;
+    let parts: Vec<Vec<u8>> = (0..(INITIAL_WINDOW as usize / MAX_DATA))
+        .map(|part| (0..MAX_DATA).map(|i| (i * 7 + part * 13) as u8).collect())
+        .collect();
+    let mut frames: Vec<Frame> = parts.iter().map(|bytes| Frame::Data { session, bytes: bytes.clone() }).collect();
+    frames.push(Frame::Exit { session, code: 0 });
+    agent.send_together(&frames).await;
+    let mut received = Vec::new();
+    loop {
+        match next_from_gateway(&mut browser).await {
+            Ok(Ok(bytes)) => {
+                assert!(bytes.len() <= INITIAL_WINDOW as usize, "a message of {} bytes", bytes.len());
+                received.extend_from_slice(&bytes);
+            }
+            Ok(Err(exit)) => {
+                assert_eq!(exit, json!({"type": "exit", "code": 0}));
+                break;
+            }
+            Err(code) => panic!("closed with {code} before the exit"),
+        }
+    }
+    assert!(received == parts.concat(), "{} bytes received, out of order or incomplete", received.len());
+    // The browser accepted the whole window: the gateway returned it to the agent as credit.
+    let mut credited = 0;
+    while credited < INITIAL_WINDOW {
+        match agent.frame().await {
+            Frame::Credit { session: of, bytes } if of == session => credited += bytes,
+            other => panic!("expected credit, got {other:?}"),
+        }
+    }
+    assert_eq!(credited, INITIAL_WINDOW);
+}

@@ -157,6 +157,13 @@ impl SessionHandle {
         self.from_agent.recv().await
     }
 
+    /// Waits for the agent's next message, then appends it and up to `limit - 1` more that are already waiting to
+    /// `inbox`; returns how many were appended (0: the channel is gone, treat as lost). Cancel-safe. Lets a session
+    /// send the output that piled up while it was writing as one message.
+    pub async fn recv_many(&mut self, inbox: &mut Vec<ToBrowser>, limit: usize) -> usize {
+        self.from_agent.recv_many(inbox, limit).await
+    }
+
     /// Why the agent went away, if it did: the first [`ToBrowser::AgentLost`] or [`ToBrowser::AgentRevoked`] already
     /// waiting (output queued before it is dropped). For a session whose input found the window closed.
     pub fn departure(&mut self) -> Option<ToBrowser> {

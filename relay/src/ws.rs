@@ -22,6 +22,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
+use tokio::io::AsyncReadExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
 /// Opcodes (RFC 6455 §5.2).
@@ -33,7 +35,7 @@ const OP_PING: u8 = 0x9;
 const OP_PONG: u8 = 0xA;
 
 /// Largest header of a server frame (unmasked, 64-bit length).
-const MAX_SERVER_HEADER: usize = 10;
+pub const MAX_SERVER_HEADER: usize = 10;
 /// The most a read reserves ahead for the rest of a large frame (the buffer grows further as its bytes arrive).
 const MAX_RESERVE: usize = 256 * 1024;
 
@@ -113,7 +115,7 @@ impl Error {
 }
 
 struct Shared {
-    stream: TcpStream,
+    stream: OwnedWriteHalf,
     /// Whose turn it is to write.
     writing: tokio::sync::Mutex<()>,
     /// A write was cancelled half-way: the byte stream is no longer frames.
@@ -128,7 +130,9 @@ pub struct Sender {
 
 /// The reading end of a connection (and, through [`WebSocket::sender`], its writing end).
 pub struct WebSocket {
-    shared: Arc<Shared>,
+    /// Reads go through tokio's `AsyncRead`, which knows a short read drained the socket (no `EAGAIN` read after
+    /// each message).
+    stream: OwnedReadHalf,
     sender: Sender,
     read: Reading,
 }
@@ -163,21 +167,23 @@ impl WebSocket {
     }
 
     fn resume(stream: TcpStream, read: Reading) -> Self {
-        let shared = Arc::new(Shared { stream, writing: tokio::sync::Mutex::new(()), broken: AtomicBool::new(false) });
-        Self { sender: Sender { shared: shared.clone() }, shared, read }
+        let (stream, writer) = stream.into_split();
+        let shared =
+            Arc::new(Shared { stream: writer, writing: tokio::sync::Mutex::new(()), broken: AtomicBool::new(false) });
+        Self { stream, sender: Sender { shared }, read }
     }
 
     /// Takes the connection off the current runtime's reactor so that another runtime can serve it
     /// ([`Detached::attach`]), with whatever was read and not yet parsed. Fails when a [`Sender`] of it is still
     /// alive, or a write was torn.
     pub fn detach(self) -> io::Result<Detached> {
-        let WebSocket { shared, sender, read } = self;
-        drop(sender);
-        let shared = Arc::try_unwrap(shared).map_err(|_| io::Error::other("the connection has other senders"))?;
+        let WebSocket { stream, sender, read } = self;
+        let shared =
+            Arc::try_unwrap(sender.shared).map_err(|_| io::Error::other("the connection has other senders"))?;
         if shared.broken.load(Ordering::Relaxed) {
             return Err(io::ErrorKind::BrokenPipe.into());
         }
-        let stream = shared.stream.into_std()?;
+        let stream = stream.reunite(shared.stream).map_err(io::Error::other)?.into_std()?;
         Ok(Detached { stream, read })
     }
 
@@ -260,11 +266,11 @@ impl WebSocket {
         self.read.buffer = Vec::with_capacity(self.read.config.read_chunk);
         self.read.start = 0;
         loop {
-            if self.shared.stream.readable().await.is_err() {
+            if self.stream.readable().await.is_err() {
                 return;
             }
             self.read.buffer.clear();
-            match self.shared.stream.try_read_buf(&mut self.read.buffer) {
+            match self.stream.try_read_buf(&mut self.read.buffer) {
                 Ok(0) => {
                     self.read.eof = true;
                     return;
@@ -283,27 +289,30 @@ impl WebSocket {
             self.read.start = 0;
         }
         loop {
-            match self.shared.stream.readable().now_or_never() {
+            match self.stream.readable().now_or_never() {
                 Some(ready) => ready?,
                 None => {
                     if self.read.buffer.is_empty() {
                         // Nothing pending and nothing arriving: give the buffer back while the connection waits.
                         self.read.buffer = Vec::new();
                     }
-                    self.shared.stream.readable().await?;
+                    self.stream.readable().await?;
                 }
             }
             // A frame's announced size is not trusted with memory: at most `MAX_RESERVE` is taken ahead of its bytes.
             let wanted = self.read.config.read_chunk.max(self.frame_remaining().min(MAX_RESERVE));
             self.read.buffer.reserve(wanted);
-            match self.shared.stream.try_read_buf(&mut self.read.buffer) {
-                Ok(0) => {
+            // Through `AsyncRead`: a read that does not fill the buffer marks the socket drained, so the next `fill`
+            // waits for readiness instead of first trying a read that would find nothing (`try_read_buf` would).
+            // `None`: the readiness was stale, the read found nothing and cleared it; wait again.
+            match self.stream.read_buf(&mut self.read.buffer).now_or_never() {
+                Some(Ok(0)) => {
                     self.read.eof = true;
                     return Ok(());
                 }
-                Ok(_) => return Ok(()),
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
-                Err(error) => return Err(error.into()),
+                Some(Ok(_)) => return Ok(()),
+                Some(Err(error)) => return Err(error.into()),
+                None => {}
             }
         }
     }
