@@ -179,7 +179,14 @@ fn main() -> ExitCode {
         }
     };
     telemetry::init(&settings.log, settings.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // The agent runs on one thread: its work is moving small frames between one WebSocket and its sessions' PTYs, and
+    // on one thread a keystroke and its echo never wait for another thread to wake up (ADR 0012).
+    let mut builder = if matches!(cli.command, Command::Agent { .. }) {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("gatehouse: cannot start the runtime: {error}");

@@ -8,9 +8,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use filedescriptor::FileDescriptor;
 use futures::{SinkExt, StreamExt};
 use portable_pty::{native_pty_system, ChildKiller, CommandBuilder, MasterPty, PtySize};
 use serde::{Deserialize, Serialize};
@@ -221,12 +222,12 @@ async fn serve_once(config: &AgentConfig, url: &str) -> Result<Outcome, Box<dyn 
             }
             Frame::Data { session, bytes } => {
                 if let Some(shell) = sessions.get(&session) {
-                    let _ = shell.input.send(bytes);
+                    let _ = shell.input.send(ToShell::Input(bytes));
                 }
             }
             Frame::Resize { session, cols, rows } => {
                 if let Some(shell) = sessions.get(&session) {
-                    shell.resize(cols, rows);
+                    let _ = shell.input.send(ToShell::Resize(cols, rows));
                 }
             }
             Frame::Credit { session, bytes } => {
@@ -252,14 +253,33 @@ async fn serve_once(config: &AgentConfig, url: &str) -> Result<Outcome, Box<dyn 
     Ok(outcome)
 }
 
-/// One shell in a PTY, with its pumps on plain threads (PTY I/O is blocking).
+/// One shell in a PTY. Its I/O is a task on the agent's runtime: the PTY's master is non-blocking and registered
+/// with the runtime's reactor, so a keystroke goes from the gateway's frame to the PTY, and the shell's output from
+/// the PTY to the gateway, without crossing to another thread, and a session costs no OS thread.
 struct Shell {
-    input: std::sync::mpsc::Sender<Vec<u8>>,
+    input: mpsc::UnboundedSender<ToShell>,
     window: Arc<Semaphore>,
-    master: Arc<Mutex<Box<dyn MasterPty + Send>>>,
     killer: Box<dyn ChildKiller + Send + Sync>,
     done: Arc<std::sync::atomic::AtomicBool>,
 }
+
+/// What the connection's reader hands a session's task.
+enum ToShell {
+    Input(Vec<u8>),
+    Resize(u16, u16),
+}
+
+/// The PTY master's descriptor number, to duplicate it.
+struct PtyFd(std::os::fd::RawFd);
+
+impl std::os::fd::AsRawFd for PtyFd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0
+    }
+}
+
+/// The most a session reads from its PTY at a time.
+const PTY_READ: usize = 16 * 1024;
 
 impl Shell {
     fn spawn(
@@ -280,58 +300,41 @@ impl Shell {
         if let Ok(home) = std::env::var("HOME") {
             command.cwd(home);
         }
-        let mut child = pair.slave.spawn_command(command)?;
+        let child = pair.slave.spawn_command(command)?;
         drop(pair.slave);
         let killer = child.clone_killer();
-        let mut reader = pair.master.try_clone_reader()?;
-        let mut writer = pair.master.take_writer()?;
+        let master = pair.master;
+        // A duplicate of the master's descriptor that the reactor watches: it shares the master's open file
+        // description with the reader and writer below (duplicates too), so making it non-blocking makes them so.
+        let mut watched = FileDescriptor::dup(&PtyFd(master.as_raw_fd().ok_or("the PTY has no file descriptor")?))?;
+        watched.set_non_blocking(true)?;
+        let reader = master.try_clone_reader()?;
+        let writer = master.take_writer()?;
+        // `AsyncFd::new` is deprecated because it lets safe code register a descriptor it does not own (tokio#8587);
+        // here the `AsyncFd` owns the duplicate it registers, which closes only after it is deregistered.
+        #[allow(deprecated)]
+        let pty = tokio::io::unix::AsyncFd::new(watched)?;
         let window = Arc::new(Semaphore::new(INITIAL_WINDOW as usize));
         let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let runtime = tokio::runtime::Handle::current();
-        // `Opened` goes out before the pumps start, so it precedes the shell's first output.
+        // `Opened` goes out before the task starts, so it precedes the shell's first output.
         out.send(Frame::Opened { session })?;
-
-        let (input, inputs) = std::sync::mpsc::channel::<Vec<u8>>();
-        let credit_out = out.clone();
-        std::thread::spawn(move || {
-            for bytes in inputs {
-                if writer.write_all(&bytes).and_then(|_| writer.flush()).is_err() {
-                    break;
-                }
-                let _ = credit_out.send(Frame::Credit { session, bytes: bytes.len() as u32 });
-            }
-        });
-
-        let out = out.clone();
-        let output_window = window.clone();
+        let (input, inputs) = mpsc::unbounded_channel();
+        let io = ShellIo { session, pty, reader, writer, master, out: out.clone(), window: window.clone() };
         let finished = done.clone();
-        std::thread::spawn(move || {
-            let mut buffer = vec![0u8; 16 * 1024];
-            loop {
-                let read = match reader.read(&mut buffer) {
-                    Ok(0) | Err(_) => break,
-                    Ok(read) => read,
-                };
-                match runtime.block_on(output_window.acquire_many(read as u32)) {
-                    Ok(permit) => permit.forget(),
-                    Err(_) => break,
-                }
-                if out.send(Frame::Data { session, bytes: buffer[..read].to_vec() }).is_err() {
-                    break;
-                }
-            }
-            let code = child.wait().map(|status| status.exit_code() as i32).unwrap_or(-1);
+        let out = out.clone();
+        tokio::spawn(async move {
+            io.run(inputs).await;
+            let code = tokio::task::spawn_blocking(move || {
+                let mut child = child;
+                child.wait().map(|status| status.exit_code() as i32).unwrap_or(-1)
+            })
+            .await
+            .unwrap_or(-1);
             finished.store(true, std::sync::atomic::Ordering::Relaxed);
             let _ = out.send(Frame::Exit { session, code });
             let _ = out.send(Frame::Close { session });
         });
-        Ok(Self { input, window, master: Arc::new(Mutex::new(pair.master)), killer, done })
-    }
-
-    fn resize(&self, cols: u16, rows: u16) {
-        if let Ok(master) = self.master.lock() {
-            let _ = master.resize(PtySize { rows: rows.max(1), cols: cols.max(1), pixel_width: 0, pixel_height: 0 });
-        }
+        Ok(Self { input, window, killer, done })
     }
 
     fn finished(&self) -> bool {
@@ -341,6 +344,82 @@ impl Shell {
     fn kill(&mut self) {
         self.window.close();
         let _ = self.killer.kill();
+    }
+}
+
+/// A session's PTY and where its bytes go.
+struct ShellIo {
+    session: u32,
+    pty: tokio::io::unix::AsyncFd<FileDescriptor>,
+    reader: Box<dyn Read + Send>,
+    writer: Box<dyn Write + Send>,
+    master: Box<dyn MasterPty + Send>,
+    out: mpsc::UnboundedSender<Frame>,
+    window: Arc<Semaphore>,
+}
+
+impl ShellIo {
+    /// Moves keystrokes into the PTY (returning credit for each write) and output out of it (within the window the
+    /// gateway grants) until the shell's side closes, the session is closed, or the connection is gone.
+    async fn run(mut self, mut inputs: mpsc::UnboundedReceiver<ToShell>) {
+        let mut pending: Vec<u8> = Vec::new();
+        let mut written = 0;
+        let mut buffer: Vec<u8> = Vec::new();
+        loop {
+            tokio::select! {
+                message = inputs.recv(), if pending.is_empty() => match message {
+                    Some(ToShell::Input(bytes)) => (pending, written) = (bytes, 0),
+                    Some(ToShell::Resize(cols, rows)) => {
+                        let size = PtySize { rows: rows.max(1), cols: cols.max(1), pixel_width: 0, pixel_height: 0 };
+                        let _ = self.master.resize(size);
+                    }
+                    None => break,
+                },
+                ready = self.pty.writable(), if !pending.is_empty() => {
+                    let Ok(mut ready) = ready else { break };
+                    match ready.try_io(|_| self.writer.write(&pending[written..])) {
+                        Ok(Ok(0)) | Ok(Err(_)) => break,
+                        Ok(Ok(count)) => {
+                            written += count;
+                            if written == pending.len() {
+                                pending = Vec::new();
+                            }
+                            if self.out.send(Frame::Credit { session: self.session, bytes: count as u32 }).is_err() {
+                                break;
+                            }
+                        }
+                        Err(_would_block) => {}
+                    }
+                }
+                // Output only while the window has room; when it has none, wait for the gateway's credit (the
+                // permit is given back at once: it only signals that there is room again).
+                permit = self.window.acquire(), if self.window.available_permits() == 0 => match permit {
+                    Ok(permit) => drop(permit),
+                    Err(_) => break,
+                },
+                ready = self.pty.readable(), if self.window.available_permits() > 0 => {
+                    let Ok(mut ready) = ready else { break };
+                    let room = self.window.available_permits().min(PTY_READ);
+                    buffer.resize(room, 0);
+                    match ready.try_io(|_| self.reader.read(&mut buffer)) {
+                        Ok(Ok(0)) | Ok(Err(_)) => break,
+                        Ok(Ok(count)) => {
+                            match self.window.try_acquire_many(count as u32) {
+                                Ok(permit) => permit.forget(),
+                                Err(_) => break,
+                            }
+                            let bytes = buffer[..count].to_vec();
+                            if self.out.send(Frame::Data { session: self.session, bytes }).is_err() {
+                                break;
+                            }
+                        }
+                        Err(_would_block) => {}
+                    }
+                    // An idle session keeps no read buffer.
+                    buffer = Vec::new();
+                }
+            }
+        }
     }
 }
 
