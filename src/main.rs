@@ -60,6 +60,10 @@ enum Command {
         /// The shell to run in each terminal.
         #[arg(long, env = "GATEHOUSE_AGENT_SHELL", default_value = "/bin/sh")]
         shell: String,
+        /// A PEM bundle of CA certificates to trust for `https://`/`wss://` besides the Mozilla roots (a private CA
+        /// that signed the gateway's certificate).
+        #[arg(long, env = "GATEHOUSE_AGENT_CA_FILE")]
+        ca_file: Option<std::path::PathBuf>,
     },
 }
 
@@ -76,7 +80,15 @@ async fn agent(
     workspace: Option<String>,
     tags: Vec<(String, String)>,
     shell: String,
+    ca_file: Option<std::path::PathBuf>,
 ) -> anyhow::Result<()> {
+    let tls = match &ca_file {
+        Some(path) => {
+            let pem = std::fs::read(path).with_context(|| format!("cannot read the CA file {}", path.display()))?;
+            relay::agent::tls_config(Some(&pem)).with_context(|| format!("cannot use {}", path.display()))?
+        }
+        None => relay::agent::tls_config(None)?,
+    };
     let mut announced = std::collections::BTreeMap::new();
     for key in ["RDE_OWNER_EMAIL", "RDE_DISPLAY_NAME", "BLUEPRINT_KEY", "WORKSPACE_ID"] {
         if let Ok(value) = std::env::var(key) {
@@ -92,7 +104,7 @@ async fn agent(
         .filter(|workspace| !workspace.trim().is_empty())
         .context("no workspace: pass --workspace or a WORKSPACE_ID tag")?;
     announced.insert("WORKSPACE_ID".into(), workspace.clone());
-    relay::agent::run(relay::agent::AgentConfig { server, token, workspace, tags: announced, shell })
+    relay::agent::run(relay::agent::AgentConfig { server, token, workspace, tags: announced, shell, tls })
         .await
         .context("agent stopped")
 }
@@ -213,8 +225,8 @@ fn main() -> ExitCode {
             Command::Token { command: TokenCommand::Issue { email, role, ttl } } => {
                 issue_token(settings, &email, &role, ttl).await
             }
-            Command::Agent { server, token, workspace, tags, shell } => {
-                agent(server, token, workspace, tags, shell).await
+            Command::Agent { server, token, workspace, tags, shell, ca_file } => {
+                agent(server, token, workspace, tags, shell, ca_file).await
             }
         }
     });

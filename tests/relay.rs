@@ -1645,3 +1645,113 @@ async fn output_that_arrives_together_leaves_as_one_message_on(db: TestDb) {
     }
     assert_eq!(credited, INITIAL_WINDOW);
 }
+
+/// A TLS-terminating proxy in front of `target` (as a deployment puts one in front of the gateway), with a
+/// certificate for `localhost` signed by a private CA; returns its port, the CA's PEM and a count of completed TLS
+/// handshakes.
+async fn tls_proxy(target: std::net::SocketAddr) -> (u16, String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    use tokio_rustls::rustls;
+
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "Gatehouse test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let server_key = KeyPair::generate().unwrap();
+    let server =
+        CertificateParams::new(vec!["localhost".to_string()]).unwrap().signed_by(&server_key, &ca, &ca_key).unwrap();
+    let config =
+        rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![server.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(server_key.serialize_der().into()),
+            )
+            .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let handshakes = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = handshakes.clone();
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            let (acceptor, counted) = (acceptor.clone(), counted.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(inbound).await else { return };
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else { return };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut outbound).await;
+            });
+        }
+    });
+    (port, ca.pem(), handshakes)
+}
+
+/// Starts `gatehouse agent` against `server_url` with `extra` arguments, its log going to `log`.
+fn start_agent_logging(server_url: &str, token: &str, workspace: &str, extra: &[&str], log: &std::path::Path) -> Agent {
+    let child = gatehouse()
+        .args(["agent", "--server", server_url, "--workspace", workspace])
+        .args(extra)
+        .env("GATEHOUSE_AGENT_TOKEN", token)
+        .env("RDE_OWNER_EMAIL", "ada@example.com")
+        .env("GATEHOUSE_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    Agent { child }
+}
+
+/// `https://` makes the agent dial out over TLS and check the gateway's certificate: behind a TLS-terminating proxy
+/// whose certificate a private CA signed, the agent refuses it until it is given the CA with `--ca-file`, and then
+/// serves terminals through it. A CA file that holds no certificate stops the agent at start with exit status 1.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_dials_out_over_tls_and_checks_the_certificate() {
+    let db = TestDb::sqlite();
+    let root = issue_token(&db, "root@example.com", "admin", "1h");
+    let ada = issue_token(&db, "ada@example.com", "member", "1h");
+    let server = Server::start(&db, &[]);
+    let api = Api::new(&server);
+    let agent_token = mint_agent_token(&api, &root).await;
+    let gateway: std::net::SocketAddr = server.base.trim_start_matches("http://").parse().unwrap();
+    let (port, ca_pem, handshakes) = tls_proxy(gateway).await;
+    let url = format!("https://localhost:{port}");
+    let scratch = tempfile::tempdir().unwrap();
+
+    // Without the CA: the certificate is refused, nothing connects.
+    let log = scratch.path().join("untrusting.log");
+    let mut untrusting = start_agent_logging(&url, &agent_token, "ws-tls", &[], &log);
+    let refused = eventually(Duration::from_secs(20), || async {
+        std::fs::read_to_string(&log).unwrap_or_default().contains("certificate")
+    })
+    .await;
+    untrusting.kill();
+    assert!(refused, "the agent did not refuse the certificate: {}", std::fs::read_to_string(&log).unwrap_or_default());
+    let (_, listed) = api.get("/api/v1/workspaces", Some(&root)).await;
+    assert_eq!(listed["items"], json!([]), "an agent that refused the certificate is not connected");
+
+    // A CA file without a certificate: the agent stops at once.
+    let empty = scratch.path().join("empty.pem");
+    std::fs::write(&empty, "not a certificate\n").unwrap();
+    let log = scratch.path().join("bad-ca.log");
+    let mut bad = start_agent_logging(&url, &agent_token, "ws-tls", &["--ca-file", empty.to_str().unwrap()], &log);
+    let status = tokio::task::spawn_blocking(move || bad.child.wait().unwrap()).await.unwrap();
+    assert_eq!(status.code(), Some(1));
+    let message = std::fs::read_to_string(&log).unwrap();
+    assert!(message.contains("empty.pem") && message.contains("no PEM certificate"), "{message}");
+
+    // With the CA: connected through the proxy, over TLS, and a terminal works.
+    let ca_file = scratch.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca_pem).unwrap();
+    let log = scratch.path().join("trusting.log");
+    let _agent = start_agent_logging(&url, &agent_token, "ws-tls", &["--ca-file", ca_file.to_str().unwrap()], &log);
+    wait_for_workspace(&api, &ada, "ws-tls").await;
+    assert!(handshakes.load(std::sync::atomic::Ordering::SeqCst) >= 1, "the agent came in through the TLS proxy");
+    let (_, issued) = ticket(&api, &ada, "ws-tls").await;
+    let mut socket = open(&server, "ws-tls", issued["ticket"].as_str().unwrap()).await.unwrap();
+    type_line(&mut socket, "echo ov''er-tls\n").await;
+    read_until(&mut socket, "over-tls", Duration::from_secs(20)).await;
+}

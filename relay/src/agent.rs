@@ -71,6 +71,35 @@ pub struct AgentConfig {
     pub tags: BTreeMap<String, String>,
     /// The shell to run.
     pub shell: String,
+    /// Whom the agent trusts for `wss://` (see [`tls_config`]).
+    pub tls: Arc<rustls::ClientConfig>,
+}
+
+/// The TLS settings for `wss://`: the Mozilla roots (`webpki-roots`) plus the certificates of `extra_roots`, a PEM
+/// bundle (an organisation's private CA, for a gateway whose certificate it signed). A bundle without one certificate,
+/// or with one that is not a CA certificate rustls accepts as a root, is refused.
+pub fn tls_config(extra_roots: Option<&[u8]>) -> Result<Arc<rustls::ClientConfig>, AgentError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+
+    let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+    if let Some(pem) = extra_roots {
+        let certificates = CertificateDer::pem_slice_iter(pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|error| AgentError::BadCaFile(error.to_string()))?;
+        if certificates.is_empty() {
+            return Err(AgentError::BadCaFile("no PEM certificate in it".into()));
+        }
+        for certificate in certificates {
+            roots.add(certificate).map_err(|error| AgentError::BadCaFile(error.to_string()))?;
+        }
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|error| AgentError::BadCaFile(error.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
 }
 
 /// Why the agent stopped.
@@ -82,6 +111,9 @@ pub enum AgentError {
     /// The server URL is not usable.
     #[error("bad server URL {0:?}")]
     BadUrl(String),
+    /// The CA bundle given for `wss://` is not usable.
+    #[error("bad CA file: {0}")]
+    BadCaFile(String),
 }
 
 /// The WebSocket URL of the agent endpoint.
@@ -146,7 +178,10 @@ const WRITE_BATCH_FRAMES: usize = 64;
 async fn serve_once(config: &AgentConfig, url: &str) -> Result<Outcome, Box<dyn std::error::Error + Send + Sync>> {
     let request = url.into_client_request()?;
     // Nagle off: keystrokes and credits are small frames sent back to back (see src/app.rs, tcp_nodelay).
-    let (socket, _) = tokio_tungstenite::connect_async_with_config(request, Some(websocket_config()), true).await?;
+    let connector = tokio_tungstenite::Connector::Rustls(config.tls.clone());
+    let (socket, _) =
+        tokio_tungstenite::connect_async_tls_with_config(request, Some(websocket_config()), true, Some(connector))
+            .await?;
     let (mut sink, mut stream) = socket.split();
     let hello = Hello { token: config.token.clone(), workspace: config.workspace.clone(), tags: config.tags.clone() };
     sink.send(Message::Text(serde_json::to_string(&hello)?.into())).await?;
