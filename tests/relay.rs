@@ -1755,3 +1755,103 @@ async fn an_agent_dials_out_over_tls_and_checks_the_certificate() {
     type_line(&mut socket, "echo ov''er-tls\n").await;
     read_until(&mut socket, "over-tls", Duration::from_secs(20)).await;
 }
+
+/// A TCP proxy between the agent and the gateway that the test can cut: `cut` ends every connection it carries, and
+/// the next `refuse` connections are closed as soon as they are accepted. Records when each connection came.
+struct CuttableProxy {
+    port: u16,
+    cut: tokio::sync::watch::Sender<u64>,
+    refuse: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    accepted: std::sync::Arc<std::sync::Mutex<Vec<std::time::Instant>>>,
+}
+
+impl CuttableProxy {
+    async fn start(target: std::net::SocketAddr) -> CuttableProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (cut, watch) = tokio::sync::watch::channel(0u64);
+        let refuse = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let accepted = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (refusing, recording) = (refuse.clone(), accepted.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                recording.lock().unwrap().push(std::time::Instant::now());
+                let refused = refusing
+                    .fetch_update(std::sync::atomic::Ordering::SeqCst, std::sync::atomic::Ordering::SeqCst, |left| {
+                        left.checked_sub(1)
+                    })
+                    .is_ok();
+                if refused {
+                    drop(inbound);
+                    continue;
+                }
+                let mut watch = watch.clone();
+                watch.mark_unchanged();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else { return };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = watch.changed() => {}
+                    }
+                });
+            }
+        });
+        CuttableProxy { port, cut, refuse, accepted }
+    }
+
+    /// Ends every connection, and closes the next `refuse` ones at once.
+    fn cut(&self, refuse: usize) {
+        self.refuse.store(refuse, std::sync::atomic::Ordering::SeqCst);
+        self.cut.send_modify(|generation| *generation += 1);
+    }
+
+    fn accepted(&self) -> Vec<std::time::Instant> {
+        self.accepted.lock().unwrap().clone()
+    }
+}
+
+/// The agent reconnects with exponential backoff: its connection cut, its live session closes as agent lost (4410),
+/// its next attempts are refused twice, with growing waits between them, and it comes back on its own and serves a
+/// new terminal.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cut_agent_reconnects_with_backoff() {
+    let db = TestDb::sqlite();
+    let root = issue_token(&db, "root@example.com", "admin", "1h");
+    let ada = issue_token(&db, "ada@example.com", "member", "1h");
+    let server = Server::start(&db, &[]);
+    let api = Api::new(&server);
+    let agent_token = mint_agent_token(&api, &root).await;
+    let gateway: std::net::SocketAddr = server.base.trim_start_matches("http://").parse().unwrap();
+    let proxy = CuttableProxy::start(gateway).await;
+    let scratch = tempfile::tempdir().unwrap();
+    let log = scratch.path().join("agent.log");
+    let url = format!("http://127.0.0.1:{}", proxy.port);
+    let _agent = start_agent_logging(&url, &agent_token, "ws-cut", &[], &log);
+    wait_for_workspace(&api, &ada, "ws-cut").await;
+
+    let (_, issued) = ticket(&api, &ada, "ws-cut").await;
+    let mut socket = open(&server, "ws-cut", issued["ticket"].as_str().unwrap()).await.unwrap();
+    type_line(&mut socket, "echo be''fore\n").await;
+    read_until(&mut socket, "before", Duration::from_secs(20)).await;
+
+    let cut_at = std::time::Instant::now();
+    proxy.cut(2);
+    assert_eq!(close_code(&mut socket, Duration::from_secs(10)).await, 4410, "the live session ends as agent lost");
+    let back = eventually(Duration::from_secs(30), || async {
+        let (status, body) = api.get("/api/v1/workspaces", Some(&ada)).await;
+        status == 200 && body["items"].as_array().unwrap().iter().any(|item| item["id"] == "ws-cut")
+    })
+    .await;
+    assert!(back, "the agent did not come back: {}", std::fs::read_to_string(&log).unwrap_or_default());
+    let attempts: Vec<Duration> = proxy.accepted().iter().skip(1).map(|at| at.duration_since(cut_at)).collect();
+    assert!(attempts.len() >= 3, "two refused attempts and one that got through: {attempts:?}");
+    // Waits of 0.25-0.5 s, then 0.5-1 s, then 1-2 s (jitter within each).
+    let gaps: Vec<Duration> = attempts.windows(2).map(|pair| pair[1] - pair[0]).collect();
+    assert!(attempts[0] >= Duration::from_millis(200), "{attempts:?}");
+    assert!(gaps[0] >= Duration::from_millis(450) && gaps[1] >= Duration::from_millis(950), "{gaps:?}");
+
+    let (_, issued) = ticket(&api, &ada, "ws-cut").await;
+    let mut socket = open(&server, "ws-cut", issued["ticket"].as_str().unwrap()).await.unwrap();
+    type_line(&mut socket, "echo af''ter\n").await;
+    read_until(&mut socket, "after", Duration::from_secs(20)).await;
+}
