@@ -1855,3 +1855,45 @@ async fn a_cut_agent_reconnects_with_backoff() {
     type_line(&mut socket, "echo af''ter\n").await;
     read_until(&mut socket, "after", Duration::from_secs(20)).await;
 }
+
+/// The gateway's resident memory, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// One browser that stops reading while its shell prints without end does not stall another session on the same
+/// agent, and costs the gateway no more than its window: its agent stops reading that PTY once the window is spent
+/// (the shell blocks), instead of the gateway buffering the output.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_browser_that_stops_reading_stalls_only_itself() {
+    let db = TestDb::sqlite();
+    let root = issue_token(&db, "root@example.com", "admin", "1h");
+    let server = Server::start(&db, &[]);
+    let api = Api::new(&server);
+    let agent_token = mint_agent_token(&api, &root).await;
+    let _agent = Agent::start(&server, &agent_token, "ws-slow", "ada@example.com");
+    wait_for_workspace(&api, &root, "ws-slow").await;
+    let (_, issued) = ticket(&api, &root, "ws-slow").await;
+    let mut stuck = open(&server, "ws-slow", issued["ticket"].as_str().unwrap()).await.unwrap();
+    let (_, issued) = ticket(&api, &root, "ws-slow").await;
+    let mut lively = open(&server, "ws-slow", issued["ticket"].as_str().unwrap()).await.unwrap();
+
+    let before = rss_kib(server.child.id());
+    // `yes` prints tens of MB a second; this browser never reads again.
+    type_line(&mut stuck, "yes 0123456789abcdefghijklmnopqrstuvwxyz\n").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for round in 0..5 {
+        let started = std::time::Instant::now();
+        type_line(&mut lively, &format!("echo live''ly-{round}\n")).await;
+        read_until(&mut lively, &format!("lively-{round}"), Duration::from_secs(5)).await;
+        assert!(started.elapsed() < Duration::from_secs(2), "round {round} took {:?}", started.elapsed());
+    }
+    let grown = rss_kib(server.child.id()).saturating_sub(before);
+    assert!(grown < 16 * 1024, "the gateway grew by {grown} KiB while one browser did not read");
+    drop(stuck);
+}
