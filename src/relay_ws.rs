@@ -564,23 +564,16 @@ async fn relay_session(relay: Arc<Relay>, context: BrowserContext, mut socket: W
                             // Output that piled up while the last write was going out leaves as one message, in one
                             // vectored write (the payloads are not copied).
                             last_activity = tokio::time::Instant::now();
+                            let mut length = first.len();
                             let mut run = vec![first];
-                            let mut length = run[0].len();
-                            while let Some(ToBrowser::Data(next)) = messages.peek() {
-                                if length + next.len() > OUTPUT_MESSAGE {
-                                    break;
-                                }
+                            while let Some(ToBrowser::Data(next)) = messages.next_if(|message| {
+                                matches!(message, ToBrowser::Data(next) if length + next.len() <= OUTPUT_MESSAGE)
+                            }) {
                                 length += next.len();
-                                if let Some(ToBrowser::Data(next)) = messages.next() {
-                                    run.push(next);
-                                }
+                                run.push(next);
                             }
-                            let mut header = Vec::with_capacity(ws::MAX_SERVER_HEADER);
-                            ws::encode_binary_header(&mut header, length);
-                            let mut slices = Vec::with_capacity(run.len() + 1);
-                            slices.push(IoSlice::new(&header));
-                            slices.extend(run.iter().map(|payload| IoSlice::new(payload)));
-                            if socket.sender().write_slices(&mut slices).await.is_err() {
+                            let parts: Vec<&[u8]> = run.iter().map(Vec::as_slice).collect();
+                            if socket.binary_parts(&parts).await.is_err() {
                                 outcome = Some((CloseReason::ClientClosed, None));
                             } else {
                                 bytes_out += length as u64;

@@ -96,7 +96,7 @@ pub fn tls_config(extra_roots: Option<&[u8]>) -> Result<Arc<rustls::ClientConfig
     }
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
-        .map_err(|error| AgentError::BadCaFile(error.to_string()))?
+        .map_err(|error| AgentError::Tls(error.to_string()))?
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(Arc::new(config))
@@ -114,6 +114,9 @@ pub enum AgentError {
     /// The CA bundle given for `wss://` is not usable.
     #[error("bad CA file: {0}")]
     BadCaFile(String),
+    /// TLS cannot be set up.
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// The WebSocket URL of the agent endpoint.

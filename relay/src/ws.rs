@@ -35,7 +35,7 @@ const OP_PING: u8 = 0x9;
 const OP_PONG: u8 = 0xA;
 
 /// Largest header of a server frame (unmasked, 64-bit length).
-pub const MAX_SERVER_HEADER: usize = 10;
+const MAX_SERVER_HEADER: usize = 10;
 /// The most a read reserves ahead for the rest of a large frame (the buffer grows further as its bytes arrive).
 const MAX_RESERVE: usize = 256 * 1024;
 
@@ -213,6 +213,11 @@ impl WebSocket {
     /// Sends a binary message (see [`Sender::binary`]).
     pub async fn binary(&self, payload: &[u8]) -> io::Result<()> {
         self.sender.binary(payload).await
+    }
+
+    /// Sends one binary message made of `parts` (see [`Sender::binary_parts`]).
+    pub async fn binary_parts(&self, parts: &[&[u8]]) -> io::Result<()> {
+        self.sender.binary_parts(parts).await
     }
 
     /// Sends a text message (see [`Sender::text`]).
@@ -559,6 +564,17 @@ impl Sender {
     /// Sends a binary message.
     pub async fn binary(&self, payload: &[u8]) -> io::Result<()> {
         self.frame(OP_BINARY, payload).await
+    }
+
+    /// Sends one binary message whose payload is `parts`, one after the other: header and parts leave in one
+    /// vectored write, nothing is copied.
+    pub async fn binary_parts(&self, parts: &[&[u8]]) -> io::Result<()> {
+        let mut header = [0u8; MAX_SERVER_HEADER];
+        let size = header_into(&mut header, OP_BINARY, parts.iter().map(|part| part.len()).sum());
+        let mut slices = Vec::with_capacity(parts.len() + 1);
+        slices.push(IoSlice::new(&header[..size]));
+        slices.extend(parts.iter().map(|part| IoSlice::new(part)));
+        self.write_all(&mut slices).await
     }
 
     /// Sends a text message.

@@ -274,6 +274,23 @@ async fn text_and_binary_round_trips_with_tungstenite_at_every_length_form_up_to
 }
 
 #[tokio::test]
+async fn a_message_of_parts_reaches_tungstenite_whole_at_every_length_form() {
+    let (ws, mut client) = tungstenite_pair().await;
+    // Totals of 0, 125 and 126 bytes, 65,535 and 65,536 (the 16- and 64-bit length forms), with empty parts among them.
+    for lengths in [vec![0], vec![0, 0], vec![100, 0, 25], vec![126], vec![65_000, 535], vec![1, 65_534, 0, 1]] {
+        let parts: Vec<Vec<u8>> =
+            lengths.iter().enumerate().map(|(index, length)| random_bytes(*length, index as u64 + 7)).collect();
+        let slices: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+        let (sent, received) = tokio::join!(ws.binary_parts(&slices), client_next(&mut client));
+        sent.unwrap();
+        assert!(
+            received == Tungstenite::Binary(parts.concat().into()),
+            "parts of {lengths:?} bytes went out different"
+        );
+    }
+}
+
+#[tokio::test]
 async fn pings_from_tungstenite_are_answered_with_pongs() {
     let (mut ws, mut client) = tungstenite_pair().await;
     client.send(Tungstenite::Ping(b"are you there".to_vec().into())).await.unwrap();
