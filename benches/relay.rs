@@ -22,7 +22,7 @@ use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{gatehouse, issue_token, Api, Server};
+use common::{gatehouse, issue_token, rss_kib, Api, Server};
 use futures::{SinkExt, StreamExt};
 use portable_pty::{native_pty_system, CommandBuilder, PtySize};
 use reqwest::Method;
@@ -61,15 +61,6 @@ struct Memory {
     shells_left: usize,
     open_elapsed: Duration,
     close_elapsed: Duration,
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
 }
 
 /// Pids of the direct children of `pid` (over all its threads).

@@ -8,7 +8,7 @@ mod common;
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use common::{eventually, gatehouse, issue_token, Api, Server};
+use common::{eventually, gatehouse, issue_token, rss_kib, Api, Server};
 use futures::{SinkExt, StreamExt};
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -22,16 +22,24 @@ struct Agent {
     child: Child,
 }
 
+/// `gatehouse agent` dialling `server_url` for `workspace`, owned by `owner`, its output discarded.
+fn agent_command(server_url: &str, token: &str, workspace: &str, owner: &str) -> std::process::Command {
+    let mut command = gatehouse();
+    command
+        .args(["agent", "--server", server_url, "--workspace", workspace])
+        .env("GATEHOUSE_AGENT_TOKEN", token)
+        .env("RDE_OWNER_EMAIL", owner)
+        .env("GATEHOUSE_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    command
+}
+
 impl Agent {
     fn start(server: &Server, token: &str, workspace: &str, owner: &str) -> Agent {
-        let child = gatehouse()
-            .args(["agent", "--server", &server.base, "--workspace", workspace, "--tag", "RDE_DISPLAY_NAME=Test"])
-            .env("GATEHOUSE_AGENT_TOKEN", token)
-            .env("RDE_OWNER_EMAIL", owner)
-            .env("GATEHOUSE_LOG", "warn")
+        let child = agent_command(&server.base, token, workspace, owner)
+            .args(["--tag", "RDE_DISPLAY_NAME=Test"])
             .env("PS1", "$ ")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
             .spawn()
             .unwrap();
         Agent { child }
@@ -1692,13 +1700,8 @@ async fn tls_proxy(target: std::net::SocketAddr) -> (u16, String, std::sync::Arc
 
 /// Starts `gatehouse agent` against `server_url` with `extra` arguments, its log going to `log`.
 fn start_agent_logging(server_url: &str, token: &str, workspace: &str, extra: &[&str], log: &std::path::Path) -> Agent {
-    let child = gatehouse()
-        .args(["agent", "--server", server_url, "--workspace", workspace])
+    let child = agent_command(server_url, token, workspace, "ada@example.com")
         .args(extra)
-        .env("GATEHOUSE_AGENT_TOKEN", token)
-        .env("RDE_OWNER_EMAIL", "ada@example.com")
-        .env("GATEHOUSE_LOG", "warn")
-        .stdout(Stdio::null())
         .stderr(std::fs::File::create(log).unwrap())
         .spawn()
         .unwrap();
@@ -1854,16 +1857,6 @@ async fn a_cut_agent_reconnects_with_backoff() {
     let mut socket = open(&server, "ws-cut", issued["ticket"].as_str().unwrap()).await.unwrap();
     type_line(&mut socket, "echo af''ter\n").await;
     read_until(&mut socket, "after", Duration::from_secs(20)).await;
-}
-
-/// The gateway's resident memory, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
 }
 
 /// One browser that stops reading while its shell prints without end does not stall another session on the same
