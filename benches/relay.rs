@@ -323,7 +323,7 @@ async fn handmade_agent(base: &str, token: &str, workspace: &str) -> tokio::task
     let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER);
     let (socket, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true).await.unwrap();
     let (mut sink, mut stream) = socket.split();
-    let hello = json!({"type": "hello", "token": token, "workspace": workspace, "tags": {"RDE_OWNER_EMAIL": OWNER}});
+    let hello = json!({"type": "hello", "token": token, "workspace": workspace, "tags": {}});
     sink.send(Message::Text(hello.to_string().into())).await.unwrap();
     loop {
         match stream.next().await {
@@ -403,9 +403,10 @@ async fn handmade_agent(base: &str, token: &str, workspace: &str) -> tokio::task
     })
 }
 
-async fn mint_agent_token(api: &Api, admin: &str) -> String {
-    let (status, _, body) =
-        api.call(Method::POST, "/api/v1/agent-tokens", Some(admin), Some(json!({"name": "bench agent"}))).await;
+/// An agent token for `workspace`, owned by the bench's builder.
+async fn mint_agent_token(api: &Api, admin: &str, workspace: &str) -> String {
+    let body = json!({"name": "bench agent", "workspace": workspace, "owner": OWNER});
+    let (status, _, body) = api.call(Method::POST, "/api/v1/agent-tokens", Some(admin), Some(body)).await;
     assert_eq!(status, 201, "{body}");
     body["token"].as_str().unwrap().to_string()
 }
@@ -593,13 +594,12 @@ async fn main() {
     );
     let server_pid = server.child.id();
     let api = Api::new(&server);
-    let agent_token = mint_agent_token(&api, &root).await;
+    let agent_token = mint_agent_token(&api, &root, WORKSPACE).await;
     let agent = Agent {
         child: gatehouse()
             .args(["agent", "--server", &server.base, "--workspace", WORKSPACE])
             .env("GATEHOUSE_AGENT_TOKEN", &agent_token)
             .env("GATEHOUSE_AGENT_SHELL", &script)
-            .env("RDE_OWNER_EMAIL", OWNER)
             .env("GATEHOUSE_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -628,7 +628,7 @@ async fn main() {
         // alternate, `rounds` times each, so that both see the same load from the rest of the machine; the medians
         // are compared.
         eprintln!("relay ceiling: hand-made echo agent (no PTY), alternating with direct TCP…");
-        let token = mint_agent_token(&api, &root).await;
+        let token = mint_agent_token(&api, &root, HANDMADE).await;
         let task = handmade_agent(&server.base, &token, HANDMADE).await;
         let socket = open(&server.base, &api, &ada, HANDMADE).await;
         let (_, mut socket) = relay_throughput(socket, 1 << 20).await; // warm-up

@@ -53,8 +53,8 @@ enum Command {
         /// The workspace this agent serves (default: the `WORKSPACE_ID` tag, else the host name).
         #[arg(long, env = "GATEHOUSE_AGENT_WORKSPACE")]
         workspace: Option<String>,
-        /// A tag to announce, KEY=VALUE; repeatable. `RDE_OWNER_EMAIL`, `RDE_DISPLAY_NAME` and `BLUEPRINT_KEY` are
-        /// also taken from the environment.
+        /// A tag to announce, KEY=VALUE; repeatable. The workspace's discovery tags (`RDE_OWNER_EMAIL`,
+        /// `RDE_DISPLAY_NAME`, `BLUEPRINT_KEY`, `BLUEPRINT_PROJECT_ID`) come from the agent token, not from here.
         #[arg(long = "tag", value_parser = parse_tag)]
         tags: Vec<(String, String)>,
         /// The shell to run in each terminal.
@@ -90,14 +90,18 @@ async fn agent(
         None => relay::agent::tls_config(None)?,
     };
     let mut announced = std::collections::BTreeMap::new();
-    for key in ["RDE_OWNER_EMAIL", "RDE_DISPLAY_NAME", "BLUEPRINT_KEY", "WORKSPACE_ID"] {
-        if let Ok(value) = std::env::var(key) {
-            if !value.trim().is_empty() {
-                announced.insert(key.to_string(), value);
-            }
+    if let Ok(value) = std::env::var("WORKSPACE_ID") {
+        if !value.trim().is_empty() {
+            announced.insert("WORKSPACE_ID".to_string(), value);
         }
     }
-    announced.extend(tags);
+    for (key, value) in tags {
+        if domain::relay::RESERVED_TAGS.contains(&key.as_str()) {
+            tracing::warn!(tag = key, "ignored: the workspace's discovery tags come from its agent token");
+        } else {
+            announced.insert(key, value);
+        }
+    }
     let workspace = workspace
         .or_else(|| announced.get("WORKSPACE_ID").cloned())
         .or_else(|| std::env::var("HOSTNAME").ok())

@@ -252,12 +252,24 @@ fn random_secret() -> Result<String, Problem> {
     Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
 }
 
-/// A new agent token's label.
+/// A new agent token: the workspace it serves and what is known of that workspace.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MintBody {
-    /// 1 to 100 characters, for people.
-    name: String,
+    /// The only workspace an agent with this token may serve (1 to 128 of `A-Z a-z 0-9 - _ .`).
+    workspace: String,
+    /// The workspace's owner (`RDE_OWNER_EMAIL`): who may open its terminals besides admins.
+    #[serde(default)]
+    owner: Option<String>,
+    /// Its display name (`RDE_DISPLAY_NAME`), at most 100 characters.
+    #[serde(default)]
+    display_name: Option<String>,
+    /// The blueprint it came from (`BLUEPRINT_KEY`).
+    #[serde(default)]
+    blueprint_key: Option<String>,
+    /// A label for people, 1 to 100 characters (default: the workspace).
+    #[serde(default)]
+    name: Option<String>,
 }
 
 /// A minted agent token: the only time the token is shown.
@@ -267,15 +279,66 @@ pub struct MintedToken {
     id: String,
     /// Its label.
     name: String,
-    /// The token, for `gatehouse agent --token`.
+    /// The workspace it serves.
+    workspace: String,
+    /// The discovery tags the gateway knows the workspace by (whatever its agent announces).
+    tags: BTreeMap<String, String>,
+    /// The token, for `gatehouse agent` (`GATEHOUSE_AGENT_TOKEN`).
     token: String,
 }
 
-/// Mints an agent token (admin). It is shown once; only its SHA-256 is stored.
+fn invalid_mint_field(field: &str, detail: impl Into<String>) -> Problem {
+    Problem::new(StatusCode::UNPROCESSABLE_ENTITY, ProblemCode::InvalidField, "Invalid field")
+        .field(field)
+        .detail(detail)
+}
+
+/// A short label: trimmed, 1 to 100 characters, no control characters.
+fn label(field: &str, raw: &str) -> Result<String, Problem> {
+    let value = raw.trim();
+    if value.is_empty() || value.chars().count() > 100 || value.chars().any(char::is_control) {
+        return Err(invalid_mint_field(
+            field,
+            format!("{field} takes 1 to 100 characters, none of them control characters"),
+        ));
+    }
+    Ok(value.to_string())
+}
+
+impl MintBody {
+    /// The workspace, the label and the discovery tags, validated.
+    fn parse(self) -> Result<(String, String, BTreeMap<String, String>), Problem> {
+        let workspace = domain::publishing::WorkspaceId::parse(&self.workspace)
+            .map_err(|error| invalid_mint_field("workspace", error.to_string()))?
+            .to_string();
+        let mut tags = BTreeMap::new();
+        if let Some(owner) = self.owner {
+            let owner = Email::parse(&owner).map_err(|error| invalid_mint_field("owner", error.to_string()))?;
+            tags.insert("RDE_OWNER_EMAIL".to_string(), owner.to_string());
+        }
+        if let Some(display_name) = self.display_name {
+            tags.insert("RDE_DISPLAY_NAME".to_string(), label("display_name", &display_name)?);
+        }
+        if let Some(blueprint_key) = self.blueprint_key {
+            let key = domain::publishing::BlueprintKey::parse(&blueprint_key)
+                .map_err(|error| invalid_mint_field("blueprint_key", error.to_string()))?;
+            tags.insert("BLUEPRINT_KEY".to_string(), key.to_string());
+        }
+        let name = match self.name {
+            Some(name) => label("name", &name)?,
+            None => workspace.clone(),
+        };
+        Ok((workspace, name, tags))
+    }
+}
+
+/// Mints an agent token bound to one workspace (admin). It is shown once; only its SHA-256 is stored. An agent with
+/// it may serve only that workspace, and the workspace's owner, display name and blueprint are the ones given here.
 #[utoipa::path(post, path = "/api/v1/agent-tokens", tag = "relay", request_body = MintBody,
     security(("bearer" = [])),
-    responses((status = 201, body = MintedToken), (status = 400, body = Problem), (status = 401, body = Problem),
-              (status = 403, body = Problem), (status = 503, body = Problem)))]
+    responses((status = 201, body = MintedToken, headers(("Cache-Control" = String, description = "no-store"))),
+              (status = 400, body = Problem), (status = 401, body = Problem),
+              (status = 403, body = Problem), (status = 422, body = Problem), (status = 503, body = Problem)))]
 #[post("/api/v1/agent-tokens")]
 async fn mint_agent_token(
     caller: Caller,
@@ -284,24 +347,27 @@ async fn mint_agent_token(
     relay: web::Data<Relay>,
 ) -> Result<HttpResponse, Problem> {
     caller.require(&[Role::Admin])?;
-    let name = body.into_inner().name.trim().to_string();
-    if name.is_empty() || name.chars().count() > 100 {
-        return Err(Problem::new(StatusCode::BAD_REQUEST, ProblemCode::InvalidField, "Invalid field")
-            .field("name")
-            .detail("name takes 1 to 100 characters"));
-    }
+    let (workspace, name, tags) = body.into_inner().parse()?;
     let token = format!("gha_{}", random_secret()?);
     let id = sha256_hex(&token);
     let metadata = EventMetadata::for_request(caller.email.as_str(), api::request_id(&request));
-    relay
-        .agent_tokens
-        .execute(&id, AgentTokenCommand::Mint { name: name.clone(), by: caller.email.clone() }, &metadata)
-        .await
-        .map_err(|error| match error {
-            CommandError::Store(error) => Problem::from(error),
-            _ => Problem::internal(),
-        })?;
-    Ok(HttpResponse::Created().json(MintedToken { id, name, token }))
+    let command = AgentTokenCommand::Mint {
+        name: name.clone(),
+        workspace: workspace.clone(),
+        tags: tags.clone(),
+        by: caller.email.clone(),
+    };
+    relay.agent_tokens.execute(&id, command, &metadata).await.map_err(|error| match error {
+        CommandError::Store(error) => Problem::from(error),
+        _ => Problem::internal(),
+    })?;
+    Ok(HttpResponse::Created().insert_header(("Cache-Control", "no-store")).json(MintedToken {
+        id,
+        name,
+        workspace,
+        tags,
+        token,
+    }))
 }
 
 /// Revokes an agent token (admin). Agents connected with it are disconnected at once (close 4401, so they stop) and

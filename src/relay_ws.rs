@@ -18,7 +18,7 @@ use actix_web::dev::{Path, ResourceDef, Url};
 use actix_web::http::StatusCode;
 use actix_web::HttpMessage;
 use api::{Problem, ProblemCode};
-use domain::relay::{CloseReason, SessionCommand};
+use domain::relay::{AgentRefusal, CloseReason, SessionCommand};
 use domain::Email;
 use relay::agent::{close as agent_close, Hello, Welcome};
 use relay::browser::{ClientMessage, CloseCode, ServerMessage};
@@ -243,19 +243,32 @@ async fn agent_connection(relay: Arc<Relay>, socket: WebSocket) {
     };
     let token_id = sha256_hex(&hello.token);
     let watch = relay.watch_token(&token_id);
-    let valid = match relay.agent_tokens.load(&token_id).await {
-        Ok((token, _)) => token.is_valid(),
+    let token = match relay.agent_tokens.load(&token_id).await {
+        Ok((token, _)) => Some(token),
         Err(error) => {
             tracing::warn!(%error, "cannot check an agent token");
-            false
+            None
         }
     };
-    if !valid {
-        tracing::info!(workspace = hello.workspace, "agent refused: bad token");
-        socket.close(Some((agent_close::TOKEN_REFUSED, "agent token refused")), CLOSE_LINGER).await;
+    // The token decides which workspace the agent serves and what is known of it (its owner above all): a token
+    // taken from one workspace must not let its holder stand in for another one's agent.
+    let admitted = match &token {
+        Some(token) => token.admits(&hello.workspace),
+        None => Err(AgentRefusal::Invalid),
+    };
+    if let Err(refusal) = admitted {
+        tracing::info!(workspace = hello.workspace, %refusal, "agent refused");
+        let close = match refusal {
+            AgentRefusal::Invalid => (agent_close::TOKEN_REFUSED, "agent token refused"),
+            AgentRefusal::Unbound | AgentRefusal::OtherWorkspace => {
+                (agent_close::WORKSPACE_FORBIDDEN, "the agent token does not serve this workspace")
+            }
+        };
+        socket.close(Some(close), CLOSE_LINGER).await;
         return;
     }
-    let (conn, mut frames) = match relay.hub.register(&hello.workspace, hello.tags) {
+    let tags = token.unwrap_or_default().tags_for(hello.tags);
+    let (conn, mut frames) = match relay.hub.register(&hello.workspace, tags) {
         Ok(registered) => registered,
         Err(error) => {
             tracing::info!(%error, "agent refused");

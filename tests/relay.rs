@@ -22,13 +22,12 @@ struct Agent {
     child: Child,
 }
 
-/// `gatehouse agent` dialling `server_url` for `workspace`, owned by `owner`, its output discarded.
-fn agent_command(server_url: &str, token: &str, workspace: &str, owner: &str) -> std::process::Command {
+/// `gatehouse agent` dialling `server_url` for `workspace`, its output discarded.
+fn agent_command(server_url: &str, token: &str, workspace: &str) -> std::process::Command {
     let mut command = gatehouse();
     command
         .args(["agent", "--server", server_url, "--workspace", workspace])
         .env("GATEHOUSE_AGENT_TOKEN", token)
-        .env("RDE_OWNER_EMAIL", owner)
         .env("GATEHOUSE_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null());
@@ -36,8 +35,8 @@ fn agent_command(server_url: &str, token: &str, workspace: &str, owner: &str) ->
 }
 
 impl Agent {
-    fn start(server: &Server, token: &str, workspace: &str, owner: &str) -> Agent {
-        let child = agent_command(&server.base, token, workspace, owner)
+    fn start(server: &Server, token: &str, workspace: &str) -> Agent {
+        let child = agent_command(&server.base, token, workspace)
             .args(["--tag", "RDE_DISPLAY_NAME=Test"])
             .env("PS1", "$ ")
             .spawn()
@@ -57,9 +56,10 @@ impl Drop for Agent {
     }
 }
 
-async fn mint_agent_token(api: &Api, admin: &str) -> String {
-    let (status, _, body) =
-        api.call(Method::POST, "/api/v1/agent-tokens", Some(admin), Some(json!({"name": "test agent"}))).await;
+/// Mints an agent token for `workspace`, owned by `owner`.
+async fn mint_agent_token(api: &Api, admin: &str, workspace: &str, owner: &str) -> String {
+    let body = json!({"name": "test agent", "workspace": workspace, "owner": owner, "display_name": "Test"});
+    let (status, _, body) = api.call(Method::POST, "/api/v1/agent-tokens", Some(admin), Some(body)).await;
     assert_eq!(status, 201, "{body}");
     body["token"].as_str().unwrap().to_string()
 }
@@ -151,8 +151,8 @@ async fn a_browser_types_into_a_real_shell_through_the_relay_on(db: TestDb) {
     let server = Server::start(&db, &[]);
     let api = Api::new(&server);
 
-    let agent_token = mint_agent_token(&api, &root).await;
-    let _agent = Agent::start(&server, &agent_token, "ws-ada", "ada@example.com");
+    let agent_token = mint_agent_token(&api, &root, "ws-ada", "ada@example.com").await;
+    let _agent = Agent::start(&server, &agent_token, "ws-ada");
     wait_for_workspace(&api, &ada, "ws-ada").await;
     // Bob does not see Ada's workspace; the admin does.
     let (_, listed) = api.get("/api/v1/workspaces", Some(&bob)).await;
@@ -218,9 +218,10 @@ async fn foreign_and_expired_tickets_are_refused_on(db: TestDb) {
     let bob = issue_token(&db, "bob@example.com", "member", "1h");
     let server = Server::start(&db, &[("GATEHOUSE_RELAY_TICKET_TTL_SECS", "3")]);
     let api = Api::new(&server);
-    let agent_token = mint_agent_token(&api, &root).await;
-    let _ada_agent = Agent::start(&server, &agent_token, "ws-ada", "ada@example.com");
-    let _bob_agent = Agent::start(&server, &agent_token, "ws-bob", "bob@example.com");
+    let agent_token = mint_agent_token(&api, &root, "ws-ada", "ada@example.com").await;
+    let _ada_agent = Agent::start(&server, &agent_token, "ws-ada");
+    let bob_agent_token = mint_agent_token(&api, &root, "ws-bob", "bob@example.com").await;
+    let _bob_agent = Agent::start(&server, &bob_agent_token, "ws-bob");
     wait_for_workspace(&api, &root, "ws-ada").await;
     wait_for_workspace(&api, &root, "ws-bob").await;
 
@@ -240,7 +241,7 @@ async fn foreign_and_expired_tickets_are_refused_on(db: TestDb) {
     assert_eq!(refused, Some(4001));
 
     // A second agent for a workspace already served is refused; the first keeps serving.
-    let mut intruder = Agent::start(&server, &agent_token, "ws-ada", "eve@example.com");
+    let mut intruder = Agent::start(&server, &agent_token, "ws-ada");
     let exited = eventually(Duration::from_secs(5), || {
         let status = intruder.child.try_wait().unwrap();
         async move { status.is_some() }
@@ -253,18 +254,113 @@ async fn foreign_and_expired_tickets_are_refused_on(db: TestDb) {
     intruder.kill();
 
     // A revoked agent token: the agent stops.
-    let (_, _, minted) =
-        api.call(Method::POST, "/api/v1/agent-tokens", Some(&root), Some(json!({"name": "short-lived"}))).await;
+    let (_, _, minted) = api
+        .call(
+            Method::POST,
+            "/api/v1/agent-tokens",
+            Some(&root),
+            Some(json!({"name": "short-lived", "workspace": "ws-x"})),
+        )
+        .await;
     let id = minted["id"].as_str().unwrap();
     let (status, _, _) = api.call(Method::DELETE, &format!("/api/v1/agent-tokens/{id}"), Some(&root), None).await;
     assert_eq!(status, 204);
-    let mut revoked = Agent::start(&server, minted["token"].as_str().unwrap(), "ws-x", "ada@example.com");
+    let mut revoked = Agent::start(&server, minted["token"].as_str().unwrap(), "ws-x");
     let stopped = eventually(Duration::from_secs(15), || {
         let status = revoked.child.try_wait().unwrap();
         async move { status.is_some_and(|status| !status.success()) }
     })
     .await;
     assert!(stopped, "an agent with a revoked token stops");
+}
+
+/// An agent token is bound to one workspace and carries what is known of it. Eve can read the token of her own
+/// workspace's agent; with it she can neither stand in for Ada's workspace while its agent is down (her agent would
+/// receive Ada's keystrokes) nor make herself, or Ada, the owner of anything by announcing tags.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leaked_agent_token_cannot_stand_in_for_another_workspace() {
+    for db in TestDb::all("relay leaked agent token").await {
+        a_leaked_agent_token_cannot_stand_in_for_another_workspace_on(db).await;
+    }
+}
+
+async fn a_leaked_agent_token_cannot_stand_in_for_another_workspace_on(db: TestDb) {
+    let root = issue_token(&db, "root@example.com", "admin", "1h");
+    let ada = issue_token(&db, "ada@example.com", "member", "1h");
+    let eve = issue_token(&db, "eve@example.com", "member", "1h");
+    let server = Server::start(&db, &[]);
+    let api = Api::new(&server);
+    let body =
+        json!({"workspace": "ws-eve", "owner": "eve@example.com", "blueprint_key": "web", "display_name": "Eve's"});
+    let (status, headers, minted) = api.call(Method::POST, "/api/v1/agent-tokens", Some(&root), Some(body)).await;
+    assert_eq!(status, 201, "{minted}");
+    assert_eq!(headers.get("cache-control").unwrap(), "no-store", "the one answer that shows the token");
+    assert_eq!(minted["workspace"], "ws-eve");
+    assert_eq!(minted["name"], "ws-eve", "the label defaults to the workspace");
+    assert_eq!(
+        minted["tags"],
+        json!({"RDE_OWNER_EMAIL": "eve@example.com", "BLUEPRINT_KEY": "web", "RDE_DISPLAY_NAME": "Eve's"})
+    );
+    let eves_token = minted["token"].as_str().unwrap().to_string();
+    // Ada's workspace has a token of its own, but its agent is down.
+    mint_agent_token(&api, &root, "ws-ada", "ada@example.com").await;
+
+    // Eve's token announcing Ada's workspace (and Ada as its owner): refused with 4403, and the agent stops.
+    let mut impostor = agent_command(&server.base, &eves_token, "ws-ada")
+        .args(["--tag", "RDE_OWNER_EMAIL=ada@example.com"])
+        .spawn()
+        .unwrap();
+    let stopped = eventually(Duration::from_secs(15), || {
+        let status = impostor.try_wait().unwrap();
+        async move { status.is_some_and(|status| !status.success()) }
+    })
+    .await;
+    assert!(stopped, "an agent whose token serves another workspace stops");
+    let (status, problem) = ticket(&api, &ada, "ws-ada").await;
+    assert_eq!(status, 404, "no agent stands in for ws-ada: {problem}");
+
+    // Eve's agent on her own workspace, announcing Ada (and another blueprint) as its facts: the token's win.
+    let _agent = agent_command(&server.base, &eves_token, "ws-eve")
+        .args(["--tag", "RDE_OWNER_EMAIL=ada@example.com", "--tag", "BLUEPRINT_KEY=admin-only", "--tag", "EDITOR=vim"])
+        .spawn()
+        .map(|child| Agent { child })
+        .unwrap();
+    wait_for_workspace(&api, &root, "ws-eve").await;
+    let (_, listed) = api.get("/api/v1/workspaces", Some(&root)).await;
+    let item = &listed["items"][0];
+    assert_eq!(item["owner"], "eve@example.com", "{listed}");
+    assert_eq!(item["blueprint_key"], "web");
+    assert_eq!(item["display_name"], "Eve's");
+    assert_eq!(item["tags"]["EDITOR"], "vim", "the agent's own tags are kept");
+    let (_, adas) = api.get("/api/v1/workspaces", Some(&ada)).await;
+    assert_eq!(adas["items"], json!([]), "Ada owns nothing");
+    let (status, problem) = ticket(&api, &ada, "ws-eve").await;
+    assert_eq!((status, problem["code"].as_str()), (403, Some("not_workspace_owner")));
+    let (status, _) = ticket(&api, &eve, "ws-eve").await;
+    assert_eq!(status, 201);
+
+    // A hand-made hello with Eve's token for Ada's workspace gets the same close code.
+    let url = format!("{}/api/v1/agent/connect", server.base.replace("http://", "ws://"));
+    let (mut socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let hello = json!({"type": "hello", "token": eves_token, "workspace": "ws-ada", "tags": {}});
+    socket.send(Message::Text(hello.to_string().into())).await.unwrap();
+    assert_eq!(close_code(&mut socket, Duration::from_secs(10)).await, 4403);
+
+    // What a token is minted with is validated.
+    for (body, field) in [
+        (json!({"workspace": "ws 1"}), "workspace"),
+        (json!({"workspace": ""}), "workspace"),
+        (json!({"workspace": "ws-1", "owner": "not an address"}), "owner"),
+        (json!({"workspace": "ws-1", "blueprint_key": "a/b"}), "blueprint_key"),
+        (json!({"workspace": "ws-1", "display_name": "a\u{7}b"}), "display_name"),
+        (json!({"workspace": "ws-1", "name": "x".repeat(101)}), "name"),
+    ] {
+        let (status, _, problem) = api.call(Method::POST, "/api/v1/agent-tokens", Some(&root), Some(body)).await;
+        assert_eq!((status, problem["field"].as_str()), (422, Some(field)), "{problem}");
+    }
+    let (status, _, problem) =
+        api.call(Method::POST, "/api/v1/agent-tokens", Some(&root), Some(json!({"name": "no workspace"}))).await;
+    assert_eq!(status, 400, "{problem}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -275,8 +371,8 @@ async fn killing_the_agent_closes_sessions_as_agent_lost() {
         let ada = issue_token(&db, "ada@example.com", "member", "1h");
         let server = Server::start(&db, &[]);
         let api = Api::new(&server);
-        let agent_token = mint_agent_token(&api, &root).await;
-        let mut agent = Agent::start(&server, &agent_token, "ws-ada", "ada@example.com");
+        let agent_token = mint_agent_token(&api, &root, "ws-ada", "ada@example.com").await;
+        let mut agent = Agent::start(&server, &agent_token, "ws-ada");
         wait_for_workspace(&api, &ada, "ws-ada").await;
         let (_, issued) = ticket(&api, &ada, "ws-ada").await;
         let mut socket = open(&server, "ws-ada", issued["ticket"].as_str().unwrap()).await.unwrap();
@@ -309,8 +405,8 @@ async fn many_sessions_share_one_agent() {
     let root = issue_token(&db, "root@example.com", "admin", "1h");
     let server = Server::start(&db, &[("GATEHOUSE_RELAY_MAX_SESSIONS_PER_USER", "110")]);
     let api = Api::new(&server);
-    let agent_token = mint_agent_token(&api, &root).await;
-    let _agent = Agent::start(&server, &agent_token, "ws-many", "ada@example.com");
+    let agent_token = mint_agent_token(&api, &root, "ws-many", "ada@example.com").await;
+    let _agent = Agent::start(&server, &agent_token, "ws-many");
     wait_for_workspace(&api, &root, "ws-many").await;
     let mut sockets = Vec::new();
     for _ in 0..SESSIONS {
@@ -359,11 +455,11 @@ async fn every_role_is_checked_on_every_relay_endpoint_on(db: TestDb) {
     let auditor = issue_token(&db, "audit@example.com", "auditor", "1h");
     let server = Server::start(&db, &[]);
     let api = Api::new(&server);
-    let agent_token = mint_agent_token(&api, &root).await;
-    let _agent = Agent::start(&server, &agent_token, "ws-ada", "ada@example.com");
+    let agent_token = mint_agent_token(&api, &root, "ws-ada", "ada@example.com").await;
+    let _agent = Agent::start(&server, &agent_token, "ws-ada");
     wait_for_workspace(&api, &root, "ws-ada").await;
 
-    let mint = || Some(json!({"name": "x"}));
+    let mint = || Some(json!({"name": "x", "workspace": "ws-x"}));
     let ticket_body = || Some(json!({"kind": "terminal"}));
     let unknown_token = "0".repeat(64);
     // (method, path, body, [anonymous, ada (owner), bob (another member), admin, auditor])
@@ -437,8 +533,8 @@ async fn limits_are_enforced_and_shutdown_records_every_open_session_on(db: Test
     ];
     let server = Server::start(&db, &limits);
     let api = Api::new(&server);
-    let agent_token = mint_agent_token(&api, &root).await;
-    let _agent = Agent::start(&server, &agent_token, "ws-ada", "ada@example.com");
+    let agent_token = mint_agent_token(&api, &root, "ws-ada", "ada@example.com").await;
+    let _agent = Agent::start(&server, &agent_token, "ws-ada");
     wait_for_workspace(&api, &ada, "ws-ada").await;
     let open_one = || async {
         let (_, issued) = ticket(&api, &ada, "ws-ada").await;
@@ -507,8 +603,8 @@ async fn a_busy_session_is_closed_at_its_maximum_age_on(db: TestDb) {
     let ada = issue_token(&db, "ada@example.com", "member", "1h");
     let server = Server::start(&db, &[("GATEHOUSE_RELAY_MAX_SESSION_SECS", "2")]);
     let api = Api::new(&server);
-    let agent_token = mint_agent_token(&api, &root).await;
-    let _agent = Agent::start(&server, &agent_token, "ws-ada", "ada@example.com");
+    let agent_token = mint_agent_token(&api, &root, "ws-ada", "ada@example.com").await;
+    let _agent = Agent::start(&server, &agent_token, "ws-ada");
     wait_for_workspace(&api, &ada, "ws-ada").await;
     let (_, issued) = ticket(&api, &ada, "ws-ada").await;
     let mut socket = open(&server, "ws-ada", issued["ticket"].as_str().unwrap()).await.unwrap();
@@ -550,9 +646,10 @@ async fn read_models_with_filters_and_pages(db: TestDb) {
     let auditor = issue_token(&db, "audit@example.com", "auditor", "1h");
     let server = Server::start(&db, &[("GATEHOUSE_RELAY_MAX_SESSIONS_PER_USER", "10")]);
     let api = Api::new(&server);
-    let agent_token = mint_agent_token(&api, &root).await;
-    let _ada_agent = Agent::start(&server, &agent_token, "ws-ada", "ada@example.com");
-    let _bob_agent = Agent::start(&server, &agent_token, "ws-bob", "bob@example.com");
+    let agent_token = mint_agent_token(&api, &root, "ws-ada", "ada@example.com").await;
+    let _ada_agent = Agent::start(&server, &agent_token, "ws-ada");
+    let bob_agent_token = mint_agent_token(&api, &root, "ws-bob", "bob@example.com").await;
+    let _bob_agent = Agent::start(&server, &bob_agent_token, "ws-bob");
     wait_for_workspace(&api, &root, "ws-ada").await;
     wait_for_workspace(&api, &root, "ws-bob").await;
 
@@ -706,8 +803,8 @@ async fn a_large_paste_into_an_echoing_shell_flows_through_the_windows_on(db: Te
     let root = issue_token(&db, "root@example.com", "admin", "1h");
     let server = Server::start(&db, &[]);
     let api = Api::new(&server);
-    let agent_token = mint_agent_token(&api, &root).await;
-    let _agent = Agent::start(&server, &agent_token, "ws-paste", "ada@example.com");
+    let agent_token = mint_agent_token(&api, &root, "ws-paste", "ada@example.com").await;
+    let _agent = Agent::start(&server, &agent_token, "ws-paste");
     wait_for_workspace(&api, &root, "ws-paste").await;
     let (_, issued) = ticket(&api, &root, "ws-paste").await;
     let socket = open(&server, "ws-paste", issued["ticket"].as_str().unwrap()).await.unwrap();
@@ -797,8 +894,8 @@ async fn the_firewall_blocks_denied_addresses_and_closes_live_sessions_on(db: Te
     let root = issue_token(&db, "root@example.com", "admin", "1h");
     let server = Server::start(&db, &[("GATEHOUSE_RELAY_TRUSTED_PROXIES", "127.0.0.1/32")]);
     let api = Api::new(&server);
-    let agent_token = mint_agent_token(&api, &root).await;
-    let _agent = Agent::start(&server, &agent_token, "ws-fw", "ada@example.com");
+    let agent_token = mint_agent_token(&api, &root, "ws-fw", "ada@example.com").await;
+    let _agent = Agent::start(&server, &agent_token, "ws-fw");
     wait_for_workspace(&api, &root, "ws-fw").await;
 
     // Through the trusted proxy (the test's own loopback), X-Forwarded-For names the client.
@@ -853,8 +950,8 @@ async fn shells_exit_with_their_status_and_bad_agents_get_documented_close_codes
     let root = issue_token(&db, "root@example.com", "admin", "1h");
     let server = Server::start(&db, &[("GATEHOUSE_RELAY_AUTH_TIMEOUT_SECS", "1")]);
     let api = Api::new(&server);
-    let agent_token = mint_agent_token(&api, &root).await;
-    let _agent = Agent::start(&server, &agent_token, "ws-exit", "ada@example.com");
+    let agent_token = mint_agent_token(&api, &root, "ws-exit", "ada@example.com").await;
+    let _agent = Agent::start(&server, &agent_token, "ws-exit");
     wait_for_workspace(&api, &root, "ws-exit").await;
 
     // The shell's exit status reaches the browser, then a normal close.
@@ -897,8 +994,10 @@ async fn shells_exit_with_their_status_and_bad_agents_get_documented_close_codes
     assert_eq!(attempt(Some(Message::Text("{}".into())), None).await, 4000, "not a hello");
     assert_eq!(attempt(Some(hello("gha_wrong", "ws-other")), None).await, 4401, "unknown token");
     assert_eq!(attempt(Some(hello(&agent_token, "ws-exit")), None).await, 4409, "a workspace already served");
+    assert_eq!(attempt(Some(hello(&agent_token, "ws-fake")), None).await, 4403, "a token bound to another workspace");
+    let fake_token = mint_agent_token(&api, &root, "ws-fake", "ada@example.com").await;
     let garbage = Some(Message::Binary(vec![0x09, 0, 0, 0, 1].into()));
-    assert_eq!(attempt(Some(hello(&agent_token, "ws-fake")), garbage).await, 1002, "a malformed frame");
+    assert_eq!(attempt(Some(hello(&fake_token, "ws-fake")), garbage).await, 1002, "a malformed frame");
 
     let (_, issued) = ticket(&api, &root, "ws-exit").await;
     let mut socket = open(&server, "ws-exit", issued["ticket"].as_str().unwrap()).await.unwrap();
@@ -907,9 +1006,9 @@ async fn shells_exit_with_their_status_and_bad_agents_get_documented_close_codes
 }
 
 /// Mints an agent token; (its id, the token).
-async fn mint_agent_token_with_id(api: &Api, admin: &str, name: &str) -> (String, String) {
-    let (status, _, body) =
-        api.call(Method::POST, "/api/v1/agent-tokens", Some(admin), Some(json!({"name": name}))).await;
+async fn mint_agent_token_with_id(api: &Api, admin: &str, workspace: &str) -> (String, String) {
+    let body = json!({"workspace": workspace, "owner": "ada@example.com"});
+    let (status, _, body) = api.call(Method::POST, "/api/v1/agent-tokens", Some(admin), Some(body)).await;
     assert_eq!(status, 201, "{body}");
     (body["id"].as_str().unwrap().to_string(), body["token"].as_str().unwrap().to_string())
 }
@@ -928,10 +1027,10 @@ async fn revoking_an_agent_token_on(db: TestDb) {
     let root = issue_token(&db, "root@example.com", "admin", "1h");
     let server = Server::start(&db, &[]);
     let api = Api::new(&server);
-    let (doomed_id, doomed) = mint_agent_token_with_id(&api, &root, "doomed").await;
-    let (_, kept) = mint_agent_token_with_id(&api, &root, "kept").await;
-    let mut agent = Agent::start(&server, &doomed, "ws-doomed", "ada@example.com");
-    let _other = Agent::start(&server, &kept, "ws-kept", "ada@example.com");
+    let (doomed_id, doomed) = mint_agent_token_with_id(&api, &root, "ws-doomed").await;
+    let (_, kept) = mint_agent_token_with_id(&api, &root, "ws-kept").await;
+    let mut agent = Agent::start(&server, &doomed, "ws-doomed");
+    let _other = Agent::start(&server, &kept, "ws-kept");
     wait_for_workspace(&api, &root, "ws-doomed").await;
     wait_for_workspace(&api, &root, "ws-kept").await;
     let (_, issued) = ticket(&api, &root, "ws-doomed").await;
@@ -987,8 +1086,8 @@ async fn a_blocked_client_does_not_spend_its_ticket_on(db: TestDb) {
     let ada = issue_token(&db, "ada@example.com", "member", "1h");
     let server = Server::start(&db, &[("GATEHOUSE_RELAY_TRUSTED_PROXIES", "127.0.0.1/32")]);
     let api = Api::new(&server);
-    let agent_token = mint_agent_token(&api, &root).await;
-    let _agent = Agent::start(&server, &agent_token, "ws-ada", "ada@example.com");
+    let agent_token = mint_agent_token(&api, &root, "ws-ada", "ada@example.com").await;
+    let _agent = Agent::start(&server, &agent_token, "ws-ada");
     wait_for_workspace(&api, &ada, "ws-ada").await;
     set_firewall(&api, &root, json!([{"action": "deny", "cidr": "10.0.0.0/8", "description": "lab"}]), "allow").await;
 
@@ -1051,8 +1150,8 @@ async fn ipv6_clients_through_trusted_ipv6_proxies_on(db: TestDb) {
     let api = Api::new(&server);
     let v6 = server.base.replace("127.0.0.1", "[::1]");
     let v4 = server.base.clone();
-    let agent_token = mint_agent_token(&api, &root).await;
-    let _agent = Agent::start(&server, &agent_token, "ws-v6", "ada@example.com");
+    let agent_token = mint_agent_token(&api, &root, "ws-v6", "ada@example.com").await;
+    let _agent = Agent::start(&server, &agent_token, "ws-v6");
     wait_for_workspace(&api, &root, "ws-v6").await;
     let rules = json!([
         {"action": "allow", "cidr": "2001:db8:1::/48", "description": "office"},
@@ -1388,8 +1487,8 @@ async fn websocket_handshakes_are_checked_and_answered_on_the_wire_on(db: TestDb
     raw.closed("after the close handshake").await;
 
     // An eager client: the request and its auth frame in one write, so the server reads the frame with the head.
-    let agent_token = mint_agent_token(&api, &root).await;
-    let _agent = Agent::start(&server, &agent_token, "ws-wire", "ada@example.com");
+    let agent_token = mint_agent_token(&api, &root, "ws-wire", "ada@example.com").await;
+    let _agent = Agent::start(&server, &agent_token, "ws-wire");
     wait_for_workspace(&api, &root, "ws-wire").await;
     let (status, issued) = ticket(&api, &root, "ws-wire").await;
     assert_eq!(status, 201, "{issued}");
@@ -1514,11 +1613,10 @@ struct HandAgent {
 }
 
 impl HandAgent {
-    async fn connect(server: &Server, token: &str, workspace: &str, owner: &str) -> HandAgent {
+    async fn connect(server: &Server, token: &str, workspace: &str) -> HandAgent {
         let url = format!("{}/api/v1/agent/connect", server.base.replace("http://", "ws://"));
         let (mut socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-        let hello =
-            json!({"type": "hello", "token": token, "workspace": workspace, "tags": {"RDE_OWNER_EMAIL": owner}});
+        let hello = json!({"type": "hello", "token": token, "workspace": workspace, "tags": {}});
         socket.send(Message::Text(hello.to_string().into())).await.unwrap();
         match tokio::time::timeout(Duration::from_secs(10), socket.next()).await.expect("no welcome") {
             Some(Ok(Message::Text(text))) => assert!(text.contains("welcome"), "{text}"),
@@ -1604,8 +1702,8 @@ async fn output_that_arrives_together_leaves_as_one_message_on(db: TestDb) {
     let ada = issue_token(&db, "ada@example.com", "member", "1h");
     let server = Server::start(&db, &[]);
     let api = Api::new(&server);
-    let agent_token = mint_agent_token(&api, &root).await;
-    let mut agent = HandAgent::connect(&server, &agent_token, "ws-hand", "ada@example.com").await;
+    let agent_token = mint_agent_token(&api, &root, "ws-hand", "ada@example.com").await;
+    let mut agent = HandAgent::connect(&server, &agent_token, "ws-hand").await;
     wait_for_workspace(&api, &ada, "ws-hand").await;
 
     let (mut browser, session) = open_on_hand_agent(&server, &api, &ada, &mut agent, "ws-hand").await;
@@ -1700,7 +1798,7 @@ async fn tls_proxy(target: std::net::SocketAddr) -> (u16, String, std::sync::Arc
 
 /// Starts `gatehouse agent` against `server_url` with `extra` arguments, its log going to `log`.
 fn start_agent_logging(server_url: &str, token: &str, workspace: &str, extra: &[&str], log: &std::path::Path) -> Agent {
-    let child = agent_command(server_url, token, workspace, "ada@example.com")
+    let child = agent_command(server_url, token, workspace)
         .args(extra)
         .stderr(std::fs::File::create(log).unwrap())
         .spawn()
@@ -1718,7 +1816,7 @@ async fn an_agent_dials_out_over_tls_and_checks_the_certificate() {
     let ada = issue_token(&db, "ada@example.com", "member", "1h");
     let server = Server::start(&db, &[]);
     let api = Api::new(&server);
-    let agent_token = mint_agent_token(&api, &root).await;
+    let agent_token = mint_agent_token(&api, &root, "ws-tls", "ada@example.com").await;
     let gateway: std::net::SocketAddr = server.base.trim_start_matches("http://").parse().unwrap();
     let (port, ca_pem, handshakes) = tls_proxy(gateway).await;
     let url = format!("https://localhost:{port}");
@@ -1823,7 +1921,7 @@ async fn a_cut_agent_reconnects_with_backoff() {
     let ada = issue_token(&db, "ada@example.com", "member", "1h");
     let server = Server::start(&db, &[]);
     let api = Api::new(&server);
-    let agent_token = mint_agent_token(&api, &root).await;
+    let agent_token = mint_agent_token(&api, &root, "ws-cut", "ada@example.com").await;
     let gateway: std::net::SocketAddr = server.base.trim_start_matches("http://").parse().unwrap();
     let proxy = CuttableProxy::start(gateway).await;
     let scratch = tempfile::tempdir().unwrap();
@@ -1868,8 +1966,8 @@ async fn a_browser_that_stops_reading_stalls_only_itself() {
     let root = issue_token(&db, "root@example.com", "admin", "1h");
     let server = Server::start(&db, &[]);
     let api = Api::new(&server);
-    let agent_token = mint_agent_token(&api, &root).await;
-    let _agent = Agent::start(&server, &agent_token, "ws-slow", "ada@example.com");
+    let agent_token = mint_agent_token(&api, &root, "ws-slow", "ada@example.com").await;
+    let _agent = Agent::start(&server, &agent_token, "ws-slow");
     wait_for_workspace(&api, &root, "ws-slow").await;
     let (_, issued) = ticket(&api, &root, "ws-slow").await;
     let mut stuck = open(&server, "ws-slow", issued["ticket"].as_str().unwrap()).await.unwrap();

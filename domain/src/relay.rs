@@ -9,6 +9,8 @@
 //!
 //! Times arrive in commands (the domain has no clock).
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
@@ -207,10 +209,15 @@ impl Aggregate for Ticket {
 /// Commands on an agent token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AgentTokenCommand {
-    /// Mint it.
+    /// Mint it, bound to one workspace and the facts the control plane holds about it.
     Mint {
         /// A label for people.
         name: String,
+        /// The only workspace an agent with this token may serve.
+        workspace: String,
+        /// The workspace's discovery tags (`RDE_OWNER_EMAIL`, `RDE_DISPLAY_NAME`, `BLUEPRINT_KEY`, …): what the
+        /// gateway believes about the workspace, whatever its agent announces.
+        tags: BTreeMap<String, String>,
         /// The admin minting it.
         by: Email,
     },
@@ -230,6 +237,12 @@ pub enum AgentTokenEvent {
         name: String,
         /// By whom.
         by: Email,
+        /// The workspace it is bound to. Tokens minted before tokens were bound have none (`None`) and are refused.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        workspace: Option<String>,
+        /// The workspace's discovery tags (absent in tokens minted before: empty).
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        tags: BTreeMap<String, String>,
     },
     /// Revoked.
     AgentTokenRevoked {
@@ -266,11 +279,33 @@ pub enum AgentTokenError {
     AlreadyRevoked,
 }
 
+/// The discovery tags an agent token carries for its workspace. An agent's own announcement of one of these is
+/// never believed: a token taken from one workspace must not make its holder the owner of another.
+pub const RESERVED_TAGS: [&str; 4] = ["BLUEPRINT_PROJECT_ID", "BLUEPRINT_KEY", "RDE_OWNER_EMAIL", "RDE_DISPLAY_NAME"];
+
+/// Why an agent may not connect with a token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AgentRefusal {
+    /// Never minted, or revoked.
+    #[error("the agent token is unknown or revoked")]
+    Invalid,
+    /// Minted before tokens were bound to a workspace: it serves none.
+    #[error("the agent token is bound to no workspace (minted before tokens were bound): mint a new one")]
+    Unbound,
+    /// Bound to another workspace than the one announced.
+    #[error("the agent token is bound to another workspace")]
+    OtherWorkspace,
+}
+
 /// An agent token.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentToken {
     /// Its label (None: never minted).
     pub name: Option<String>,
+    /// The workspace it is bound to.
+    pub workspace: Option<String>,
+    /// The workspace's discovery tags.
+    pub tags: BTreeMap<String, String>,
     /// Revoked.
     pub revoked: bool,
 }
@@ -279,6 +314,27 @@ impl AgentToken {
     /// Whether an agent may connect with it.
     pub fn is_valid(&self) -> bool {
         self.name.is_some() && !self.revoked
+    }
+
+    /// Whether an agent announcing `workspace` may connect with it.
+    pub fn admits(&self, workspace: &str) -> Result<(), AgentRefusal> {
+        if !self.is_valid() {
+            return Err(AgentRefusal::Invalid);
+        }
+        match &self.workspace {
+            None => Err(AgentRefusal::Unbound),
+            Some(bound) if bound != workspace => Err(AgentRefusal::OtherWorkspace),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// The tags a connected agent is known by: the token's discovery tags, and of the agent's own only those that
+    /// are not reserved ([`RESERVED_TAGS`]).
+    pub fn tags_for(&self, announced: BTreeMap<String, String>) -> BTreeMap<String, String> {
+        let mut tags: BTreeMap<String, String> =
+            announced.into_iter().filter(|(key, _)| !RESERVED_TAGS.contains(&key.as_str())).collect();
+        tags.extend(self.tags.iter().map(|(key, value)| (key.clone(), value.clone())));
+        tags
     }
 }
 
@@ -291,11 +347,12 @@ impl Aggregate for AgentToken {
 
     async fn handle(&mut self, command: Self::Command, _: &(), sink: &EventSink<Self>) -> Result<(), Self::Error> {
         match command {
-            AgentTokenCommand::Mint { name, by } => {
+            AgentTokenCommand::Mint { name, workspace, tags, by } => {
                 if self.name.is_some() {
                     return Err(AgentTokenError::Exists);
                 }
-                sink.write(AgentTokenEvent::AgentTokenMinted { name, by }, self).await;
+                let event = AgentTokenEvent::AgentTokenMinted { name, by, workspace: Some(workspace), tags };
+                sink.write(event, self).await;
             }
             AgentTokenCommand::Revoke { by } => {
                 if self.name.is_none() {
@@ -312,7 +369,11 @@ impl Aggregate for AgentToken {
 
     fn apply(&mut self, event: Self::Event) {
         match event {
-            AgentTokenEvent::AgentTokenMinted { name, .. } => self.name = Some(name),
+            AgentTokenEvent::AgentTokenMinted { name, workspace, tags, .. } => {
+                self.name = Some(name);
+                self.workspace = workspace;
+                self.tags = tags;
+            }
             AgentTokenEvent::AgentTokenRevoked { .. } => self.revoked = true,
         }
     }
@@ -599,11 +660,99 @@ mod tests {
         assert_eq!(serde_json::from_str::<CloseReason>("\"agent_revoked\"").unwrap(), CloseReason::AgentRevoked);
     }
 
+    fn minted(workspace: Option<&str>, tags: &[(&str, &str)]) -> AgentTokenEvent {
+        AgentTokenEvent::AgentTokenMinted {
+            name: "a".into(),
+            by: Email::parse("root@example.com").unwrap(),
+            workspace: workspace.map(str::to_string),
+            tags: tags.iter().map(|(key, value)| (key.to_string(), value.to_string())).collect(),
+        }
+    }
+
+    fn token(events: Vec<AgentTokenEvent>) -> AgentToken {
+        let mut token = AgentToken::default();
+        for event in events {
+            token.apply(event);
+        }
+        token
+    }
+
+    #[test]
+    fn a_token_is_minted_bound_to_its_workspace_and_tags() {
+        let by = Email::parse("root@example.com").unwrap();
+        let tags: BTreeMap<String, String> = [("RDE_OWNER_EMAIL".to_string(), "ada@example.com".to_string())].into();
+        TestFramework::<AgentToken>::with(())
+            .given_no_previous_events()
+            .when(AgentTokenCommand::Mint { name: "a".into(), workspace: "ws-1".into(), tags: tags.clone(), by })
+            .then_expect_events(vec![minted(Some("ws-1"), &[("RDE_OWNER_EMAIL", "ada@example.com")])]);
+        TestFramework::<AgentToken>::with(())
+            .given(vec![minted(Some("ws-1"), &[])])
+            .when(AgentTokenCommand::Mint {
+                name: "b".into(),
+                workspace: "ws-2".into(),
+                tags,
+                by: Email::parse("root@example.com").unwrap(),
+            })
+            .then_expect_error(AgentTokenError::Exists);
+    }
+
+    #[test]
+    fn a_token_admits_only_its_own_workspace() {
+        let bound = token(vec![minted(Some("ws-1"), &[])]);
+        assert_eq!(bound.admits("ws-1"), Ok(()));
+        assert_eq!(bound.admits("ws-2"), Err(AgentRefusal::OtherWorkspace));
+        assert_eq!(bound.admits("WS-1"), Err(AgentRefusal::OtherWorkspace));
+        // Minted before tokens were bound: serves no workspace at all.
+        assert_eq!(token(vec![minted(None, &[])]).admits("ws-1"), Err(AgentRefusal::Unbound));
+        assert_eq!(AgentToken::default().admits("ws-1"), Err(AgentRefusal::Invalid));
+        let by = Email::parse("root@example.com").unwrap();
+        let revoked = token(vec![minted(Some("ws-1"), &[]), AgentTokenEvent::AgentTokenRevoked { by }]);
+        assert_eq!(revoked.admits("ws-1"), Err(AgentRefusal::Invalid));
+    }
+
+    #[test]
+    fn an_agent_cannot_announce_the_facts_its_token_holds() {
+        let bound = token(vec![minted(Some("ws-1"), &[("RDE_OWNER_EMAIL", "ada@example.com")])]);
+        let announced: BTreeMap<String, String> = [
+            ("RDE_OWNER_EMAIL", "eve@example.com"),
+            ("BLUEPRINT_KEY", "web"),
+            ("BLUEPRINT_PROJECT_ID", "p"),
+            ("RDE_DISPLAY_NAME", "Eve's"),
+            ("EDITOR", "vim"),
+        ]
+        .iter()
+        .map(|(key, value)| (key.to_string(), value.to_string()))
+        .collect();
+        let tags = bound.tags_for(announced);
+        let expected: BTreeMap<String, String> = [("EDITOR", "vim"), ("RDE_OWNER_EMAIL", "ada@example.com")]
+            .iter()
+            .map(|(key, value)| (key.to_string(), value.to_string()))
+            .collect();
+        assert_eq!(tags, expected);
+    }
+
+    #[test]
+    fn tokens_minted_before_binding_still_read() {
+        let stored = r#"{"AgentTokenMinted":{"name":"old","by":"root@example.com"}}"#;
+        let event: AgentTokenEvent = serde_json::from_str(stored).unwrap();
+        let by = Email::parse("root@example.com").unwrap();
+        assert_eq!(
+            event,
+            AgentTokenEvent::AgentTokenMinted { name: "old".into(), by, workspace: None, tags: BTreeMap::new() }
+        );
+        // A bound token's payload carries its workspace and tags; an unbound one's is as before.
+        let json = serde_json::to_value(minted(Some("ws-1"), &[("BLUEPRINT_KEY", "web")])).unwrap();
+        assert_eq!(json["AgentTokenMinted"]["workspace"], "ws-1");
+        assert_eq!(json["AgentTokenMinted"]["tags"]["BLUEPRINT_KEY"], "web");
+        let json = serde_json::to_value(minted(None, &[])).unwrap();
+        assert_eq!(json.to_string(), r#"{"AgentTokenMinted":{"by":"root@example.com","name":"a"}}"#);
+    }
+
     #[test]
     fn agent_tokens_mint_and_revoke_once() {
         let by = Email::parse("root@example.com").unwrap();
         TestFramework::<AgentToken>::with(())
-            .given(vec![AgentTokenEvent::AgentTokenMinted { name: "a".into(), by: by.clone() }])
+            .given(vec![minted(Some("ws-1"), &[])])
             .when(AgentTokenCommand::Revoke { by: by.clone() })
             .then_expect_events(vec![AgentTokenEvent::AgentTokenRevoked { by: by.clone() }]);
         TestFramework::<AgentToken>::with(())

@@ -29,6 +29,9 @@ pub mod close {
     /// The agent token is unknown or revoked (at `hello`, or later when an admin revokes it while the agent is
     /// connected). The agent stops.
     pub const TOKEN_REFUSED: u16 = 4401;
+    /// The agent token is bound to another workspace than the one announced (or, minted before tokens were bound,
+    /// to none). The agent stops.
+    pub const WORKSPACE_FORBIDDEN: u16 = 4403;
     /// Another live agent already serves the workspace.
     pub const WORKSPACE_TAKEN: u16 = 4409;
     /// A malformed frame or a window overrun.
@@ -45,7 +48,8 @@ pub struct Hello {
     pub token: String,
     /// The workspace it serves.
     pub workspace: String,
-    /// Its tags (`RDE_OWNER_EMAIL`, `RDE_DISPLAY_NAME`, `BLUEPRINT_KEY`, …).
+    /// Its own tags. The discovery tags (`RDE_OWNER_EMAIL`, `RDE_DISPLAY_NAME`, `BLUEPRINT_KEY`,
+    /// `BLUEPRINT_PROJECT_ID`) are taken from the agent token, never from here.
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
 }
@@ -108,6 +112,9 @@ pub enum AgentError {
     /// The gateway refused the token.
     #[error("the gateway refused the agent token")]
     TokenRefused,
+    /// The token is bound to another workspace (or to none).
+    #[error("the agent token does not serve this workspace (it is bound to another one): mint one for this workspace")]
+    WorkspaceForbidden,
     /// The server URL is not usable.
     #[error("bad server URL {0:?}")]
     BadUrl(String),
@@ -141,6 +148,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     loop {
         match serve_once(&config, &url).await {
             Ok(Outcome::TokenRefused) => return Err(AgentError::TokenRefused),
+            Ok(Outcome::WorkspaceForbidden) => return Err(AgentError::WorkspaceForbidden),
             Ok(Outcome::Served) => {
                 failures = 0;
                 tracing::warn!("disconnected from the gateway; reconnecting");
@@ -162,6 +170,8 @@ enum Outcome {
     Refused(u16),
     /// The token was refused.
     TokenRefused,
+    /// The token does not serve the workspace.
+    WorkspaceForbidden,
 }
 
 /// The agent's WebSocket settings. Reads: 64 KiB at a time (tungstenite 0.30 allocates its read buffer up front and
@@ -197,7 +207,11 @@ async fn serve_once(config: &AgentConfig, url: &str) -> Result<Outcome, Box<dyn 
             }
             Some(Ok(Message::Close(frame))) => {
                 let code = frame.map(|frame| u16::from(frame.code)).unwrap_or(1005);
-                return Ok(if code == close::TOKEN_REFUSED { Outcome::TokenRefused } else { Outcome::Refused(code) });
+                return Ok(match code {
+                    close::TOKEN_REFUSED => Outcome::TokenRefused,
+                    close::WORKSPACE_FORBIDDEN => Outcome::WorkspaceForbidden,
+                    code => Outcome::Refused(code),
+                });
             }
             Some(Ok(_)) => continue,
             Some(Err(error)) => return Err(error.into()),
