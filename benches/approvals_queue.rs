@@ -312,7 +312,8 @@ fn start_probes(store: &EventStore, settings: &Settings) -> (String, ServerHandl
         audit_access: Arc::new(AggregateRepository::new(store.clone(), ())),
         audit_key: Arc::new(settings.audit_key().expect("the audit key")),
         caches,
-        openapi: Arc::new(gatehouse::relay_http::openapi()),
+        openapi: Arc::new(api::ops::document()),
+        gateway: Arc::new(relay::gateway::Gateway::new(store.clone(), settings.relay().expect("the relay limits"))),
     };
     let listener = TcpListener::bind("127.0.0.1:0").expect("a port for the probe server");
     let port = listener.local_addr().expect("the probe server's address").port();

@@ -5,9 +5,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix_service::{IntoServiceFactory, ServiceFactoryExt};
 use actix_web::dev::{Server, ServerHandle, Service};
-use actix_web::App;
+use actix_web::{App, HttpServer};
 use anyhow::Context;
 use cqrs_es::Aggregate;
 use domain::publishing::Publishing;
@@ -35,7 +34,7 @@ pub struct Application {
     draining: Arc<AtomicBool>,
     drain_delay: Duration,
     store: EventStore,
-    relay: actix_web::web::Data<crate::relay_http::Relay>,
+    gateway: Arc<relay::gateway::Gateway>,
 }
 
 impl Application {
@@ -105,9 +104,10 @@ impl Application {
             shutdown.clone(),
         ));
 
+        let gateway = Arc::new(relay::gateway::Gateway::new(store.clone(), settings.relay()?));
+        gateway.load_firewall().await.context("cannot load the relay firewall")?;
         let draining = Arc::new(AtomicBool::new(false));
         let http_metrics = api::HttpMetrics::register(&registry).context("http metrics")?;
-        let http_metrics_for_upgrades = http_metrics.clone();
         let state = api::AppState {
             store: store.clone(),
             projections: status,
@@ -123,15 +123,12 @@ impl Application {
             audit_access: Arc::new(AggregateRepository::new(store.clone(), ())),
             audit_key,
             caches,
-            openapi: Arc::new(crate::relay_http::openapi()),
+            openapi: Arc::new(api::ops::document()),
+            gateway: gateway.clone(),
         };
-        let relay = actix_web::web::Data::new(crate::relay_http::Relay::new(store.clone(), settings.relay()?));
-        relay.load_firewall().await.context("cannot load the relay firewall")?;
-        let relay_routes = relay.clone();
         let listener =
             TcpListener::bind(&settings.listen).with_context(|| format!("cannot listen on {}", settings.listen))?;
         let port = listener.local_addr().context("listener address")?.port();
-        let address = listener.local_addr().context("listener address")?;
         let make_app = move || {
             let metrics = http_metrics.clone();
             App::new()
@@ -149,45 +146,21 @@ impl Application {
                         Ok(response)
                     }
                 })
-                .configure(crate::relay_http::configure(relay_routes.clone()))
                 .configure(api::configure(state.clone()))
         };
-        let upgrades = relay.clone().into_inner();
-        let upgrade_metrics = crate::relay_ws::UpgradeMetrics(http_metrics_for_upgrades);
-        // actix-web's `HttpServer`, built by hand for one reason: requests asking for `Upgrade: websocket` go to the
-        // relay with their TCP connection (`relay_ws::upgrade`) instead of through actix-web, whose HTTP/1
-        // dispatcher would hold two 8 KiB buffers for each long-lived WebSocket (ADR 0011). The settings are
-        // `HttpServer`'s defaults.
-        let server = actix_server::Server::build()
+        let server = HttpServer::new(make_app)
             .disable_signals()
             .shutdown_timeout(settings.shutdown_timeout_secs)
-            .listen("gatehouse-http", listener, move || {
-                let relay = upgrades.clone();
-                let metrics = upgrade_metrics.clone();
-                let app = make_app().into_factory().map_err(|error: actix_web::Error| error.error_response());
-                actix_http::HttpService::build()
-                    .keep_alive(actix_http::KeepAlive::default())
-                    .client_request_timeout(Duration::from_secs(5))
-                    .client_disconnect_timeout(Duration::from_secs(1))
-                    // Terminal keystrokes are tiny frames written back to back; with Nagle's algorithm each waits
-                    // for a delayed ACK (measured: 88 ms per keystroke round trip through the relay).
-                    .tcp_nodelay(true)
-                    .local_addr(address)
-                    .upgrade(actix_service::fn_service(
-                        move |(request, framed): (actix_http::Request, crate::relay_ws::Upgraded)| {
-                            // The connection leaves actix's dispatcher (and its buffers) here.
-                            actix_web::rt::spawn(crate::relay_ws::upgrade(
-                                relay.clone(),
-                                metrics.clone(),
-                                request,
-                                framed,
-                            ));
-                            async { Ok::<_, std::convert::Infallible>(()) }
-                        },
-                    ))
-                    .finish(actix_service::map_config(app, |_| actix_web::dev::AppConfig::default()))
-                    .tcp()
+            // Terminal keystrokes are tiny frames written back to back; with Nagle's algorithm each waits for a
+            // delayed ACK (measured: 88 ms per keystroke round trip through the relay).
+            .on_connect(|connection, _| {
+                if let Some(tcp) = connection.downcast_ref::<actix_web::rt::net::TcpStream>() {
+                    if let Err(error) = tcp.set_nodelay(true) {
+                        tracing::warn!(%error, "cannot set TCP_NODELAY");
+                    }
+                }
             })
+            .listen(listener)
             .context("cannot start the HTTP server")?
             .run();
         let handle = server.handle();
@@ -206,7 +179,7 @@ impl Application {
             draining,
             drain_delay,
             store,
-            relay,
+            gateway,
         })
     }
 
@@ -221,7 +194,7 @@ impl Application {
             handle: self.handle.clone(),
             draining: self.draining.clone(),
             drain_delay: self.drain_delay,
-            relay: self.relay.clone(),
+            gateway: self.gateway.clone(),
         }
     }
 
@@ -264,7 +237,7 @@ pub struct Stopper {
     handle: ServerHandle,
     draining: Arc<AtomicBool>,
     drain_delay: Duration,
-    relay: actix_web::web::Data<crate::relay_http::Relay>,
+    gateway: Arc<relay::gateway::Gateway>,
 }
 
 impl Stopper {
@@ -277,7 +250,7 @@ impl Stopper {
             tokio::time::sleep(self.drain_delay).await;
         }
         // Terminal sessions are long-lived: close them (recording `shutdown`) before waiting for connections.
-        self.relay.shut_down(Duration::from_secs(5)).await;
+        self.gateway.shut_down(Duration::from_secs(5)).await;
         self.handle.stop(true).await;
     }
 }

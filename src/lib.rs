@@ -6,8 +6,6 @@
 pub mod app;
 pub mod checkpoints;
 pub mod expiry;
-pub mod relay_http;
-pub mod relay_ws;
 pub mod settings;
 pub mod telemetry;
 

@@ -202,7 +202,7 @@ impl Settings {
     }
 
     /// The relay's limits.
-    pub fn relay(&self) -> anyhow::Result<crate::relay_http::RelayLimits> {
+    pub fn relay(&self) -> anyhow::Result<relay::gateway::RelayLimits> {
         let trusted_proxies = self
             .relay_trusted_proxies
             .iter()
@@ -210,7 +210,7 @@ impl Settings {
                 domain::firewall::Cidr::parse(raw).map_err(|error| anyhow::anyhow!("relay_trusted_proxies: {error}"))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
-        Ok(crate::relay_http::RelayLimits {
+        Ok(relay::gateway::RelayLimits {
             trusted_proxies,
             ticket_ttl: Duration::from_secs(self.relay_ticket_ttl_secs.max(1)),
             allowed_origins: self.relay_allowed_origins.clone(),

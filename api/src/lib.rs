@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod ops;
 mod problem;
 pub mod publishing;
+pub mod relay;
 
 use std::sync::Arc;
 
@@ -58,9 +59,10 @@ pub struct AppState {
     pub audit_key: Arc<::audit::AuditKey>,
     /// Read-model answers remembered until their read model changes.
     pub caches: Arc<cache::Caches>,
-    /// The OpenAPI document served at `/api/v1/openapi.json`: [`ops::document`] merged with the routes other
-    /// crates mount (the relay's), built once at start.
+    /// The OpenAPI document served at `/api/v1/openapi.json` ([`ops::document`]), built once at start.
     pub openapi: Arc<utoipa::openapi::OpenApi>,
+    /// The relay's gateway: connected agents, tokens, tickets, the firewall, open sessions.
+    pub gateway: Arc<::relay::gateway::Gateway>,
 }
 
 /// The request's id: a valid `X-Request-Id` from the caller, or a new one.
@@ -123,6 +125,7 @@ pub fn configure(state: AppState) -> impl FnOnce(&mut web::ServiceConfig) {
             .app_data(web::JsonConfig::default().limit(256 * 1024).error_handler(problem::json_error))
             .app_data(web::PathConfig::default().error_handler(problem::path_error))
             .app_data(web::QueryConfig::default().error_handler(problem::query_error))
+            .configure(relay::configure)
             .service(ops::healthz)
             .service(ops::readyz)
             .service(ops::metrics)

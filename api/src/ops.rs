@@ -147,10 +147,12 @@ pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, Problem
     Ok(HttpResponse::Ok().content_type(encoder.format_type()).body(buffer))
 }
 
-/// `api`'s part of the OpenAPI document. The service serves [`AppState::openapi`], which the root package builds
-/// from this and the relay's part (whose routes live there).
+/// The whole OpenAPI document: every route `configure` mounts, the relay's included. The service serves it from
+/// [`AppState::openapi`], built once at start.
 pub fn document() -> utoipa::openapi::OpenApi {
-    ApiDoc::openapi()
+    let mut document = ApiDoc::openapi();
+    document.merge(crate::relay::RelayApiDoc::openapi());
+    document
 }
 
 /// This document.

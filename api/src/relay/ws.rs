@@ -1,0 +1,470 @@
+//! The relay's two WebSocket endpoints on actix-ws (ADR 0014): the agent connection (`/api/v1/agent/connect`) and
+//! the browser terminal (`/api/v1/workspaces/{id}/terminal`). The handshake is answered by actix-ws inside an
+//! actix-web route; each connection is then served by a task of its own on the worker that accepted it. The rules
+//! (tokens, tickets, the firewall, limits) are `relay::gateway::Gateway`'s; the multiplexing is `relay::hub`'s.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_http::ws::HandshakeError;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::web::{self, Bytes, BytesMut};
+use actix_web::{get, HttpRequest, HttpResponse, ResponseError};
+use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseReason as WsClose, ProtocolError, Session};
+use domain::relay::{AgentRefusal, CloseReason, SessionCommand};
+use domain::Email;
+use relay::agent::{close as agent_close, Hello, Welcome};
+use relay::browser::{ClientMessage, CloseCode, ServerMessage};
+use relay::gateway::{client_address, origin_allowed, sha256_hex, Gateway};
+use relay::hub::{SessionHandle, ToBrowser};
+use relay::mux::Frame;
+use store::EventMetadata;
+
+use crate::{AppState, Problem, ProblemCode};
+
+/// A session takes up to this many of its agent's messages at a time, and sends the output among them as messages of
+/// up to `OUTPUT_MESSAGE` bytes. actix-ws queues up to 32 messages per connection before `Session::binary` waits,
+/// and the HTTP dispatcher takes what is queued in one piece when the socket can take more, so a browser that stops
+/// reading holds at most about 64 such messages in the gateway (4 MiB) besides its 256 KiB window.
+const INBOX: usize = 64;
+const OUTPUT_MESSAGE: usize = 64 * 1024;
+
+/// A close code and reason for a connection that ends.
+type Close = Option<(u16, &'static str)>;
+
+fn refuse(code: CloseCode, text: &'static str) -> Close {
+    Some((code.code(), text))
+}
+
+fn ws_close(close: Close) -> Option<WsClose> {
+    close.map(|(code, text)| WsClose { code: code.into(), description: Some(text.to_string()) })
+}
+
+/// The close code for a WebSocket protocol error on a connection: a message over the limit is 1009, text that is
+/// not UTF-8 1007, anything else RFC 6455 forbids 1002; a broken connection gets no close frame.
+fn protocol_close(error: &ProtocolError) -> Close {
+    match error {
+        ProtocolError::Overflow => refuse(CloseCode::TooLarge, "message too large"),
+        ProtocolError::Io(error) if error.kind() == std::io::ErrorKind::InvalidData => {
+            refuse(CloseCode::InvalidPayload, "text that is not UTF-8")
+        }
+        ProtocolError::Io(_) => None,
+        _ => refuse(CloseCode::ProtocolError, "protocol error"),
+    }
+}
+
+/// Upgrades the request with actix-ws; a refused handshake is a problem document (426 with
+/// `Sec-WebSocket-Version: 13` for another version, 400 otherwise).
+fn upgrade(
+    request: &HttpRequest,
+    body: web::Payload,
+    max_message: usize,
+) -> Result<(HttpResponse, Session, AggregatedMessageStream), HttpResponse> {
+    match actix_ws::handle(request, body) {
+        Ok((response, session, stream)) => {
+            let stream =
+                stream.max_frame_size(max_message).aggregate_continuations().max_continuation_size(max_message);
+            Ok((response, session, stream))
+        }
+        Err(error) => {
+            let handshake = error.as_error::<HandshakeError>();
+            if matches!(handshake, Some(HandshakeError::UnsupportedVersion | HandshakeError::NoVersionHeader)) {
+                let mut response = Problem::new(StatusCode::UPGRADE_REQUIRED, ProblemCode::InvalidRequest, "Not a WebSocket upgrade")
+                    .detail("Only WebSocket version 13 is spoken (Sec-WebSocket-Version: 13).")
+                    .error_response();
+                response.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+                return Err(response);
+            }
+            let detail = match handshake {
+                Some(HandshakeError::BadWebsocketKey) => {
+                    "Sec-WebSocket-Key must be the base64 of 16 bytes."
+                }
+                Some(HandshakeError::NoConnectionUpgrade) => {
+                    "The Connection header must include \"Upgrade\"."
+                }
+                _ => "This endpoint is a WebSocket: send GET with Connection: Upgrade, Upgrade: websocket, Sec-WebSocket-Version: 13 and a Sec-WebSocket-Key.",
+            };
+            Err(Problem::new(StatusCode::BAD_REQUEST, ProblemCode::InvalidRequest, "Not a WebSocket upgrade")
+                .detail(detail)
+                .error_response())
+        }
+    }
+}
+
+/// An agent's WebSocket, used by `gatehouse agent` (protocol and close codes: docs/API.md, "Agent WebSocket").
+/// The first message is `{"type": "hello", "token", "workspace", "tags"}`; the token never travels in the URL.
+#[utoipa::path(get, path = "/api/v1/agent/connect", tag = "relay",
+    responses((status = 101, description = "Switching Protocols: the agent's multiplexed WebSocket"),
+              (status = 400, body = Problem, description = "Not a WebSocket upgrade"),
+              (status = 426, body = Problem, description = "A WebSocket version other than 13")))]
+#[get("/api/v1/agent/connect")]
+pub(crate) async fn agent_connect(request: HttpRequest, body: web::Payload, state: web::Data<AppState>) -> HttpResponse {
+    let gateway = state.gateway.clone();
+    match upgrade(&request, body, gateway.limits.max_frame) {
+        Ok((response, session, stream)) => {
+            actix_web::rt::spawn(agent_connection(gateway, session, stream));
+            response
+        }
+        Err(refusal) => refusal,
+    }
+}
+
+async fn agent_connection(gateway: Arc<Gateway>, mut session: Session, mut stream: AggregatedMessageStream) {
+    let first = tokio::time::timeout(gateway.limits.auth_timeout, stream.recv()).await;
+    let hello = match first {
+        Ok(Some(Ok(AggregatedMessage::Text(text)))) => serde_json::from_str::<Hello>(&text).ok(),
+        _ => None,
+    };
+    let Some(hello) = hello else {
+        tracing::info!("agent refused: no hello");
+        let _ = session.close(ws_close(Some((agent_close::HELLO_REQUIRED, "hello required")))).await;
+        return;
+    };
+    let token_id = sha256_hex(&hello.token);
+    let watch = gateway.watch_token(&token_id);
+    // The token decides which workspace the agent serves and what is known of it (its owner above all): a token
+    // taken from one workspace must not let its holder stand in for another one's agent.
+    let tags = match gateway.admit_agent(&token_id, &hello.workspace, hello.tags).await {
+        Ok(tags) => tags,
+        Err(refusal) => {
+            tracing::info!(workspace = hello.workspace, %refusal, "agent refused");
+            let close = match refusal {
+                AgentRefusal::Invalid => (agent_close::TOKEN_REFUSED, "agent token refused"),
+                AgentRefusal::Unbound | AgentRefusal::OtherWorkspace => {
+                    (agent_close::WORKSPACE_FORBIDDEN, "the agent token does not serve this workspace")
+                }
+            };
+            let _ = session.close(ws_close(Some(close))).await;
+            return;
+        }
+    };
+    let (conn, mut frames) = match gateway.hub.register(&hello.workspace, tags) {
+        Ok(registered) => registered,
+        Err(error) => {
+            tracing::info!(%error, "agent refused");
+            let _ = session.close(ws_close(Some((agent_close::WORKSPACE_TAKEN, "workspace taken")))).await;
+            return;
+        }
+    };
+    tracing::info!(agent = conn.id, workspace = conn.workspace, "agent connected");
+    let welcome = serde_json::to_string(&Welcome { agent: conn.id.clone() }).unwrap_or_default();
+    if session.text(welcome).await.is_err() {
+        gateway.hub.unregister(&conn);
+        return;
+    }
+    // The writer sends what the hub queues for the agent, one frame a message; actix-ws hands the messages queued
+    // meanwhile to the connection in one write.
+    let mut writer_session = session.clone();
+    let writer = actix_web::rt::spawn(async move {
+        while let Some(frame) = frames.recv().await {
+            if writer_session.binary(frame.encode()).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut revoked = false;
+    let close = loop {
+        tokio::select! {
+            _ = watch.revoked.cancelled() => {
+                revoked = true;
+                break Some((agent_close::TOKEN_REFUSED, "agent token revoked"));
+            }
+            message = stream.recv() => match message {
+                Some(Ok(AggregatedMessage::Binary(bytes))) => {
+                    let outcome = Frame::decode(&bytes).and_then(|frame| conn.handle_frame(frame));
+                    if let Err(error) = outcome {
+                        tracing::warn!(agent = conn.id, %error, "agent broke the protocol");
+                        break Some((agent_close::PROTOCOL_ERROR, "protocol error"));
+                    }
+                }
+                Some(Ok(AggregatedMessage::Ping(bytes))) => {
+                    let _ = session.pong(&bytes).await;
+                }
+                Some(Ok(AggregatedMessage::Close(_))) | None => break None,
+                Some(Ok(_)) => {}
+                Some(Err(error)) => {
+                    tracing::warn!(agent = conn.id, %error, "agent connection failed");
+                    break protocol_close(&error);
+                }
+            },
+            _ = gateway.agents_shutdown.cancelled() => break Some((agent_close::GOING_AWAY, "shutting down")),
+        }
+    };
+    drop(watch);
+    if revoked {
+        gateway.hub.unregister_revoked(&conn);
+        tracing::info!(agent = conn.id, workspace = conn.workspace, "agent disconnected: its token was revoked");
+    } else {
+        gateway.hub.unregister(&conn);
+        tracing::info!(agent = conn.id, workspace = conn.workspace, "agent disconnected");
+    }
+    writer.abort();
+    let _ = writer.await;
+    let _ = session.close(ws_close(close)).await;
+}
+
+/// A browser's terminal WebSocket (protocol and close codes: docs/API.md, "Terminal WebSocket"). The first
+/// message is `{"type": "auth", "ticket"}` with a ticket from `POST /api/v1/workspaces/{id}/tickets`; tickets never
+/// travel in the URL.
+#[utoipa::path(get, path = "/api/v1/workspaces/{id}/terminal", tag = "relay",
+    params(("id" = String, Path, description = "The workspace")),
+    responses((status = 101, description = "Switching Protocols: the terminal WebSocket"),
+              (status = 400, body = Problem, description = "Not a WebSocket upgrade"),
+              (status = 403, body = Problem, description = "The Origin may not open terminals"),
+              (status = 426, body = Problem, description = "A WebSocket version other than 13")))]
+#[get("/api/v1/workspaces/{id}/terminal")]
+pub(crate) async fn terminal(
+    request: HttpRequest,
+    body: web::Payload,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let gateway = state.gateway.clone();
+    let text = |name: header::HeaderName| request.headers().get(name).and_then(|value| value.to_str().ok());
+    if !origin_allowed(text(header::ORIGIN), text(header::HOST), &gateway.limits.allowed_origins) {
+        return Problem::new(StatusCode::FORBIDDEN, ProblemCode::Forbidden, "Forbidden")
+            .detail("This origin may not open terminals.")
+            .error_response();
+    }
+    let forwarded = request.headers().get_all("x-forwarded-for").map(|value| value.to_str().unwrap_or("\u{0}"));
+    let address = client_address(request.peer_addr().map(|peer| peer.ip()), forwarded, &gateway.limits.trusted_proxies);
+    let user_agent = text(header::USER_AGENT).unwrap_or_default().chars().take(256).collect::<String>();
+    let context = BrowserContext { workspace: path.into_inner(), address, user_agent };
+    match upgrade(&request, body, gateway.limits.max_frame) {
+        Ok((response, session, stream)) => {
+            actix_web::rt::spawn(browser_session(gateway, context, session, stream));
+            response
+        }
+        Err(refusal) => refusal,
+    }
+}
+
+/// What the terminal endpoint learnt from the upgrade request.
+struct BrowserContext {
+    workspace: String,
+    address: Option<IpAddr>,
+    user_agent: String,
+}
+
+/// A terminal session that is open: recorded, and its agent has started the shell.
+struct OpenSession {
+    session_id: String,
+    user: Email,
+    metadata: EventMetadata,
+    handle: SessionHandle,
+}
+
+async fn browser_session(
+    gateway: Arc<Gateway>,
+    context: BrowserContext,
+    session: Session,
+    mut stream: AggregatedMessageStream,
+) {
+    match open_session(&gateway, &context, &mut stream).await {
+        Ok(open) => relay_session(gateway, context, session, stream, open).await,
+        Err(close) => {
+            let _ = session.close(ws_close(close)).await;
+        }
+    }
+}
+
+/// Authenticates the browser with its ticket, checks the firewall and the limits, and opens the session on the
+/// workspace's agent; the close to answer with when any of it fails.
+async fn open_session(
+    gateway: &Gateway,
+    context: &BrowserContext,
+    stream: &mut AggregatedMessageStream,
+) -> Result<OpenSession, Close> {
+    let first = tokio::time::timeout(gateway.limits.auth_timeout, stream.recv()).await;
+    let ticket = match first {
+        Err(_) => Err(refuse(CloseCode::IdleTimeout, "no auth message in time")),
+        Ok(Some(Ok(AggregatedMessage::Text(text)))) => match ClientMessage::parse(&text) {
+            Ok(ClientMessage::Auth { ticket }) => Ok(ticket),
+            Ok(_) => Err(refuse(CloseCode::TicketRequired, "auth first")),
+            Err(error) => Err(refuse(error.close_code(), "bad control message")),
+        },
+        Ok(Some(Err(error))) => Err(protocol_close(&error)),
+        Ok(None) => Err(None),
+        Ok(Some(Ok(_))) => Err(refuse(CloseCode::TicketRequired, "auth first")),
+    };
+    let ticket = ticket?;
+    // The firewall first: a blocked client must not spend the ticket (it stays usable from an allowed address
+    // until it expires). The block is recorded with the user the ticket was issued to, read without redeeming it.
+    if gateway.blocked(context.address, &context.workspace, || gateway.ticket_user(&ticket)).await {
+        return Err(refuse(CloseCode::Firewall, "refused by the firewall"));
+    }
+    let Some(user) = gateway.redeem(&ticket, &context.workspace, context.address).await else {
+        return Err(refuse(CloseCode::TicketRefused, "ticket refused"));
+    };
+    if gateway.sessions_of(&user) >= gateway.limits.max_sessions_per_user {
+        return Err(refuse(CloseCode::TooManySessions, "too many sessions"));
+    }
+    let Some(agent) = gateway.hub.get(&context.workspace) else {
+        return Err(refuse(CloseCode::WorkspaceUnavailable, "no agent"));
+    };
+    let mut handle = agent.open_terminal(80, 24);
+    match tokio::time::timeout(Duration::from_secs(10), handle.recv()).await {
+        Ok(Some(ToBrowser::Opened)) => {}
+        _ => return Err(refuse(CloseCode::AgentLost, "the agent did not open the session")),
+    }
+    let session_id = uuid::Uuid::new_v4().to_string();
+    let metadata = EventMetadata::for_request(user.as_str(), session_id.clone());
+    let open = SessionCommand::Open {
+        session_id: session_id.clone(),
+        user: user.clone(),
+        workspace: context.workspace.clone(),
+        agent: agent.id.clone(),
+        client_ip: context.address.map(|address| address.to_string()).unwrap_or_default(),
+        user_agent: context.user_agent.clone(),
+    };
+    if let Err(error) = gateway.sessions.execute(&session_id, open, &metadata).await {
+        tracing::warn!(%error, "cannot record a session");
+        return Err(refuse(CloseCode::GoingAway, "cannot record the session"));
+    }
+    gateway.session_opened(&session_id, &user);
+    Ok(OpenSession { session_id, user, metadata, handle })
+}
+
+/// Relays an open session until it ends, then records its end.
+async fn relay_session(
+    gateway: Arc<Gateway>,
+    context: BrowserContext,
+    mut session: Session,
+    mut stream: AggregatedMessageStream,
+    open: OpenSession,
+) {
+    let OpenSession { session_id, user, metadata, mut handle } = open;
+    tracing::info!(session = session_id, user = %user, workspace = context.workspace, "terminal session opened");
+    let started = Instant::now();
+    let (mut bytes_in, mut bytes_out) = (0u64, 0u64);
+    let ready = serde_json::to_string(&ServerMessage::Ready { session: session_id.clone() }).unwrap_or_default();
+    let mut outcome = if session.text(ready).await.is_err() { Some((CloseReason::ClientClosed, None)) } else { None };
+    let mut last_activity = tokio::time::Instant::now();
+    // Keystrokes waiting for the agent's window. While some wait, the browser is not read (TCP pushes back on it)
+    // but output keeps flowing, so a paste into a busy shell cannot deadlock the session.
+    let mut pending: Vec<u8> = Vec::new();
+    let input = handle.input();
+    let mut inbox = Vec::new();
+    let mut rules = gateway.rules();
+    // The timers and the shutdown signal are created once, not on every pass of the loop; the idle timer is not
+    // pushed back on each frame either: when it fires early, it is re-armed at the real deadline.
+    let idle = tokio::time::sleep_until(last_activity + gateway.limits.idle_timeout);
+    let age = tokio::time::sleep_until(tokio::time::Instant::now() + gateway.limits.max_age);
+    let shutdown = gateway.shutdown.cancelled();
+    tokio::pin!(idle, age, shutdown);
+    while outcome.is_none() {
+        tokio::select! {
+            sent = input.send_front(&mut pending), if !pending.is_empty() => match sent {
+                Some(_) => {}
+                None => outcome = Some(agent_gone(handle.departure())),
+            },
+            message = stream.recv(), if pending.is_empty() => match message {
+                Some(Ok(AggregatedMessage::Binary(bytes))) => {
+                    last_activity = tokio::time::Instant::now();
+                    bytes_in += bytes.len() as u64;
+                    pending = bytes.to_vec();
+                }
+                Some(Ok(AggregatedMessage::Text(text))) => match ClientMessage::parse(&text) {
+                    Ok(ClientMessage::Resize { cols, rows }) => handle.resize(cols, rows),
+                    Ok(ClientMessage::Ping {}) => {
+                        let pong = serde_json::to_string(&ServerMessage::Pong).unwrap_or_default();
+                        let _ = session.text(pong).await;
+                    }
+                    Ok(ClientMessage::Auth { .. }) => {
+                        outcome = Some((CloseReason::ClientClosed, refuse(CloseCode::ProtocolError, "auth twice")));
+                    }
+                    Err(error) => {
+                        outcome = Some((CloseReason::ClientClosed, refuse(error.close_code(), "bad control message")));
+                    }
+                },
+                Some(Ok(AggregatedMessage::Ping(bytes))) => {
+                    let _ = session.pong(&bytes).await;
+                }
+                Some(Ok(AggregatedMessage::Close(_))) | None => outcome = Some((CloseReason::ClientClosed, None)),
+                Some(Ok(AggregatedMessage::Pong(_))) => {}
+                Some(Err(error)) => outcome = Some((CloseReason::ClientClosed, protocol_close(&error))),
+            },
+            received = handle.recv_many(&mut inbox, INBOX) => {
+                if received == 0 {
+                    outcome = Some(agent_gone(None));
+                }
+                // Taken, so that an idle session keeps no inbox capacity.
+                let mut messages = std::mem::take(&mut inbox).into_iter().peekable();
+                while outcome.is_none() {
+                    let Some(message) = messages.next() else { break };
+                    match message {
+                        ToBrowser::Data(first) => {
+                            // Output that piled up while the last message was going out leaves as one message.
+                            last_activity = tokio::time::Instant::now();
+                            let mut run = BytesMut::from(first.as_slice());
+                            while let Some(ToBrowser::Data(next)) = messages.next_if(|message| {
+                                matches!(message, ToBrowser::Data(next) if run.len() + next.len() <= OUTPUT_MESSAGE)
+                            }) {
+                                run.extend_from_slice(&next);
+                            }
+                            let length = run.len();
+                            if session.binary(Bytes::from(run)).await.is_err() {
+                                outcome = Some((CloseReason::ClientClosed, None));
+                            } else {
+                                bytes_out += length as u64;
+                                handle.consumed(length);
+                            }
+                        }
+                        ToBrowser::Exit(code) => {
+                            let exit =
+                                serde_json::to_string(&ServerMessage::Exit { code: Some(code) }).unwrap_or_default();
+                            let _ = session.text(exit).await;
+                        }
+                        ToBrowser::Closed => outcome = Some((CloseReason::ClientClosed, Some((1000, "")))),
+                        ToBrowser::Opened => {}
+                        why @ (ToBrowser::AgentLost | ToBrowser::AgentRevoked) => outcome = Some(agent_gone(Some(why))),
+                    }
+                }
+            }
+            _ = &mut idle => {
+                let deadline = last_activity + gateway.limits.idle_timeout;
+                if deadline <= tokio::time::Instant::now() {
+                    outcome = Some((CloseReason::IdleTimeout, refuse(CloseCode::IdleTimeout, "idle timeout")));
+                } else {
+                    idle.as_mut().reset(deadline);
+                }
+            }
+            _ = &mut age => {
+                outcome = Some((CloseReason::MaxAge, refuse(CloseCode::MaxAge, "maximum session age")));
+            }
+            Ok(()) = rules.changed() => {
+                if gateway.blocked(context.address, &context.workspace, || async { Some(user.clone()) }).await {
+                    outcome = Some((CloseReason::Firewall, refuse(CloseCode::Firewall, "refused by the firewall")));
+                }
+            }
+            _ = &mut shutdown => {
+                outcome = Some((CloseReason::Shutdown, refuse(CloseCode::GoingAway, "shutting down")));
+            }
+        }
+    }
+    let (why, close) = outcome.unwrap_or((CloseReason::ClientClosed, None));
+    handle.close();
+    // The close frame goes out first; the session's end is recorded right after, so a browser that never answers
+    // it neither delays the record nor counts against its user's session limit meanwhile.
+    let _ = session.close(ws_close(close)).await;
+    let closed =
+        SessionCommand::Close { bytes_in, bytes_out, duration_ms: started.elapsed().as_millis() as u64, reason: why };
+    if let Err(error) = gateway.sessions.execute_retrying(&session_id, closed, &metadata, 3).await {
+        tracing::warn!(%error, session = session_id, "cannot record a session's end");
+    }
+    // A closed session takes no more commands.
+    gateway.sessions.forget(&session_id);
+    gateway.session_ended(&session_id);
+    tracing::info!(session = session_id, reason = why.as_str(), bytes_in, bytes_out, "terminal session closed");
+}
+
+/// How a session ends when its agent went away: revoked (its token was), else lost. Both close with 4410.
+fn agent_gone(why: Option<ToBrowser>) -> (CloseReason, Close) {
+    if why == Some(ToBrowser::AgentRevoked) {
+        (CloseReason::AgentRevoked, Some((CloseCode::AgentLost.code(), "agent token revoked")))
+    } else {
+        (CloseReason::AgentLost, Some((CloseCode::AgentLost.code(), "agent lost")))
+    }
+}
