@@ -1988,3 +1988,142 @@ async fn a_browser_that_stops_reading_stalls_only_itself() {
     assert!(grown < 16 * 1024, "the gateway grew by {grown} KiB while one browser did not read");
     drop(stuck);
 }
+
+/// CPU time (user + system) the process `pid` has used, in clock ticks (1/100 s).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name (which is in parentheses and may hold spaces): utime and stime are 14 and 15.
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    fields.get(11).and_then(|utime| utime.parse::<u64>().ok()).unwrap_or(0)
+        + fields.get(12).and_then(|stime| stime.parse::<u64>().ok()).unwrap_or(0)
+}
+
+/// A raw WebSocket connection to `path`, upgraded (`101` checked).
+async fn raw_websocket(server: &Server, path: &str) -> Raw {
+    let host = server.base.trim_start_matches("http://").to_string();
+    let mut raw = Raw::connect(server).await;
+    let key = fresh_key();
+    raw.send(upgrade_request("GET", path, "HTTP/1.1", &host, &key, &[]).as_bytes()).await;
+    let (status_line, headers) = raw.head().await;
+    assert!(status_line.starts_with("HTTP/1.1 101 "), "{status_line} {headers:?}");
+    raw
+}
+
+impl Raw {
+    /// The code of the close frame the server sends next (skipping other frames).
+    async fn close_code(&mut self) -> u16 {
+        loop {
+            let (opcode, payload) = self.frame().await;
+            if opcode == 0x8 {
+                return payload.get(..2).map(|code| u16::from_be_bytes([code[0], code[1]])).unwrap_or(1005);
+            }
+        }
+    }
+}
+
+/// Clients that break the WebSocket protocol get their documented close codes, before and after their ticket, and
+/// clients that flood the endpoints with large frames before authenticating stall nothing: `/healthz` and a live
+/// session on the same agent keep answering, and once they are gone the gateway is idle again (the hand-written
+/// WebSocket layer this replaced left a worker at 100% CPU after such a client disconnected).
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_websocket_clients_get_close_codes_and_stall_nothing() {
+    for db in TestDb::all("relay hostile websocket clients").await {
+        hostile_websocket_clients_get_close_codes_and_stall_nothing_on(db).await;
+    }
+}
+
+async fn hostile_websocket_clients_get_close_codes_and_stall_nothing_on(db: TestDb) {
+    let root = issue_token(&db, "root@example.com", "admin", "1h");
+    let ada = issue_token(&db, "ada@example.com", "member", "1h");
+    let server = Server::start(&db, &[("GATEHOUSE_RELAY_AUTH_TIMEOUT_SECS", "30")]);
+    let api = Api::new(&server);
+    let agent_token = mint_agent_token(&api, &root, "ws-hostile", "ada@example.com").await;
+    let _agent = Agent::start(&server, &agent_token, "ws-hostile");
+    wait_for_workspace(&api, &ada, "ws-hostile").await;
+    let terminal = "/api/v1/workspaces/ws-hostile/terminal";
+    let (_, issued) = ticket(&api, &ada, "ws-hostile").await;
+    let mut live = open(&server, "ws-hostile", issued["ticket"].as_str().unwrap()).await.unwrap();
+
+    // Before the ticket: text that is not UTF-8 (1007), an unmasked frame, reserved bits, an unknown opcode (1002).
+    let mut unmasked = vec![0x81, 0x02];
+    unmasked.extend_from_slice(b"hi");
+    let mut reserved = client_frame(0x1, b"{}");
+    reserved[0] |= 0x40;
+    let cases: [(&str, Vec<u8>, u16); 4] = [
+        ("text that is not UTF-8", client_frame(0x1, &[0xff, 0xfe, 0xfd]), 1007),
+        ("an unmasked frame", unmasked, 1002),
+        ("a reserved bit", reserved, 1002),
+        ("an unknown opcode", client_frame(0x3, b"x"), 1002),
+    ];
+    for (what, frame, code) in &cases {
+        for path in [terminal, "/api/v1/agent/connect"] {
+            let mut raw = raw_websocket(&server, path).await;
+            raw.send(frame).await;
+            assert_eq!(raw.close_code().await, *code, "{what} on {path}");
+        }
+    }
+    // After the ticket, text that is not UTF-8 ends the session with 1007, recorded as closed by the client.
+    let (_, issued) = ticket(&api, &ada, "ws-hostile").await;
+    let mut raw = raw_websocket(&server, terminal).await;
+    let auth = json!({"type": "auth", "ticket": issued["ticket"]}).to_string();
+    raw.send(&client_frame(0x1, auth.as_bytes())).await;
+    let (opcode, ready) = raw.frame().await;
+    assert_eq!(opcode, 0x1, "{:?}", String::from_utf8_lossy(&ready));
+    raw.send(&client_frame(0x1, &[0xc3, 0x28])).await;
+    assert_eq!(raw.close_code().await, 1007);
+
+    // Five clients stream 64 KiB frames at both endpoints without ever authenticating, then vanish.
+    let host = server.base.trim_start_matches("http://").to_string();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut flooders = Vec::new();
+    for index in 0..5 {
+        let path = if index < 3 { terminal.to_string() } else { "/api/v1/agent/connect".to_string() };
+        let (host, stop) = (host.clone(), stop.clone());
+        flooders.push(tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            let mut sent = 0u64;
+            while !stop.is_cancelled() {
+                let Ok(mut stream) = tokio::net::TcpStream::connect(&host).await else { break };
+                let request = upgrade_request("GET", &path, "HTTP/1.1", &host, &fresh_key(), &[]);
+                if stream.write_all(request.as_bytes()).await.is_err() {
+                    continue;
+                }
+                let frame = client_frame(0x2, &vec![0x5a; 64 * 1024]);
+                while !stop.is_cancelled() {
+                    match tokio::time::timeout(Duration::from_millis(200), stream.write_all(&frame)).await {
+                        Ok(Ok(())) => sent += frame.len() as u64,
+                        // Refused and closed, or the server stopped reading: connect again.
+                        Ok(Err(_)) | Err(_) => break,
+                    }
+                }
+            }
+            sent
+        }));
+    }
+    let flood_started = std::time::Instant::now();
+    let health = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().unwrap();
+    let mut probes = 0;
+    while flood_started.elapsed() < Duration::from_secs(4) {
+        let answer = health.get(format!("{}/healthz", server.base)).send().await;
+        assert!(answer.is_ok_and(|answer| answer.status() == 200), "/healthz during the flood (probe {probes})");
+        type_line(&mut live, &format!("echo pro''be-{probes}\n")).await;
+        read_until(&mut live, &format!("probe-{probes}"), Duration::from_secs(2)).await;
+        probes += 1;
+    }
+    stop.cancel();
+    let mut sent = 0;
+    for flooder in flooders {
+        sent += flooder.await.unwrap();
+    }
+    assert!(sent > 10 * 1024 * 1024, "the flood was a flood: {sent} bytes");
+    assert!(probes >= 4, "{probes} probes in 4 s");
+    // Gone: the gateway is idle again.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = cpu_ticks(server.child.id());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let used = cpu_ticks(server.child.id()) - before;
+    assert!(used < 30, "the gateway used {used} ticks of CPU in 3 s after the flood (at most 0.1 core)");
+    type_line(&mut live, "echo sti''ll-here\n").await;
+    read_until(&mut live, "still-here", Duration::from_secs(5)).await;
+}

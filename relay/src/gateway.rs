@@ -251,7 +251,8 @@ impl Gateway {
         }
         let ticket = random_secret().map_err(|_| TicketIssueError::Random)?;
         let ticket_hash = sha256_hex(&ticket);
-        let expires_at = Utc::now() + chrono::Duration::from_std(self.limits.ticket_ttl).unwrap_or(chrono::Duration::MAX);
+        let expires_at =
+            Utc::now() + chrono::Duration::from_std(self.limits.ticket_ttl).unwrap_or(chrono::Duration::MAX);
         let command = TicketCommand::Issue {
             ticket_hash: ticket_hash.clone(),
             user: user.clone(),
@@ -359,7 +360,8 @@ impl Gateway {
         tracing::info!(client_ip, ?rule, workspace, "terminal connection blocked by the firewall");
         let command =
             FirewallCommand::RecordBlocked { client_ip, rule, workspace: workspace.to_string(), user: user().await };
-        if let Err(error) = self.firewall.execute_retrying(FIREWALL_ID, command, &EventMetadata::system("relay"), 5).await
+        if let Err(error) =
+            self.firewall.execute_retrying(FIREWALL_ID, command, &EventMetadata::system("relay"), 5).await
         {
             tracing::warn!(%error, "cannot record a blocked connection");
         }

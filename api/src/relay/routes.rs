@@ -123,9 +123,13 @@ pub(super) async fn mint_agent_token(
             MintError::Command(CommandError::Store(error)) => Problem::from(error),
             _ => Problem::internal(),
         })?;
-    Ok(HttpResponse::Created()
-        .insert_header(("Cache-Control", "no-store"))
-        .json(MintedToken { id: minted.id, name, workspace, tags, token: minted.token }))
+    Ok(HttpResponse::Created().insert_header(("Cache-Control", "no-store")).json(MintedToken {
+        id: minted.id,
+        name,
+        workspace,
+        tags,
+        token: minted.token,
+    }))
 }
 
 /// Revokes an agent token (admin). Agents connected with it are disconnected at once (close 4401, so they stop) and
@@ -424,7 +428,10 @@ pub(super) async fn list_sessions(
         to: parse_time("to", query.to)?,
     };
     let after = decode_key(query.after)?;
-    let rows = SessionsQuery::new(state.store.read_models().clone()).sessions(&filter, after.as_ref(), limit + 1).await.map_err(store::StoreError::from)?;
+    let rows = SessionsQuery::new(state.store.read_models().clone())
+        .sessions(&filter, after.as_ref(), limit + 1)
+        .await
+        .map_err(store::StoreError::from)?;
     let (rows, next) = paginate(rows, limit, |row| crate::encode_page_key(&row.opened_at, &row.session_id));
     let items = rows
         .into_iter()
@@ -533,7 +540,10 @@ pub(super) async fn list_activity(
         to: parse_time("to", query.to)?,
     };
     let after = decode_key(query.after)?;
-    let rows = SessionsQuery::new(state.store.read_models().clone()).activity(&filter, after.as_ref(), limit + 1).await.map_err(store::StoreError::from)?;
+    let rows = SessionsQuery::new(state.store.read_models().clone())
+        .activity(&filter, after.as_ref(), limit + 1)
+        .await
+        .map_err(store::StoreError::from)?;
     let (rows, next) = paginate(rows, limit, |row| crate::encode_page_key(&row.at, &row.activity_id));
     let items = rows
         .into_iter()

@@ -47,8 +47,13 @@ fn ws_close(close: Close) -> Option<WsClose> {
 fn protocol_close(error: &ProtocolError) -> Close {
     match error {
         ProtocolError::Overflow => refuse(CloseCode::TooLarge, "message too large"),
-        ProtocolError::Io(error) if error.kind() == std::io::ErrorKind::InvalidData => {
+        // actix-ws reports text that is not UTF-8 as an I/O error holding the `Utf8Error`; actix-http reports reserved
+        // bits as one of kind `InvalidData` too, with a message.
+        ProtocolError::Io(error) if error.get_ref().is_some_and(|inner| inner.is::<std::str::Utf8Error>()) => {
             refuse(CloseCode::InvalidPayload, "text that is not UTF-8")
+        }
+        ProtocolError::Io(error) if error.kind() == std::io::ErrorKind::InvalidData => {
+            refuse(CloseCode::ProtocolError, "protocol error")
         }
         ProtocolError::Io(_) => None,
         _ => refuse(CloseCode::ProtocolError, "protocol error"),
@@ -71,9 +76,10 @@ fn upgrade(
         Err(error) => {
             let handshake = error.as_error::<HandshakeError>();
             if matches!(handshake, Some(HandshakeError::UnsupportedVersion | HandshakeError::NoVersionHeader)) {
-                let mut response = Problem::new(StatusCode::UPGRADE_REQUIRED, ProblemCode::InvalidRequest, "Not a WebSocket upgrade")
-                    .detail("Only WebSocket version 13 is spoken (Sec-WebSocket-Version: 13).")
-                    .error_response();
+                let mut response =
+                    Problem::new(StatusCode::UPGRADE_REQUIRED, ProblemCode::InvalidRequest, "Not a WebSocket upgrade")
+                        .detail("Only WebSocket version 13 is spoken (Sec-WebSocket-Version: 13).")
+                        .error_response();
                 response.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
                 return Err(response);
             }
@@ -100,7 +106,11 @@ fn upgrade(
               (status = 400, body = Problem, description = "Not a WebSocket upgrade"),
               (status = 426, body = Problem, description = "A WebSocket version other than 13")))]
 #[get("/api/v1/agent/connect")]
-pub(crate) async fn agent_connect(request: HttpRequest, body: web::Payload, state: web::Data<AppState>) -> HttpResponse {
+pub(crate) async fn agent_connect(
+    request: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
     let gateway = state.gateway.clone();
     match upgrade(&request, body, gateway.limits.max_frame) {
         Ok((response, session, stream)) => {
@@ -115,6 +125,11 @@ async fn agent_connection(gateway: Arc<Gateway>, mut session: Session, mut strea
     let first = tokio::time::timeout(gateway.limits.auth_timeout, stream.recv()).await;
     let hello = match first {
         Ok(Some(Ok(AggregatedMessage::Text(text)))) => serde_json::from_str::<Hello>(&text).ok(),
+        Ok(Some(Err(error))) => {
+            tracing::info!(%error, "agent refused: broke the WebSocket protocol before its hello");
+            let _ = session.close(ws_close(protocol_close(&error))).await;
+            return;
+        }
         _ => None,
     };
     let Some(hello) = hello else {
