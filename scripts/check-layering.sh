@@ -3,7 +3,8 @@
 # - `domain` performs no I/O: no database, HTTP, crypto, logging-backend or direct tokio dependency;
 # - `projections` knows no HTTP;
 # - `store` knows no HTTP;
-# - `api` and `relay` do not depend on each other.
+# - `relay` knows no HTTP framework (its WebSocket endpoints and routes are `api`'s) and never depends on `api`;
+# - the root package defines no route (only `api` does).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,9 +21,13 @@ check() {
 check domain 'sqlx.*|postgres-es|actix.*|jwt-simple|aes-gcm-siv|reqwest|hyper|tracing-subscriber|portable-pty'
 check projections 'actix.*|jwt-simple|reqwest|hyper'
 check store 'actix.*|jwt-simple|reqwest|hyper'
-# api and relay never depend on each other; the root package wires them.
-check api 'relay'
-check relay 'api|sqlx.*|store|projections'
+# relay: protocols, the gateway's rules and the agent; no HTTP framework, and api uses relay, never the reverse.
+check relay 'actix.*|api|hyper|axum|projections'
+# The root package composes: routes are mounted only through api::configure.
+if grep -rnE '#\[(get|post|put|patch|delete)\(|web::(resource|route|get|post|put|patch|delete)\(' src/; then
+  echo "layering: the root package must not define routes (they belong in api)" >&2
+  fail=1
+fi
 # tokio reaches domain only through cqrs-es; domain itself must not name it.
 if cargo tree --locked -p domain -e normal --depth 1 --prefix none --format '{p}' | grep -q '^tokio '; then
   echo "layering: domain must not depend on tokio directly" >&2

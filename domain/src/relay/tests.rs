@@ -1,0 +1,210 @@
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, TimeZone, Utc};
+use cqrs_es::test::TestFramework;
+use cqrs_es::{Aggregate, DomainEvent};
+
+use super::*;
+use crate::Email;
+
+fn issued(at: DateTime<Utc>) -> TicketEvent {
+    TicketEvent::TicketIssued {
+        ticket_hash: "ab".into(),
+        user: Email::parse("ada@example.com").unwrap(),
+        workspace: "ws-1".into(),
+        kind: "terminal".into(),
+        expires_at: at,
+    }
+}
+
+fn redeem(workspace: &str, now: DateTime<Utc>) -> TicketCommand {
+    TicketCommand::Redeem {
+        workspace: workspace.into(),
+        kind: "terminal".into(),
+        now,
+        client_ip: Some("2001:db8::7".into()),
+    }
+}
+
+#[test]
+fn a_ticket_is_redeemed_once() {
+    let expiry = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 30).unwrap();
+    let now = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 10).unwrap();
+    TestFramework::<Ticket>::with(())
+        .given(vec![issued(expiry)])
+        .when(redeem("ws-1", now))
+        .then_expect_events(vec![TicketEvent::TicketRedeemed { workspace: "ws-1".into() }]);
+    TestFramework::<Ticket>::with(())
+        .given(vec![issued(expiry), TicketEvent::TicketRedeemed { workspace: "ws-1".into() }])
+        .when(redeem("ws-1", now))
+        .then_expect_events(vec![TicketEvent::TicketRefused {
+            reason: RefusalReason::Reused,
+            workspace: "ws-1".into(),
+            client_ip: Some("2001:db8::7".into()),
+        }]);
+}
+
+#[test]
+fn expired_foreign_and_unknown_tickets_are_refused() {
+    let expiry = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 30).unwrap();
+    let late = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 30).unwrap();
+    let now = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 10).unwrap();
+    let refused = |reason, workspace: &str| {
+        vec![TicketEvent::TicketRefused {
+            reason,
+            workspace: workspace.to_string(),
+            client_ip: Some("2001:db8::7".into()),
+        }]
+    };
+    TestFramework::<Ticket>::with(())
+        .given(vec![issued(expiry)])
+        .when(redeem("ws-1", late))
+        .then_expect_events(refused(RefusalReason::Expired, "ws-1"));
+    TestFramework::<Ticket>::with(())
+        .given(vec![issued(expiry)])
+        .when(redeem("ws-2", now))
+        .then_expect_events(refused(RefusalReason::Foreign, "ws-2"));
+    TestFramework::<Ticket>::with(())
+        .given_no_previous_events()
+        .when(redeem("ws-1", now))
+        .then_expect_events(refused(RefusalReason::Unknown, "ws-1"));
+}
+
+#[test]
+fn refusals_stored_before_client_ips_were_recorded_still_read() {
+    let old: TicketEvent =
+        serde_json::from_str(r#"{"TicketRefused": {"reason": "unknown", "workspace": "ws-1"}}"#).unwrap();
+    assert_eq!(
+        old,
+        TicketEvent::TicketRefused { reason: RefusalReason::Unknown, workspace: "ws-1".into(), client_ip: None }
+    );
+    let new = TicketEvent::TicketRefused {
+        reason: RefusalReason::Expired,
+        workspace: "ws-1".into(),
+        client_ip: Some("2001:db8::7".into()),
+    };
+    let stored = serde_json::to_value(&new).unwrap();
+    assert_eq!(stored["TicketRefused"]["client_ip"], "2001:db8::7");
+    assert_eq!(serde_json::from_value::<TicketEvent>(stored).unwrap(), new);
+    assert_eq!(new.event_version(), "1.0", "an optional field with a default needs no new version");
+}
+
+#[test]
+fn close_reasons_are_stored_by_their_stable_names() {
+    let all = [
+        CloseReason::ClientClosed,
+        CloseReason::AgentLost,
+        CloseReason::IdleTimeout,
+        CloseReason::MaxAge,
+        CloseReason::Shutdown,
+        CloseReason::Firewall,
+        CloseReason::AgentRevoked,
+    ];
+    for reason in all {
+        assert_eq!(serde_json::to_value(reason).unwrap(), reason.as_str());
+    }
+    assert_eq!(serde_json::from_str::<CloseReason>("\"agent_revoked\"").unwrap(), CloseReason::AgentRevoked);
+}
+
+fn minted(workspace: Option<&str>, tags: &[(&str, &str)]) -> AgentTokenEvent {
+    AgentTokenEvent::AgentTokenMinted {
+        name: "a".into(),
+        by: Email::parse("root@example.com").unwrap(),
+        workspace: workspace.map(str::to_string),
+        tags: tags.iter().map(|(key, value)| (key.to_string(), value.to_string())).collect(),
+    }
+}
+
+fn token(events: Vec<AgentTokenEvent>) -> AgentToken {
+    let mut token = AgentToken::default();
+    for event in events {
+        token.apply(event);
+    }
+    token
+}
+
+#[test]
+fn a_token_is_minted_bound_to_its_workspace_and_tags() {
+    let by = Email::parse("root@example.com").unwrap();
+    let tags: BTreeMap<String, String> = [("RDE_OWNER_EMAIL".to_string(), "ada@example.com".to_string())].into();
+    TestFramework::<AgentToken>::with(())
+        .given_no_previous_events()
+        .when(AgentTokenCommand::Mint { name: "a".into(), workspace: "ws-1".into(), tags: tags.clone(), by })
+        .then_expect_events(vec![minted(Some("ws-1"), &[("RDE_OWNER_EMAIL", "ada@example.com")])]);
+    TestFramework::<AgentToken>::with(())
+        .given(vec![minted(Some("ws-1"), &[])])
+        .when(AgentTokenCommand::Mint {
+            name: "b".into(),
+            workspace: "ws-2".into(),
+            tags,
+            by: Email::parse("root@example.com").unwrap(),
+        })
+        .then_expect_error(AgentTokenError::Exists);
+}
+
+#[test]
+fn a_token_admits_only_its_own_workspace() {
+    let bound = token(vec![minted(Some("ws-1"), &[])]);
+    assert_eq!(bound.admits("ws-1"), Ok(()));
+    assert_eq!(bound.admits("ws-2"), Err(AgentRefusal::OtherWorkspace));
+    assert_eq!(bound.admits("WS-1"), Err(AgentRefusal::OtherWorkspace));
+    // Minted before tokens were bound: serves no workspace at all.
+    assert_eq!(token(vec![minted(None, &[])]).admits("ws-1"), Err(AgentRefusal::Unbound));
+    assert_eq!(AgentToken::default().admits("ws-1"), Err(AgentRefusal::Invalid));
+    let by = Email::parse("root@example.com").unwrap();
+    let revoked = token(vec![minted(Some("ws-1"), &[]), AgentTokenEvent::AgentTokenRevoked { by }]);
+    assert_eq!(revoked.admits("ws-1"), Err(AgentRefusal::Invalid));
+}
+
+#[test]
+fn an_agent_cannot_announce_the_facts_its_token_holds() {
+    let bound = token(vec![minted(Some("ws-1"), &[("RDE_OWNER_EMAIL", "ada@example.com")])]);
+    let announced: BTreeMap<String, String> = [
+        ("RDE_OWNER_EMAIL", "eve@example.com"),
+        ("BLUEPRINT_KEY", "web"),
+        ("BLUEPRINT_PROJECT_ID", "p"),
+        ("RDE_DISPLAY_NAME", "Eve's"),
+        ("EDITOR", "vim"),
+    ]
+    .iter()
+    .map(|(key, value)| (key.to_string(), value.to_string()))
+    .collect();
+    let tags = bound.tags_for(announced);
+    let expected: BTreeMap<String, String> = [("EDITOR", "vim"), ("RDE_OWNER_EMAIL", "ada@example.com")]
+        .iter()
+        .map(|(key, value)| (key.to_string(), value.to_string()))
+        .collect();
+    assert_eq!(tags, expected);
+}
+
+#[test]
+fn tokens_minted_before_binding_still_read() {
+    let stored = r#"{"AgentTokenMinted":{"name":"old","by":"root@example.com"}}"#;
+    let event: AgentTokenEvent = serde_json::from_str(stored).unwrap();
+    let by = Email::parse("root@example.com").unwrap();
+    assert_eq!(
+        event,
+        AgentTokenEvent::AgentTokenMinted { name: "old".into(), by, workspace: None, tags: BTreeMap::new() }
+    );
+    // A bound token's payload carries its workspace and tags; an unbound one's is as before.
+    let json = serde_json::to_value(minted(Some("ws-1"), &[("BLUEPRINT_KEY", "web")])).unwrap();
+    assert_eq!(json["AgentTokenMinted"]["workspace"], "ws-1");
+    assert_eq!(json["AgentTokenMinted"]["tags"]["BLUEPRINT_KEY"], "web");
+    let json = serde_json::to_value(minted(None, &[])).unwrap();
+    assert_eq!(json.to_string(), r#"{"AgentTokenMinted":{"by":"root@example.com","name":"a"}}"#);
+}
+
+#[test]
+fn agent_tokens_mint_and_revoke_once() {
+    let by = Email::parse("root@example.com").unwrap();
+    TestFramework::<AgentToken>::with(())
+        .given(vec![minted(Some("ws-1"), &[])])
+        .when(AgentTokenCommand::Revoke { by: by.clone() })
+        .then_expect_events(vec![AgentTokenEvent::AgentTokenRevoked { by: by.clone() }]);
+    TestFramework::<AgentToken>::with(())
+        .given_no_previous_events()
+        .when(AgentTokenCommand::Revoke { by })
+        .then_expect_error(AgentTokenError::NotFound);
+}
