@@ -75,19 +75,63 @@ impl AgentConn {
     /// Applies one frame from the agent. An error means the agent broke the protocol (the caller closes it).
     /// Frames for unknown sessions are ignored (a session the gateway already closed).
     pub fn handle_frame(&self, frame: Frame) -> Result<(), MuxError> {
+        self.handle_frames([frame])
+    }
+
+    /// Applies frames that arrived together, in order. Consecutive `Data` for one session reach its browser as one
+    /// piece of output (of up to [`MAX_DATA`] bytes), so what the agent wrote together leaves for the browser as one
+    /// message.
+    pub fn handle_frames(&self, frames: impl IntoIterator<Item = Frame>) -> Result<(), MuxError> {
         let Ok(mut sessions) = self.sessions.lock() else { return Ok(()) };
+        // Output gathered for one session, not yet handed to it.
+        let mut gathered: Option<(u32, Vec<u8>)> = None;
+        let flush = |gathered: &mut Option<(u32, Vec<u8>)>, sessions: &HashMap<u32, SessionSlot>| {
+            if let Some((session, bytes)) = gathered.take() {
+                if let Some(slot) = sessions.get(&session) {
+                    let _ = slot.to_browser.send(ToBrowser::Data(bytes));
+                }
+            }
+        };
+        let mut outcome = Ok(());
+        for frame in frames {
+            let session = frame.session();
+            if let Frame::Data { bytes, .. } = &frame {
+                let Some(slot) = sessions.get_mut(&session) else { continue };
+                if let Err(error) = slot.output_window.consume(bytes.len()) {
+                    outcome = Err(error);
+                    break;
+                }
+                match &mut gathered {
+                    Some((gathering, output)) if *gathering == session && output.len() + bytes.len() <= MAX_DATA => {
+                        output.extend_from_slice(bytes)
+                    }
+                    _ => {
+                        flush(&mut gathered, &sessions);
+                        if let Frame::Data { bytes, .. } = frame {
+                            gathered = Some((session, bytes));
+                        }
+                    }
+                }
+                continue;
+            }
+            flush(&mut gathered, &sessions);
+            Self::apply(&mut sessions, frame);
+        }
+        flush(&mut gathered, &sessions);
+        outcome
+    }
+
+    /// Applies one frame other than `Data`.
+    fn apply(sessions: &mut HashMap<u32, SessionSlot>, frame: Frame) {
         let session = frame.session();
-        let Some(slot) = sessions.get_mut(&session) else { return Ok(()) };
+        let Some(slot) = sessions.get_mut(&session) else { return };
         let message = match frame {
             Frame::Opened { .. } => ToBrowser::Opened,
-            Frame::Data { bytes, .. } => {
-                slot.output_window.consume(bytes.len())?;
-                ToBrowser::Data(bytes)
-            }
+            Frame::Data { bytes, .. } => ToBrowser::Data(bytes),
             Frame::Credit { bytes, .. } => {
                 let room = (INITIAL_WINDOW as usize).saturating_sub(slot.input_credit.available_permits());
                 slot.input_credit.add_permits((bytes as usize).min(room));
-                return Ok(());
+                return;
             }
             Frame::Exit { code, .. } => ToBrowser::Exit(code),
             Frame::Close { .. } => {
@@ -96,12 +140,11 @@ impl AgentConn {
                     slot.input_credit.close();
                     let _ = slot.to_browser.send(ToBrowser::Closed);
                 }
-                return Ok(());
+                return;
             }
-            Frame::Open { .. } | Frame::Resize { .. } => return Ok(()),
+            Frame::Open { .. } | Frame::Resize { .. } => return,
         };
         let _ = slot.to_browser.send(message);
-        Ok(())
     }
 
     /// Opens a terminal session on this agent.
@@ -359,6 +402,37 @@ mod tests {
         }
         assert!(!session.send_input(b"x").await);
         assert!(hub.register("ws-1", BTreeMap::new()).is_ok());
+    }
+
+    #[tokio::test]
+    async fn output_that_arrives_together_reaches_its_session_as_one_piece() {
+        let hub = Hub::new();
+        let (conn, _frames) = hub.register("ws-1", BTreeMap::new()).unwrap();
+        let mut one = conn.open_terminal(80, 24);
+        let mut two = conn.open_terminal(80, 24);
+        let data = |session: u32, bytes: &[u8]| Frame::Data { session, bytes: bytes.to_vec() };
+        conn.handle_frames([
+            data(one.session, b"ab"),
+            data(one.session, b"cd"),
+            data(two.session, b"xy"),
+            data(one.session, b"ef"),
+            Frame::Exit { session: one.session, code: 3 },
+            data(one.session, b"gh"),
+        ])
+        .unwrap();
+        // In order; runs of one session's output merge, an exit ends a run.
+        assert_eq!(one.recv().await, Some(ToBrowser::Data(b"abcd".to_vec())));
+        assert_eq!(one.recv().await, Some(ToBrowser::Data(b"ef".to_vec())));
+        assert_eq!(one.recv().await, Some(ToBrowser::Exit(3)));
+        assert_eq!(one.recv().await, Some(ToBrowser::Data(b"gh".to_vec())));
+        assert_eq!(two.recv().await, Some(ToBrowser::Data(b"xy".to_vec())));
+        // A piece is at most MAX_DATA bytes.
+        conn.handle_frames([data(two.session, &vec![1; MAX_DATA - 1]), data(two.session, &[2, 3])]).unwrap();
+        assert_eq!(two.recv().await, Some(ToBrowser::Data(vec![1; MAX_DATA - 1])));
+        assert_eq!(two.recv().await, Some(ToBrowser::Data(vec![2, 3])));
+        // A window overrun anywhere in the batch is a protocol error; what came before it is delivered.
+        let full = (0..INITIAL_WINDOW as usize / MAX_DATA).map(|_| data(two.session, &vec![0; MAX_DATA]));
+        assert!(conn.handle_frames(full.chain([data(two.session, b"!")])).is_err());
     }
 
     #[tokio::test]

@@ -15,6 +15,7 @@ use actix_web::{get, HttpRequest, HttpResponse, ResponseError};
 use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseReason as WsClose, ProtocolError, Session};
 use domain::relay::{AgentRefusal, CloseReason, SessionCommand};
 use domain::Email;
+use futures::FutureExt;
 use relay::agent::{close as agent_close, Hello, Welcome};
 use relay::browser::{ClientMessage, CloseCode, ServerMessage};
 use relay::gateway::{client_address, origin_allowed, sha256_hex, Gateway};
@@ -30,6 +31,8 @@ use crate::{AppState, Problem, ProblemCode};
 /// reading holds at most about 64 such messages in the gateway (4 MiB) besides its 256 KiB window.
 const INBOX: usize = 64;
 const OUTPUT_MESSAGE: usize = 64 * 1024;
+/// An agent connection handles up to this many frames that arrived together in one go.
+const AGENT_BATCH: usize = 256;
 
 /// A close code and reason for a connection that ends.
 type Close = Option<(u16, &'static str)>;
@@ -60,43 +63,46 @@ fn protocol_close(error: &ProtocolError) -> Close {
     }
 }
 
-/// Upgrades the request with actix-ws; a refused handshake is a problem document (426 with
-/// `Sec-WebSocket-Version: 13` for another version, 400 otherwise).
+/// Upgrades the request with actix-ws; a refused handshake is a problem (426 for another version, 400 otherwise).
 fn upgrade(
     request: &HttpRequest,
     body: web::Payload,
     max_message: usize,
-) -> Result<(HttpResponse, Session, AggregatedMessageStream), HttpResponse> {
-    match actix_ws::handle(request, body) {
-        Ok((response, session, stream)) => {
-            let stream =
-                stream.max_frame_size(max_message).aggregate_continuations().max_continuation_size(max_message);
-            Ok((response, session, stream))
-        }
-        Err(error) => {
-            let handshake = error.as_error::<HandshakeError>();
-            if matches!(handshake, Some(HandshakeError::UnsupportedVersion | HandshakeError::NoVersionHeader)) {
-                let mut response =
-                    Problem::new(StatusCode::UPGRADE_REQUIRED, ProblemCode::InvalidRequest, "Not a WebSocket upgrade")
-                        .detail("Only WebSocket version 13 is spoken (Sec-WebSocket-Version: 13).")
-                        .error_response();
-                response.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
-                return Err(response);
+) -> Result<(HttpResponse, Session, AggregatedMessageStream), Problem> {
+    let (response, session, stream) = actix_ws::handle(request, body).map_err(|error| {
+        let refused = |status, detail: &str| {
+            Problem::new(status, ProblemCode::InvalidRequest, "Not a WebSocket upgrade").detail(detail)
+        };
+        match error.as_error::<HandshakeError>() {
+            Some(HandshakeError::UnsupportedVersion | HandshakeError::NoVersionHeader) => refused(
+                StatusCode::UPGRADE_REQUIRED,
+                "Only WebSocket version 13 is spoken (Sec-WebSocket-Version: 13).",
+            ),
+            Some(HandshakeError::BadWebsocketKey) => {
+                refused(StatusCode::BAD_REQUEST, "Sec-WebSocket-Key must be the base64 of 16 bytes.")
             }
-            let detail = match handshake {
-                Some(HandshakeError::BadWebsocketKey) => {
-                    "Sec-WebSocket-Key must be the base64 of 16 bytes."
-                }
-                Some(HandshakeError::NoConnectionUpgrade) => {
-                    "The Connection header must include \"Upgrade\"."
-                }
-                _ => "This endpoint is a WebSocket: send GET with Connection: Upgrade, Upgrade: websocket, Sec-WebSocket-Version: 13 and a Sec-WebSocket-Key.",
-            };
-            Err(Problem::new(StatusCode::BAD_REQUEST, ProblemCode::InvalidRequest, "Not a WebSocket upgrade")
-                .detail(detail)
-                .error_response())
+            Some(HandshakeError::NoConnectionUpgrade) => {
+                refused(StatusCode::BAD_REQUEST, "The Connection header must include \"Upgrade\".")
+            }
+            _ => refused(
+                StatusCode::BAD_REQUEST,
+                "This endpoint is a WebSocket: send GET with Connection: Upgrade, Upgrade: websocket, \
+                 Sec-WebSocket-Version: 13 and a Sec-WebSocket-Key.",
+            ),
         }
+    })?;
+    let stream = stream.max_frame_size(max_message).aggregate_continuations().max_continuation_size(max_message);
+    Ok((response, session, stream))
+}
+
+/// A refused handshake's answer: the problem document, naming the version spoken when the version was the problem
+/// (RFC 6455 §4.4).
+fn refusal(problem: Problem) -> HttpResponse {
+    let mut response = problem.error_response();
+    if response.status() == StatusCode::UPGRADE_REQUIRED {
+        response.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
     }
+    response
 }
 
 /// An agent's WebSocket, used by `gatehouse agent` (protocol and close codes: docs/API.md, "Agent WebSocket").
@@ -117,7 +123,7 @@ pub(crate) async fn agent_connect(
             actix_web::rt::spawn(agent_connection(gateway, session, stream));
             response
         }
-        Err(refusal) => refusal,
+        Err(problem) => refusal(problem),
     }
 }
 
@@ -180,31 +186,51 @@ async fn agent_connection(gateway: Arc<Gateway>, mut session: Session, mut strea
         }
     });
     let mut revoked = false;
+    // A message taken while gathering frames that arrived together, to be handled next.
+    let mut ahead = None;
     let close = loop {
-        tokio::select! {
-            _ = watch.revoked.cancelled() => {
-                revoked = true;
-                break Some((agent_close::TOKEN_REFUSED, "agent token revoked"));
-            }
-            message = stream.recv() => match message {
-                Some(Ok(AggregatedMessage::Binary(bytes))) => {
-                    let outcome = Frame::decode(&bytes).and_then(|frame| conn.handle_frame(frame));
-                    if let Err(error) = outcome {
-                        tracing::warn!(agent = conn.id, %error, "agent broke the protocol");
-                        break Some((agent_close::PROTOCOL_ERROR, "protocol error"));
+        let message = match ahead.take() {
+            Some(message) => message,
+            None => tokio::select! {
+                _ = watch.revoked.cancelled() => {
+                    revoked = true;
+                    break Some((agent_close::TOKEN_REFUSED, "agent token revoked"));
+                }
+                message = stream.recv() => message,
+                _ = gateway.agents_shutdown.cancelled() => break Some((agent_close::GOING_AWAY, "shutting down")),
+            },
+        };
+        match message {
+            Some(Ok(AggregatedMessage::Binary(first))) => {
+                // The frames that arrived with this one are handled together, so output the agent wrote at once
+                // reaches its browser as one message.
+                let mut frames = vec![Frame::decode(&first)];
+                while frames.len() < AGENT_BATCH {
+                    match stream.recv().now_or_never() {
+                        Some(Some(Ok(AggregatedMessage::Binary(bytes)))) => frames.push(Frame::decode(&bytes)),
+                        Some(other) => {
+                            ahead = Some(other);
+                            break;
+                        }
+                        None => break,
                     }
                 }
-                Some(Ok(AggregatedMessage::Ping(bytes))) => {
-                    let _ = session.pong(&bytes).await;
+                let outcome =
+                    frames.into_iter().collect::<Result<Vec<_>, _>>().and_then(|frames| conn.handle_frames(frames));
+                if let Err(error) = outcome {
+                    tracing::warn!(agent = conn.id, %error, "agent broke the protocol");
+                    break Some((agent_close::PROTOCOL_ERROR, "protocol error"));
                 }
-                Some(Ok(AggregatedMessage::Close(_))) | None => break None,
-                Some(Ok(_)) => {}
-                Some(Err(error)) => {
-                    tracing::warn!(agent = conn.id, %error, "agent connection failed");
-                    break protocol_close(&error);
-                }
-            },
-            _ = gateway.agents_shutdown.cancelled() => break Some((agent_close::GOING_AWAY, "shutting down")),
+            }
+            Some(Ok(AggregatedMessage::Ping(bytes))) => {
+                let _ = session.pong(&bytes).await;
+            }
+            Some(Ok(AggregatedMessage::Close(_))) | None => break None,
+            Some(Ok(_)) => {}
+            Some(Err(error)) => {
+                tracing::warn!(agent = conn.id, %error, "agent connection failed");
+                break protocol_close(&error);
+            }
         }
     };
     drop(watch);
@@ -252,7 +278,7 @@ pub(crate) async fn terminal(
             actix_web::rt::spawn(browser_session(gateway, context, session, stream));
             response
         }
-        Err(refusal) => refusal,
+        Err(problem) => refusal(problem),
     }
 }
 
