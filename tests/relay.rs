@@ -2036,7 +2036,10 @@ async fn hostile_websocket_clients_get_close_codes_and_stall_nothing() {
 async fn hostile_websocket_clients_get_close_codes_and_stall_nothing_on(db: TestDb) {
     let root = issue_token(&db, "root@example.com", "admin", "1h");
     let ada = issue_token(&db, "ada@example.com", "member", "1h");
-    let server = Server::start(&db, &[("GATEHOUSE_RELAY_AUTH_TIMEOUT_SECS", "30")]);
+    let server = Server::start(
+        &db,
+        &[("GATEHOUSE_RELAY_AUTH_TIMEOUT_SECS", "30"), ("GATEHOUSE_RELAY_MAX_FRAME_BYTES", "70000")],
+    );
     let api = Api::new(&server);
     let agent_token = mint_agent_token(&api, &root, "ws-hostile", "ada@example.com").await;
     let _agent = Agent::start(&server, &agent_token, "ws-hostile");
@@ -2050,11 +2053,26 @@ async fn hostile_websocket_clients_get_close_codes_and_stall_nothing_on(db: Test
     unmasked.extend_from_slice(b"hi");
     let mut reserved = client_frame(0x1, b"{}");
     reserved[0] |= 0x40;
-    let cases: [(&str, Vec<u8>, u16); 4] = [
+    // Fragments: FIN off on all but the last.
+    let fragment = |opcode: u8, payload: &[u8]| {
+        let mut frame = client_frame(opcode, payload);
+        frame[0] &= 0x7f;
+        frame
+    };
+    // A character split across fragments, and broken in the second one.
+    let mut split_text = fragment(0x1, &[0xe2, 0x82]);
+    split_text.extend_from_slice(&client_frame(0x0, &[0x28]));
+    // Two fragments within the frame limit (70,000 bytes here) whose message is over it.
+    let mut long_message = fragment(0x2, &[7; 40_000]);
+    long_message.extend_from_slice(&client_frame(0x0, &[7; 40_000]));
+    let cases: [(&str, Vec<u8>, u16); 7] = [
         ("text that is not UTF-8", client_frame(0x1, &[0xff, 0xfe, 0xfd]), 1007),
+        ("fragmented text that is not UTF-8", split_text, 1007),
+        ("a fragmented message over the limit", long_message, 1009),
         ("an unmasked frame", unmasked, 1002),
         ("a reserved bit", reserved, 1002),
         ("an unknown opcode", client_frame(0x3, b"x"), 1002),
+        ("a continuation that continues nothing", client_frame(0x0, b"x"), 1002),
     ];
     for (what, frame, code) in &cases {
         for path in [terminal, "/api/v1/agent/connect"] {

@@ -47,18 +47,25 @@ fn ws_close(close: Close) -> Option<WsClose> {
 
 /// The close code for a WebSocket protocol error on a connection: a message over the limit is 1009, text that is
 /// not UTF-8 1007, anything else RFC 6455 forbids 1002; a broken connection gets no close frame.
+///
+/// actix-http and actix-ws report some of these as I/O errors, told apart only by their kind and text (pinned by
+/// `tests/relay.rs`, `hostile_websocket_clients_get_close_codes_and_stall_nothing`): text that is not UTF-8 and reserved
+/// bits are `InvalidData` (the latter saying "reserved bits"), a fragmented message over the limit is `Other` saying
+/// "maximum continuation size".
 fn protocol_close(error: &ProtocolError) -> Close {
     match error {
         ProtocolError::Overflow => refuse(CloseCode::TooLarge, "message too large"),
-        // actix-ws reports text that is not UTF-8 as an I/O error holding the `Utf8Error`; actix-http reports reserved
-        // bits as one of kind `InvalidData` too, with a message.
-        ProtocolError::Io(error) if error.get_ref().is_some_and(|inner| inner.is::<std::str::Utf8Error>()) => {
-            refuse(CloseCode::InvalidPayload, "text that is not UTF-8")
+        ProtocolError::Io(error) => {
+            let text = error.to_string();
+            match error.kind() {
+                std::io::ErrorKind::InvalidData if text.contains("reserved bits") => {
+                    refuse(CloseCode::ProtocolError, "protocol error")
+                }
+                std::io::ErrorKind::InvalidData => refuse(CloseCode::InvalidPayload, "text that is not UTF-8"),
+                _ if text.contains("maximum continuation size") => refuse(CloseCode::TooLarge, "message too large"),
+                _ => None,
+            }
         }
-        ProtocolError::Io(error) if error.kind() == std::io::ErrorKind::InvalidData => {
-            refuse(CloseCode::ProtocolError, "protocol error")
-        }
-        ProtocolError::Io(_) => None,
         _ => refuse(CloseCode::ProtocolError, "protocol error"),
     }
 }
