@@ -2081,6 +2081,46 @@ async fn hostile_websocket_clients_get_close_codes_and_stall_nothing_on(db: Test
             assert_eq!(raw.close_code().await, *code, "{what} on {path}");
         }
     }
+    // A frame that declares more than the limit and never ends, and endless empty fragments: the gateway stops
+    // reading at the limit (1009) instead of buffering what is sent, before and after the ticket.
+    let mut huge = vec![0x82, 0xff];
+    huge.extend_from_slice(&(1u64 << 40).to_be_bytes());
+    huge.extend_from_slice(&[1, 2, 3, 4]);
+    let endless_empty = {
+        let mut frames = fragment(0x2, b"");
+        for _ in 0..2_000 {
+            frames.extend_from_slice(&fragment(0x0, b""));
+        }
+        frames
+    };
+    let rss_before = rss_kib(server.child.id());
+    for (what, head, filler) in
+        [("a frame of 1 TiB", &huge, vec![0u8; 64 * 1024]), ("empty fragments", &endless_empty, endless_empty.clone())]
+    {
+        for (path, authenticated) in [(terminal, false), ("/api/v1/agent/connect", false), (terminal, true)] {
+            let mut raw = raw_websocket(&server, path).await;
+            if authenticated {
+                let (_, issued) = ticket(&api, &ada, "ws-hostile").await;
+                let auth = json!({"type": "auth", "ticket": issued["ticket"]}).to_string();
+                raw.send(&client_frame(0x1, auth.as_bytes())).await;
+                assert_eq!(raw.frame().await.0, 0x1, "ready");
+            }
+            raw.send(head).await;
+            // Up to 4 MiB more: the gateway closes long before (the limit is 70,000 bytes here).
+            let mut sent = 0;
+            while sent < 4 * 1024 * 1024 {
+                use tokio::io::AsyncWriteExt;
+                match tokio::time::timeout(Duration::from_secs(2), raw.stream.write_all(&filler)).await {
+                    Ok(Ok(())) => sent += filler.len(),
+                    _ => break,
+                }
+            }
+            assert_eq!(raw.close_code().await, 1009, "{what} on {path} (authenticated: {authenticated})");
+        }
+    }
+    let grown = rss_kib(server.child.id()).saturating_sub(rss_before);
+    assert!(grown < 16 * 1024, "the gateway grew by {grown} KiB while refusing endless frames");
+
     // After the ticket, text that is not UTF-8 ends the session with 1007, recorded as closed by the client.
     let (_, issued) = ticket(&api, &ada, "ws-hostile").await;
     let mut raw = raw_websocket(&server, terminal).await;

@@ -7,11 +7,14 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use actix_http::error::PayloadError;
 use actix_http::ws::HandshakeError;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::web::{self, Bytes, BytesMut};
-use actix_web::{get, HttpRequest, HttpResponse, ResponseError};
+use actix_web::{get, FromRequest, HttpRequest, HttpResponse, ResponseError};
 use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseReason as WsClose, ProtocolError, Session};
 use domain::relay::{AgentRefusal, CloseReason, SessionCommand};
 use domain::Email;
@@ -55,6 +58,15 @@ fn ws_close(close: Close) -> Option<WsClose> {
 fn protocol_close(error: &ProtocolError) -> Close {
     match error {
         ProtocolError::Overflow => refuse(CloseCode::TooLarge, "message too large"),
+        // More read than a message may take without one coming out (`Budgeted`).
+        ProtocolError::Io(error)
+            if error
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<PayloadError>())
+                .is_some_and(|inner| matches!(inner, PayloadError::Overflow)) =>
+        {
+            refuse(CloseCode::TooLarge, "message too large")
+        }
         ProtocolError::Io(error) => {
             let text = error.to_string();
             match error.kind() {
@@ -70,12 +82,66 @@ fn protocol_close(error: &ProtocolError) -> Close {
     }
 }
 
+/// A connection's messages, and the bytes it has read since it last received a whole message (its payload counts
+/// them, every message resets the count).
+///
+/// actix-http decodes a frame only once all of it has arrived and checks `max_frame_size` then, and actix-ws keeps
+/// everything read meanwhile: a client that declares a frame of a terabyte, or sends empty fragments without end,
+/// would make the gateway buffer whatever it sends. The connection's payload stream therefore fails as soon as more
+/// than the largest message (plus frame headers) has been read without a message coming out of it (close 1009).
+struct Inbound {
+    stream: AggregatedMessageStream,
+    read: Arc<AtomicUsize>,
+}
+
+impl Inbound {
+    /// The next message (cancel-safe, as actix-ws's `recv`); a whole message resets the count of bytes read.
+    async fn recv(&mut self) -> Option<Result<AggregatedMessage, ProtocolError>> {
+        let message = self.stream.recv().await;
+        if matches!(message, Some(Ok(_))) {
+            self.read.store(0, Ordering::Relaxed);
+        }
+        message
+    }
+}
+
+/// The request's payload, failing with `PayloadError::Overflow` past `limit` bytes without a message.
+struct Budgeted {
+    inner: actix_web::dev::Payload,
+    read: Arc<AtomicUsize>,
+    limit: usize,
+}
+
+impl futures::Stream for Budgeted {
+    type Item = Result<Bytes, PayloadError>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_next(cx);
+        if let std::task::Poll::Ready(Some(Ok(bytes))) = &polled {
+            if self.read.fetch_add(bytes.len(), Ordering::Relaxed) + bytes.len() > self.limit {
+                return std::task::Poll::Ready(Some(Err(PayloadError::Overflow)));
+            }
+        }
+        polled
+    }
+}
+
 /// Upgrades the request with actix-ws; a refused handshake is a problem (426 for another version, 400 otherwise).
-fn upgrade(
+async fn upgrade(
     request: &HttpRequest,
     body: web::Payload,
     max_message: usize,
-) -> Result<(HttpResponse, Session, AggregatedMessageStream), Problem> {
+) -> Result<(HttpResponse, Session, Inbound), Problem> {
+    let read = Arc::new(AtomicUsize::new(0));
+    // Room for the message and the headers of its fragments (a 64 KiB message in 1 KiB fragments: 64 × 14 bytes).
+    let limit = max_message + max_message / 64 + 1024;
+    let budgeted = Budgeted { inner: body.into_inner(), read: read.clone(), limit };
+    let boxed: actix_http::BoxedPayloadStream = Box::pin(budgeted);
+    let mut payload = actix_web::dev::Payload::Stream { payload: boxed };
+    let body = web::Payload::from_request(request, &mut payload).await.map_err(|_| Problem::internal())?;
     let (response, session, stream) = actix_ws::handle(request, body).map_err(|error| {
         let refused = |status, detail: &str| {
             Problem::new(status, ProblemCode::InvalidRequest, "Not a WebSocket upgrade").detail(detail)
@@ -99,7 +165,7 @@ fn upgrade(
         }
     })?;
     let stream = stream.max_frame_size(max_message).aggregate_continuations().max_continuation_size(max_message);
-    Ok((response, session, stream))
+    Ok((response, session, Inbound { stream, read }))
 }
 
 /// A refused handshake's answer: the problem document, naming the version spoken when the version was the problem
@@ -125,7 +191,7 @@ pub(crate) async fn agent_connect(
     state: web::Data<AppState>,
 ) -> HttpResponse {
     let gateway = state.gateway.clone();
-    match upgrade(&request, body, gateway.limits.max_frame) {
+    match upgrade(&request, body, gateway.limits.max_frame).await {
         Ok((response, session, stream)) => {
             actix_web::rt::spawn(agent_connection(gateway, session, stream));
             response
@@ -134,7 +200,7 @@ pub(crate) async fn agent_connect(
     }
 }
 
-async fn agent_connection(gateway: Arc<Gateway>, mut session: Session, mut stream: AggregatedMessageStream) {
+async fn agent_connection(gateway: Arc<Gateway>, mut session: Session, mut stream: Inbound) {
     let first = tokio::time::timeout(gateway.limits.auth_timeout, stream.recv()).await;
     let hello = match first {
         Ok(Some(Ok(AggregatedMessage::Text(text)))) => serde_json::from_str::<Hello>(&text).ok(),
@@ -280,7 +346,7 @@ pub(crate) async fn terminal(
     let address = client_address(request.peer_addr().map(|peer| peer.ip()), forwarded, &gateway.limits.trusted_proxies);
     let user_agent = text(header::USER_AGENT).unwrap_or_default().chars().take(256).collect::<String>();
     let context = BrowserContext { workspace: path.into_inner(), address, user_agent };
-    match upgrade(&request, body, gateway.limits.max_frame) {
+    match upgrade(&request, body, gateway.limits.max_frame).await {
         Ok((response, session, stream)) => {
             actix_web::rt::spawn(browser_session(gateway, context, session, stream));
             response
@@ -304,12 +370,7 @@ struct OpenSession {
     handle: SessionHandle,
 }
 
-async fn browser_session(
-    gateway: Arc<Gateway>,
-    context: BrowserContext,
-    session: Session,
-    mut stream: AggregatedMessageStream,
-) {
+async fn browser_session(gateway: Arc<Gateway>, context: BrowserContext, session: Session, mut stream: Inbound) {
     match open_session(&gateway, &context, &mut stream).await {
         Ok(open) => relay_session(gateway, context, session, stream, open).await,
         Err(close) => {
@@ -320,11 +381,7 @@ async fn browser_session(
 
 /// Authenticates the browser with its ticket, checks the firewall and the limits, and opens the session on the
 /// workspace's agent; the close to answer with when any of it fails.
-async fn open_session(
-    gateway: &Gateway,
-    context: &BrowserContext,
-    stream: &mut AggregatedMessageStream,
-) -> Result<OpenSession, Close> {
+async fn open_session(gateway: &Gateway, context: &BrowserContext, stream: &mut Inbound) -> Result<OpenSession, Close> {
     let first = tokio::time::timeout(gateway.limits.auth_timeout, stream.recv()).await;
     let ticket = match first {
         Err(_) => Err(refuse(CloseCode::IdleTimeout, "no auth message in time")),
@@ -380,7 +437,7 @@ async fn relay_session(
     gateway: Arc<Gateway>,
     context: BrowserContext,
     mut session: Session,
-    mut stream: AggregatedMessageStream,
+    mut stream: Inbound,
     open: OpenSession,
 ) {
     let OpenSession { session_id, user, metadata, mut handle } = open;
