@@ -15,6 +15,8 @@
 
 pub mod agent;
 pub mod browser;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hub;
 pub mod mux;
 pub mod ws;
