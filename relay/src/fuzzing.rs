@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::agent::Hello;
 use crate::browser::{ClientMessage, CloseCode, FrameError, MAX_CONTROL_FRAME, MAX_DIMENSION};
-use crate::mux::{Frame, Window, INITIAL_WINDOW, MAX_DATA};
+use crate::mux::{Frame, MuxError, Window, INITIAL_WINDOW, MAX_DATA};
 
 /// The names of the fuzz targets, which are also the folders of `fuzz/corpus/` and `fuzz/regressions/`.
 pub const TARGETS: [&str; 3] = ["mux_frame", "browser_message", "agent_hello"];
@@ -28,10 +28,13 @@ pub fn check(target: &str, data: &[u8]) {
     }
 }
 
-/// `mux_frame`: [`Frame::decode`] never panics; a frame it accepts is canonical (encoding it gives back exactly the
-/// input, so `decode(encode(frame)) == frame`), its `Data` stays within [`MAX_DATA`], and it fits a fresh [`Window`].
+/// `mux_frame`: [`Frame::decode`] never panics and refuses exactly what the frame layout refuses (see
+/// [`layout_refusal`]); a frame it accepts is canonical (encoding it gives back exactly the input, so
+/// `decode(encode(frame)) == frame`), its `Data` stays within [`MAX_DATA`], and it fits a fresh [`Window`].
 pub fn mux_frame(data: &[u8]) {
-    let Ok(frame) = Frame::decode(data) else {
+    let decoded = Frame::decode(data);
+    assert_eq!(decoded.as_ref().err(), layout_refusal(data).as_ref(), "decode gave {decoded:?}");
+    let Ok(frame) = decoded else {
         return;
     };
     let encoded = frame.encode();
@@ -43,7 +46,11 @@ pub fn mux_frame(data: &[u8]) {
             assert_eq!(Frame::encode_data(*session, bytes), encoded, "encode_data disagrees with encode");
             // Any single accepted frame fits the window a session starts with.
             let mut window = Window::new(*session);
-            assert!(window.consume(bytes.len()).is_ok(), "a Data frame of {} bytes overruns a fresh window", bytes.len());
+            assert!(
+                window.consume(bytes.len()).is_ok(),
+                "a Data frame of {} bytes overruns a fresh window",
+                bytes.len()
+            );
         }
         Frame::Credit { session, bytes } => {
             let mut window = Window::new(*session);
@@ -93,6 +100,32 @@ pub fn agent_hello(data: &[u8]) {
     let json = serde_json::to_string(&hello).unwrap_or_else(|error| panic!("{hello:?} does not serialise: {error}"));
     let again = serde_json::from_str::<Hello>(&json);
     assert_eq!(again.as_ref().ok(), Some(&hello), "{json} does not parse back: {again:?}");
+}
+
+/// Why the frame layout (`[kind u8][session u32 BE][body]`, fixed-size bodies but `Data`'s) refuses `data`, if it
+/// does, worked out from the lengths alone rather than as [`Frame::decode`] does it.
+fn layout_refusal(data: &[u8]) -> Option<MuxError> {
+    let Some((&kind, rest)) = data.split_first() else {
+        return Some(MuxError::Truncated);
+    };
+    let body = rest.len().checked_sub(4);
+    // The body each known kind must have: exactly that many bytes, or (`Data`) at most MAX_DATA.
+    let (length, exact) = match kind {
+        0x01 => (7, true),
+        0x02 | 0x07 => (0, true),
+        0x03 => (MAX_DATA, false),
+        0x04..=0x06 => (4, true),
+        // A known kind comes first: a short frame of an unknown kind is refused as truncated.
+        _ if body.is_none() => return Some(MuxError::Truncated),
+        other => return Some(MuxError::UnknownKind(other)),
+    };
+    match body {
+        None => Some(MuxError::Truncated),
+        Some(body) if exact && body < length => Some(MuxError::Truncated),
+        Some(body) if body > length => Some(MuxError::BadLength(data.len())),
+        _ if kind == 0x01 && data[5] > 1 => Some(MuxError::UnknownSessionKind(data[5])),
+        _ => None,
+    }
 }
 
 fn utf8(data: &[u8]) -> Cow<'_, str> {
@@ -175,6 +208,22 @@ mod tests {
         ] {
             assert_eq!(documented_client_message(refused), None, "{refused}");
         }
+    }
+
+    #[test]
+    fn the_frame_layout_refuses_by_length() {
+        assert_eq!(layout_refusal(&[]), Some(MuxError::Truncated));
+        assert_eq!(layout_refusal(&[0x09, 0, 0]), Some(MuxError::Truncated));
+        assert_eq!(layout_refusal(&[0x09, 0, 0, 0, 1]), Some(MuxError::UnknownKind(9)));
+        assert_eq!(layout_refusal(&[0x01, 0, 0, 0, 1, 2, 0, 80, 0, 24, 0, 0]), Some(MuxError::UnknownSessionKind(2)));
+        assert_eq!(layout_refusal(&[0x01, 0, 0, 0, 1, 1, 0, 80, 0, 24, 0]), Some(MuxError::Truncated));
+        assert_eq!(layout_refusal(&[0x07, 0, 0, 0, 1, 0]), Some(MuxError::BadLength(6)));
+        assert_eq!(layout_refusal(&[0x03, 0, 0, 0, 1]), None);
+        let mut data = vec![0x03, 0, 0, 0, 1];
+        data.resize(5 + MAX_DATA, 0);
+        assert_eq!(layout_refusal(&data), None);
+        data.push(0);
+        assert_eq!(layout_refusal(&data), Some(MuxError::BadLength(6 + MAX_DATA)));
     }
 
     #[test]

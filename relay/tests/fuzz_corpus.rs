@@ -41,5 +41,10 @@ fn every_corpus_file_and_fixed_crash_passes_its_targets_check() {
             }
         }
     }
-    assert!(failures.is_empty(), "{} input(s) fail their fuzz target's check:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} input(s) fail their fuzz target's check:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
