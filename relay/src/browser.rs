@@ -121,6 +121,11 @@ impl ClientMessage {
         if text.len() > MAX_CONTROL_FRAME {
             return Err(FrameError::TooLarge(text.len()));
         }
+        // serde's internally tagged enums also take a JSON array whose first element is the tag (`["ping"]`,
+        // `["resize",80,24]`); the protocol's messages are objects (found by fuzzing, docs/FUZZING.md).
+        if !text.trim_start_matches([' ', '\t', '\n', '\r']).starts_with('{') {
+            return Err(FrameError::Malformed("a control message is a JSON object".into()));
+        }
         let message: ClientMessage =
             serde_json::from_str(text).map_err(|error| FrameError::Malformed(error.to_string()))?;
         if let ClientMessage::Resize { cols, rows } = message {
@@ -147,6 +152,7 @@ mod tests {
             Ok(ClientMessage::Resize { cols: 120, rows: 40 })
         );
         assert_eq!(ClientMessage::parse(r#"{"type":"ping"}"#), Ok(ClientMessage::Ping {}));
+        assert_eq!(ClientMessage::parse(" \t\r\n{\"type\":\"ping\"}\n"), Ok(ClientMessage::Ping {}));
     }
 
     #[test]
@@ -158,6 +164,10 @@ mod tests {
             (r#"{"type":"launch"}"#.to_string(), CloseCode::ProtocolError),
             (r#"{"type":"ping","extra":1}"#.to_string(), CloseCode::ProtocolError),
             ("not json".to_string(), CloseCode::ProtocolError),
+            // Arrays, which serde takes for internally tagged enums (found by fuzzing: fuzz/regressions/).
+            (r#"["ping"]"#.to_string(), CloseCode::ProtocolError),
+            (r#" ["auth","abc"]"#.to_string(), CloseCode::ProtocolError),
+            (r#"["resize",80,24]"#.to_string(), CloseCode::ProtocolError),
             (format!(r#"{{"type":"auth","ticket":"{}"}}"#, "a".repeat(MAX_CONTROL_FRAME)), CloseCode::TooLarge),
         ];
         for (text, code) in cases {

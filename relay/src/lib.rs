@@ -16,6 +16,8 @@
 
 pub mod agent;
 pub mod browser;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gateway;
 pub mod hub;
 pub mod mux;
