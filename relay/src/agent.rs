@@ -54,6 +54,18 @@ pub struct Hello {
     pub tags: BTreeMap<String, String>,
 }
 
+impl Hello {
+    /// The gateway's parse of an agent's first message: a JSON object whose `type` is `"hello"`, with the fields
+    /// above (serde alone ignores `type` when reading a struct, and reads an array as the struct's fields in order).
+    pub fn parse(text: &str) -> Option<Hello> {
+        let value: serde_json::Value = serde_json::from_str(text).ok()?;
+        if value.get("type").and_then(serde_json::Value::as_str) != Some("hello") {
+            return None;
+        }
+        serde_json::from_value(value).ok()
+    }
+}
+
 /// The gateway's answer to [`Hello`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename = "welcome")]
@@ -478,6 +490,23 @@ impl ShellIo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hello_is_an_object_of_type_hello() {
+        let hello = Hello::parse(r#"{"type":"hello","token":"t","workspace":"w","tags":{"EDITOR":"vim"}}"#).unwrap();
+        assert_eq!((hello.token.as_str(), hello.workspace.as_str()), ("t", "w"));
+        assert!(Hello::parse(r#"{"type":"hello","token":"t","workspace":"w"}"#).is_some(), "tags are optional");
+        for refused in [
+            r#"{"token":"t","workspace":"w"}"#,
+            r#"{"type":"welcome","token":"t","workspace":"w"}"#,
+            r#"{"type":7,"token":"t","workspace":"w"}"#,
+            r#"["t","w",{"TAG":"v"}]"#,
+            r#"{"type":"hello","token":"t"}"#,
+            "not json",
+        ] {
+            assert!(Hello::parse(refused).is_none(), "{refused}");
+        }
+    }
 
     #[test]
     fn hello_and_welcome_round_trip() {

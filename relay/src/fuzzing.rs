@@ -90,16 +90,18 @@ pub fn browser_message(data: &[u8]) {
     }
 }
 
-/// `agent_hello`: the gateway's parse of the agent's first message (`serde_json::from_str::<Hello>`) never panics,
-/// and a hello it accepts survives serialising and parsing again unchanged.
+/// `agent_hello`: the gateway's parse of the agent's first message ([`Hello::parse`]) never panics, accepts only a
+/// JSON object whose `type` is `"hello"`, and a hello it accepts survives serialising and parsing again unchanged.
 pub fn agent_hello(data: &[u8]) {
     let text = utf8(data);
-    let Ok(hello) = serde_json::from_str::<Hello>(&text) else {
+    let Some(hello) = Hello::parse(&text) else {
         return;
     };
+    let value: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|error| panic!("{text:?}: {error}"));
+    assert_eq!(value.get("type").and_then(serde_json::Value::as_str), Some("hello"), "accepted {text:?}");
     let json = serde_json::to_string(&hello).unwrap_or_else(|error| panic!("{hello:?} does not serialise: {error}"));
-    let again = serde_json::from_str::<Hello>(&json);
-    assert_eq!(again.as_ref().ok(), Some(&hello), "{json} does not parse back: {again:?}");
+    let again = Hello::parse(&json);
+    assert_eq!(again.as_ref(), Some(&hello), "{json} does not parse back: {again:?}");
 }
 
 /// Why the frame layout (`[kind u8][session u32 BE][body]`, fixed-size bodies but `Data`'s) refuses `data`, if it

@@ -203,7 +203,7 @@ pub(crate) async fn agent_connect(
 async fn agent_connection(gateway: Arc<Gateway>, mut session: Session, mut stream: Inbound) {
     let first = tokio::time::timeout(gateway.limits.auth_timeout, stream.recv()).await;
     let hello = match first {
-        Ok(Some(Ok(AggregatedMessage::Text(text)))) => serde_json::from_str::<Hello>(&text).ok(),
+        Ok(Some(Ok(AggregatedMessage::Text(text)))) => Hello::parse(&text),
         Ok(Some(Err(error))) => {
             tracing::info!(%error, "agent refused: broke the WebSocket protocol before its hello");
             let _ = session.close(ws_close(protocol_close(&error))).await;
