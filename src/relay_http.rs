@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use actix_web::http::StatusCode;
 use actix_web::{delete, get, post, put, web, HttpRequest, HttpResponse};
 use api::auth::Caller;
 use api::{Problem, ProblemCode};
@@ -288,7 +287,7 @@ pub struct MintedToken {
 }
 
 fn invalid_mint_field(field: &str, detail: impl Into<String>) -> Problem {
-    Problem::new(StatusCode::UNPROCESSABLE_ENTITY, ProblemCode::InvalidField, "Invalid field")
+    Problem::new(ProblemCode::InvalidField, "Invalid field")
         .field(field)
         .detail(detail)
 }
@@ -387,7 +386,7 @@ async fn revoke_agent_token(
     caller.require(&[Role::Admin])?;
     let id = path.into_inner();
     if id.len() != 64 || !id.bytes().all(|byte| byte.is_ascii_hexdigit()) {
-        return Err(Problem::new(StatusCode::NOT_FOUND, ProblemCode::NotFound, "Not found"));
+        return Err(Problem::new(ProblemCode::NotFound, "Not found"));
     }
     let metadata = EventMetadata::for_request(caller.email.as_str(), api::request_id(&request));
     match relay
@@ -401,7 +400,7 @@ async fn revoke_agent_token(
             tracing::info!(by = %caller.email, disconnected, "agent token revoked");
             Ok(HttpResponse::NoContent().finish())
         }
-        Err(CommandError::Rejected(_)) => Err(Problem::new(StatusCode::NOT_FOUND, ProblemCode::NotFound, "Not found")),
+        Err(CommandError::Rejected(_)) => Err(Problem::new(ProblemCode::NotFound, "Not found")),
         Err(CommandError::Store(error)) => Err(Problem::from(error)),
         Err(_) => Err(Problem::internal()),
     }
@@ -496,17 +495,17 @@ async fn issue_ticket(
     let workspace = path.into_inner();
     let kind = body.into_inner().kind;
     if kind != "terminal" {
-        return Err(Problem::new(StatusCode::BAD_REQUEST, ProblemCode::InvalidField, "Invalid field")
+        return Err(Problem::new(ProblemCode::InvalidField, "Invalid field")
             .field("kind")
             .detail("kind must be \"terminal\""));
     }
     let Some(agent) = relay.hub.get(&workspace) else {
-        return Err(Problem::new(StatusCode::NOT_FOUND, ProblemCode::NotFound, "Not found")
+        return Err(Problem::new(ProblemCode::NotFound, "Not found")
             .detail("The workspace has no connected agent."));
     };
     let owns = agent.owner().is_some_and(|owner| owner.eq_ignore_ascii_case(caller.email.as_str()));
     if caller.role != Role::Admin && !owns {
-        return Err(Problem::new(StatusCode::FORBIDDEN, ProblemCode::NotWorkspaceOwner, "Forbidden")
+        return Err(Problem::new(ProblemCode::NotWorkspaceOwner, "Forbidden")
             .detail("Only the workspace's owner or an admin may open it."));
     }
     let ticket = random_secret()?;
@@ -536,7 +535,7 @@ fn present(raw: Option<String>) -> Option<String> {
 fn parse_user(raw: Option<String>) -> Result<Option<String>, Problem> {
     present(raw)
         .map(|raw| {
-            Email::parse(&raw).map(String::from).map_err(|error| Problem::invalid_query("user", error.to_string()))
+            Email::parse(&raw).map(String::from).map_err(|error| Problem::invalid_field("user", error.to_string()))
         })
         .transpose()
 }
@@ -548,7 +547,7 @@ fn parse_time(field: &str, raw: Option<String>) -> Result<Option<String>, Proble
             chrono::DateTime::parse_from_rfc3339(&raw)
                 .map(|time| time.with_timezone(&Utc).to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
                 .map_err(|_| {
-                    Problem::invalid_query(field, format!("{field} is an RFC 3339 time, such as 2026-01-31T12:00:00Z"))
+                    Problem::invalid_field(field, format!("{field} is an RFC 3339 time, such as 2026-01-31T12:00:00Z"))
                 })
         })
         .transpose()
@@ -561,7 +560,7 @@ fn parse_limit(raw: Option<String>) -> Result<i64, Problem> {
             .parse::<i64>()
             .ok()
             .filter(|limit| (1..=500).contains(limit))
-            .ok_or_else(|| Problem::invalid_query("limit", "limit is between 1 and 500")),
+            .ok_or_else(|| Problem::invalid_field("limit", "limit is between 1 and 500")),
     }
 }
 
@@ -664,12 +663,12 @@ async fn list_sessions(
         None => None,
         Some("true") => Some(true),
         Some("false") => Some(false),
-        Some(_) => return Err(Problem::invalid_query("active", "active is true or false")),
+        Some(_) => return Err(Problem::invalid_field("active", "active is true or false")),
     };
     let kind = match present(query.kind) {
         None => None,
         Some(kind) if kind == "terminal" => Some(kind),
-        Some(_) => return Err(Problem::invalid_query("kind", "kind is \"terminal\"")),
+        Some(_) => return Err(Problem::invalid_field("kind", "kind is \"terminal\"")),
     };
     let filter = SessionFilter {
         active,
@@ -775,7 +774,7 @@ async fn list_activity(
         None => None,
         Some(kind) if ACTIVITY_KINDS.contains(&kind.as_str()) => Some(kind),
         Some(_) => {
-            return Err(Problem::invalid_query(
+            return Err(Problem::invalid_field(
                 "kind",
                 "kind is ticket_issued, ticket_redeemed, ticket_refused or connection_blocked",
             ))
@@ -891,7 +890,7 @@ async fn put_firewall(
     let command = FirewallCommand::Replace { rules, default_action, by: caller.email.clone() };
     relay.firewall.execute_retrying(FIREWALL_ID, command, &metadata, 5).await.map_err(|error| match error {
         CommandError::Rejected(rejection) => {
-            Problem::new(StatusCode::BAD_REQUEST, ProblemCode::InvalidField, "Invalid field")
+            Problem::new(ProblemCode::InvalidField, "Invalid field")
                 .field("rules")
                 .detail(rejection.to_string())
         }
@@ -972,7 +971,7 @@ where
 /// Requests to the WebSocket endpoints that do not ask for an upgrade: those that do never reach actix-web's
 /// router (the HTTP server hands them to `relay_ws::upgrade` with their connection).
 fn not_an_upgrade() -> Problem {
-    Problem::new(StatusCode::BAD_REQUEST, ProblemCode::InvalidRequest, "Not a WebSocket upgrade")
+    Problem::new(ProblemCode::InvalidRequest, "Not a WebSocket upgrade")
         .detail("This endpoint is a WebSocket: send GET with Connection: Upgrade, Upgrade: websocket, Sec-WebSocket-Version: 13 and a Sec-WebSocket-Key.")
 }
 
@@ -999,7 +998,7 @@ async fn agent_connect() -> Result<HttpResponse, Problem> {
 #[get("/api/v1/workspaces/{id}/terminal")]
 async fn terminal(request: HttpRequest, relay: web::Data<Relay>) -> Result<HttpResponse, Problem> {
     if !crate::relay_ws::origin_allowed(request.headers(), &relay.limits.allowed_origins) {
-        return Err(Problem::new(StatusCode::FORBIDDEN, ProblemCode::Forbidden, "Forbidden")
+        return Err(Problem::new(ProblemCode::Forbidden, "Forbidden")
             .detail("This origin may not open terminals."));
     }
     Err(not_an_upgrade())

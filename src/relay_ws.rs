@@ -15,6 +15,7 @@ use actix_codec::Framed;
 use actix_http::header::HeaderMap;
 use actix_http::{h1, Method, Request, Version};
 use actix_web::dev::{Path, ResourceDef, Url};
+use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::HttpMessage;
 use api::{Problem, ProblemCode};
@@ -65,7 +66,7 @@ pub async fn upgrade(relay: Arc<Relay>, metrics: UpgradeMetrics, request: Reques
     let (route, outcome) = handshake(&relay, &request);
     let status = match &outcome {
         Ok(_) => StatusCode::SWITCHING_PROTOCOLS,
-        Err(problem) => StatusCode::from_u16(problem.status).unwrap_or(StatusCode::BAD_REQUEST),
+        Err(problem) => problem.status(),
     };
     metrics.0.requests.with_label_values(&[request.method().as_str(), route, status.as_str()]).inc();
     metrics.0.duration.with_label_values(&[request.method().as_str(), route]).observe(started.elapsed().as_secs_f64());
@@ -125,7 +126,7 @@ fn handshake(relay: &Relay, request: &Request) -> (&'static str, Result<Endpoint
     } else if TERMINAL.capture_match_info(&mut matched) {
         (TERMINAL_PATH, matched.get("id").map(str::to_string))
     } else {
-        let problem = Problem::new(StatusCode::NOT_FOUND, ProblemCode::NotFound, "Not found").detail(
+        let problem = Problem::new(ProblemCode::NotFound, "Not found").detail(
             "No WebSocket endpoint here: the relay's are /api/v1/agent/connect and /api/v1/workspaces/{id}/terminal.",
         );
         return ("unmatched", Err(problem));
@@ -136,7 +137,7 @@ fn handshake(relay: &Relay, request: &Request) -> (&'static str, Result<Endpoint
             None => Ok(Endpoint::Agent),
             Some(workspace) => {
                 if !origin_allowed(request.headers(), &relay.limits.allowed_origins) {
-                    return Err(Problem::new(StatusCode::FORBIDDEN, ProblemCode::Forbidden, "Forbidden")
+                    return Err(Problem::new(ProblemCode::Forbidden, "Forbidden")
                         .detail("This origin may not open terminals."));
                 }
                 let forwarded =
@@ -154,11 +155,12 @@ fn handshake(relay: &Relay, request: &Request) -> (&'static str, Result<Endpoint
 /// The RFC 6455 §4.2.1 checks of the opening handshake (`Upgrade: websocket` is why the request is here).
 fn check_upgrade(request: &Request) -> Result<(), Problem> {
     let bad = |detail: &str| {
-        Problem::new(StatusCode::BAD_REQUEST, ProblemCode::InvalidRequest, "Not a WebSocket upgrade").detail(detail)
+        Problem::new(ProblemCode::InvalidRequest, "Not a WebSocket upgrade").detail(detail)
     };
     if request.method() != Method::GET {
-        return Err(Problem::new(StatusCode::METHOD_NOT_ALLOWED, ProblemCode::InvalidRequest, "Method not allowed")
-            .detail("A WebSocket is opened with GET."));
+        return Err(Problem::new(ProblemCode::MethodNotAllowed, "Method not allowed")
+            .detail("A WebSocket is opened with GET.")
+            .header(header::ALLOW, HeaderValue::from_static("GET")));
     }
     if request.version() != Version::HTTP_11 {
         return Err(bad("A WebSocket is opened over HTTP/1.1."));
@@ -173,8 +175,10 @@ fn check_upgrade(request: &Request) -> Result<(), Problem> {
         return Err(bad("The Connection header must include \"Upgrade\"."));
     }
     if header(request, "sec-websocket-version") != Some("13") {
-        return Err(Problem::new(StatusCode::UPGRADE_REQUIRED, ProblemCode::InvalidRequest, "Not a WebSocket upgrade")
-            .detail("Only WebSocket version 13 is spoken (Sec-WebSocket-Version: 13)."));
+        return Err(Problem::new(ProblemCode::UpgradeRequired, "Not a WebSocket upgrade")
+            .detail("Only WebSocket version 13 is spoken (Sec-WebSocket-Version: 13).")
+            .header(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"))
+            .header(header::UPGRADE, HeaderValue::from_static("websocket")));
     }
     if !header(request, "sec-websocket-key").is_some_and(ws::valid_key) {
         return Err(bad("Sec-WebSocket-Key must be the base64 of 16 bytes."));
@@ -201,7 +205,7 @@ pub(crate) fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
 
 /// A problem as a whole HTTP/1.1 response that closes the connection.
 fn problem_response(problem: &Problem) -> Vec<u8> {
-    let status = StatusCode::from_u16(problem.status).unwrap_or(StatusCode::BAD_REQUEST);
+    let status = problem.status();
     let body = serde_json::to_string(problem).unwrap_or_default();
     let mut head = format!(
         "HTTP/1.1 {} {}\r\nContent-Type: application/problem+json\r\nContent-Length: {}\r\nConnection: close\r\n",
@@ -209,11 +213,10 @@ fn problem_response(problem: &Problem) -> Vec<u8> {
         status.canonical_reason().unwrap_or(""),
         body.len()
     );
-    if status == StatusCode::UPGRADE_REQUIRED {
-        head.push_str("Sec-WebSocket-Version: 13\r\nUpgrade: websocket\r\n");
-    }
-    if status == StatusCode::METHOD_NOT_ALLOWED {
-        head.push_str("Allow: GET\r\n");
+    for (name, value) in problem.headers() {
+        if let Ok(value) = value.to_str() {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
     }
     head.push_str("\r\n");
     let mut response = head.into_bytes();

@@ -719,7 +719,7 @@ async fn read_models_with_filters_and_pages(db: TestDb) {
     assert_eq!(listed, opened, "three distinct sessions, newest first");
     assert_eq!(second["items"][0]["reason"], "client_closed", "the oldest is the closed one: {second}");
 
-    // Bad filters are 400 problems naming the field.
+    // Bad filters are 422 problems naming the field.
     for (query, field) in [
         ("active=maybe", "active"),
         ("user=not-an-email", "user"),
@@ -731,7 +731,7 @@ async fn read_models_with_filters_and_pages(db: TestDb) {
         ("limit=many", "limit"),
     ] {
         let (status, problem) = api.get(&format!("/api/v1/sessions?{query}"), Some(&root)).await;
-        assert_eq!((status, problem["field"].as_str()), (400, Some(field)), "{query}: {problem}");
+        assert_eq!((status, problem["field"].as_str()), (422, Some(field)), "{query}: {problem}");
     }
 
     // The activity log: issued, redeemed and refused tickets, with the refusal's reason and the ticket's user.
@@ -781,7 +781,7 @@ async fn read_models_with_filters_and_pages(db: TestDb) {
     assert_eq!(all.len(), 5 + 4 + 2, "five tickets issued, four redeemed, two refused: {everything}");
     for (query, field) in [("kind=opened", "kind"), ("user=x", "user"), ("from=soon", "from"), ("limit=501", "limit")] {
         let (status, problem) = activity(query, &root).await;
-        assert_eq!((status, problem["field"].as_str()), (400, Some(field)), "{query}: {problem}");
+        assert_eq!((status, problem["field"].as_str()), (422, Some(field)), "{query}: {problem}");
     }
     // Only admins and auditors read the activity log; only admins the sessions.
     assert_eq!(api.get("/api/v1/relay/activity", None).await.0, 401);
@@ -1437,17 +1437,17 @@ async fn websocket_handshakes_are_checked_and_answered_on_the_wire_on(db: TestDb
     // Not GET: 405 with Allow, on both endpoints.
     for path in [terminal, "/api/v1/agent/connect"] {
         let answer = exchange(request("POST", path, "HTTP/1.1", &[])).await;
-        answer.problem(405, "invalid_request", &format!("POST {path}"));
+        answer.problem(405, "method_not_allowed", &format!("POST {path}"));
         assert_eq!(answer.header("allow"), Some("GET"), "{:?}", answer.headers);
     }
     // Another version of the protocol: 426 naming the one spoken.
     for path in [terminal, "/api/v1/agent/connect"] {
         let answer = exchange(request("GET", path, "HTTP/1.1", &[("Sec-WebSocket-Version", Some("8"))])).await;
-        answer.problem(426, "invalid_request", &format!("version 8 on {path}"));
+        answer.problem(426, "upgrade_required", &format!("version 8 on {path}"));
         assert_eq!(answer.header("sec-websocket-version"), Some("13"), "{:?}", answer.headers);
     }
     let answer = exchange(request("GET", terminal, "HTTP/1.1", &[("Sec-WebSocket-Version", None)])).await;
-    answer.problem(426, "invalid_request", "no version");
+    answer.problem(426, "upgrade_required", "no version");
     assert_eq!(answer.header("sec-websocket-version"), Some("13"), "{:?}", answer.headers);
     // Malformed handshakes: 400.
     let bad: [(&str, &str, HeaderChanges<'_>); 8] = [
@@ -1603,7 +1603,7 @@ async fn keep_alive_connections_serve_rest_then_upgrade_on(db: TestDb) {
     );
     raw.send(format!("{}{refused}", rest("/healthz")).as_bytes()).await;
     assert_eq!(raw.response().await.status(), 200, "the pipelined REST answer first");
-    raw.response().await.problem(426, "invalid_request", "pipelined version 8");
+    raw.response().await.problem(426, "upgrade_required", "pipelined version 8");
     raw.closed("after the problem").await;
 }
 

@@ -3,7 +3,6 @@
 //! `AuditLogRead` event before the answer leaves, so an unrecorded read cannot happen: when recording fails, the
 //! caller gets 503 and no data.
 
-use actix_web::http::StatusCode;
 use actix_web::{get, web, HttpRequest, HttpResponse};
 use chrono::{DateTime, SecondsFormat, Utc};
 use cqrs_es::Aggregate;
@@ -142,13 +141,13 @@ pub struct StateView {
 
 pub(crate) fn parse_cursor(field: &str, raw: &str) -> Result<Cursor, Problem> {
     raw.parse::<Cursor>()
-        .map_err(|_| Problem::invalid_query(field, "a cursor is the `cursor` or `next` value the API returned"))
+        .map_err(|_| Problem::invalid_field(field, "a cursor is the `cursor` or `next` value the API returned"))
 }
 
 fn parse_time(field: &str, raw: &str) -> Result<DateTime<Utc>, Problem> {
     DateTime::parse_from_rfc3339(raw)
         .map(|time| time.with_timezone(&Utc))
-        .map_err(|_| Problem::invalid_query(field, "an RFC 3339 time, such as 2026-11-29T12:00:00Z"))
+        .map_err(|_| Problem::invalid_field(field, "an RFC 3339 time, such as 2026-11-29T12:00:00Z"))
 }
 
 fn aggregate_type(raw: &str) -> Result<&str, Problem> {
@@ -156,7 +155,7 @@ fn aggregate_type(raw: &str) -> Result<&str, Problem> {
     if valid {
         Ok(raw)
     } else {
-        Err(Problem::new(StatusCode::NOT_FOUND, ProblemCode::NotFound, "Not found").detail("No such aggregate type."))
+        Err(Problem::new(ProblemCode::NotFound, "Not found").detail("No such aggregate type."))
     }
 }
 
@@ -164,7 +163,7 @@ fn aggregate_id(raw: &str) -> Result<&str, Problem> {
     if !raw.is_empty() && raw.len() <= 256 && !raw.chars().any(char::is_control) {
         Ok(raw)
     } else {
-        Err(Problem::new(StatusCode::NOT_FOUND, ProblemCode::NotFound, "Not found").detail("No such aggregate."))
+        Err(Problem::new(ProblemCode::NotFound, "Not found").detail("No such aggregate."))
     }
 }
 
@@ -205,12 +204,12 @@ pub async fn aggregate_events(
     let (kind, id) = (aggregate_type(&kind)?, aggregate_id(&id)?);
     let limit = query.limit.unwrap_or(100);
     if !(1..=1_000).contains(&limit) {
-        return Err(Problem::invalid_query("limit", "limit is between 1 and 1000"));
+        return Err(Problem::invalid_field("limit", "limit is between 1 and 1000"));
     }
     let after = query.after.unwrap_or(0);
     let mut events = state.store.aggregate_events(kind, id, after, limit + 1).await.map_err(Problem::from)?;
     if events.is_empty() && after == 0 {
-        return Err(Problem::new(StatusCode::NOT_FOUND, ProblemCode::NotFound, "Not found")
+        return Err(Problem::new(ProblemCode::NotFound, "Not found")
             .detail(format!("No events for {kind} {id}.")));
     }
     let next = if events.len() > limit {
@@ -237,7 +236,7 @@ pub async fn feed(
     caller.require(&[Role::Auditor, Role::Admin])?;
     let limit = query.limit.unwrap_or(100);
     if !(1..=1_000).contains(&limit) {
-        return Err(Problem::invalid_query("limit", "limit is between 1 and 1000"));
+        return Err(Problem::invalid_field("limit", "limit is between 1 and 1000"));
     }
     let mut cursor = match query.after.as_deref().filter(|after| !after.is_empty()) {
         Some(raw) => parse_cursor("after", raw)?,
@@ -311,7 +310,7 @@ pub async fn aggregate_state(
     let at = query.at.as_deref().map(|raw| parse_cursor("at", raw)).transpose()?;
     let at_time = query.at_time.as_deref().map(|raw| parse_time("at_time", raw)).transpose()?;
     if at.is_some() && at_time.is_some() {
-        return Err(Problem::invalid_query("at", "give at or at_time, not both"));
+        return Err(Problem::invalid_field("at", "give at or at_time, not both"));
     }
     let mut events = Vec::new();
     let mut sequence = 0;
@@ -325,7 +324,7 @@ pub async fn aggregate_state(
         }
     }
     if events.is_empty() {
-        return Err(Problem::new(StatusCode::NOT_FOUND, ProblemCode::NotFound, "Not found")
+        return Err(Problem::new(ProblemCode::NotFound, "Not found")
             .detail(format!("No events for {kind} {id}.")));
     }
     // An aggregate's events are in its own order; the ones at or before the point form a prefix of it.
@@ -342,7 +341,7 @@ pub async fn aggregate_state(
         TrustRules::TYPE => replay::<TrustRules>(events)?,
         domain::audit_access::AuditAccess::TYPE => replay::<domain::audit_access::AuditAccess>(events)?,
         _ => {
-            return Err(Problem::new(StatusCode::NOT_FOUND, ProblemCode::NotFound, "Not found")
+            return Err(Problem::new(ProblemCode::NotFound, "Not found")
                 .detail(format!("{kind} has no replayable state.")))
         }
     };
@@ -419,7 +418,7 @@ pub async fn export(
     let since =
         query.since.as_deref().filter(|since| !since.is_empty()).map(|raw| parse_cursor("since", raw)).transpose()?;
     let start = projections::audit_chain::export_start(&state.store, since).await.map_err(|error| match error {
-        projections::audit_chain::ExportError::UnknownCursor => Problem::invalid_query(
+        projections::audit_chain::ExportError::UnknownCursor => Problem::invalid_field(
             "since",
             "the cursor names no chained event (chaining follows the log within milliseconds)",
         ),
@@ -478,7 +477,7 @@ pub async fn latest_checkpoint(
     caller.require(&[Role::Auditor, Role::Admin])?;
     let latest = projections::audit_chain::latest_checkpoint(state.store.read_models()).await.map_err(Problem::from)?;
     let latest = latest.ok_or_else(|| {
-        Problem::new(StatusCode::NOT_FOUND, ProblemCode::NotFound, "Not found").detail("No checkpoint signed yet.")
+        Problem::new(ProblemCode::NotFound, "Not found").detail("No checkpoint signed yet.")
     })?;
     record_read(&state, &caller, &request, 0).await?;
     Ok(HttpResponse::Ok().json(checkpoint_json(&latest)?))
@@ -499,7 +498,7 @@ pub async fn list_checkpoints(
     caller.require(&[Role::Auditor, Role::Admin])?;
     let limit = query.limit.unwrap_or(100);
     if !(1..=1_000).contains(&limit) {
-        return Err(Problem::invalid_query("limit", "limit is between 1 and 1000"));
+        return Err(Problem::invalid_field("limit", "limit is between 1 and 1000"));
     }
     let rows = projections::audit_chain::checkpoints(state.store.read_models(), query.after.unwrap_or(0), limit + 1)
         .await

@@ -448,7 +448,7 @@ impl ResponseError for Unauthenticated {
             None => "Bearer realm=\"gatehouse\"".to_string(),
         };
         let mut response =
-            Problem::new(StatusCode::UNAUTHORIZED, ProblemCode::Unauthenticated, "Authentication required")
+            Problem::new(ProblemCode::Unauthenticated, "Authentication required")
                 .detail(detail)
                 .error_response();
         if let Ok(value) = HeaderValue::from_str(&challenge) {
@@ -474,7 +474,7 @@ impl Caller {
         if roles.contains(&self.role) {
             Ok(())
         } else {
-            Err(Problem::new(StatusCode::FORBIDDEN, ProblemCode::Forbidden, "Forbidden").detail(format!(
+            Err(Problem::new(ProblemCode::Forbidden, "Forbidden").detail(format!(
                 "This needs the role {}.",
                 roles.iter().map(|role| role.as_str()).collect::<Vec<_>>().join(" or ")
             )))
@@ -524,7 +524,7 @@ impl FromRequest for Caller {
             // (by another process, say). The roster itself decides before anyone is turned away.
             let (roster, _) = state.roster.load(ROSTER_ID).await.map_err(Problem::from)?;
             let Some(member) = roster.member(&email) else {
-                return Err(Problem::new(StatusCode::FORBIDDEN, ProblemCode::NotAMember, "Not a member")
+                return Err(Problem::new(ProblemCode::NotAMember, "Not a member")
                     .detail("Ask an admin to invite you.")
                     .into());
             };

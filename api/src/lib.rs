@@ -16,7 +16,6 @@ pub mod publishing;
 
 use std::sync::Arc;
 
-use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest};
 use domain::publishing::Publishing;
 use domain::roster::Roster;
@@ -89,7 +88,7 @@ pub(crate) fn if_match(request: &HttpRequest) -> Result<Option<u64>, Problem> {
         .and_then(|version| version.parse::<u64>().ok())
         .map(Some)
         .ok_or_else(|| {
-            Problem::new(StatusCode::BAD_REQUEST, ProblemCode::InvalidField, "Invalid header")
+            Problem::new(ProblemCode::InvalidField, "Invalid header")
                 .field("If-Match")
                 .detail("If-Match takes the ETag of a GET, such as \"12\"")
         })
@@ -104,7 +103,7 @@ pub fn encode_page_key(at: &str, id: &str) -> String {
 /// Reads a cursor made by [`encode_page_key`] (the `after` query parameter); anything else is a 400.
 pub fn decode_page_key(raw: &str) -> Result<projections::TimeKey, Problem> {
     use jwt_simple::reexports::ct_codecs::{Base64UrlSafeNoPadding, Decoder};
-    let bad = || Problem::invalid_query("after", "after takes the next value of the previous page");
+    let bad = || Problem::invalid_field("after", "after takes the next value of the previous page");
     let bytes = Base64UrlSafeNoPadding::decode_to_vec(raw.as_bytes(), None).map_err(|_| bad())?;
     let text = String::from_utf8(bytes).map_err(|_| bad())?;
     let (at, id) = text.split_once('|').ok_or_else(bad)?;

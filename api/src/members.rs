@@ -90,7 +90,7 @@ pub struct Me {
 
 fn parse_email(raw: &str, field: &str) -> Result<Email, Problem> {
     Email::parse(raw).map_err(|error| {
-        Problem::new(StatusCode::UNPROCESSABLE_ENTITY, ProblemCode::InvalidField, "Invalid field")
+        Problem::new(ProblemCode::InvalidField, "Invalid field")
             .field(field)
             .detail(error.to_string())
     })
@@ -98,7 +98,7 @@ fn parse_email(raw: &str, field: &str) -> Result<Email, Problem> {
 
 fn parse_role(raw: &str) -> Result<Role, Problem> {
     Role::parse(raw).ok_or_else(|| {
-        Problem::new(StatusCode::UNPROCESSABLE_ENTITY, ProblemCode::InvalidField, "Invalid field")
+        Problem::new(ProblemCode::InvalidField, "Invalid field")
             .field("role")
             .detail("role is one of admin, member, auditor")
     })
@@ -115,21 +115,21 @@ async fn run(state: &AppState, caller: &Caller, request: &HttpRequest, command: 
 fn command_problem(error: CommandError<RosterError>) -> Problem {
     match error {
         CommandError::Rejected(rejection) => {
-            let (status, code) = match &rejection {
-                RosterError::AlreadyMember(_) => (StatusCode::CONFLICT, ProblemCode::AlreadyMember),
-                RosterError::UnknownMember(_) => (StatusCode::NOT_FOUND, ProblemCode::NotFound),
-                RosterError::RoleUnchanged { .. } => (StatusCode::CONFLICT, ProblemCode::RoleUnchanged),
-                RosterError::LastAdmin(_) => (StatusCode::CONFLICT, ProblemCode::LastAdmin),
-                RosterError::StaleMember { .. } => (StatusCode::PRECONDITION_FAILED, ProblemCode::StaleVersion),
+            let code = match &rejection {
+                RosterError::AlreadyMember(_) => ProblemCode::AlreadyMember,
+                RosterError::UnknownMember(_) => ProblemCode::NotFound,
+                RosterError::RoleUnchanged { .. } => ProblemCode::RoleUnchanged,
+                RosterError::LastAdmin(_) => ProblemCode::LastAdmin,
+                RosterError::StaleMember { .. } => ProblemCode::StaleVersion,
             };
-            Problem::new(status, code, "Refused").detail(rejection.to_string())
+            Problem::new(code, "Refused").detail(rejection.to_string())
         }
         CommandError::Conflict => {
-            Problem::new(StatusCode::CONFLICT, ProblemCode::ConcurrentModification, "Concurrent change")
+            Problem::new(ProblemCode::ConcurrentModification, "Concurrent change")
                 .detail("The roster changed while this request was decided; retry it.")
         }
         CommandError::VersionMismatch { .. } => {
-            Problem::new(StatusCode::PRECONDITION_FAILED, ProblemCode::StaleVersion, "Stale version")
+            Problem::new(ProblemCode::StaleVersion, "Stale version")
         }
         CommandError::Store(error) => Problem::from(error),
     }
@@ -165,7 +165,7 @@ pub async fn list_members(
     caller.require(&[Role::Admin, Role::Auditor])?;
     let limit = query.limit.unwrap_or(100);
     if !(1..=500).contains(&limit) {
-        return Err(Problem::invalid_query("limit", "limit is between 1 and 500"));
+        return Err(Problem::invalid_field("limit", "limit is between 1 and 500"));
     }
     let mut rows = state.members.list(query.after.as_deref(), limit + 1).await.map_err(store::StoreError::from)?;
     let next = if rows.len() as i64 > limit {
@@ -193,7 +193,7 @@ pub async fn get_member(
     }
     let row = state.members.get(email.as_str()).await.map_err(store::StoreError::from)?;
     let row = row.ok_or_else(|| {
-        Problem::new(StatusCode::NOT_FOUND, ProblemCode::NotFound, "Not found")
+        Problem::new(ProblemCode::NotFound, "Not found")
             .detail(format!("{email} is not a member"))
     })?;
     Ok(HttpResponse::Ok().insert_header(("ETag", format!("\"{}\"", row.version))).json(MemberView::from(row)))

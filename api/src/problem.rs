@@ -1,17 +1,29 @@
 //! RFC 9457 problem documents: every error response has this shape and a stable `code`.
 
-use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, ResponseError};
 use serde::Serialize;
 use store::StoreError;
 
 /// Stable machine-readable error codes. **API Boundary:** clients match on these.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+///
+/// Each code has exactly one HTTP status, [`ProblemCode::status`]: the table there is the only place statuses of
+/// problems are decided (docs/API.md's Errors table lists the same, and a test keeps the two in step).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ProblemCode {
-    /// The request body, path or query is malformed.
+    /// The request body, path or query is malformed: not JSON, not of the expected shape (a JSON array where an
+    /// object belongs, a wrong type, an unknown or missing field), or a query string that does not parse.
     InvalidRequest,
+    /// The body is larger than the route accepts.
+    PayloadTooLarge,
+    /// The body is not JSON (`Content-Type` other than `application/json` or `*/*+json`).
+    UnsupportedMediaType,
+    /// The path exists but not with this method; `Allow` lists the methods it has.
+    MethodNotAllowed,
+    /// The WebSocket endpoints speak version 13 only (`Sec-WebSocket-Version: 13` is sent back).
+    UpgradeRequired,
     /// No such resource or route.
     NotFound,
     /// The event store cannot be reached; retry after `Retry-After` seconds.
@@ -24,7 +36,7 @@ pub enum ProblemCode {
     Forbidden,
     /// Authenticated, but not on the roster.
     NotAMember,
-    /// A field has an invalid value; `field` names it.
+    /// A field has an invalid value (in the body, the query, the path or a header); `field` names it.
     InvalidField,
     /// The address is already a member.
     AlreadyMember,
@@ -56,42 +68,140 @@ pub enum ProblemCode {
     DuplicateTrustRule,
 }
 
-/// An RFC 9457 problem document.
+impl ProblemCode {
+    /// Every code, in the order docs/API.md lists them.
+    pub const ALL: [ProblemCode; 26] = [
+        ProblemCode::InvalidRequest,
+        ProblemCode::PayloadTooLarge,
+        ProblemCode::UnsupportedMediaType,
+        ProblemCode::MethodNotAllowed,
+        ProblemCode::UpgradeRequired,
+        ProblemCode::InvalidField,
+        ProblemCode::Unauthenticated,
+        ProblemCode::NotAMember,
+        ProblemCode::Forbidden,
+        ProblemCode::NotFound,
+        ProblemCode::AlreadyMember,
+        ProblemCode::RoleUnchanged,
+        ProblemCode::LastAdmin,
+        ProblemCode::ConcurrentModification,
+        ProblemCode::StaleVersion,
+        ProblemCode::IdempotencyKeyReused,
+        ProblemCode::RequestInProgress,
+        ProblemCode::RequestNotPending,
+        ProblemCode::RequestInFlight,
+        ProblemCode::SubdomainTaken,
+        ProblemCode::NotWorkspaceOwner,
+        ProblemCode::SelfApproval,
+        ProblemCode::AlreadyReviewed,
+        ProblemCode::DuplicateTrustRule,
+        ProblemCode::StoreUnavailable,
+        ProblemCode::Internal,
+    ];
+
+    /// The one HTTP status every problem with this code has.
+    pub const fn status(self) -> StatusCode {
+        match self {
+            ProblemCode::InvalidRequest => StatusCode::BAD_REQUEST,
+            ProblemCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ProblemCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ProblemCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ProblemCode::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
+            ProblemCode::InvalidField | ProblemCode::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            ProblemCode::Unauthenticated => StatusCode::UNAUTHORIZED,
+            ProblemCode::NotAMember
+            | ProblemCode::Forbidden
+            | ProblemCode::NotWorkspaceOwner
+            | ProblemCode::SelfApproval => StatusCode::FORBIDDEN,
+            ProblemCode::NotFound => StatusCode::NOT_FOUND,
+            ProblemCode::AlreadyMember
+            | ProblemCode::RoleUnchanged
+            | ProblemCode::LastAdmin
+            | ProblemCode::ConcurrentModification
+            | ProblemCode::RequestInProgress
+            | ProblemCode::RequestNotPending
+            | ProblemCode::RequestInFlight
+            | ProblemCode::SubdomainTaken
+            | ProblemCode::AlreadyReviewed
+            | ProblemCode::DuplicateTrustRule => StatusCode::CONFLICT,
+            ProblemCode::StaleVersion => StatusCode::PRECONDITION_FAILED,
+            ProblemCode::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ProblemCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The code as it appears in a problem document (`code`, and the end of `type`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ProblemCode::InvalidRequest => "invalid_request",
+            ProblemCode::PayloadTooLarge => "payload_too_large",
+            ProblemCode::UnsupportedMediaType => "unsupported_media_type",
+            ProblemCode::MethodNotAllowed => "method_not_allowed",
+            ProblemCode::UpgradeRequired => "upgrade_required",
+            ProblemCode::NotFound => "not_found",
+            ProblemCode::StoreUnavailable => "store_unavailable",
+            ProblemCode::Internal => "internal",
+            ProblemCode::Unauthenticated => "unauthenticated",
+            ProblemCode::Forbidden => "forbidden",
+            ProblemCode::NotAMember => "not_a_member",
+            ProblemCode::InvalidField => "invalid_field",
+            ProblemCode::AlreadyMember => "already_member",
+            ProblemCode::RoleUnchanged => "role_unchanged",
+            ProblemCode::LastAdmin => "last_admin",
+            ProblemCode::ConcurrentModification => "concurrent_modification",
+            ProblemCode::StaleVersion => "stale_version",
+            ProblemCode::IdempotencyKeyReused => "idempotency_key_reused",
+            ProblemCode::RequestInProgress => "request_in_progress",
+            ProblemCode::RequestNotPending => "request_not_pending",
+            ProblemCode::RequestInFlight => "request_in_flight",
+            ProblemCode::SubdomainTaken => "subdomain_taken",
+            ProblemCode::NotWorkspaceOwner => "not_workspace_owner",
+            ProblemCode::SelfApproval => "self_approval",
+            ProblemCode::AlreadyReviewed => "already_reviewed",
+            ProblemCode::DuplicateTrustRule => "duplicate_trust_rule",
+        }
+    }
+}
+
+/// An RFC 9457 problem document. Its status is its code's ([`ProblemCode::status`]); nothing else sets it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Problem {
     /// A URI naming the problem type (`urn:gatehouse:problem:<code>`).
     #[serde(rename = "type")]
-    pub kind: String,
+    kind: String,
     /// A short summary of the problem type.
-    pub title: String,
-    /// The HTTP status.
-    pub status: u16,
+    title: String,
+    /// The HTTP status (always the code's).
+    status: u16,
     /// What happened in this occurrence, safe to show to the caller.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub detail: Option<String>,
+    detail: Option<String>,
     /// The stable code.
-    pub code: ProblemCode,
-    /// For validation problems: the offending field.
+    code: ProblemCode,
+    /// For validation problems: the offending field (a body field as `diff.patch` or `rules[0].cidr`, a query or
+    /// path parameter by its name, a header by its name).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub field: Option<String>,
+    field: Option<String>,
     /// Seconds to wait before retrying (also sent as `Retry-After`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub retry_after: Option<u32>,
+    retry_after: Option<u32>,
+    /// Headers the answer carries besides `Content-Type` and `Retry-After` (`Allow`, `Sec-WebSocket-Version`).
+    #[serde(skip)]
+    headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl Problem {
-    /// A problem with `status`, `code` and a title.
-    pub fn new(status: StatusCode, code: ProblemCode, title: &str) -> Self {
-        let code_name =
-            serde_json::to_value(code).ok().and_then(|value| value.as_str().map(str::to_string)).unwrap_or_default();
+    /// A problem with `code` (and so its status) and a title.
+    pub fn new(code: ProblemCode, title: &str) -> Self {
         Self {
-            kind: format!("urn:gatehouse:problem:{code_name}"),
+            kind: format!("urn:gatehouse:problem:{}", code.as_str()),
             title: title.to_string(),
-            status: status.as_u16(),
+            status: code.status().as_u16(),
             detail: None,
             code,
             field: None,
             retry_after: None,
+            headers: Vec::new(),
         }
     }
 
@@ -113,21 +223,63 @@ impl Problem {
         self
     }
 
-    /// A query parameter is invalid: 400 `invalid_field` naming it.
-    pub fn invalid_query(field: &str, detail: impl Into<String>) -> Self {
-        Problem::new(StatusCode::BAD_REQUEST, ProblemCode::InvalidField, "Invalid query").field(field).detail(detail)
+    /// Adds a header to the answer (such as `Allow` for `method_not_allowed`).
+    pub fn header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.push((name, value));
+        self
+    }
+
+    /// The code.
+    pub fn code(&self) -> ProblemCode {
+        self.code
+    }
+
+    /// The status: always the code's.
+    pub fn status(&self) -> StatusCode {
+        self.code.status()
+    }
+
+    /// The offending field, for validation problems.
+    pub fn field_name(&self) -> Option<&str> {
+        self.field.as_deref()
+    }
+
+    /// The headers the answer carries: `Retry-After` when set, then those added with [`Problem::header`]
+    /// (`Content-Type` is not among them).
+    pub fn headers(&self) -> Vec<(HeaderName, HeaderValue)> {
+        let mut headers = Vec::with_capacity(self.headers.len() + 1);
+        if let Some(seconds) = self.retry_after {
+            headers.push((header::RETRY_AFTER, HeaderValue::from(seconds)));
+        }
+        headers.extend(self.headers.iter().cloned());
+        headers
+    }
+
+    /// A field of the body, the query, the path or a header has an invalid value: 422 `invalid_field` naming it.
+    pub fn invalid_field(field: impl Into<String>, detail: impl Into<String>) -> Self {
+        Problem::new(ProblemCode::InvalidField, "Invalid field").field(field).detail(detail)
+    }
+
+    /// The request is malformed: 400 `invalid_request`.
+    pub fn invalid_request(title: &str, detail: impl Into<String>) -> Self {
+        Problem::new(ProblemCode::InvalidRequest, title).detail(detail)
+    }
+
+    /// Nothing here: 404 `not_found`.
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Problem::new(ProblemCode::NotFound, "Not found").detail(detail)
     }
 
     /// The store is unavailable: 503 with `Retry-After`.
     pub fn store_unavailable() -> Self {
-        Problem::new(StatusCode::SERVICE_UNAVAILABLE, ProblemCode::StoreUnavailable, "The event store is unavailable")
+        Problem::new(ProblemCode::StoreUnavailable, "The event store is unavailable")
             .detail("Nothing was changed. Retry the request.")
             .retry_after(2)
     }
 
     /// An internal error; the cause goes to the log, never to the caller.
     pub fn internal() -> Self {
-        Problem::new(StatusCode::INTERNAL_SERVER_ERROR, ProblemCode::Internal, "Internal error")
+        Problem::new(ProblemCode::Internal, "Internal error")
     }
 }
 
@@ -139,14 +291,14 @@ impl std::fmt::Display for Problem {
 
 impl ResponseError for Problem {
     fn status_code(&self) -> StatusCode {
-        StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+        self.status()
     }
 
     fn error_response(&self) -> HttpResponse {
-        let mut response = HttpResponse::build(self.status_code());
+        let mut response = HttpResponse::build(self.status());
         response.insert_header((header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json")));
-        if let Some(seconds) = self.retry_after {
-            response.insert_header((header::RETRY_AFTER, seconds.to_string()));
+        for (name, value) in self.headers() {
+            response.append_header((name, value));
         }
         response.body(serde_json::to_string(self).unwrap_or_default())
     }
@@ -165,29 +317,26 @@ impl From<StoreError> for Problem {
 }
 
 pub(crate) async fn not_found(request: HttpRequest) -> Result<HttpResponse, Problem> {
-    Err(Problem::new(StatusCode::NOT_FOUND, ProblemCode::NotFound, "Not found").detail(format!(
-        "No route for {} {}",
-        request.method(),
-        request.path()
-    )))
+    Err(Problem::not_found(format!("No route for {} {}", request.method(), request.path())))
 }
 
 pub(crate) fn json_error(error: actix_web::error::JsonPayloadError, _: &HttpRequest) -> actix_web::Error {
-    let status = match &error {
-        actix_web::error::JsonPayloadError::OverflowKnownLength { .. }
-        | actix_web::error::JsonPayloadError::Overflow { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-        actix_web::error::JsonPayloadError::ContentType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        _ => StatusCode::BAD_REQUEST,
-    };
-    Problem::new(status, ProblemCode::InvalidRequest, "Invalid request body").detail(error.to_string()).into()
+    use actix_web::error::JsonPayloadError;
+    match &error {
+        JsonPayloadError::OverflowKnownLength { .. } | JsonPayloadError::Overflow { .. } => {
+            Problem::new(ProblemCode::PayloadTooLarge, "Body too large").detail(error.to_string())
+        }
+        JsonPayloadError::ContentType => Problem::new(ProblemCode::UnsupportedMediaType, "Not JSON")
+            .detail("The body must be JSON: send Content-Type: application/json."),
+        _ => Problem::invalid_request("Invalid request body", error.to_string()),
+    }
+    .into()
 }
 
 pub(crate) fn path_error(error: actix_web::error::PathError, _: &HttpRequest) -> actix_web::Error {
-    Problem::new(StatusCode::BAD_REQUEST, ProblemCode::InvalidRequest, "Invalid path").detail(error.to_string()).into()
+    Problem::invalid_request("Invalid path", error.to_string()).into()
 }
 
 pub(crate) fn query_error(error: actix_web::error::QueryPayloadError, _: &HttpRequest) -> actix_web::Error {
-    Problem::new(StatusCode::BAD_REQUEST, ProblemCode::InvalidRequest, "Invalid query string")
-        .detail(error.to_string())
-        .into()
+    Problem::invalid_request("Invalid query string", error.to_string()).into()
 }

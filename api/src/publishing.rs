@@ -354,13 +354,13 @@ pub struct EvaluateView {
 // Helpers
 
 fn invalid(error: InvalidValue) -> Problem {
-    Problem::new(StatusCode::UNPROCESSABLE_ENTITY, ProblemCode::InvalidField, "Invalid field")
+    Problem::new(ProblemCode::InvalidField, "Invalid field")
         .field(error.field)
         .detail(error.reason)
 }
 
 fn not_found(what: &str) -> Problem {
-    Problem::new(StatusCode::NOT_FOUND, ProblemCode::NotFound, "Not found").detail(format!("No {what}."))
+    Problem::new(ProblemCode::NotFound, "Not found").detail(format!("No {what}."))
 }
 
 fn optional_text(field: &'static str, raw: Option<&str>, max: usize) -> Result<Option<String>, Problem> {
@@ -376,7 +376,7 @@ fn limit(raw: Option<i64>) -> Result<i64, Problem> {
     if (1..=500).contains(&limit) {
         Ok(limit)
     } else {
-        Err(Problem::invalid_query("limit", "limit is between 1 and 500"))
+        Err(Problem::invalid_field("limit", "limit is between 1 and 500"))
     }
 }
 
@@ -388,7 +388,7 @@ fn encode_key(row: &PublishRequestRow) -> String {
 fn decode_key(raw: &str) -> Result<TimeKey, Problem> {
     let key = crate::decode_page_key(raw)?;
     RequestId::parse(&key.id)
-        .map_err(|_| Problem::invalid_query("after", "after takes the next value of the previous page"))?;
+        .map_err(|_| Problem::invalid_field("after", "after takes the next value of the previous page"))?;
     Ok(key)
 }
 
@@ -410,34 +410,34 @@ fn metadata(caller: &Caller, request: &HttpRequest) -> EventMetadata {
 fn publishing_problem(error: CommandError<PublishingError>) -> Problem {
     match error {
         CommandError::Rejected(rejection) => {
-            let (status, code) = match &rejection {
-                PublishingError::UnknownRequest(_) => (StatusCode::NOT_FOUND, ProblemCode::NotFound),
-                PublishingError::DuplicateRequest(_) => (StatusCode::CONFLICT, ProblemCode::ConcurrentModification),
-                PublishingError::NotPending { .. } => (StatusCode::CONFLICT, ProblemCode::RequestNotPending),
-                PublishingError::RequestInFlight { .. } => (StatusCode::CONFLICT, ProblemCode::RequestInFlight),
-                PublishingError::SubdomainTaken(_) => (StatusCode::CONFLICT, ProblemCode::SubdomainTaken),
-                PublishingError::NotWorkspaceOwner(_) => (StatusCode::FORBIDDEN, ProblemCode::NotWorkspaceOwner),
-                PublishingError::NotBuilder(_) => (StatusCode::FORBIDDEN, ProblemCode::Forbidden),
-                PublishingError::SelfApproval => (StatusCode::FORBIDDEN, ProblemCode::SelfApproval),
-                PublishingError::AlreadyApproved(_) => (StatusCode::CONFLICT, ProblemCode::AlreadyReviewed),
+            let code = match &rejection {
+                PublishingError::UnknownRequest(_) => ProblemCode::NotFound,
+                PublishingError::DuplicateRequest(_) => ProblemCode::ConcurrentModification,
+                PublishingError::NotPending { .. } => ProblemCode::RequestNotPending,
+                PublishingError::RequestInFlight { .. } => ProblemCode::RequestInFlight,
+                PublishingError::SubdomainTaken(_) => ProblemCode::SubdomainTaken,
+                PublishingError::NotWorkspaceOwner(_) => ProblemCode::NotWorkspaceOwner,
+                PublishingError::NotBuilder(_) => ProblemCode::Forbidden,
+                PublishingError::SelfApproval => ProblemCode::SelfApproval,
+                PublishingError::AlreadyApproved(_) => ProblemCode::AlreadyReviewed,
                 PublishingError::ReasonRequired => {
-                    return Problem::new(StatusCode::UNPROCESSABLE_ENTITY, ProblemCode::InvalidField, "Invalid field")
+                    return Problem::new(ProblemCode::InvalidField, "Invalid field")
                         .field("reason")
                         .detail("The review policy requires a reason.");
                 }
-                PublishingError::StaleRequest { .. } => (StatusCode::PRECONDITION_FAILED, ProblemCode::StaleVersion),
+                PublishingError::StaleRequest { .. } => ProblemCode::StaleVersion,
                 PublishingError::NotDue(_) | PublishingError::InvalidPolicy => {
                     return Problem::internal();
                 }
             };
-            Problem::new(status, code, "Refused").detail(rejection.to_string())
+            Problem::new(code, "Refused").detail(rejection.to_string())
         }
         CommandError::Conflict => {
-            Problem::new(StatusCode::CONFLICT, ProblemCode::ConcurrentModification, "Concurrent change")
+            Problem::new(ProblemCode::ConcurrentModification, "Concurrent change")
                 .detail("Publishing changed while this request was decided; retry it.")
         }
         CommandError::VersionMismatch { .. } => {
-            Problem::new(StatusCode::PRECONDITION_FAILED, ProblemCode::StaleVersion, "Stale version")
+            Problem::new(ProblemCode::StaleVersion, "Stale version")
         }
         CommandError::Store(error) => Problem::from(error),
     }
@@ -446,19 +446,19 @@ fn publishing_problem(error: CommandError<PublishingError>) -> Problem {
 fn trust_problem(error: CommandError<TrustError>) -> Problem {
     match error {
         CommandError::Rejected(rejection) => {
-            let (status, code) = match &rejection {
-                TrustError::DuplicateRule { .. } => (StatusCode::CONFLICT, ProblemCode::DuplicateTrustRule),
-                TrustError::DuplicateId(_) => (StatusCode::CONFLICT, ProblemCode::ConcurrentModification),
-                TrustError::UnknownRule(_) => (StatusCode::NOT_FOUND, ProblemCode::NotFound),
+            let code = match &rejection {
+                TrustError::DuplicateRule { .. } => ProblemCode::DuplicateTrustRule,
+                TrustError::DuplicateId(_) => ProblemCode::ConcurrentModification,
+                TrustError::UnknownRule(_) => ProblemCode::NotFound,
             };
-            Problem::new(status, code, "Refused").detail(rejection.to_string())
+            Problem::new(code, "Refused").detail(rejection.to_string())
         }
         CommandError::Conflict => {
-            Problem::new(StatusCode::CONFLICT, ProblemCode::ConcurrentModification, "Concurrent change")
+            Problem::new(ProblemCode::ConcurrentModification, "Concurrent change")
                 .detail("The trust rules changed while this request was decided; retry it.")
         }
         CommandError::VersionMismatch { .. } => {
-            Problem::new(StatusCode::PRECONDITION_FAILED, ProblemCode::StaleVersion, "Stale version")
+            Problem::new(ProblemCode::StaleVersion, "Stale version")
         }
         CommandError::Store(error) => Problem::from(error),
     }
@@ -513,11 +513,11 @@ fn review_body(bytes: &[u8]) -> Result<ReviewInput, Problem> {
         return Ok(ReviewInput::default());
     }
     if bytes.len() > 64 * 1024 {
-        return Err(Problem::new(StatusCode::PAYLOAD_TOO_LARGE, ProblemCode::InvalidRequest, "Body too large")
+        return Err(Problem::new(ProblemCode::InvalidRequest, "Body too large")
             .detail("A review body has at most 64 KiB."));
     }
     serde_json::from_slice(bytes).map_err(|error| {
-        Problem::new(StatusCode::BAD_REQUEST, ProblemCode::InvalidRequest, "Invalid JSON body")
+        Problem::new(ProblemCode::InvalidRequest, "Invalid JSON body")
             .detail(error.to_string())
     })
 }
@@ -665,12 +665,12 @@ pub async fn list_requests(
         None => None,
         Some(raw @ ("pending" | "approved" | "rejected" | "withdrawn" | "expired")) => Some(raw.to_string()),
         Some(_) => {
-            return Err(Problem::invalid_query("status", "status is pending, approved, rejected, withdrawn or expired"))
+            return Err(Problem::invalid_field("status", "status is pending, approved, rejected, withdrawn or expired"))
         }
     };
     let builder = match query.builder.as_deref() {
         None => None,
-        Some(raw) => Some(Email::parse(raw).map_err(|error| Problem::invalid_query("builder", error.to_string()))?),
+        Some(raw) => Some(Email::parse(raw).map_err(|error| Problem::invalid_field("builder", error.to_string()))?),
     };
     let builder = match caller.role {
         Role::Admin | Role::Auditor => builder,
@@ -874,7 +874,7 @@ pub async fn create_trust_rule(
     let fingerprint = serde_json::to_string(&*body).map_err(|_| Problem::internal())?;
     crate::idempotency::run(&state, &caller, &request, fingerprint, || async {
         let email = Email::parse(&body.email).map_err(|error| {
-            Problem::new(StatusCode::UNPROCESSABLE_ENTITY, ProblemCode::InvalidField, "Invalid field")
+            Problem::new(ProblemCode::InvalidField, "Invalid field")
                 .field("email")
                 .detail(error.to_string())
         })?;
@@ -923,12 +923,12 @@ pub async fn evaluate_trust(
     state: web::Data<AppState>,
     query: web::Query<EvaluateQuery>,
 ) -> Result<web::Json<EvaluateView>, Problem> {
-    let email = Email::parse(&query.email).map_err(|error| Problem::invalid_query("email", error.to_string()))?;
+    let email = Email::parse(&query.email).map_err(|error| Problem::invalid_field("email", error.to_string()))?;
     if email != caller.email {
         caller.require(&[Role::Admin, Role::Auditor])?;
     }
     let blueprint_key = BlueprintKey::parse(&query.blueprint_key)
-        .map_err(|error| Problem::invalid_query("blueprint_key", &error.reason))?;
+        .map_err(|error| Problem::invalid_field("blueprint_key", &error.reason))?;
     let (trust, _) = state.trust.load(TRUST_RULES_ID).await.map_err(Problem::from)?;
     let matched = trust.evaluate(&email, &blueprint_key).map(|(rule_id, rule)| (rule_id.to_string(), rule.clone()));
     let reason = matched.as_ref().map(|(rule_id, rule)| rule.reason(rule_id));
