@@ -287,9 +287,7 @@ pub struct MintedToken {
 }
 
 fn invalid_mint_field(field: &str, detail: impl Into<String>) -> Problem {
-    Problem::new(ProblemCode::InvalidField, "Invalid field")
-        .field(field)
-        .detail(detail)
+    Problem::new(ProblemCode::InvalidField, "Invalid field").field(field).detail(detail)
 }
 
 /// A short label: trimmed, 1 to 100 characters, no control characters.
@@ -356,10 +354,7 @@ async fn mint_agent_token(
         tags: tags.clone(),
         by: caller.email.clone(),
     };
-    relay.agent_tokens.execute(&id, command, &metadata).await.map_err(|error| match error {
-        CommandError::Store(error) => Problem::from(error),
-        _ => Problem::internal(),
-    })?;
+    relay.agent_tokens.execute(&id, command, &metadata).await.map_err(Problem::from)?;
     Ok(HttpResponse::Created().insert_header(("Cache-Control", "no-store")).json(MintedToken {
         id,
         name,
@@ -400,9 +395,7 @@ async fn revoke_agent_token(
             tracing::info!(by = %caller.email, disconnected, "agent token revoked");
             Ok(HttpResponse::NoContent().finish())
         }
-        Err(CommandError::Rejected(_)) => Err(Problem::new(ProblemCode::NotFound, "Not found")),
-        Err(CommandError::Store(error)) => Err(Problem::from(error)),
-        Err(_) => Err(Problem::internal()),
+        Err(error) => Err(Problem::from(error)),
     }
 }
 
@@ -500,8 +493,7 @@ async fn issue_ticket(
             .detail("kind must be \"terminal\""));
     }
     let Some(agent) = relay.hub.get(&workspace) else {
-        return Err(Problem::new(ProblemCode::NotFound, "Not found")
-            .detail("The workspace has no connected agent."));
+        return Err(Problem::new(ProblemCode::NotFound, "Not found").detail("The workspace has no connected agent."));
     };
     let owns = agent.owner().is_some_and(|owner| owner.eq_ignore_ascii_case(caller.email.as_str()));
     if caller.role != Role::Admin && !owns {
@@ -520,10 +512,7 @@ async fn issue_ticket(
         kind,
         expires_at,
     };
-    relay.tickets.execute(&ticket_hash, command, &metadata).await.map_err(|error| match error {
-        CommandError::Store(error) => Problem::from(error),
-        _ => Problem::internal(),
-    })?;
+    relay.tickets.execute(&ticket_hash, command, &metadata).await.map_err(Problem::from)?;
     Ok(HttpResponse::Created().insert_header(("Cache-Control", "no-store")).json(TicketView { ticket, expires_at }))
 }
 
@@ -888,15 +877,7 @@ async fn put_firewall(
     let FirewallBody { rules, default_action } = body.into_inner();
     let metadata = EventMetadata::for_request(caller.email.as_str(), api::request_id(&request));
     let command = FirewallCommand::Replace { rules, default_action, by: caller.email.clone() };
-    relay.firewall.execute_retrying(FIREWALL_ID, command, &metadata, 5).await.map_err(|error| match error {
-        CommandError::Rejected(rejection) => {
-            Problem::new(ProblemCode::InvalidField, "Invalid field")
-                .field("rules")
-                .detail(rejection.to_string())
-        }
-        CommandError::Store(error) => Problem::from(error),
-        _ => Problem::internal(),
-    })?;
+    relay.firewall.execute_retrying(FIREWALL_ID, command, &metadata, 5).await.map_err(Problem::from)?;
     let (firewall, version) = relay.firewall.load(FIREWALL_ID).await.map_err(Problem::from)?;
     let answer = FirewallView { rules: firewall.rules.clone(), default_action: firewall.default_action, version };
     relay.rules.send_replace(Arc::new(firewall));
@@ -998,8 +979,7 @@ async fn agent_connect() -> Result<HttpResponse, Problem> {
 #[get("/api/v1/workspaces/{id}/terminal")]
 async fn terminal(request: HttpRequest, relay: web::Data<Relay>) -> Result<HttpResponse, Problem> {
     if !crate::relay_ws::origin_allowed(request.headers(), &relay.limits.allowed_origins) {
-        return Err(Problem::new(ProblemCode::Forbidden, "Forbidden")
-            .detail("This origin may not open terminals."));
+        return Err(Problem::new(ProblemCode::Forbidden, "Forbidden").detail("This origin may not open terminals."));
     }
     Err(not_an_upgrade())
 }

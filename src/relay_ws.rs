@@ -137,8 +137,9 @@ fn handshake(relay: &Relay, request: &Request) -> (&'static str, Result<Endpoint
             None => Ok(Endpoint::Agent),
             Some(workspace) => {
                 if !origin_allowed(request.headers(), &relay.limits.allowed_origins) {
-                    return Err(Problem::new(ProblemCode::Forbidden, "Forbidden")
-                        .detail("This origin may not open terminals."));
+                    return Err(
+                        Problem::new(ProblemCode::Forbidden, "Forbidden").detail("This origin may not open terminals.")
+                    );
                 }
                 let forwarded =
                     request.headers().get_all("x-forwarded-for").map(|value| value.to_str().unwrap_or("\u{0}"));
@@ -154,9 +155,7 @@ fn handshake(relay: &Relay, request: &Request) -> (&'static str, Result<Endpoint
 
 /// The RFC 6455 §4.2.1 checks of the opening handshake (`Upgrade: websocket` is why the request is here).
 fn check_upgrade(request: &Request) -> Result<(), Problem> {
-    let bad = |detail: &str| {
-        Problem::new(ProblemCode::InvalidRequest, "Not a WebSocket upgrade").detail(detail)
-    };
+    let bad = |detail: &str| Problem::new(ProblemCode::InvalidRequest, "Not a WebSocket upgrade").detail(detail);
     if request.method() != Method::GET {
         return Err(Problem::new(ProblemCode::MethodNotAllowed, "Method not allowed")
             .detail("A WebSocket is opened with GET.")

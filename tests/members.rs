@@ -104,7 +104,11 @@ async fn bad_input_gets_a_problem_naming_the_field_and_stores_nothing() {
     }
     for query in ["limit=0", "limit=501", "limit=abc", "limit=-1"] {
         let (status, _, problem) = api.call(Method::GET, &format!("/api/v1/members?{query}"), Some(&admin), None).await;
-        assert_eq!((status, problem["code"].as_str(), problem["field"].as_str()), (422, Some("invalid_field"), Some("limit")), "{query}: {problem}");
+        assert_eq!(
+            (status, problem["code"].as_str(), problem["field"].as_str()),
+            (422, Some("invalid_field"), Some("limit")),
+            "{query}: {problem}"
+        );
     }
     let response = api
         .http

@@ -178,12 +178,12 @@ pub(crate) async fn record_read(
     let target = request.uri().path_and_query().map(|path| path.as_str().to_string()).unwrap_or_default();
     let command = RecordRead { reader: caller.email.clone(), resource, target, items };
     let metadata = EventMetadata::for_request(caller.email.to_string(), crate::request_id(request));
-    state.audit_access.execute_retrying(caller.email.as_str(), command, &metadata, 10).await.map(drop).map_err(
-        |error| match error {
-            store::CommandError::Store(error) => Problem::from(error),
-            _ => Problem::internal(),
-        },
-    )
+    state
+        .audit_access
+        .execute_retrying(caller.email.as_str(), command, &metadata, 10)
+        .await
+        .map(drop)
+        .map_err(Problem::from)
 }
 
 /// One aggregate's events, in sequence order (auditors and admins).
@@ -209,8 +209,7 @@ pub async fn aggregate_events(
     let after = query.after.unwrap_or(0);
     let mut events = state.store.aggregate_events(kind, id, after, limit + 1).await.map_err(Problem::from)?;
     if events.is_empty() && after == 0 {
-        return Err(Problem::new(ProblemCode::NotFound, "Not found")
-            .detail(format!("No events for {kind} {id}.")));
+        return Err(Problem::new(ProblemCode::NotFound, "Not found").detail(format!("No events for {kind} {id}.")));
     }
     let next = if events.len() > limit {
         events.truncate(limit);
@@ -324,8 +323,7 @@ pub async fn aggregate_state(
         }
     }
     if events.is_empty() {
-        return Err(Problem::new(ProblemCode::NotFound, "Not found")
-            .detail(format!("No events for {kind} {id}.")));
+        return Err(Problem::new(ProblemCode::NotFound, "Not found").detail(format!("No events for {kind} {id}.")));
     }
     // An aggregate's events are in its own order; the ones at or before the point form a prefix of it.
     let included = events
@@ -341,8 +339,9 @@ pub async fn aggregate_state(
         TrustRules::TYPE => replay::<TrustRules>(events)?,
         domain::audit_access::AuditAccess::TYPE => replay::<domain::audit_access::AuditAccess>(events)?,
         _ => {
-            return Err(Problem::new(ProblemCode::NotFound, "Not found")
-                .detail(format!("{kind} has no replayable state.")))
+            return Err(
+                Problem::new(ProblemCode::NotFound, "Not found").detail(format!("{kind} has no replayable state."))
+            )
         }
     };
     record_read(&state, &caller, &request, events.len() as u64).await?;
@@ -476,9 +475,8 @@ pub async fn latest_checkpoint(
 ) -> Result<HttpResponse, Problem> {
     caller.require(&[Role::Auditor, Role::Admin])?;
     let latest = projections::audit_chain::latest_checkpoint(state.store.read_models()).await.map_err(Problem::from)?;
-    let latest = latest.ok_or_else(|| {
-        Problem::new(ProblemCode::NotFound, "Not found").detail("No checkpoint signed yet.")
-    })?;
+    let latest =
+        latest.ok_or_else(|| Problem::new(ProblemCode::NotFound, "Not found").detail("No checkpoint signed yet."))?;
     record_read(&state, &caller, &request, 0).await?;
     Ok(HttpResponse::Ok().json(checkpoint_json(&latest)?))
 }

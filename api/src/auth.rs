@@ -448,9 +448,7 @@ impl ResponseError for Unauthenticated {
             None => "Bearer realm=\"gatehouse\"".to_string(),
         };
         let mut response =
-            Problem::new(ProblemCode::Unauthenticated, "Authentication required")
-                .detail(detail)
-                .error_response();
+            Problem::new(ProblemCode::Unauthenticated, "Authentication required").detail(detail).error_response();
         if let Ok(value) = HeaderValue::from_str(&challenge) {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, value);
         }

@@ -94,11 +94,9 @@ where
         Claim::Done { status, response, location } => return Ok(respond(status, &response, location.as_deref(), true)),
         Claim::InProgress => return Err(in_progress()),
         Claim::Reused => {
-            return Err(Problem::new(ProblemCode::IdempotencyKeyReused,
-                "Idempotency key reused",
-            )
-            .field("Idempotency-Key")
-            .detail("This key was used for a different request."))
+            return Err(Problem::new(ProblemCode::IdempotencyKeyReused, "Idempotency key reused")
+                .field("Idempotency-Key")
+                .detail("This key was used for a different request."))
         }
     }
 

@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod ops;
 mod problem;
 pub mod publishing;
+mod rejection;
 
 use std::sync::Arc;
 
@@ -25,6 +26,7 @@ use store::{AggregateRepository, EventStore};
 
 pub use metrics::HttpMetrics;
 pub use problem::{Problem, ProblemCode};
+pub use rejection::Rejection;
 
 /// Everything handlers share.
 #[derive(Clone)]

@@ -2,11 +2,11 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{delete, get, patch, post, web, HttpRequest, HttpResponse};
-use domain::roster::{Role, RosterCommand, RosterError, ROSTER_ID};
+use domain::roster::{Role, RosterCommand, ROSTER_ID};
 use domain::Email;
 use projections::MemberRow;
 use serde::{Deserialize, Serialize};
-use store::{CommandError, EventMetadata};
+use store::EventMetadata;
 
 use crate::auth::Caller;
 use crate::{AppState, Problem, ProblemCode};
@@ -90,9 +90,7 @@ pub struct Me {
 
 fn parse_email(raw: &str, field: &str) -> Result<Email, Problem> {
     Email::parse(raw).map_err(|error| {
-        Problem::new(ProblemCode::InvalidField, "Invalid field")
-            .field(field)
-            .detail(error.to_string())
+        Problem::new(ProblemCode::InvalidField, "Invalid field").field(field).detail(error.to_string())
     })
 }
 
@@ -108,31 +106,7 @@ fn parse_role(raw: &str) -> Result<Role, Problem> {
 /// decided again on the new state (up to five times) instead of being returned as a conflict.
 async fn run(state: &AppState, caller: &Caller, request: &HttpRequest, command: RosterCommand) -> Result<(), Problem> {
     let metadata = EventMetadata::for_request(caller.email.to_string(), crate::request_id(request));
-    state.roster.execute_retrying(ROSTER_ID, command, &metadata, 5).await.map(drop).map_err(command_problem)
-}
-
-/// Maps a roster command failure to a problem.
-fn command_problem(error: CommandError<RosterError>) -> Problem {
-    match error {
-        CommandError::Rejected(rejection) => {
-            let code = match &rejection {
-                RosterError::AlreadyMember(_) => ProblemCode::AlreadyMember,
-                RosterError::UnknownMember(_) => ProblemCode::NotFound,
-                RosterError::RoleUnchanged { .. } => ProblemCode::RoleUnchanged,
-                RosterError::LastAdmin(_) => ProblemCode::LastAdmin,
-                RosterError::StaleMember { .. } => ProblemCode::StaleVersion,
-            };
-            Problem::new(code, "Refused").detail(rejection.to_string())
-        }
-        CommandError::Conflict => {
-            Problem::new(ProblemCode::ConcurrentModification, "Concurrent change")
-                .detail("The roster changed while this request was decided; retry it.")
-        }
-        CommandError::VersionMismatch { .. } => {
-            Problem::new(ProblemCode::StaleVersion, "Stale version")
-        }
-        CommandError::Store(error) => Problem::from(error),
-    }
+    state.roster.execute_retrying(ROSTER_ID, command, &metadata, 5).await.map(drop).map_err(Problem::from)
 }
 
 /// Records a pending member's first sign-in. Failures are logged, not fatal: the next request tries again.
@@ -192,10 +166,8 @@ pub async fn get_member(
         caller.require(&[Role::Admin, Role::Auditor])?;
     }
     let row = state.members.get(email.as_str()).await.map_err(store::StoreError::from)?;
-    let row = row.ok_or_else(|| {
-        Problem::new(ProblemCode::NotFound, "Not found")
-            .detail(format!("{email} is not a member"))
-    })?;
+    let row =
+        row.ok_or_else(|| Problem::new(ProblemCode::NotFound, "Not found").detail(format!("{email} is not a member")))?;
     Ok(HttpResponse::Ok().insert_header(("ETag", format!("\"{}\"", row.version))).json(MemberView::from(row)))
 }
 

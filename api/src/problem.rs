@@ -4,7 +4,7 @@ use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, ResponseError};
 use serde::Serialize;
-use store::StoreError;
+use store::{CommandError, StoreError};
 
 /// Stable machine-readable error codes. **API Boundary:** clients match on these.
 ///
@@ -339,4 +339,34 @@ pub(crate) fn path_error(error: actix_web::error::PathError, _: &HttpRequest) ->
 
 pub(crate) fn query_error(error: actix_web::error::QueryPayloadError, _: &HttpRequest) -> actix_web::Error {
     Problem::invalid_request("Invalid query string", error.to_string()).into()
+}
+
+impl<E: crate::Rejection> From<CommandError<E>> for Problem {
+    /// A command that produced no events: the rejection's own code, 409 `concurrent_modification` for a race lost
+    /// every time it was retried, 412 `stale_version` for an `If-Match` that no longer holds, and the store's
+    /// problem when the store failed.
+    fn from(error: CommandError<E>) -> Self {
+        match error {
+            CommandError::Rejected(rejection) => {
+                let code = rejection.code();
+                if code == ProblemCode::Internal {
+                    tracing::error!(error.message = %rejection, "a command was refused for a reason no caller causes");
+                    return Problem::internal();
+                }
+                let title = if code == ProblemCode::InvalidField { "Invalid field" } else { "Refused" };
+                let problem = Problem::new(code, title).detail(rejection.to_string());
+                match rejection.field() {
+                    Some(field) => problem.field(field),
+                    None => problem,
+                }
+            }
+            CommandError::Conflict => Problem::new(ProblemCode::ConcurrentModification, "Concurrent change")
+                .detail("The resource changed while this request was decided; retry it."),
+            CommandError::VersionMismatch { expected, actual } => {
+                Problem::new(ProblemCode::StaleVersion, "Stale version")
+                    .detail(format!("The resource is at version {actual}, not {expected}."))
+            }
+            CommandError::Store(error) => Problem::from(error),
+        }
+    }
 }

@@ -11,15 +11,15 @@ use actix_web::http::StatusCode;
 use actix_web::{delete, get, post, web, HttpRequest, HttpResponse};
 use domain::publishing::values::{self, MAX_MESSAGE_CHARS, MAX_REASON_CHARS};
 use domain::publishing::{
-    BlueprintKey, CommitId, DiffSummary, InvalidValue, PublishingCommand, PublishingError, RequestId, RequestStatus,
-    Subdomain, TrustMatch, WorkspaceId, PUBLISHING_ID,
+    BlueprintKey, CommitId, DiffSummary, InvalidValue, PublishingCommand, RequestId, RequestStatus, Subdomain,
+    TrustMatch, WorkspaceId, PUBLISHING_ID,
 };
 use domain::roster::Role;
-use domain::trust::{TrustCommand, TrustError, TRUST_RULES_ID};
+use domain::trust::{TrustCommand, TRUST_RULES_ID};
 use domain::Email;
 use projections::{PublishRequestRow, RequestFilter, ReviewRow, TimeKey, TrustRuleRow};
 use serde::{Deserialize, Serialize};
-use store::{CommandError, EventMetadata};
+use store::EventMetadata;
 
 use crate::auth::Caller;
 use crate::{AppState, Problem, ProblemCode};
@@ -354,9 +354,7 @@ pub struct EvaluateView {
 // Helpers
 
 fn invalid(error: InvalidValue) -> Problem {
-    Problem::new(ProblemCode::InvalidField, "Invalid field")
-        .field(error.field)
-        .detail(error.reason)
+    Problem::new(ProblemCode::InvalidField, "Invalid field").field(error.field).detail(error.reason)
 }
 
 fn not_found(what: &str) -> Problem {
@@ -406,64 +404,6 @@ fn metadata(caller: &Caller, request: &HttpRequest) -> EventMetadata {
     EventMetadata::for_request(caller.email.to_string(), crate::request_id(request))
 }
 
-/// Maps a publishing command failure to a problem.
-fn publishing_problem(error: CommandError<PublishingError>) -> Problem {
-    match error {
-        CommandError::Rejected(rejection) => {
-            let code = match &rejection {
-                PublishingError::UnknownRequest(_) => ProblemCode::NotFound,
-                PublishingError::DuplicateRequest(_) => ProblemCode::ConcurrentModification,
-                PublishingError::NotPending { .. } => ProblemCode::RequestNotPending,
-                PublishingError::RequestInFlight { .. } => ProblemCode::RequestInFlight,
-                PublishingError::SubdomainTaken(_) => ProblemCode::SubdomainTaken,
-                PublishingError::NotWorkspaceOwner(_) => ProblemCode::NotWorkspaceOwner,
-                PublishingError::NotBuilder(_) => ProblemCode::Forbidden,
-                PublishingError::SelfApproval => ProblemCode::SelfApproval,
-                PublishingError::AlreadyApproved(_) => ProblemCode::AlreadyReviewed,
-                PublishingError::ReasonRequired => {
-                    return Problem::new(ProblemCode::InvalidField, "Invalid field")
-                        .field("reason")
-                        .detail("The review policy requires a reason.");
-                }
-                PublishingError::StaleRequest { .. } => ProblemCode::StaleVersion,
-                PublishingError::NotDue(_) | PublishingError::InvalidPolicy => {
-                    return Problem::internal();
-                }
-            };
-            Problem::new(code, "Refused").detail(rejection.to_string())
-        }
-        CommandError::Conflict => {
-            Problem::new(ProblemCode::ConcurrentModification, "Concurrent change")
-                .detail("Publishing changed while this request was decided; retry it.")
-        }
-        CommandError::VersionMismatch { .. } => {
-            Problem::new(ProblemCode::StaleVersion, "Stale version")
-        }
-        CommandError::Store(error) => Problem::from(error),
-    }
-}
-
-fn trust_problem(error: CommandError<TrustError>) -> Problem {
-    match error {
-        CommandError::Rejected(rejection) => {
-            let code = match &rejection {
-                TrustError::DuplicateRule { .. } => ProblemCode::DuplicateTrustRule,
-                TrustError::DuplicateId(_) => ProblemCode::ConcurrentModification,
-                TrustError::UnknownRule(_) => ProblemCode::NotFound,
-            };
-            Problem::new(code, "Refused").detail(rejection.to_string())
-        }
-        CommandError::Conflict => {
-            Problem::new(ProblemCode::ConcurrentModification, "Concurrent change")
-                .detail("The trust rules changed while this request was decided; retry it.")
-        }
-        CommandError::VersionMismatch { .. } => {
-            Problem::new(ProblemCode::StaleVersion, "Stale version")
-        }
-        CommandError::Store(error) => Problem::from(error),
-    }
-}
-
 /// Runs a review-like command and reports where the request stands.
 async fn decide(
     state: &AppState,
@@ -482,7 +422,7 @@ async fn decide(
             .publishing
             .execute_retrying(PUBLISHING_ID, command, &metadata(caller, request), 5)
             .await
-            .map_err(publishing_problem)?;
+            .map_err(Problem::from)?;
         // The command's own result is in the repository's cache; reading the store again could fail after the
         // change was made, and the caller would be told nothing happened.
         let publishing = match state.publishing.peek(PUBLISHING_ID) {
@@ -513,13 +453,12 @@ fn review_body(bytes: &[u8]) -> Result<ReviewInput, Problem> {
         return Ok(ReviewInput::default());
     }
     if bytes.len() > 64 * 1024 {
-        return Err(Problem::new(ProblemCode::InvalidRequest, "Body too large")
-            .detail("A review body has at most 64 KiB."));
+        return Err(
+            Problem::new(ProblemCode::InvalidRequest, "Body too large").detail("A review body has at most 64 KiB.")
+        );
     }
-    serde_json::from_slice(bytes).map_err(|error| {
-        Problem::new(ProblemCode::InvalidRequest, "Invalid JSON body")
-            .detail(error.to_string())
-    })
+    serde_json::from_slice(bytes)
+        .map_err(|error| Problem::new(ProblemCode::InvalidRequest, "Invalid JSON body").detail(error.to_string()))
 }
 
 fn request_id_from_path(raw: &str) -> Result<RequestId, Problem> {
@@ -610,7 +549,7 @@ pub async fn submit(
             .publishing
             .execute_retrying(PUBLISHING_ID, command, &metadata(&caller, &request), 10)
             .await
-            .map_err(publishing_problem)?;
+            .map_err(Problem::from)?;
         let stamp = |time: chrono::DateTime<chrono::Utc>| time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
         let view = PublishRequestView {
             id: request_id.to_string(),
@@ -874,9 +813,7 @@ pub async fn create_trust_rule(
     let fingerprint = serde_json::to_string(&*body).map_err(|_| Problem::internal())?;
     crate::idempotency::run(&state, &caller, &request, fingerprint, || async {
         let email = Email::parse(&body.email).map_err(|error| {
-            Problem::new(ProblemCode::InvalidField, "Invalid field")
-                .field("email")
-                .detail(error.to_string())
+            Problem::new(ProblemCode::InvalidField, "Invalid field").field("email").detail(error.to_string())
         })?;
         let blueprint_key = body.blueprint_key.as_deref().map(BlueprintKey::parse).transpose().map_err(invalid)?;
         let description = optional_text("description", body.description.as_deref(), MAX_REASON_CHARS)?;
@@ -892,7 +829,7 @@ pub async fn create_trust_rule(
             .trust
             .execute_retrying(TRUST_RULES_ID, command, &metadata(&caller, &request), 5)
             .await
-            .map_err(trust_problem)?;
+            .map_err(Problem::from)?;
         let view = TrustRuleView {
             id: rule_id.clone(),
             email: email.to_string(),
@@ -987,6 +924,6 @@ pub async fn revoke_trust_rule(
         .trust
         .execute_retrying(TRUST_RULES_ID, command, &metadata(&caller, &request), 5)
         .await
-        .map_err(trust_problem)?;
+        .map_err(Problem::from)?;
     Ok(HttpResponse::NoContent().finish())
 }
