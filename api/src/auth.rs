@@ -480,6 +480,18 @@ impl Caller {
     }
 }
 
+/// The token of an `Authorization: Bearer <token>` header value. The scheme is matched case-insensitively (RFC 9110
+/// §11.1: `Bearer`, `bearer` and `BEARER` are one scheme) and is followed by one or more spaces or tabs; `None`
+/// for another scheme or no token. What follows is the token as sent (a token with spaces inside fails
+/// verification).
+pub fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, rest) = value.split_once([' ', '\t'])?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    Some(rest.trim_matches([' ', '\t'])).filter(|token| !token.is_empty())
+}
+
 impl FromRequest for Caller {
     type Error = actix_web::Error;
     type Future = LocalBoxFuture<'static, Result<Self, Self::Error>>;
@@ -490,12 +502,7 @@ impl FromRequest for Caller {
             request.headers().get(header::AUTHORIZATION).and_then(|value| value.to_str().ok()).map(str::to_string);
         Box::pin(async move {
             let state = state.ok_or_else(|| actix_web::Error::from(Problem::internal()))?;
-            let token = header
-                .as_deref()
-                .and_then(|value| value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")))
-                .map(str::trim)
-                .filter(|token| !token.is_empty())
-                .ok_or(Unauthenticated(AuthFailure::Missing))?;
+            let token = header.as_deref().and_then(bearer_token).ok_or(Unauthenticated(AuthFailure::Missing))?;
             let email = state.auth.verify(token).await.map_err(Unauthenticated)?;
             if let Some(cached) = state.caches.roles.get(email.as_str()) {
                 if cached.pending {
@@ -538,6 +545,18 @@ impl FromRequest for Caller {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive_and_spaces_are_one_or_more() {
+        for header in
+            ["Bearer abc", "bearer abc", "BEARER abc", "BeArEr abc", "Bearer  abc", "Bearer\tabc", "Bearer abc "]
+        {
+            assert_eq!(bearer_token(header), Some("abc"), "{header:?}");
+        }
+        for header in ["Bearer", "Bearer ", "Bearerabc", "Basic abc", "Token abc", " Bearer abc", ""] {
+            assert_eq!(bearer_token(header), None, "{header:?}");
+        }
+    }
     use jwt_simple::reexports::ct_codecs::{Base64UrlSafeNoPadding, Encoder};
     use serde_json::{json, Map, Value};
     use std::sync::OnceLock;
