@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use actix_web::{delete, get, post, put, web, HttpRequest, HttpResponse};
 use api::auth::Caller;
-use api::{Problem, ProblemCode};
+use api::extract::{Json, Path};
+use api::{List, Page, Problem, ProblemCode};
 use base64::Engine;
 use chrono::Utc;
 use domain::firewall::{Cidr, Firewall, FirewallAction, FirewallCommand, FirewallRule, FIREWALL_ID};
@@ -208,8 +209,8 @@ impl Relay {
         get_firewall, put_firewall, agent_connect, terminal,
     ),
     components(schemas(
-        MintBody, MintedToken, WorkspaceView, WorkspacePage, TicketBody, TicketView, SessionView, SessionPage,
-        ActivityView, ActivityPage, FirewallRuleDoc, FirewallActionDoc, FirewallBody, FirewallView,
+        MintBody, MintedToken, WorkspaceView, WorkspacePage, TicketBody, TicketView, SessionView,
+        api::Page<SessionView>, ActivityView, api::Page<ActivityView>, FirewallRuleDoc, FirewallActionDoc, FirewallBody, FirewallView,
     )),
     tags((name = "relay", description = "Agents, workspaces, tickets, terminal sessions and the IP firewall (docs/API.md)"))
 )]
@@ -340,7 +341,7 @@ impl MintBody {
 async fn mint_agent_token(
     caller: Caller,
     request: HttpRequest,
-    body: web::Json<MintBody>,
+    body: Json<MintBody>,
     relay: web::Data<Relay>,
 ) -> Result<HttpResponse, Problem> {
     caller.require(&[Role::Admin])?;
@@ -375,7 +376,7 @@ async fn mint_agent_token(
 async fn revoke_agent_token(
     caller: Caller,
     request: HttpRequest,
-    path: web::Path<String>,
+    path: Path<String>,
     relay: web::Data<Relay>,
 ) -> Result<HttpResponse, Problem> {
     caller.require(&[Role::Admin])?;
@@ -480,8 +481,8 @@ pub struct TicketView {
 async fn issue_ticket(
     caller: Caller,
     request: HttpRequest,
-    path: web::Path<String>,
-    body: web::Json<TicketBody>,
+    path: Path<String>,
+    body: Json<TicketBody>,
     relay: web::Data<Relay>,
 ) -> Result<HttpResponse, Problem> {
     caller.require(&[Role::Admin, Role::Member])?;
@@ -542,33 +543,6 @@ fn parse_time(field: &str, raw: Option<String>) -> Result<Option<String>, Proble
         .transpose()
 }
 
-fn parse_limit(raw: Option<String>) -> Result<i64, Problem> {
-    match present(raw) {
-        None => Ok(100),
-        Some(raw) => raw
-            .parse::<i64>()
-            .ok()
-            .filter(|limit| (1..=500).contains(limit))
-            .ok_or_else(|| Problem::invalid_field("limit", "limit is between 1 and 500")),
-    }
-}
-
-fn decode_key(raw: Option<String>) -> Result<Option<TimeKey>, Problem> {
-    present(raw).map(|raw| api::decode_page_key(&raw)).transpose()
-}
-
-/// Keeps `limit` rows; the cursor of the last one when there were more.
-fn paginate<T>(mut rows: Vec<T>, limit: i64, key: impl Fn(&T) -> String) -> (Vec<T>, Option<String>) {
-    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-    if rows.len() > limit {
-        rows.truncate(limit);
-        let next = rows.last().map(key);
-        (rows, next)
-    } else {
-        (rows, None)
-    }
-}
-
 /// Filters and paging of the session list.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -586,10 +560,6 @@ pub struct SessionListQuery {
     from: Option<String>,
     /// Opened before this RFC 3339 time.
     to: Option<String>,
-    /// The previous page's `next`.
-    after: Option<String>,
-    /// 1 to 500 (default 100).
-    limit: Option<String>,
 }
 
 /// One terminal session.
@@ -626,28 +596,18 @@ pub struct SessionView {
     duration_ms: Option<i64>,
 }
 
-/// A page of sessions, newest first.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct SessionPage {
-    /// The sessions.
-    items: Vec<SessionView>,
-    /// Pass as `after` for the next page; `null` on the last.
-    next: Option<String>,
-}
-
 /// Terminal sessions, newest first, from the `sessions` read model (admin).
-#[utoipa::path(get, path = "/api/v1/sessions", tag = "relay", params(SessionListQuery), security(("bearer" = [])),
-    responses((status = 200, body = SessionPage), (status = 400, body = Problem), (status = 401, body = Problem),
+#[utoipa::path(get, path = "/api/v1/sessions", tag = "relay", params(SessionListQuery, api::PageParams), security(("bearer" = [])),
+    responses((status = 200, body = api::Page<SessionView>), (status = 400, body = Problem), (status = 401, body = Problem),
               (status = 403, body = Problem), (status = 503, body = Problem)))]
 #[get("/api/v1/sessions")]
 async fn list_sessions(
     caller: Caller,
-    query: web::Query<SessionListQuery>,
+    query: List<SessionListQuery, TimeKey>,
     relay: web::Data<Relay>,
 ) -> Result<HttpResponse, Problem> {
     caller.require(&[Role::Admin])?;
-    let query = query.into_inner();
-    let limit = parse_limit(query.limit)?;
+    let List { filters: query, page } = query;
     let active = match present(query.active).as_deref() {
         None => None,
         Some("true") => Some(true),
@@ -667,29 +627,26 @@ async fn list_sessions(
         from: parse_time("from", query.from)?,
         to: parse_time("to", query.to)?,
     };
-    let after = decode_key(query.after)?;
-    let rows = relay.reads.sessions(&filter, after.as_ref(), limit + 1).await.map_err(store::StoreError::from)?;
-    let (rows, next) = paginate(rows, limit, |row| api::encode_page_key(&row.opened_at, &row.session_id));
-    let items = rows
-        .into_iter()
-        .map(|row| SessionView {
-            id: row.session_id,
-            user: row.user,
-            workspace: row.workspace,
-            agent: row.agent,
-            kind: row.kind,
-            client_ip: row.client_ip,
-            user_agent: row.user_agent,
-            opened_at: row.opened_at,
-            active: row.closed_at.is_none(),
-            closed_at: row.closed_at,
-            reason: row.close_reason,
-            bytes_in: row.bytes_in,
-            bytes_out: row.bytes_out,
-            duration_ms: row.duration_ms,
-        })
-        .collect();
-    Ok(HttpResponse::Ok().json(SessionPage { items, next }))
+    let rows =
+        relay.reads.sessions(&filter, page.after.as_ref(), page.fetch()).await.map_err(store::StoreError::from)?;
+    let cursor = |row: &projections::SessionRow| api::encode_page_key(&row.opened_at, &row.session_id);
+    let answer = Page::from_rows(rows, page.limit, cursor, |row| SessionView {
+        id: row.session_id,
+        user: row.user,
+        workspace: row.workspace,
+        agent: row.agent,
+        kind: row.kind,
+        client_ip: row.client_ip,
+        user_agent: row.user_agent,
+        opened_at: row.opened_at,
+        active: row.closed_at.is_none(),
+        closed_at: row.closed_at,
+        reason: row.close_reason,
+        bytes_in: row.bytes_in,
+        bytes_out: row.bytes_out,
+        duration_ms: row.duration_ms,
+    });
+    Ok(HttpResponse::Ok().json(answer))
 }
 
 /// Filters and paging of the relay's activity log.
@@ -707,10 +664,6 @@ pub struct ActivityListQuery {
     from: Option<String>,
     /// Before this RFC 3339 time.
     to: Option<String>,
-    /// The previous page's `next`.
-    after: Option<String>,
-    /// 1 to 500 (default 100).
-    limit: Option<String>,
 }
 
 /// One relay event.
@@ -735,30 +688,20 @@ pub struct ActivityView {
     rule: Option<i64>,
 }
 
-/// A page of relay events, newest first.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct ActivityPage {
-    /// The events.
-    items: Vec<ActivityView>,
-    /// Pass as `after` for the next page; `null` on the last.
-    next: Option<String>,
-}
-
 /// Tickets issued, redeemed and refused, and connections the firewall blocked, newest first, from the `sessions`
 /// read model (admin, auditor).
-#[utoipa::path(get, path = "/api/v1/relay/activity", tag = "relay", params(ActivityListQuery),
+#[utoipa::path(get, path = "/api/v1/relay/activity", tag = "relay", params(ActivityListQuery, api::PageParams),
     security(("bearer" = [])),
-    responses((status = 200, body = ActivityPage), (status = 400, body = Problem), (status = 401, body = Problem),
+    responses((status = 200, body = api::Page<ActivityView>), (status = 400, body = Problem), (status = 401, body = Problem),
               (status = 403, body = Problem), (status = 503, body = Problem)))]
 #[get("/api/v1/relay/activity")]
 async fn list_activity(
     caller: Caller,
-    query: web::Query<ActivityListQuery>,
+    query: List<ActivityListQuery, TimeKey>,
     relay: web::Data<Relay>,
 ) -> Result<HttpResponse, Problem> {
     caller.require(&[Role::Admin, Role::Auditor])?;
-    let query = query.into_inner();
-    let limit = parse_limit(query.limit)?;
+    let List { filters: query, page } = query;
     let kind = match present(query.kind) {
         None => None,
         Some(kind) if ACTIVITY_KINDS.contains(&kind.as_str()) => Some(kind),
@@ -776,23 +719,20 @@ async fn list_activity(
         from: parse_time("from", query.from)?,
         to: parse_time("to", query.to)?,
     };
-    let after = decode_key(query.after)?;
-    let rows = relay.reads.activity(&filter, after.as_ref(), limit + 1).await.map_err(store::StoreError::from)?;
-    let (rows, next) = paginate(rows, limit, |row| api::encode_page_key(&row.at, &row.activity_id));
-    let items = rows
-        .into_iter()
-        .map(|row| ActivityView {
-            id: row.activity_id,
-            at: row.at,
-            kind: row.kind,
-            user: row.user,
-            workspace: row.workspace,
-            client_ip: row.client_ip,
-            reason: row.reason,
-            rule: row.rule,
-        })
-        .collect();
-    Ok(HttpResponse::Ok().json(ActivityPage { items, next }))
+    let rows =
+        relay.reads.activity(&filter, page.after.as_ref(), page.fetch()).await.map_err(store::StoreError::from)?;
+    let cursor = |row: &projections::ActivityRow| api::encode_page_key(&row.at, &row.activity_id);
+    let answer = Page::from_rows(rows, page.limit, cursor, |row| ActivityView {
+        id: row.activity_id,
+        at: row.at,
+        kind: row.kind,
+        user: row.user,
+        workspace: row.workspace,
+        client_ip: row.client_ip,
+        reason: row.reason,
+        rule: row.rule,
+    });
+    Ok(HttpResponse::Ok().json(answer))
 }
 
 const ACTIVITY_KINDS: [&str; 4] = ["ticket_issued", "ticket_redeemed", "ticket_refused", "connection_blocked"];
@@ -870,7 +810,7 @@ async fn get_firewall(caller: Caller, relay: web::Data<Relay>) -> Result<HttpRes
 async fn put_firewall(
     caller: Caller,
     request: HttpRequest,
-    body: web::Json<FirewallBody>,
+    body: Json<FirewallBody>,
     relay: web::Data<Relay>,
 ) -> Result<HttpResponse, Problem> {
     caller.require(&[Role::Admin])?;

@@ -136,6 +136,7 @@ fn handshake(relay: &Relay, request: &Request) -> (&'static str, Result<Endpoint
         check_upgrade(request).and_then(|()| match workspace {
             None => Ok(Endpoint::Agent),
             Some(workspace) => {
+                api::extract::refuse_nul("id", &workspace)?;
                 if !origin_allowed(request.headers(), &relay.limits.allowed_origins) {
                     return Err(
                         Problem::new(ProblemCode::Forbidden, "Forbidden").detail("This origin may not open terminals.")

@@ -928,7 +928,7 @@ async fn the_firewall_blocks_denied_addresses_and_closes_live_sessions_on(db: Te
     let text = events.to_string();
     assert!(text.contains("ConnectionBlocked") && text.contains("10.1.2.3"), "{text}");
     // Bad rules are refused.
-    let (status, _, _) = api
+    let (status, _, problem) = api
         .call(
             Method::PUT,
             "/api/v1/firewall",
@@ -936,7 +936,7 @@ async fn the_firewall_blocks_denied_addresses_and_closes_live_sessions_on(db: Te
             Some(json!({"rules": [{"action": "deny", "cidr": "10.0.0.1/8"}], "default_action": "allow"})),
         )
         .await;
-    assert_eq!(status, 400);
+    assert_eq!((status, problem["field"].as_str()), (422, Some("rules[0].cidr")), "{problem}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

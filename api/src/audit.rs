@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 use store::{Cursor, EventMetadata, RecordedEvent};
 
 use crate::auth::Caller;
-use crate::{AppState, Problem, ProblemCode};
+use crate::extract::{Path, Query};
+use crate::{AppState, List, NoFilters, Problem, ProblemCode};
 
 /// Most events one feed page scans, whatever its filters, so a sparse filter costs bounded work per request.
 const MAX_SCAN: usize = 5_000;
@@ -70,9 +71,8 @@ pub struct AggregateEventsPage {
     pub next: Option<u64>,
 }
 
-/// Paging of one aggregate's events.
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
+/// Paging of one aggregate's events (as documented; [`Sequence`] and [`crate::Paging`] parse it).
+#[derive(Debug, utoipa::IntoParams)]
 pub struct AggregateEventsQuery {
     /// Return events after this sequence number (default 0: from the first).
     pub after: Option<u64>,
@@ -91,12 +91,11 @@ pub struct FeedPage {
     pub at_end: bool,
 }
 
-/// Filters and position of the global feed.
+/// Filters of the global feed (its position and size are `after` and `limit`: [`LogCursor`]).
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct FeedQuery {
-    /// A cursor (`next` of a previous page, or an event's `cursor`); default: the start of the log.
-    pub after: Option<String>,
     /// Only events of this aggregate type.
     pub aggregate_type: Option<String>,
     /// Only events of this type.
@@ -107,9 +106,45 @@ pub struct FeedQuery {
     pub from: Option<String>,
     /// Only events recorded before this time (RFC 3339).
     pub to: Option<String>,
-    /// Most items, 1 to 1,000 (default 100). A page scans at most 5,000 events, so a sparse filter may return
-    /// fewer; continue from `next`.
-    pub limit: Option<usize>,
+}
+
+/// The most items an audit page holds.
+const AUDIT_MAX_LIMIT: i64 = 1_000;
+
+/// `after` of one aggregate's events: a sequence number.
+#[derive(Debug, Clone, Copy)]
+pub struct Sequence(u64);
+
+impl crate::PageCursor for Sequence {
+    const HINT: &'static str = "after takes a sequence number (the next value of the previous page)";
+
+    fn decode(raw: &str) -> Option<Self> {
+        raw.parse().ok().map(Sequence)
+    }
+}
+
+/// `after` of the global feed: a cursor of the global log.
+#[derive(Debug, Clone, Copy)]
+pub struct LogCursor(Cursor);
+
+impl crate::PageCursor for LogCursor {
+    const HINT: &'static str = "a cursor is the `cursor` or `next` value the API returned";
+
+    fn decode(raw: &str) -> Option<Self> {
+        raw.parse().ok().map(LogCursor)
+    }
+}
+
+/// `after` of the checkpoint list: a checkpoint's id.
+#[derive(Debug, Clone, Copy)]
+pub struct CheckpointId(i64);
+
+impl crate::PageCursor for CheckpointId {
+    const HINT: &'static str = "after takes a checkpoint id (the next value of the previous page)";
+
+    fn decode(raw: &str) -> Option<Self> {
+        raw.parse().ok().map(CheckpointId)
+    }
 }
 
 /// Where to replay up to.
@@ -196,18 +231,16 @@ pub async fn aggregate_events(
     caller: Caller,
     state: web::Data<AppState>,
     request: HttpRequest,
-    path: web::Path<(String, String)>,
-    query: web::Query<AggregateEventsQuery>,
+    path: Path<(String, String)>,
+    query: List<NoFilters, Sequence, AUDIT_MAX_LIMIT>,
 ) -> Result<HttpResponse, Problem> {
     caller.require(&[Role::Auditor, Role::Admin])?;
     let (kind, id) = path.into_inner();
     let (kind, id) = (aggregate_type(&kind)?, aggregate_id(&id)?);
-    let limit = query.limit.unwrap_or(100);
-    if !(1..=1_000).contains(&limit) {
-        return Err(Problem::invalid_field("limit", "limit is between 1 and 1000"));
-    }
-    let after = query.after.unwrap_or(0);
-    let mut events = state.store.aggregate_events(kind, id, after, limit + 1).await.map_err(Problem::from)?;
+    let limit = usize::try_from(query.page.limit).unwrap_or(usize::MAX);
+    let after = query.page.after.map_or(0, |after| after.0);
+    let mut events =
+        state.store.aggregate_events(kind, id, after, query.page.fetch_usize()).await.map_err(Problem::from)?;
     if events.is_empty() && after == 0 {
         return Err(Problem::new(ProblemCode::NotFound, "Not found").detail(format!("No events for {kind} {id}.")));
     }
@@ -222,7 +255,14 @@ pub async fn aggregate_events(
 }
 
 /// The global feed: every event in global order from a cursor, filterable (auditors and admins).
-#[utoipa::path(get, path = "/api/v1/events", tag = "audit", params(FeedQuery), security(("bearer" = [])),
+#[utoipa::path(get, path = "/api/v1/events", tag = "audit",
+    params(
+        ("after" = Option<String>, Query, description = "A cursor (`next` of a previous page, or an event's `cursor`); default: the start of the log."),
+        FeedQuery,
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000,
+         description = "Most items, 1 to 1,000 (default 100). A page scans at most 5,000 events, so a sparse filter may return fewer; continue from `next`."),
+    ),
+    security(("bearer" = [])),
     responses((status = 200, body = FeedPage), (status = 400, body = Problem), (status = 401, body = Problem),
               (status = 403, body = Problem), (status = 503, body = Problem)))]
 #[get("/api/v1/events")]
@@ -230,17 +270,12 @@ pub async fn feed(
     caller: Caller,
     state: web::Data<AppState>,
     request: HttpRequest,
-    query: web::Query<FeedQuery>,
+    query: List<FeedQuery, LogCursor, AUDIT_MAX_LIMIT>,
 ) -> Result<HttpResponse, Problem> {
     caller.require(&[Role::Auditor, Role::Admin])?;
-    let limit = query.limit.unwrap_or(100);
-    if !(1..=1_000).contains(&limit) {
-        return Err(Problem::invalid_field("limit", "limit is between 1 and 1000"));
-    }
-    let mut cursor = match query.after.as_deref().filter(|after| !after.is_empty()) {
-        Some(raw) => parse_cursor("after", raw)?,
-        None => Cursor::START,
-    };
+    let List { filters: query, page } = query;
+    let limit = usize::try_from(page.limit).unwrap_or(usize::MAX);
+    let mut cursor = page.after.map_or(Cursor::START, |after| after.0);
     let from = query.from.as_deref().map(|raw| parse_time("from", raw)).transpose()?;
     let to = query.to.as_deref().map(|raw| parse_time("to", raw)).transpose()?;
     let matches = |event: &RecordedEvent| {
@@ -300,8 +335,8 @@ pub async fn aggregate_state(
     caller: Caller,
     state: web::Data<AppState>,
     request: HttpRequest,
-    path: web::Path<(String, String)>,
-    query: web::Query<StateQuery>,
+    path: Path<(String, String)>,
+    query: Query<StateQuery>,
 ) -> Result<HttpResponse, Problem> {
     caller.require(&[Role::Auditor, Role::Admin])?;
     let (kind, id) = path.into_inner();
@@ -386,9 +421,8 @@ pub struct CheckpointPage {
     pub next: Option<i64>,
 }
 
-/// Paging of checkpoints.
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
+/// Paging of checkpoints (as documented; [`CheckpointId`] and [`crate::Paging`] parse it).
+#[derive(Debug, utoipa::IntoParams)]
 pub struct CheckpointQuery {
     /// The `next` value of the previous page (default 0).
     pub after: Option<i64>,
@@ -411,7 +445,7 @@ pub async fn export(
     caller: Caller,
     state: web::Data<AppState>,
     request: HttpRequest,
-    query: web::Query<ExportQuery>,
+    query: Query<ExportQuery>,
 ) -> Result<HttpResponse, Problem> {
     caller.require(&[Role::Auditor, Role::Admin])?;
     let since =
@@ -491,14 +525,12 @@ pub async fn list_checkpoints(
     caller: Caller,
     state: web::Data<AppState>,
     request: HttpRequest,
-    query: web::Query<CheckpointQuery>,
+    query: List<NoFilters, CheckpointId, AUDIT_MAX_LIMIT>,
 ) -> Result<web::Json<CheckpointPage>, Problem> {
     caller.require(&[Role::Auditor, Role::Admin])?;
-    let limit = query.limit.unwrap_or(100);
-    if !(1..=1_000).contains(&limit) {
-        return Err(Problem::invalid_field("limit", "limit is between 1 and 1000"));
-    }
-    let rows = projections::audit_chain::checkpoints(state.store.read_models(), query.after.unwrap_or(0), limit + 1)
+    let limit = query.page.limit;
+    let after = query.page.after.map_or(0, |after| after.0);
+    let rows = projections::audit_chain::checkpoints(state.store.read_models(), after, query.page.fetch())
         .await
         .map_err(Problem::from)?;
     let more = rows.len() as i64 > limit;

@@ -7,10 +7,12 @@
 pub mod audit;
 pub mod auth;
 pub mod cache;
+pub mod extract;
 pub mod idempotency;
 pub mod members;
 pub mod metrics;
 pub mod ops;
+pub mod paging;
 mod problem;
 pub mod publishing;
 mod rejection;
@@ -25,6 +27,7 @@ use projections::{MembersQuery, PublishingQuery, StatusBoard};
 use store::{AggregateRepository, EventStore};
 
 pub use metrics::HttpMetrics;
+pub use paging::{List, NoFilters, Page, PageCursor, PageParams, Paging};
 pub use problem::{Problem, ProblemCode};
 pub use rejection::Rejection;
 
@@ -119,7 +122,9 @@ pub fn decode_page_key(raw: &str) -> Result<projections::TimeKey, Problem> {
 /// Mounts every route and the JSON error handlers.
 pub fn configure(state: AppState) -> impl FnOnce(&mut web::ServiceConfig) {
     move |config: &mut web::ServiceConfig| {
+        let routes = web::Data::new(problem::Routes::new(&state.openapi));
         config
+            .app_data(routes)
             .app_data(web::Data::new(state))
             .app_data(web::JsonConfig::default().limit(256 * 1024).error_handler(problem::json_error))
             .app_data(web::PathConfig::default().error_handler(problem::path_error))

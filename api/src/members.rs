@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 use store::EventMetadata;
 
 use crate::auth::Caller;
-use crate::{AppState, Problem, ProblemCode};
+use crate::extract::{Json, Path};
+use crate::{AppState, List, Problem, ProblemCode};
 
 /// A member, as the API shows it.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -42,24 +43,8 @@ impl From<MemberRow> for MemberView {
     }
 }
 
-/// A page of members.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct MemberPage {
-    /// Members in address order.
-    pub items: Vec<MemberView>,
-    /// Pass as `after` for the next page; absent on the last page.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub next: Option<String>,
-}
-
-/// Paging parameters.
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-pub struct PageQuery {
-    /// The `next` value of the previous page.
-    pub after: Option<String>,
-    /// Page size, 1 to 500 (default 100).
-    pub limit: Option<i64>,
-}
+/// A page of members, in address order.
+pub type MemberPage = crate::Page<MemberView>;
 
 /// An invitation.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -95,11 +80,7 @@ fn parse_email(raw: &str, field: &str) -> Result<Email, Problem> {
 }
 
 fn parse_role(raw: &str) -> Result<Role, Problem> {
-    Role::parse(raw).ok_or_else(|| {
-        Problem::new(ProblemCode::InvalidField, "Invalid field")
-            .field("role")
-            .detail("role is one of admin, member, auditor")
-    })
+    Role::parse(raw).ok_or_else(|| Problem::invalid_field("role", "role is one of admin, member, auditor"))
 }
 
 /// Runs a roster command for `caller`. Roster commands do not depend on what the caller saw, so a lost race is
@@ -128,27 +109,19 @@ pub async fn me(caller: Caller) -> web::Json<Me> {
 }
 
 /// Lists members (admins and auditors).
-#[utoipa::path(get, path = "/api/v1/members", tag = "members", params(PageQuery), security(("bearer" = [])),
-    responses((status = 200, body = MemberPage), (status = 401, body = Problem), (status = 403, body = Problem)))]
+#[utoipa::path(get, path = "/api/v1/members", tag = "members", params(crate::PageParams), security(("bearer" = [])),
+    responses((status = 200, body = crate::Page<MemberView>), (status = 400, body = Problem), (status = 401, body = Problem),
+              (status = 403, body = Problem), (status = 422, body = Problem)))]
 #[get("/api/v1/members")]
 pub async fn list_members(
     caller: Caller,
     state: web::Data<AppState>,
-    query: web::Query<PageQuery>,
+    query: List,
 ) -> Result<web::Json<MemberPage>, Problem> {
     caller.require(&[Role::Admin, Role::Auditor])?;
-    let limit = query.limit.unwrap_or(100);
-    if !(1..=500).contains(&limit) {
-        return Err(Problem::invalid_field("limit", "limit is between 1 and 500"));
-    }
-    let mut rows = state.members.list(query.after.as_deref(), limit + 1).await.map_err(store::StoreError::from)?;
-    let next = if rows.len() as i64 > limit {
-        rows.truncate(limit as usize);
-        rows.last().map(|row| row.email.clone())
-    } else {
-        None
-    };
-    Ok(web::Json(MemberPage { items: rows.into_iter().map(MemberView::from).collect(), next }))
+    let page = &query.page;
+    let rows = state.members.list(page.after.as_deref(), page.fetch()).await.map_err(store::StoreError::from)?;
+    Ok(web::Json(MemberPage::from_rows(rows, page.limit, |row| row.email.clone(), MemberView::from)))
 }
 
 /// One member (admins, auditors, and the member themself).
@@ -159,7 +132,7 @@ pub async fn list_members(
 pub async fn get_member(
     caller: Caller,
     state: web::Data<AppState>,
-    path: web::Path<String>,
+    path: Path<String>,
 ) -> Result<HttpResponse, Problem> {
     let email = parse_email(&path, "email")?;
     if email != caller.email {
@@ -180,7 +153,7 @@ pub async fn invite_member(
     caller: Caller,
     state: web::Data<AppState>,
     request: HttpRequest,
-    body: web::Json<InviteRequest>,
+    body: Json<InviteRequest>,
 ) -> Result<HttpResponse, Problem> {
     caller.require(&[Role::Admin])?;
     let fingerprint = serde_json::json!({ "email": body.email, "role": body.role }).to_string();
@@ -217,8 +190,8 @@ pub async fn change_role(
     caller: Caller,
     state: web::Data<AppState>,
     request: HttpRequest,
-    path: web::Path<String>,
-    body: web::Json<RoleChange>,
+    path: Path<String>,
+    body: Json<RoleChange>,
 ) -> Result<HttpResponse, Problem> {
     caller.require(&[Role::Admin])?;
     let email = parse_email(&path, "email")?;
@@ -242,7 +215,7 @@ pub async fn remove_member(
     caller: Caller,
     state: web::Data<AppState>,
     request: HttpRequest,
-    path: web::Path<String>,
+    path: Path<String>,
 ) -> Result<HttpResponse, Problem> {
     caller.require(&[Role::Admin])?;
     let email = parse_email(&path, "email")?;

@@ -22,7 +22,8 @@ use serde::{Deserialize, Serialize};
 use store::EventMetadata;
 
 use crate::auth::Caller;
-use crate::{AppState, Problem, ProblemCode};
+use crate::extract::{Json, OptionalJson, Path, Query};
+use crate::{AppState, List, Problem, ProblemCode};
 
 /// The publishing policy in force (from settings).
 #[derive(Debug, Clone)]
@@ -202,15 +203,8 @@ impl PublishRequestView {
     }
 }
 
-/// A page of publish requests.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct PublishRequestPage {
-    /// The requests, in the list's order.
-    pub items: Vec<PublishRequestView>,
-    /// Pass as `after` for the next page; absent on the last page.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub next: Option<String>,
-}
+/// A page of publish requests, in the list's order.
+pub type PublishRequestPage = crate::Page<PublishRequestView>;
 
 /// The outcome of a review or withdrawal, decided by the aggregate (the read model follows).
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -239,10 +233,6 @@ pub struct RequestListQuery {
     pub builder: Option<String>,
     /// Only this workspace.
     pub workspace_id: Option<String>,
-    /// The `next` value of the previous page.
-    pub after: Option<String>,
-    /// Page size, 1 to 500 (default 100).
-    pub limit: Option<i64>,
 }
 
 /// Filters and paging of the approvals queue (oldest first).
@@ -251,10 +241,6 @@ pub struct RequestListQuery {
 pub struct QueueQuery {
     /// Only this blueprint.
     pub blueprint_key: Option<String>,
-    /// The `next` value of the previous page.
-    pub after: Option<String>,
-    /// Page size, 1 to 500 (default 100).
-    pub limit: Option<i64>,
 }
 
 /// A trust rule to create.
@@ -303,25 +289,8 @@ impl From<TrustRuleRow> for TrustRuleView {
     }
 }
 
-/// A page of trust rules.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct TrustRulePage {
-    /// Rules in id order.
-    pub items: Vec<TrustRuleView>,
-    /// Pass as `after` for the next page; absent on the last page.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub next: Option<String>,
-}
-
-/// Paging of trust rules.
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
-pub struct TrustPageQuery {
-    /// The `next` value of the previous page.
-    pub after: Option<String>,
-    /// Page size, 1 to 500 (default 100).
-    pub limit: Option<i64>,
-}
+/// A page of trust rules, in id order.
+pub type TrustRulePage = crate::Page<TrustRuleView>;
 
 /// A dry run's question.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -354,7 +323,7 @@ pub struct EvaluateView {
 // Helpers
 
 fn invalid(error: InvalidValue) -> Problem {
-    Problem::new(ProblemCode::InvalidField, "Invalid field").field(error.field).detail(error.reason)
+    Problem::invalid_field(error.field, error.reason)
 }
 
 fn not_found(what: &str) -> Problem {
@@ -369,12 +338,15 @@ fn optional_text(field: &'static str, raw: Option<&str>, max: usize) -> Result<O
     }
 }
 
-fn limit(raw: Option<i64>) -> Result<i64, Problem> {
-    let limit = raw.unwrap_or(100);
-    if (1..=500).contains(&limit) {
-        Ok(limit)
-    } else {
-        Err(Problem::invalid_field("limit", "limit is between 1 and 500"))
+/// The cursor of a list ordered by (submission time, request id).
+#[derive(Debug, Clone)]
+pub struct RequestKey(TimeKey);
+
+impl crate::PageCursor for RequestKey {
+    fn decode(raw: &str) -> Option<Self> {
+        let key = crate::decode_page_key(raw).ok()?;
+        RequestId::parse(&key.id).ok()?;
+        Some(RequestKey(key))
     }
 }
 
@@ -383,21 +355,8 @@ fn encode_key(row: &PublishRequestRow) -> String {
     crate::encode_page_key(&row.submitted_at, &row.request_id)
 }
 
-fn decode_key(raw: &str) -> Result<TimeKey, Problem> {
-    let key = crate::decode_page_key(raw)?;
-    RequestId::parse(&key.id)
-        .map_err(|_| Problem::invalid_field("after", "after takes the next value of the previous page"))?;
-    Ok(key)
-}
-
-fn page(mut rows: Vec<PublishRequestRow>, limit: i64) -> PublishRequestPage {
-    let next = if rows.len() as i64 > limit {
-        rows.truncate(limit as usize);
-        rows.last().map(encode_key)
-    } else {
-        None
-    };
-    PublishRequestPage { items: rows.into_iter().map(|row| PublishRequestView::from_row(row, None)).collect(), next }
+fn page(rows: Vec<PublishRequestRow>, limit: i64) -> PublishRequestPage {
+    crate::Page::from_rows(rows, limit, encode_key, |row| PublishRequestView::from_row(row, None))
 }
 
 fn metadata(caller: &Caller, request: &HttpRequest) -> EventMetadata {
@@ -445,20 +404,6 @@ async fn decide(
         })
     })
     .await
-}
-
-/// A review's optional JSON body: empty means no reason.
-fn review_body(bytes: &[u8]) -> Result<ReviewInput, Problem> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(ReviewInput::default());
-    }
-    if bytes.len() > 64 * 1024 {
-        return Err(
-            Problem::new(ProblemCode::InvalidRequest, "Body too large").detail("A review body has at most 64 KiB.")
-        );
-    }
-    serde_json::from_slice(bytes)
-        .map_err(|error| Problem::new(ProblemCode::InvalidRequest, "Invalid JSON body").detail(error.to_string()))
 }
 
 fn request_id_from_path(raw: &str) -> Result<RequestId, Problem> {
@@ -509,7 +454,7 @@ pub async fn submit(
     caller: Caller,
     state: web::Data<AppState>,
     request: HttpRequest,
-    body: web::Json<SubmitRequest>,
+    body: Json<SubmitRequest>,
 ) -> Result<HttpResponse, Problem> {
     caller.require(&[Role::Member, Role::Admin])?;
     let fingerprint = serde_json::to_string(&*body).map_err(|_| Problem::internal())?;
@@ -589,17 +534,17 @@ pub async fn submit(
 
 /// Lists publish requests, newest first: every request for admins and auditors (the publish history), the
 /// caller's own for members.
-#[utoipa::path(get, path = "/api/v1/publish-requests", tag = "publishing", params(RequestListQuery),
+#[utoipa::path(get, path = "/api/v1/publish-requests", tag = "publishing", params(RequestListQuery, crate::PageParams),
     security(("bearer" = [])),
-    responses((status = 200, body = PublishRequestPage), (status = 400, body = Problem), (status = 401, body = Problem),
+    responses((status = 200, body = crate::Page<PublishRequestView>), (status = 400, body = Problem), (status = 401, body = Problem),
               (status = 403, body = Problem)))]
 #[get("/api/v1/publish-requests")]
 pub async fn list_requests(
     caller: Caller,
     state: web::Data<AppState>,
-    query: web::Query<RequestListQuery>,
+    query: List<RequestListQuery, RequestKey>,
 ) -> Result<web::Json<PublishRequestPage>, Problem> {
-    let limit = limit(query.limit)?;
+    let List { filters: query, page: paging } = query;
     let status = match query.status.as_deref() {
         None => None,
         Some(raw @ ("pending" | "approved" | "rejected" | "withdrawn" | "expired")) => Some(raw.to_string()),
@@ -626,29 +571,28 @@ pub async fn list_requests(
         builder: builder.map(String::from),
         workspace_id: query.workspace_id.clone(),
     };
-    let after = query.after.as_deref().filter(|after| !after.is_empty()).map(decode_key).transpose()?;
-    let rows = state
-        .publishing_reads
-        .list(&filter, false, after.as_ref(), limit + 1)
-        .await
-        .map_err(store::StoreError::from)?;
-    Ok(web::Json(page(rows, limit)))
+    let fetch = paging.fetch();
+    let after = paging.after.map(|key| key.0);
+    let rows =
+        state.publishing_reads.list(&filter, false, after.as_ref(), fetch).await.map_err(store::StoreError::from)?;
+    Ok(web::Json(page(rows, paging.limit)))
 }
 
 /// The approvals queue: pending requests, oldest first (admins and auditors).
-#[utoipa::path(get, path = "/api/v1/approvals", tag = "publishing", params(QueueQuery), security(("bearer" = [])),
-    responses((status = 200, body = PublishRequestPage), (status = 400, body = Problem), (status = 401, body = Problem),
+#[utoipa::path(get, path = "/api/v1/approvals", tag = "publishing", params(QueueQuery, crate::PageParams), security(("bearer" = [])),
+    responses((status = 200, body = crate::Page<PublishRequestView>), (status = 400, body = Problem), (status = 401, body = Problem),
               (status = 403, body = Problem)))]
 #[get("/api/v1/approvals")]
 pub async fn approvals_queue(
     caller: Caller,
     state: web::Data<AppState>,
-    query: web::Query<QueueQuery>,
+    query: List<QueueQuery, RequestKey>,
 ) -> Result<HttpResponse, Problem> {
     caller.require(&[Role::Admin, Role::Auditor])?;
-    let limit = limit(query.limit)?;
-    let after = query.after.as_deref().filter(|after| !after.is_empty());
-    let key = (query.blueprint_key.clone(), after.map(str::to_string), limit);
+    let List { filters: query, page: paging } = query;
+    let (limit, fetch, after) = (paging.limit, paging.fetch(), paging.after.map(|key| key.0));
+    let cursor = after.as_ref().map(|key| crate::encode_page_key(&key.at, &key.id));
+    let key = (query.blueprint_key.clone(), cursor, limit);
     // The same page for every reader until the read model moves: served from memory (crate::cache).
     let body = match state.caches.queue.get(&key) {
         Some(body) => body,
@@ -659,10 +603,9 @@ pub async fn approvals_queue(
                 blueprint_key: query.blueprint_key.clone(),
                 ..RequestFilter::default()
             };
-            let after = after.map(decode_key).transpose()?;
             let rows = state
                 .publishing_reads
-                .list(&filter, true, after.as_ref(), limit + 1)
+                .list(&filter, true, after.as_ref(), fetch)
                 .await
                 .map_err(store::StoreError::from)?;
             let body = web::Bytes::from(serde_json::to_vec(&page(rows, limit)).map_err(|_| Problem::internal())?);
@@ -681,7 +624,7 @@ pub async fn approvals_queue(
 pub async fn get_request(
     caller: Caller,
     state: web::Data<AppState>,
-    path: web::Path<String>,
+    path: Path<String>,
 ) -> Result<HttpResponse, Problem> {
     let request_id = request_id_from_path(&path)?;
     let row = read_request(&state, &request_id).await?;
@@ -703,12 +646,13 @@ pub async fn approve(
     caller: Caller,
     state: web::Data<AppState>,
     request: HttpRequest,
-    path: web::Path<String>,
-    body: web::Bytes,
+    path: Path<String>,
+    body: OptionalJson<ReviewInput>,
 ) -> Result<HttpResponse, Problem> {
     caller.require(&[Role::Admin])?;
     let request_id = request_id_from_path(&path)?;
-    let reason = optional_text("reason", review_body(&body)?.reason.as_deref(), MAX_REASON_CHARS)?;
+    let reason = body.value.as_ref().and_then(|review| review.reason.as_deref());
+    let reason = optional_text("reason", reason, MAX_REASON_CHARS)?;
     let command = PublishingCommand::Approve {
         request_id: request_id.clone(),
         reviewer: caller.email.clone(),
@@ -716,7 +660,7 @@ pub async fn approve(
         reason_required: state.publish_policy.require_reason,
         if_version: crate::if_match(&request)?,
     };
-    decide(&state, &caller, &request, request_id, command, &body).await
+    decide(&state, &caller, &request, request_id, command, &body.raw).await
 }
 
 /// Rejects a pending request with optional feedback (admins). Final: the builder submits a new request.
@@ -730,12 +674,13 @@ pub async fn reject(
     caller: Caller,
     state: web::Data<AppState>,
     request: HttpRequest,
-    path: web::Path<String>,
-    body: web::Bytes,
+    path: Path<String>,
+    body: OptionalJson<ReviewInput>,
 ) -> Result<HttpResponse, Problem> {
     caller.require(&[Role::Admin])?;
     let request_id = request_id_from_path(&path)?;
-    let feedback = optional_text("reason", review_body(&body)?.reason.as_deref(), MAX_REASON_CHARS)?;
+    let feedback = body.value.as_ref().and_then(|review| review.reason.as_deref());
+    let feedback = optional_text("reason", feedback, MAX_REASON_CHARS)?;
     let command = PublishingCommand::Reject {
         request_id: request_id.clone(),
         reviewer: caller.email.clone(),
@@ -743,7 +688,7 @@ pub async fn reject(
         reason_required: state.publish_policy.require_reason,
         if_version: crate::if_match(&request)?,
     };
-    decide(&state, &caller, &request, request_id, command, &body).await
+    decide(&state, &caller, &request, request_id, command, &body.raw).await
 }
 
 /// Withdraws a pending request (its builder only). Final.
@@ -755,7 +700,7 @@ pub async fn withdraw(
     caller: Caller,
     state: web::Data<AppState>,
     request: HttpRequest,
-    path: web::Path<String>,
+    path: Path<String>,
 ) -> Result<HttpResponse, Problem> {
     caller.require(&[Role::Member, Role::Admin])?;
     let request_id = request_id_from_path(&path)?;
@@ -771,29 +716,23 @@ pub async fn withdraw(
 // Trust rules
 
 /// Lists trust rules (admins and auditors).
-#[utoipa::path(get, path = "/api/v1/trust-rules", tag = "trust", params(TrustPageQuery), security(("bearer" = [])),
-    responses((status = 200, body = TrustRulePage), (status = 400, body = Problem), (status = 401, body = Problem),
+#[utoipa::path(get, path = "/api/v1/trust-rules", tag = "trust", params(crate::PageParams), security(("bearer" = [])),
+    responses((status = 200, body = crate::Page<TrustRuleView>), (status = 400, body = Problem), (status = 401, body = Problem),
               (status = 403, body = Problem)))]
 #[get("/api/v1/trust-rules")]
 pub async fn list_trust_rules(
     caller: Caller,
     state: web::Data<AppState>,
-    query: web::Query<TrustPageQuery>,
+    query: List,
 ) -> Result<web::Json<TrustRulePage>, Problem> {
     caller.require(&[Role::Admin, Role::Auditor])?;
-    let limit = limit(query.limit)?;
-    let mut rows = state
+    let page = &query.page;
+    let rows = state
         .publishing_reads
-        .trust_rules(query.after.as_deref().filter(|after| !after.is_empty()), limit + 1)
+        .trust_rules(page.after.as_deref(), page.fetch())
         .await
         .map_err(store::StoreError::from)?;
-    let next = if rows.len() as i64 > limit {
-        rows.truncate(limit as usize);
-        rows.last().map(|row| row.rule_id.clone())
-    } else {
-        None
-    };
-    Ok(web::Json(TrustRulePage { items: rows.into_iter().map(TrustRuleView::from).collect(), next }))
+    Ok(web::Json(TrustRulePage::from_rows(rows, page.limit, |row| row.rule_id.clone(), TrustRuleView::from)))
 }
 
 /// Trusts a user for one blueprint or all (admins). Their later submissions are approved at once.
@@ -807,7 +746,7 @@ pub async fn create_trust_rule(
     caller: Caller,
     state: web::Data<AppState>,
     request: HttpRequest,
-    body: web::Json<TrustRuleInput>,
+    body: Json<TrustRuleInput>,
 ) -> Result<HttpResponse, Problem> {
     caller.require(&[Role::Admin])?;
     let fingerprint = serde_json::to_string(&*body).map_err(|_| Problem::internal())?;
@@ -858,7 +797,7 @@ pub async fn create_trust_rule(
 pub async fn evaluate_trust(
     caller: Caller,
     state: web::Data<AppState>,
-    query: web::Query<EvaluateQuery>,
+    query: Query<EvaluateQuery>,
 ) -> Result<web::Json<EvaluateView>, Problem> {
     let email = Email::parse(&query.email).map_err(|error| Problem::invalid_field("email", error.to_string()))?;
     if email != caller.email {
@@ -901,7 +840,7 @@ pub async fn evaluate_trust(
 pub async fn get_trust_rule(
     caller: Caller,
     state: web::Data<AppState>,
-    path: web::Path<String>,
+    path: Path<String>,
 ) -> Result<web::Json<TrustRuleView>, Problem> {
     caller.require(&[Role::Admin, Role::Auditor])?;
     let row = state.publishing_reads.trust_rule(&path).await.map_err(store::StoreError::from)?;
@@ -916,7 +855,7 @@ pub async fn revoke_trust_rule(
     caller: Caller,
     state: web::Data<AppState>,
     request: HttpRequest,
-    path: web::Path<String>,
+    path: Path<String>,
 ) -> Result<HttpResponse, Problem> {
     caller.require(&[Role::Admin])?;
     let command = TrustCommand::Revoke { rule_id: path.into_inner(), revoked_by: caller.email.clone() };
