@@ -316,8 +316,62 @@ impl From<StoreError> for Problem {
     }
 }
 
+/// The methods of every path the service serves, from its OpenAPI document (which a test keeps in step with the
+/// mounted routes): what a `405` lists in `Allow`.
+pub(crate) struct Routes(Vec<(actix_web::dev::ResourceDef, Vec<&'static str>)>);
+
+impl Routes {
+    pub(crate) fn new(document: &utoipa::openapi::OpenApi) -> Self {
+        let routes = document
+            .paths
+            .paths
+            .iter()
+            .map(|(path, item)| {
+                let methods = [
+                    ("GET", item.get.is_some()),
+                    ("HEAD", item.head.is_some()),
+                    ("POST", item.post.is_some()),
+                    ("PUT", item.put.is_some()),
+                    ("PATCH", item.patch.is_some()),
+                    ("DELETE", item.delete.is_some()),
+                    ("OPTIONS", item.options.is_some()),
+                ];
+                let methods = methods.into_iter().filter(|(_, present)| *present).map(|(method, _)| method).collect();
+                (actix_web::dev::ResourceDef::new(path.as_str()), methods)
+            })
+            .collect();
+        Self(routes)
+    }
+
+    /// The methods `path` has (none: no such path).
+    pub(crate) fn allowed(&self, path: &str) -> Vec<&'static str> {
+        let mut allowed: Vec<&'static str> = Vec::new();
+        for (pattern, methods) in &self.0 {
+            if pattern.is_match(path) {
+                for method in methods {
+                    if !allowed.contains(method) {
+                        allowed.push(method);
+                    }
+                }
+            }
+        }
+        allowed
+    }
+}
+
+/// The default service: 405 with `Allow` for a path that exists with other methods, 404 otherwise.
 pub(crate) async fn not_found(request: HttpRequest) -> Result<HttpResponse, Problem> {
-    Err(Problem::not_found(format!("No route for {} {}", request.method(), request.path())))
+    let allowed = request.app_data::<actix_web::web::Data<Routes>>().map(|routes| routes.allowed(request.path()));
+    match allowed.filter(|allowed| !allowed.is_empty()) {
+        Some(allowed) => {
+            let allow = allowed.join(", ");
+            let value = HeaderValue::from_str(&allow).map_err(|_| Problem::internal())?;
+            Err(Problem::new(ProblemCode::MethodNotAllowed, "Method not allowed")
+                .detail(format!("{} {} is not served; this path takes {allow}.", request.method(), request.path()))
+                .header(header::ALLOW, value))
+        }
+        None => Err(Problem::not_found(format!("No route for {} {}", request.method(), request.path()))),
+    }
 }
 
 pub(crate) fn json_error(error: actix_web::error::JsonPayloadError, _: &HttpRequest) -> actix_web::Error {
@@ -368,5 +422,101 @@ impl<E: crate::Rejection> From<CommandError<E>> for Problem {
             }
             CommandError::Store(error) => Problem::from(error),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn every_code_is_listed_once_with_one_status_and_its_serialized_name() {
+        // The OpenAPI schema of the enum lists every variant, so `ALL` cannot miss one.
+        let schema = serde_json::to_value(<ProblemCode as utoipa::PartialSchema>::schema()).unwrap();
+        let mut variants: Vec<String> =
+            schema["enum"].as_array().unwrap().iter().map(|name| name.as_str().unwrap().to_string()).collect();
+        let mut listed: Vec<String> = ProblemCode::ALL.iter().map(|code| code.as_str().to_string()).collect();
+        variants.sort();
+        listed.sort();
+        assert_eq!(listed, variants);
+        listed.dedup();
+        assert_eq!(listed.len(), ProblemCode::ALL.len(), "a code is listed twice");
+        for code in ProblemCode::ALL {
+            assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
+            let problem = Problem::new(code, "t");
+            assert_eq!(problem.status(), code.status());
+            let document = serde_json::to_value(&problem).unwrap();
+            assert_eq!(document["status"], code.status().as_u16());
+            assert_eq!(document["type"], format!("urn:gatehouse:problem:{}", code.as_str()));
+            assert!(code.status().is_client_error() || code.status().is_server_error(), "{code:?}");
+        }
+    }
+
+    /// The Errors table of docs/API.md: code → status.
+    fn documented_statuses() -> BTreeMap<String, String> {
+        let api_md = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/API.md"));
+        let start = api_md.find("| code | status | meaning |").expect("docs/API.md has the Errors table");
+        api_md[start..]
+            .lines()
+            .skip(2)
+            .take_while(|line| line.starts_with('|'))
+            .map(|line| {
+                let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
+                (cells[0].trim_matches('`').to_string(), cells[1].to_string())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_api_docs_list_every_code_with_its_one_status() {
+        let documented = documented_statuses();
+        let expected: BTreeMap<String, String> = ProblemCode::ALL
+            .iter()
+            .map(|code| (code.as_str().to_string(), code.status().as_u16().to_string()))
+            .collect();
+        assert_eq!(documented, expected, "docs/API.md's Errors table and ProblemCode::status disagree");
+    }
+
+    #[test]
+    fn problems_carry_their_headers() {
+        let problem = Problem::new(ProblemCode::MethodNotAllowed, "Method not allowed")
+            .header(header::ALLOW, HeaderValue::from_static("GET, POST"));
+        let response = problem.error_response();
+        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(response.headers()[header::ALLOW], "GET, POST");
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/problem+json");
+        let unavailable = Problem::store_unavailable().error_response();
+        assert_eq!(unavailable.headers()[header::RETRY_AFTER], "2");
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("refused")]
+    struct Refusal(ProblemCode);
+
+    impl crate::Rejection for Refusal {
+        fn code(&self) -> ProblemCode {
+            self.0
+        }
+
+        fn field(&self) -> Option<&'static str> {
+            (self.0 == ProblemCode::InvalidField).then_some("reason")
+        }
+    }
+
+    #[test]
+    fn command_errors_convert_through_one_mapping() {
+        let problem = Problem::from(CommandError::<Refusal>::Conflict);
+        assert_eq!(problem.code(), ProblemCode::ConcurrentModification);
+        assert_eq!(problem.status(), StatusCode::CONFLICT);
+        let problem = Problem::from(CommandError::<Refusal>::VersionMismatch { expected: 1, actual: 2 });
+        assert_eq!((problem.code(), problem.status()), (ProblemCode::StaleVersion, StatusCode::PRECONDITION_FAILED));
+        let problem = Problem::from(CommandError::Rejected(Refusal(ProblemCode::LastAdmin)));
+        assert_eq!((problem.code(), problem.status()), (ProblemCode::LastAdmin, StatusCode::CONFLICT));
+        let problem = Problem::from(CommandError::Rejected(Refusal(ProblemCode::InvalidField)));
+        assert_eq!((problem.status(), problem.field_name()), (StatusCode::UNPROCESSABLE_ENTITY, Some("reason")));
+        let problem = Problem::from(CommandError::<Refusal>::Store(StoreError::Corrupt("bad row".into())));
+        assert_eq!((problem.code(), problem.status()), (ProblemCode::Internal, StatusCode::INTERNAL_SERVER_ERROR));
     }
 }
