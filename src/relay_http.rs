@@ -336,7 +336,8 @@ impl MintBody {
     security(("bearer" = [])),
     responses((status = 201, body = MintedToken, headers(("Cache-Control" = String, description = "no-store"))),
               (status = 400, body = Problem), (status = 401, body = Problem),
-              (status = 403, body = Problem), (status = 422, body = Problem), (status = 503, body = Problem)))]
+              (status = 403, body = Problem), (status = 422, body = Problem), (status = 503, body = Problem),
+              (status = 413, body = Problem), (status = 415, body = Problem)))]
 #[post("/api/v1/agent-tokens")]
 async fn mint_agent_token(
     caller: Caller,
@@ -371,7 +372,8 @@ async fn mint_agent_token(
     params(("id" = String, Path, description = "The token's id (hex SHA-256), as minted")),
     security(("bearer" = [])),
     responses((status = 204, description = "Revoked (also when it was already)"), (status = 401, body = Problem),
-              (status = 403, body = Problem), (status = 404, body = Problem), (status = 503, body = Problem)))]
+              (status = 403, body = Problem), (status = 404, body = Problem), (status = 503, body = Problem),
+              (status = 422, body = Problem)))]
 #[delete("/api/v1/agent-tokens/{id}")]
 async fn revoke_agent_token(
     caller: Caller,
@@ -476,7 +478,8 @@ pub struct TicketView {
     security(("bearer" = [])),
     responses((status = 201, body = TicketView, headers(("Cache-Control" = String, description = "no-store"))),
               (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
-              (status = 404, body = Problem), (status = 503, body = Problem)))]
+              (status = 404, body = Problem), (status = 503, body = Problem),
+              (status = 413, body = Problem), (status = 415, body = Problem), (status = 422, body = Problem)))]
 #[post("/api/v1/workspaces/{id}/tickets")]
 async fn issue_ticket(
     caller: Caller,
@@ -599,7 +602,8 @@ pub struct SessionView {
 /// Terminal sessions, newest first, from the `sessions` read model (admin).
 #[utoipa::path(get, path = "/api/v1/sessions", tag = "relay", params(SessionListQuery, api::PageParams), security(("bearer" = [])),
     responses((status = 200, body = api::Page<SessionView>), (status = 400, body = Problem), (status = 401, body = Problem),
-              (status = 403, body = Problem), (status = 503, body = Problem)))]
+              (status = 403, body = Problem), (status = 503, body = Problem),
+              (status = 422, body = Problem)))]
 #[get("/api/v1/sessions")]
 async fn list_sessions(
     caller: Caller,
@@ -693,7 +697,8 @@ pub struct ActivityView {
 #[utoipa::path(get, path = "/api/v1/relay/activity", tag = "relay", params(ActivityListQuery, api::PageParams),
     security(("bearer" = [])),
     responses((status = 200, body = api::Page<ActivityView>), (status = 400, body = Problem), (status = 401, body = Problem),
-              (status = 403, body = Problem), (status = 503, body = Problem)))]
+              (status = 403, body = Problem), (status = 503, body = Problem),
+              (status = 422, body = Problem)))]
 #[get("/api/v1/relay/activity")]
 async fn list_activity(
     caller: Caller,
@@ -805,7 +810,8 @@ async fn get_firewall(caller: Caller, relay: web::Data<Relay>) -> Result<HttpRes
 #[utoipa::path(put, path = "/api/v1/firewall", tag = "relay", request_body = FirewallBody,
     security(("bearer" = [])),
     responses((status = 200, body = FirewallView), (status = 400, body = Problem), (status = 401, body = Problem),
-              (status = 403, body = Problem), (status = 503, body = Problem)))]
+              (status = 403, body = Problem), (status = 503, body = Problem),
+              (status = 413, body = Problem), (status = 415, body = Problem), (status = 422, body = Problem)))]
 #[put("/api/v1/firewall")]
 async fn put_firewall(
     caller: Caller,
@@ -915,7 +921,8 @@ async fn agent_connect() -> Result<HttpResponse, Problem> {
     responses((status = 101, description = "Switching Protocols: the terminal WebSocket"),
               (status = 400, body = Problem, description = "Not a WebSocket upgrade"),
               (status = 403, body = Problem, description = "The Origin may not open terminals"),
-              (status = 426, body = Problem, description = "A WebSocket version other than 13")))]
+              (status = 426, body = Problem, description = "A WebSocket version other than 13"),
+              (status = 422, body = Problem)))]
 #[get("/api/v1/workspaces/{id}/terminal")]
 async fn terminal(request: HttpRequest, relay: web::Data<Relay>) -> Result<HttpResponse, Problem> {
     if !crate::relay_ws::origin_allowed(request.headers(), &relay.limits.allowed_origins) {

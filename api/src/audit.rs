@@ -225,7 +225,8 @@ pub(crate) async fn record_read(
 #[utoipa::path(get, path = "/api/v1/aggregates/{aggregate_type}/{aggregate_id}/events", tag = "audit",
     params(AggregateEventsQuery), security(("bearer" = [])),
     responses((status = 200, body = AggregateEventsPage), (status = 400, body = Problem), (status = 401, body = Problem),
-              (status = 403, body = Problem), (status = 404, body = Problem), (status = 503, body = Problem)))]
+              (status = 403, body = Problem), (status = 404, body = Problem), (status = 503, body = Problem),
+              (status = 422, body = Problem)))]
 #[get("/api/v1/aggregates/{aggregate_type}/{aggregate_id}/events")]
 pub async fn aggregate_events(
     caller: Caller,
@@ -264,7 +265,8 @@ pub async fn aggregate_events(
     ),
     security(("bearer" = [])),
     responses((status = 200, body = FeedPage), (status = 400, body = Problem), (status = 401, body = Problem),
-              (status = 403, body = Problem), (status = 503, body = Problem)))]
+              (status = 403, body = Problem), (status = 503, body = Problem),
+              (status = 422, body = Problem)))]
 #[get("/api/v1/events")]
 pub async fn feed(
     caller: Caller,
@@ -329,7 +331,8 @@ fn replay<A: Aggregate + Serialize>(events: &[RecordedEvent]) -> Result<serde_js
 #[utoipa::path(get, path = "/api/v1/aggregates/{aggregate_type}/{aggregate_id}/state", tag = "audit",
     params(StateQuery), security(("bearer" = [])),
     responses((status = 200, body = StateView), (status = 400, body = Problem), (status = 401, body = Problem),
-              (status = 403, body = Problem), (status = 404, body = Problem), (status = 503, body = Problem)))]
+              (status = 403, body = Problem), (status = 404, body = Problem), (status = 503, body = Problem),
+              (status = 422, body = Problem)))]
 #[get("/api/v1/aggregates/{aggregate_type}/{aggregate_id}/state")]
 pub async fn aggregate_state(
     caller: Caller,
@@ -439,7 +442,8 @@ fn checkpoint_json(checkpoint: &::audit::Checkpoint) -> Result<serde_json::Value
 #[utoipa::path(get, path = "/api/v1/audit/export", tag = "audit", params(ExportQuery), security(("bearer" = [])),
     responses((status = 200, description = "application/x-ndjson: the export (docs/AUDIT.md)"),
               (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
-              (status = 503, body = Problem)))]
+              (status = 503, body = Problem),
+              (status = 422, body = Problem)))]
 #[get("/api/v1/audit/export")]
 pub async fn export(
     caller: Caller,
@@ -519,7 +523,8 @@ pub async fn latest_checkpoint(
 #[utoipa::path(get, path = "/api/v1/audit/checkpoints", tag = "audit", params(CheckpointQuery),
     security(("bearer" = [])),
     responses((status = 200, body = CheckpointPage), (status = 400, body = Problem), (status = 401, body = Problem),
-              (status = 403, body = Problem)))]
+              (status = 403, body = Problem),
+              (status = 422, body = Problem)))]
 #[get("/api/v1/audit/checkpoints")]
 pub async fn list_checkpoints(
     caller: Caller,

@@ -127,7 +127,8 @@ pub async fn list_members(
 /// One member (admins, auditors, and the member themself).
 #[utoipa::path(get, path = "/api/v1/members/{email}", tag = "members", security(("bearer" = [])),
     responses((status = 200, body = MemberView, headers(("ETag" = String, description = "The member's version, for If-Match"))),
-              (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)))]
+              (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem),
+              (status = 422, body = Problem)))]
 #[get("/api/v1/members/{email}")]
 pub async fn get_member(
     caller: Caller,
@@ -147,7 +148,8 @@ pub async fn get_member(
 /// Invites someone (admins).
 #[utoipa::path(post, path = "/api/v1/members", tag = "members", request_body = InviteRequest, security(("bearer" = [])),
     responses((status = 201, body = MemberView), (status = 401, body = Problem), (status = 403, body = Problem),
-              (status = 409, body = Problem), (status = 422, body = Problem), (status = 503, body = Problem)))]
+              (status = 409, body = Problem), (status = 422, body = Problem), (status = 503, body = Problem),
+              (status = 400, body = Problem), (status = 413, body = Problem), (status = 415, body = Problem)))]
 #[post("/api/v1/members")]
 pub async fn invite_member(
     caller: Caller,
@@ -184,7 +186,8 @@ pub async fn invite_member(
 /// Changes a member's role (admins). The last admin cannot be demoted.
 #[utoipa::path(patch, path = "/api/v1/members/{email}", tag = "members", request_body = RoleChange, security(("bearer" = [])),
     responses((status = 204), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem),
-              (status = 409, body = Problem), (status = 412, body = Problem), (status = 422, body = Problem)))]
+              (status = 409, body = Problem), (status = 412, body = Problem), (status = 422, body = Problem),
+              (status = 400, body = Problem), (status = 413, body = Problem), (status = 415, body = Problem)))]
 #[patch("/api/v1/members/{email}")]
 pub async fn change_role(
     caller: Caller,
@@ -209,7 +212,8 @@ pub async fn change_role(
 /// Removes a member (admins). The last admin cannot be removed.
 #[utoipa::path(delete, path = "/api/v1/members/{email}", tag = "members", security(("bearer" = [])),
     responses((status = 204), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem),
-              (status = 409, body = Problem), (status = 412, body = Problem)))]
+              (status = 409, body = Problem), (status = 412, body = Problem),
+              (status = 422, body = Problem)))]
 #[delete("/api/v1/members/{email}")]
 pub async fn remove_member(
     caller: Caller,

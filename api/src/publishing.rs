@@ -448,7 +448,8 @@ fn may_see(caller: &Caller, row: &PublishRequestRow) -> bool {
     security(("bearer" = [])),
     responses((status = 201, body = PublishRequestView), (status = 400, body = Problem), (status = 401, body = Problem),
               (status = 403, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem),
-              (status = 503, body = Problem)))]
+              (status = 503, body = Problem),
+              (status = 413, body = Problem), (status = 415, body = Problem)))]
 #[post("/api/v1/publish-requests")]
 pub async fn submit(
     caller: Caller,
@@ -537,7 +538,8 @@ pub async fn submit(
 #[utoipa::path(get, path = "/api/v1/publish-requests", tag = "publishing", params(RequestListQuery, crate::PageParams),
     security(("bearer" = [])),
     responses((status = 200, body = crate::Page<PublishRequestView>), (status = 400, body = Problem), (status = 401, body = Problem),
-              (status = 403, body = Problem)))]
+              (status = 403, body = Problem),
+              (status = 422, body = Problem)))]
 #[get("/api/v1/publish-requests")]
 pub async fn list_requests(
     caller: Caller,
@@ -581,7 +583,8 @@ pub async fn list_requests(
 /// The approvals queue: pending requests, oldest first (admins and auditors).
 #[utoipa::path(get, path = "/api/v1/approvals", tag = "publishing", params(QueueQuery, crate::PageParams), security(("bearer" = [])),
     responses((status = 200, body = crate::Page<PublishRequestView>), (status = 400, body = Problem), (status = 401, body = Problem),
-              (status = 403, body = Problem)))]
+              (status = 403, body = Problem),
+              (status = 422, body = Problem)))]
 #[get("/api/v1/approvals")]
 pub async fn approvals_queue(
     caller: Caller,
@@ -619,7 +622,8 @@ pub async fn approvals_queue(
 /// One request with its patch and full review history (admins, auditors, and its builder).
 #[utoipa::path(get, path = "/api/v1/publish-requests/{id}", tag = "publishing", security(("bearer" = [])),
     responses((status = 200, body = PublishRequestView, headers(("ETag" = String, description = "The request's version, for If-Match"))),
-              (status = 401, body = Problem), (status = 404, body = Problem)))]
+              (status = 401, body = Problem), (status = 404, body = Problem),
+              (status = 403, body = Problem), (status = 422, body = Problem)))]
 #[get("/api/v1/publish-requests/{id}")]
 pub async fn get_request(
     caller: Caller,
@@ -640,7 +644,8 @@ pub async fn get_request(
     security(("bearer" = [])),
     responses((status = 200, body = DecisionView), (status = 401, body = Problem), (status = 403, body = Problem),
               (status = 404, body = Problem), (status = 409, body = Problem), (status = 412, body = Problem),
-              (status = 422, body = Problem)))]
+              (status = 422, body = Problem),
+              (status = 400, body = Problem), (status = 413, body = Problem), (status = 415, body = Problem)))]
 #[post("/api/v1/publish-requests/{id}/approve")]
 pub async fn approve(
     caller: Caller,
@@ -668,7 +673,8 @@ pub async fn approve(
     security(("bearer" = [])),
     responses((status = 200, body = DecisionView), (status = 401, body = Problem), (status = 403, body = Problem),
               (status = 404, body = Problem), (status = 409, body = Problem), (status = 412, body = Problem),
-              (status = 422, body = Problem)))]
+              (status = 422, body = Problem),
+              (status = 400, body = Problem), (status = 413, body = Problem), (status = 415, body = Problem)))]
 #[post("/api/v1/publish-requests/{id}/reject")]
 pub async fn reject(
     caller: Caller,
@@ -694,7 +700,8 @@ pub async fn reject(
 /// Withdraws a pending request (its builder only). Final.
 #[utoipa::path(post, path = "/api/v1/publish-requests/{id}/withdraw", tag = "publishing", security(("bearer" = [])),
     responses((status = 200, body = DecisionView), (status = 401, body = Problem), (status = 403, body = Problem),
-              (status = 404, body = Problem), (status = 409, body = Problem), (status = 412, body = Problem)))]
+              (status = 404, body = Problem), (status = 409, body = Problem), (status = 412, body = Problem),
+              (status = 422, body = Problem)))]
 #[post("/api/v1/publish-requests/{id}/withdraw")]
 pub async fn withdraw(
     caller: Caller,
@@ -718,7 +725,8 @@ pub async fn withdraw(
 /// Lists trust rules (admins and auditors).
 #[utoipa::path(get, path = "/api/v1/trust-rules", tag = "trust", params(crate::PageParams), security(("bearer" = [])),
     responses((status = 200, body = crate::Page<TrustRuleView>), (status = 400, body = Problem), (status = 401, body = Problem),
-              (status = 403, body = Problem)))]
+              (status = 403, body = Problem),
+              (status = 422, body = Problem)))]
 #[get("/api/v1/trust-rules")]
 pub async fn list_trust_rules(
     caller: Caller,
@@ -740,7 +748,8 @@ pub async fn list_trust_rules(
     params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe")),
     security(("bearer" = [])),
     responses((status = 201, body = TrustRuleView), (status = 401, body = Problem), (status = 403, body = Problem),
-              (status = 409, body = Problem), (status = 422, body = Problem)))]
+              (status = 409, body = Problem), (status = 422, body = Problem),
+              (status = 400, body = Problem), (status = 413, body = Problem), (status = 415, body = Problem)))]
 #[post("/api/v1/trust-rules")]
 pub async fn create_trust_rule(
     caller: Caller,
@@ -792,7 +801,8 @@ pub async fn create_trust_rule(
 #[utoipa::path(get, path = "/api/v1/trust-rules/evaluate", tag = "trust", params(EvaluateQuery),
     security(("bearer" = [])),
     responses((status = 200, body = EvaluateView), (status = 400, body = Problem), (status = 401, body = Problem),
-              (status = 403, body = Problem)))]
+              (status = 403, body = Problem),
+              (status = 422, body = Problem)))]
 #[get("/api/v1/trust-rules/evaluate")]
 pub async fn evaluate_trust(
     caller: Caller,
@@ -835,7 +845,8 @@ pub async fn evaluate_trust(
 /// One trust rule (admins and auditors).
 #[utoipa::path(get, path = "/api/v1/trust-rules/{id}", tag = "trust", security(("bearer" = [])),
     responses((status = 200, body = TrustRuleView), (status = 401, body = Problem), (status = 403, body = Problem),
-              (status = 404, body = Problem)))]
+              (status = 404, body = Problem),
+              (status = 422, body = Problem)))]
 #[get("/api/v1/trust-rules/{id}")]
 pub async fn get_trust_rule(
     caller: Caller,
@@ -849,7 +860,8 @@ pub async fn get_trust_rule(
 
 /// Revokes a trust rule (admins).
 #[utoipa::path(delete, path = "/api/v1/trust-rules/{id}", tag = "trust", security(("bearer" = [])),
-    responses((status = 204), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)))]
+    responses((status = 204), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem),
+              (status = 422, body = Problem)))]
 #[delete("/api/v1/trust-rules/{id}")]
 pub async fn revoke_trust_rule(
     caller: Caller,
