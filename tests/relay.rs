@@ -1464,6 +1464,10 @@ async fn websocket_handshakes_are_checked_and_answered_on_the_wire_on(db: TestDb
     for (what, version, changes) in bad {
         exchange(request("GET", terminal, version, changes)).await.problem(400, "invalid_request", what);
     }
+    // A workspace id holding NUL never reaches the store: 422 naming it.
+    exchange(request("GET", "/api/v1/workspaces/a%00b/terminal", "HTTP/1.1", &[]))
+        .await
+        .problem(422, "invalid_field", "NUL in the workspace");
     // Upgrade to an ordinary route: 404 (the route exists, but not as a WebSocket).
     exchange(request("GET", "/api/v1/members", "HTTP/1.1", &[])).await.problem(404, "not_found", "members");
     exchange(request("GET", "/nowhere", "HTTP/1.1", &[])).await.problem(404, "not_found", "nowhere");
@@ -1528,6 +1532,7 @@ async fn websocket_handshakes_are_checked_and_answered_on_the_wire_on(db: TestDb
         ("GET", "/api/v1/agent/connect", 426, 1),
         ("GET", route, 400, bad.len()),
         ("GET", route, 403, 1),
+        ("GET", route, 422, 1),
         ("GET", "unmatched", 404, 2),
     ] {
         let line = format!(
@@ -1537,7 +1542,7 @@ async fn websocket_handshakes_are_checked_and_answered_on_the_wire_on(db: TestDb
     }
     let histogram = format!(
         "gatehouse_http_request_duration_seconds_count{{method=\"GET\",route=\"{route}\"}} {}",
-        2 + 2 + bad.len() + 1
+        2 + 2 + bad.len() + 1 + 1
     );
     assert!(metrics.lines().any(|candidate| candidate == histogram), "no {histogram} in\n{metrics}");
 }
