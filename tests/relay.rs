@@ -1465,9 +1465,11 @@ async fn websocket_handshakes_are_checked_and_answered_on_the_wire_on(db: TestDb
         exchange(request("GET", terminal, version, changes)).await.problem(400, "invalid_request", what);
     }
     // A workspace id holding NUL never reaches the store: 422 naming it.
-    exchange(request("GET", "/api/v1/workspaces/a%00b/terminal", "HTTP/1.1", &[]))
-        .await
-        .problem(422, "invalid_field", "NUL in the workspace");
+    exchange(request("GET", "/api/v1/workspaces/a%00b/terminal", "HTTP/1.1", &[])).await.problem(
+        422,
+        "invalid_field",
+        "NUL in the workspace",
+    );
     // Upgrade to an ordinary route: 404 (the route exists, but not as a WebSocket).
     exchange(request("GET", "/api/v1/members", "HTTP/1.1", &[])).await.problem(404, "not_found", "members");
     exchange(request("GET", "/nowhere", "HTTP/1.1", &[])).await.problem(404, "not_found", "nowhere");

@@ -170,7 +170,7 @@ pub struct Problem {
     #[serde(rename = "type")]
     kind: String,
     /// A short summary of the problem type.
-    title: String,
+    title: &'static str,
     /// The HTTP status (always the code's).
     status: u16,
     /// What happened in this occurrence, safe to show to the caller.
@@ -187,21 +187,21 @@ pub struct Problem {
     retry_after: Option<u32>,
     /// Headers the answer carries besides `Content-Type` and `Retry-After` (`Allow`, `Sec-WebSocket-Version`).
     #[serde(skip)]
-    headers: Vec<(HeaderName, HeaderValue)>,
+    headers: Box<[(HeaderName, HeaderValue)]>,
 }
 
 impl Problem {
     /// A problem with `code` (and so its status) and a title.
-    pub fn new(code: ProblemCode, title: &str) -> Self {
+    pub fn new(code: ProblemCode, title: &'static str) -> Self {
         Self {
             kind: format!("urn:gatehouse:problem:{}", code.as_str()),
-            title: title.to_string(),
+            title,
             status: code.status().as_u16(),
             detail: None,
             code,
             field: None,
             retry_after: None,
-            headers: Vec::new(),
+            headers: Box::default(),
         }
     }
 
@@ -225,7 +225,9 @@ impl Problem {
 
     /// Adds a header to the answer (such as `Allow` for `method_not_allowed`).
     pub fn header(mut self, name: HeaderName, value: HeaderValue) -> Self {
-        self.headers.push((name, value));
+        let mut headers = std::mem::take(&mut self.headers).into_vec();
+        headers.push((name, value));
+        self.headers = headers.into_boxed_slice();
         self
     }
 
@@ -261,7 +263,7 @@ impl Problem {
     }
 
     /// The request is malformed: 400 `invalid_request`.
-    pub fn invalid_request(title: &str, detail: impl Into<String>) -> Self {
+    pub fn invalid_request(title: &'static str, detail: impl Into<String>) -> Self {
         Problem::new(ProblemCode::InvalidRequest, title).detail(detail)
     }
 
@@ -485,10 +487,10 @@ mod tests {
             .header(header::ALLOW, HeaderValue::from_static("GET, POST"));
         let response = problem.error_response();
         assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
-        assert_eq!(response.headers()[header::ALLOW], "GET, POST");
-        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/problem+json");
+        assert_eq!(response.headers().get(header::ALLOW).unwrap(), "GET, POST");
+        assert_eq!(response.headers().get(header::CONTENT_TYPE).unwrap(), "application/problem+json");
         let unavailable = Problem::store_unavailable().error_response();
-        assert_eq!(unavailable.headers()[header::RETRY_AFTER], "2");
+        assert_eq!(unavailable.headers().get(header::RETRY_AFTER).unwrap(), "2");
     }
 
     #[derive(Debug, thiserror::Error)]
