@@ -146,7 +146,7 @@ async fn text_holding_nul_is_refused_naming_the_field_on_both_backends() {
         // A review's reason, too.
         let (status, _, created) =
             api.call(Method::POST, "/api/v1/publish-requests", Some(&ada), Some(submission("ws-2", "two"))).await;
-        assert_eq!(status, 201, "{created}");
+        assert_eq!(status, 201, "{backend}: {created}");
         let id = created["id"].as_str().unwrap();
         for verb in ["approve", "reject"] {
             let path = format!("/api/v1/publish-requests/{id}/{verb}");
@@ -208,8 +208,17 @@ async fn json_bodies_are_objects_and_json_on_both_backends() {
             );
             assert_eq!(answer.1["content-type"], "application/problem+json");
         }
+        // A repeated key is not quietly decided by its last value.
+        let repeated = r#"{"email": "x@example.com", "email": "y@example.com", "role": "member"}"#;
+        let answer = raw(&api, Method::POST, "/api/v1/members", Some(&root), Some("application/json"), repeated).await;
+        assert_problem(&answer, 400, "invalid_request", None, &format!("{backend} repeated key"));
         let emails = api.member_emails(&root).await;
-        assert!(emails.iter().all(|(email, _, _)| email != "x@example.com"), "{backend}: {emails:?}");
+        assert!(
+            emails.iter().all(|(email, _, _)| !email.ends_with("@example.com")
+                || email == "root@example.com"
+                || email == "ada@example.com"),
+            "{backend}: {emails:?}"
+        );
 
         // Reviews: JSON or nothing. Not text/plain (415), nor too large (a 413 problem document).
         let answer = raw(&api, Method::POST, &approve, Some(&root), Some("text/plain"), "{\"reason\": \"ok\"}").await;

@@ -48,9 +48,9 @@ impl<T: DeserializeOwned + 'static> FromRequest for Json<T> {
 
     fn from_request(request: &HttpRequest, payload: &mut Payload) -> Self::Future {
         // actix-web's extractor reads the body (Content-Type, the size limit, malformed JSON: `problem::json_error`).
-        let value = web::Json::<Value>::from_request(request, payload);
+        let value = web::Json::<UniqueKeys>::from_request(request, payload);
         Box::pin(async move {
-            let value = value.await?.into_inner();
+            let UniqueKeys(value) = value.await?.into_inner();
             Ok(Json(from_value(&value)?))
         })
     }
@@ -105,10 +105,86 @@ impl<T: DeserializeOwned + 'static> FromRequest for OptionalJson<T> {
             if !json {
                 return Err(not_json().into());
             }
-            let value: Value = serde_json::from_slice(&raw)
+            let UniqueKeys(value) = serde_json::from_slice(&raw)
                 .map_err(|error| Problem::invalid_request("Invalid request body", error.to_string()))?;
             Ok(OptionalJson { value: Some(from_value(&value)?), raw })
         })
+    }
+}
+
+/// A JSON value in which no object repeats a key (`serde_json::Value` would keep the last one silently, and the
+/// struct the body is for would never know).
+struct UniqueKeys(Value);
+
+impl<'de> serde::Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(UniqueKeysVisitor).map(UniqueKeys)
+    }
+}
+
+struct UniqueKeysVisitor;
+
+impl<'de> Visitor<'de> for UniqueKeysVisitor {
+    type Value = Value;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("a JSON value")
+    }
+
+    fn visit_bool<E: de::Error>(self, value: bool) -> Result<Value, E> {
+        Ok(Value::Bool(value))
+    }
+
+    fn visit_i64<E: de::Error>(self, value: i64) -> Result<Value, E> {
+        Ok(Value::from(value))
+    }
+
+    fn visit_u64<E: de::Error>(self, value: u64) -> Result<Value, E> {
+        Ok(Value::from(value))
+    }
+
+    fn visit_f64<E: de::Error>(self, value: f64) -> Result<Value, E> {
+        Ok(Value::from(value))
+    }
+
+    fn visit_str<E: de::Error>(self, value: &str) -> Result<Value, E> {
+        Ok(Value::String(value.to_string()))
+    }
+
+    fn visit_string<E: de::Error>(self, value: String) -> Result<Value, E> {
+        Ok(Value::String(value))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_some<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut items: A) -> Result<Value, A::Error> {
+        let mut values = Vec::with_capacity(items.size_hint().unwrap_or(0).min(1024));
+        while let Some(UniqueKeys(value)) = items.next_element()? {
+            values.push(value);
+        }
+        Ok(Value::Array(values))
+    }
+
+    fn visit_map<A: de::MapAccess<'de>>(self, mut entries: A) -> Result<Value, A::Error> {
+        let mut map = serde_json::Map::new();
+        while let Some(key) = entries.next_key::<String>()? {
+            if map.contains_key(&key) {
+                return Err(de::Error::custom(format!("duplicate field `{key}`")));
+            }
+            let UniqueKeys(value) = entries.next_value()?;
+            map.insert(key, value);
+        }
+        Ok(Value::Object(map))
     }
 }
 
@@ -575,6 +651,16 @@ mod tests {
         assert_eq!(refusal(json!({"name": "a", "inner": {"count": 1}, "x\u{0}": 1})), (422, Some("x\\u0000".into())));
         // Other control characters are the fields' own business.
         assert!(parse(json!({"name": "a\u{7}", "inner": {"count": 1}})).is_ok());
+    }
+
+    #[test]
+    fn a_repeated_key_is_refused_at_any_depth() {
+        for body in [r#"{"name": "a", "name": "b"}"#, r#"{"inner": {"count": 1, "count": 2}}"#, r#"[{"a": 1, "a": 1}]"#]
+        {
+            assert!(serde_json::from_str::<UniqueKeys>(body).is_err(), "{body}");
+        }
+        let UniqueKeys(value) = serde_json::from_str(r#"{"a": [1, -2, 1.5, "x", null, true], "b": {"a": 1}}"#).unwrap();
+        assert_eq!(value, json!({"a": [1, -2, 1.5, "x", null, true], "b": {"a": 1}}));
     }
 
     #[test]
