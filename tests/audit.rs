@@ -157,21 +157,26 @@ async fn bad_audit_queries_get_problems() {
     let auditor = issue_token(&db, "audit@example.com", "auditor", "1h");
     let server = Server::start(&db, &[]);
     let api = Api::new(&server);
-    for (path, status) in [
-        ("/api/v1/events?after=nonsense", 400),
-        ("/api/v1/events?limit=0", 400),
-        ("/api/v1/events?limit=1001", 400),
-        ("/api/v1/events?from=yesterday", 400),
-        ("/api/v1/events?colour=red", 400),
-        ("/api/v1/aggregates/roster/org/events?limit=0", 400),
-        ("/api/v1/aggregates/roster/nobody/events", 404),
-        ("/api/v1/aggregates/Bad-Type/org/events", 404),
-        ("/api/v1/aggregates/roster/org/state?at=g1.x", 400),
-        ("/api/v1/aggregates/roster/org/state?at=g1.0.1&at_time=2026-01-01T00:00:00Z", 400),
-        ("/api/v1/aggregates/nothing/org/state", 404),
+    for (path, status, field) in [
+        ("/api/v1/events?after=nonsense", 422, Some("after")),
+        ("/api/v1/events?limit=0", 422, Some("limit")),
+        ("/api/v1/events?limit=1001", 422, Some("limit")),
+        ("/api/v1/events?limit=lots", 422, Some("limit")),
+        ("/api/v1/events?from=yesterday", 422, Some("from")),
+        ("/api/v1/events?colour=red", 400, None),
+        ("/api/v1/aggregates/roster/org/events?limit=0", 422, Some("limit")),
+        ("/api/v1/aggregates/roster/org/events?after=first", 422, Some("after")),
+        ("/api/v1/audit/checkpoints?limit=1001", 422, Some("limit")),
+        ("/api/v1/audit/checkpoints?after=x", 422, Some("after")),
+        ("/api/v1/audit/export?since=g1.x", 422, Some("since")),
+        ("/api/v1/aggregates/roster/nobody/events", 404, None),
+        ("/api/v1/aggregates/Bad-Type/org/events", 404, None),
+        ("/api/v1/aggregates/roster/org/state?at=g1.x", 422, Some("at")),
+        ("/api/v1/aggregates/roster/org/state?at=g1.0.1&at_time=2026-01-01T00:00:00Z", 422, Some("at")),
+        ("/api/v1/aggregates/nothing/org/state", 404, None),
     ] {
         let (got, problem) = api.get(path, Some(&auditor)).await;
-        assert_eq!(got, status, "{path}: {problem}");
+        assert_eq!((got, problem["field"].as_str()), (status, field), "{path}: {problem}");
         assert!(problem["code"].is_string(), "{path}: {problem}");
     }
 }

@@ -102,10 +102,14 @@ async fn bad_input_gets_a_problem_naming_the_field_and_stores_nothing() {
         assert_eq!(problem["status"], expected);
         assert_eq!(problem["field"].as_str(), field, "{body}");
     }
-    let (status, _, _) = api.call(Method::GET, "/api/v1/members?limit=0", Some(&admin), None).await;
-    assert_eq!(status, 400);
-    let (status, _, _) = api.call(Method::GET, "/api/v1/members?limit=abc", Some(&admin), None).await;
-    assert_eq!(status, 400);
+    for query in ["limit=0", "limit=501", "limit=abc", "limit=-1"] {
+        let (status, _, problem) = api.call(Method::GET, &format!("/api/v1/members?{query}"), Some(&admin), None).await;
+        assert_eq!(
+            (status, problem["code"].as_str(), problem["field"].as_str()),
+            (422, Some("invalid_field"), Some("limit")),
+            "{query}: {problem}"
+        );
+    }
     let response = api
         .http
         .post(format!("{}/api/v1/members", api.base))
@@ -270,7 +274,7 @@ async fn if_match_with_a_stale_etag_gets_412_and_changes_nothing() {
     let (status, problem) = change("admin", Some(first.clone())).await;
     assert_eq!((status, problem["code"].as_str()), (412, Some("stale_version")));
     let (status, problem) = change("admin", Some("not-an-etag".into())).await;
-    assert_eq!((status, problem["field"].as_str()), (400, Some("If-Match")));
+    assert_eq!((status, problem["field"].as_str()), (422, Some("If-Match")));
 
     // With the current ETag the change goes through.
     let mut tries = 0;
@@ -358,7 +362,9 @@ async fn a_retried_invitation_with_an_idempotency_key_is_answered_not_executed_a
             .send()
             .await
             .unwrap();
-        assert_eq!(response.status(), 400);
+        assert_eq!(response.status(), 422);
+        let problem: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(problem["field"], "Idempotency-Key", "{problem}");
         assert!(server.terminate().success());
     }
 }

@@ -264,14 +264,19 @@ async fn bad_input_gets_a_problem_naming_the_field_and_stores_nothing() {
         assert_eq!((status, problem["field"].as_str()), (422, Some(named)), "{field}: {problem}");
         assert_eq!(problem["code"], "invalid_field");
     }
-    // Malformed JSON, a missing field, an unknown field, a negative count: 400 problems.
+    // A negative count is an invalid value of its field.
+    let mut negative = submission("ws-1", "my-app", "web");
+    negative["diff"]["files"] = json!(-1);
+    let (status, _, problem) = api.call(Method::POST, "/api/v1/publish-requests", Some(&ada), Some(negative)).await;
+    assert_eq!((status, problem["field"].as_str()), (422, Some("diff.files")), "{problem}");
+    // Malformed JSON, a missing field, an unknown field, a wrong type: 400 problems.
     for body in [
         json!({"workspace_id": "ws-1"}),
         json!({"extra": 1, "workspace_id": "ws-1", "blueprint_key": "web", "subdomain": "a", "commit_id": COMMIT,
                "diff": {"files": 1, "insertions": 0, "deletions": 0}, "message": "m"}),
         {
             let mut body = submission("ws-1", "my-app", "web");
-            body["diff"]["files"] = json!(-1);
+            body["diff"]["files"] = json!("one");
             body
         },
     ] {
@@ -291,17 +296,20 @@ async fn bad_input_gets_a_problem_naming_the_field_and_stores_nothing() {
         .unwrap();
     assert_eq!(raw.status(), 400);
 
-    // Queries and paths.
-    for path in [
-        "/api/v1/approvals?limit=0",
-        "/api/v1/approvals?after=not-a-cursor",
-        "/api/v1/publish-requests?status=lost",
-        "/api/v1/publish-requests?builder=nobody",
-        "/api/v1/publish-requests?unknown=1",
-        "/api/v1/trust-rules/evaluate?email=x&blueprint_key=web",
+    // Queries and paths: an invalid value is 422 naming the parameter, an unknown parameter 400.
+    for (path, expected, field) in [
+        ("/api/v1/approvals?limit=0", 422, Some("limit")),
+        ("/api/v1/approvals?after=not-a-cursor", 422, Some("after")),
+        ("/api/v1/publish-requests?status=lost", 422, Some("status")),
+        ("/api/v1/publish-requests?builder=nobody", 422, Some("builder")),
+        ("/api/v1/publish-requests?limit=many", 422, Some("limit")),
+        ("/api/v1/trust-rules?limit=501", 422, Some("limit")),
+        ("/api/v1/publish-requests?unknown=1", 400, None),
+        ("/api/v1/trust-rules/evaluate?email=x&blueprint_key=web", 422, Some("email")),
+        ("/api/v1/trust-rules/evaluate?email=ada@example.com&blueprint_key=a/b", 422, Some("blueprint_key")),
     ] {
         let (status, problem) = api.get(path, Some(&root)).await;
-        assert_eq!(status, 400, "{path}: {problem}");
+        assert_eq!((status, problem["field"].as_str()), (expected, field), "{path}: {problem}");
     }
     assert_eq!(api.get("/api/v1/publish-requests/00000000-0000-0000-0000-000000000000", Some(&root)).await.0, 404);
     assert_eq!(api.get("/api/v1/publish-requests/..%2F..", Some(&root)).await.0, 404);
@@ -319,6 +327,7 @@ async fn bad_input_gets_a_problem_naming_the_field_and_stores_nothing() {
         .http
         .post(format!("{}/api/v1/publish-requests/{id}/reject", api.base))
         .bearer_auth(&root)
+        .header("content-type", "application/json")
         .body("{\"reason\": ")
         .send()
         .await
@@ -374,7 +383,7 @@ async fn if_match_with_a_stale_etag_gets_412() {
         .send()
         .await
         .unwrap();
-    assert_eq!(garbage.status(), 400);
+    assert_eq!(garbage.status(), 422);
 
     let current = format!("\"{}\"", decided["version"]);
     let fresh = api

@@ -719,7 +719,7 @@ async fn read_models_with_filters_and_pages(db: TestDb) {
     assert_eq!(listed, opened, "three distinct sessions, newest first");
     assert_eq!(second["items"][0]["reason"], "client_closed", "the oldest is the closed one: {second}");
 
-    // Bad filters are 400 problems naming the field.
+    // Bad filters are 422 problems naming the field.
     for (query, field) in [
         ("active=maybe", "active"),
         ("user=not-an-email", "user"),
@@ -731,7 +731,7 @@ async fn read_models_with_filters_and_pages(db: TestDb) {
         ("limit=many", "limit"),
     ] {
         let (status, problem) = api.get(&format!("/api/v1/sessions?{query}"), Some(&root)).await;
-        assert_eq!((status, problem["field"].as_str()), (400, Some(field)), "{query}: {problem}");
+        assert_eq!((status, problem["field"].as_str()), (422, Some(field)), "{query}: {problem}");
     }
 
     // The activity log: issued, redeemed and refused tickets, with the refusal's reason and the ticket's user.
@@ -781,7 +781,7 @@ async fn read_models_with_filters_and_pages(db: TestDb) {
     assert_eq!(all.len(), 5 + 4 + 2, "five tickets issued, four redeemed, two refused: {everything}");
     for (query, field) in [("kind=opened", "kind"), ("user=x", "user"), ("from=soon", "from"), ("limit=501", "limit")] {
         let (status, problem) = activity(query, &root).await;
-        assert_eq!((status, problem["field"].as_str()), (400, Some(field)), "{query}: {problem}");
+        assert_eq!((status, problem["field"].as_str()), (422, Some(field)), "{query}: {problem}");
     }
     // Only admins and auditors read the activity log; only admins the sessions.
     assert_eq!(api.get("/api/v1/relay/activity", None).await.0, 401);
@@ -928,7 +928,7 @@ async fn the_firewall_blocks_denied_addresses_and_closes_live_sessions_on(db: Te
     let text = events.to_string();
     assert!(text.contains("ConnectionBlocked") && text.contains("10.1.2.3"), "{text}");
     // Bad rules are refused.
-    let (status, _, _) = api
+    let (status, _, problem) = api
         .call(
             Method::PUT,
             "/api/v1/firewall",
@@ -936,7 +936,7 @@ async fn the_firewall_blocks_denied_addresses_and_closes_live_sessions_on(db: Te
             Some(json!({"rules": [{"action": "deny", "cidr": "10.0.0.1/8"}], "default_action": "allow"})),
         )
         .await;
-    assert_eq!(status, 400);
+    assert_eq!((status, problem["field"].as_str()), (422, Some("rules[0].cidr")), "{problem}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1223,9 +1223,13 @@ impl Answer {
     /// Checks that this is a whole `status` problem response that closes the connection; the problem document.
     fn problem(&self, status: u16, code: &str, what: &str) -> Value {
         let text = String::from_utf8_lossy(&self.body);
-        assert!(self.status_line.starts_with(&format!("HTTP/1.1 {status} ")), "{what}: {}", self.status_line);
+        // actix-http answers in the request's version: HTTP/1.0 for an HTTP/1.0 request.
+        assert!(self.status_line.starts_with("HTTP/1.") && self.status() == status, "{what}: {}", self.status_line);
         assert_eq!(self.header("content-type"), Some("application/problem+json"), "{what}: {:?}", self.headers);
-        assert_eq!(self.header("connection"), Some("close"), "{what}: {:?}", self.headers);
+        // HTTP/1.0 closes unless asked not to, so its answer needs no `Connection: close`.
+        if self.status_line.starts_with("HTTP/1.1") || self.header("connection").is_some() {
+            assert_eq!(self.header("connection"), Some("close"), "{what}: {:?}", self.headers);
+        }
         let problem: Value = serde_json::from_slice(&self.body).unwrap_or_else(|_| panic!("{what}: not JSON: {text}"));
         assert_eq!(problem["status"], status, "{what}: {problem}");
         assert_eq!(problem["code"], code, "{what}: {problem}");
@@ -1402,7 +1406,7 @@ fn assert_switched(status_line: &str, headers: &[(String, String)], accept: &str
     assert_eq!(header("sec-websocket-accept"), Some(accept), "{headers:?}");
 }
 
-/// The WebSocket handshake as the relay answers it on the wire (it is not actix-web's): every refusal is a whole
+/// The WebSocket handshake as the relay answers it on the wire (actix-ws inside actix-web routes): every refusal is a whole
 /// problem response with the headers RFC 6455 asks for, then the connection closes; a correct handshake gets `101`
 /// with the right `Sec-WebSocket-Accept`; a client that sends its first frame in the same write as the request (so
 /// the server reads it with the request's head) is served; and each answer is counted in the HTTP metrics.
@@ -1437,17 +1441,17 @@ async fn websocket_handshakes_are_checked_and_answered_on_the_wire_on(db: TestDb
     // Not GET: 405 with Allow, on both endpoints.
     for path in [terminal, "/api/v1/agent/connect"] {
         let answer = exchange(request("POST", path, "HTTP/1.1", &[])).await;
-        answer.problem(405, "invalid_request", &format!("POST {path}"));
+        answer.problem(405, "method_not_allowed", &format!("POST {path}"));
         assert_eq!(answer.header("allow"), Some("GET"), "{:?}", answer.headers);
     }
     // Another version of the protocol: 426 naming the one spoken.
     for path in [terminal, "/api/v1/agent/connect"] {
         let answer = exchange(request("GET", path, "HTTP/1.1", &[("Sec-WebSocket-Version", Some("8"))])).await;
-        answer.problem(426, "invalid_request", &format!("version 8 on {path}"));
+        answer.problem(426, "upgrade_required", &format!("version 8 on {path}"));
         assert_eq!(answer.header("sec-websocket-version"), Some("13"), "{:?}", answer.headers);
     }
     let answer = exchange(request("GET", terminal, "HTTP/1.1", &[("Sec-WebSocket-Version", None)])).await;
-    answer.problem(426, "invalid_request", "no version");
+    answer.problem(426, "upgrade_required", "no version");
     assert_eq!(answer.header("sec-websocket-version"), Some("13"), "{:?}", answer.headers);
     // Malformed handshakes: 400.
     let bad: [(&str, &str, HeaderChanges<'_>); 8] = [
@@ -1464,8 +1468,17 @@ async fn websocket_handshakes_are_checked_and_answered_on_the_wire_on(db: TestDb
     for (what, version, changes) in bad {
         exchange(request("GET", terminal, version, changes)).await.problem(400, "invalid_request", what);
     }
-    // Upgrade to an ordinary route: 404 (the route exists, but not as a WebSocket).
-    exchange(request("GET", "/api/v1/members", "HTTP/1.1", &[])).await.problem(404, "not_found", "members");
+    // A workspace id holding NUL never reaches the store: 422 naming it.
+    exchange(request("GET", "/api/v1/workspaces/a%00b/terminal", "HTTP/1.1", &[])).await.problem(
+        422,
+        "invalid_field",
+        "NUL in the workspace",
+    );
+    // On a REST route, `Upgrade: websocket` changes nothing: the route answers as it would (no token: 401).
+    let mut members = Raw::connect(&server).await;
+    members.send(request("GET", "/api/v1/members", "HTTP/1.1", &[]).as_bytes()).await;
+    let answer = members.response().await;
+    assert_eq!(answer.status(), 401, "{}", answer.status_line);
     exchange(request("GET", "/nowhere", "HTTP/1.1", &[])).await.problem(404, "not_found", "nowhere");
     // A foreign Origin on the terminal: 403.
     let foreign = request("GET", terminal, "HTTP/1.1", &[("Origin", Some("https://evil.example"))]);
@@ -1528,7 +1541,9 @@ async fn websocket_handshakes_are_checked_and_answered_on_the_wire_on(db: TestDb
         ("GET", "/api/v1/agent/connect", 426, 1),
         ("GET", route, 400, bad.len()),
         ("GET", route, 403, 1),
-        ("GET", "unmatched", 404, 2),
+        ("GET", route, 422, 1),
+        ("GET", "unmatched", 404, 1),
+        ("GET", "/api/v1/members", 401, 1),
     ] {
         let line = format!(
             "gatehouse_http_requests_total{{method=\"{method}\",route=\"{route}\",status=\"{status}\"}} {count}"
@@ -1537,12 +1552,12 @@ async fn websocket_handshakes_are_checked_and_answered_on_the_wire_on(db: TestDb
     }
     let histogram = format!(
         "gatehouse_http_request_duration_seconds_count{{method=\"GET\",route=\"{route}\"}} {}",
-        2 + 2 + bad.len() + 1
+        2 + 2 + bad.len() + 1 + 1
     );
     assert!(metrics.lines().any(|candidate| candidate == histogram), "no {histogram} in\n{metrics}");
 }
 
-/// Keep-alive is untouched by the upgrade hook: two REST requests on one connection, then an upgrade on the same
+/// Keep-alive and upgrades share connections: two REST requests on one connection, then an upgrade on the same
 /// connection; and a REST request pipelined with an upgrade in one write gets its answer before the `101`.
 #[tokio::test(flavor = "multi_thread")]
 async fn keep_alive_connections_serve_rest_then_upgrade() {
@@ -1603,7 +1618,7 @@ async fn keep_alive_connections_serve_rest_then_upgrade_on(db: TestDb) {
     );
     raw.send(format!("{}{refused}", rest("/healthz")).as_bytes()).await;
     assert_eq!(raw.response().await.status(), 200, "the pipelined REST answer first");
-    raw.response().await.problem(426, "invalid_request", "pipelined version 8");
+    raw.response().await.problem(426, "upgrade_required", "pipelined version 8");
     raw.closed("after the problem").await;
 }
 

@@ -3,7 +3,6 @@
 //! `AuditLogRead` event before the answer leaves, so an unrecorded read cannot happen: when recording fails, the
 //! caller gets 503 and no data.
 
-use actix_web::http::StatusCode;
 use actix_web::{get, web, HttpRequest, HttpResponse};
 use chrono::{DateTime, SecondsFormat, Utc};
 use cqrs_es::Aggregate;
@@ -15,7 +14,8 @@ use serde::{Deserialize, Serialize};
 use store::{Cursor, EventMetadata, RecordedEvent};
 
 use crate::auth::Caller;
-use crate::{AppState, Problem, ProblemCode};
+use crate::extract::{Path, Query};
+use crate::{AppState, List, NoFilters, Problem, ProblemCode};
 
 /// Most events one feed page scans, whatever its filters, so a sparse filter costs bounded work per request.
 const MAX_SCAN: usize = 5_000;
@@ -71,9 +71,8 @@ pub struct AggregateEventsPage {
     pub next: Option<u64>,
 }
 
-/// Paging of one aggregate's events.
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
+/// Paging of one aggregate's events (as documented; [`Sequence`] and [`crate::Paging`] parse it).
+#[derive(Debug, utoipa::IntoParams)]
 pub struct AggregateEventsQuery {
     /// Return events after this sequence number (default 0: from the first).
     pub after: Option<u64>,
@@ -92,12 +91,11 @@ pub struct FeedPage {
     pub at_end: bool,
 }
 
-/// Filters and position of the global feed.
+/// Filters of the global feed (its position and size are `after` and `limit`: [`LogCursor`]).
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct FeedQuery {
-    /// A cursor (`next` of a previous page, or an event's `cursor`); default: the start of the log.
-    pub after: Option<String>,
     /// Only events of this aggregate type.
     pub aggregate_type: Option<String>,
     /// Only events of this type.
@@ -108,9 +106,45 @@ pub struct FeedQuery {
     pub from: Option<String>,
     /// Only events recorded before this time (RFC 3339).
     pub to: Option<String>,
-    /// Most items, 1 to 1,000 (default 100). A page scans at most 5,000 events, so a sparse filter may return
-    /// fewer; continue from `next`.
-    pub limit: Option<usize>,
+}
+
+/// The most items an audit page holds.
+const AUDIT_MAX_LIMIT: i64 = 1_000;
+
+/// `after` of one aggregate's events: a sequence number.
+#[derive(Debug, Clone, Copy)]
+pub struct Sequence(u64);
+
+impl crate::PageCursor for Sequence {
+    const HINT: &'static str = "after takes a sequence number (the next value of the previous page)";
+
+    fn decode(raw: &str) -> Option<Self> {
+        raw.parse().ok().map(Sequence)
+    }
+}
+
+/// `after` of the global feed: a cursor of the global log.
+#[derive(Debug, Clone, Copy)]
+pub struct LogCursor(Cursor);
+
+impl crate::PageCursor for LogCursor {
+    const HINT: &'static str = "a cursor is the `cursor` or `next` value the API returned";
+
+    fn decode(raw: &str) -> Option<Self> {
+        raw.parse().ok().map(LogCursor)
+    }
+}
+
+/// `after` of the checkpoint list: a checkpoint's id.
+#[derive(Debug, Clone, Copy)]
+pub struct CheckpointId(i64);
+
+impl crate::PageCursor for CheckpointId {
+    const HINT: &'static str = "after takes a checkpoint id (the next value of the previous page)";
+
+    fn decode(raw: &str) -> Option<Self> {
+        raw.parse().ok().map(CheckpointId)
+    }
 }
 
 /// Where to replay up to.
@@ -142,13 +176,13 @@ pub struct StateView {
 
 pub(crate) fn parse_cursor(field: &str, raw: &str) -> Result<Cursor, Problem> {
     raw.parse::<Cursor>()
-        .map_err(|_| Problem::invalid_query(field, "a cursor is the `cursor` or `next` value the API returned"))
+        .map_err(|_| Problem::invalid_field(field, "a cursor is the `cursor` or `next` value the API returned"))
 }
 
 fn parse_time(field: &str, raw: &str) -> Result<DateTime<Utc>, Problem> {
     DateTime::parse_from_rfc3339(raw)
         .map(|time| time.with_timezone(&Utc))
-        .map_err(|_| Problem::invalid_query(field, "an RFC 3339 time, such as 2026-11-29T12:00:00Z"))
+        .map_err(|_| Problem::invalid_field(field, "an RFC 3339 time, such as 2026-11-29T12:00:00Z"))
 }
 
 fn aggregate_type(raw: &str) -> Result<&str, Problem> {
@@ -156,7 +190,7 @@ fn aggregate_type(raw: &str) -> Result<&str, Problem> {
     if valid {
         Ok(raw)
     } else {
-        Err(Problem::new(StatusCode::NOT_FOUND, ProblemCode::NotFound, "Not found").detail("No such aggregate type."))
+        Err(Problem::new(ProblemCode::NotFound, "Not found").detail("No such aggregate type."))
     }
 }
 
@@ -164,7 +198,7 @@ fn aggregate_id(raw: &str) -> Result<&str, Problem> {
     if !raw.is_empty() && raw.len() <= 256 && !raw.chars().any(char::is_control) {
         Ok(raw)
     } else {
-        Err(Problem::new(StatusCode::NOT_FOUND, ProblemCode::NotFound, "Not found").detail("No such aggregate."))
+        Err(Problem::new(ProblemCode::NotFound, "Not found").detail("No such aggregate."))
     }
 }
 
@@ -179,39 +213,37 @@ pub(crate) async fn record_read(
     let target = request.uri().path_and_query().map(|path| path.as_str().to_string()).unwrap_or_default();
     let command = RecordRead { reader: caller.email.clone(), resource, target, items };
     let metadata = EventMetadata::for_request(caller.email.to_string(), crate::request_id(request));
-    state.audit_access.execute_retrying(caller.email.as_str(), command, &metadata, 10).await.map(drop).map_err(
-        |error| match error {
-            store::CommandError::Store(error) => Problem::from(error),
-            _ => Problem::internal(),
-        },
-    )
+    state
+        .audit_access
+        .execute_retrying(caller.email.as_str(), command, &metadata, 10)
+        .await
+        .map(drop)
+        .map_err(Problem::from)
 }
 
 /// One aggregate's events, in sequence order (auditors and admins).
 #[utoipa::path(get, path = "/api/v1/aggregates/{aggregate_type}/{aggregate_id}/events", tag = "audit",
     params(AggregateEventsQuery), security(("bearer" = [])),
     responses((status = 200, body = AggregateEventsPage), (status = 400, body = Problem), (status = 401, body = Problem),
-              (status = 403, body = Problem), (status = 404, body = Problem), (status = 503, body = Problem)))]
+              (status = 403, body = Problem), (status = 404, body = Problem), (status = 503, body = Problem),
+              (status = 422, body = Problem)))]
 #[get("/api/v1/aggregates/{aggregate_type}/{aggregate_id}/events")]
 pub async fn aggregate_events(
     caller: Caller,
     state: web::Data<AppState>,
     request: HttpRequest,
-    path: web::Path<(String, String)>,
-    query: web::Query<AggregateEventsQuery>,
+    path: Path<(String, String)>,
+    query: List<NoFilters, Sequence, AUDIT_MAX_LIMIT>,
 ) -> Result<HttpResponse, Problem> {
     caller.require(&[Role::Auditor, Role::Admin])?;
     let (kind, id) = path.into_inner();
     let (kind, id) = (aggregate_type(&kind)?, aggregate_id(&id)?);
-    let limit = query.limit.unwrap_or(100);
-    if !(1..=1_000).contains(&limit) {
-        return Err(Problem::invalid_query("limit", "limit is between 1 and 1000"));
-    }
-    let after = query.after.unwrap_or(0);
-    let mut events = state.store.aggregate_events(kind, id, after, limit + 1).await.map_err(Problem::from)?;
+    let limit = usize::try_from(query.page.limit).unwrap_or(usize::MAX);
+    let after = query.page.after.map_or(0, |after| after.0);
+    let mut events =
+        state.store.aggregate_events(kind, id, after, query.page.fetch_usize()).await.map_err(Problem::from)?;
     if events.is_empty() && after == 0 {
-        return Err(Problem::new(StatusCode::NOT_FOUND, ProblemCode::NotFound, "Not found")
-            .detail(format!("No events for {kind} {id}.")));
+        return Err(Problem::new(ProblemCode::NotFound, "Not found").detail(format!("No events for {kind} {id}.")));
     }
     let next = if events.len() > limit {
         events.truncate(limit);
@@ -224,25 +256,28 @@ pub async fn aggregate_events(
 }
 
 /// The global feed: every event in global order from a cursor, filterable (auditors and admins).
-#[utoipa::path(get, path = "/api/v1/events", tag = "audit", params(FeedQuery), security(("bearer" = [])),
+#[utoipa::path(get, path = "/api/v1/events", tag = "audit",
+    params(
+        ("after" = Option<String>, Query, description = "A cursor (`next` of a previous page, or an event's `cursor`); default: the start of the log."),
+        FeedQuery,
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000,
+         description = "Most items, 1 to 1,000 (default 100). A page scans at most 5,000 events, so a sparse filter may return fewer; continue from `next`."),
+    ),
+    security(("bearer" = [])),
     responses((status = 200, body = FeedPage), (status = 400, body = Problem), (status = 401, body = Problem),
-              (status = 403, body = Problem), (status = 503, body = Problem)))]
+              (status = 403, body = Problem), (status = 503, body = Problem),
+              (status = 422, body = Problem)))]
 #[get("/api/v1/events")]
 pub async fn feed(
     caller: Caller,
     state: web::Data<AppState>,
     request: HttpRequest,
-    query: web::Query<FeedQuery>,
+    query: List<FeedQuery, LogCursor, AUDIT_MAX_LIMIT>,
 ) -> Result<HttpResponse, Problem> {
     caller.require(&[Role::Auditor, Role::Admin])?;
-    let limit = query.limit.unwrap_or(100);
-    if !(1..=1_000).contains(&limit) {
-        return Err(Problem::invalid_query("limit", "limit is between 1 and 1000"));
-    }
-    let mut cursor = match query.after.as_deref().filter(|after| !after.is_empty()) {
-        Some(raw) => parse_cursor("after", raw)?,
-        None => Cursor::START,
-    };
+    let List { filters: query, page } = query;
+    let limit = usize::try_from(page.limit).unwrap_or(usize::MAX);
+    let mut cursor = page.after.map_or(Cursor::START, |after| after.0);
     let from = query.from.as_deref().map(|raw| parse_time("from", raw)).transpose()?;
     let to = query.to.as_deref().map(|raw| parse_time("to", raw)).transpose()?;
     let matches = |event: &RecordedEvent| {
@@ -296,14 +331,15 @@ fn replay<A: Aggregate + Serialize>(events: &[RecordedEvent]) -> Result<serde_js
 #[utoipa::path(get, path = "/api/v1/aggregates/{aggregate_type}/{aggregate_id}/state", tag = "audit",
     params(StateQuery), security(("bearer" = [])),
     responses((status = 200, body = StateView), (status = 400, body = Problem), (status = 401, body = Problem),
-              (status = 403, body = Problem), (status = 404, body = Problem), (status = 503, body = Problem)))]
+              (status = 403, body = Problem), (status = 404, body = Problem), (status = 503, body = Problem),
+              (status = 422, body = Problem)))]
 #[get("/api/v1/aggregates/{aggregate_type}/{aggregate_id}/state")]
 pub async fn aggregate_state(
     caller: Caller,
     state: web::Data<AppState>,
     request: HttpRequest,
-    path: web::Path<(String, String)>,
-    query: web::Query<StateQuery>,
+    path: Path<(String, String)>,
+    query: Query<StateQuery>,
 ) -> Result<HttpResponse, Problem> {
     caller.require(&[Role::Auditor, Role::Admin])?;
     let (kind, id) = path.into_inner();
@@ -311,7 +347,7 @@ pub async fn aggregate_state(
     let at = query.at.as_deref().map(|raw| parse_cursor("at", raw)).transpose()?;
     let at_time = query.at_time.as_deref().map(|raw| parse_time("at_time", raw)).transpose()?;
     if at.is_some() && at_time.is_some() {
-        return Err(Problem::invalid_query("at", "give at or at_time, not both"));
+        return Err(Problem::invalid_field("at", "give at or at_time, not both"));
     }
     let mut events = Vec::new();
     let mut sequence = 0;
@@ -325,8 +361,7 @@ pub async fn aggregate_state(
         }
     }
     if events.is_empty() {
-        return Err(Problem::new(StatusCode::NOT_FOUND, ProblemCode::NotFound, "Not found")
-            .detail(format!("No events for {kind} {id}.")));
+        return Err(Problem::new(ProblemCode::NotFound, "Not found").detail(format!("No events for {kind} {id}.")));
     }
     // An aggregate's events are in its own order; the ones at or before the point form a prefix of it.
     let included = events
@@ -342,8 +377,9 @@ pub async fn aggregate_state(
         TrustRules::TYPE => replay::<TrustRules>(events)?,
         domain::audit_access::AuditAccess::TYPE => replay::<domain::audit_access::AuditAccess>(events)?,
         _ => {
-            return Err(Problem::new(StatusCode::NOT_FOUND, ProblemCode::NotFound, "Not found")
-                .detail(format!("{kind} has no replayable state.")))
+            return Err(
+                Problem::new(ProblemCode::NotFound, "Not found").detail(format!("{kind} has no replayable state."))
+            )
         }
     };
     record_read(&state, &caller, &request, events.len() as u64).await?;
@@ -388,9 +424,8 @@ pub struct CheckpointPage {
     pub next: Option<i64>,
 }
 
-/// Paging of checkpoints.
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
+/// Paging of checkpoints (as documented; [`CheckpointId`] and [`crate::Paging`] parse it).
+#[derive(Debug, utoipa::IntoParams)]
 pub struct CheckpointQuery {
     /// The `next` value of the previous page (default 0).
     pub after: Option<i64>,
@@ -407,19 +442,20 @@ fn checkpoint_json(checkpoint: &::audit::Checkpoint) -> Result<serde_json::Value
 #[utoipa::path(get, path = "/api/v1/audit/export", tag = "audit", params(ExportQuery), security(("bearer" = [])),
     responses((status = 200, description = "application/x-ndjson: the export (docs/AUDIT.md)"),
               (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
-              (status = 503, body = Problem)))]
+              (status = 503, body = Problem),
+              (status = 422, body = Problem)))]
 #[get("/api/v1/audit/export")]
 pub async fn export(
     caller: Caller,
     state: web::Data<AppState>,
     request: HttpRequest,
-    query: web::Query<ExportQuery>,
+    query: Query<ExportQuery>,
 ) -> Result<HttpResponse, Problem> {
     caller.require(&[Role::Auditor, Role::Admin])?;
     let since =
         query.since.as_deref().filter(|since| !since.is_empty()).map(|raw| parse_cursor("since", raw)).transpose()?;
     let start = projections::audit_chain::export_start(&state.store, since).await.map_err(|error| match error {
-        projections::audit_chain::ExportError::UnknownCursor => Problem::invalid_query(
+        projections::audit_chain::ExportError::UnknownCursor => Problem::invalid_field(
             "since",
             "the cursor names no chained event (chaining follows the log within milliseconds)",
         ),
@@ -477,9 +513,8 @@ pub async fn latest_checkpoint(
 ) -> Result<HttpResponse, Problem> {
     caller.require(&[Role::Auditor, Role::Admin])?;
     let latest = projections::audit_chain::latest_checkpoint(state.store.read_models()).await.map_err(Problem::from)?;
-    let latest = latest.ok_or_else(|| {
-        Problem::new(StatusCode::NOT_FOUND, ProblemCode::NotFound, "Not found").detail("No checkpoint signed yet.")
-    })?;
+    let latest =
+        latest.ok_or_else(|| Problem::new(ProblemCode::NotFound, "Not found").detail("No checkpoint signed yet."))?;
     record_read(&state, &caller, &request, 0).await?;
     Ok(HttpResponse::Ok().json(checkpoint_json(&latest)?))
 }
@@ -488,20 +523,19 @@ pub async fn latest_checkpoint(
 #[utoipa::path(get, path = "/api/v1/audit/checkpoints", tag = "audit", params(CheckpointQuery),
     security(("bearer" = [])),
     responses((status = 200, body = CheckpointPage), (status = 400, body = Problem), (status = 401, body = Problem),
-              (status = 403, body = Problem)))]
+              (status = 403, body = Problem),
+              (status = 422, body = Problem)))]
 #[get("/api/v1/audit/checkpoints")]
 pub async fn list_checkpoints(
     caller: Caller,
     state: web::Data<AppState>,
     request: HttpRequest,
-    query: web::Query<CheckpointQuery>,
+    query: List<NoFilters, CheckpointId, AUDIT_MAX_LIMIT>,
 ) -> Result<web::Json<CheckpointPage>, Problem> {
     caller.require(&[Role::Auditor, Role::Admin])?;
-    let limit = query.limit.unwrap_or(100);
-    if !(1..=1_000).contains(&limit) {
-        return Err(Problem::invalid_query("limit", "limit is between 1 and 1000"));
-    }
-    let rows = projections::audit_chain::checkpoints(state.store.read_models(), query.after.unwrap_or(0), limit + 1)
+    let limit = query.page.limit;
+    let after = query.page.after.map_or(0, |after| after.0);
+    let rows = projections::audit_chain::checkpoints(state.store.read_models(), after, query.page.fetch())
         .await
         .map_err(Problem::from)?;
     let more = rows.len() as i64 > limit;

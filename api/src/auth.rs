@@ -448,9 +448,7 @@ impl ResponseError for Unauthenticated {
             None => "Bearer realm=\"gatehouse\"".to_string(),
         };
         let mut response =
-            Problem::new(StatusCode::UNAUTHORIZED, ProblemCode::Unauthenticated, "Authentication required")
-                .detail(detail)
-                .error_response();
+            Problem::new(ProblemCode::Unauthenticated, "Authentication required").detail(detail).error_response();
         if let Ok(value) = HeaderValue::from_str(&challenge) {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, value);
         }
@@ -474,12 +472,24 @@ impl Caller {
         if roles.contains(&self.role) {
             Ok(())
         } else {
-            Err(Problem::new(StatusCode::FORBIDDEN, ProblemCode::Forbidden, "Forbidden").detail(format!(
+            Err(Problem::new(ProblemCode::Forbidden, "Forbidden").detail(format!(
                 "This needs the role {}.",
                 roles.iter().map(|role| role.as_str()).collect::<Vec<_>>().join(" or ")
             )))
         }
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` header value. The scheme is matched case-insensitively (RFC 9110
+/// §11.1: `Bearer`, `bearer` and `BEARER` are one scheme) and is followed by one or more spaces or tabs; `None`
+/// for another scheme or no token. What follows is the token as sent (a token with spaces inside fails
+/// verification).
+pub fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, rest) = value.split_once([' ', '\t'])?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    Some(rest.trim_matches([' ', '\t'])).filter(|token| !token.is_empty())
 }
 
 impl FromRequest for Caller {
@@ -492,12 +502,7 @@ impl FromRequest for Caller {
             request.headers().get(header::AUTHORIZATION).and_then(|value| value.to_str().ok()).map(str::to_string);
         Box::pin(async move {
             let state = state.ok_or_else(|| actix_web::Error::from(Problem::internal()))?;
-            let token = header
-                .as_deref()
-                .and_then(|value| value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")))
-                .map(str::trim)
-                .filter(|token| !token.is_empty())
-                .ok_or(Unauthenticated(AuthFailure::Missing))?;
+            let token = header.as_deref().and_then(bearer_token).ok_or(Unauthenticated(AuthFailure::Missing))?;
             let email = state.auth.verify(token).await.map_err(Unauthenticated)?;
             if let Some(cached) = state.caches.roles.get(email.as_str()) {
                 if cached.pending {
@@ -524,7 +529,7 @@ impl FromRequest for Caller {
             // (by another process, say). The roster itself decides before anyone is turned away.
             let (roster, _) = state.roster.load(ROSTER_ID).await.map_err(Problem::from)?;
             let Some(member) = roster.member(&email) else {
-                return Err(Problem::new(StatusCode::FORBIDDEN, ProblemCode::NotAMember, "Not a member")
+                return Err(Problem::new(ProblemCode::NotAMember, "Not a member")
                     .detail("Ask an admin to invite you.")
                     .into());
             };
@@ -540,6 +545,18 @@ impl FromRequest for Caller {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive_and_spaces_are_one_or_more() {
+        for header in
+            ["Bearer abc", "bearer abc", "BEARER abc", "BeArEr abc", "Bearer  abc", "Bearer\tabc", "Bearer abc "]
+        {
+            assert_eq!(bearer_token(header), Some("abc"), "{header:?}");
+        }
+        for header in ["Bearer", "Bearer ", "Bearerabc", "Basic abc", "Token abc", " Bearer abc", ""] {
+            assert_eq!(bearer_token(header), None, "{header:?}");
+        }
+    }
     use jwt_simple::reexports::ct_codecs::{Base64UrlSafeNoPadding, Encoder};
     use serde_json::{json, Map, Value};
     use std::sync::OnceLock;

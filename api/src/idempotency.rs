@@ -82,7 +82,7 @@ where
         .ok()
         .filter(|key| !key.is_empty() && key.len() <= 255 && key.bytes().all(|b| b.is_ascii_graphic()))
         .ok_or_else(|| {
-            Problem::new(StatusCode::BAD_REQUEST, ProblemCode::InvalidField, "Invalid header")
+            Problem::new(ProblemCode::InvalidField, "Invalid header")
                 .field("Idempotency-Key")
                 .detail("Idempotency-Key is 1 to 255 printable ASCII characters")
         })?
@@ -94,20 +94,16 @@ where
         Claim::Done { status, response, location } => return Ok(respond(status, &response, location.as_deref(), true)),
         Claim::InProgress => return Err(in_progress()),
         Claim::Reused => {
-            return Err(Problem::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                ProblemCode::IdempotencyKeyReused,
-                "Idempotency key reused",
-            )
-            .field("Idempotency-Key")
-            .detail("This key was used for a different request."))
+            return Err(Problem::new(ProblemCode::IdempotencyKeyReused, "Idempotency key reused")
+                .field("Idempotency-Key")
+                .detail("This key was used for a different request."))
         }
     }
 
     let outcome = action().await;
     let (status, body, location) = match &outcome {
         Ok(reply) => (reply.status.as_u16(), reply.body.to_string(), reply.location.clone()),
-        Err(problem) => (problem.status, serde_json::to_string(problem).unwrap_or_default(), None),
+        Err(problem) => (problem.status().as_u16(), serde_json::to_string(problem).unwrap_or_default(), None),
     };
     let kept = if status >= 500 {
         idempotency::forget(store, &scope, &key).await
@@ -122,7 +118,7 @@ where
 }
 
 fn in_progress() -> Problem {
-    Problem::new(StatusCode::CONFLICT, ProblemCode::RequestInProgress, "Request in progress")
+    Problem::new(ProblemCode::RequestInProgress, "Request in progress")
         .detail("A request with this Idempotency-Key is still running; retry shortly.")
         .retry_after(1)
 }

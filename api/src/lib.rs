@@ -7,17 +7,19 @@
 pub mod audit;
 pub mod auth;
 pub mod cache;
+pub mod extract;
 pub mod idempotency;
 pub mod members;
 pub mod metrics;
 pub mod ops;
+pub mod paging;
 mod problem;
 pub mod publishing;
+mod rejection;
 pub mod relay;
 
 use std::sync::Arc;
 
-use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest};
 use domain::publishing::Publishing;
 use domain::roster::Roster;
@@ -26,7 +28,9 @@ use projections::{MembersQuery, PublishingQuery, StatusBoard};
 use store::{AggregateRepository, EventStore};
 
 pub use metrics::HttpMetrics;
+pub use paging::{List, NoFilters, Page, PageCursor, PageParams, Paging};
 pub use problem::{Problem, ProblemCode};
+pub use rejection::Rejection;
 
 /// Everything handlers share.
 #[derive(Clone)]
@@ -91,7 +95,7 @@ pub(crate) fn if_match(request: &HttpRequest) -> Result<Option<u64>, Problem> {
         .and_then(|version| version.parse::<u64>().ok())
         .map(Some)
         .ok_or_else(|| {
-            Problem::new(StatusCode::BAD_REQUEST, ProblemCode::InvalidField, "Invalid header")
+            Problem::new(ProblemCode::InvalidField, "Invalid header")
                 .field("If-Match")
                 .detail("If-Match takes the ETag of a GET, such as \"12\"")
         })
@@ -106,7 +110,7 @@ pub fn encode_page_key(at: &str, id: &str) -> String {
 /// Reads a cursor made by [`encode_page_key`] (the `after` query parameter); anything else is a 400.
 pub fn decode_page_key(raw: &str) -> Result<projections::TimeKey, Problem> {
     use jwt_simple::reexports::ct_codecs::{Base64UrlSafeNoPadding, Decoder};
-    let bad = || Problem::invalid_query("after", "after takes the next value of the previous page");
+    let bad = || Problem::invalid_field("after", "after takes the next value of the previous page");
     let bytes = Base64UrlSafeNoPadding::decode_to_vec(raw.as_bytes(), None).map_err(|_| bad())?;
     let text = String::from_utf8(bytes).map_err(|_| bad())?;
     let (at, id) = text.split_once('|').ok_or_else(bad)?;
@@ -120,7 +124,9 @@ pub fn decode_page_key(raw: &str) -> Result<projections::TimeKey, Problem> {
 /// Mounts every route and the JSON error handlers.
 pub fn configure(state: AppState) -> impl FnOnce(&mut web::ServiceConfig) {
     move |config: &mut web::ServiceConfig| {
+        let routes = web::Data::new(problem::Routes::new(&state.openapi));
         config
+            .app_data(routes)
             .app_data(web::Data::new(state))
             .app_data(web::JsonConfig::default().limit(256 * 1024).error_handler(problem::json_error))
             .app_data(web::PathConfig::default().error_handler(problem::path_error))

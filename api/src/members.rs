@@ -2,14 +2,15 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{delete, get, patch, post, web, HttpRequest, HttpResponse};
-use domain::roster::{Role, RosterCommand, RosterError, ROSTER_ID};
+use domain::roster::{Role, RosterCommand, ROSTER_ID};
 use domain::Email;
 use projections::MemberRow;
 use serde::{Deserialize, Serialize};
-use store::{CommandError, EventMetadata};
+use store::EventMetadata;
 
 use crate::auth::Caller;
-use crate::{AppState, Problem, ProblemCode};
+use crate::extract::{Json, Path};
+use crate::{AppState, List, Problem, ProblemCode};
 
 /// A member, as the API shows it.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -42,24 +43,8 @@ impl From<MemberRow> for MemberView {
     }
 }
 
-/// A page of members.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct MemberPage {
-    /// Members in address order.
-    pub items: Vec<MemberView>,
-    /// Pass as `after` for the next page; absent on the last page.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub next: Option<String>,
-}
-
-/// Paging parameters.
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-pub struct PageQuery {
-    /// The `next` value of the previous page.
-    pub after: Option<String>,
-    /// Page size, 1 to 500 (default 100).
-    pub limit: Option<i64>,
-}
+/// A page of members, in address order.
+pub type MemberPage = crate::Page<MemberView>;
 
 /// An invitation.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -90,49 +75,19 @@ pub struct Me {
 
 fn parse_email(raw: &str, field: &str) -> Result<Email, Problem> {
     Email::parse(raw).map_err(|error| {
-        Problem::new(StatusCode::UNPROCESSABLE_ENTITY, ProblemCode::InvalidField, "Invalid field")
-            .field(field)
-            .detail(error.to_string())
+        Problem::new(ProblemCode::InvalidField, "Invalid field").field(field).detail(error.to_string())
     })
 }
 
 fn parse_role(raw: &str) -> Result<Role, Problem> {
-    Role::parse(raw).ok_or_else(|| {
-        Problem::new(StatusCode::UNPROCESSABLE_ENTITY, ProblemCode::InvalidField, "Invalid field")
-            .field("role")
-            .detail("role is one of admin, member, auditor")
-    })
+    Role::parse(raw).ok_or_else(|| Problem::invalid_field("role", "role is one of admin, member, auditor"))
 }
 
 /// Runs a roster command for `caller`. Roster commands do not depend on what the caller saw, so a lost race is
 /// decided again on the new state (up to five times) instead of being returned as a conflict.
 async fn run(state: &AppState, caller: &Caller, request: &HttpRequest, command: RosterCommand) -> Result<(), Problem> {
     let metadata = EventMetadata::for_request(caller.email.to_string(), crate::request_id(request));
-    state.roster.execute_retrying(ROSTER_ID, command, &metadata, 5).await.map(drop).map_err(command_problem)
-}
-
-/// Maps a roster command failure to a problem.
-fn command_problem(error: CommandError<RosterError>) -> Problem {
-    match error {
-        CommandError::Rejected(rejection) => {
-            let (status, code) = match &rejection {
-                RosterError::AlreadyMember(_) => (StatusCode::CONFLICT, ProblemCode::AlreadyMember),
-                RosterError::UnknownMember(_) => (StatusCode::NOT_FOUND, ProblemCode::NotFound),
-                RosterError::RoleUnchanged { .. } => (StatusCode::CONFLICT, ProblemCode::RoleUnchanged),
-                RosterError::LastAdmin(_) => (StatusCode::CONFLICT, ProblemCode::LastAdmin),
-                RosterError::StaleMember { .. } => (StatusCode::PRECONDITION_FAILED, ProblemCode::StaleVersion),
-            };
-            Problem::new(status, code, "Refused").detail(rejection.to_string())
-        }
-        CommandError::Conflict => {
-            Problem::new(StatusCode::CONFLICT, ProblemCode::ConcurrentModification, "Concurrent change")
-                .detail("The roster changed while this request was decided; retry it.")
-        }
-        CommandError::VersionMismatch { .. } => {
-            Problem::new(StatusCode::PRECONDITION_FAILED, ProblemCode::StaleVersion, "Stale version")
-        }
-        CommandError::Store(error) => Problem::from(error),
-    }
+    state.roster.execute_retrying(ROSTER_ID, command, &metadata, 5).await.map(drop).map_err(Problem::from)
 }
 
 /// Records a pending member's first sign-in. Failures are logged, not fatal: the next request tries again.
@@ -154,61 +109,53 @@ pub async fn me(caller: Caller) -> web::Json<Me> {
 }
 
 /// Lists members (admins and auditors).
-#[utoipa::path(get, path = "/api/v1/members", tag = "members", params(PageQuery), security(("bearer" = [])),
-    responses((status = 200, body = MemberPage), (status = 401, body = Problem), (status = 403, body = Problem)))]
+#[utoipa::path(get, path = "/api/v1/members", tag = "members", params(crate::PageParams), security(("bearer" = [])),
+    responses((status = 200, body = crate::Page<MemberView>), (status = 400, body = Problem), (status = 401, body = Problem),
+              (status = 403, body = Problem), (status = 422, body = Problem)))]
 #[get("/api/v1/members")]
 pub async fn list_members(
     caller: Caller,
     state: web::Data<AppState>,
-    query: web::Query<PageQuery>,
+    query: List,
 ) -> Result<web::Json<MemberPage>, Problem> {
     caller.require(&[Role::Admin, Role::Auditor])?;
-    let limit = query.limit.unwrap_or(100);
-    if !(1..=500).contains(&limit) {
-        return Err(Problem::invalid_query("limit", "limit is between 1 and 500"));
-    }
-    let mut rows = state.members.list(query.after.as_deref(), limit + 1).await.map_err(store::StoreError::from)?;
-    let next = if rows.len() as i64 > limit {
-        rows.truncate(limit as usize);
-        rows.last().map(|row| row.email.clone())
-    } else {
-        None
-    };
-    Ok(web::Json(MemberPage { items: rows.into_iter().map(MemberView::from).collect(), next }))
+    let page = &query.page;
+    let rows = state.members.list(page.after.as_deref(), page.fetch()).await.map_err(store::StoreError::from)?;
+    Ok(web::Json(MemberPage::from_rows(rows, page.limit, |row| row.email.clone(), MemberView::from)))
 }
 
 /// One member (admins, auditors, and the member themself).
 #[utoipa::path(get, path = "/api/v1/members/{email}", tag = "members", security(("bearer" = [])),
     responses((status = 200, body = MemberView, headers(("ETag" = String, description = "The member's version, for If-Match"))),
-              (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)))]
+              (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem),
+              (status = 422, body = Problem)))]
 #[get("/api/v1/members/{email}")]
 pub async fn get_member(
     caller: Caller,
     state: web::Data<AppState>,
-    path: web::Path<String>,
+    path: Path<String>,
 ) -> Result<HttpResponse, Problem> {
     let email = parse_email(&path, "email")?;
     if email != caller.email {
         caller.require(&[Role::Admin, Role::Auditor])?;
     }
     let row = state.members.get(email.as_str()).await.map_err(store::StoreError::from)?;
-    let row = row.ok_or_else(|| {
-        Problem::new(StatusCode::NOT_FOUND, ProblemCode::NotFound, "Not found")
-            .detail(format!("{email} is not a member"))
-    })?;
+    let row =
+        row.ok_or_else(|| Problem::new(ProblemCode::NotFound, "Not found").detail(format!("{email} is not a member")))?;
     Ok(HttpResponse::Ok().insert_header(("ETag", format!("\"{}\"", row.version))).json(MemberView::from(row)))
 }
 
 /// Invites someone (admins).
 #[utoipa::path(post, path = "/api/v1/members", tag = "members", request_body = InviteRequest, security(("bearer" = [])),
     responses((status = 201, body = MemberView), (status = 401, body = Problem), (status = 403, body = Problem),
-              (status = 409, body = Problem), (status = 422, body = Problem), (status = 503, body = Problem)))]
+              (status = 409, body = Problem), (status = 422, body = Problem), (status = 503, body = Problem),
+              (status = 400, body = Problem), (status = 413, body = Problem), (status = 415, body = Problem)))]
 #[post("/api/v1/members")]
 pub async fn invite_member(
     caller: Caller,
     state: web::Data<AppState>,
     request: HttpRequest,
-    body: web::Json<InviteRequest>,
+    body: Json<InviteRequest>,
 ) -> Result<HttpResponse, Problem> {
     caller.require(&[Role::Admin])?;
     let fingerprint = serde_json::json!({ "email": body.email, "role": body.role }).to_string();
@@ -239,14 +186,15 @@ pub async fn invite_member(
 /// Changes a member's role (admins). The last admin cannot be demoted.
 #[utoipa::path(patch, path = "/api/v1/members/{email}", tag = "members", request_body = RoleChange, security(("bearer" = [])),
     responses((status = 204), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem),
-              (status = 409, body = Problem), (status = 412, body = Problem), (status = 422, body = Problem)))]
+              (status = 409, body = Problem), (status = 412, body = Problem), (status = 422, body = Problem),
+              (status = 400, body = Problem), (status = 413, body = Problem), (status = 415, body = Problem)))]
 #[patch("/api/v1/members/{email}")]
 pub async fn change_role(
     caller: Caller,
     state: web::Data<AppState>,
     request: HttpRequest,
-    path: web::Path<String>,
-    body: web::Json<RoleChange>,
+    path: Path<String>,
+    body: Json<RoleChange>,
 ) -> Result<HttpResponse, Problem> {
     caller.require(&[Role::Admin])?;
     let email = parse_email(&path, "email")?;
@@ -264,13 +212,14 @@ pub async fn change_role(
 /// Removes a member (admins). The last admin cannot be removed.
 #[utoipa::path(delete, path = "/api/v1/members/{email}", tag = "members", security(("bearer" = [])),
     responses((status = 204), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem),
-              (status = 409, body = Problem), (status = 412, body = Problem)))]
+              (status = 409, body = Problem), (status = 412, body = Problem),
+              (status = 422, body = Problem)))]
 #[delete("/api/v1/members/{email}")]
 pub async fn remove_member(
     caller: Caller,
     state: web::Data<AppState>,
     request: HttpRequest,
-    path: web::Path<String>,
+    path: Path<String>,
 ) -> Result<HttpResponse, Problem> {
     caller.require(&[Role::Admin])?;
     let email = parse_email(&path, "email")?;

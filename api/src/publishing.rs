@@ -11,18 +11,19 @@ use actix_web::http::StatusCode;
 use actix_web::{delete, get, post, web, HttpRequest, HttpResponse};
 use domain::publishing::values::{self, MAX_MESSAGE_CHARS, MAX_REASON_CHARS};
 use domain::publishing::{
-    BlueprintKey, CommitId, DiffSummary, InvalidValue, PublishingCommand, PublishingError, RequestId, RequestStatus,
-    Subdomain, TrustMatch, WorkspaceId, PUBLISHING_ID,
+    BlueprintKey, CommitId, DiffSummary, InvalidValue, PublishingCommand, RequestId, RequestStatus, Subdomain,
+    TrustMatch, WorkspaceId, PUBLISHING_ID,
 };
 use domain::roster::Role;
-use domain::trust::{TrustCommand, TrustError, TRUST_RULES_ID};
+use domain::trust::{TrustCommand, TRUST_RULES_ID};
 use domain::Email;
 use projections::{PublishRequestRow, RequestFilter, ReviewRow, TimeKey, TrustRuleRow};
 use serde::{Deserialize, Serialize};
-use store::{CommandError, EventMetadata};
+use store::EventMetadata;
 
 use crate::auth::Caller;
-use crate::{AppState, Problem, ProblemCode};
+use crate::extract::{Json, OptionalJson, Path, Query};
+use crate::{AppState, List, Problem, ProblemCode};
 
 /// The publishing policy in force (from settings).
 #[derive(Debug, Clone)]
@@ -202,15 +203,8 @@ impl PublishRequestView {
     }
 }
 
-/// A page of publish requests.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct PublishRequestPage {
-    /// The requests, in the list's order.
-    pub items: Vec<PublishRequestView>,
-    /// Pass as `after` for the next page; absent on the last page.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub next: Option<String>,
-}
+/// A page of publish requests, in the list's order.
+pub type PublishRequestPage = crate::Page<PublishRequestView>;
 
 /// The outcome of a review or withdrawal, decided by the aggregate (the read model follows).
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -239,10 +233,6 @@ pub struct RequestListQuery {
     pub builder: Option<String>,
     /// Only this workspace.
     pub workspace_id: Option<String>,
-    /// The `next` value of the previous page.
-    pub after: Option<String>,
-    /// Page size, 1 to 500 (default 100).
-    pub limit: Option<i64>,
 }
 
 /// Filters and paging of the approvals queue (oldest first).
@@ -251,10 +241,6 @@ pub struct RequestListQuery {
 pub struct QueueQuery {
     /// Only this blueprint.
     pub blueprint_key: Option<String>,
-    /// The `next` value of the previous page.
-    pub after: Option<String>,
-    /// Page size, 1 to 500 (default 100).
-    pub limit: Option<i64>,
 }
 
 /// A trust rule to create.
@@ -303,25 +289,8 @@ impl From<TrustRuleRow> for TrustRuleView {
     }
 }
 
-/// A page of trust rules.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct TrustRulePage {
-    /// Rules in id order.
-    pub items: Vec<TrustRuleView>,
-    /// Pass as `after` for the next page; absent on the last page.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub next: Option<String>,
-}
-
-/// Paging of trust rules.
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
-pub struct TrustPageQuery {
-    /// The `next` value of the previous page.
-    pub after: Option<String>,
-    /// Page size, 1 to 500 (default 100).
-    pub limit: Option<i64>,
-}
+/// A page of trust rules, in id order.
+pub type TrustRulePage = crate::Page<TrustRuleView>;
 
 /// A dry run's question.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -354,13 +323,11 @@ pub struct EvaluateView {
 // Helpers
 
 fn invalid(error: InvalidValue) -> Problem {
-    Problem::new(StatusCode::UNPROCESSABLE_ENTITY, ProblemCode::InvalidField, "Invalid field")
-        .field(error.field)
-        .detail(error.reason)
+    Problem::invalid_field(error.field, error.reason)
 }
 
 fn not_found(what: &str) -> Problem {
-    Problem::new(StatusCode::NOT_FOUND, ProblemCode::NotFound, "Not found").detail(format!("No {what}."))
+    Problem::new(ProblemCode::NotFound, "Not found").detail(format!("No {what}."))
 }
 
 fn optional_text(field: &'static str, raw: Option<&str>, max: usize) -> Result<Option<String>, Problem> {
@@ -371,12 +338,15 @@ fn optional_text(field: &'static str, raw: Option<&str>, max: usize) -> Result<O
     }
 }
 
-fn limit(raw: Option<i64>) -> Result<i64, Problem> {
-    let limit = raw.unwrap_or(100);
-    if (1..=500).contains(&limit) {
-        Ok(limit)
-    } else {
-        Err(Problem::invalid_query("limit", "limit is between 1 and 500"))
+/// The cursor of a list ordered by (submission time, request id).
+#[derive(Debug, Clone)]
+pub struct RequestKey(TimeKey);
+
+impl crate::PageCursor for RequestKey {
+    fn decode(raw: &str) -> Option<Self> {
+        let key = crate::decode_page_key(raw).ok()?;
+        RequestId::parse(&key.id).ok()?;
+        Some(RequestKey(key))
     }
 }
 
@@ -385,83 +355,12 @@ fn encode_key(row: &PublishRequestRow) -> String {
     crate::encode_page_key(&row.submitted_at, &row.request_id)
 }
 
-fn decode_key(raw: &str) -> Result<TimeKey, Problem> {
-    let key = crate::decode_page_key(raw)?;
-    RequestId::parse(&key.id)
-        .map_err(|_| Problem::invalid_query("after", "after takes the next value of the previous page"))?;
-    Ok(key)
-}
-
-fn page(mut rows: Vec<PublishRequestRow>, limit: i64) -> PublishRequestPage {
-    let next = if rows.len() as i64 > limit {
-        rows.truncate(limit as usize);
-        rows.last().map(encode_key)
-    } else {
-        None
-    };
-    PublishRequestPage { items: rows.into_iter().map(|row| PublishRequestView::from_row(row, None)).collect(), next }
+fn page(rows: Vec<PublishRequestRow>, limit: i64) -> PublishRequestPage {
+    crate::Page::from_rows(rows, limit, encode_key, |row| PublishRequestView::from_row(row, None))
 }
 
 fn metadata(caller: &Caller, request: &HttpRequest) -> EventMetadata {
     EventMetadata::for_request(caller.email.to_string(), crate::request_id(request))
-}
-
-/// Maps a publishing command failure to a problem.
-fn publishing_problem(error: CommandError<PublishingError>) -> Problem {
-    match error {
-        CommandError::Rejected(rejection) => {
-            let (status, code) = match &rejection {
-                PublishingError::UnknownRequest(_) => (StatusCode::NOT_FOUND, ProblemCode::NotFound),
-                PublishingError::DuplicateRequest(_) => (StatusCode::CONFLICT, ProblemCode::ConcurrentModification),
-                PublishingError::NotPending { .. } => (StatusCode::CONFLICT, ProblemCode::RequestNotPending),
-                PublishingError::RequestInFlight { .. } => (StatusCode::CONFLICT, ProblemCode::RequestInFlight),
-                PublishingError::SubdomainTaken(_) => (StatusCode::CONFLICT, ProblemCode::SubdomainTaken),
-                PublishingError::NotWorkspaceOwner(_) => (StatusCode::FORBIDDEN, ProblemCode::NotWorkspaceOwner),
-                PublishingError::NotBuilder(_) => (StatusCode::FORBIDDEN, ProblemCode::Forbidden),
-                PublishingError::SelfApproval => (StatusCode::FORBIDDEN, ProblemCode::SelfApproval),
-                PublishingError::AlreadyApproved(_) => (StatusCode::CONFLICT, ProblemCode::AlreadyReviewed),
-                PublishingError::ReasonRequired => {
-                    return Problem::new(StatusCode::UNPROCESSABLE_ENTITY, ProblemCode::InvalidField, "Invalid field")
-                        .field("reason")
-                        .detail("The review policy requires a reason.");
-                }
-                PublishingError::StaleRequest { .. } => (StatusCode::PRECONDITION_FAILED, ProblemCode::StaleVersion),
-                PublishingError::NotDue(_) | PublishingError::InvalidPolicy => {
-                    return Problem::internal();
-                }
-            };
-            Problem::new(status, code, "Refused").detail(rejection.to_string())
-        }
-        CommandError::Conflict => {
-            Problem::new(StatusCode::CONFLICT, ProblemCode::ConcurrentModification, "Concurrent change")
-                .detail("Publishing changed while this request was decided; retry it.")
-        }
-        CommandError::VersionMismatch { .. } => {
-            Problem::new(StatusCode::PRECONDITION_FAILED, ProblemCode::StaleVersion, "Stale version")
-        }
-        CommandError::Store(error) => Problem::from(error),
-    }
-}
-
-fn trust_problem(error: CommandError<TrustError>) -> Problem {
-    match error {
-        CommandError::Rejected(rejection) => {
-            let (status, code) = match &rejection {
-                TrustError::DuplicateRule { .. } => (StatusCode::CONFLICT, ProblemCode::DuplicateTrustRule),
-                TrustError::DuplicateId(_) => (StatusCode::CONFLICT, ProblemCode::ConcurrentModification),
-                TrustError::UnknownRule(_) => (StatusCode::NOT_FOUND, ProblemCode::NotFound),
-            };
-            Problem::new(status, code, "Refused").detail(rejection.to_string())
-        }
-        CommandError::Conflict => {
-            Problem::new(StatusCode::CONFLICT, ProblemCode::ConcurrentModification, "Concurrent change")
-                .detail("The trust rules changed while this request was decided; retry it.")
-        }
-        CommandError::VersionMismatch { .. } => {
-            Problem::new(StatusCode::PRECONDITION_FAILED, ProblemCode::StaleVersion, "Stale version")
-        }
-        CommandError::Store(error) => Problem::from(error),
-    }
 }
 
 /// Runs a review-like command and reports where the request stands.
@@ -482,7 +381,7 @@ async fn decide(
             .publishing
             .execute_retrying(PUBLISHING_ID, command, &metadata(caller, request), 5)
             .await
-            .map_err(publishing_problem)?;
+            .map_err(Problem::from)?;
         // The command's own result is in the repository's cache; reading the store again could fail after the
         // change was made, and the caller would be told nothing happened.
         let publishing = match state.publishing.peek(PUBLISHING_ID) {
@@ -505,21 +404,6 @@ async fn decide(
         })
     })
     .await
-}
-
-/// A review's optional JSON body: empty means no reason.
-fn review_body(bytes: &[u8]) -> Result<ReviewInput, Problem> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(ReviewInput::default());
-    }
-    if bytes.len() > 64 * 1024 {
-        return Err(Problem::new(StatusCode::PAYLOAD_TOO_LARGE, ProblemCode::InvalidRequest, "Body too large")
-            .detail("A review body has at most 64 KiB."));
-    }
-    serde_json::from_slice(bytes).map_err(|error| {
-        Problem::new(StatusCode::BAD_REQUEST, ProblemCode::InvalidRequest, "Invalid JSON body")
-            .detail(error.to_string())
-    })
 }
 
 fn request_id_from_path(raw: &str) -> Result<RequestId, Problem> {
@@ -564,13 +448,14 @@ fn may_see(caller: &Caller, row: &PublishRequestRow) -> bool {
     security(("bearer" = [])),
     responses((status = 201, body = PublishRequestView), (status = 400, body = Problem), (status = 401, body = Problem),
               (status = 403, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem),
-              (status = 503, body = Problem)))]
+              (status = 503, body = Problem),
+              (status = 413, body = Problem), (status = 415, body = Problem)))]
 #[post("/api/v1/publish-requests")]
 pub async fn submit(
     caller: Caller,
     state: web::Data<AppState>,
     request: HttpRequest,
-    body: web::Json<SubmitRequest>,
+    body: Json<SubmitRequest>,
 ) -> Result<HttpResponse, Problem> {
     caller.require(&[Role::Member, Role::Admin])?;
     let fingerprint = serde_json::to_string(&*body).map_err(|_| Problem::internal())?;
@@ -610,7 +495,7 @@ pub async fn submit(
             .publishing
             .execute_retrying(PUBLISHING_ID, command, &metadata(&caller, &request), 10)
             .await
-            .map_err(publishing_problem)?;
+            .map_err(Problem::from)?;
         let stamp = |time: chrono::DateTime<chrono::Utc>| time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
         let view = PublishRequestView {
             id: request_id.to_string(),
@@ -650,27 +535,28 @@ pub async fn submit(
 
 /// Lists publish requests, newest first: every request for admins and auditors (the publish history), the
 /// caller's own for members.
-#[utoipa::path(get, path = "/api/v1/publish-requests", tag = "publishing", params(RequestListQuery),
+#[utoipa::path(get, path = "/api/v1/publish-requests", tag = "publishing", params(RequestListQuery, crate::PageParams),
     security(("bearer" = [])),
-    responses((status = 200, body = PublishRequestPage), (status = 400, body = Problem), (status = 401, body = Problem),
-              (status = 403, body = Problem)))]
+    responses((status = 200, body = crate::Page<PublishRequestView>), (status = 400, body = Problem), (status = 401, body = Problem),
+              (status = 403, body = Problem),
+              (status = 422, body = Problem)))]
 #[get("/api/v1/publish-requests")]
 pub async fn list_requests(
     caller: Caller,
     state: web::Data<AppState>,
-    query: web::Query<RequestListQuery>,
+    query: List<RequestListQuery, RequestKey>,
 ) -> Result<web::Json<PublishRequestPage>, Problem> {
-    let limit = limit(query.limit)?;
+    let List { filters: query, page: paging } = query;
     let status = match query.status.as_deref() {
         None => None,
         Some(raw @ ("pending" | "approved" | "rejected" | "withdrawn" | "expired")) => Some(raw.to_string()),
         Some(_) => {
-            return Err(Problem::invalid_query("status", "status is pending, approved, rejected, withdrawn or expired"))
+            return Err(Problem::invalid_field("status", "status is pending, approved, rejected, withdrawn or expired"))
         }
     };
     let builder = match query.builder.as_deref() {
         None => None,
-        Some(raw) => Some(Email::parse(raw).map_err(|error| Problem::invalid_query("builder", error.to_string()))?),
+        Some(raw) => Some(Email::parse(raw).map_err(|error| Problem::invalid_field("builder", error.to_string()))?),
     };
     let builder = match caller.role {
         Role::Admin | Role::Auditor => builder,
@@ -687,29 +573,29 @@ pub async fn list_requests(
         builder: builder.map(String::from),
         workspace_id: query.workspace_id.clone(),
     };
-    let after = query.after.as_deref().filter(|after| !after.is_empty()).map(decode_key).transpose()?;
-    let rows = state
-        .publishing_reads
-        .list(&filter, false, after.as_ref(), limit + 1)
-        .await
-        .map_err(store::StoreError::from)?;
-    Ok(web::Json(page(rows, limit)))
+    let fetch = paging.fetch();
+    let after = paging.after.map(|key| key.0);
+    let rows =
+        state.publishing_reads.list(&filter, false, after.as_ref(), fetch).await.map_err(store::StoreError::from)?;
+    Ok(web::Json(page(rows, paging.limit)))
 }
 
 /// The approvals queue: pending requests, oldest first (admins and auditors).
-#[utoipa::path(get, path = "/api/v1/approvals", tag = "publishing", params(QueueQuery), security(("bearer" = [])),
-    responses((status = 200, body = PublishRequestPage), (status = 400, body = Problem), (status = 401, body = Problem),
-              (status = 403, body = Problem)))]
+#[utoipa::path(get, path = "/api/v1/approvals", tag = "publishing", params(QueueQuery, crate::PageParams), security(("bearer" = [])),
+    responses((status = 200, body = crate::Page<PublishRequestView>), (status = 400, body = Problem), (status = 401, body = Problem),
+              (status = 403, body = Problem),
+              (status = 422, body = Problem)))]
 #[get("/api/v1/approvals")]
 pub async fn approvals_queue(
     caller: Caller,
     state: web::Data<AppState>,
-    query: web::Query<QueueQuery>,
+    query: List<QueueQuery, RequestKey>,
 ) -> Result<HttpResponse, Problem> {
     caller.require(&[Role::Admin, Role::Auditor])?;
-    let limit = limit(query.limit)?;
-    let after = query.after.as_deref().filter(|after| !after.is_empty());
-    let key = (query.blueprint_key.clone(), after.map(str::to_string), limit);
+    let List { filters: query, page: paging } = query;
+    let (limit, fetch, after) = (paging.limit, paging.fetch(), paging.after.map(|key| key.0));
+    let cursor = after.as_ref().map(|key| crate::encode_page_key(&key.at, &key.id));
+    let key = (query.blueprint_key.clone(), cursor, limit);
     // The same page for every reader until the read model moves: served from memory (crate::cache).
     let body = match state.caches.queue.get(&key) {
         Some(body) => body,
@@ -720,10 +606,9 @@ pub async fn approvals_queue(
                 blueprint_key: query.blueprint_key.clone(),
                 ..RequestFilter::default()
             };
-            let after = after.map(decode_key).transpose()?;
             let rows = state
                 .publishing_reads
-                .list(&filter, true, after.as_ref(), limit + 1)
+                .list(&filter, true, after.as_ref(), fetch)
                 .await
                 .map_err(store::StoreError::from)?;
             let body = web::Bytes::from(serde_json::to_vec(&page(rows, limit)).map_err(|_| Problem::internal())?);
@@ -737,12 +622,13 @@ pub async fn approvals_queue(
 /// One request with its patch and full review history (admins, auditors, and its builder).
 #[utoipa::path(get, path = "/api/v1/publish-requests/{id}", tag = "publishing", security(("bearer" = [])),
     responses((status = 200, body = PublishRequestView, headers(("ETag" = String, description = "The request's version, for If-Match"))),
-              (status = 401, body = Problem), (status = 404, body = Problem)))]
+              (status = 401, body = Problem), (status = 404, body = Problem),
+              (status = 403, body = Problem), (status = 422, body = Problem)))]
 #[get("/api/v1/publish-requests/{id}")]
 pub async fn get_request(
     caller: Caller,
     state: web::Data<AppState>,
-    path: web::Path<String>,
+    path: Path<String>,
 ) -> Result<HttpResponse, Problem> {
     let request_id = request_id_from_path(&path)?;
     let row = read_request(&state, &request_id).await?;
@@ -758,18 +644,20 @@ pub async fn get_request(
     security(("bearer" = [])),
     responses((status = 200, body = DecisionView), (status = 401, body = Problem), (status = 403, body = Problem),
               (status = 404, body = Problem), (status = 409, body = Problem), (status = 412, body = Problem),
-              (status = 422, body = Problem)))]
+              (status = 422, body = Problem),
+              (status = 400, body = Problem), (status = 413, body = Problem), (status = 415, body = Problem)))]
 #[post("/api/v1/publish-requests/{id}/approve")]
 pub async fn approve(
     caller: Caller,
     state: web::Data<AppState>,
     request: HttpRequest,
-    path: web::Path<String>,
-    body: web::Bytes,
+    path: Path<String>,
+    body: OptionalJson<ReviewInput>,
 ) -> Result<HttpResponse, Problem> {
     caller.require(&[Role::Admin])?;
     let request_id = request_id_from_path(&path)?;
-    let reason = optional_text("reason", review_body(&body)?.reason.as_deref(), MAX_REASON_CHARS)?;
+    let reason = body.value.as_ref().and_then(|review| review.reason.as_deref());
+    let reason = optional_text("reason", reason, MAX_REASON_CHARS)?;
     let command = PublishingCommand::Approve {
         request_id: request_id.clone(),
         reviewer: caller.email.clone(),
@@ -777,7 +665,7 @@ pub async fn approve(
         reason_required: state.publish_policy.require_reason,
         if_version: crate::if_match(&request)?,
     };
-    decide(&state, &caller, &request, request_id, command, &body).await
+    decide(&state, &caller, &request, request_id, command, &body.raw).await
 }
 
 /// Rejects a pending request with optional feedback (admins). Final: the builder submits a new request.
@@ -785,18 +673,20 @@ pub async fn approve(
     security(("bearer" = [])),
     responses((status = 200, body = DecisionView), (status = 401, body = Problem), (status = 403, body = Problem),
               (status = 404, body = Problem), (status = 409, body = Problem), (status = 412, body = Problem),
-              (status = 422, body = Problem)))]
+              (status = 422, body = Problem),
+              (status = 400, body = Problem), (status = 413, body = Problem), (status = 415, body = Problem)))]
 #[post("/api/v1/publish-requests/{id}/reject")]
 pub async fn reject(
     caller: Caller,
     state: web::Data<AppState>,
     request: HttpRequest,
-    path: web::Path<String>,
-    body: web::Bytes,
+    path: Path<String>,
+    body: OptionalJson<ReviewInput>,
 ) -> Result<HttpResponse, Problem> {
     caller.require(&[Role::Admin])?;
     let request_id = request_id_from_path(&path)?;
-    let feedback = optional_text("reason", review_body(&body)?.reason.as_deref(), MAX_REASON_CHARS)?;
+    let feedback = body.value.as_ref().and_then(|review| review.reason.as_deref());
+    let feedback = optional_text("reason", feedback, MAX_REASON_CHARS)?;
     let command = PublishingCommand::Reject {
         request_id: request_id.clone(),
         reviewer: caller.email.clone(),
@@ -804,19 +694,20 @@ pub async fn reject(
         reason_required: state.publish_policy.require_reason,
         if_version: crate::if_match(&request)?,
     };
-    decide(&state, &caller, &request, request_id, command, &body).await
+    decide(&state, &caller, &request, request_id, command, &body.raw).await
 }
 
 /// Withdraws a pending request (its builder only). Final.
 #[utoipa::path(post, path = "/api/v1/publish-requests/{id}/withdraw", tag = "publishing", security(("bearer" = [])),
     responses((status = 200, body = DecisionView), (status = 401, body = Problem), (status = 403, body = Problem),
-              (status = 404, body = Problem), (status = 409, body = Problem), (status = 412, body = Problem)))]
+              (status = 404, body = Problem), (status = 409, body = Problem), (status = 412, body = Problem),
+              (status = 422, body = Problem)))]
 #[post("/api/v1/publish-requests/{id}/withdraw")]
 pub async fn withdraw(
     caller: Caller,
     state: web::Data<AppState>,
     request: HttpRequest,
-    path: web::Path<String>,
+    path: Path<String>,
 ) -> Result<HttpResponse, Problem> {
     caller.require(&[Role::Member, Role::Admin])?;
     let request_id = request_id_from_path(&path)?;
@@ -832,29 +723,24 @@ pub async fn withdraw(
 // Trust rules
 
 /// Lists trust rules (admins and auditors).
-#[utoipa::path(get, path = "/api/v1/trust-rules", tag = "trust", params(TrustPageQuery), security(("bearer" = [])),
-    responses((status = 200, body = TrustRulePage), (status = 400, body = Problem), (status = 401, body = Problem),
-              (status = 403, body = Problem)))]
+#[utoipa::path(get, path = "/api/v1/trust-rules", tag = "trust", params(crate::PageParams), security(("bearer" = [])),
+    responses((status = 200, body = crate::Page<TrustRuleView>), (status = 400, body = Problem), (status = 401, body = Problem),
+              (status = 403, body = Problem),
+              (status = 422, body = Problem)))]
 #[get("/api/v1/trust-rules")]
 pub async fn list_trust_rules(
     caller: Caller,
     state: web::Data<AppState>,
-    query: web::Query<TrustPageQuery>,
+    query: List,
 ) -> Result<web::Json<TrustRulePage>, Problem> {
     caller.require(&[Role::Admin, Role::Auditor])?;
-    let limit = limit(query.limit)?;
-    let mut rows = state
+    let page = &query.page;
+    let rows = state
         .publishing_reads
-        .trust_rules(query.after.as_deref().filter(|after| !after.is_empty()), limit + 1)
+        .trust_rules(page.after.as_deref(), page.fetch())
         .await
         .map_err(store::StoreError::from)?;
-    let next = if rows.len() as i64 > limit {
-        rows.truncate(limit as usize);
-        rows.last().map(|row| row.rule_id.clone())
-    } else {
-        None
-    };
-    Ok(web::Json(TrustRulePage { items: rows.into_iter().map(TrustRuleView::from).collect(), next }))
+    Ok(web::Json(TrustRulePage::from_rows(rows, page.limit, |row| row.rule_id.clone(), TrustRuleView::from)))
 }
 
 /// Trusts a user for one blueprint or all (admins). Their later submissions are approved at once.
@@ -862,21 +748,20 @@ pub async fn list_trust_rules(
     params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe")),
     security(("bearer" = [])),
     responses((status = 201, body = TrustRuleView), (status = 401, body = Problem), (status = 403, body = Problem),
-              (status = 409, body = Problem), (status = 422, body = Problem)))]
+              (status = 409, body = Problem), (status = 422, body = Problem),
+              (status = 400, body = Problem), (status = 413, body = Problem), (status = 415, body = Problem)))]
 #[post("/api/v1/trust-rules")]
 pub async fn create_trust_rule(
     caller: Caller,
     state: web::Data<AppState>,
     request: HttpRequest,
-    body: web::Json<TrustRuleInput>,
+    body: Json<TrustRuleInput>,
 ) -> Result<HttpResponse, Problem> {
     caller.require(&[Role::Admin])?;
     let fingerprint = serde_json::to_string(&*body).map_err(|_| Problem::internal())?;
     crate::idempotency::run(&state, &caller, &request, fingerprint, || async {
         let email = Email::parse(&body.email).map_err(|error| {
-            Problem::new(StatusCode::UNPROCESSABLE_ENTITY, ProblemCode::InvalidField, "Invalid field")
-                .field("email")
-                .detail(error.to_string())
+            Problem::new(ProblemCode::InvalidField, "Invalid field").field("email").detail(error.to_string())
         })?;
         let blueprint_key = body.blueprint_key.as_deref().map(BlueprintKey::parse).transpose().map_err(invalid)?;
         let description = optional_text("description", body.description.as_deref(), MAX_REASON_CHARS)?;
@@ -892,7 +777,7 @@ pub async fn create_trust_rule(
             .trust
             .execute_retrying(TRUST_RULES_ID, command, &metadata(&caller, &request), 5)
             .await
-            .map_err(trust_problem)?;
+            .map_err(Problem::from)?;
         let view = TrustRuleView {
             id: rule_id.clone(),
             email: email.to_string(),
@@ -916,19 +801,20 @@ pub async fn create_trust_rule(
 #[utoipa::path(get, path = "/api/v1/trust-rules/evaluate", tag = "trust", params(EvaluateQuery),
     security(("bearer" = [])),
     responses((status = 200, body = EvaluateView), (status = 400, body = Problem), (status = 401, body = Problem),
-              (status = 403, body = Problem)))]
+              (status = 403, body = Problem),
+              (status = 422, body = Problem)))]
 #[get("/api/v1/trust-rules/evaluate")]
 pub async fn evaluate_trust(
     caller: Caller,
     state: web::Data<AppState>,
-    query: web::Query<EvaluateQuery>,
+    query: Query<EvaluateQuery>,
 ) -> Result<web::Json<EvaluateView>, Problem> {
-    let email = Email::parse(&query.email).map_err(|error| Problem::invalid_query("email", error.to_string()))?;
+    let email = Email::parse(&query.email).map_err(|error| Problem::invalid_field("email", error.to_string()))?;
     if email != caller.email {
         caller.require(&[Role::Admin, Role::Auditor])?;
     }
     let blueprint_key = BlueprintKey::parse(&query.blueprint_key)
-        .map_err(|error| Problem::invalid_query("blueprint_key", &error.reason))?;
+        .map_err(|error| Problem::invalid_field("blueprint_key", &error.reason))?;
     let (trust, _) = state.trust.load(TRUST_RULES_ID).await.map_err(Problem::from)?;
     let matched = trust.evaluate(&email, &blueprint_key).map(|(rule_id, rule)| (rule_id.to_string(), rule.clone()));
     let reason = matched.as_ref().map(|(rule_id, rule)| rule.reason(rule_id));
@@ -959,12 +845,13 @@ pub async fn evaluate_trust(
 /// One trust rule (admins and auditors).
 #[utoipa::path(get, path = "/api/v1/trust-rules/{id}", tag = "trust", security(("bearer" = [])),
     responses((status = 200, body = TrustRuleView), (status = 401, body = Problem), (status = 403, body = Problem),
-              (status = 404, body = Problem)))]
+              (status = 404, body = Problem),
+              (status = 422, body = Problem)))]
 #[get("/api/v1/trust-rules/{id}")]
 pub async fn get_trust_rule(
     caller: Caller,
     state: web::Data<AppState>,
-    path: web::Path<String>,
+    path: Path<String>,
 ) -> Result<web::Json<TrustRuleView>, Problem> {
     caller.require(&[Role::Admin, Role::Auditor])?;
     let row = state.publishing_reads.trust_rule(&path).await.map_err(store::StoreError::from)?;
@@ -973,13 +860,14 @@ pub async fn get_trust_rule(
 
 /// Revokes a trust rule (admins).
 #[utoipa::path(delete, path = "/api/v1/trust-rules/{id}", tag = "trust", security(("bearer" = [])),
-    responses((status = 204), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)))]
+    responses((status = 204), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem),
+              (status = 422, body = Problem)))]
 #[delete("/api/v1/trust-rules/{id}")]
 pub async fn revoke_trust_rule(
     caller: Caller,
     state: web::Data<AppState>,
     request: HttpRequest,
-    path: web::Path<String>,
+    path: Path<String>,
 ) -> Result<HttpResponse, Problem> {
     caller.require(&[Role::Admin])?;
     let command = TrustCommand::Revoke { rule_id: path.into_inner(), revoked_by: caller.email.clone() };
@@ -987,6 +875,6 @@ pub async fn revoke_trust_rule(
         .trust
         .execute_retrying(TRUST_RULES_ID, command, &metadata(&caller, &request), 5)
         .await
-        .map_err(trust_problem)?;
+        .map_err(Problem::from)?;
     Ok(HttpResponse::NoContent().finish())
 }

@@ -8,8 +8,8 @@ mod ws;
 use actix_web::web;
 
 use routes::{
-    ActivityPage, ActivityView, FirewallActionDoc, FirewallBody, FirewallRuleDoc, FirewallView, MintBody, MintedToken,
-    SessionPage, SessionView, TicketBody, TicketView, WorkspacePage, WorkspaceView,
+    ActivityView, FirewallActionDoc, FirewallBody, FirewallRuleDoc, FirewallView, MintBody, MintedToken, SessionView,
+    TicketBody, TicketView, WorkspacePage, WorkspaceView,
 };
 
 /// The relay's part of the OpenAPI document; [`crate::ops::document`] merges it in.
@@ -21,8 +21,9 @@ use routes::{
         ws::agent_connect, ws::terminal,
     ),
     components(schemas(
-        MintBody, MintedToken, WorkspaceView, WorkspacePage, TicketBody, TicketView, SessionView, SessionPage,
-        ActivityView, ActivityPage, FirewallRuleDoc, FirewallActionDoc, FirewallBody, FirewallView,
+        MintBody, MintedToken, WorkspaceView, WorkspacePage, TicketBody, TicketView, SessionView,
+        crate::Page<SessionView>, ActivityView, crate::Page<ActivityView>, FirewallRuleDoc, FirewallActionDoc,
+        FirewallBody, FirewallView,
     )),
     tags((name = "relay", description = "Agents, workspaces, tickets, terminal sessions and the IP firewall (docs/API.md)"))
 )]

@@ -3,20 +3,19 @@
 
 use std::collections::BTreeMap;
 
-use actix_web::http::StatusCode;
 use actix_web::{delete, get, post, put, web, HttpRequest, HttpResponse};
 use chrono::Utc;
 use domain::firewall::{Firewall, FirewallAction, FirewallRule};
-use domain::relay::AgentTokenError;
 use domain::roster::Role;
 use domain::Email;
 use projections::{ActivityFilter, SessionFilter, SessionsQuery, TimeKey};
 use relay::gateway::{Gateway, MintError, TicketIssueError};
 use serde::{Deserialize, Serialize};
-use store::{CommandError, EventMetadata};
+use store::EventMetadata;
 
 use crate::auth::Caller;
-use crate::{AppState, Problem, ProblemCode};
+use crate::extract::{Json, Path};
+use crate::{AppState, List, Page, Problem, ProblemCode};
 
 /// A new agent token: the workspace it serves and what is known of that workspace.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -54,9 +53,7 @@ pub(super) struct MintedToken {
 }
 
 fn invalid_mint_field(field: &str, detail: impl Into<String>) -> Problem {
-    Problem::new(StatusCode::UNPROCESSABLE_ENTITY, ProblemCode::InvalidField, "Invalid field")
-        .field(field)
-        .detail(detail)
+    Problem::new(ProblemCode::InvalidField, "Invalid field").field(field).detail(detail)
 }
 
 /// A short label: trimmed, 1 to 100 characters, no control characters.
@@ -104,12 +101,13 @@ impl MintBody {
     security(("bearer" = [])),
     responses((status = 201, body = MintedToken, headers(("Cache-Control" = String, description = "no-store"))),
               (status = 400, body = Problem), (status = 401, body = Problem),
-              (status = 403, body = Problem), (status = 422, body = Problem), (status = 503, body = Problem)))]
+              (status = 403, body = Problem), (status = 422, body = Problem), (status = 503, body = Problem),
+              (status = 413, body = Problem), (status = 415, body = Problem)))]
 #[post("/api/v1/agent-tokens")]
 pub(super) async fn mint_agent_token(
     caller: Caller,
     request: HttpRequest,
-    body: web::Json<MintBody>,
+    body: Json<MintBody>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, Problem> {
     caller.require(&[Role::Admin])?;
@@ -120,8 +118,8 @@ pub(super) async fn mint_agent_token(
         .mint_token(name.clone(), workspace.clone(), tags.clone(), &caller.email, &metadata)
         .await
         .map_err(|error| match error {
-            MintError::Command(CommandError::Store(error)) => Problem::from(error),
-            _ => Problem::internal(),
+            MintError::Command(error) => Problem::from(error),
+            MintError::Random => Problem::internal(),
         })?;
     Ok(HttpResponse::Created().insert_header(("Cache-Control", "no-store")).json(MintedToken {
         id: minted.id,
@@ -138,31 +136,24 @@ pub(super) async fn mint_agent_token(
     params(("id" = String, Path, description = "The token's id (hex SHA-256), as minted")),
     security(("bearer" = [])),
     responses((status = 204, description = "Revoked (also when it was already)"), (status = 401, body = Problem),
-              (status = 403, body = Problem), (status = 404, body = Problem), (status = 503, body = Problem)))]
+              (status = 403, body = Problem), (status = 404, body = Problem), (status = 503, body = Problem),
+              (status = 422, body = Problem)))]
 #[delete("/api/v1/agent-tokens/{id}")]
 pub(super) async fn revoke_agent_token(
     caller: Caller,
     request: HttpRequest,
-    path: web::Path<String>,
+    path: Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, Problem> {
     caller.require(&[Role::Admin])?;
     let id = path.into_inner();
     if id.len() != 64 || !id.bytes().all(|byte| byte.is_ascii_hexdigit()) {
-        return Err(Problem::new(StatusCode::NOT_FOUND, ProblemCode::NotFound, "Not found"));
+        return Err(Problem::new(ProblemCode::NotFound, "Not found"));
     }
     let metadata = EventMetadata::for_request(caller.email.as_str(), crate::request_id(&request));
-    match state.gateway.revoke_token(&id, &caller.email, &metadata).await {
-        Ok(disconnected) => {
-            tracing::info!(by = %caller.email, disconnected, "agent token revoked");
-            Ok(HttpResponse::NoContent().finish())
-        }
-        Err(CommandError::Rejected(AgentTokenError::NotFound)) => {
-            Err(Problem::new(StatusCode::NOT_FOUND, ProblemCode::NotFound, "Not found"))
-        }
-        Err(CommandError::Store(error)) => Err(Problem::from(error)),
-        Err(_) => Err(Problem::internal()),
-    }
+    let disconnected = state.gateway.revoke_token(&id, &caller.email, &metadata).await.map_err(Problem::from)?;
+    tracing::info!(by = %caller.email, disconnected, "agent token revoked");
+    Ok(HttpResponse::NoContent().finish())
 }
 
 /// A workspace with a connected agent.
@@ -239,20 +230,21 @@ pub(super) struct TicketView {
     security(("bearer" = [])),
     responses((status = 201, body = TicketView, headers(("Cache-Control" = String, description = "no-store"))),
               (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
-              (status = 404, body = Problem), (status = 503, body = Problem)))]
+              (status = 404, body = Problem), (status = 503, body = Problem),
+              (status = 413, body = Problem), (status = 415, body = Problem), (status = 422, body = Problem)))]
 #[post("/api/v1/workspaces/{id}/tickets")]
 pub(super) async fn issue_ticket(
     caller: Caller,
     request: HttpRequest,
-    path: web::Path<String>,
-    body: web::Json<TicketBody>,
+    path: Path<String>,
+    body: Json<TicketBody>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, Problem> {
     caller.require(&[Role::Admin, Role::Member])?;
     let workspace = path.into_inner();
     let kind = body.into_inner().kind;
     if kind != "terminal" {
-        return Err(Problem::new(StatusCode::BAD_REQUEST, ProblemCode::InvalidField, "Invalid field")
+        return Err(Problem::new(ProblemCode::InvalidField, "Invalid field")
             .field("kind")
             .detail("kind must be \"terminal\""));
     }
@@ -262,14 +254,13 @@ pub(super) async fn issue_ticket(
         .issue_ticket(&workspace, &kind, &caller.email, caller.role == Role::Admin, &metadata)
         .await
         .map_err(|error| match error {
-            TicketIssueError::NoAgent => Problem::new(StatusCode::NOT_FOUND, ProblemCode::NotFound, "Not found")
-                .detail("The workspace has no connected agent."),
-            TicketIssueError::NotOwner => {
-                Problem::new(StatusCode::FORBIDDEN, ProblemCode::NotWorkspaceOwner, "Forbidden")
-                    .detail("Only the workspace's owner or an admin may open it.")
+            TicketIssueError::NoAgent => {
+                Problem::new(ProblemCode::NotFound, "Not found").detail("The workspace has no connected agent.")
             }
-            TicketIssueError::Command(CommandError::Store(error)) => Problem::from(error),
-            _ => Problem::internal(),
+            TicketIssueError::NotOwner => Problem::new(ProblemCode::NotWorkspaceOwner, "Forbidden")
+                .detail("Only the workspace's owner or an admin may open it."),
+            TicketIssueError::Command(error) => Problem::from(error),
+            TicketIssueError::Random => Problem::internal(),
         })?;
     Ok(HttpResponse::Created()
         .insert_header(("Cache-Control", "no-store"))
@@ -284,7 +275,7 @@ fn present(raw: Option<String>) -> Option<String> {
 fn parse_user(raw: Option<String>) -> Result<Option<String>, Problem> {
     present(raw)
         .map(|raw| {
-            Email::parse(&raw).map(String::from).map_err(|error| Problem::invalid_query("user", error.to_string()))
+            Email::parse(&raw).map(String::from).map_err(|error| Problem::invalid_field("user", error.to_string()))
         })
         .transpose()
 }
@@ -296,37 +287,10 @@ fn parse_time(field: &str, raw: Option<String>) -> Result<Option<String>, Proble
             chrono::DateTime::parse_from_rfc3339(&raw)
                 .map(|time| time.with_timezone(&Utc).to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
                 .map_err(|_| {
-                    Problem::invalid_query(field, format!("{field} is an RFC 3339 time, such as 2026-01-31T12:00:00Z"))
+                    Problem::invalid_field(field, format!("{field} is an RFC 3339 time, such as 2026-01-31T12:00:00Z"))
                 })
         })
         .transpose()
-}
-
-fn parse_limit(raw: Option<String>) -> Result<i64, Problem> {
-    match present(raw) {
-        None => Ok(100),
-        Some(raw) => raw
-            .parse::<i64>()
-            .ok()
-            .filter(|limit| (1..=500).contains(limit))
-            .ok_or_else(|| Problem::invalid_query("limit", "limit is between 1 and 500")),
-    }
-}
-
-fn decode_key(raw: Option<String>) -> Result<Option<TimeKey>, Problem> {
-    present(raw).map(|raw| crate::decode_page_key(&raw)).transpose()
-}
-
-/// Keeps `limit` rows; the cursor of the last one when there were more.
-fn paginate<T>(mut rows: Vec<T>, limit: i64, key: impl Fn(&T) -> String) -> (Vec<T>, Option<String>) {
-    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-    if rows.len() > limit {
-        rows.truncate(limit);
-        let next = rows.last().map(key);
-        (rows, next)
-    } else {
-        (rows, None)
-    }
 }
 
 /// Filters and paging of the session list.
@@ -346,10 +310,6 @@ pub(super) struct SessionListQuery {
     from: Option<String>,
     /// Opened before this RFC 3339 time.
     to: Option<String>,
-    /// The previous page's `next`.
-    after: Option<String>,
-    /// 1 to 500 (default 100).
-    limit: Option<String>,
 }
 
 /// One terminal session.
@@ -386,38 +346,29 @@ pub(super) struct SessionView {
     duration_ms: Option<i64>,
 }
 
-/// A page of sessions, newest first.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub(super) struct SessionPage {
-    /// The sessions.
-    items: Vec<SessionView>,
-    /// Pass as `after` for the next page; `null` on the last.
-    next: Option<String>,
-}
-
 /// Terminal sessions, newest first, from the `sessions` read model (admin).
-#[utoipa::path(get, path = "/api/v1/sessions", tag = "relay", params(SessionListQuery), security(("bearer" = [])),
-    responses((status = 200, body = SessionPage), (status = 400, body = Problem), (status = 401, body = Problem),
-              (status = 403, body = Problem), (status = 503, body = Problem)))]
+#[utoipa::path(get, path = "/api/v1/sessions", tag = "relay", params(SessionListQuery, crate::PageParams), security(("bearer" = [])),
+    responses((status = 200, body = crate::Page<SessionView>), (status = 400, body = Problem), (status = 401, body = Problem),
+              (status = 403, body = Problem), (status = 503, body = Problem),
+              (status = 422, body = Problem)))]
 #[get("/api/v1/sessions")]
 pub(super) async fn list_sessions(
     caller: Caller,
-    query: web::Query<SessionListQuery>,
+    query: List<SessionListQuery, TimeKey>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, Problem> {
     caller.require(&[Role::Admin])?;
-    let query = query.into_inner();
-    let limit = parse_limit(query.limit)?;
+    let List { filters: query, page } = query;
     let active = match present(query.active).as_deref() {
         None => None,
         Some("true") => Some(true),
         Some("false") => Some(false),
-        Some(_) => return Err(Problem::invalid_query("active", "active is true or false")),
+        Some(_) => return Err(Problem::invalid_field("active", "active is true or false")),
     };
     let kind = match present(query.kind) {
         None => None,
         Some(kind) if kind == "terminal" => Some(kind),
-        Some(_) => return Err(Problem::invalid_query("kind", "kind is \"terminal\"")),
+        Some(_) => return Err(Problem::invalid_field("kind", "kind is \"terminal\"")),
     };
     let filter = SessionFilter {
         active,
@@ -427,32 +378,28 @@ pub(super) async fn list_sessions(
         from: parse_time("from", query.from)?,
         to: parse_time("to", query.to)?,
     };
-    let after = decode_key(query.after)?;
     let rows = SessionsQuery::new(state.store.read_models().clone())
-        .sessions(&filter, after.as_ref(), limit + 1)
+        .sessions(&filter, page.after.as_ref(), page.fetch())
         .await
         .map_err(store::StoreError::from)?;
-    let (rows, next) = paginate(rows, limit, |row| crate::encode_page_key(&row.opened_at, &row.session_id));
-    let items = rows
-        .into_iter()
-        .map(|row| SessionView {
-            id: row.session_id,
-            user: row.user,
-            workspace: row.workspace,
-            agent: row.agent,
-            kind: row.kind,
-            client_ip: row.client_ip,
-            user_agent: row.user_agent,
-            opened_at: row.opened_at,
-            active: row.closed_at.is_none(),
-            closed_at: row.closed_at,
-            reason: row.close_reason,
-            bytes_in: row.bytes_in,
-            bytes_out: row.bytes_out,
-            duration_ms: row.duration_ms,
-        })
-        .collect();
-    Ok(HttpResponse::Ok().json(SessionPage { items, next }))
+    let cursor = |row: &projections::SessionRow| crate::encode_page_key(&row.opened_at, &row.session_id);
+    let answer = Page::from_rows(rows, page.limit, cursor, |row| SessionView {
+        id: row.session_id,
+        user: row.user,
+        workspace: row.workspace,
+        agent: row.agent,
+        kind: row.kind,
+        client_ip: row.client_ip,
+        user_agent: row.user_agent,
+        opened_at: row.opened_at,
+        active: row.closed_at.is_none(),
+        closed_at: row.closed_at,
+        reason: row.close_reason,
+        bytes_in: row.bytes_in,
+        bytes_out: row.bytes_out,
+        duration_ms: row.duration_ms,
+    });
+    Ok(HttpResponse::Ok().json(answer))
 }
 
 /// Filters and paging of the relay's activity log.
@@ -470,10 +417,6 @@ pub(super) struct ActivityListQuery {
     from: Option<String>,
     /// Before this RFC 3339 time.
     to: Option<String>,
-    /// The previous page's `next`.
-    after: Option<String>,
-    /// 1 to 500 (default 100).
-    limit: Option<String>,
 }
 
 /// One relay event.
@@ -498,35 +441,26 @@ pub(super) struct ActivityView {
     rule: Option<i64>,
 }
 
-/// A page of relay events, newest first.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub(super) struct ActivityPage {
-    /// The events.
-    items: Vec<ActivityView>,
-    /// Pass as `after` for the next page; `null` on the last.
-    next: Option<String>,
-}
-
 /// Tickets issued, redeemed and refused, and connections the firewall blocked, newest first, from the `sessions`
 /// read model (admin, auditor).
-#[utoipa::path(get, path = "/api/v1/relay/activity", tag = "relay", params(ActivityListQuery),
+#[utoipa::path(get, path = "/api/v1/relay/activity", tag = "relay", params(ActivityListQuery, crate::PageParams),
     security(("bearer" = [])),
-    responses((status = 200, body = ActivityPage), (status = 400, body = Problem), (status = 401, body = Problem),
-              (status = 403, body = Problem), (status = 503, body = Problem)))]
+    responses((status = 200, body = crate::Page<ActivityView>), (status = 400, body = Problem), (status = 401, body = Problem),
+              (status = 403, body = Problem), (status = 503, body = Problem),
+              (status = 422, body = Problem)))]
 #[get("/api/v1/relay/activity")]
 pub(super) async fn list_activity(
     caller: Caller,
-    query: web::Query<ActivityListQuery>,
+    query: List<ActivityListQuery, TimeKey>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, Problem> {
     caller.require(&[Role::Admin, Role::Auditor])?;
-    let query = query.into_inner();
-    let limit = parse_limit(query.limit)?;
+    let List { filters: query, page } = query;
     let kind = match present(query.kind) {
         None => None,
         Some(kind) if ACTIVITY_KINDS.contains(&kind.as_str()) => Some(kind),
         Some(_) => {
-            return Err(Problem::invalid_query(
+            return Err(Problem::invalid_field(
                 "kind",
                 "kind is ticket_issued, ticket_redeemed, ticket_refused or connection_blocked",
             ))
@@ -539,26 +473,22 @@ pub(super) async fn list_activity(
         from: parse_time("from", query.from)?,
         to: parse_time("to", query.to)?,
     };
-    let after = decode_key(query.after)?;
     let rows = SessionsQuery::new(state.store.read_models().clone())
-        .activity(&filter, after.as_ref(), limit + 1)
+        .activity(&filter, page.after.as_ref(), page.fetch())
         .await
         .map_err(store::StoreError::from)?;
-    let (rows, next) = paginate(rows, limit, |row| crate::encode_page_key(&row.at, &row.activity_id));
-    let items = rows
-        .into_iter()
-        .map(|row| ActivityView {
-            id: row.activity_id,
-            at: row.at,
-            kind: row.kind,
-            user: row.user,
-            workspace: row.workspace,
-            client_ip: row.client_ip,
-            reason: row.reason,
-            rule: row.rule,
-        })
-        .collect();
-    Ok(HttpResponse::Ok().json(ActivityPage { items, next }))
+    let cursor = |row: &projections::ActivityRow| crate::encode_page_key(&row.at, &row.activity_id);
+    let answer = Page::from_rows(rows, page.limit, cursor, |row| ActivityView {
+        id: row.activity_id,
+        at: row.at,
+        kind: row.kind,
+        user: row.user,
+        workspace: row.workspace,
+        client_ip: row.client_ip,
+        reason: row.reason,
+        rule: row.rule,
+    });
+    Ok(HttpResponse::Ok().json(answer))
 }
 
 const ACTIVITY_KINDS: [&str; 4] = ["ticket_issued", "ticket_redeemed", "ticket_refused", "connection_blocked"];
@@ -631,29 +561,20 @@ pub(super) async fn get_firewall(caller: Caller, state: web::Data<AppState>) -> 
 #[utoipa::path(put, path = "/api/v1/firewall", tag = "relay", request_body = FirewallBody,
     security(("bearer" = [])),
     responses((status = 200, body = FirewallView), (status = 400, body = Problem), (status = 401, body = Problem),
-              (status = 403, body = Problem), (status = 503, body = Problem)))]
+              (status = 403, body = Problem), (status = 503, body = Problem),
+              (status = 413, body = Problem), (status = 415, body = Problem), (status = 422, body = Problem)))]
 #[put("/api/v1/firewall")]
 pub(super) async fn put_firewall(
     caller: Caller,
     request: HttpRequest,
-    body: web::Json<FirewallBody>,
+    body: Json<FirewallBody>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, Problem> {
     caller.require(&[Role::Admin])?;
     let FirewallBody { rules, default_action } = body.into_inner();
     let metadata = EventMetadata::for_request(caller.email.as_str(), crate::request_id(&request));
     let (firewall, version) =
-        state.gateway.replace_firewall(rules, default_action, &caller.email, &metadata).await.map_err(|error| {
-            match error {
-                CommandError::Rejected(rejection) => {
-                    Problem::new(StatusCode::BAD_REQUEST, ProblemCode::InvalidField, "Invalid field")
-                        .field("rules")
-                        .detail(rejection.to_string())
-                }
-                CommandError::Store(error) => Problem::from(error),
-                _ => Problem::internal(),
-            }
-        })?;
+        state.gateway.replace_firewall(rules, default_action, &caller.email, &metadata).await.map_err(Problem::from)?;
     let Firewall { rules, default_action } = firewall;
     Ok(HttpResponse::Ok().json(FirewallView { rules, default_action, version }))
 }

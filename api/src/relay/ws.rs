@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use actix_http::error::PayloadError;
 use actix_http::ws::HandshakeError;
 use actix_web::http::header::{self, HeaderValue};
-use actix_web::http::StatusCode;
 use actix_web::web::{self, Bytes, BytesMut};
 use actix_web::{get, FromRequest, HttpRequest, HttpResponse, ResponseError};
 use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseReason as WsClose, ProtocolError, Session};
@@ -135,6 +134,11 @@ async fn upgrade(
     body: web::Payload,
     max_message: usize,
 ) -> Result<(HttpResponse, Session, Inbound), Problem> {
+    // RFC 6455 §4.1: the handshake is HTTP/1.1 (actix-ws would answer an HTTP/1.0 request with a 101).
+    if request.version() != actix_web::http::Version::HTTP_11 {
+        return Err(Problem::new(ProblemCode::InvalidRequest, "Not a WebSocket upgrade")
+            .detail("A WebSocket is opened over HTTP/1.1."));
+    }
     let read = Arc::new(AtomicUsize::new(0));
     // Room for the message and the headers of its fragments (a 64 KiB message in 1 KiB fragments: 64 × 14 bytes).
     let limit = max_message + max_message / 64 + 1024;
@@ -143,22 +147,17 @@ async fn upgrade(
     let mut payload = actix_web::dev::Payload::Stream { payload: boxed };
     let body = web::Payload::from_request(request, &mut payload).await.map_err(|_| Problem::internal())?;
     let (response, session, stream) = actix_ws::handle(request, body).map_err(|error| {
-        let refused = |status, detail: &str| {
-            Problem::new(status, ProblemCode::InvalidRequest, "Not a WebSocket upgrade").detail(detail)
-        };
+        let refused =
+            |detail: &str| Problem::new(ProblemCode::InvalidRequest, "Not a WebSocket upgrade").detail(detail);
         match error.as_error::<HandshakeError>() {
-            Some(HandshakeError::UnsupportedVersion | HandshakeError::NoVersionHeader) => refused(
-                StatusCode::UPGRADE_REQUIRED,
-                "Only WebSocket version 13 is spoken (Sec-WebSocket-Version: 13).",
-            ),
-            Some(HandshakeError::BadWebsocketKey) => {
-                refused(StatusCode::BAD_REQUEST, "Sec-WebSocket-Key must be the base64 of 16 bytes.")
+            Some(HandshakeError::UnsupportedVersion | HandshakeError::NoVersionHeader) => {
+                Problem::new(ProblemCode::UpgradeRequired, "Not a WebSocket upgrade")
+                    .detail("Only WebSocket version 13 is spoken (Sec-WebSocket-Version: 13).")
+                    .header(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"))
             }
-            Some(HandshakeError::NoConnectionUpgrade) => {
-                refused(StatusCode::BAD_REQUEST, "The Connection header must include \"Upgrade\".")
-            }
+            Some(HandshakeError::BadWebsocketKey) => refused("Sec-WebSocket-Key must be the base64 of 16 bytes."),
+            Some(HandshakeError::NoConnectionUpgrade) => refused("The Connection header must include \"Upgrade\"."),
             _ => refused(
-                StatusCode::BAD_REQUEST,
                 "This endpoint is a WebSocket: send GET with Connection: Upgrade, Upgrade: websocket, \
                  Sec-WebSocket-Version: 13 and a Sec-WebSocket-Key.",
             ),
@@ -166,16 +165,6 @@ async fn upgrade(
     })?;
     let stream = stream.max_frame_size(max_message).aggregate_continuations().max_continuation_size(max_message);
     Ok((response, session, Inbound { stream, read }))
-}
-
-/// A refused handshake's answer: the problem document, naming the version spoken when the version was the problem
-/// (RFC 6455 §4.4).
-fn refusal(problem: Problem) -> HttpResponse {
-    let mut response = problem.error_response();
-    if response.status() == StatusCode::UPGRADE_REQUIRED {
-        response.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
-    }
-    response
 }
 
 /// An agent's WebSocket, used by `gatehouse agent` (protocol and close codes: docs/API.md, "Agent WebSocket").
@@ -196,7 +185,7 @@ pub(crate) async fn agent_connect(
             actix_web::rt::spawn(agent_connection(gateway, session, stream));
             response
         }
-        Err(problem) => refusal(problem),
+        Err(problem) => problem.error_response(),
     }
 }
 
@@ -327,6 +316,7 @@ async fn agent_connection(gateway: Arc<Gateway>, mut session: Session, mut strea
     responses((status = 101, description = "Switching Protocols: the terminal WebSocket"),
               (status = 400, body = Problem, description = "Not a WebSocket upgrade"),
               (status = 403, body = Problem, description = "The Origin may not open terminals"),
+              (status = 422, body = Problem, description = "A workspace id holding NUL"),
               (status = 426, body = Problem, description = "A WebSocket version other than 13")))]
 #[get("/api/v1/workspaces/{id}/terminal")]
 pub(crate) async fn terminal(
@@ -337,21 +327,25 @@ pub(crate) async fn terminal(
 ) -> HttpResponse {
     let gateway = state.gateway.clone();
     let text = |name: header::HeaderName| request.headers().get(name).and_then(|value| value.to_str().ok());
+    let workspace = path.into_inner();
+    if let Err(problem) = crate::extract::refuse_nul("id", &workspace) {
+        return problem.error_response();
+    }
     if !origin_allowed(text(header::ORIGIN), text(header::HOST), &gateway.limits.allowed_origins) {
-        return Problem::new(StatusCode::FORBIDDEN, ProblemCode::Forbidden, "Forbidden")
+        return Problem::new(ProblemCode::Forbidden, "Forbidden")
             .detail("This origin may not open terminals.")
             .error_response();
     }
     let forwarded = request.headers().get_all("x-forwarded-for").map(|value| value.to_str().unwrap_or("\u{0}"));
     let address = client_address(request.peer_addr().map(|peer| peer.ip()), forwarded, &gateway.limits.trusted_proxies);
     let user_agent = text(header::USER_AGENT).unwrap_or_default().chars().take(256).collect::<String>();
-    let context = BrowserContext { workspace: path.into_inner(), address, user_agent };
+    let context = BrowserContext { workspace, address, user_agent };
     match upgrade(&request, body, gateway.limits.max_frame).await {
         Ok((response, session, stream)) => {
             actix_web::rt::spawn(browser_session(gateway, context, session, stream));
             response
         }
-        Err(problem) => refusal(problem),
+        Err(problem) => problem.error_response(),
     }
 }
 

@@ -203,7 +203,7 @@ pub fn text(field: &'static str, raw: &str, max: usize) -> Result<String, Invali
     if trimmed.chars().count() > max {
         return Err(InvalidValue::new(field, format!("at most {max} characters")));
     }
-    if trimmed.chars().any(|c| c.is_control() && c != '\n' && c != '\t' && c != '\r') {
+    if trimmed.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
         return Err(InvalidValue::new(field, "must not contain control characters"));
     }
     Ok(trimmed.to_string())
@@ -242,6 +242,13 @@ impl DiffSummary {
             if patch.contains('\0') {
                 return Err(InvalidValue::new("diff.patch", "the patch must not contain NUL bytes"));
             }
+        }
+        // Stored and shown as signed 64-bit integers: a larger count is refused, never clamped.
+        if i64::try_from(insertions).is_err() {
+            return Err(InvalidValue::new("diff.insertions", format!("at most {} lines", i64::MAX)));
+        }
+        if i64::try_from(deletions).is_err() {
+            return Err(InvalidValue::new("diff.deletions", format!("at most {} lines", i64::MAX)));
         }
         if files == 0 && (insertions > 0 || deletions > 0) {
             return Err(InvalidValue::new("diff.files", "lines changed in zero files"));
@@ -287,6 +294,11 @@ mod tests {
         assert!(text("message", "   ", 10).is_err());
         assert!(text("message", "12345678901", 10).is_err());
         assert!(text("message", "bell\u{7}", 10).is_err());
+        // Newlines and tabs are the only control characters text may hold: not CR, DEL or NEL.
+        assert_eq!(text("message", "a\n\tb", 10).as_deref(), Ok("a\n\tb"));
+        for bad in ["a\rb", "a\r\nb", "a\u{7f}b", "a\u{85}b", "a\u{0}b"] {
+            assert!(text("message", bad, 10).is_err(), "{bad:?}");
+        }
     }
 
     #[test]
@@ -296,5 +308,16 @@ mod tests {
         assert!(DiffSummary::new(1, 1, 0, Some("x".repeat(MAX_PATCH_BYTES + 1)), usize::MAX).is_err());
         assert_eq!(DiffSummary::new(1, 0, 0, Some(String::new()), 10).map(|diff| diff.patch), Ok(None));
         assert!(DiffSummary::new(0, 3, 0, None, 10).is_err());
+    }
+
+    #[test]
+    fn line_counts_beyond_i64_are_refused_not_clamped() {
+        let max = i64::MAX as u64;
+        assert_eq!(
+            DiffSummary::new(1, max, max, None, 10).map(|diff| (diff.insertions, diff.deletions)),
+            Ok((max, max))
+        );
+        assert_eq!(DiffSummary::new(1, max + 1, 0, None, 10).map_err(|e| e.field), Err("diff.insertions"));
+        assert_eq!(DiffSummary::new(1, 0, u64::MAX, None, 10).map_err(|e| e.field), Err("diff.deletions"));
     }
 }

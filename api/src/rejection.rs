@@ -1,0 +1,116 @@
+//! How each domain rejection is reported: its [`ProblemCode`] (so its status) and, for a refused value, the field.
+//! `From<CommandError<E>> for Problem` (in `problem.rs`) is the one conversion every route uses.
+
+use domain::audit_access::AuditAccessError;
+use domain::firewall::FirewallError;
+use domain::publishing::PublishingError;
+use domain::relay::{AgentTokenError, SessionError, TicketError};
+use domain::roster::RosterError;
+use domain::trust::TrustError;
+
+use crate::ProblemCode;
+
+/// A domain rejection as the API reports it. Its `Display` is the problem's `detail`, so it must be safe to show.
+pub trait Rejection: std::error::Error {
+    /// The code, and so the status.
+    fn code(&self) -> ProblemCode;
+
+    /// The field a refused value came from (for `invalid_field`).
+    fn field(&self) -> Option<&'static str> {
+        None
+    }
+}
+
+impl Rejection for RosterError {
+    fn code(&self) -> ProblemCode {
+        match self {
+            RosterError::AlreadyMember(_) => ProblemCode::AlreadyMember,
+            RosterError::UnknownMember(_) => ProblemCode::NotFound,
+            RosterError::RoleUnchanged { .. } => ProblemCode::RoleUnchanged,
+            RosterError::LastAdmin(_) => ProblemCode::LastAdmin,
+            RosterError::StaleMember { .. } => ProblemCode::StaleVersion,
+        }
+    }
+}
+
+impl Rejection for PublishingError {
+    fn code(&self) -> ProblemCode {
+        match self {
+            PublishingError::UnknownRequest(_) => ProblemCode::NotFound,
+            // Request ids are new UUIDs: a duplicate is a retry racing its first attempt.
+            PublishingError::DuplicateRequest(_) => ProblemCode::ConcurrentModification,
+            PublishingError::NotPending { .. } => ProblemCode::RequestNotPending,
+            PublishingError::RequestInFlight { .. } => ProblemCode::RequestInFlight,
+            PublishingError::SubdomainTaken(_) => ProblemCode::SubdomainTaken,
+            PublishingError::NotWorkspaceOwner(_) => ProblemCode::NotWorkspaceOwner,
+            PublishingError::NotBuilder(_) => ProblemCode::Forbidden,
+            PublishingError::SelfApproval => ProblemCode::SelfApproval,
+            PublishingError::AlreadyApproved(_) => ProblemCode::AlreadyReviewed,
+            PublishingError::ReasonRequired => ProblemCode::InvalidField,
+            PublishingError::StaleRequest { .. } => ProblemCode::StaleVersion,
+            // Only the expiry sweep expires requests, and only the service's own settings make the policy: no
+            // caller can cause these, so they are the service's fault.
+            PublishingError::NotDue(_) | PublishingError::InvalidPolicy => ProblemCode::Internal,
+        }
+    }
+
+    fn field(&self) -> Option<&'static str> {
+        matches!(self, PublishingError::ReasonRequired).then_some("reason")
+    }
+}
+
+impl Rejection for TrustError {
+    fn code(&self) -> ProblemCode {
+        match self {
+            TrustError::DuplicateRule { .. } => ProblemCode::DuplicateTrustRule,
+            // Rule ids are new UUIDs: a duplicate is a retry racing its first attempt.
+            TrustError::DuplicateId(_) => ProblemCode::ConcurrentModification,
+            TrustError::UnknownRule(_) => ProblemCode::NotFound,
+        }
+    }
+}
+
+impl Rejection for AgentTokenError {
+    fn code(&self) -> ProblemCode {
+        match self {
+            AgentTokenError::Exists => ProblemCode::ConcurrentModification,
+            AgentTokenError::NotFound => ProblemCode::NotFound,
+            AgentTokenError::AlreadyRevoked => ProblemCode::ConcurrentModification,
+        }
+    }
+}
+
+impl Rejection for TicketError {
+    fn code(&self) -> ProblemCode {
+        match self {
+            TicketError::AlreadyIssued => ProblemCode::ConcurrentModification,
+        }
+    }
+}
+
+impl Rejection for SessionError {
+    fn code(&self) -> ProblemCode {
+        ProblemCode::ConcurrentModification
+    }
+}
+
+impl Rejection for FirewallError {
+    fn code(&self) -> ProblemCode {
+        match self {
+            FirewallError::TooManyRules => ProblemCode::InvalidField,
+        }
+    }
+
+    fn field(&self) -> Option<&'static str> {
+        match self {
+            FirewallError::TooManyRules => Some("rules"),
+        }
+    }
+}
+
+impl Rejection for AuditAccessError {
+    fn code(&self) -> ProblemCode {
+        // Nothing refuses a read record; were it to happen, recording failed and the read does not go ahead.
+        ProblemCode::Internal
+    }
+}
