@@ -46,6 +46,14 @@ impl StoreError {
     pub fn is_unavailable(&self) -> bool {
         matches!(self, StoreError::Unavailable(_))
     }
+
+    /// The store did not answer a call within `limit` (the acquire timeout), waiting for a turn included.
+    pub(crate) fn timed_out(limit: std::time::Duration) -> Self {
+        StoreError::Unavailable(sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no answer from the event store within {} ms", limit.as_millis()),
+        )))
+    }
 }
 
 impl From<sqlx::Error> for StoreError {
