@@ -121,6 +121,27 @@ async fn commands_queued_on_one_aggregate_during_a_postgres_black_hole_each_fail
     store.close().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn commands_queued_on_one_aggregate_while_postgres_refuses_connections_fail_fast_and_recover() {
+    let Some(db) = TestDb::postgres("refused").await else { return };
+    db.store().await.close().await;
+    let (proxy, url) = TcpProxy::for_postgres(&db.url).await;
+    let store = EventStore::open(&config(&db, &url)).await.unwrap();
+    let roster = Arc::new(AggregateRepository::<Roster>::new(store.clone(), ()));
+    roster.execute("org", invite("before"), &meta()).await.unwrap();
+
+    proxy.set(Mode::Refuse);
+    let outcomes = concurrent_invites(&roster, "cut").await;
+    assert_all_unavailable_in_time("refused", &outcomes);
+
+    proxy.set(Mode::Pass);
+    succeeds_again(&roster, "after", Duration::from_secs(30)).await;
+    for (outcome, _) in concurrent_invites(&roster, "cut").await {
+        assert_eq!(outcome.unwrap().appended, 1);
+    }
+    store.close().await;
+}
+
 /// SQLite has no network to lose; its outage is a database file locked by someone else (another process holding a
 /// write transaction, a backup tool, a stuck migration): every write waits for SQLite's busy timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
