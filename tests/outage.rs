@@ -102,6 +102,24 @@ async fn outage_for(
     waves
 }
 
+/// Before the outage: one member invited, the read model caught up, and the admin's role cached at its latest
+/// revision, so that requests during the outage go straight to their command (and queue on the roster's turn)
+/// instead of failing on the read model first.
+async fn settled(api: &Api, admin: &str) {
+    assert_eq!(api.invite(admin, "before@example.com", "member").await.0, 201);
+    let listed = eventually(Duration::from_secs(10), || async {
+        api.member_emails(admin)
+            .await
+            .iter()
+            .any(|(email, _, status)| email == "before@example.com" && status == "pending")
+    })
+    .await;
+    assert!(listed, "the invitation never reached the read model");
+    assert!(eventually(Duration::from_secs(10), || async { api.get("/readyz", None).await.0 == 200 }).await);
+    // The admin is active in the read model; this request caches that at the current revision.
+    assert_eq!(api.get("/api/v1/me", Some(admin)).await.0, 200);
+}
+
 /// After the outage: ready again, commands succeed, and nothing refused was recorded (each can be made now).
 async fn recovered(api: &Api, admin: &str, refused: &[String]) {
     let ready = eventually(Duration::from_secs(60), || async { api.get("/readyz", None).await.0 == 200 }).await;
@@ -136,8 +154,7 @@ async fn during_a_40_s_postgres_outage_8_concurrent_commands_on_one_aggregate_ea
     let admin = issue_token(&db, "root@example.com", "admin", "1h");
     let (proxy, url) = TcpProxy::for_postgres(&db.url).await;
     let (mut server, api) = start(&db, &url);
-    assert_eq!(api.invite(&admin, "before@example.com", "member").await.0, 201);
-    assert!(eventually(Duration::from_secs(10), || async { api.get("/readyz", None).await.0 == 200 }).await);
+    settled(&api, &admin).await;
 
     // 25 s of network partition: connects hang, pooled connections stop answering mid-conversation.
     let outage = Instant::now();
@@ -160,24 +177,38 @@ async fn during_a_40_s_postgres_outage_8_concurrent_commands_on_one_aggregate_ea
 /// SQLite's outage: another process holds the file's write lock (`BEGIN EXCLUSIVE`), so every write waits for
 /// SQLite's busy timeout (10 s), longer than the acquire timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn while_the_sqlite_file_is_locked_8_concurrent_commands_on_one_aggregate_each_get_503_within_the_acquire_timeout()
-{
+async fn while_the_sqlite_file_is_locked_8_concurrent_commands_on_one_aggregate_each_get_503_within_the_acquire_timeout(
+) {
     use sqlx::{Connection, Executor};
     let db = TestDb::sqlite();
     let admin = issue_token(&db, "root@example.com", "admin", "1h");
+    // A member who has not signed in yet: their first request records it (a roster command) before its own.
+    let newcomer = issue_token(&db, "newcomer@example.com", "admin", "1h");
     let (mut server, api) = start(&db, &db.url);
-    assert_eq!(api.invite(&admin, "before@example.com", "member").await.0, 201);
-    assert!(eventually(Duration::from_secs(10), || async { api.get("/readyz", None).await.0 == 200 }).await);
+    settled(&api, &admin).await;
 
     let mut locker = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
     locker.execute("BEGIN EXCLUSIVE").await.unwrap();
     let since = Instant::now();
     // Reads go on in WAL mode, so readiness may stay on: `/readyz` only has to answer in time.
     let waves = outage_for(&api, &admin, "locked", None, since, Duration::from_secs(12)).await;
+    // The newcomer's role is read (reads go on), recording the sign-in fails, and so does the request, at once:
+    // not after a second acquire timeout for its own command.
+    let started = Instant::now();
+    let body = serde_json::json!({"email": "by-newcomer@example.com", "role": "member"});
+    let (status, headers, problem) =
+        api.call(reqwest::Method::POST, "/api/v1/members", Some(&newcomer), Some(body)).await;
+    let elapsed = started.elapsed();
+    assert_eq!((status, problem["code"].as_str()), (503, Some("store_unavailable")), "{problem}");
+    assert!(headers.contains_key("retry-after"));
+    assert!(elapsed <= ACQUIRE_TIMEOUT + MARGIN, "a newcomer's request took {elapsed:?}");
     assert_eq!(server.child.try_wait().unwrap(), None, "gatehouse exited during the outage");
     locker.execute("ROLLBACK").await.unwrap();
     locker.close().await.unwrap();
 
-    recovered(&api, &admin, &refused_emails("locked", waves)).await;
+    let mut refused = refused_emails("locked", waves);
+    refused.push("by-newcomer@example.com".into());
+    recovered(&api, &admin, &refused).await;
+    assert_eq!(api.invite(&newcomer, "by-newcomer@example.com", "member").await.0, 201);
     assert!(server.terminate().success());
 }
