@@ -202,12 +202,27 @@ async fn while_the_sqlite_file_is_locked_8_concurrent_commands_on_one_aggregate_
     assert_eq!((status, problem["code"].as_str()), (503, Some("store_unavailable")), "{problem}");
     assert!(headers.contains_key("retry-after"));
     assert!(elapsed <= ACQUIRE_TIMEOUT + MARGIN, "a newcomer's request took {elapsed:?}");
+    // A request with an Idempotency-Key writes its claim first: that is refused in time too.
+    let started = Instant::now();
+    let response = api
+        .http
+        .post(format!("{}/api/v1/members", api.base))
+        .bearer_auth(&admin)
+        .header("Idempotency-Key", "locked-keyed")
+        .json(&serde_json::json!({"email": "keyed@example.com", "role": "member"}))
+        .send()
+        .await
+        .unwrap();
+    let elapsed = started.elapsed();
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    assert!(elapsed <= ACQUIRE_TIMEOUT + MARGIN, "a request with an Idempotency-Key took {elapsed:?}");
     assert_eq!(server.child.try_wait().unwrap(), None, "gatehouse exited during the outage");
     locker.execute("ROLLBACK").await.unwrap();
     locker.close().await.unwrap();
 
     let mut refused = refused_emails("locked", waves);
-    refused.push("by-newcomer@example.com".into());
+    refused.extend(["by-newcomer@example.com".to_string(), "keyed@example.com".to_string()]);
     recovered(&api, &admin, &refused).await;
     assert_eq!(api.invite(&newcomer, "by-newcomer@example.com", "member").await.0, 201);
     assert!(server.terminate().success());
