@@ -2101,17 +2101,14 @@ async fn hostile_websocket_clients_get_close_codes_and_stall_nothing_on(db: Test
     let mut huge = vec![0x82, 0xff];
     huge.extend_from_slice(&(1u64 << 40).to_be_bytes());
     huge.extend_from_slice(&[1, 2, 3, 4]);
-    let endless_empty = {
-        let mut frames = fragment(0x2, b"");
-        for _ in 0..2_000 {
-            frames.extend_from_slice(&fragment(0x0, b""));
-        }
-        frames
-    };
+    let empty_continuations: Vec<u8> = (0..2_000).flat_map(|_| fragment(0x0, b"")).collect();
+    let mut endless_empty = fragment(0x2, b"");
+    endless_empty.extend_from_slice(&empty_continuations);
     let rss_before = rss_kib(server.child.id());
-    for (what, head, filler) in
-        [("a frame of 1 TiB", &huge, vec![0u8; 64 * 1024]), ("empty fragments", &endless_empty, endless_empty.clone())]
-    {
+    for (what, head, filler) in [
+        ("a frame of 1 TiB", &huge, vec![0u8; 64 * 1024]),
+        ("empty fragments", &endless_empty, empty_continuations.clone()),
+    ] {
         for (path, authenticated) in [(terminal, false), ("/api/v1/agent/connect", false), (terminal, true)] {
             let mut raw = raw_websocket(&server, path).await;
             if authenticated {

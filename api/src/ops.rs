@@ -152,7 +152,36 @@ pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, Problem
 pub fn document() -> utoipa::openapi::OpenApi {
     let mut document = ApiDoc::openapi();
     document.merge(crate::relay::RelayApiDoc::openapi());
+    problems_as_problem_json(&mut document);
     document
+}
+
+/// Every error answer (4xx, 5xx) is a problem document sent as `application/problem+json` (RFC 9457), whatever
+/// content type the route's annotation gave its `body = Problem`.
+fn problems_as_problem_json(document: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::RefOr;
+    for item in document.paths.paths.values_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+            &mut item.head,
+            &mut item.options,
+            &mut item.trace,
+        ];
+        for operation in operations.into_iter().flatten() {
+            for (status, response) in operation.responses.responses.iter_mut() {
+                let is_error = status.starts_with('4') || status.starts_with('5');
+                if let (true, RefOr::T(response)) = (is_error, response) {
+                    if let Some(content) = response.content.shift_remove("application/json") {
+                        response.content.insert("application/problem+json".to_string(), content);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// This document.
@@ -160,4 +189,28 @@ pub fn document() -> utoipa::openapi::OpenApi {
 #[get("/api/v1/openapi.json")]
 pub async fn openapi_document(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().json(&*state.openapi)
+}
+
+#[cfg(test)]
+mod problem_content_tests {
+    #[test]
+    fn every_error_answer_is_documented_as_problem_json() {
+        let document = serde_json::to_value(super::document()).unwrap_or_default();
+        let mut errors = 0;
+        for (path, item) in document["paths"].as_object().into_iter().flatten() {
+            for (method, operation) in item.as_object().into_iter().flatten() {
+                for (status, response) in operation["responses"].as_object().into_iter().flatten() {
+                    let Some(content) = response.get("content").and_then(|content| content.as_object()) else {
+                        continue;
+                    };
+                    if status.starts_with('4') || status.starts_with('5') {
+                        errors += 1;
+                        let types: Vec<&String> = content.keys().collect();
+                        assert_eq!(types, ["application/problem+json"], "{method} {path} {status}");
+                    }
+                }
+            }
+        }
+        assert!(errors > 100, "only {errors} error answers documented");
+    }
 }
