@@ -365,7 +365,9 @@ struct OpenSession {
 }
 
 async fn browser_session(gateway: Arc<Gateway>, context: BrowserContext, session: Session, mut stream: Inbound) {
-    match open_session(&gateway, &context, &mut stream).await {
+    // Opening takes store commands and SQL whose futures are large: boxed, they live on the heap only while they
+    // run, and an open session's task carries only its relaying loop.
+    match Box::pin(open_session(&gateway, &context, &mut stream)).await {
         Ok(open) => relay_session(gateway, context, session, stream, open).await,
         Err(close) => {
             let _ = session.close(ws_close(close)).await;
@@ -534,7 +536,7 @@ async fn relay_session(
                 outcome = Some((CloseReason::MaxAge, refuse(CloseCode::MaxAge, "maximum session age")));
             }
             Ok(()) = rules.changed() => {
-                if gateway.blocked(context.address, &context.workspace, || async { Some(user.clone()) }).await {
+                if Box::pin(gateway.blocked(context.address, &context.workspace, || async { Some(user.clone()) })).await {
                     outcome = Some((CloseReason::Firewall, refuse(CloseCode::Firewall, "refused by the firewall")));
                 }
             }
@@ -550,7 +552,7 @@ async fn relay_session(
     let _ = session.close(ws_close(close)).await;
     let closed =
         SessionCommand::Close { bytes_in, bytes_out, duration_ms: started.elapsed().as_millis() as u64, reason: why };
-    if let Err(error) = gateway.sessions.execute_retrying(&session_id, closed, &metadata, 3).await {
+    if let Err(error) = Box::pin(gateway.sessions.execute_retrying(&session_id, closed, &metadata, 3)).await {
         tracing::warn!(%error, session = session_id, "cannot record a session's end");
     }
     // A closed session takes no more commands.
