@@ -7,8 +7,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-pub mod proxy;
-
 use std::path::PathBuf;
 
 use sqlx::{Connection, Executor, PgConnection};
