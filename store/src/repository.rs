@@ -58,7 +58,7 @@ fn stripe(aggregate_id: &str) -> usize {
 
 impl<A> AggregateRepository<A>
 where
-    A: Aggregate + Clone,
+    A: Aggregate + Clone + 'static,
     A::Command: Clone,
 {
     /// A repository on `store` whose commands get `services`.
@@ -213,15 +213,32 @@ where
                 ))
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
-        let persisted = match &self.store.inner.writer {
-            Writer::Postgres(postgres) => postgres.persist::<A>(&serialized, None).await,
-            Writer::Sqlite(sqlite) => sqlite.persist::<A>(&serialized, None).await,
+        // The append runs as a task of its own, so that it finishes (commit or rollback) even when the caller's
+        // future is dropped: actix-web drops a handler when its client goes away or when another of its extractors
+        // fails, and a transaction cancelled between `BEGIN IMMEDIATE` and the moment sqlx hands it back is never
+        // rolled back (sqlx 0.8 `begin_with`): its connection returned to the pool holding SQLite's write lock, and
+        // every write of the process failed after the busy timeout from then on (docs/adr/0015).
+        let store = self.store.clone();
+        let appended = tokio::spawn(async move {
+            let persisted = match &store.inner.writer {
+                Writer::Postgres(postgres) => postgres.persist::<A>(&serialized, None).await,
+                Writer::Sqlite(sqlite) => sqlite.persist::<A>(&serialized, None).await,
+            };
+            if persisted.is_ok() {
+                store.notify_commit();
+            }
+            persisted
+        });
+        let persisted = match appended.await {
+            Ok(persisted) => persisted,
+            // Only at runtime shutdown (or if persisting panicked): whether it committed is unknown, as after a
+            // lost connection.
+            Err(_) => return Err(CommandError::Store(StoreError::Unavailable(sqlx::Error::WorkerCrashed))),
         };
         match persisted {
             Ok(()) => {
                 let new_version = version + events.len() as u64;
                 self.remember(aggregate_id, aggregate, new_version);
-                self.store.notify_commit();
                 Ok(Committed { version: new_version, appended: events.len() })
             }
             // The cache still holds valid state at its own version (only a successful append replaces it), so the

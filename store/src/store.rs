@@ -18,6 +18,20 @@ use crate::{Cursor, StoreError};
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/postgres");
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/sqlite");
 
+/// Whether a connection coming back to its pool is outside any transaction; one still inside is closed (which
+/// rolls it back) instead of being handed to the next caller. On SQLite such a connection would hold the single
+/// write lock for good, and every later write of every process would fail after the busy timeout. sqlx leaves one
+/// behind when a `begin_with` future is dropped after its `BEGIN` ran; commands persist in tasks of their own so that
+/// this does not happen (docs/adr/0015), and this is the net under that.
+fn outside_transaction<DB: sqlx::Database>(connection: &DB::Connection, pool: &'static str) -> bool {
+    use sqlx::TransactionManager;
+    let depth = DB::TransactionManager::get_transaction_depth(connection);
+    if depth > 0 {
+        tracing::error!(pool, depth, "a connection came back to the pool inside a transaction; closing it");
+    }
+    depth == 0
+}
+
 /// How to reach the store.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
@@ -151,6 +165,13 @@ impl EventStore {
             let pool = SqlitePoolOptions::new()
                 .max_connections(config.max_connections.max(2))
                 .acquire_timeout(config.acquire_timeout)
+                .after_release(|connection, _| {
+                    Box::pin(async move {
+                        // A dropped transaction's rollback is queued to the connection's worker: let it run first.
+                        connection.ping().await?;
+                        Ok(outside_transaction::<sqlx::Sqlite>(connection, "events"))
+                    })
+                })
                 .connect_with(options.clone())
                 .await
                 .map_err(|error| match error {
@@ -179,6 +200,14 @@ impl EventStore {
                             .await?;
                     }
                     Ok(())
+                })
+            })
+            .after_release(move |connection, _| {
+                Box::pin(async move {
+                    if is_sqlite {
+                        connection.ping().await?;
+                    }
+                    Ok(outside_transaction::<sqlx::Any>(connection, "read models"))
                 })
             })
             .connect_lazy_with(any_options);

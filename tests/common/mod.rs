@@ -38,7 +38,10 @@ impl Server {
             .env("GATEHOUSE_DATA_DIR", &db.data_dir)
             .env("GATEHOUSE_LISTEN", "127.0.0.1:0")
             .env("GATEHOUSE_LOG_FORMAT", "json")
-            .env("GATEHOUSE_LOG", "info,sqlx=warn,api=debug")
+            .env(
+                "GATEHOUSE_LOG",
+                std::env::var("GATEHOUSE_TEST_SERVER_LOG").unwrap_or_else(|_| "info,sqlx=warn,api=debug".into()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         for (key, value) in env {
@@ -47,8 +50,12 @@ impl Server {
         let mut child = command.spawn().unwrap();
         let stderr = child.stderr.take().unwrap();
         let (lines, logs) = mpsc::channel();
+        let live = std::env::var("GATEHOUSE_TEST_LOG_LINES").is_ok_and(|value| value == "live");
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if live {
+                    eprintln!("gatehouse: {line}");
+                }
                 if lines.send(line).is_err() {
                     break;
                 }
@@ -130,7 +137,14 @@ impl Drop for Server {
         if std::thread::panicking() {
             // The server's own account of a failed test.
             eprintln!("gatehouse exit status: {:?}", self.child.try_wait());
-            for line in self.logs.try_iter().collect::<Vec<_>>().iter().rev().take(40).rev() {
+            // The last 40 lines, or all of them with GATEHOUSE_TEST_LOG_LINES=all (or another count; `live` prints
+            // each line as it comes).
+            let keep = match std::env::var("GATEHOUSE_TEST_LOG_LINES").as_deref() {
+                Ok("all") => usize::MAX,
+                Ok(count) => count.parse().unwrap_or(40),
+                Err(_) => 40,
+            };
+            for line in self.logs.try_iter().collect::<Vec<_>>().iter().rev().take(keep).rev() {
                 eprintln!("gatehouse: {line}");
             }
         }
