@@ -506,7 +506,7 @@ impl FromRequest for Caller {
             let email = state.auth.verify(token).await.map_err(Unauthenticated)?;
             if let Some(cached) = state.caches.roles.get(email.as_str()) {
                 if cached.pending {
-                    crate::members::record_sign_in(&state, &email).await;
+                    crate::members::record_sign_in(&state, &email).await?;
                 }
                 return Ok(Caller { email, role: cached.role });
             }
@@ -521,7 +521,7 @@ impl FromRequest for Caller {
                 let pending = member.status == "pending";
                 state.caches.roles.insert(revision, member.email, crate::cache::CachedRole { role, pending });
                 if pending {
-                    crate::members::record_sign_in(&state, &email).await;
+                    crate::members::record_sign_in(&state, &email).await?;
                 }
                 return Ok(Caller { email, role });
             }
@@ -535,7 +535,7 @@ impl FromRequest for Caller {
             };
             let role = member.role;
             if member.status == domain::roster::MemberStatus::Pending {
-                crate::members::record_sign_in(&state, &email).await;
+                crate::members::record_sign_in(&state, &email).await?;
             }
             Ok(Caller { email, role })
         })

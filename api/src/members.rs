@@ -6,7 +6,7 @@ use domain::roster::{Role, RosterCommand, ROSTER_ID};
 use domain::Email;
 use projections::MemberRow;
 use serde::{Deserialize, Serialize};
-use store::EventMetadata;
+use store::{CommandError, EventMetadata};
 
 use crate::auth::Caller;
 use crate::extract::{Json, Path};
@@ -90,13 +90,18 @@ async fn run(state: &AppState, caller: &Caller, request: &HttpRequest, command: 
     state.roster.execute_retrying(ROSTER_ID, command, &metadata, 5).await.map(drop).map_err(Problem::from)
 }
 
-/// Records a pending member's first sign-in. Failures are logged, not fatal: the next request tries again.
-pub(crate) async fn record_sign_in(state: &AppState, email: &Email) {
+/// Records a pending member's first sign-in. Failures are logged, not fatal: the next request tries again. But
+/// when the store is unavailable the request fails at once (503): it waited its acquire timeout here already, and
+/// going on to its own store call would make it wait a second one.
+pub(crate) async fn record_sign_in(state: &AppState, email: &Email) -> Result<(), Problem> {
     let metadata = EventMetadata::for_request(email.to_string(), uuid::Uuid::new_v4().to_string());
-    if let Err(error) =
-        state.roster.execute_retrying(ROSTER_ID, RosterCommand::SignIn { email: email.clone() }, &metadata, 5).await
-    {
-        tracing::warn!(error.message = %error, "could not record a first sign-in");
+    match state.roster.execute_retrying(ROSTER_ID, RosterCommand::SignIn { email: email.clone() }, &metadata, 5).await {
+        Err(CommandError::Store(error)) if error.is_unavailable() => Err(Problem::from(error)),
+        Err(error) => {
+            tracing::warn!(error.message = %error, "could not record a first sign-in");
+            Ok(())
+        }
+        Ok(_) => Ok(()),
     }
 }
 

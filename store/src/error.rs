@@ -46,6 +46,14 @@ impl StoreError {
     pub fn is_unavailable(&self) -> bool {
         matches!(self, StoreError::Unavailable(_))
     }
+
+    /// The store did not answer a call within `limit` (the acquire timeout), waiting for a turn included.
+    pub(crate) fn timed_out(limit: std::time::Duration) -> Self {
+        StoreError::Unavailable(sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no answer from the event store within {} ms", limit.as_millis()),
+        )))
+    }
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -55,7 +63,11 @@ impl From<sqlx::Error> for StoreError {
             | sqlx::Error::Tls(_)
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
-            | sqlx::Error::WorkerCrashed => StoreError::Unavailable(error),
+            | sqlx::Error::WorkerCrashed
+            // The server (or something in front of it: a load balancer, a pooler) broke the protocol, e.g. closed
+            // the connection during the handshake ("unexpected response from SSLRequest: 0x00"): the connection is
+            // lost, and another may work.
+            | sqlx::Error::Protocol(_) => StoreError::Unavailable(error),
             // A FATAL (or PANIC) error ends the session: the server refused or dropped the connection (not accepting
             // connections, shutting down, too many clients, authentication, database gone). For a running service
             // that is an outage, whatever the code.

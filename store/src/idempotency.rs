@@ -1,7 +1,9 @@
 //! Remembered answers for `Idempotency-Key`: operational state kept beside the log, not history.
 //!
 //! The HTTP layer decides what a key means (see `api::idempotency`); this module only keeps the rows, with
-//! compare-and-set claims so that two attempts never both run.
+//! compare-and-set claims so that two attempts never both run. Each call gets its answer within the store's acquire
+//! timeout, like a command (on SQLite a write to a locked file would otherwise wait for the 10 s busy timeout); a
+//! claim cut off midway is left pending, like one whose attempt crashed, and is taken over once it is stale.
 
 use sqlx::Row;
 
@@ -30,6 +32,18 @@ pub enum Claim {
 /// Claims `key` in `scope` for a request identified by `fingerprint`. Answers older than `retention_ms` are
 /// forgotten; a claim pending for longer than `stale_ms` (its attempt crashed) is taken over.
 pub async fn claim(
+    store: &EventStore,
+    scope: &str,
+    key: &str,
+    fingerprint: &str,
+    now_ms: i64,
+    stale_ms: i64,
+    retention_ms: i64,
+) -> Result<Claim, StoreError> {
+    store.within(store.deadline(), claim_now(store, scope, key, fingerprint, now_ms, stale_ms, retention_ms)).await
+}
+
+async fn claim_now(
     store: &EventStore,
     scope: &str,
     key: &str,
@@ -104,7 +118,7 @@ pub async fn complete(
     response: &str,
     location: Option<&str>,
 ) -> Result<(), StoreError> {
-    sqlx::query(
+    let update = sqlx::query(
         "UPDATE idempotency_keys SET state = 'done', status = $3, response = $4, location = $5
           WHERE scope = $1 AND key = $2",
     )
@@ -113,17 +127,15 @@ pub async fn complete(
     .bind(i64::from(status))
     .bind(response)
     .bind(location)
-    .execute(store.read_models())
-    .await?;
-    Ok(())
+    .execute(store.read_models());
+    store.within(store.deadline(), async { update.await.map(drop).map_err(StoreError::from) }).await
 }
 
 /// Releases a claimed key without an answer, so a retry runs again.
 pub async fn forget(store: &EventStore, scope: &str, key: &str) -> Result<(), StoreError> {
-    sqlx::query("DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2")
+    let delete = sqlx::query("DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2")
         .bind(scope)
         .bind(key)
-        .execute(store.read_models())
-        .await?;
-    Ok(())
+        .execute(store.read_models());
+    store.within(store.deadline(), async { delete.await.map(drop).map_err(StoreError::from) }).await
 }

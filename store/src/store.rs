@@ -110,6 +110,8 @@ pub(crate) struct Inner {
     pub(crate) writer: Writer,
     pub(crate) commits: watch::Sender<u64>,
     pub(crate) aggregate_cache_capacity: usize,
+    /// How long one call may wait for the store in all (`StoreConfig::acquire_timeout`): see [`EventStore::within`].
+    pub(crate) acquire_timeout: Duration,
     /// On SQLite: the in-process queue for the single write lock, shared by appends and projector batches.
     pub(crate) sqlite_turns: Option<Arc<tokio::sync::Mutex<()>>>,
 }
@@ -224,6 +226,7 @@ impl EventStore {
                 writer,
                 commits,
                 aggregate_cache_capacity: config.aggregate_cache_capacity.max(1),
+                acquire_timeout: config.acquire_timeout,
                 sqlite_turns: is_sqlite.then_some(turns),
             }),
         })
@@ -312,13 +315,40 @@ impl EventStore {
         }
     }
 
-    /// Succeeds when the database answers.
+    /// Succeeds when the database answers, within the acquire timeout.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        match &self.inner.backend {
-            Backend::Postgres(pool) => sqlx::query("SELECT 1").execute(pool).await.map(drop),
-            Backend::Sqlite(pool) => sqlx::query("SELECT 1").execute(pool).await.map(drop),
+        self.within(self.deadline(), async {
+            match &self.inner.backend {
+                Backend::Postgres(pool) => sqlx::query("SELECT 1").execute(pool).await.map(drop),
+                Backend::Sqlite(pool) => sqlx::query("SELECT 1").execute(pool).await.map(drop),
+            }
+            .map_err(StoreError::from)
+        })
+        .await
+    }
+
+    /// When a call that starts now must have its answer: the acquire timeout from now.
+    pub(crate) fn deadline(&self) -> tokio::time::Instant {
+        tokio::time::Instant::now() + self.inner.acquire_timeout
+    }
+
+    /// Runs `work` until `deadline`, then gives up with [`StoreError::Unavailable`].
+    ///
+    /// The pool bounds only the wait for a connection, and only each wait on its own: commands that take turns on
+    /// one aggregate (or on SQLite's write lock) would wait for one another's timeouts in turn, and a query on a
+    /// connection that stops answering (a network partition) would wait for ever. One deadline for the whole call,
+    /// queueing included, bounds what a caller waits however many are queued. Giving up drops `work` wherever it
+    /// is; the store's invariants do not depend on it finishing (a transaction cut off is rolled back or, if its
+    /// commit already reached the database, it is in the log like any commit whose answer was lost).
+    pub(crate) async fn within<T>(
+        &self,
+        deadline: tokio::time::Instant,
+        work: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout_at(deadline, work).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(StoreError::timed_out(self.inner.acquire_timeout)),
         }
-        .map_err(StoreError::from)
     }
 
     /// A counter that moves whenever this process commits events; projectors wait on it instead of polling.

@@ -7,6 +7,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+pub mod proxy;
+
 use std::path::PathBuf;
 
 use sqlx::{Connection, Executor, PgConnection};
