@@ -275,7 +275,7 @@ impl Problem {
     /// The store is unavailable: 503 with `Retry-After`.
     pub fn store_unavailable() -> Self {
         Problem::new(ProblemCode::StoreUnavailable, "The event store is unavailable")
-            .detail("Nothing was changed. Retry the request.")
+            .detail("Nothing was changed, unless the connection was lost while committing. Retry the request.")
             .retry_after(2)
     }
 

@@ -27,7 +27,7 @@ use std::num::NonZeroUsize;
 use std::sync::Mutex;
 
 use cqrs_es::event_sink::EventSink;
-use cqrs_es::persist::{PersistedEventRepository, SerializedEvent};
+use cqrs_es::persist::{PersistedEventRepository, PersistenceError, SerializedEvent};
 use cqrs_es::{Aggregate, DomainEvent};
 use lru::LruCache;
 
@@ -154,10 +154,12 @@ where
         self.run_before(self.store.deadline(), aggregate_id, command, metadata, expected_version).await
     }
 
-    /// Runs one command, giving up at `deadline`. Giving up drops the command wherever it is, which keeps every
-    /// invariant: the cache is replaced only after a successful append (with no await in between), so a command cut
-    /// off leaves the cached state at its own, still valid, version; if its commit did reach the store, the next
-    /// append from that state conflicts and is decided again on what the store holds.
+    /// Runs one command, answering by `deadline` (give or take the few milliseconds of a commit under way).
+    ///
+    /// Waiting for the aggregate's turn and reading the store give up at the deadline, dropped wherever they are
+    /// (both safe to drop). The append is not dropped: it runs as a task that starts no transaction after the
+    /// deadline and, once it has begun one, finishes it, and the command waits for it (docs/adr/0015). So an
+    /// `Unavailable` answer means nothing was committed, except where the connection was lost during a commit.
     async fn run_before(
         &self,
         deadline: tokio::time::Instant,
@@ -166,26 +168,33 @@ where
         metadata: &EventMetadata,
         expected_version: Option<u64>,
     ) -> Result<Committed, CommandError<A::Error>> {
-        match tokio::time::timeout_at(deadline, self.run(aggregate_id, command, metadata, expected_version)).await {
-            Ok(outcome) => outcome,
-            Err(_) => Err(CommandError::Store(StoreError::timed_out(self.store.inner.acquire_timeout))),
-        }
+        self.run(deadline, aggregate_id, command, metadata, expected_version).await
+    }
+
+    /// `work` (safe to drop) unless the deadline passes first.
+    async fn by<T>(
+        &self,
+        deadline: tokio::time::Instant,
+        work: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, CommandError<A::Error>> {
+        Ok(self.store.within(deadline, work).await?)
     }
 
     async fn run(
         &self,
+        deadline: tokio::time::Instant,
         aggregate_id: &str,
         command: A::Command,
         metadata: &EventMetadata,
         expected_version: Option<u64>,
     ) -> Result<Committed, CommandError<A::Error>> {
-        let _turn = self.turns[stripe(aggregate_id)].lock().await;
+        let _turn = self.by(deadline, async { Ok(self.turns[stripe(aggregate_id)].lock().await) }).await?;
         // An If-Match is checked against the store, never against the cache.
         let cached = if expected_version.is_none() { self.cached(aggregate_id) } else { None };
         let confirmed = cached.is_none();
         let (mut aggregate, version) = match cached {
             Some(cached) => cached,
-            None => self.read(aggregate_id).await?,
+            None => self.by(deadline, self.read(aggregate_id)).await?,
         };
         if let Some(expected) = expected_version {
             if expected != version {
@@ -198,19 +207,19 @@ where
         if !confirmed && (decided.is_err() || events.is_empty()) {
             // A refusal or no-op on cached state is only final if the store holds nothing newer; otherwise decide
             // again on the current state (read once, here).
-            let current = self.read(aggregate_id).await?;
+            let current = self.by(deadline, self.read(aggregate_id)).await?;
             if current.1 != version {
-                return self.decide_on(aggregate_id, current, command, metadata).await;
+                return self.decide_on(deadline, aggregate_id, current, command, metadata).await;
             }
         }
         decided.map_err(CommandError::Rejected)?;
         if events.is_empty() {
             return Ok(Committed { version, appended: 0 });
         }
-        match self.append(aggregate_id, aggregate, version, &events, metadata).await {
+        match self.append(deadline, aggregate_id, aggregate, version, &events, metadata).await {
             Err(CommandError::Conflict) if !confirmed => {
-                let current = self.read(aggregate_id).await?;
-                self.decide_on(aggregate_id, current, command, metadata).await
+                let current = self.by(deadline, self.read(aggregate_id)).await?;
+                self.decide_on(deadline, aggregate_id, current, command, metadata).await
             }
             outcome => outcome,
         }
@@ -219,6 +228,7 @@ where
     /// Decides on state just read from the store and appends the result.
     async fn decide_on(
         &self,
+        deadline: tokio::time::Instant,
         aggregate_id: &str,
         (mut aggregate, version): (A, u64),
         command: A::Command,
@@ -230,12 +240,13 @@ where
         if events.is_empty() {
             return Ok(Committed { version, appended: 0 });
         }
-        self.append(aggregate_id, aggregate, version, &events, metadata).await
+        self.append(deadline, aggregate_id, aggregate, version, &events, metadata).await
     }
 
     /// Appends `events` decided on `aggregate` at `version`; on success the new state becomes the cached one.
     async fn append(
         &self,
+        deadline: tokio::time::Instant,
         aggregate_id: &str,
         aggregate: A,
         version: u64,
@@ -266,9 +277,17 @@ where
         // every write of the process failed after the busy timeout from then on (docs/adr/0015).
         let store = self.store.clone();
         let appended = tokio::spawn(async move {
+            // Neither starts a transaction after the deadline, so a caller answered "unavailable" is not committed
+            // later behind its back (the one exception is a commit that was already under way: its answer is lost).
             let persisted = match &store.inner.writer {
-                Writer::Postgres(postgres) => postgres.persist::<A>(&serialized, None).await,
-                Writer::Sqlite(sqlite) => sqlite.persist::<A>(&serialized, None).await,
+                Writer::Postgres(postgres) => {
+                    // sqlx's PostgreSQL connections recover from a dropped transaction (the rollback is queued).
+                    match tokio::time::timeout_at(deadline, postgres.persist::<A>(&serialized, None)).await {
+                        Ok(persisted) => persisted,
+                        Err(_) => Err(PersistenceError::ConnectionError(Box::new(sqlx::Error::PoolTimedOut))),
+                    }
+                }
+                Writer::Sqlite(sqlite) => sqlite.persist_before::<A>(deadline, &serialized).await,
             };
             if persisted.is_ok() {
                 store.notify_commit();

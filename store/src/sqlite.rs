@@ -9,7 +9,7 @@ use cqrs_es::persist::{PersistedEventRepository, PersistenceError, ReplayStream,
 use cqrs_es::Aggregate;
 use serde_json::Value;
 use sqlx::sqlite::SqliteRow;
-use sqlx::{Row, SqlitePool};
+use sqlx::{Connection, Row, SqliteConnection, SqlitePool};
 use tokio::sync::mpsc;
 
 use crate::{Cursor, RecordedEvent, StoreError};
@@ -41,6 +41,36 @@ impl SqliteEventRepository {
         Self { pool, writer }
     }
 
+    /// Appends `events` in one transaction if the write lock can be had by `deadline`; once the transaction has
+    /// begun it runs to its end (commit or rollback). Waiting for this process's turn and for a connection gives up
+    /// at the deadline (both safe to drop); `BEGIN IMMEDIATE` itself waits for the database's lock at most what is
+    /// left (a per-call busy timeout), because a `begin_with` future dropped at the wrong moment leaves its
+    /// connection inside the transaction (docs/adr/0015). So a caller told "unavailable" at the deadline was not
+    /// committed later behind its back.
+    pub(crate) async fn persist_before<A: Aggregate>(
+        &self,
+        deadline: tokio::time::Instant,
+        events: &[SerializedEvent],
+    ) -> Result<(), PersistenceError> {
+        let timed_out = || PersistenceError::ConnectionError(Box::new(sqlx::Error::PoolTimedOut));
+        let _turn = tokio::time::timeout_at(deadline, self.writer.lock()).await.map_err(|_| timed_out())?;
+        let mut connection = tokio::time::timeout_at(deadline, self.pool.acquire())
+            .await
+            .map_err(|_| timed_out())?
+            .map_err(persistence_error)?;
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return Err(timed_out());
+        }
+        set_busy_timeout(&mut connection, left.min(BUSY_TIMEOUT)).await?;
+        let appended = append(&mut connection, A::TYPE, events).await;
+        if set_busy_timeout(&mut connection, BUSY_TIMEOUT).await.is_err() {
+            // Not worth keeping with a short busy timeout.
+            connection.close_on_drop();
+        }
+        appended
+    }
+
     async fn select<A: Aggregate>(
         &self,
         aggregate_id: &str,
@@ -55,6 +85,44 @@ impl SqliteEventRepository {
             .map_err(persistence_error)?;
         rows.iter().map(decode).collect()
     }
+}
+
+/// How long SQLite waits for a lock before answering busy, outside the deadline of an append.
+pub(crate) const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+async fn set_busy_timeout(
+    connection: &mut SqliteConnection,
+    limit: std::time::Duration,
+) -> Result<(), PersistenceError> {
+    let millis = limit.as_millis().clamp(1, i32::MAX as u128);
+    sqlx::query(&format!("PRAGMA busy_timeout = {millis}"))
+        .execute(&mut *connection)
+        .await
+        .map_err(persistence_error)?;
+    Ok(())
+}
+
+/// The transaction of an append; never dropped half-way by its caller (see `persist_before`).
+async fn append(
+    connection: &mut SqliteConnection,
+    aggregate_type: &str,
+    events: &[SerializedEvent],
+) -> Result<(), PersistenceError> {
+    let mut transaction = connection.begin_with("BEGIN IMMEDIATE").await.map_err(persistence_error)?;
+    for event in events {
+        sqlx::query(INSERT_EVENT)
+            .bind(aggregate_type)
+            .bind(&event.aggregate_id)
+            .bind(i64::try_from(event.sequence).unwrap_or(i64::MAX))
+            .bind(&event.event_type)
+            .bind(&event.event_version)
+            .bind(event.payload.to_string())
+            .bind(event.metadata.to_string())
+            .execute(&mut *transaction)
+            .await
+            .map_err(persistence_error)?;
+    }
+    transaction.commit().await.map_err(persistence_error)
 }
 
 fn persistence_error(error: sqlx::Error) -> PersistenceError {
@@ -112,22 +180,7 @@ impl PersistedEventRepository for SqliteEventRepository {
         events: &[SerializedEvent],
         _snapshot_update: Option<(String, Value, usize)>,
     ) -> Result<(), PersistenceError> {
-        let _turn = self.writer.lock().await;
-        let mut transaction = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(persistence_error)?;
-        for event in events {
-            sqlx::query(INSERT_EVENT)
-                .bind(A::TYPE)
-                .bind(&event.aggregate_id)
-                .bind(i64::try_from(event.sequence).unwrap_or(i64::MAX))
-                .bind(&event.event_type)
-                .bind(&event.event_version)
-                .bind(event.payload.to_string())
-                .bind(event.metadata.to_string())
-                .execute(&mut *transaction)
-                .await
-                .map_err(persistence_error)?;
-        }
-        transaction.commit().await.map_err(persistence_error)
+        self.persist_before::<A>(tokio::time::Instant::now() + BUSY_TIMEOUT, events).await
     }
 
     async fn stream_events<A: Aggregate>(&self, aggregate_id: &str) -> Result<ReplayStream, PersistenceError> {

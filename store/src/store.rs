@@ -162,7 +162,7 @@ impl EventStore {
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Full)
-                .busy_timeout(Duration::from_secs(10))
+                .busy_timeout(crate::sqlite::BUSY_TIMEOUT)
                 .foreign_keys(true);
             let pool = SqlitePoolOptions::new()
                 .max_connections(config.max_connections.max(2))
