@@ -129,9 +129,11 @@ impl Application {
         let listener =
             TcpListener::bind(&settings.listen).with_context(|| format!("cannot listen on {}", settings.listen))?;
         let port = listener.local_addr().context("listener address")?.port();
+        let hsts_max_age_secs = settings.http_hsts_max_age_secs;
         let make_app = move || {
             let metrics = http_metrics.clone();
             App::new()
+                .wrap(api::headers::security_headers(hsts_max_age_secs))
                 .wrap_fn(move |request, service| {
                     let started = Instant::now();
                     let method = request.method().to_string();

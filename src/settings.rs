@@ -88,6 +88,9 @@ pub struct Settings {
     pub auth_jwks_refresh_secs: u64,
     /// Least seconds between two JWKS fetches caused by tokens naming an unknown key id.
     pub auth_jwks_min_refresh_secs: u64,
+    /// `max-age` of the `Strict-Transport-Security` header; 0 (the default) sends none. Set it when every client
+    /// reaches the service over HTTPS.
+    pub http_hsts_max_age_secs: u64,
     /// Seconds a terminal ticket stays redeemable.
     pub relay_ticket_ttl_secs: u64,
     /// Origins allowed to open a browser terminal (besides requests without `Origin` and same-host origins).
@@ -163,6 +166,7 @@ impl Default for Settings {
             auth_email_claim: "email".into(),
             auth_jwks_refresh_secs: 3600,
             auth_jwks_min_refresh_secs: 30,
+            http_hsts_max_age_secs: 0,
             relay_ticket_ttl_secs: 30,
             relay_allowed_origins: Vec::new(),
             relay_auth_timeout_secs: 5,

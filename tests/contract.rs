@@ -369,3 +369,50 @@ async fn the_bearer_scheme_is_case_insensitive_on_both_backends() {
         assert!(server.terminate().success());
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_answer_carries_the_security_headers_and_hsts_only_when_configured() {
+    let db = TestDb::sqlite();
+    let root = issue_token(&db, "root@example.com", "admin", "1h");
+    let server = Server::start(&db, &[]);
+    let api = Api::new(&server);
+    let invite = r#"{"email": "ada@example.com", "role": "member"}"#;
+    for (method, path, token, body, status) in [
+        (Method::GET, "/healthz", None, "", 200),
+        (Method::GET, "/api/v1/openapi.json", None, "", 200),
+        (Method::GET, "/api/v1/me", Some(root.as_str()), "", 200),
+        (Method::POST, "/api/v1/members", Some(root.as_str()), invite, 201),
+        (Method::POST, "/api/v1/members", Some(root.as_str()), "{not json", 400),
+        (Method::GET, "/api/v1/me", None, "", 401),
+        (Method::GET, "/api/v1/nothing-here", Some(root.as_str()), "", 404),
+        (Method::PUT, "/api/v1/me", Some(root.as_str()), "", 405),
+    ] {
+        let content_type = (!body.is_empty()).then_some("application/json");
+        let (got, headers, _) = raw(&api, method.clone(), path, token, content_type, body).await;
+        let what = format!("{method} {path}");
+        assert_eq!(got, status, "{what}");
+        for (name, value) in [
+            ("x-content-type-options", "nosniff"),
+            ("x-frame-options", "DENY"),
+            ("content-security-policy", "default-src 'none'; frame-ancestors 'none'"),
+            ("referrer-policy", "no-referrer"),
+            ("cache-control", "no-store"),
+        ] {
+            assert_eq!(headers.get(name).and_then(|v| v.to_str().ok()), Some(value), "{what}: {name}");
+        }
+        assert!(headers.get("strict-transport-security").is_none(), "{what}: HSTS is off by default");
+    }
+    assert!(server.terminate().success());
+
+    let server = Server::start(&db, &[("GATEHOUSE_HTTP_HSTS_MAX_AGE_SECS", "31536000")]);
+    let api = Api::new(&server);
+    for path in ["/healthz", "/api/v1/me"] {
+        let (_, headers, _) = raw(&api, Method::GET, path, None, None, "").await;
+        assert_eq!(
+            headers.get("strict-transport-security").and_then(|v| v.to_str().ok()),
+            Some("max-age=31536000; includeSubDomains"),
+            "{path}"
+        );
+    }
+    assert!(server.terminate().success());
+}

@@ -8,6 +8,7 @@ pub mod audit;
 pub mod auth;
 pub mod cache;
 pub mod extract;
+pub mod headers;
 pub mod idempotency;
 pub mod members;
 pub mod metrics;
