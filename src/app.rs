@@ -125,6 +125,7 @@ impl Application {
             caches,
             openapi: Arc::new(api::ops::document()),
             gateway: gateway.clone(),
+            idempotency_stale_ms: settings.idempotency_stale_ms()?,
         };
         let listener =
             TcpListener::bind(&settings.listen).with_context(|| format!("cannot listen on {}", settings.listen))?;

@@ -88,6 +88,9 @@ pub struct Settings {
     pub auth_jwks_refresh_secs: u64,
     /// Least seconds between two JWKS fetches caused by tokens naming an unknown key id.
     pub auth_jwks_min_refresh_secs: u64,
+    /// Seconds after which an `Idempotency-Key` request that never got its answer (its process crashed) may be taken
+    /// over by a retry: the retry then gets the first answer if the command committed, or runs it (ADR 0018).
+    pub idempotency_takeover_secs: u64,
     /// `max-age` of the `Strict-Transport-Security` header; 0 (the default) sends none. Set it when every client
     /// reaches the service over HTTPS.
     pub http_hsts_max_age_secs: u64,
@@ -167,6 +170,7 @@ impl Default for Settings {
             auth_jwks_refresh_secs: 3600,
             auth_jwks_min_refresh_secs: 30,
             http_hsts_max_age_secs: 0,
+            idempotency_takeover_secs: 60,
             relay_ticket_ttl_secs: 30,
             relay_allowed_origins: Vec::new(),
             relay_auth_timeout_secs: 5,
@@ -258,6 +262,19 @@ impl Settings {
                     .map_err(|error| anyhow::anyhow!("audit signing key {}: {error}", path.display()))
             }
         }
+    }
+
+    /// Milliseconds after which an unanswered `Idempotency-Key` claim is taken over. Must exceed the store's
+    /// deadline: a first attempt's append never commits after it, so the log's answer is final by then.
+    pub fn idempotency_stale_ms(&self) -> anyhow::Result<i64> {
+        if self.idempotency_takeover_secs <= self.database_acquire_timeout_secs.max(1) {
+            anyhow::bail!(
+                "idempotency_takeover_secs ({}) must be greater than database_acquire_timeout_secs ({})",
+                self.idempotency_takeover_secs,
+                self.database_acquire_timeout_secs.max(1)
+            );
+        }
+        Ok(i64::try_from(self.idempotency_takeover_secs.saturating_mul(1000)).unwrap_or(i64::MAX))
     }
 
     /// The publishing policy these settings describe.

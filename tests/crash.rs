@@ -109,3 +109,158 @@ async fn acknowledged_commands_survive_sigkill_and_projections_equal_a_replay() 
         assert_eq!(members_table(&db).await, projected, "{}: projection differs from a replay", db.backend());
     }
 }
+
+/// The workspace ids and request ids of every `PublishRequested` event in the log.
+async fn submitted(db: &TestDb) -> Vec<(String, String)> {
+    let store = db.store().await;
+    let payloads: Vec<(String,)> =
+        sqlx::query_as("SELECT CAST(payload AS TEXT) FROM events WHERE event_type = 'PublishRequested'")
+            .fetch_all(store.read_models())
+            .await
+            .unwrap();
+    store.close().await;
+    let field = |payload: &serde_json::Value, name: &str| -> String {
+        let object = payload.get("PublishRequested").unwrap_or(payload);
+        object[name].as_str().unwrap_or_default().to_string()
+    };
+    payloads
+        .iter()
+        .map(|(text,)| {
+            let payload: serde_json::Value = serde_json::from_str(text).unwrap();
+            (field(&payload, "workspace_id"), field(&payload, "request_id"))
+        })
+        .collect()
+}
+
+/// Issue #17: keyed submissions under load, SIGKILL, restart, retry every one of them. A submission whose command
+/// committed but whose answer never left the process gets that first answer (its id) on retry, never a second
+/// request; one that never committed runs on retry; every key ends with exactly one request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn keyed_submissions_retried_after_sigkill_get_their_first_answer_and_never_run_twice() {
+    for db in TestDb::all("idempotency crash").await {
+        let admin = issue_token(&db, "root@example.com", "admin", "1h");
+        // Claims are taken over after 3 s (above the 2 s store deadline) instead of a minute.
+        let env = [("GATEHOUSE_DATABASE_ACQUIRE_TIMEOUT_SECS", "2"), ("GATEHOUSE_IDEMPOTENCY_TAKEOVER_SECS", "3")];
+        let server = Server::start(&db, &env);
+        let api = Api::new(&server);
+        let body = |key: &str| {
+            serde_json::json!({
+                "workspace_id": format!("ws-{key}"), "blueprint_key": "web", "subdomain": format!("s-{key}"),
+                "commit_id": "0123456789abcdef0123456789abcdef01234567",
+                "diff": {"files": 1, "insertions": 1, "deletions": 0}, "message": "crash test",
+            })
+        };
+        // key → the id of the first answer, when one arrived.
+        let sent = Arc::new(Mutex::new(Vec::<(String, Option<String>)>::new()));
+        let server_gone = Arc::new(AtomicBool::new(false));
+        let clients: Vec<_> = (0..16)
+            .map(|client| {
+                let (api, admin, sent, server_gone) = (api.clone(), admin.clone(), sent.clone(), server_gone.clone());
+                tokio::spawn(async move {
+                    for n in 0.. {
+                        let key = format!("k{client}-{n}");
+                        sent.lock().unwrap().push((key.clone(), None));
+                        let response = api
+                            .http
+                            .post(format!("{}/api/v1/publish-requests", api.base))
+                            .bearer_auth(&admin)
+                            .header("Idempotency-Key", &key)
+                            .json(&body(&key))
+                            .send()
+                            .await;
+                        match response {
+                            Ok(response) if response.status() == 201 => {
+                                let answer: serde_json::Value = response.json().await.unwrap_or_default();
+                                let id = answer["id"].as_str().map(str::to_string);
+                                let mut sent = sent.lock().unwrap();
+                                if let Some(entry) = sent.iter_mut().find(|(sent_key, _)| *sent_key == key) {
+                                    entry.1 = id;
+                                }
+                            }
+                            Ok(response) if !server_gone.load(Ordering::Relaxed) => {
+                                panic!("{key}: {} {}", response.status(), response.text().await.unwrap_or_default())
+                            }
+                            _ => return,
+                        }
+                    }
+                })
+            })
+            .collect();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while sent.lock().unwrap().iter().filter(|(_, id)| id.is_some()).count() < 40
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        server_gone.store(true, Ordering::Relaxed);
+        server.kill();
+        let killed = tokio::time::Instant::now();
+        for client in clients {
+            client.await.unwrap();
+        }
+        let sent = sent.lock().unwrap().clone();
+        let committed = submitted(&db).await;
+        let unanswered_but_committed: Vec<&String> = sent
+            .iter()
+            .filter(|(key, id)| id.is_none() && committed.iter().any(|(ws, _)| *ws == format!("ws-{key}")))
+            .map(|(key, _)| key)
+            .collect();
+
+        let server = Server::start(&db, &env);
+        let api = Api::new(&server);
+        tokio::time::sleep_until(killed + Duration::from_millis(3500)).await;
+        let mut replayed = 0;
+        for (key, first) in &sent {
+            let workspace = format!("ws-{key}");
+            let before = committed.iter().find(|(ws, _)| *ws == workspace).map(|(_, id)| id.clone());
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            let (status, headers, answer) = loop {
+                let response = api
+                    .http
+                    .post(format!("{}/api/v1/publish-requests", api.base))
+                    .bearer_auth(&admin)
+                    .header("Idempotency-Key", key)
+                    .json(&body(key))
+                    .send()
+                    .await
+                    .unwrap();
+                let status = response.status().as_u16();
+                let headers = response.headers().clone();
+                let answer: serde_json::Value = response.json().await.unwrap_or_default();
+                if status == 409 && answer["code"] == "request_in_progress" && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+                break (status, headers, answer);
+            };
+            assert_eq!(status, 201, "{}: retry of {key}: {answer}", db.backend());
+            let id = answer["id"].as_str().unwrap().to_string();
+            if let Some(first) = first {
+                assert_eq!(&id, first, "{}: {key} answered with another id on retry", db.backend());
+            }
+            match before {
+                Some(committed_id) => {
+                    assert_eq!(id, committed_id, "{}: {key} committed as {committed_id}", db.backend());
+                    assert_eq!(headers["idempotent-replayed"], "true", "{}: {key}", db.backend());
+                    replayed += 1;
+                }
+                None => assert!(headers.get("idempotent-replayed").is_none(), "{}: {key} never ran", db.backend()),
+            }
+        }
+        assert!(server.terminate().success());
+        // Exactly one request per key, whatever happened to its first attempt.
+        let after = submitted(&db).await;
+        for (key, _) in &sent {
+            let workspace = format!("ws-{key}");
+            let count = after.iter().filter(|(ws, _)| *ws == workspace).count();
+            assert_eq!(count, 1, "{}: {key} has {count} requests", db.backend());
+        }
+        eprintln!(
+            "{}: {} keyed submissions, {} answered before the kill, {} committed but unanswered, {replayed} replayed",
+            db.backend(),
+            sent.len(),
+            sent.iter().filter(|(_, id)| id.is_some()).count(),
+            unanswered_but_committed.len()
+        );
+    }
+}

@@ -68,6 +68,8 @@ pub struct AppState {
     pub openapi: Arc<utoipa::openapi::OpenApi>,
     /// The relay's gateway: connected agents, tokens, tickets, the firewall, open sessions.
     pub gateway: Arc<::relay::gateway::Gateway>,
+    /// Milliseconds after which an `Idempotency-Key` claim that never got its answer is taken over by a retry.
+    pub idempotency_stale_ms: i64,
 }
 
 /// The request's id: a valid `X-Request-Id` from the caller, or a new one.

@@ -2,7 +2,7 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{delete, get, patch, post, web, HttpRequest, HttpResponse};
-use domain::roster::{Role, RosterCommand, ROSTER_ID};
+use domain::roster::{Role, Roster, RosterCommand, ROSTER_ID};
 use domain::Email;
 use projections::MemberRow;
 use serde::{Deserialize, Serialize};
@@ -164,26 +164,38 @@ pub async fn invite_member(
 ) -> Result<HttpResponse, Problem> {
     caller.require(&[Role::Admin])?;
     let fingerprint = serde_json::json!({ "email": body.email, "role": body.role }).to_string();
-    crate::idempotency::run(&state, &caller, &request, fingerprint, || async {
+    let (state, caller, request, body) = (&state, &caller, &request, &body);
+    crate::idempotency::run(state, caller, request, fingerprint, |attempt| async move {
         let email = parse_email(&body.email, "email")?;
         let role = parse_role(&body.role)?;
         let command = RosterCommand::Invite { email: email.clone(), role, invited_by: caller.email.clone() };
-        run(&state, &caller, &request, command).await?;
-        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-        let member = MemberView {
-            email: email.to_string(),
-            role: role.as_str().to_string(),
-            status: "pending".into(),
-            invited_by: Some(caller.email.to_string()),
-            invited_at: now.clone(),
-            updated_at: now,
+        let invited_by = caller.email.to_string();
+        let render = move |_: &Roster, _: u64| {
+            let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+            let member = MemberView {
+                email: email.to_string(),
+                role: role.as_str().to_string(),
+                status: "pending".into(),
+                invited_by: Some(invited_by.clone()),
+                invited_at: now.clone(),
+                updated_at: now,
+            };
+            Ok(crate::idempotency::Reply {
+                status: StatusCode::CREATED,
+                body: serde_json::to_value(member).map_err(|_| Problem::internal())?,
+                location: Some(format!("/api/v1/members/{email}")),
+                etag: None,
+            })
         };
-        Ok(crate::idempotency::Reply {
-            status: StatusCode::CREATED,
-            body: serde_json::to_value(member).map_err(|_| Problem::internal())?,
-            location: Some(format!("/api/v1/members/{email}")),
-            etag: None,
-        })
+        let metadata =
+            attempt.metadata(EventMetadata::for_request(caller.email.to_string(), crate::request_id(request)));
+        let hook = attempt.before_append(render);
+        state
+            .roster
+            .execute_retrying_prepared(ROSTER_ID, command, &metadata, 5, Some(&*hook))
+            .await
+            .map_err(Problem::from)?;
+        attempt.prepared().ok_or_else(Problem::internal)
     })
     .await
 }

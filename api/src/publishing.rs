@@ -11,11 +11,11 @@ use actix_web::http::StatusCode;
 use actix_web::{delete, get, post, web, HttpRequest, HttpResponse};
 use domain::publishing::values::{self, MAX_MESSAGE_CHARS, MAX_REASON_CHARS};
 use domain::publishing::{
-    BlueprintKey, CommitId, DiffSummary, InvalidValue, PublishingCommand, RequestId, RequestStatus, Subdomain,
-    TrustMatch, WorkspaceId, PUBLISHING_ID,
+    BlueprintKey, CommitId, DiffSummary, InvalidValue, Publishing, PublishingCommand, RequestId, RequestStatus,
+    Subdomain, TrustMatch, WorkspaceId, PUBLISHING_ID,
 };
 use domain::roster::Role;
-use domain::trust::{TrustCommand, TRUST_RULES_ID};
+use domain::trust::{TrustCommand, TrustRules, TRUST_RULES_ID};
 use domain::Email;
 use projections::{PublishRequestRow, RequestFilter, ReviewRow, TimeKey, TrustRuleRow};
 use serde::{Deserialize, Serialize};
@@ -374,34 +374,48 @@ async fn decide(
 ) -> Result<HttpResponse, Problem> {
     let if_match = request.headers().get("if-match").and_then(|value| value.to_str().ok()).unwrap_or_default();
     let fingerprint = format!("{}\n{if_match}\n{}", request.path(), String::from_utf8_lossy(body));
-    crate::idempotency::run(state, caller, request, fingerprint, || async {
+    crate::idempotency::run(state, caller, request, fingerprint, |attempt| async move {
+        let answered = request_id.clone();
+        let render = move |publishing: &Publishing, _: u64| {
+            let current = publishing.request(&answered).ok_or_else(Problem::internal)?;
+            let view = DecisionView {
+                id: answered.to_string(),
+                status: current.status.as_str().to_string(),
+                approvals: current.approvals.len(),
+                approvals_required: current.approvals_required,
+                version: current.version,
+            };
+            Ok(crate::idempotency::Reply {
+                status: StatusCode::OK,
+                etag: Some(format!("\"{}\"", view.version)),
+                body: serde_json::to_value(view).map_err(|_| Problem::internal())?,
+                location: None,
+            })
+        };
+        let hook = attempt.before_append(render.clone());
         // A lost race is decided again on the winner's state. That is safe with an If-Match too: the version check
         // is part of the command, so a request changed by the winner answers 412, and one the winner decided 409.
         state
             .publishing
-            .execute_retrying(PUBLISHING_ID, command, &metadata(caller, request), 5)
+            .execute_retrying_prepared(
+                PUBLISHING_ID,
+                command,
+                &attempt.metadata(metadata(caller, request)),
+                5,
+                Some(&*hook),
+            )
             .await
             .map_err(Problem::from)?;
-        // The command's own result is in the repository's cache; reading the store again could fail after the
-        // change was made, and the caller would be told nothing happened.
-        let publishing = match state.publishing.peek(PUBLISHING_ID) {
-            Some((publishing, _)) => publishing,
-            None => state.publishing.load(PUBLISHING_ID).await.map_err(Problem::from)?.0,
+        if let Some(reply) = attempt.prepared() {
+            return Ok(reply);
+        }
+        // No event was appended (nothing changed): the answer is the current state. The command's own result is in
+        // the repository's cache; reading the store again could fail after the change was made.
+        let (publishing, version) = match state.publishing.peek(PUBLISHING_ID) {
+            Some(cached) => cached,
+            None => state.publishing.load(PUBLISHING_ID).await.map_err(Problem::from)?,
         };
-        let current = publishing.request(&request_id).ok_or_else(Problem::internal)?;
-        let view = DecisionView {
-            id: request_id.to_string(),
-            status: current.status.as_str().to_string(),
-            approvals: current.approvals.len(),
-            approvals_required: current.approvals_required,
-            version: current.version,
-        };
-        Ok(crate::idempotency::Reply {
-            status: StatusCode::OK,
-            etag: Some(format!("\"{}\"", view.version)),
-            body: serde_json::to_value(view).map_err(|_| Problem::internal())?,
-            location: None,
-        })
+        render(&publishing, version)
     })
     .await
 }
@@ -459,7 +473,8 @@ pub async fn submit(
 ) -> Result<HttpResponse, Problem> {
     caller.require(&[Role::Member, Role::Admin])?;
     let fingerprint = serde_json::to_string(&*body).map_err(|_| Problem::internal())?;
-    crate::idempotency::run(&state, &caller, &request, fingerprint, || async {
+    let (state, caller, request, body) = (&state, &caller, &request, &body);
+    crate::idempotency::run(state, caller, request, fingerprint, |attempt| async move {
         let policy = &state.publish_policy;
         let workspace_id = WorkspaceId::parse(&body.workspace_id).map_err(invalid)?;
         let blueprint_key = BlueprintKey::parse(&body.blueprint_key).map_err(invalid)?;
@@ -491,44 +506,59 @@ pub async fn submit(
             approvals_required: policy.approvals_required.max(1),
             trusted: trusted.clone(),
         };
-        let committed = state
+        let stamp = |time: chrono::DateTime<chrono::Utc>| time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let approvals_required = i64::from(policy.approvals_required.max(1));
+        let ttl = policy.ttl;
+        let builder = caller.email.to_string();
+        let render = move |_: &Publishing, version: u64| {
+            let view = PublishRequestView {
+                id: request_id.to_string(),
+                workspace_id: workspace_id.to_string(),
+                blueprint_key: blueprint_key.to_string(),
+                subdomain: subdomain.to_string(),
+                builder: builder.clone(),
+                commit_id: commit_id.to_string(),
+                diff: DiffView {
+                    files: i64::from(diff.files),
+                    insertions: i64::try_from(diff.insertions).unwrap_or(i64::MAX),
+                    deletions: i64::try_from(diff.deletions).unwrap_or(i64::MAX),
+                    patch: None,
+                },
+                message: message.clone(),
+                status: if trusted.is_some() { RequestStatus::Approved } else { RequestStatus::Pending }
+                    .as_str()
+                    .into(),
+                approvals_required,
+                approvals: 0,
+                submitted_at: stamp(now),
+                expires_at: stamp(now + ttl),
+                decided_at: trusted.as_ref().map(|_| stamp(now)),
+                decided_by: trusted.as_ref().map(|_| projections::SYSTEM_REVIEWER.to_string()),
+                decision_reason: trusted.as_ref().map(|rule| rule.reason.clone()),
+                trust_rule_id: trusted.as_ref().map(|rule| rule.rule_id.clone()),
+                version: i64::try_from(version).unwrap_or(i64::MAX),
+                history: None,
+            };
+            Ok(crate::idempotency::Reply {
+                status: StatusCode::CREATED,
+                body: serde_json::to_value(view).map_err(|_| Problem::internal())?,
+                location: Some(format!("/api/v1/publish-requests/{request_id}")),
+                etag: Some(format!("\"{version}\"")),
+            })
+        };
+        let hook = attempt.before_append(render);
+        state
             .publishing
-            .execute_retrying(PUBLISHING_ID, command, &metadata(&caller, &request), 10)
+            .execute_retrying_prepared(
+                PUBLISHING_ID,
+                command,
+                &attempt.metadata(metadata(caller, request)),
+                10,
+                Some(&*hook),
+            )
             .await
             .map_err(Problem::from)?;
-        let stamp = |time: chrono::DateTime<chrono::Utc>| time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-        let view = PublishRequestView {
-            id: request_id.to_string(),
-            workspace_id: workspace_id.to_string(),
-            blueprint_key: blueprint_key.to_string(),
-            subdomain: subdomain.to_string(),
-            builder: caller.email.to_string(),
-            commit_id: commit_id.to_string(),
-            diff: DiffView {
-                files: i64::from(diff.files),
-                insertions: i64::try_from(diff.insertions).unwrap_or(i64::MAX),
-                deletions: i64::try_from(diff.deletions).unwrap_or(i64::MAX),
-                patch: None,
-            },
-            message,
-            status: if trusted.is_some() { RequestStatus::Approved } else { RequestStatus::Pending }.as_str().into(),
-            approvals_required: i64::from(policy.approvals_required.max(1)),
-            approvals: 0,
-            submitted_at: stamp(now),
-            expires_at: stamp(now + policy.ttl),
-            decided_at: trusted.as_ref().map(|_| stamp(now)),
-            decided_by: trusted.as_ref().map(|_| projections::SYSTEM_REVIEWER.to_string()),
-            decision_reason: trusted.as_ref().map(|rule| rule.reason.clone()),
-            trust_rule_id: trusted.as_ref().map(|rule| rule.rule_id.clone()),
-            version: i64::try_from(committed.version).unwrap_or(i64::MAX),
-            history: None,
-        };
-        Ok(crate::idempotency::Reply {
-            status: StatusCode::CREATED,
-            body: serde_json::to_value(view).map_err(|_| Problem::internal())?,
-            location: Some(format!("/api/v1/publish-requests/{request_id}")),
-            etag: Some(format!("\"{}\"", committed.version)),
-        })
+        attempt.prepared().ok_or_else(Problem::internal)
     })
     .await
 }
@@ -759,7 +789,8 @@ pub async fn create_trust_rule(
 ) -> Result<HttpResponse, Problem> {
     caller.require(&[Role::Admin])?;
     let fingerprint = serde_json::to_string(&*body).map_err(|_| Problem::internal())?;
-    crate::idempotency::run(&state, &caller, &request, fingerprint, || async {
+    let (state, caller, request, body) = (&state, &caller, &request, &body);
+    crate::idempotency::run(state, caller, request, fingerprint, |attempt| async move {
         let email = Email::parse(&body.email).map_err(|error| {
             Problem::new(ProblemCode::InvalidField, "Invalid field").field("email").detail(error.to_string())
         })?;
@@ -773,25 +804,36 @@ pub async fn create_trust_rule(
             description: description.clone(),
             granted_by: caller.email.clone(),
         };
+        let granted_by = caller.email.to_string();
+        let render = move |_: &TrustRules, _: u64| {
+            let view = TrustRuleView {
+                id: rule_id.clone(),
+                email: email.to_string(),
+                blueprint_key: blueprint_key.clone().map(String::from),
+                description: description.clone(),
+                granted_by: granted_by.clone(),
+                granted_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            };
+            Ok(crate::idempotency::Reply {
+                status: StatusCode::CREATED,
+                body: serde_json::to_value(view).map_err(|_| Problem::internal())?,
+                location: Some(format!("/api/v1/trust-rules/{rule_id}")),
+                etag: None,
+            })
+        };
+        let hook = attempt.before_append(render);
         state
             .trust
-            .execute_retrying(TRUST_RULES_ID, command, &metadata(&caller, &request), 5)
+            .execute_retrying_prepared(
+                TRUST_RULES_ID,
+                command,
+                &attempt.metadata(metadata(caller, request)),
+                5,
+                Some(&*hook),
+            )
             .await
             .map_err(Problem::from)?;
-        let view = TrustRuleView {
-            id: rule_id.clone(),
-            email: email.to_string(),
-            blueprint_key: blueprint_key.map(String::from),
-            description,
-            granted_by: caller.email.to_string(),
-            granted_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-        };
-        Ok(crate::idempotency::Reply {
-            status: StatusCode::CREATED,
-            body: serde_json::to_value(view).map_err(|_| Problem::internal())?,
-            location: Some(format!("/api/v1/trust-rules/{rule_id}")),
-            etag: None,
-        })
+        attempt.prepared().ok_or_else(Problem::internal)
     })
     .await
 }

@@ -48,6 +48,11 @@ impl StoreError {
     }
 
     /// The store did not answer a call within `limit` (the acquire timeout), waiting for a turn included.
+    /// An outage-like failure for `reason`: the caller is told to retry.
+    pub fn unavailable(reason: &str) -> Self {
+        StoreError::Unavailable(sqlx::Error::Io(std::io::Error::other(reason.to_string())))
+    }
+
     pub(crate) fn timed_out(limit: std::time::Duration) -> Self {
         StoreError::Unavailable(sqlx::Error::Io(std::io::Error::new(
             std::io::ErrorKind::TimedOut,

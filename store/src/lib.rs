@@ -23,6 +23,6 @@ pub use cqrs_es::persist::SerializedEvent;
 pub use cursor::{Cursor, InvalidCursor};
 pub use error::{CommandError, StoreError};
 pub use metadata::EventMetadata;
-pub use repository::{AggregateRepository, Committed};
+pub use repository::{AggregateRepository, BeforeAppend, Committed};
 pub use sqlite::SqliteEventRepository;
 pub use store::{Backend, EventStore, RecordedEvent, StoreConfig};

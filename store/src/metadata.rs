@@ -21,6 +21,10 @@ pub struct EventMetadata {
     pub causation_id: String,
     /// When the command was handled, by the service's clock.
     pub time: DateTime<Utc>,
+    /// The `Idempotency-Key` attempt that ran the command, if the request had a key: how a retry after a crash
+    /// learns that the command committed (ADR 0018). A random id, never the key itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_attempt: Option<String>,
 }
 
 impl EventMetadata {
@@ -33,7 +37,14 @@ impl EventMetadata {
             causation_id: request_id.clone(),
             request_id,
             time: Utc::now(),
+            idempotency_attempt: None,
         }
+    }
+
+    /// The same metadata for a command run by an `Idempotency-Key` attempt.
+    pub fn with_idempotency_attempt(mut self, attempt: Option<&str>) -> Self {
+        self.idempotency_attempt = attempt.map(str::to_string);
+        self
     }
 
     /// Metadata for something the service does by itself, such as bootstrapping.
@@ -42,12 +53,16 @@ impl EventMetadata {
     }
 
     pub(crate) fn to_map(&self) -> HashMap<String, String> {
-        HashMap::from([
+        let mut map = HashMap::from([
             ("actor".to_string(), self.actor.clone()),
             ("request_id".to_string(), self.request_id.clone()),
             ("correlation_id".to_string(), self.correlation_id.clone()),
             ("causation_id".to_string(), self.causation_id.clone()),
             ("time".to_string(), self.time.to_rfc3339_opts(SecondsFormat::Micros, true)),
-        ])
+        ]);
+        if let Some(attempt) = &self.idempotency_attempt {
+            map.insert("idempotency_attempt".to_string(), attempt.clone());
+        }
+        map
     }
 }

@@ -52,6 +52,11 @@ pub struct AggregateRepository<A: Aggregate> {
     turns: Vec<tokio::sync::Mutex<()>>,
 }
 
+/// Called with a command's decided state and the version it will have, just before its events are appended (again
+/// after each re-decision); an error stops the command before anything is appended. `Idempotency-Key` answers are
+/// stored here (ADR 0018).
+pub type BeforeAppend<A> = dyn Fn(&A, u64) -> futures::future::BoxFuture<'static, Result<(), StoreError>> + Send + Sync;
+
 /// How many locks commands on different aggregates spread over.
 const TURN_STRIPES: usize = 256;
 
@@ -126,11 +131,23 @@ where
         metadata: &EventMetadata,
         attempts: u32,
     ) -> Result<Committed, CommandError<A::Error>> {
+        self.execute_retrying_prepared(aggregate_id, command, metadata, attempts, None).await
+    }
+
+    /// Like [`execute_retrying`](Self::execute_retrying), calling `before_append` before each append.
+    pub async fn execute_retrying_prepared(
+        &self,
+        aggregate_id: &str,
+        command: A::Command,
+        metadata: &EventMetadata,
+        attempts: u32,
+        before_append: Option<&BeforeAppend<A>>,
+    ) -> Result<Committed, CommandError<A::Error>> {
         // One deadline for every attempt: the caller waits no longer than for one command.
         let deadline = self.store.deadline();
         let mut attempt = 1;
         loop {
-            match self.run_before(deadline, aggregate_id, command.clone(), metadata, None).await {
+            match self.run_before(deadline, aggregate_id, command.clone(), metadata, None, before_append).await {
                 Err(CommandError::Conflict) if attempt < attempts => attempt += 1,
                 outcome => return outcome,
             }
@@ -151,7 +168,7 @@ where
         metadata: &EventMetadata,
         expected_version: Option<u64>,
     ) -> Result<Committed, CommandError<A::Error>> {
-        self.run_before(self.store.deadline(), aggregate_id, command, metadata, expected_version).await
+        self.run_before(self.store.deadline(), aggregate_id, command, metadata, expected_version, None).await
     }
 
     /// Runs one command, answering by `deadline` (give or take the few milliseconds of a commit under way).
@@ -167,8 +184,9 @@ where
         command: A::Command,
         metadata: &EventMetadata,
         expected_version: Option<u64>,
+        before_append: Option<&BeforeAppend<A>>,
     ) -> Result<Committed, CommandError<A::Error>> {
-        self.run(deadline, aggregate_id, command, metadata, expected_version).await
+        self.run(deadline, aggregate_id, command, metadata, expected_version, before_append).await
     }
 
     /// `work` (safe to drop) unless the deadline passes first.
@@ -187,6 +205,7 @@ where
         command: A::Command,
         metadata: &EventMetadata,
         expected_version: Option<u64>,
+        before_append: Option<&BeforeAppend<A>>,
     ) -> Result<Committed, CommandError<A::Error>> {
         let _turn = self.by(deadline, async { Ok(self.turns[stripe(aggregate_id)].lock().await) }).await?;
         // An If-Match is checked against the store, never against the cache.
@@ -209,17 +228,17 @@ where
             // again on the current state (read once, here).
             let current = self.by(deadline, self.read(aggregate_id)).await?;
             if current.1 != version {
-                return self.decide_on(deadline, aggregate_id, current, command, metadata).await;
+                return self.decide_on(deadline, aggregate_id, current, command, metadata, before_append).await;
             }
         }
         decided.map_err(CommandError::Rejected)?;
         if events.is_empty() {
             return Ok(Committed { version, appended: 0 });
         }
-        match self.append(deadline, aggregate_id, aggregate, version, &events, metadata).await {
+        match self.append(deadline, aggregate_id, aggregate, version, &events, metadata, before_append).await {
             Err(CommandError::Conflict) if !confirmed => {
                 let current = self.by(deadline, self.read(aggregate_id)).await?;
-                self.decide_on(deadline, aggregate_id, current, command, metadata).await
+                self.decide_on(deadline, aggregate_id, current, command, metadata, before_append).await
             }
             outcome => outcome,
         }
@@ -233,6 +252,7 @@ where
         (mut aggregate, version): (A, u64),
         command: A::Command,
         metadata: &EventMetadata,
+        before_append: Option<&BeforeAppend<A>>,
     ) -> Result<Committed, CommandError<A::Error>> {
         let sink = EventSink::default();
         aggregate.handle(command, &self.services, &sink).await.map_err(CommandError::Rejected)?;
@@ -240,10 +260,11 @@ where
         if events.is_empty() {
             return Ok(Committed { version, appended: 0 });
         }
-        self.append(deadline, aggregate_id, aggregate, version, &events, metadata).await
+        self.append(deadline, aggregate_id, aggregate, version, &events, metadata, before_append).await
     }
 
     /// Appends `events` decided on `aggregate` at `version`; on success the new state becomes the cached one.
+    #[allow(clippy::too_many_arguments)]
     async fn append(
         &self,
         deadline: tokio::time::Instant,
@@ -252,7 +273,11 @@ where
         version: u64,
         events: &[A::Event],
         metadata: &EventMetadata,
+        before_append: Option<&BeforeAppend<A>>,
     ) -> Result<Committed, CommandError<A::Error>> {
+        if let Some(before_append) = before_append {
+            self.by(deadline, before_append(&aggregate, version + events.len() as u64)).await?;
+        }
         let metadata = serde_json::to_value(metadata.to_map())
             .map_err(|error| CommandError::Store(StoreError::Corrupt(error.to_string())))?;
         let serialized = events
