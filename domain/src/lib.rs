@@ -14,5 +14,6 @@ pub mod publishing;
 pub mod relay;
 pub mod roster;
 pub mod trust;
+pub mod values;
 
 pub use email::{Email, InvalidEmail};
