@@ -8,6 +8,7 @@
 //! Change them only through an upcaster and an ADR.
 
 pub mod audit_access;
+pub mod blueprint;
 pub mod email;
 pub mod firewall;
 pub mod publishing;
