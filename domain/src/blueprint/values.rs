@@ -710,6 +710,12 @@ impl AiProviderSettings {
     pub fn needs_api_key(&self) -> bool {
         self.enabled && self.auth_mode == AiAuthMode::ApiKey
     }
+
+    /// These settings holding `api_key`.
+    pub(crate) fn with_api_key(mut self, api_key: Option<ApiKey>) -> Self {
+        self.api_key = api_key;
+        self
+    }
 }
 
 #[cfg(test)]
