@@ -8,11 +8,13 @@
 //! Change them only through an upcaster and an ADR.
 
 pub mod audit_access;
+pub mod blueprint;
 pub mod email;
 pub mod firewall;
 pub mod publishing;
 pub mod relay;
 pub mod roster;
 pub mod trust;
+pub mod values;
 
 pub use email::{Email, InvalidEmail};

@@ -1,25 +1,12 @@
 //! The validated values a publish request is made of. Parsing is the only way to build them, so an invalid value
 //! never reaches an event.
 
-use std::fmt;
-
 use serde::{Deserialize, Serialize};
 
-/// Why a value was refused: the field and a sentence a caller can act on.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {reason}")]
-pub struct InvalidValue {
-    /// The field, as the API names it.
-    pub field: &'static str,
-    /// What is wrong, safe to show.
-    pub reason: String,
-}
-
-impl InvalidValue {
-    fn new(field: &'static str, reason: impl Into<String>) -> Self {
-        Self { field, reason: reason.into() }
-    }
-}
+use crate::values::{identifier, string_value};
+// Shared with the other aggregates since blueprints got their own (`crate::values`); re-exported so that every
+// `domain::publishing::{values::text, BlueprintKey, InvalidValue}` keeps working.
+pub use crate::values::{text, BlueprintKey, InvalidValue};
 
 /// Labels that can never be published to: they name the organisation's own infrastructure or invite phishing.
 pub const RESERVED_SUBDOMAINS: &[&str] = &[
@@ -64,34 +51,6 @@ pub const RESERVED_SUBDOMAINS: &[&str] = &[
     "www",
 ];
 
-macro_rules! string_value {
-    ($(#[$meta:meta])* $name:ident) => {
-        $(#[$meta])*
-        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-        #[serde(transparent)]
-        pub struct $name(String);
-
-        impl $name {
-            /// The value as stored.
-            pub fn as_str(&self) -> &str {
-                &self.0
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
-            }
-        }
-
-        impl From<$name> for String {
-            fn from(value: $name) -> String {
-                value.0
-            }
-        }
-    };
-}
-
 string_value!(
     /// The DNS label an app is published at (`my-app` → `my-app.<org domain>`).
     Subdomain
@@ -103,10 +62,6 @@ string_value!(
 string_value!(
     /// The id of a workspace (its control plane's environment id).
     WorkspaceId
-);
-string_value!(
-    /// The key of a blueprint (`BLUEPRINT_KEY`).
-    BlueprintKey
 );
 string_value!(
     /// The id of a publish request (a UUID chosen by the API).
@@ -149,33 +104,10 @@ impl CommitId {
     }
 }
 
-/// 1–128 characters of `A-Z a-z 0-9 . _ -`, starting with a letter or digit.
-fn identifier(field: &'static str, raw: &str) -> Result<String, InvalidValue> {
-    let valid = !raw.is_empty()
-        && raw.len() <= 128
-        && raw.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-        && raw.as_bytes()[0].is_ascii_alphanumeric();
-    if valid {
-        Ok(raw.to_string())
-    } else {
-        Err(InvalidValue::new(
-            field,
-            "1 to 128 characters of A-Z, a-z, 0-9, '.', '_' and '-', starting with a letter or digit",
-        ))
-    }
-}
-
 impl WorkspaceId {
     /// See [`identifier`]'s rule.
     pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
         identifier("workspace_id", raw).map(Self)
-    }
-}
-
-impl BlueprintKey {
-    /// See [`identifier`]'s rule.
-    pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
-        identifier("blueprint_key", raw).map(Self)
     }
 }
 
@@ -192,22 +124,6 @@ pub const MAX_MESSAGE_CHARS: usize = 4_000;
 pub const MAX_REASON_CHARS: usize = 2_000;
 /// The largest patch any configuration may allow; the configured cap is at most this.
 pub const MAX_PATCH_BYTES: usize = 1024 * 1024;
-
-/// Checks free text: trimmed, not empty when required, at most `max` characters, no control characters other than
-/// newlines and tabs.
-pub fn text(field: &'static str, raw: &str, max: usize) -> Result<String, InvalidValue> {
-    let trimmed = raw.trim();
-    if trimmed.is_empty() {
-        return Err(InvalidValue::new(field, "must not be empty"));
-    }
-    if trimmed.chars().count() > max {
-        return Err(InvalidValue::new(field, format!("at most {max} characters")));
-    }
-    if trimmed.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
-        return Err(InvalidValue::new(field, "must not contain control characters"));
-    }
-    Ok(trimmed.to_string())
-}
 
 /// What a publish would change, as the builder's diff preview summarised it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

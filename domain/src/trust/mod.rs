@@ -14,7 +14,7 @@ use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
 
-use crate::publishing::BlueprintKey;
+use crate::values::BlueprintKey;
 use crate::Email;
 
 /// The id of the organisation's single trust rules aggregate.
