@@ -375,6 +375,7 @@ pub async fn aggregate_state(
         Roster::TYPE => replay::<Roster>(events)?,
         Publishing::TYPE => replay::<Publishing>(events)?,
         TrustRules::TYPE => replay::<TrustRules>(events)?,
+        domain::blueprint::Blueprint::TYPE => replay::<domain::blueprint::Blueprint>(events)?,
         domain::audit_access::AuditAccess::TYPE => replay::<domain::audit_access::AuditAccess>(events)?,
         _ => {
             return Err(

@@ -66,11 +66,21 @@ pub enum ProblemCode {
     AlreadyReviewed,
     /// A trust rule for this user and scope exists.
     DuplicateTrustRule,
+    /// A blueprint is registered under this key.
+    BlueprintExists,
+    /// The key belonged to a removed blueprint; keys are never reused.
+    BlueprintKeyRetired,
+    /// The blueprint was removed and takes no more changes.
+    BlueprintRemoved,
+    /// The blueprint is in that state already.
+    StateUnchanged,
+    /// The blueprint has that access rule already.
+    DuplicateAclRule,
 }
 
 impl ProblemCode {
     /// Every code, in the order docs/API.md lists them.
-    pub const ALL: [ProblemCode; 26] = [
+    pub const ALL: [ProblemCode; 31] = [
         ProblemCode::InvalidRequest,
         ProblemCode::PayloadTooLarge,
         ProblemCode::UnsupportedMediaType,
@@ -95,6 +105,11 @@ impl ProblemCode {
         ProblemCode::SelfApproval,
         ProblemCode::AlreadyReviewed,
         ProblemCode::DuplicateTrustRule,
+        ProblemCode::BlueprintExists,
+        ProblemCode::BlueprintKeyRetired,
+        ProblemCode::BlueprintRemoved,
+        ProblemCode::StateUnchanged,
+        ProblemCode::DuplicateAclRule,
         ProblemCode::StoreUnavailable,
         ProblemCode::Internal,
     ];
@@ -123,7 +138,12 @@ impl ProblemCode {
             | ProblemCode::RequestInFlight
             | ProblemCode::SubdomainTaken
             | ProblemCode::AlreadyReviewed
-            | ProblemCode::DuplicateTrustRule => StatusCode::CONFLICT,
+            | ProblemCode::DuplicateTrustRule
+            | ProblemCode::BlueprintExists
+            | ProblemCode::BlueprintKeyRetired
+            | ProblemCode::BlueprintRemoved
+            | ProblemCode::StateUnchanged
+            | ProblemCode::DuplicateAclRule => StatusCode::CONFLICT,
             ProblemCode::StaleVersion => StatusCode::PRECONDITION_FAILED,
             ProblemCode::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ProblemCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -159,6 +179,11 @@ impl ProblemCode {
             ProblemCode::SelfApproval => "self_approval",
             ProblemCode::AlreadyReviewed => "already_reviewed",
             ProblemCode::DuplicateTrustRule => "duplicate_trust_rule",
+            ProblemCode::BlueprintExists => "blueprint_exists",
+            ProblemCode::BlueprintKeyRetired => "blueprint_key_retired",
+            ProblemCode::BlueprintRemoved => "blueprint_removed",
+            ProblemCode::StateUnchanged => "state_unchanged",
+            ProblemCode::DuplicateAclRule => "duplicate_acl_rule",
         }
     }
 }

@@ -2,6 +2,7 @@
 //! `From<CommandError<E>> for Problem` (in `problem.rs`) is the one conversion every route uses.
 
 use domain::audit_access::AuditAccessError;
+use domain::blueprint::BlueprintError;
 use domain::firewall::FirewallError;
 use domain::publishing::PublishingError;
 use domain::relay::{AgentTokenError, SessionError, TicketError};
@@ -112,5 +113,28 @@ impl Rejection for AuditAccessError {
     fn code(&self) -> ProblemCode {
         // Nothing refuses a read record; were it to happen, recording failed and the read does not go ahead.
         ProblemCode::Internal
+    }
+}
+
+impl Rejection for BlueprintError {
+    fn code(&self) -> ProblemCode {
+        match self {
+            BlueprintError::NotRegistered
+            | BlueprintError::UnknownAclRule(_)
+            | BlueprintError::AiProviderNotConfigured(_) => ProblemCode::NotFound,
+            BlueprintError::AlreadyRegistered(_) => ProblemCode::BlueprintExists,
+            BlueprintError::KeyRetired(_) => ProblemCode::BlueprintKeyRetired,
+            BlueprintError::Removed(_) => ProblemCode::BlueprintRemoved,
+            BlueprintError::StateUnchanged { .. } => ProblemCode::StateUnchanged,
+            BlueprintError::DuplicateAclRule(_) => ProblemCode::DuplicateAclRule,
+            BlueprintError::Stale { .. } => ProblemCode::StaleVersion,
+            BlueprintError::Invalid(_) | BlueprintError::AclFull { .. } | BlueprintError::ApiKeyRequired(_) => {
+                ProblemCode::InvalidField
+            }
+        }
+    }
+
+    fn field(&self) -> Option<&'static str> {
+        BlueprintError::field(self)
     }
 }
