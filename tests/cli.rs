@@ -88,5 +88,8 @@ async fn a_schema_from_a_newer_version_is_refused() {
 fn an_unknown_projection_is_named_with_the_known_ones() {
     let dir = tempfile::tempdir().unwrap();
     let output = run(&["projections", "rebuild", "nope"], &[("GATEHOUSE_DATA_DIR", dir.path().to_str().unwrap())]);
-    assert_one_line_failure(&output, "known: audit_chain, members, publish_requests, trust_rules, sessions");
+    assert_one_line_failure(
+        &output,
+        "known: audit_chain, members, publish_requests, trust_rules, sessions, blueprints",
+    );
 }

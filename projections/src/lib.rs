@@ -9,6 +9,7 @@
 //! **Architecture Invariant:** read models can be rebuilt from the event log alone; this crate knows no HTTP.
 
 pub mod audit_chain;
+mod blueprints;
 mod members;
 mod projection;
 mod publishing;
@@ -17,6 +18,7 @@ pub mod revisions;
 mod runtime;
 mod sessions;
 
+pub use blueprints::{AiProviderSummary, BlueprintRow, BlueprintsProjection, BlueprintsQuery};
 pub use members::{MemberRow, MembersProjection, MembersQuery};
 pub use projection::{ApplyError, Projection, Tables, TimeKey};
 pub use publishing::{
@@ -38,5 +40,6 @@ pub fn all() -> Vec<std::sync::Arc<dyn Projection>> {
         std::sync::Arc::new(PublishRequestsProjection),
         std::sync::Arc::new(TrustRulesProjection),
         std::sync::Arc::new(SessionsProjection),
+        std::sync::Arc::new(BlueprintsProjection),
     ]
 }
