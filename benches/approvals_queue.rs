@@ -307,6 +307,8 @@ fn start_probes(store: &EventStore, settings: &Settings) -> (String, ServerHandl
         roster: Arc::new(AggregateRepository::new(store.clone(), ())),
         publishing: Arc::new(AggregateRepository::new(store.clone(), ())),
         trust: Arc::new(AggregateRepository::new(store.clone(), ())),
+        blueprints: Arc::new(AggregateRepository::new(store.clone(), ())),
+        blueprint_reads: projections::BlueprintsQuery::new(store.read_models().clone()),
         publishing_reads: PublishingQuery::new(store.read_models().clone()),
         publish_policy: settings.publish_policy().expect("the publish policy"),
         audit_access: Arc::new(AggregateRepository::new(store.clone(), ())),

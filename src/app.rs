@@ -118,6 +118,8 @@ impl Application {
             roster,
             publishing,
             trust,
+            blueprints: Arc::new(AggregateRepository::new(store.clone(), ())),
+            blueprint_reads: projections::BlueprintsQuery::new(store.read_models().clone()),
             publishing_reads: projections::PublishingQuery::new(store.read_models().clone()),
             publish_policy,
             audit_access: Arc::new(AggregateRepository::new(store.clone(), ())),

@@ -114,6 +114,9 @@ pub struct Caches {
     pub roles: ReadCache<String, CachedRole>,
     /// Serialized approvals-queue pages, from the `publish_requests` read model.
     pub queue: ReadCache<QueueKey, actix_web::web::Bytes>,
+    /// The blueprints a catalog may list, from the `blueprints` read model (each caller's catalog is judged from
+    /// them on every request, so an ACL change shows as soon as the read model has it).
+    pub catalog: ReadCache<(), std::sync::Arc<Vec<crate::blueprints::Listed>>>,
 }
 
 impl Caches {
@@ -127,6 +130,7 @@ impl Caches {
         Ok(Self {
             roles: ReadCache::new("roles", "members", revisions.clone(), 100_000, &counter),
             queue: ReadCache::new("approvals_queue", "publish_requests", revisions.clone(), 1_024, &counter),
+            catalog: ReadCache::new("catalog", "blueprints", revisions.clone(), 1, &counter),
         })
     }
 }

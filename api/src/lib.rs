@@ -6,6 +6,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod blueprints;
 pub mod cache;
 pub mod extract;
 pub mod headers;
@@ -22,10 +23,11 @@ pub mod relay;
 use std::sync::Arc;
 
 use actix_web::{web, HttpRequest};
+use domain::blueprint::Blueprint;
 use domain::publishing::Publishing;
 use domain::roster::Roster;
 use domain::trust::TrustRules;
-use projections::{MembersQuery, PublishingQuery, StatusBoard};
+use projections::{BlueprintsQuery, MembersQuery, PublishingQuery, StatusBoard};
 use store::{AggregateRepository, EventStore};
 
 pub use metrics::HttpMetrics;
@@ -54,6 +56,10 @@ pub struct AppState {
     pub publishing: Arc<AggregateRepository<Publishing>>,
     /// The trust rules aggregate.
     pub trust: Arc<AggregateRepository<TrustRules>>,
+    /// The blueprint aggregates, one per blueprint (ADR 0017).
+    pub blueprints: Arc<AggregateRepository<Blueprint>>,
+    /// The blueprints read model.
+    pub blueprint_reads: BlueprintsQuery,
     /// The publishing and trust rules read models.
     pub publishing_reads: PublishingQuery,
     /// The publishing policy in force.
@@ -152,6 +158,17 @@ pub fn configure(state: AppState) -> impl FnOnce(&mut web::ServiceConfig) {
             .service(audit::public_key)
             .service(audit::latest_checkpoint)
             .service(audit::list_checkpoints)
+            .service(blueprints::register)
+            .service(blueprints::list_blueprints)
+            .service(blueprints::get_blueprint)
+            .service(blueprints::update_details)
+            .service(blueprints::remove_blueprint)
+            .service(blueprints::set_state)
+            .service(blueprints::replace_acl)
+            .service(blueprints::add_acl_rule)
+            .service(blueprints::remove_acl_rule)
+            .service(blueprints::configure_workspace)
+            .service(blueprints::catalog)
             .service(publishing::list_requests)
             .service(publishing::approvals_queue)
             .service(publishing::get_request)

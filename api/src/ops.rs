@@ -24,6 +24,10 @@ use crate::{AppState, Problem, ProblemCode};
         crate::publishing::evaluate_trust, crate::publishing::get_trust_rule, crate::publishing::revoke_trust_rule,
         crate::audit::aggregate_events, crate::audit::aggregate_state, crate::audit::feed, crate::audit::export,
         crate::audit::public_key, crate::audit::latest_checkpoint, crate::audit::list_checkpoints,
+        crate::blueprints::register, crate::blueprints::list_blueprints, crate::blueprints::get_blueprint,
+        crate::blueprints::update_details, crate::blueprints::set_state, crate::blueprints::replace_acl,
+        crate::blueprints::add_acl_rule, crate::blueprints::remove_acl_rule, crate::blueprints::configure_workspace,
+        crate::blueprints::remove_blueprint, crate::blueprints::catalog,
     ),
     components(schemas(
         Problem, ProblemCode, Health, Readiness, ProjectionReadiness,
@@ -35,6 +39,11 @@ use crate::{AppState, Problem, ProblemCode};
         crate::publishing::TrustRuleView, crate::Page<crate::publishing::TrustRuleView>, crate::publishing::EvaluateView,
         crate::audit::EventView, crate::audit::AggregateEventsPage, crate::audit::FeedPage, crate::audit::StateView,
         crate::audit::PublicKeyView, crate::audit::CheckpointPage,
+        crate::blueprints::RegisterBlueprint, crate::blueprints::SourceInput, crate::blueprints::NamingInput,
+        crate::blueprints::DetailsPatch, crate::blueprints::StateInput, crate::blueprints::AclRuleInput,
+        crate::blueprints::AclInput, crate::blueprints::TabInput, crate::blueprints::WorkspaceInput,
+        crate::blueprints::AiProviderView, crate::blueprints::BlueprintView, crate::Page<crate::blueprints::BlueprintView>,
+        crate::blueprints::CatalogItem, crate::blueprints::Catalog,
     )),
     modifiers(&BearerAuth)
 )]

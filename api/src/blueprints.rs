@@ -1,0 +1,873 @@
+//! `/api/v1/blueprints` (admins; auditors read) and `/api/v1/catalog` (everyone): blueprints over HTTP (ADR 0017).
+//!
+//! Commands go to the blueprint's own aggregate, whose id is its key; lists and single blueprints come from the
+//! `blueprints` read model. `GET /api/v1/blueprints/{key}` waits (up to two seconds) for the read model to reach the
+//! aggregate's version, so an admin always reads their own write. Every change but registering takes an optional
+//! `If-Match` (412 when stale) and answers `204` with the new `ETag`. The catalog judges each listed row with
+//! [`domain::blueprint::catalog_entry`], from a copy of the listed rows kept until the read model moves
+//! ([`crate::cache`]).
+//!
+//! AI provider settings (with sealed keys) are not served yet; the read model already keeps their summaries.
+
+use std::sync::Arc;
+use std::time::Duration as StdDuration;
+
+use actix_web::http::StatusCode;
+use actix_web::{delete, get, patch, post, put, web, HttpRequest, HttpResponse};
+use domain::blueprint::{
+    Acl, AclRule, Blueprint, BlueprintCommand, BlueprintDetails, BlueprintKey, BlueprintSource, BlueprintState,
+    ClusterName, Description, DisplayName, GitBranch, GitRepository, LocalSource, NameTemplate, NamingTemplates, Port,
+    ProjectMode, ServiceName, Shell, ShellCommand, Tab, TabName, WorkspaceConfig,
+};
+use domain::roster::Role;
+use domain::values::InvalidValue;
+use projections::{AiProviderSummary, BlueprintRow};
+use serde::{Deserialize, Serialize};
+use store::{CommandError, EventMetadata};
+
+use crate::auth::Caller;
+use crate::extract::{Json, OptionalJson, Path, Query};
+use crate::{AppState, List, Problem, ProblemCode};
+
+// ---------------------------------------------------------------------------------------------------------------
+// Wire types
+
+/// Where workspaces come from (one kind today: `local`, Gatehouse is the control plane).
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SourceInput {
+    /// `local`.
+    pub kind: String,
+    /// The git repository: an `https://`, `http://`, `ssh://`, `git://` or `file://` URL, `user@host:path`, or an
+    /// absolute path.
+    pub repository: String,
+    /// The branch workspaces start on.
+    pub branch: String,
+    /// The command that starts the dev server.
+    #[serde(default)]
+    pub dev_command: Option<String>,
+    /// The ports the preview may show (at most 10, the default first).
+    #[serde(default)]
+    pub preview_ports: Vec<u32>,
+    /// The shell's absolute path (default `/bin/bash`).
+    #[serde(default)]
+    pub shell: Option<String>,
+}
+
+/// How projects and environments are named (placeholders `{user}`, `{blueprint}`, `{name}`, `{random}`).
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NamingInput {
+    /// The project's name template.
+    pub project: String,
+    /// The environment's name template.
+    pub environment: String,
+}
+
+/// A blueprint to register.
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterBlueprint {
+    /// The key: 1–128 of `a-z 0-9 . _ -`, starting alphanumeric, no upper case. Never reused.
+    pub key: String,
+    /// What people call it (one line, up to 100 characters).
+    pub display_name: String,
+    /// What it is for (up to 2,000 characters).
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Where workspaces come from.
+    pub source: SourceInput,
+    /// The cluster workspaces run on (default: the default cluster).
+    #[serde(default)]
+    pub target_cluster: Option<String>,
+    /// The service that gets terminals and the preview (default: the first).
+    #[serde(default)]
+    pub primary_service: Option<String>,
+    /// `dedicated` (default) or `shared`.
+    #[serde(default)]
+    pub project_mode: Option<String>,
+    /// Naming templates (default `rde-{user}-{blueprint}` and `{user}-{name}`).
+    #[serde(default)]
+    pub naming: Option<NamingInput>,
+}
+
+/// A change to the General tab: every field given replaces the stored one, every field left out is kept. An empty
+/// `description`, `target_cluster` or `primary_service` clears it.
+#[derive(Debug, Default, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DetailsPatch {
+    /// What people call it.
+    #[serde(default)]
+    pub display_name: Option<String>,
+    /// What it is for ("" clears it).
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Where workspaces come from (as a whole).
+    #[serde(default)]
+    pub source: Option<SourceInput>,
+    /// The cluster ("" clears it).
+    #[serde(default)]
+    pub target_cluster: Option<String>,
+    /// The primary service ("" clears it).
+    #[serde(default)]
+    pub primary_service: Option<String>,
+    /// `dedicated` or `shared`.
+    #[serde(default)]
+    pub project_mode: Option<String>,
+    /// Naming templates.
+    #[serde(default)]
+    pub naming: Option<NamingInput>,
+}
+
+/// A state change.
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StateInput {
+    /// `testing`, `enabled` or `disabled`.
+    pub state: String,
+}
+
+/// One access rule.
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AclRuleInput {
+    /// `domain` or `email`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The domain (`company.com`, matched exactly) or the address.
+    pub value: String,
+}
+
+/// Every access rule at once (none: every member).
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AclInput {
+    /// The rules (at most 100, none twice).
+    pub rules: Vec<AclRuleInput>,
+}
+
+/// One tab of the workspace layout.
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TabInput {
+    /// `chat`, `claude_code`, `terminal` or `custom`.
+    pub kind: String,
+    /// A custom tab's label.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// A custom tab's command.
+    #[serde(default)]
+    pub command: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The workspace layout, as a whole.
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkspaceInput {
+    /// The tabs, in order (each built-in at most once; at most 20).
+    pub tabs: Vec<TabInput>,
+    /// Builders may not change the tabs (default false).
+    #[serde(default)]
+    pub lock_layout: bool,
+    /// Show the preview panel (default true).
+    #[serde(default = "yes")]
+    pub preview_panel: bool,
+    /// Show the path bar (default true).
+    #[serde(default = "yes")]
+    pub path_bar: bool,
+    /// Builders may open the preview at a public URL (default false).
+    #[serde(default)]
+    pub public_url: bool,
+}
+
+/// One AI provider's settings as admins see them: the key never, its last four characters when one is stored.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AiProviderView {
+    /// `anthropic`, `openai` or `custom`.
+    pub provider: String,
+    /// Whether workspaces use it.
+    pub enabled: bool,
+    /// `api_key` or `user_oauth`.
+    pub auth_mode: String,
+    /// The model.
+    pub model: String,
+    /// The custom provider's endpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// The stored key's last four characters.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_key_last_four: Option<String>,
+}
+
+impl From<AiProviderSummary> for AiProviderView {
+    fn from(summary: AiProviderSummary) -> Self {
+        Self {
+            provider: summary.provider.as_str().to_string(),
+            enabled: summary.enabled,
+            auth_mode: summary.auth_mode,
+            model: summary.model,
+            endpoint: summary.endpoint,
+            api_key_last_four: summary.api_key_last_four,
+        }
+    }
+}
+
+/// A blueprint, as admins and auditors see it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct BlueprintView {
+    /// The key.
+    pub key: String,
+    /// What people call it.
+    pub display_name: String,
+    /// What it is for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// The General tab as a whole: `display_name`, `description`, `source` (`kind`, `repository`, `branch`,
+    /// `dev_command`, `preview_ports`, `shell`), `target_cluster`, `primary_service`, `project_mode`, `naming`.
+    #[schema(value_type = Object)]
+    pub details: serde_json::Value,
+    /// `testing`, `enabled` or `disabled`.
+    pub state: String,
+    /// Whether it was removed (final).
+    pub removed: bool,
+    /// The access rules, `{type, value}` each; none: every member.
+    #[schema(value_type = Vec<Object>)]
+    pub acl: serde_json::Value,
+    /// The workspace layout: `tabs` (`{kind}`, custom ones with `name` and `command`), `lock_layout`,
+    /// `preview_panel`, `path_bar`, `public_url`.
+    #[schema(value_type = Object)]
+    pub workspace: serde_json::Value,
+    /// The AI providers, in the chat's order of preference.
+    pub ai_providers: Vec<AiProviderView>,
+    /// When it was registered (RFC 3339).
+    pub registered_at: String,
+    /// Who registered it.
+    pub registered_by: String,
+    /// When it last changed (RFC 3339).
+    pub updated_at: String,
+    /// Who last changed it.
+    pub updated_by: String,
+    /// Its version, as its ETag carries it.
+    pub version: i64,
+}
+
+impl BlueprintView {
+    /// The view of a read-model row.
+    pub fn from_row(row: BlueprintRow) -> Result<Self, Problem> {
+        let parse = |raw: &str| {
+            serde_json::from_str::<serde_json::Value>(raw).map_err(|error| {
+                tracing::error!(error.message = %error, "a blueprints row does not parse");
+                Problem::internal()
+            })
+        };
+        let ai: Vec<AiProviderSummary> = serde_json::from_str(&row.ai).map_err(|_| Problem::internal())?;
+        Ok(Self {
+            details: parse(&row.details)?,
+            acl: parse(&row.acl)?,
+            workspace: parse(&row.workspace)?,
+            ai_providers: ai.into_iter().map(AiProviderView::from).collect(),
+            key: row.blueprint_key,
+            display_name: row.display_name,
+            description: row.description,
+            state: row.state,
+            removed: row.removed,
+            registered_at: row.registered_at,
+            registered_by: row.registered_by,
+            updated_at: row.updated_at,
+            updated_by: row.updated_by,
+            version: row.version,
+        })
+    }
+
+    /// The view of a blueprint just registered, from the aggregate (the read model follows).
+    fn registered(blueprint: &Blueprint, by: &str) -> Result<Self, Problem> {
+        let (Some(key), Some(details)) = (blueprint.key(), blueprint.details()) else {
+            return Err(Problem::internal());
+        };
+        let value = |value: serde_json::Result<serde_json::Value>| value.map_err(|_| Problem::internal());
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        Ok(Self {
+            key: key.to_string(),
+            display_name: details.display_name.to_string(),
+            description: details.description.as_ref().map(ToString::to_string),
+            details: value(serde_json::to_value(details))?,
+            state: blueprint.state().as_str().to_string(),
+            removed: blueprint.is_removed(),
+            acl: value(serde_json::to_value(blueprint.acl()))?,
+            workspace: value(serde_json::to_value(blueprint.workspace()))?,
+            ai_providers: Vec::new(),
+            registered_at: now.clone(),
+            registered_by: by.to_string(),
+            updated_at: now,
+            updated_by: by.to_string(),
+            version: i64::try_from(blueprint.version()).unwrap_or(i64::MAX),
+        })
+    }
+}
+
+/// A page of blueprints, in key order.
+pub type BlueprintPage = crate::Page<BlueprintView>;
+
+/// Filters of the admin list.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct BlueprintListQuery {
+    /// Include removed blueprints (default false).
+    pub include_removed: Option<bool>,
+}
+
+/// A blueprint in the caller's catalog.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct CatalogItem {
+    /// The key.
+    pub key: String,
+    /// What people call it.
+    pub display_name: String,
+    /// What it is for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Shown as "coming soon" (being tested).
+    pub coming_soon: bool,
+    /// The caller may create a workspace from it.
+    pub launchable: bool,
+}
+
+/// The caller's catalog, in key order.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Catalog {
+    /// The blueprints listed for the caller.
+    pub items: Vec<CatalogItem>,
+}
+
+/// A listed blueprint as the catalog cache keeps it: what it shows, and what the catalog rule judges.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    key: String,
+    display_name: String,
+    description: Option<String>,
+    state: BlueprintState,
+    acl: Acl,
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Helpers
+
+fn invalid(error: InvalidValue) -> Problem {
+    Problem::invalid_field(error.field, error.reason)
+}
+
+fn not_found(key: &str) -> Problem {
+    Problem::new(ProblemCode::NotFound, "Not found").detail(format!("No blueprint {key}."))
+}
+
+/// The key in a path: a key that cannot name a blueprint names none (404).
+fn key_from_path(raw: &str) -> Result<BlueprintKey, Problem> {
+    BlueprintKey::parse(raw).map_err(|_| not_found(raw))
+}
+
+fn optional<T>(raw: Option<&str>, parse: impl FnOnce(&str) -> Result<T, InvalidValue>) -> Result<Option<T>, Problem> {
+    match raw.map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(raw) => parse(raw).map(Some).map_err(invalid),
+    }
+}
+
+fn source(input: &SourceInput) -> Result<BlueprintSource, Problem> {
+    if input.kind != "local" {
+        return Err(Problem::invalid_field("source.kind", "the only source kind is local"));
+    }
+    let repository = GitRepository::parse(&input.repository).map_err(invalid)?;
+    let branch = GitBranch::parse(&input.branch).map_err(invalid)?;
+    let dev_command = optional(input.dev_command.as_deref(), |raw| ShellCommand::parse("source.dev_command", raw))?;
+    let ports = input.preview_ports.iter().map(|port| Port::new(*port)).collect::<Result<Vec<_>, _>>();
+    let shell = optional(input.shell.as_deref(), Shell::parse)?.unwrap_or_default();
+    let local = LocalSource::new(repository, branch, dev_command, ports.map_err(invalid)?, shell).map_err(invalid)?;
+    Ok(BlueprintSource::Local(local))
+}
+
+fn project_mode(raw: &str) -> Result<ProjectMode, Problem> {
+    match raw {
+        "dedicated" => Ok(ProjectMode::Dedicated),
+        "shared" => Ok(ProjectMode::Shared),
+        _ => Err(Problem::invalid_field("project_mode", "project_mode is dedicated or shared")),
+    }
+}
+
+fn naming(input: &NamingInput) -> Result<NamingTemplates, Problem> {
+    Ok(NamingTemplates {
+        project: NameTemplate::parse("naming.project", &input.project).map_err(invalid)?,
+        environment: NameTemplate::parse("naming.environment", &input.environment).map_err(invalid)?,
+    })
+}
+
+fn details(input: &RegisterBlueprint) -> Result<BlueprintDetails, Problem> {
+    Ok(BlueprintDetails {
+        display_name: DisplayName::parse(&input.display_name).map_err(invalid)?,
+        description: optional(input.description.as_deref(), Description::parse)?,
+        source: source(&input.source)?,
+        target_cluster: optional(input.target_cluster.as_deref(), ClusterName::parse)?,
+        primary_service: optional(input.primary_service.as_deref(), ServiceName::parse)?,
+        project_mode: input.project_mode.as_deref().map(project_mode).transpose()?.unwrap_or_default(),
+        naming: input.naming.as_ref().map(naming).transpose()?.unwrap_or_default(),
+    })
+}
+
+fn patched(mut current: BlueprintDetails, patch: &DetailsPatch) -> Result<BlueprintDetails, Problem> {
+    if let Some(raw) = &patch.display_name {
+        current.display_name = DisplayName::parse(raw).map_err(invalid)?;
+    }
+    if let Some(raw) = &patch.description {
+        current.description = optional(Some(raw), Description::parse)?;
+    }
+    if let Some(input) = &patch.source {
+        current.source = source(input)?;
+    }
+    if let Some(raw) = &patch.target_cluster {
+        current.target_cluster = optional(Some(raw), ClusterName::parse)?;
+    }
+    if let Some(raw) = &patch.primary_service {
+        current.primary_service = optional(Some(raw), ServiceName::parse)?;
+    }
+    if let Some(raw) = &patch.project_mode {
+        current.project_mode = project_mode(raw)?;
+    }
+    if let Some(input) = &patch.naming {
+        current.naming = naming(input)?;
+    }
+    Ok(current)
+}
+
+fn acl_rule(input: &AclRuleInput) -> Result<AclRule, Problem> {
+    AclRule::parse(&input.kind, &input.value).map_err(invalid)
+}
+
+fn workspace(input: &WorkspaceInput) -> Result<WorkspaceConfig, Problem> {
+    let tabs = input
+        .tabs
+        .iter()
+        .map(|tab| match tab.kind.as_str() {
+            "chat" => Ok(Tab::Chat),
+            "claude_code" => Ok(Tab::ClaudeCode),
+            "terminal" => Ok(Tab::Terminal),
+            "custom" => Ok(Tab::Custom {
+                name: TabName::parse(tab.name.as_deref().unwrap_or_default()).map_err(invalid)?,
+                command: ShellCommand::parse("workspace.tabs.command", tab.command.as_deref().unwrap_or_default())
+                    .map_err(invalid)?,
+            }),
+            _ => Err(Problem::invalid_field("workspace.tabs.kind", "a tab is chat, claude_code, terminal or custom")),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    WorkspaceConfig::new(tabs, input.lock_layout, input.preview_panel, input.path_bar, input.public_url)
+        .map_err(invalid)
+}
+
+fn metadata(caller: &Caller, request: &HttpRequest) -> EventMetadata {
+    EventMetadata::for_request(caller.email.to_string(), crate::request_id(request))
+}
+
+fn etag(version: u64) -> String {
+    format!("\"{version}\"")
+}
+
+/// Runs a change on an existing blueprint and answers `204` with its new `ETag`. The command carries the caller's
+/// `If-Match`, so a lost race is decided again on the winner's state: with `If-Match` that answers 412, without it
+/// the change is made on the newer state (what the caller would get arriving a moment later).
+async fn change(
+    state: &AppState,
+    caller: &Caller,
+    request: &HttpRequest,
+    key: &BlueprintKey,
+    command: BlueprintCommand,
+) -> Result<HttpResponse, Problem> {
+    let committed = state
+        .blueprints
+        .execute_retrying(key.as_str(), command, &metadata(caller, request), 5)
+        .await
+        .map_err(Problem::from)?;
+    Ok(HttpResponse::NoContent().insert_header(("ETag", etag(committed.version))).finish())
+}
+
+/// Reads one blueprint from the read model, at least as new as its aggregate: when the projector has not caught up
+/// yet (an admin reading their own fresh write), it waits for it, up to two seconds.
+async fn read_blueprint(state: &AppState, key: &BlueprintKey) -> Result<Option<BlueprintRow>, Problem> {
+    let (blueprint, version) = state.blueprints.load(key.as_str()).await.map_err(Problem::from)?;
+    if !blueprint.is_registered() {
+        return Ok(None);
+    }
+    let wanted = i64::try_from(version).unwrap_or(i64::MAX);
+    let deadline = std::time::Instant::now() + StdDuration::from_secs(2);
+    loop {
+        let row = state.blueprint_reads.get(key.as_str()).await.map_err(store::StoreError::from)?;
+        if row.as_ref().is_some_and(|row| row.version >= wanted) {
+            return Ok(row);
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(Problem::store_unavailable()
+                .detail("The blueprint exists but its read model is behind; retry shortly."));
+        }
+        actix_web::rt::time::sleep(StdDuration::from_millis(10)).await;
+    }
+}
+
+/// The cursor of the admin list (a key).
+#[derive(Debug, Clone)]
+pub struct KeyCursor(String);
+
+impl crate::PageCursor for KeyCursor {
+    fn decode(raw: &str) -> Option<Self> {
+        BlueprintKey::parse(raw).ok().map(|key| KeyCursor(key.to_string()))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Admin routes
+
+/// Registers a blueprint (admins). It starts in `testing`, open to every member, with the default layout.
+#[utoipa::path(post, path = "/api/v1/blueprints", tag = "blueprints", request_body = RegisterBlueprint,
+    security(("bearer" = [])),
+    responses((status = 201, body = BlueprintView, headers(("ETag" = String, description = "The blueprint's version"),
+                                                             ("Location" = String, description = "The blueprint"))),
+              (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
+              (status = 409, body = Problem), (status = 413, body = Problem), (status = 415, body = Problem),
+              (status = 422, body = Problem), (status = 503, body = Problem)))]
+#[post("/api/v1/blueprints")]
+pub async fn register(
+    caller: Caller,
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    body: Json<RegisterBlueprint>,
+) -> Result<HttpResponse, Problem> {
+    caller.require(&[Role::Admin])?;
+    // The body's field is `key`, whatever name the value's own rule gives it.
+    let key = BlueprintKey::parse_new(&body.key).map_err(|error| Problem::invalid_field("key", error.reason))?;
+    let details = details(&body)?;
+    let command = BlueprintCommand::Register { key: key.clone(), details, by: caller.email.clone() };
+    // A lost race is decided again: the winner's registration makes it 409 blueprint_exists.
+    let committed = state
+        .blueprints
+        .execute_retrying(key.as_str(), command, &metadata(&caller, &request), 5)
+        .await
+        .map_err(Problem::from)?;
+    let blueprint = match state.blueprints.peek(key.as_str()) {
+        Some((blueprint, _)) => blueprint,
+        None => state.blueprints.load(key.as_str()).await.map_err(Problem::from)?.0,
+    };
+    let view = BlueprintView::registered(&blueprint, caller.email.as_str())?;
+    Ok(HttpResponse::build(StatusCode::CREATED)
+        .insert_header(("Location", format!("/api/v1/blueprints/{key}")))
+        .insert_header(("ETag", etag(committed.version)))
+        .json(view))
+}
+
+/// Lists blueprints in key order (admins and auditors).
+#[utoipa::path(get, path = "/api/v1/blueprints", tag = "blueprints", params(BlueprintListQuery, crate::PageParams),
+    security(("bearer" = [])),
+    responses((status = 200, body = crate::Page<BlueprintView>), (status = 400, body = Problem),
+              (status = 401, body = Problem), (status = 403, body = Problem), (status = 422, body = Problem)))]
+#[get("/api/v1/blueprints")]
+pub async fn list_blueprints(
+    caller: Caller,
+    state: web::Data<AppState>,
+    query: List<BlueprintListQuery, KeyCursor>,
+) -> Result<web::Json<BlueprintPage>, Problem> {
+    caller.require(&[Role::Admin, Role::Auditor])?;
+    let List { filters, page } = query;
+    let after = page.after.as_ref().map(|cursor| cursor.0.as_str());
+    let rows = state
+        .blueprint_reads
+        .list(after, filters.include_removed.unwrap_or(false), page.fetch())
+        .await
+        .map_err(store::StoreError::from)?;
+    let views = rows
+        .into_iter()
+        .map(|row| Ok((row.blueprint_key.clone(), BlueprintView::from_row(row)?)))
+        .collect::<Result<Vec<_>, Problem>>()?;
+    Ok(web::Json(crate::Page::from_rows(views, page.limit, |(key, _)| key.clone(), |(_, view)| view)))
+}
+
+/// One blueprint (admins and auditors), removed ones too.
+#[utoipa::path(get, path = "/api/v1/blueprints/{key}", tag = "blueprints", security(("bearer" = [])),
+    responses((status = 200, body = BlueprintView, headers(("ETag" = String, description = "The blueprint's version, for If-Match"))),
+              (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem),
+              (status = 422, body = Problem), (status = 503, body = Problem)))]
+#[get("/api/v1/blueprints/{key}")]
+pub async fn get_blueprint(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: Path<String>,
+) -> Result<HttpResponse, Problem> {
+    caller.require(&[Role::Admin, Role::Auditor])?;
+    let key = key_from_path(&path)?;
+    let row = read_blueprint(&state, &key).await?.ok_or_else(|| not_found(key.as_str()))?;
+    let version = row.version;
+    Ok(HttpResponse::Ok().insert_header(("ETag", format!("\"{version}\""))).json(BlueprintView::from_row(row)?))
+}
+
+/// Changes the General tab (admins): the fields given replace the stored ones. With `If-Match`, only if unchanged.
+#[utoipa::path(patch, path = "/api/v1/blueprints/{key}", tag = "blueprints", request_body = DetailsPatch,
+    security(("bearer" = [])),
+    responses((status = 204, headers(("ETag" = String, description = "The new version"))),
+              (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
+              (status = 404, body = Problem), (status = 409, body = Problem), (status = 412, body = Problem),
+              (status = 413, body = Problem), (status = 415, body = Problem), (status = 422, body = Problem),
+              (status = 503, body = Problem)))]
+#[patch("/api/v1/blueprints/{key}")]
+pub async fn update_details(
+    caller: Caller,
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    path: Path<String>,
+    body: Json<DetailsPatch>,
+) -> Result<HttpResponse, Problem> {
+    caller.require(&[Role::Admin])?;
+    let key = key_from_path(&path)?;
+    let if_version = crate::if_match(&request)?;
+    // The patch applies to the details of one version: the command runs only on that version, so a change made
+    // in between is never overwritten by fields the caller did not send.
+    let (blueprint, version) = state.blueprints.load(key.as_str()).await.map_err(Problem::from)?;
+    let current = blueprint.details().cloned().ok_or_else(|| not_found(key.as_str()))?;
+    let details = patched(current, &body)?;
+    let command = BlueprintCommand::UpdateDetails { details, by: caller.email.clone(), if_version };
+    let committed = state
+        .blueprints
+        .execute_expecting(key.as_str(), command, &metadata(&caller, &request), Some(version))
+        .await
+        .map_err(|error| match error {
+            // Without If-Match the caller named no version: a change in between is a race to retry, not a 412.
+            CommandError::VersionMismatch { .. } if if_version.is_none() => {
+                Problem::from(CommandError::<domain::blueprint::BlueprintError>::Conflict)
+            }
+            error => Problem::from(error),
+        })?;
+    Ok(HttpResponse::NoContent().insert_header(("ETag", etag(committed.version))).finish())
+}
+
+/// Enables, disables or sets testing (admins); the current state again is 409 `state_unchanged`.
+#[utoipa::path(put, path = "/api/v1/blueprints/{key}/state", tag = "blueprints", request_body = StateInput,
+    security(("bearer" = [])),
+    responses((status = 204, headers(("ETag" = String, description = "The new version"))),
+              (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
+              (status = 404, body = Problem), (status = 409, body = Problem), (status = 412, body = Problem),
+              (status = 413, body = Problem), (status = 415, body = Problem), (status = 422, body = Problem),
+              (status = 503, body = Problem)))]
+#[put("/api/v1/blueprints/{key}/state")]
+pub async fn set_state(
+    caller: Caller,
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    path: Path<String>,
+    body: Json<StateInput>,
+) -> Result<HttpResponse, Problem> {
+    caller.require(&[Role::Admin])?;
+    let key = key_from_path(&path)?;
+    let new_state = BlueprintState::parse(&body.state).map_err(invalid)?;
+    let command = BlueprintCommand::SetState {
+        state: new_state,
+        by: caller.email.clone(),
+        if_version: crate::if_match(&request)?,
+    };
+    change(&state, &caller, &request, &key, command).await
+}
+
+/// Replaces every access rule (admins); none opens the blueprint to every member.
+#[utoipa::path(put, path = "/api/v1/blueprints/{key}/acl", tag = "blueprints", request_body = AclInput,
+    security(("bearer" = [])),
+    responses((status = 204, headers(("ETag" = String, description = "The new version"))),
+              (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
+              (status = 404, body = Problem), (status = 409, body = Problem), (status = 412, body = Problem),
+              (status = 413, body = Problem), (status = 415, body = Problem), (status = 422, body = Problem),
+              (status = 503, body = Problem)))]
+#[put("/api/v1/blueprints/{key}/acl")]
+pub async fn replace_acl(
+    caller: Caller,
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    path: Path<String>,
+    body: Json<AclInput>,
+) -> Result<HttpResponse, Problem> {
+    caller.require(&[Role::Admin])?;
+    let key = key_from_path(&path)?;
+    let rules = body.rules.iter().map(acl_rule).collect::<Result<Vec<_>, _>>()?;
+    let acl = Acl::new(rules).map_err(invalid)?;
+    let command =
+        BlueprintCommand::ReplaceAcl { acl, by: caller.email.clone(), if_version: crate::if_match(&request)? };
+    change(&state, &caller, &request, &key, command).await
+}
+
+/// Adds one access rule (admins); a rule already there is 409 `duplicate_acl_rule`.
+#[utoipa::path(post, path = "/api/v1/blueprints/{key}/acl", tag = "blueprints", request_body = AclRuleInput,
+    security(("bearer" = [])),
+    responses((status = 204, headers(("ETag" = String, description = "The new version"))),
+              (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
+              (status = 404, body = Problem), (status = 409, body = Problem), (status = 412, body = Problem),
+              (status = 413, body = Problem), (status = 415, body = Problem), (status = 422, body = Problem),
+              (status = 503, body = Problem)))]
+#[post("/api/v1/blueprints/{key}/acl")]
+pub async fn add_acl_rule(
+    caller: Caller,
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    path: Path<String>,
+    body: Json<AclRuleInput>,
+) -> Result<HttpResponse, Problem> {
+    caller.require(&[Role::Admin])?;
+    let key = key_from_path(&path)?;
+    let rule = acl_rule(&body)?;
+    let command =
+        BlueprintCommand::AddAclRule { rule, by: caller.email.clone(), if_version: crate::if_match(&request)? };
+    change(&state, &caller, &request, &key, command).await
+}
+
+/// Which rule to remove, when the query names it.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct AclRuleQuery {
+    /// `domain` or `email`.
+    #[serde(rename = "type")]
+    #[param(rename = "type")]
+    pub kind: Option<String>,
+    /// The domain or the address.
+    pub value: Option<String>,
+}
+
+/// Removes one access rule (admins), named by the body (`{"type": "domain", "value": "company.com"}`) or by the
+/// query (`?type=domain&value=company.com`); an unknown rule is 404.
+#[utoipa::path(delete, path = "/api/v1/blueprints/{key}/acl", tag = "blueprints", params(AclRuleQuery),
+    request_body = Option<AclRuleInput>, security(("bearer" = [])),
+    responses((status = 204, headers(("ETag" = String, description = "The new version"))),
+              (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
+              (status = 404, body = Problem), (status = 409, body = Problem), (status = 412, body = Problem),
+              (status = 413, body = Problem), (status = 415, body = Problem), (status = 422, body = Problem),
+              (status = 503, body = Problem)))]
+#[delete("/api/v1/blueprints/{key}/acl")]
+pub async fn remove_acl_rule(
+    caller: Caller,
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    path: Path<String>,
+    query: Query<AclRuleQuery>,
+    body: OptionalJson<AclRuleInput>,
+) -> Result<HttpResponse, Problem> {
+    caller.require(&[Role::Admin])?;
+    let key = key_from_path(&path)?;
+    let named = match (&body.value, &query.kind, &query.value) {
+        (Some(rule), None, None) => rule.clone(),
+        (None, Some(kind), Some(value)) => AclRuleInput { kind: kind.clone(), value: value.clone() },
+        (Some(_), _, _) => {
+            return Err(Problem::invalid_field("type", "name the rule in the body or the query, not both"))
+        }
+        (None, None, _) => return Err(Problem::invalid_field("type", "name the rule's type and value")),
+        (None, Some(_), None) => return Err(Problem::invalid_field("value", "name the rule's type and value")),
+    };
+    let rule = acl_rule(&named)?;
+    let command =
+        BlueprintCommand::RemoveAclRule { rule, by: caller.email.clone(), if_version: crate::if_match(&request)? };
+    change(&state, &caller, &request, &key, command).await
+}
+
+/// Replaces the workspace layout (admins).
+#[utoipa::path(put, path = "/api/v1/blueprints/{key}/workspace", tag = "blueprints", request_body = WorkspaceInput,
+    security(("bearer" = [])),
+    responses((status = 204, headers(("ETag" = String, description = "The new version"))),
+              (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
+              (status = 404, body = Problem), (status = 409, body = Problem), (status = 412, body = Problem),
+              (status = 413, body = Problem), (status = 415, body = Problem), (status = 422, body = Problem),
+              (status = 503, body = Problem)))]
+#[put("/api/v1/blueprints/{key}/workspace")]
+pub async fn configure_workspace(
+    caller: Caller,
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    path: Path<String>,
+    body: Json<WorkspaceInput>,
+) -> Result<HttpResponse, Problem> {
+    caller.require(&[Role::Admin])?;
+    let key = key_from_path(&path)?;
+    let workspace = workspace(&body)?;
+    let command = BlueprintCommand::ConfigureWorkspace {
+        workspace,
+        by: caller.email.clone(),
+        if_version: crate::if_match(&request)?,
+    };
+    change(&state, &caller, &request, &key, command).await
+}
+
+/// Removes a blueprint for good (admins): no new workspaces, no more changes, and its key is never registered again.
+#[utoipa::path(delete, path = "/api/v1/blueprints/{key}", tag = "blueprints", security(("bearer" = [])),
+    responses((status = 204, headers(("ETag" = String, description = "The new version"))),
+              (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem),
+              (status = 409, body = Problem), (status = 412, body = Problem), (status = 422, body = Problem),
+              (status = 503, body = Problem)))]
+#[delete("/api/v1/blueprints/{key}")]
+pub async fn remove_blueprint(
+    caller: Caller,
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    path: Path<String>,
+) -> Result<HttpResponse, Problem> {
+    caller.require(&[Role::Admin])?;
+    let key = key_from_path(&path)?;
+    let command = BlueprintCommand::Remove { by: caller.email.clone(), if_version: crate::if_match(&request)? };
+    change(&state, &caller, &request, &key, command).await
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Catalog
+
+/// The caller's catalog (every member): enabled blueprints the ACL allows, testing ones as "coming soon"
+/// (launchable by admins only); disabled and removed ones never. Admins pass every ACL.
+#[utoipa::path(get, path = "/api/v1/catalog", tag = "blueprints", security(("bearer" = [])),
+    responses((status = 200, body = Catalog), (status = 401, body = Problem), (status = 403, body = Problem),
+              (status = 503, body = Problem)))]
+#[get("/api/v1/catalog")]
+pub async fn catalog(caller: Caller, state: web::Data<AppState>) -> Result<web::Json<Catalog>, Problem> {
+    // The listed rows are the same for everyone until the read model moves: served from memory (crate::cache).
+    let listed = match state.caches.catalog.get(&()) {
+        Some(listed) => listed,
+        None => {
+            let revision = state.caches.catalog.revision();
+            let rows = state.blueprint_reads.listed().await.map_err(store::StoreError::from)?;
+            let listed = rows
+                .into_iter()
+                .map(|row| {
+                    let broken = || {
+                        tracing::error!(blueprint = %row.blueprint_key, "a blueprints row does not parse");
+                        Problem::internal()
+                    };
+                    let state = BlueprintState::parse(&row.state).map_err(|_| broken())?;
+                    let acl: Acl = serde_json::from_str(&row.acl).map_err(|_| broken())?;
+                    Ok(Listed {
+                        key: row.blueprint_key,
+                        display_name: row.display_name,
+                        description: row.description,
+                        state,
+                        acl,
+                    })
+                })
+                .collect::<Result<Vec<_>, Problem>>()?;
+            let listed = Arc::new(listed);
+            state.caches.catalog.insert(revision, (), listed.clone());
+            listed
+        }
+    };
+    let is_admin = caller.role == Role::Admin;
+    let items = listed
+        .iter()
+        .filter_map(|blueprint| {
+            let entry =
+                domain::blueprint::catalog_entry(blueprint.state, false, &blueprint.acl, &caller.email, is_admin)?;
+            Some(CatalogItem {
+                key: blueprint.key.clone(),
+                display_name: blueprint.display_name.clone(),
+                description: blueprint.description.clone(),
+                coming_soon: entry.coming_soon,
+                launchable: entry.launchable,
+            })
+        })
+        .collect();
+    Ok(web::Json(Catalog { items }))
+}
