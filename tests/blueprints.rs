@@ -177,6 +177,22 @@ async fn a_blueprint_goes_from_registration_to_removal() {
         let (status, read) = api.get("/api/v1/blueprints/api", Some(&root)).await;
         assert_eq!((status, read["removed"].as_bool()), (200, Some(true)), "a removed blueprint can still be read");
 
+        // With an Idempotency-Key a retried registration gets the first answer, not 409.
+        for attempt in 0..2 {
+            let response = api
+                .http
+                .post(format!("{}/api/v1/blueprints", api.base))
+                .bearer_auth(&root)
+                .header("Idempotency-Key", "register-docs")
+                .json(&registration("docs"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status().as_u16(), 201, "{backend}: attempt {attempt}");
+            assert_eq!(response.headers()["location"], "/api/v1/blueprints/docs");
+            assert_eq!(response.headers().contains_key("idempotent-replayed"), attempt == 1);
+        }
+
         // The audit replay knows the blueprint type.
         let (status, replayed) = api.get("/api/v1/aggregates/blueprint/web/state", Some(&audra)).await;
         assert_eq!(status, 200, "{replayed}");

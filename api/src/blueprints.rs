@@ -526,8 +526,10 @@ impl crate::PageCursor for KeyCursor {
 // ---------------------------------------------------------------------------------------------------------------
 // Admin routes
 
-/// Registers a blueprint (admins). It starts in `testing`, open to every member, with the default layout.
+/// Registers a blueprint (admins). It starts in `testing`, open to every member, with the default layout. Send an
+/// `Idempotency-Key` so that a retry gets the first answer rather than 409 `blueprint_exists`.
 #[utoipa::path(post, path = "/api/v1/blueprints", tag = "blueprints", request_body = RegisterBlueprint,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe")),
     security(("bearer" = [])),
     responses((status = 201, body = BlueprintView, headers(("ETag" = String, description = "The blueprint's version"),
                                                              ("Location" = String, description = "The blueprint"))),
@@ -542,25 +544,42 @@ pub async fn register(
     body: Json<RegisterBlueprint>,
 ) -> Result<HttpResponse, Problem> {
     caller.require(&[Role::Admin])?;
-    // The body's field is `key`, whatever name the value's own rule gives it.
-    let key = BlueprintKey::parse_new(&body.key).map_err(|error| Problem::invalid_field("key", error.reason))?;
-    let details = details(&body)?;
-    let command = BlueprintCommand::Register { key: key.clone(), details, by: caller.email.clone() };
-    // A lost race is decided again: the winner's registration makes it 409 blueprint_exists.
-    let committed = state
-        .blueprints
-        .execute_retrying(key.as_str(), command, &metadata(&caller, &request), 5)
-        .await
-        .map_err(Problem::from)?;
-    let blueprint = match state.blueprints.peek(key.as_str()) {
-        Some((blueprint, _)) => blueprint,
-        None => state.blueprints.load(key.as_str()).await.map_err(Problem::from)?.0,
-    };
-    let view = BlueprintView::registered(&blueprint, caller.email.as_str())?;
-    Ok(HttpResponse::build(StatusCode::CREATED)
-        .insert_header(("Location", format!("/api/v1/blueprints/{key}")))
-        .insert_header(("ETag", etag(committed.version)))
-        .json(view))
+    let fingerprint = serde_json::to_string(&*body).map_err(|_| Problem::internal())?;
+    let (state, caller, request, body) = (&state, &caller, &request, &body);
+    crate::idempotency::run(state, caller, request, fingerprint, |attempt| async move {
+        // The body's field is `key`, whatever name the value's own rule gives it.
+        let key = BlueprintKey::parse_new(&body.key).map_err(|error| Problem::invalid_field("key", error.reason))?;
+        let details = details(body)?;
+        let command = BlueprintCommand::Register { key: key.clone(), details, by: caller.email.clone() };
+        let by = caller.email.to_string();
+        let render = move |blueprint: &Blueprint, version: u64| {
+            let view = BlueprintView::registered(blueprint, &by)?;
+            Ok(crate::idempotency::Reply {
+                status: StatusCode::CREATED,
+                body: serde_json::to_value(view).map_err(|_| Problem::internal())?,
+                location: Some(format!(
+                    "/api/v1/blueprints/{}",
+                    blueprint.key().map(BlueprintKey::as_str).unwrap_or_default()
+                )),
+                etag: Some(etag(version)),
+            })
+        };
+        let hook = attempt.before_append(render);
+        // A lost race is decided again: the winner's registration makes it 409 blueprint_exists.
+        state
+            .blueprints
+            .execute_retrying_prepared(
+                key.as_str(),
+                command,
+                &attempt.metadata(metadata(caller, request)),
+                5,
+                Some(&*hook),
+            )
+            .await
+            .map_err(Problem::from)?;
+        attempt.prepared().ok_or_else(Problem::internal)
+    })
+    .await
 }
 
 /// Lists blueprints in key order (admins and auditors).
