@@ -147,7 +147,7 @@ where
         let deadline = self.store.deadline();
         let mut attempt = 1;
         loop {
-            match self.run_before(deadline, aggregate_id, command.clone(), metadata, None, before_append).await {
+            match self.run(deadline, aggregate_id, command.clone(), metadata, None, before_append).await {
                 Err(CommandError::Conflict) if attempt < attempts => attempt += 1,
                 outcome => return outcome,
             }
@@ -168,25 +168,7 @@ where
         metadata: &EventMetadata,
         expected_version: Option<u64>,
     ) -> Result<Committed, CommandError<A::Error>> {
-        self.run_before(self.store.deadline(), aggregate_id, command, metadata, expected_version, None).await
-    }
-
-    /// Runs one command, answering by `deadline` (give or take the few milliseconds of a commit under way).
-    ///
-    /// Waiting for the aggregate's turn and reading the store give up at the deadline, dropped wherever they are
-    /// (both safe to drop). The append is not dropped: it runs as a task that starts no transaction after the
-    /// deadline and, once it has begun one, finishes it, and the command waits for it (docs/adr/0015). So an
-    /// `Unavailable` answer means nothing was committed, except where the connection was lost during a commit.
-    async fn run_before(
-        &self,
-        deadline: tokio::time::Instant,
-        aggregate_id: &str,
-        command: A::Command,
-        metadata: &EventMetadata,
-        expected_version: Option<u64>,
-        before_append: Option<&BeforeAppend<A>>,
-    ) -> Result<Committed, CommandError<A::Error>> {
-        self.run(deadline, aggregate_id, command, metadata, expected_version, before_append).await
+        self.run(self.store.deadline(), aggregate_id, command, metadata, expected_version, None).await
     }
 
     /// `work` (safe to drop) unless the deadline passes first.
@@ -198,6 +180,12 @@ where
         Ok(self.store.within(deadline, work).await?)
     }
 
+    /// Runs one command, answering by `deadline` (give or take the few milliseconds of a commit under way).
+    ///
+    /// Waiting for the aggregate's turn and reading the store give up at the deadline, dropped wherever they are
+    /// (both safe to drop). The append is not dropped: it runs as a task that starts no transaction after the
+    /// deadline and, once it has begun one, finishes it, and the command waits for it (docs/adr/0015). So an
+    /// `Unavailable` answer means nothing was committed, except where the connection was lost during a commit.
     async fn run(
         &self,
         deadline: tokio::time::Instant,
