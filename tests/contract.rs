@@ -313,6 +313,8 @@ async fn a_wrong_method_gets_405_with_allow_and_an_unknown_path_404() {
             (Method::POST, "/api/v1/firewall", "GET, PUT"),
             (Method::DELETE, "/healthz", "GET"),
             (Method::POST, "/api/v1/agent/connect", "GET"),
+            // A route of its own takes only its methods, not those of `/api/v1/trust-rules/{id}`, which it matches.
+            (Method::OPTIONS, "/api/v1/trust-rules/evaluate", "GET"),
         ] {
             let answer = raw(&api, method.clone(), path, Some(&root), None, "").await;
             assert_problem(&answer, 405, "method_not_allowed", None, &format!("{backend} {method} {path}"));

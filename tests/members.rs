@@ -426,3 +426,31 @@ async fn first_requests_refused_for_their_body_never_stall_later_writes() {
         assert!(all_active, "{}: {:?}", db.backend(), api.member_emails(&admin).await);
     }
 }
+
+/// The `Location` of a new member names it even when the address holds characters a URL gives meaning to (`?`,
+/// `#`, `/`, `%`): found by schemathesis following the link to a `?` address and reaching another path.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_location_of_a_member_is_percent_encoded_and_leads_to_it() {
+    for db in TestDb::all("member location").await {
+        let admin = issue_token(&db, "root@example.com", "admin", "1h");
+        let server = Server::start(&db, &[]);
+        let api = Api::new(&server);
+        let response = api
+            .http
+            .post(format!("{}/api/v1/members", api.base))
+            .bearer_auth(&admin)
+            .json(&json!({ "email": "a?b#c/d%e@example.com", "role": "member" }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 201, "{}", db.backend());
+        let location = response.headers()["location"].to_str().unwrap().to_string();
+        assert_eq!(location, "/api/v1/members/a%3Fb%23c%2Fd%25e@example.com", "{}", db.backend());
+        let found = eventually(Duration::from_secs(5), || async {
+            let (status, member) = api.get(&location, Some(&admin)).await;
+            status == 200 && member["email"] == "a?b#c/d%e@example.com"
+        })
+        .await;
+        assert!(found, "{}: {location} does not lead to the member", db.backend());
+    }
+}

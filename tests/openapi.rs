@@ -85,3 +85,63 @@ fn pages_are_documented_as_items_and_next() {
         assert_eq!(required, ["items"], "{name}: `next` is absent on the last page");
     }
 }
+
+/// Every string a request carries (body property, path, query or header parameter) is described by a pattern, an
+/// enumeration or a format, and every integer by its range, so a client generating input from the document (or
+/// schemathesis) stays within what the server accepts (`api/src/schemas.rs`).
+#[test]
+fn every_request_string_and_integer_carries_its_limits() {
+    let document = serde_json::to_value(api::ops::document()).expect("the document serializes");
+    let schemas = document["components"]["schemas"].clone();
+    let mut unbounded = Vec::new();
+    fn visit(schemas: &Value, schema: &Value, at: &str, seen: &mut BTreeSet<String>, out: &mut Vec<String>) {
+        if let Some(reference) = schema["$ref"].as_str() {
+            let name = reference.rsplit('/').next().unwrap_or_default().to_string();
+            if seen.insert(name.clone()) {
+                visit(schemas, &schemas[&name], &name, seen, out);
+            }
+            return;
+        }
+        for key in ["oneOf", "anyOf", "allOf"] {
+            for (index, branch) in schema[key].as_array().into_iter().flatten().enumerate() {
+                visit(schemas, branch, &format!("{at}/{key}[{index}]"), seen, out);
+            }
+        }
+        if let Some(properties) = schema["properties"].as_object() {
+            for (name, property) in properties {
+                visit(schemas, property, &format!("{at}.{name}"), seen, out);
+            }
+        }
+        if schema["items"].is_object() {
+            visit(schemas, &schema["items"], &format!("{at}[]"), seen, out);
+        }
+        let types: Vec<&str> = match &schema["type"] {
+            Value::String(one) => vec![one.as_str()],
+            Value::Array(many) => many.iter().filter_map(Value::as_str).collect(),
+            _ => Vec::new(),
+        };
+        let limited = ["pattern", "enum", "format", "const", "anyOf", "oneOf"].iter().any(|key| !schema[key].is_null());
+        if types.contains(&"string") && !limited {
+            out.push(format!("{at}: a string without pattern, enum or format"));
+        }
+        if types.contains(&"integer") && (schema["minimum"].is_null() || schema["maximum"].is_null()) {
+            out.push(format!("{at}: an integer without minimum and maximum"));
+        }
+    }
+    for (path, item) in document["paths"].as_object().expect("paths") {
+        for (method, operation) in item.as_object().expect("a path item") {
+            if path.ends_with("/terminal") || path.ends_with("/agent/connect") {
+                continue; // WebSocket upgrades: the protocol, not the document, describes what they carry.
+            }
+            let mut seen = BTreeSet::new();
+            for parameter in operation["parameters"].as_array().into_iter().flatten() {
+                let at = format!("{method} {path} {} {}", parameter["in"], parameter["name"]);
+                visit(&schemas, &parameter["schema"], &at, &mut seen, &mut unbounded);
+            }
+            for content in operation["requestBody"]["content"].as_object().into_iter().flat_map(|c| c.values()) {
+                visit(&schemas, &content["schema"], &format!("{method} {path} body"), &mut seen, &mut unbounded);
+            }
+        }
+    }
+    assert!(unbounded.is_empty(), "request values the document leaves unbounded:\n{}", unbounded.join("\n"));
+}

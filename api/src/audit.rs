@@ -73,10 +73,13 @@ pub struct AggregateEventsPage {
 
 /// Paging of one aggregate's events (as documented; [`Sequence`] and [`crate::Paging`] parse it).
 #[derive(Debug, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AggregateEventsQuery {
     /// Return events after this sequence number (default 0: from the first).
+    #[param(minimum = 0, maximum = 9_223_372_036_854_775_807_i64)]
     pub after: Option<u64>,
     /// Page size, 1 to 1,000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
 }
 
@@ -149,6 +152,7 @@ impl crate::PageCursor for CheckpointId {
 
 /// Where to replay up to.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct StateQuery {
     /// Replay events at or before this cursor (an event's `cursor`).
@@ -346,9 +350,7 @@ pub async fn aggregate_state(
     let (kind, id) = (aggregate_type(&kind)?, aggregate_id(&id)?);
     let at = query.at.as_deref().map(|raw| parse_cursor("at", raw)).transpose()?;
     let at_time = query.at_time.as_deref().map(|raw| parse_time("at_time", raw)).transpose()?;
-    if at.is_some() && at_time.is_some() {
-        return Err(Problem::invalid_field("at", "give at or at_time, not both"));
-    }
+    // Given both, the state is the one at the earlier of the two points.
     let mut events = Vec::new();
     let mut sequence = 0;
     loop {
@@ -395,6 +397,7 @@ pub async fn aggregate_state(
 
 /// Where an export starts.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ExportQuery {
     /// Export the events after this one (the `cursor` of the last event line of a previous export); default: all.
@@ -427,10 +430,12 @@ pub struct CheckpointPage {
 
 /// Paging of checkpoints (as documented; [`CheckpointId`] and [`crate::Paging`] parse it).
 #[derive(Debug, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct CheckpointQuery {
     /// The `next` value of the previous page (default 0).
     pub after: Option<i64>,
     /// Page size, 1 to 1,000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
 }
 
@@ -443,6 +448,7 @@ fn checkpoint_json(checkpoint: &::audit::Checkpoint) -> Result<serde_json::Value
 #[utoipa::path(get, path = "/api/v1/audit/export", tag = "audit", params(ExportQuery), security(("bearer" = [])),
     responses((status = 200, description = "application/x-ndjson: the export (docs/AUDIT.md)"),
               (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
+              (status = 404, body = Problem, description = "`since` names no chained event"),
               (status = 503, body = Problem),
               (status = 422, body = Problem)))]
 #[get("/api/v1/audit/export")]
@@ -456,10 +462,8 @@ pub async fn export(
     let since =
         query.since.as_deref().filter(|since| !since.is_empty()).map(|raw| parse_cursor("since", raw)).transpose()?;
     let start = projections::audit_chain::export_start(&state.store, since).await.map_err(|error| match error {
-        projections::audit_chain::ExportError::UnknownCursor => Problem::invalid_field(
-            "since",
-            "the cursor names no chained event (chaining follows the log within milliseconds)",
-        ),
+        projections::audit_chain::ExportError::UnknownCursor => Problem::new(ProblemCode::NotFound, "Not found")
+            .detail("The cursor names no chained event (chaining follows the log within milliseconds)."),
         projections::audit_chain::ExportError::Store(error) => Problem::from(error),
     })?;
     record_read(&state, &caller, &request, 0).await?;

@@ -48,6 +48,7 @@ pub struct SourceInput {
     pub dev_command: Option<String>,
     /// The ports the preview may show (at most 10, the default first).
     #[serde(default)]
+    #[serde(deserialize_with = "crate::extract::whole_list")]
     pub preview_ports: Vec<u32>,
     /// The shell's absolute path (default `/bin/bash`).
     #[serde(default)]
@@ -314,6 +315,7 @@ pub type BlueprintPage = crate::Page<BlueprintView>;
 
 /// Filters of the admin list.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct BlueprintListQuery {
     /// Include removed blueprints (default false).
@@ -450,6 +452,9 @@ fn workspace(input: &WorkspaceInput) -> Result<WorkspaceConfig, Problem> {
         .tabs
         .iter()
         .map(|tab| match tab.kind.as_str() {
+            "chat" | "claude_code" | "terminal" if tab.name.is_some() || tab.command.is_some() => {
+                Err(Problem::invalid_field("workspace.tabs.name", "only a custom tab has a name and a command"))
+            }
             "chat" => Ok(Tab::Chat),
             "claude_code" => Ok(Tab::ClaudeCode),
             "terminal" => Ok(Tab::Terminal),
@@ -742,21 +747,22 @@ pub async fn add_acl_rule(
 }
 
 /// Which rule to remove, when the query names it.
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AclRuleQuery {
     /// `domain` or `email`.
     #[serde(rename = "type")]
-    #[param(rename = "type")]
     pub kind: Option<String>,
     /// The domain or the address.
     pub value: Option<String>,
 }
 
-/// Removes one access rule (admins), named by the body (`{"type": "domain", "value": "company.com"}`) or by the
-/// query (`?type=domain&value=company.com`); an unknown rule is 404.
-#[utoipa::path(delete, path = "/api/v1/blueprints/{key}/acl", tag = "blueprints", params(AclRuleQuery),
-    request_body = Option<AclRuleInput>, security(("bearer" = [])),
+/// Removes one access rule (admins), named by the body (`{"type": "domain", "value": "company.com"}`); an unknown
+/// rule is 404. A client that cannot send a body with DELETE may name the rule in the query instead
+/// (`?type=domain&value=company.com`, never both).
+#[utoipa::path(delete, path = "/api/v1/blueprints/{key}/acl", tag = "blueprints",
+    params(("key" = String, Path, description = "The blueprint's key")),
+    request_body = AclRuleInput, security(("bearer" = [])),
     responses((status = 204, headers(("ETag" = String, description = "The new version"))),
               (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
               (status = 404, body = Problem), (status = 409, body = Problem), (status = 412, body = Problem),

@@ -59,7 +59,7 @@ impl<T: DeserializeOwned + 'static> FromRequest for Json<T> {
 /// The largest body [`OptionalJson`] reads.
 pub const OPTIONAL_BODY_LIMIT: usize = 64 * 1024;
 
-/// A body that may be empty (or only whitespace): `value` is `None` then. Otherwise it is JSON as for [`Json`],
+/// A body that may be empty (or only whitespace, or JSON `null`): `value` is `None` then. Otherwise it is JSON as for [`Json`],
 /// at most [`OPTIONAL_BODY_LIMIT`] bytes. `raw` is the body as sent.
 #[derive(Debug)]
 pub struct OptionalJson<T> {
@@ -107,6 +107,10 @@ impl<T: DeserializeOwned + 'static> FromRequest for OptionalJson<T> {
             }
             let UniqueKeys(value) = serde_json::from_slice(&raw)
                 .map_err(|error| Problem::invalid_request("Invalid request body", error.to_string()))?;
+            if value.is_null() {
+                // `null` says "no body" as an empty body does.
+                return Ok(OptionalJson { value: None, raw });
+            }
             Ok(OptionalJson { value: Some(from_value(&value)?), raw })
         })
     }
@@ -470,6 +474,9 @@ impl<'de> de::MapAccess<'de> for Map<'de, '_> {
     }
 }
 
+/// The most characters of one query parameter's value.
+pub const MAX_QUERY_VALUE_CHARS: usize = 1024;
+
 /// The query string as name and value pairs (percent-decoded); 400 when it does not parse, 422 naming the
 /// parameter when a name or value holds U+0000.
 pub(crate) fn query_pairs(request: &HttpRequest) -> Result<Vec<(String, String)>, Problem> {
@@ -478,7 +485,18 @@ pub(crate) fn query_pairs(request: &HttpRequest) -> Result<Vec<(String, String)>
     if let Some((name, _)) = pairs.iter().find(|(name, value)| name.contains('\0') || value.contains('\0')) {
         return Err(nul_problem(name.replace('\0', "\\u0000")));
     }
-    Ok(pairs)
+    // No parameter is text of several lines: a control character is a mistake or an attack, refused by name.
+    if let Some((name, _)) = pairs.iter().find(|(_, value)| value.chars().any(char::is_control)) {
+        return Err(Problem::invalid_field(name.clone(), format!("{name} holds a control character")));
+    }
+    if let Some((name, _)) = pairs.iter().find(|(_, value)| value.chars().count() > MAX_QUERY_VALUE_CHARS) {
+        return Err(Problem::invalid_field(
+            name.clone(),
+            format!("{name} has at most {MAX_QUERY_VALUE_CHARS} characters"),
+        ));
+    }
+    // A parameter given empty counts as absent, on every route; but `limit`, a number, is refused empty.
+    Ok(pairs.into_iter().filter(|(name, value)| !value.is_empty() || name == "limit").collect())
 }
 
 /// Query parameters as `T` (400 `invalid_request` when they are not of its shape: an unknown or repeated
@@ -667,5 +685,76 @@ mod tests {
     fn percent_encoded_nul_is_seen() {
         assert!(percent_decodes_to_nul("a%00b"));
         assert!(!percent_decodes_to_nul("a%2500b"));
+    }
+}
+
+/// A whole number however JSON writes it: `2`, `2.0` or `2e0` are one value (JSON Schema's `integer`), so a client
+/// that writes every number as a float is understood. A fraction, a negative number or one past `T`'s range is
+/// refused, naming the field (`#[serde(deserialize_with = "crate::extract::whole")]`).
+pub fn whole<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<u64>,
+{
+    let number = <serde_json::Number as serde::Deserialize>::deserialize(deserializer)?;
+    whole_of(&number)
+        .and_then(|value| T::try_from(value).ok())
+        .ok_or_else(|| de::Error::custom(format!("expected a whole number in range, found {number}")))
+}
+
+/// [`whole`] for a list of whole numbers.
+pub fn whole_list<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<u64>,
+{
+    let numbers = <Vec<serde_json::Number> as serde::Deserialize>::deserialize(deserializer)?;
+    numbers
+        .iter()
+        .map(|number| {
+            whole_of(number)
+                .and_then(|value| T::try_from(value).ok())
+                .ok_or_else(|| de::Error::custom(format!("expected whole numbers in range, found {number}")))
+        })
+        .collect()
+}
+
+/// The value of a non-negative whole number: exact as an integer, and as a float up to 2^53 (beyond it a float no
+/// longer names one integer).
+fn whole_of(number: &serde_json::Number) -> Option<u64> {
+    const EXACT: f64 = 9_007_199_254_740_992.0;
+    if let Some(value) = number.as_u64() {
+        return Some(value);
+    }
+    let float = number.as_f64().filter(|float| float.fract() == 0.0 && (0.0..=EXACT).contains(float))?;
+    format!("{float:.0}").parse().ok()
+}
+
+#[cfg(test)]
+mod whole_tests {
+    #![allow(clippy::unwrap_used)]
+
+    #[derive(Debug, serde::Deserialize)]
+    struct Counts {
+        #[serde(deserialize_with = "super::whole")]
+        one: u32,
+        #[serde(deserialize_with = "super::whole_list")]
+        many: Vec<u16>,
+    }
+
+    #[test]
+    fn whole_numbers_are_read_in_any_notation_and_fractions_are_refused() {
+        let counts: Counts = serde_json::from_str(r#"{"one": 2.0, "many": [1, 3e2, 65535.0]}"#).unwrap();
+        assert_eq!((counts.one, counts.many), (2, vec![1, 300, 65535]));
+        for bad in [
+            r#"{"one": 2.5, "many": []}"#,
+            r#"{"one": -1, "many": []}"#,
+            r#"{"one": 1, "many": [65536]}"#,
+            r#"{"one": 4294967296, "many": []}"#,
+            r#"{"one": "2", "many": []}"#,
+            r#"{"one": 1e300, "many": []}"#,
+        ] {
+            assert!(serde_json::from_str::<Counts>(bad).is_err(), "{bad}");
+        }
     }
 }

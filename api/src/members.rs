@@ -183,7 +183,7 @@ pub async fn invite_member(
             Ok(crate::idempotency::Reply {
                 status: StatusCode::CREATED,
                 body: serde_json::to_value(member).map_err(|_| Problem::internal())?,
-                location: Some(format!("/api/v1/members/{email}")),
+                location: Some(format!("/api/v1/members/{}", crate::path_segment(email.as_str()))),
                 etag: None,
             })
         };

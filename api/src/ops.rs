@@ -162,6 +162,7 @@ pub fn document() -> utoipa::openapi::OpenApi {
     let mut document = ApiDoc::openapi();
     document.merge(crate::relay::RelayApiDoc::openapi());
     problems_as_problem_json(&mut document);
+    crate::schemas::constrain(&mut document);
     document
 }
 

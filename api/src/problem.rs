@@ -370,8 +370,14 @@ impl Routes {
         Self(routes)
     }
 
-    /// The methods `path` has (none: no such path).
+    /// The methods `path` has (none: no such path). A path that is a route of its own (`/api/v1/trust-rules/evaluate`)
+    /// has that route's methods only, not those of a pattern it also matches (`/api/v1/trust-rules/{id}`).
     pub(crate) fn allowed(&self, path: &str) -> Vec<&'static str> {
+        if let Some((_, methods)) =
+            self.0.iter().find(|(pattern, _)| !pattern.is_prefix() && pattern.pattern() == Some(path))
+        {
+            return methods.clone();
+        }
         let mut allowed: Vec<&'static str> = Vec::new();
         for (pattern, methods) in &self.0 {
             if pattern.is_match(path) {

@@ -57,10 +57,13 @@ impl Default for PublishPolicy {
 #[serde(deny_unknown_fields)]
 pub struct DiffInput {
     /// Files changed.
+    #[serde(deserialize_with = "crate::extract::whole")]
     pub files: u32,
     /// Lines added.
+    #[serde(deserialize_with = "crate::extract::whole")]
     pub insertions: u64,
     /// Lines removed.
+    #[serde(deserialize_with = "crate::extract::whole")]
     pub deletions: u64,
     /// The unified diff, up to the configured cap (`publish_max_patch_bytes`).
     #[serde(default)]
@@ -223,6 +226,7 @@ pub struct DecisionView {
 
 /// Filters and paging of `GET /api/v1/publish-requests` (newest first).
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct RequestListQuery {
     /// `pending`, `approved`, `rejected`, `withdrawn` or `expired`.
@@ -237,6 +241,7 @@ pub struct RequestListQuery {
 
 /// Filters and paging of the approvals queue (oldest first).
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct QueueQuery {
     /// Only this blueprint.
@@ -294,6 +299,7 @@ pub type TrustRulePage = crate::Page<TrustRuleView>;
 
 /// A dry run's question.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct EvaluateQuery {
     /// The user (members may only ask about themselves).
@@ -670,7 +676,7 @@ pub async fn get_request(
 }
 
 /// Approves a pending request (admins other than its builder). With `If-Match`, only if unchanged since.
-#[utoipa::path(post, path = "/api/v1/publish-requests/{id}/approve", tag = "publishing", request_body = ReviewInput,
+#[utoipa::path(post, path = "/api/v1/publish-requests/{id}/approve", tag = "publishing", request_body = Option<ReviewInput>,
     security(("bearer" = [])),
     responses((status = 200, body = DecisionView), (status = 401, body = Problem), (status = 403, body = Problem),
               (status = 404, body = Problem), (status = 409, body = Problem), (status = 412, body = Problem),
@@ -699,7 +705,7 @@ pub async fn approve(
 }
 
 /// Rejects a pending request with optional feedback (admins). Final: the builder submits a new request.
-#[utoipa::path(post, path = "/api/v1/publish-requests/{id}/reject", tag = "publishing", request_body = ReviewInput,
+#[utoipa::path(post, path = "/api/v1/publish-requests/{id}/reject", tag = "publishing", request_body = Option<ReviewInput>,
     security(("bearer" = [])),
     responses((status = 200, body = DecisionView), (status = 401, body = Problem), (status = 403, body = Problem),
               (status = 404, body = Problem), (status = 409, body = Problem), (status = 412, body = Problem),
@@ -888,7 +894,7 @@ pub async fn evaluate_trust(
 #[utoipa::path(get, path = "/api/v1/trust-rules/{id}", tag = "trust", security(("bearer" = [])),
     responses((status = 200, body = TrustRuleView), (status = 401, body = Problem), (status = 403, body = Problem),
               (status = 404, body = Problem),
-              (status = 422, body = Problem)))]
+              (status = 422, body = Problem), (status = 503, body = Problem)))]
 #[get("/api/v1/trust-rules/{id}")]
 pub async fn get_trust_rule(
     caller: Caller,
@@ -896,8 +902,27 @@ pub async fn get_trust_rule(
     path: Path<String>,
 ) -> Result<web::Json<TrustRuleView>, Problem> {
     caller.require(&[Role::Admin, Role::Auditor])?;
-    let row = state.publishing_reads.trust_rule(&path).await.map_err(store::StoreError::from)?;
-    row.map(|row| web::Json(TrustRuleView::from(row))).ok_or_else(|| not_found("such trust rule"))
+    let read = || async { state.publishing_reads.trust_rule(&path).await.map_err(store::StoreError::from) };
+    if let Some(row) = read().await? {
+        return Ok(web::Json(TrustRuleView::from(row)));
+    }
+    // Not in the read model: a rule granted a moment ago may not have reached it yet. The aggregate decides whether
+    // it exists; if it does, the read model is awaited, so that an admin always reads their own grant.
+    let (trust, _) = state.trust.load(TRUST_RULES_ID).await.map_err(Problem::from)?;
+    if trust.rule(&path).is_none() {
+        return Err(not_found("such trust rule"));
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        if let Some(row) = read().await? {
+            return Ok(web::Json(TrustRuleView::from(row)));
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(Problem::store_unavailable()
+                .detail("The trust rule exists but its read model is behind; retry shortly."));
+        }
+        actix_web::rt::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }
 
 /// Revokes a trust rule (admins).

@@ -572,6 +572,20 @@ pub(super) async fn put_firewall(
 ) -> Result<HttpResponse, Problem> {
     caller.require(&[Role::Admin])?;
     let FirewallBody { rules, default_action } = body.into_inner();
+    for rule in &rules {
+        let description = &rule.description;
+        if description.chars().count() > crate::schemas::MAX_FIREWALL_DESCRIPTION
+            || description.chars().any(char::is_control)
+        {
+            return Err(Problem::invalid_field(
+                "rules.description",
+                format!(
+                    "a rule's description is one line of at most {} characters",
+                    crate::schemas::MAX_FIREWALL_DESCRIPTION
+                ),
+            ));
+        }
+    }
     let metadata = EventMetadata::for_request(caller.email.as_str(), crate::request_id(&request));
     let (firewall, version) =
         state.gateway.replace_firewall(rules, default_action, &caller.email, &metadata).await.map_err(Problem::from)?;

@@ -32,7 +32,9 @@ pub use catalog::{catalog_entry, CatalogEntry};
 pub use command::BlueprintCommand;
 pub use error::BlueprintError;
 pub use event::BlueprintEvent;
-pub use template::{sanitise, EmptyName, NameTemplate, TemplateValues, MAX_NAME_CHARS, PLACEHOLDERS};
+pub use template::{
+    sanitise, EmptyName, NameTemplate, TemplateValues, MAX_NAME_CHARS, MAX_TEMPLATE_CHARS, PLACEHOLDERS,
+};
 pub use values::{
     AiAuthMode, AiProvider, AiProviderSettings, ApiKey, ApiKeyChange, BlueprintDetails, BlueprintSource, ClusterName,
     Description, DisplayName, EndpointUrl, GitBranch, GitRepository, LastFour, LocalSource, ModelName, NamingTemplates,
