@@ -10,7 +10,6 @@
 //! AI provider settings (with sealed keys) are not served yet; the read model already keeps their summaries.
 
 use std::sync::Arc;
-use std::time::Duration as StdDuration;
 
 use actix_web::http::StatusCode;
 use actix_web::{delete, get, patch, post, put, web, HttpRequest, HttpResponse};
@@ -504,18 +503,10 @@ async fn read_blueprint(state: &AppState, key: &BlueprintKey) -> Result<Option<B
         return Ok(None);
     }
     let wanted = i64::try_from(version).unwrap_or(i64::MAX);
-    let deadline = std::time::Instant::now() + StdDuration::from_secs(2);
-    loop {
-        let row = state.blueprint_reads.get(key.as_str()).await.map_err(store::StoreError::from)?;
-        if row.as_ref().is_some_and(|row| row.version >= wanted) {
-            return Ok(row);
-        }
-        if std::time::Instant::now() >= deadline {
-            return Err(Problem::store_unavailable()
-                .detail("The blueprint exists but its read model is behind; retry shortly."));
-        }
-        actix_web::rt::time::sleep(StdDuration::from_millis(10)).await;
-    }
+    let read = || async {
+        state.blueprint_reads.get(key.as_str()).await.map_err(|e| Problem::from(store::StoreError::from(e)))
+    };
+    crate::read_own_write("blueprint", read, |row: &BlueprintRow| row.version >= wanted).await.map(Some)
 }
 
 /// The cursor of the admin list (a key).

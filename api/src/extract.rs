@@ -696,10 +696,7 @@ where
     D: serde::Deserializer<'de>,
     T: TryFrom<u64>,
 {
-    let number = <serde_json::Number as serde::Deserialize>::deserialize(deserializer)?;
-    whole_of(&number)
-        .and_then(|value| T::try_from(value).ok())
-        .ok_or_else(|| de::Error::custom(format!("expected a whole number in range, found {number}")))
+    whole_in(&<serde_json::Number as serde::Deserialize>::deserialize(deserializer)?).map_err(de::Error::custom)
 }
 
 /// [`whole`] for a list of whole numbers.
@@ -709,25 +706,20 @@ where
     T: TryFrom<u64>,
 {
     let numbers = <Vec<serde_json::Number> as serde::Deserialize>::deserialize(deserializer)?;
-    numbers
-        .iter()
-        .map(|number| {
-            whole_of(number)
-                .and_then(|value| T::try_from(value).ok())
-                .ok_or_else(|| de::Error::custom(format!("expected whole numbers in range, found {number}")))
-        })
-        .collect()
+    numbers.iter().map(|number| whole_in(number).map_err(de::Error::custom)).collect()
 }
 
-/// The value of a non-negative whole number: exact as an integer, and as a float up to 2^53 (beyond it a float no
-/// longer names one integer).
-fn whole_of(number: &serde_json::Number) -> Option<u64> {
+/// `number` as a `T`: exact as an integer, and as a float up to 2^53 (beyond it a float no longer names one
+/// integer).
+fn whole_in<T: TryFrom<u64>>(number: &serde_json::Number) -> Result<T, String> {
     const EXACT: f64 = 9_007_199_254_740_992.0;
-    if let Some(value) = number.as_u64() {
-        return Some(value);
-    }
-    let float = number.as_f64().filter(|float| float.fract() == 0.0 && (0.0..=EXACT).contains(float))?;
-    format!("{float:.0}").parse().ok()
+    let value = number.as_u64().or_else(|| {
+        // Whole and within 0..=2^53, so the conversion is exact.
+        number.as_f64().filter(|float| float.fract() == 0.0 && (0.0..=EXACT).contains(float)).map(|float| float as u64)
+    });
+    value
+        .and_then(|value| T::try_from(value).ok())
+        .ok_or_else(|| format!("expected a whole number in range, found {number}"))
 }
 
 #[cfg(test)]

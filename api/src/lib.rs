@@ -148,6 +148,27 @@ pub fn path_segment(raw: &str) -> String {
     segment
 }
 
+/// Polls `read` until it gives a row for which `ready` holds, for up to two seconds: a client reading its own fresh
+/// write while the projector catches up waits for it. After that, 503 saying that the `what` exists but its read
+/// model is behind. Call it only once the aggregate has shown that the row must come.
+pub(crate) async fn read_own_write<T, F, Fut>(what: &str, mut read: F, ready: impl Fn(&T) -> bool) -> Result<T, Problem>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>, Problem>>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        if let Some(row) = read().await?.filter(|row| ready(row)) {
+            return Ok(row);
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(Problem::store_unavailable()
+                .detail(format!("The {what} exists but its read model is behind; retry shortly.")));
+        }
+        actix_web::rt::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 /// Mounts every route and the JSON error handlers.
 pub fn configure(state: AppState) -> impl FnOnce(&mut web::ServiceConfig) {
     move |config: &mut web::ServiceConfig| {

@@ -902,7 +902,9 @@ pub async fn get_trust_rule(
     path: Path<String>,
 ) -> Result<web::Json<TrustRuleView>, Problem> {
     caller.require(&[Role::Admin, Role::Auditor])?;
-    let read = || async { state.publishing_reads.trust_rule(&path).await.map_err(store::StoreError::from) };
+    let read = || async {
+        state.publishing_reads.trust_rule(&path).await.map_err(|e| Problem::from(store::StoreError::from(e)))
+    };
     if let Some(row) = read().await? {
         return Ok(web::Json(TrustRuleView::from(row)));
     }
@@ -912,17 +914,7 @@ pub async fn get_trust_rule(
     if trust.rule(&path).is_none() {
         return Err(not_found("such trust rule"));
     }
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-    loop {
-        if let Some(row) = read().await? {
-            return Ok(web::Json(TrustRuleView::from(row)));
-        }
-        if std::time::Instant::now() >= deadline {
-            return Err(Problem::store_unavailable()
-                .detail("The trust rule exists but its read model is behind; retry shortly."));
-        }
-        actix_web::rt::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    crate::read_own_write("trust rule", read, |_| true).await.map(|row| web::Json(TrustRuleView::from(row)))
 }
 
 /// Revokes a trust rule (admins).

@@ -145,7 +145,11 @@ fn properties() -> Vec<(&'static str, &'static str, Value)> {
         ("MintBody", "name", line(100)),
         ("TicketBody", "kind", one_of(&["terminal"])),
         ("FirewallRule", "cidr", pattern(CIDR, 43)),
-        ("FirewallRule", "description", json!({ "pattern": OPTIONAL_LINE, "maxLength": MAX_FIREWALL_DESCRIPTION })),
+        (
+            "FirewallRule",
+            "description",
+            json!({ "pattern": OPTIONAL_LINE, "maxLength": domain::firewall::MAX_DESCRIPTION_CHARS }),
+        ),
         ("FirewallBody", "rules", json!({ "maxItems": domain::firewall::MAX_RULES })),
         ("RegisterBlueprint", "key", pattern(NEW_KEY, 128)),
         ("RegisterBlueprint", "display_name", line(blueprint::MAX_DISPLAY_NAME_CHARS)),
@@ -185,69 +189,58 @@ fn properties() -> Vec<(&'static str, &'static str, Value)> {
     ]
 }
 
-/// The most characters of a firewall rule's description.
-pub const MAX_FIREWALL_DESCRIPTION: usize = 200;
-
-/// `(method, path, parameter)` (`*` for any method or path) and what it admits.
-fn parameters() -> Vec<(&'static str, &'static str, &'static str, Value)> {
+/// `(path, parameter)` (`*` for any path) and what it admits; the first match wins.
+fn parameters() -> Vec<(&'static str, &'static str, Value)> {
     let list_filters = ["/api/v1/approvals", "/api/v1/publish-requests", "/api/v1/sessions", "/api/v1/relay/activity"];
     let mut rules = vec![
-        ("*", "/api/v1/members/{email}", "email", email()),
-        ("*", "/api/v1/members", "after", pattern(PRINTABLE, crate::extract::MAX_QUERY_VALUE_CHARS)),
-        ("*", "/api/v1/blueprints", "after", identifier()),
-        ("*", "/api/v1/trust-rules", "after", pattern(PRINTABLE, crate::extract::MAX_QUERY_VALUE_CHARS)),
-        ("*", "*", "key", identifier()),
-        ("*", "*", "blueprint_key", identifier()),
-        ("*", "*", "workspace_id", identifier()),
-        ("*", "*", "workspace", identifier()),
-        ("*", "*", "email", email()),
-        ("*", "*", "builder", email()),
-        ("*", "*", "user", email()),
-        ("*", "*", "actor", pattern(PRINTABLE, crate::extract::MAX_QUERY_VALUE_CHARS)),
-        ("*", "*", "from", rfc3339()),
-        ("*", "*", "to", rfc3339()),
-        ("*", "*", "at_time", rfc3339()),
-        ("*", "*", "at", pattern(LOG_CURSOR, 42)),
-        ("*", "*", "since", pattern(LOG_CURSOR, 42)),
-        ("*", "/api/v1/events", "after", pattern(LOG_CURSOR, 42)),
-        ("*", "/api/v1/events", "aggregate_type", pattern(PRINTABLE, crate::extract::MAX_QUERY_VALUE_CHARS)),
-        ("*", "*", "aggregate_type", pattern(AGGREGATE_TYPE, 64)),
-        ("*", "*", "aggregate_id", pattern(PRINTABLE, 256)),
-        ("*", "*", "event_type", pattern(PRINTABLE, crate::extract::MAX_QUERY_VALUE_CHARS)),
-        ("*", "/api/v1/agent-tokens/{id}", "id", pattern(TOKEN_ID, 64)),
-        ("*", "/api/v1/aggregates/{aggregate_type}/{aggregate_id}/events", "after", json!({ "maximum": u64::MAX })),
-        ("*", "/api/v1/audit/checkpoints", "after", json!({ "minimum": i64::MIN, "maximum": i64::MAX })),
-        ("*", "/api/v1/trust-rules/{id}", "id", pattern(PRINTABLE, 512)),
-        ("*", "*", "id", identifier()),
-        ("*", "*", "Idempotency-Key", pattern(IDEMPOTENCY_KEY, 255)),
+        ("/api/v1/members/{email}", "email", email()),
+        ("/api/v1/members", "after", pattern(PRINTABLE, crate::extract::MAX_QUERY_VALUE_CHARS)),
+        ("/api/v1/blueprints", "after", identifier()),
+        ("/api/v1/trust-rules", "after", pattern(PRINTABLE, crate::extract::MAX_QUERY_VALUE_CHARS)),
+        ("*", "key", identifier()),
+        ("*", "blueprint_key", identifier()),
+        ("*", "workspace_id", identifier()),
+        ("*", "workspace", identifier()),
+        ("*", "email", email()),
+        ("*", "builder", email()),
+        ("*", "user", email()),
+        ("*", "actor", pattern(PRINTABLE, crate::extract::MAX_QUERY_VALUE_CHARS)),
+        ("*", "from", rfc3339()),
+        ("*", "to", rfc3339()),
+        ("*", "at_time", rfc3339()),
+        ("*", "at", pattern(LOG_CURSOR, 42)),
+        ("*", "since", pattern(LOG_CURSOR, 42)),
+        ("/api/v1/events", "after", pattern(LOG_CURSOR, 42)),
+        ("/api/v1/events", "aggregate_type", pattern(PRINTABLE, crate::extract::MAX_QUERY_VALUE_CHARS)),
+        ("*", "aggregate_type", pattern(AGGREGATE_TYPE, 64)),
+        ("*", "aggregate_id", pattern(PRINTABLE, 256)),
+        ("*", "event_type", pattern(PRINTABLE, crate::extract::MAX_QUERY_VALUE_CHARS)),
+        ("/api/v1/agent-tokens/{id}", "id", pattern(TOKEN_ID, 64)),
+        ("/api/v1/aggregates/{aggregate_type}/{aggregate_id}/events", "after", json!({ "maximum": u64::MAX })),
+        ("/api/v1/audit/checkpoints", "after", json!({ "minimum": i64::MIN, "maximum": i64::MAX })),
+        ("/api/v1/trust-rules/{id}", "id", pattern(PRINTABLE, 512)),
+        ("*", "id", identifier()),
+        ("*", "Idempotency-Key", pattern(IDEMPOTENCY_KEY, 255)),
+        ("/api/v1/publish-requests", "status", one_of(&["pending", "approved", "rejected", "withdrawn", "expired"])),
+        ("/api/v1/sessions", "active", one_of(&["true", "false"])),
+        ("/api/v1/sessions", "kind", one_of(&["terminal"])),
         (
-            "*",
-            "/api/v1/publish-requests",
-            "status",
-            one_of(&["pending", "approved", "rejected", "withdrawn", "expired"]),
-        ),
-        ("*", "/api/v1/sessions", "active", one_of(&["true", "false"])),
-        ("*", "/api/v1/sessions", "kind", one_of(&["terminal"])),
-        (
-            "*",
             "/api/v1/relay/activity",
             "kind",
             one_of(&["ticket_issued", "ticket_redeemed", "ticket_refused", "connection_blocked"]),
         ),
-        ("*", "/api/v1/blueprints/{key}/acl", "type", one_of(&["domain", "email"])),
-        ("*", "/api/v1/blueprints/{key}/acl", "value", json!({ "anyOf": [email(), pattern(DOMAIN, 253)] })),
     ];
     // A list's filters are compared, not parsed: any one line.
     for path in list_filters {
         for name in ["blueprint_key", "workspace_id", "workspace"] {
-            rules.insert(0, ("*", path, name, pattern(PRINTABLE, crate::extract::MAX_QUERY_VALUE_CHARS)));
+            rules.insert(0, (path, name, pattern(PRINTABLE, crate::extract::MAX_QUERY_VALUE_CHARS)));
         }
     }
     for path in ["/api/v1/approvals", "/api/v1/publish-requests"] {
-        rules.insert(0, ("*", path, "after", pattern(REQUEST_CURSOR, 160)));
+        rules.insert(0, (path, "after", pattern(REQUEST_CURSOR, 160)));
     }
     for path in ["/api/v1/sessions", "/api/v1/relay/activity"] {
-        rules.insert(0, ("*", path, "after", pattern(TIME_CURSOR, 330)));
+        rules.insert(0, (path, "after", pattern(TIME_CURSOR, 330)));
     }
     rules
 }
@@ -308,13 +301,11 @@ fn constrain_value(document: &mut Value) {
     let Some(paths) = document["paths"].as_object_mut() else { return };
     for (path, item) in paths.iter_mut() {
         let Some(item) = item.as_object_mut() else { continue };
-        for (method, operation) in item.iter_mut() {
+        for operation in item.values_mut() {
             let Some(parameters) = operation["parameters"].as_array_mut() else { continue };
             for parameter in parameters {
                 let name = parameter["name"].as_str().unwrap_or_default().to_string();
-                let rule = rules.iter().find(|(m, p, n, _)| {
-                    (*m == "*" || m.eq_ignore_ascii_case(method)) && (*p == "*" || p == path) && *n == name
-                });
+                let rule = rules.iter().find(|(p, n, _)| (*p == "*" || p == path) && *n == name);
                 if let Some((.., limits)) = rule {
                     let optional_query = parameter["in"] == "query" && parameter["required"] != true;
                     let limits = if optional_query { empty_allowed(limits) } else { limits.clone() };

@@ -14,6 +14,8 @@ use crate::Email;
 pub const FIREWALL_ID: &str = "org";
 /// Most rules a list may hold.
 pub const MAX_RULES: usize = 1000;
+/// The most characters of a rule's description (one line; the API refuses more).
+pub const MAX_DESCRIPTION_CHARS: usize = 200;
 
 /// Allow or deny.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -574,14 +574,14 @@ pub(super) async fn put_firewall(
     let FirewallBody { rules, default_action } = body.into_inner();
     for rule in &rules {
         let description = &rule.description;
-        if description.chars().count() > crate::schemas::MAX_FIREWALL_DESCRIPTION
+        if description.chars().count() > domain::firewall::MAX_DESCRIPTION_CHARS
             || description.chars().any(char::is_control)
         {
             return Err(Problem::invalid_field(
                 "rules.description",
                 format!(
                     "a rule's description is one line of at most {} characters",
-                    crate::schemas::MAX_FIREWALL_DESCRIPTION
+                    domain::firewall::MAX_DESCRIPTION_CHARS
                 ),
             ));
         }
