@@ -9,6 +9,8 @@ use actix_web::dev::{Server, ServerHandle, Service};
 use actix_web::{App, HttpServer};
 use anyhow::Context;
 use cqrs_es::Aggregate;
+use domain::blueprint::Blueprint;
+use domain::org::Org;
 use domain::publishing::Publishing;
 use domain::roster::{Roster, RosterCommand, ROSTER_ID};
 use domain::trust::TrustRules;
@@ -30,6 +32,7 @@ pub struct Application {
     checkpoints: JoinHandle<()>,
     revisions: JoinHandle<()>,
     key_refresher: Option<JoinHandle<()>>,
+    reloader: JoinHandle<()>,
     shutdown: CancellationToken,
     draining: Arc<AtomicBool>,
     drain_delay: Duration,
@@ -62,6 +65,21 @@ impl Application {
                 .await
                 .with_context(|| format!("cannot bootstrap the admin ({})", Roster::TYPE))?;
         }
+        // Secrets: a ring that lacks a key some stored secret is under is refused here, in one line, rather than
+        // at the first request that needs that secret.
+        let vault = Arc::new(settings.secrets_vault()?);
+        let org = Arc::new(AggregateRepository::<Org>::new(store.clone(), ()));
+        let blueprints = Arc::new(AggregateRepository::<Blueprint>::new(store.clone(), ()));
+        let holders = api::vault::Holders { store: store.clone(), org: org.clone(), blueprints: blueprints.clone() };
+        let in_use = api::vault::inventory(&holders).await.context("cannot list the stored secrets")?;
+        api::vault::check_ring(&vault.ring(), &in_use).map_err(|missing| anyhow::anyhow!("{missing}"))?;
+        tracing::info!(
+            primary_key_id = %vault.ring().primary_key_id(),
+            keys = vault.ring().key_ids().len(),
+            secrets = in_use.len(),
+            "secrets key ring checked"
+        );
+        let reloader = tokio::spawn(reload_on_hangup(vault.clone(), holders));
         let publishing = Arc::new(AggregateRepository::<Publishing>::new(store.clone(), ()));
         let trust = Arc::new(AggregateRepository::<TrustRules>::new(store.clone(), ()));
         let publish_policy = settings.publish_policy()?;
@@ -118,7 +136,9 @@ impl Application {
             roster,
             publishing,
             trust,
-            blueprints: Arc::new(AggregateRepository::new(store.clone(), ())),
+            blueprints,
+            org,
+            vault,
             blueprint_reads: projections::BlueprintsQuery::new(store.read_models().clone()),
             publishing_reads: projections::PublishingQuery::new(store.read_models().clone()),
             publish_policy,
@@ -180,6 +200,7 @@ impl Application {
             checkpoints,
             revisions,
             key_refresher,
+            reloader,
             shutdown,
             draining,
             drain_delay,
@@ -217,6 +238,7 @@ impl Application {
         if let Some(refresher) = &self.key_refresher {
             refresher.abort();
         }
+        self.reloader.abort();
         self.shutdown.cancel();
         if tokio::time::timeout(Duration::from_secs(5), self.checkpoints).await.is_err() {
             tracing::warn!("audit checkpoints did not stop within 5 s");
@@ -257,6 +279,35 @@ impl Stopper {
         // Terminal sessions are long-lived: close them (recording `shutdown`) before waiting for connections.
         self.gateway.shut_down(Duration::from_secs(5)).await;
         self.handle.stop(true).await;
+    }
+}
+
+/// Reads the secrets key file again on every SIGHUP (a rotation's first and last steps without a restart); a ring
+/// that lacks a key current secrets use is refused, and the ring in use stays.
+async fn reload_on_hangup(vault: Arc<api::vault::Vault>, holders: api::vault::Holders) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else { return };
+        while hangups.recv().await.is_some() {
+            let secrets = match api::vault::inventory(&holders).await {
+                Ok(secrets) => secrets,
+                Err(error) => {
+                    tracing::error!(error.message = %error, "SIGHUP: cannot list the stored secrets; the key ring stays");
+                    continue;
+                }
+            };
+            match vault.reload(&secrets) {
+                Ok(true) => {}
+                Ok(false) => tracing::info!("SIGHUP: the secrets key ring is unchanged"),
+                Err(error) => tracing::error!(error.message = %error, "SIGHUP: the secrets key ring stays"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (vault, holders);
+        std::future::pending::<()>().await;
     }
 }
 

@@ -37,6 +37,11 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// The secrets key ring: which keys stored secrets use, key rotation, new keys (docs/OPERATIONS.md).
+    Secrets {
+        #[command(subcommand)]
+        command: SecretsCommand,
+    },
     /// Tokens of the local development issuer.
     Token {
         #[command(subcommand)]
@@ -111,6 +116,18 @@ async fn agent(
     relay::agent::run(relay::agent::AgentConfig { server, token, workspace, tags: announced, shell, tls })
         .await
         .context("agent stopped")
+}
+
+#[derive(Debug, Subcommand)]
+enum SecretsCommand {
+    /// List the ring's key ids and, for every stored secret, the key it is under and whether it opens with this
+    /// ring. Exits 1 when a secret does not open.
+    Status,
+    /// Re-encrypt every stored secret under the ring's first key, one event each, while the service runs
+    /// (idempotent: run it again after an interruption). Exits 1 when a secret could not be moved.
+    Rewrap,
+    /// Print a new random key (base64, 32 bytes) for a key file or `GATEHOUSE_SECRETS_KEYS`.
+    GenerateKey,
 }
 
 #[derive(Debug, Subcommand)]
@@ -226,6 +243,7 @@ fn main() -> ExitCode {
                 println!("{}", key.public_key_hex());
                 Ok(())
             }
+            Command::Secrets { command } => secrets_command(settings, command).await,
             Command::Token { command: TokenCommand::Issue { email, role, ttl } } => {
                 issue_token(settings, &email, &role, ttl).await
             }
@@ -241,6 +259,75 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+async fn secrets_command(settings: Settings, command: SecretsCommand) -> anyhow::Result<()> {
+    if let SecretsCommand::GenerateKey = command {
+        let key = secrets::generate_key().context("cannot generate a key")?;
+        println!("{}", key.expose());
+        return Ok(());
+    }
+    let vault = settings.secrets_vault()?;
+    let store = open_store(&settings).await?;
+    store.check_schema().await?;
+    let holders = api::vault::Holders {
+        store: store.clone(),
+        org: std::sync::Arc::new(store::AggregateRepository::new(store.clone(), ())),
+        blueprints: std::sync::Arc::new(store::AggregateRepository::new(store.clone(), ())),
+    };
+    let outcome = match command {
+        SecretsCommand::Status => {
+            let secrets = api::vault::inventory(&holders).await?;
+            let status = api::vault::status(&vault, &secrets);
+            println!("{:<18} {:<8} {:<8} {:>7}", "KEY ID", "PRIMARY", "IN RING", "SECRETS");
+            for key in &status.keys {
+                let yes_no = |flag: bool| if flag { "yes" } else { "no" };
+                println!("{:<18} {:<8} {:<8} {:>7}", key.key_id, yes_no(key.primary), yes_no(key.in_ring), key.secrets);
+            }
+            println!();
+            for secret in &status.secrets {
+                let state = match (secret.opens, secret.current) {
+                    (false, _) => "DOES NOT OPEN",
+                    (true, true) => "current",
+                    (true, false) => "to rewrap",
+                };
+                println!("{:<56} {:<18} {state}", secret.secret, secret.key_id.as_deref().unwrap_or("(damaged)"));
+            }
+            println!("\n{} secret(s), {} to rewrap", status.secrets.len(), status.to_rewrap);
+            let closed = status.secrets.iter().filter(|secret| !secret.opens).count();
+            if closed > 0 {
+                Err(anyhow::anyhow!("{closed} stored secret(s) do not open with this key ring"))
+            } else {
+                Ok(())
+            }
+        }
+        SecretsCommand::Rewrap => {
+            let metadata = store::EventMetadata::system("secrets rewrap");
+            let report = api::vault::rewrap_all(&vault, &holders, None, &metadata).await?;
+            println!(
+                "primary key {}: {} rewrapped, {} already current, {} superseded, {} failed",
+                report.primary_key_id,
+                report.rewrapped,
+                report.already_current,
+                report.superseded,
+                report.failed.len()
+            );
+            for failure in &report.failed {
+                println!("failed: {}: {}", failure.secret, failure.reason);
+            }
+            if report.failed.is_empty() {
+                Ok(())
+            } else {
+                Err(anyhow::anyhow!(
+                    "{} secret(s) could not be rewrapped; fix the ring and run it again",
+                    report.failed.len()
+                ))
+            }
+        }
+        SecretsCommand::GenerateKey => Ok(()),
+    };
+    store.close().await;
+    outcome
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {

@@ -94,6 +94,12 @@ pub struct Settings {
     /// `max-age` of the `Strict-Transport-Security` header; 0 (the default) sends none. Set it when every client
     /// reaches the service over HTTPS.
     pub http_hsts_max_age_secs: u64,
+    /// The secrets key ring (ADR 0016, 0020): base64 32-byte keys separated by commas, the first encrypting
+    /// (`GATEHOUSE_SECRETS_KEYS`). Fixed for the process's life; prefer `secrets_key_file`, which can be reloaded.
+    pub secrets_keys: Option<String>,
+    /// A key file (one base64 key per line, `#` comments, mode 0600 or 0640): reloaded on SIGHUP and before
+    /// every rewrap. Unset (and no `secrets_keys`): `data_dir/secrets.key`, created on first start.
+    pub secrets_key_file: Option<PathBuf>,
     /// Seconds a terminal ticket stays redeemable.
     pub relay_ticket_ttl_secs: u64,
     /// Origins allowed to open a browser terminal (besides requests without `Origin` and same-host origins).
@@ -171,6 +177,8 @@ impl Default for Settings {
             auth_jwks_min_refresh_secs: 30,
             http_hsts_max_age_secs: 0,
             idempotency_takeover_secs: 60,
+            secrets_keys: None,
+            secrets_key_file: None,
             relay_ticket_ttl_secs: 30,
             relay_allowed_origins: Vec::new(),
             relay_auth_timeout_secs: 5,
@@ -260,6 +268,31 @@ impl Settings {
                     .map_err(|error| anyhow::anyhow!("data directory {}: {error}", self.data_dir.display()))?;
                 audit::AuditKey::load_or_create(&path)
                     .map_err(|error| anyhow::anyhow!("audit signing key {}: {error}", path.display()))
+            }
+        }
+    }
+
+    /// The secrets key ring and where it came from: `secrets_keys`, else `secrets_key_file`, else
+    /// `data_dir/secrets.key` (created with one new key if missing). Both set is refused: one source of truth.
+    pub fn secrets_vault(&self) -> anyhow::Result<api::vault::Vault> {
+        use api::vault::{KeySource, Vault};
+        match (non_empty(&self.secrets_keys), &self.secrets_key_file) {
+            (Some(_), Some(_)) => anyhow::bail!("set secrets_keys or secrets_key_file, not both"),
+            (Some(keys), None) => {
+                let ring = secrets::KeyRing::parse(keys).map_err(|error| anyhow::anyhow!("secrets_keys: {error}"))?;
+                Ok(Vault::new(ring, KeySource::Configured))
+            }
+            (None, Some(path)) => {
+                let ring =
+                    secrets::KeyRing::load(path).map_err(|error| anyhow::anyhow!("secrets_key_file: {error}"))?;
+                Ok(Vault::new(ring, KeySource::File(path.clone())))
+            }
+            (None, None) => {
+                let path = self.data_dir.join("secrets.key");
+                std::fs::create_dir_all(&self.data_dir)
+                    .map_err(|error| anyhow::anyhow!("data directory {}: {error}", self.data_dir.display()))?;
+                let ring = secrets::KeyRing::load_or_create(&path).map_err(|error| anyhow::anyhow!("{error}"))?;
+                Ok(Vault::new(ring, KeySource::File(path)))
             }
         }
     }

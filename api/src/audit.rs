@@ -46,7 +46,9 @@ pub struct EventView {
 }
 
 impl From<RecordedEvent> for EventView {
-    fn from(event: RecordedEvent) -> Self {
+    fn from(mut event: RecordedEvent) -> Self {
+        // Sealed secrets stay in the log; responses show a placeholder (crate::vault).
+        crate::vault::redact_sealed(&mut event.payload);
         Self {
             cursor: event.cursor.to_string(),
             aggregate_type: event.aggregate_type,
@@ -328,7 +330,9 @@ fn replay<A: Aggregate + Serialize>(events: &[RecordedEvent]) -> Result<serde_js
         })?;
         aggregate.apply(payload);
     }
-    serde_json::to_value(&aggregate).map_err(|_| Problem::internal())
+    let mut state = serde_json::to_value(&aggregate).map_err(|_| Problem::internal())?;
+    crate::vault::redact_sealed(&mut state);
+    Ok(state)
 }
 
 /// An aggregate's state as of a cursor or a time, replayed from its own events (auditors and admins).
@@ -378,6 +382,7 @@ pub async fn aggregate_state(
         Publishing::TYPE => replay::<Publishing>(events)?,
         TrustRules::TYPE => replay::<TrustRules>(events)?,
         domain::blueprint::Blueprint::TYPE => replay::<domain::blueprint::Blueprint>(events)?,
+        domain::org::Org::TYPE => replay::<domain::org::Org>(events)?,
         domain::audit_access::AuditAccess::TYPE => replay::<domain::audit_access::AuditAccess>(events)?,
         _ => {
             return Err(

@@ -7,16 +7,19 @@
 //! [`domain::blueprint::catalog_entry`], from a copy of the listed rows kept until the read model moves
 //! ([`crate::cache`]).
 //!
-//! AI provider settings (with sealed keys) are not served yet; the read model already keeps their summaries.
+//! AI provider settings are set one provider at a time (`PUT /api/v1/blueprints/{key}/ai/{provider}`); a key sent
+//! there is sealed with the key ring ([`crate::vault`]) before it reaches the command, and shown again only as its
+//! last four characters.
 
 use std::sync::Arc;
 
 use actix_web::http::StatusCode;
 use actix_web::{delete, get, patch, post, put, web, HttpRequest, HttpResponse};
 use domain::blueprint::{
-    Acl, AclRule, Blueprint, BlueprintCommand, BlueprintDetails, BlueprintKey, BlueprintSource, BlueprintState,
-    ClusterName, Description, DisplayName, GitBranch, GitRepository, LocalSource, NameTemplate, NamingTemplates, Port,
-    ProjectMode, ServiceName, Shell, ShellCommand, Tab, TabName, WorkspaceConfig,
+    Acl, AclRule, AiAuthMode, AiProvider, AiProviderSettings, ApiKeyChange, Blueprint, BlueprintCommand,
+    BlueprintDetails, BlueprintKey, BlueprintSource, BlueprintState, ClusterName, Description, DisplayName,
+    EndpointUrl, GitBranch, GitRepository, LocalSource, ModelName, NameTemplate, NamingTemplates, Port, ProjectMode,
+    ServiceName, Shell, ShellCommand, Tab, TabName, WorkspaceConfig,
 };
 use domain::roster::Role;
 use domain::values::InvalidValue;
@@ -886,4 +889,106 @@ pub async fn catalog(caller: Caller, state: web::Data<AppState>) -> Result<web::
         })
         .collect();
     Ok(web::Json(Catalog { items }))
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// AI providers
+
+/// One AI provider's settings (the whole of them but the key, which is write-only).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AiProviderInput {
+    /// Whether workspaces use it.
+    pub enabled: bool,
+    /// `api_key` (the organisation's key, below) or `user_oauth` (each builder signs in; Anthropic only). Default
+    /// `api_key`.
+    #[serde(default)]
+    pub auth_mode: Option<String>,
+    /// The model, as the provider spells it.
+    pub model: String,
+    /// The endpoint of the `custom` provider (an OpenAI-compatible `https://` or `http://` URL); the others take
+    /// none.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// The provider's API key, write-only: absent keeps the stored one, `null` removes it, a string (4 to 4,096
+    /// characters of printable ASCII without spaces) replaces it. An enabled provider on `api_key` needs one.
+    #[serde(default, deserialize_with = "crate::org::present")]
+    #[schema(value_type = Option<String>, nullable)]
+    pub api_key: Option<Option<crate::org::SecretInput>>,
+}
+
+fn provider_from_path(raw: &str) -> Result<AiProvider, Problem> {
+    AiProvider::parse(raw).map_err(|_| {
+        Problem::not_found(format!("There is no AI provider {raw:?}; they are anthropic, openai and custom."))
+    })
+}
+
+/// Sets one AI provider's settings (admins). The key is sealed before it is stored; `GET` shows its last four
+/// characters only.
+#[utoipa::path(put, path = "/api/v1/blueprints/{key}/ai/{provider}", tag = "blueprints", request_body = AiProviderInput,
+    params(("key" = String, Path, description = "The blueprint's key"),
+           ("provider" = String, Path, description = "`anthropic`, `openai` or `custom`")),
+    security(("bearer" = [])),
+    responses((status = 204, headers(("ETag" = String, description = "The new version"))),
+              (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
+              (status = 404, body = Problem), (status = 409, body = Problem), (status = 412, body = Problem),
+              (status = 413, body = Problem), (status = 415, body = Problem), (status = 422, body = Problem),
+              (status = 503, body = Problem)))]
+#[put("/api/v1/blueprints/{key}/ai/{provider}")]
+pub async fn set_ai_provider(
+    caller: Caller,
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    path: Path<(String, String)>,
+    body: Json<AiProviderInput>,
+) -> Result<HttpResponse, Problem> {
+    caller.require(&[Role::Admin])?;
+    let (raw_key, raw_provider) = path.into_inner();
+    let key = key_from_path(&raw_key)?;
+    let provider = provider_from_path(&raw_provider)?;
+    let if_version = crate::if_match(&request)?;
+    let mut body = body.into_inner();
+    let auth_mode = AiAuthMode::parse(body.auth_mode.as_deref().unwrap_or("api_key")).map_err(invalid)?;
+    let model = ModelName::parse(&body.model).map_err(invalid)?;
+    let endpoint = optional(body.endpoint.as_deref(), EndpointUrl::parse)?;
+    let settings = AiProviderSettings::new(provider, body.enabled, auth_mode, model, endpoint).map_err(invalid)?;
+    let api_key = match body.api_key.take() {
+        None => ApiKeyChange::Keep,
+        Some(None) => ApiKeyChange::Remove,
+        Some(Some(secret)) => ApiKeyChange::Replace(state.vault.seal(
+            "api_key",
+            secret.into_secret(),
+            &crate::vault::ai_binding(&key, provider),
+        )?),
+    };
+    let command = BlueprintCommand::SetAiProvider { settings, api_key, by: caller.email.clone(), if_version };
+    change(&state, &caller, &request, &key, command).await
+}
+
+/// Forgets one AI provider and its key (admins); one not configured is 404.
+#[utoipa::path(delete, path = "/api/v1/blueprints/{key}/ai/{provider}", tag = "blueprints",
+    params(("key" = String, Path, description = "The blueprint's key"),
+           ("provider" = String, Path, description = "`anthropic`, `openai` or `custom`")),
+    security(("bearer" = [])),
+    responses((status = 204, headers(("ETag" = String, description = "The new version"))),
+              (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem),
+              (status = 409, body = Problem), (status = 412, body = Problem), (status = 422, body = Problem),
+              (status = 503, body = Problem)))]
+#[delete("/api/v1/blueprints/{key}/ai/{provider}")]
+pub async fn clear_ai_provider(
+    caller: Caller,
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    path: Path<(String, String)>,
+) -> Result<HttpResponse, Problem> {
+    caller.require(&[Role::Admin])?;
+    let (raw_key, raw_provider) = path.into_inner();
+    let key = key_from_path(&raw_key)?;
+    let provider = provider_from_path(&raw_provider)?;
+    let command = BlueprintCommand::ClearAiProvider {
+        provider,
+        by: caller.email.clone(),
+        if_version: crate::if_match(&request)?,
+    };
+    change(&state, &caller, &request, &key, command).await
 }

@@ -14,17 +14,20 @@ pub mod idempotency;
 pub mod members;
 pub mod metrics;
 pub mod ops;
+pub mod org;
 pub mod paging;
 mod problem;
 pub mod publishing;
 mod rejection;
 pub mod relay;
 pub mod schemas;
+pub mod vault;
 
 use std::sync::Arc;
 
 use actix_web::{web, HttpRequest};
 use domain::blueprint::Blueprint;
+use domain::org::Org;
 use domain::publishing::Publishing;
 use domain::roster::Roster;
 use domain::trust::TrustRules;
@@ -59,6 +62,10 @@ pub struct AppState {
     pub trust: Arc<AggregateRepository<TrustRules>>,
     /// The blueprint aggregates, one per blueprint (ADR 0017).
     pub blueprints: Arc<AggregateRepository<Blueprint>>,
+    /// The organisation aggregate (ADR 0020).
+    pub org: Arc<AggregateRepository<Org>>,
+    /// The secrets key ring in use.
+    pub vault: Arc<vault::Vault>,
     /// The blueprints read model.
     pub blueprint_reads: BlueprintsQuery,
     /// The publishing and trust rules read models.
@@ -208,6 +215,14 @@ pub fn configure(state: AppState) -> impl FnOnce(&mut web::ServiceConfig) {
             .service(blueprints::remove_acl_rule)
             .service(blueprints::configure_workspace)
             .service(blueprints::catalog)
+            .service(blueprints::set_ai_provider)
+            .service(blueprints::clear_ai_provider)
+            .service(org::get_org)
+            .service(org::configure_org)
+            .service(org::set_credential)
+            .service(org::clear_credential)
+            .service(org::secrets_status)
+            .service(org::rewrap)
             .service(publishing::list_requests)
             .service(publishing::approvals_queue)
             .service(publishing::get_request)

@@ -27,7 +27,10 @@ use crate::{AppState, Problem, ProblemCode};
         crate::blueprints::register, crate::blueprints::list_blueprints, crate::blueprints::get_blueprint,
         crate::blueprints::update_details, crate::blueprints::set_state, crate::blueprints::replace_acl,
         crate::blueprints::add_acl_rule, crate::blueprints::remove_acl_rule, crate::blueprints::configure_workspace,
-        crate::blueprints::remove_blueprint, crate::blueprints::catalog,
+        crate::blueprints::remove_blueprint, crate::blueprints::catalog, crate::blueprints::set_ai_provider,
+        crate::blueprints::clear_ai_provider,
+        crate::org::get_org, crate::org::configure_org, crate::org::set_credential, crate::org::clear_credential,
+        crate::org::secrets_status, crate::org::rewrap,
     ),
     components(schemas(
         Problem, ProblemCode, Health, Readiness, ProjectionReadiness,
@@ -43,7 +46,11 @@ use crate::{AppState, Problem, ProblemCode};
         crate::blueprints::DetailsPatch, crate::blueprints::StateInput, crate::blueprints::AclRuleInput,
         crate::blueprints::AclInput, crate::blueprints::TabInput, crate::blueprints::WorkspaceInput,
         crate::blueprints::AiProviderView, crate::blueprints::BlueprintView, crate::Page<crate::blueprints::BlueprintView>,
-        crate::blueprints::CatalogItem, crate::blueprints::Catalog,
+        crate::blueprints::CatalogItem, crate::blueprints::Catalog, crate::blueprints::AiProviderInput,
+        crate::org::OrgInput, crate::org::ControlPlaneInput, crate::org::GitInput, crate::org::CredentialInput,
+        crate::org::OrgView, crate::org::ControlPlaneView, crate::org::GitView, crate::org::CredentialView,
+        crate::vault::SecretsStatus, crate::vault::KeyUse, crate::vault::SecretState, crate::vault::RewrapReport,
+        crate::vault::RewrapFailure,
     )),
     modifiers(&BearerAuth)
 )]

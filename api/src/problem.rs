@@ -76,11 +76,16 @@ pub enum ProblemCode {
     StateUnchanged,
     /// The blueprint has that access rule already.
     DuplicateAclRule,
+    /// The organisation is not configured yet (`PUT /api/v1/org` first).
+    OrgNotConfigured,
+    /// The secrets key file holds no usable ring, or one that lacks a key current secrets use; the ring in use
+    /// stays.
+    KeyRingRefused,
 }
 
 impl ProblemCode {
     /// Every code, in the order docs/API.md lists them.
-    pub const ALL: [ProblemCode; 31] = [
+    pub const ALL: [ProblemCode; 33] = [
         ProblemCode::InvalidRequest,
         ProblemCode::PayloadTooLarge,
         ProblemCode::UnsupportedMediaType,
@@ -110,6 +115,8 @@ impl ProblemCode {
         ProblemCode::BlueprintRemoved,
         ProblemCode::StateUnchanged,
         ProblemCode::DuplicateAclRule,
+        ProblemCode::OrgNotConfigured,
+        ProblemCode::KeyRingRefused,
         ProblemCode::StoreUnavailable,
         ProblemCode::Internal,
     ];
@@ -143,7 +150,9 @@ impl ProblemCode {
             | ProblemCode::BlueprintKeyRetired
             | ProblemCode::BlueprintRemoved
             | ProblemCode::StateUnchanged
-            | ProblemCode::DuplicateAclRule => StatusCode::CONFLICT,
+            | ProblemCode::DuplicateAclRule
+            | ProblemCode::OrgNotConfigured
+            | ProblemCode::KeyRingRefused => StatusCode::CONFLICT,
             ProblemCode::StaleVersion => StatusCode::PRECONDITION_FAILED,
             ProblemCode::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ProblemCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -184,6 +193,8 @@ impl ProblemCode {
             ProblemCode::BlueprintRemoved => "blueprint_removed",
             ProblemCode::StateUnchanged => "state_unchanged",
             ProblemCode::DuplicateAclRule => "duplicate_acl_rule",
+            ProblemCode::OrgNotConfigured => "org_not_configured",
+            ProblemCode::KeyRingRefused => "key_ring_refused",
         }
     }
 }

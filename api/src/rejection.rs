@@ -4,6 +4,7 @@
 use domain::audit_access::AuditAccessError;
 use domain::blueprint::BlueprintError;
 use domain::firewall::FirewallError;
+use domain::org::OrgError;
 use domain::publishing::PublishingError;
 use domain::relay::{AgentTokenError, SessionError, TicketError};
 use domain::roster::RosterError;
@@ -128,6 +129,7 @@ impl Rejection for BlueprintError {
             BlueprintError::StateUnchanged { .. } => ProblemCode::StateUnchanged,
             BlueprintError::DuplicateAclRule(_) => ProblemCode::DuplicateAclRule,
             BlueprintError::Stale { .. } => ProblemCode::StaleVersion,
+            BlueprintError::RewrapSuperseded(_) => ProblemCode::ConcurrentModification,
             BlueprintError::Invalid(_) | BlueprintError::AclFull { .. } | BlueprintError::ApiKeyRequired(_) => {
                 ProblemCode::InvalidField
             }
@@ -136,5 +138,16 @@ impl Rejection for BlueprintError {
 
     fn field(&self) -> Option<&'static str> {
         BlueprintError::field(self)
+    }
+}
+
+impl Rejection for OrgError {
+    fn code(&self) -> ProblemCode {
+        match self {
+            OrgError::NotConfigured => ProblemCode::OrgNotConfigured,
+            OrgError::Stale { .. } => ProblemCode::StaleVersion,
+            OrgError::CredentialNotSet(_) => ProblemCode::NotFound,
+            OrgError::RewrapSuperseded(_) => ProblemCode::ConcurrentModification,
+        }
     }
 }

@@ -11,6 +11,7 @@ pub mod audit_access;
 pub mod blueprint;
 pub mod email;
 pub mod firewall;
+pub mod org;
 pub mod publishing;
 pub mod relay;
 pub mod roster;

@@ -219,6 +219,14 @@ impl Projection for BlueprintsProjection {
                 let sets = vec![("ai", Value::Text(Some(json(&providers)?)))];
                 Self::update(connection, tables, event, by.as_str(), sets).await?;
             }
+            BlueprintEvent::BlueprintAiKeyRewrapped { .. } => {
+                // Only the ciphertext changed, which the read model does not hold: the row keeps its last change
+                // (a key rotation is not an edit) and moves to the new version, which ETags name.
+                let table = tables.name("blueprints");
+                let sql = format!("UPDATE {table} SET version = $2 WHERE blueprint_key = $1");
+                let query = sqlx::query(&sql).bind(event.aggregate_id.clone()).bind(int(event.sequence));
+                connection.execute(query).await?;
+            }
             BlueprintEvent::BlueprintRemoved { by } => {
                 Self::update(connection, tables, event, by.as_str(), vec![("removed", Value::Int(1))]).await?;
             }

@@ -227,6 +227,38 @@ pub(crate) fn read_key_file(path: &Path) -> Result<Zeroizing<String>, KeyError> 
     Ok(Zeroizing::new(text))
 }
 
+/// Creates `path` with `contents`, readable by its owner only: a temporary file beside it, then a hard link, which
+/// fails with `AlreadyExists` if `path` exists (so a concurrent creator never sees a partial file).
+pub(crate) fn write_new_private_file(path: &Path, contents: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
+    let mut nonce = [0u8; 8];
+    aes_gcm_siv::aead::common::getrandom::fill(&mut nonce).map_err(|e| io::Error::other(e.to_string()))?;
+    let tmp = dir.join(format!(".{name}.{}.{}.tmp", std::process::id(), hex::encode(nonce)));
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let written = options.open(&tmp).and_then(|mut file| {
+        file.write_all(contents)?;
+        file.sync_all()
+    });
+    let linked = written.and_then(|()| std::fs::hard_link(&tmp, path));
+    let _ = std::fs::remove_file(&tmp);
+    linked?;
+    if let Ok(dir) = File::open(&dir) {
+        let _ = dir.sync_all();
+    }
+    Ok(())
+}
+
 /// A new random key, as the 44 characters of standard base64 that a key list or key file holds (for
 /// `gatehouse secrets generate-key`). From the operating system's generator.
 pub fn generate_key() -> Result<Secret, KeyError> {

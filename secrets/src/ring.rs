@@ -109,6 +109,31 @@ impl KeyRing {
             .map_err(|e| KeyError::InFile { path: path.to_path_buf(), source: Box::new(e) })
     }
 
+    /// [`load`](KeyRing::load), or, when `path` does not exist, first creates it with one new random key (mode
+    /// 0600 on unix, written beside it and hard-linked into place, so it appears complete or not at all; a
+    /// concurrent creator's file wins and is loaded). The embedded default: a fresh machine gets a ring without
+    /// configuration. Every process of a deployment must share the file.
+    pub fn load_or_create(path: impl AsRef<Path>) -> Result<KeyRing, KeyError> {
+        let path = path.as_ref();
+        match std::fs::symlink_metadata(path) {
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                let key = crate::generate_key()?;
+                let contents = Zeroizing::new(format!(
+                    "# Gatehouse secrets key ring: one base64 key per line, the first encrypts, all decrypt.\n\
+                     # Back it up with the database: secrets encrypted under a lost key are lost.\n{}\n",
+                    key.expose()
+                ));
+                match crate::keys::write_new_private_file(path, contents.as_bytes()) {
+                    Ok(()) => {}
+                    Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {}
+                    Err(source) => return Err(KeyError::Io { path: path.to_path_buf(), source }),
+                }
+                KeyRing::load(path)
+            }
+            _ => KeyRing::load(path),
+        }
+    }
+
     /// From raw 32-byte keys, the first encrypting.
     pub fn from_keys(keys: &[[u8; KEY_BYTES]]) -> Result<KeyRing, KeyError> {
         KeyRing::build(keys.iter().enumerate().map(|(i, key)| (KeyAt { index: i + 1, line: None }, key)))
@@ -253,6 +278,25 @@ mod tests {
     const PINNED: &str = "ghs1:7ccba5f2f02f5af0:QEFCQ0RFRkdISUpL8UDEPnrihAJI3RvfBqOr-HOLRWO0PEMVtUuAAds5St4LZppS";
     /// The same with the empty plaintext.
     const PINNED_EMPTY: &str = "ghs1:7ccba5f2f02f5af0:QEFCQ0RFRkdISUpLlmoe58LyhXjrTiTa4DVSdw";
+
+    #[test]
+    fn load_or_create_makes_one_private_key_file_and_then_loads_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("secrets.key");
+        let first = KeyRing::load_or_create(&path).expect("created");
+        let again = KeyRing::load_or_create(&path).expect("loaded");
+        assert_eq!(first.primary_key_id(), again.primary_key_id());
+        assert_eq!(first.key_ids().len(), 1);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).expect("metadata").permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600);
+        }
+        let leftovers: Vec<_> =
+            std::fs::read_dir(dir.path()).expect("dir").map(|e| e.expect("entry").file_name()).collect();
+        assert_eq!(leftovers, vec![std::ffi::OsString::from("secrets.key")], "no temporary file is left behind");
+    }
 
     fn pinned_ring() -> KeyRing {
         let key: [u8; 32] = std::array::from_fn(|i| i as u8);

@@ -408,6 +408,17 @@ impl EventStore {
         }
     }
 
+    /// The id of every aggregate of `aggregate_type` that has events, in id order (for the few admin-sized
+    /// aggregate types a whole-organisation task walks, such as the blueprints a key rotation visits).
+    pub async fn aggregate_ids(&self, aggregate_type: &str) -> Result<Vec<String>, StoreError> {
+        let sql = "SELECT DISTINCT aggregate_id FROM events WHERE aggregate_type = $1 ORDER BY aggregate_id";
+        let ids = match &self.inner.backend {
+            Backend::Postgres(pool) => sqlx::query_scalar(sql).bind(aggregate_type).fetch_all(pool).await?,
+            Backend::Sqlite(pool) => sqlx::query_scalar(sql).bind(aggregate_type).fetch_all(pool).await?,
+        };
+        Ok(ids)
+    }
+
     /// True when committed events exist after `after`, readable or not.
     ///
     /// An empty [`read_global`](Self::read_global) means "nothing readable now", not "nothing there": on PostgreSQL

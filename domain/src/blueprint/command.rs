@@ -2,7 +2,7 @@
 //! carry the version the admin last saw (`If-Match`).
 
 use super::acl::{Acl, AclRule};
-use super::values::{AiProvider, AiProviderSettings, ApiKeyChange, BlueprintDetails, WorkspaceConfig};
+use super::values::{AiProvider, AiProviderSettings, ApiKeyChange, BlueprintDetails, SealedSecret, WorkspaceConfig};
 use super::BlueprintState;
 use crate::values::BlueprintKey;
 use crate::Email;
@@ -95,6 +95,20 @@ pub enum BlueprintCommand {
         by: Email,
         /// Only if the blueprint is still at this version.
         if_version: Option<u64>,
+    },
+    /// Key rotation: a provider's key under the key ring's new primary key. Refused when the stored ciphertext is
+    /// no longer `from` (an admin replaced the key meanwhile), so a rewrap never overwrites a newer key. No
+    /// `If-Match`: the `from` check is its precondition, and a rotation must not fail because an admin edited the
+    /// layout meanwhile.
+    RewrapAiKey {
+        /// The provider.
+        provider: AiProvider,
+        /// The ciphertext the rewrap read.
+        from: SealedSecret,
+        /// The same key under the primary key.
+        to: SealedSecret,
+        /// The admin who asked, or `None` for the operator's command line.
+        by: Option<Email>,
     },
     /// Remove the blueprint for good: no new workspaces, every later command refused, its key never registered
     /// again. Existing workspaces keep running.

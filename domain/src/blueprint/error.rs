@@ -56,6 +56,9 @@ pub enum BlueprintError {
     /// The provider would be enabled with the organisation's key and there is none.
     #[error("AI provider {0} is enabled with auth mode api_key, so it needs an API key")]
     ApiKeyRequired(AiProvider),
+    /// A rewrap found another ciphertext than the one it read: the key changed meanwhile.
+    #[error("the API key of AI provider {0} changed since the rewrap read it")]
+    RewrapSuperseded(AiProvider),
     /// A value in the command is refused (the field says which).
     #[error("{0}")]
     Invalid(InvalidValue),

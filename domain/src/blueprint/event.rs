@@ -7,7 +7,7 @@ use cqrs_es::DomainEvent;
 use serde::{Deserialize, Serialize};
 
 use super::acl::{Acl, AclRule};
-use super::values::{AiProvider, AiProviderSettings, BlueprintDetails, WorkspaceConfig};
+use super::values::{AiProvider, AiProviderSettings, BlueprintDetails, SealedSecret, WorkspaceConfig};
 use super::BlueprintState;
 use crate::values::BlueprintKey;
 use crate::Email;
@@ -88,6 +88,16 @@ pub enum BlueprintEvent {
         /// The admin.
         by: Email,
     },
+    /// A key rotation re-encrypted a provider's key under the new primary key; the key itself did not change.
+    BlueprintAiKeyRewrapped {
+        /// The provider.
+        provider: AiProvider,
+        /// The new ciphertext.
+        sealed: SealedSecret,
+        /// The admin who asked; `None` for the command line.
+        #[serde(default)]
+        by: Option<Email>,
+    },
     /// An admin removed the blueprint. Final.
     BlueprintRemoved {
         /// The admin.
@@ -107,6 +117,7 @@ impl DomainEvent for BlueprintEvent {
             BlueprintEvent::BlueprintWorkspaceConfigured { .. } => "BlueprintWorkspaceConfigured",
             BlueprintEvent::BlueprintAiProviderSet { .. } => "BlueprintAiProviderSet",
             BlueprintEvent::BlueprintAiProviderCleared { .. } => "BlueprintAiProviderCleared",
+            BlueprintEvent::BlueprintAiKeyRewrapped { .. } => "BlueprintAiKeyRewrapped",
             BlueprintEvent::BlueprintRemoved { .. } => "BlueprintRemoved",
         }
         .to_string()

@@ -268,6 +268,14 @@ impl Aggregate for Blueprint {
                 }
                 BlueprintEvent::BlueprintAiProviderCleared { provider, by }
             }
+            BlueprintCommand::RewrapAiKey { provider, from, to, by } => {
+                self.live(None)?;
+                let current = self.ai.get(&provider).ok_or(BlueprintError::AiProviderNotConfigured(provider))?;
+                if current.api_key().map(|key| &key.sealed) != Some(&from) {
+                    return Err(BlueprintError::RewrapSuperseded(provider));
+                }
+                BlueprintEvent::BlueprintAiKeyRewrapped { provider, sealed: to, by }
+            }
             BlueprintCommand::Remove { by, if_version } => {
                 self.live(if_version)?;
                 BlueprintEvent::BlueprintRemoved { by }
@@ -300,6 +308,12 @@ impl Aggregate for Blueprint {
             }
             BlueprintEvent::BlueprintAiProviderCleared { provider, .. } => {
                 self.ai.remove(&provider);
+            }
+            BlueprintEvent::BlueprintAiKeyRewrapped { provider, sealed, .. } => {
+                if let Some(settings) = self.ai.remove(&provider) {
+                    let api_key = settings.api_key().map(|key| ApiKey { sealed, last_four: key.last_four.clone() });
+                    self.ai.insert(provider, settings.with_api_key(api_key));
+                }
             }
             BlueprintEvent::BlueprintRemoved { .. } => self.removed = true,
         }

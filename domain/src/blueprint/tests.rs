@@ -583,6 +583,11 @@ fn every_event() -> Vec<BlueprintEvent> {
         BlueprintEvent::BlueprintWorkspaceConfigured { workspace: custom_layout(), by: by.clone() },
         with_anthropic().pop().expect("an event"),
         BlueprintEvent::BlueprintAiProviderCleared { provider: AiProvider::Custom, by: by.clone() },
+        BlueprintEvent::BlueprintAiKeyRewrapped {
+            provider: AiProvider::Anthropic,
+            sealed: SealedSecret::parse("sealed-2").expect("valid"),
+            by: None,
+        },
         BlueprintEvent::BlueprintRemoved { by },
     ]
 }
@@ -612,6 +617,7 @@ fn event_types_are_the_stored_names() {
             "BlueprintWorkspaceConfigured",
             "BlueprintAiProviderSet",
             "BlueprintAiProviderCleared",
+            "BlueprintAiKeyRewrapped",
             "BlueprintRemoved",
         ]
     );
@@ -718,4 +724,47 @@ fn errors_say_what_is_wrong() {
     );
     assert_eq!(BlueprintState::parse("enabled"), Ok(BlueprintState::Enabled));
     assert_eq!(BlueprintState::parse("removed").map_err(|e| e.field), Err("state"));
+}
+
+#[test]
+fn a_rewrap_replaces_only_the_ciphertext_it_read_and_keeps_the_last_four() {
+    let rewrap = |from: &str| BlueprintCommand::RewrapAiKey {
+        provider: AiProvider::Anthropic,
+        from: SealedSecret::parse(from).expect("valid"),
+        to: SealedSecret::parse("sealed-2").expect("valid"),
+        by: Some(root()),
+    };
+    let rewrapped = BlueprintEvent::BlueprintAiKeyRewrapped {
+        provider: AiProvider::Anthropic,
+        sealed: SealedSecret::parse("sealed-2").expect("valid"),
+        by: Some(root()),
+    };
+    BlueprintTest::with(())
+        .given(with_anthropic())
+        .when(rewrap("sealed-1"))
+        .then_expect_events(vec![rewrapped.clone()]);
+    BlueprintTest::with(())
+        .given(with_anthropic())
+        .when(rewrap("sealed-0"))
+        .then_expect_error(BlueprintError::RewrapSuperseded(AiProvider::Anthropic));
+    BlueprintTest::with(())
+        .given(vec![registered()])
+        .when(rewrap("sealed-1"))
+        .then_expect_error(BlueprintError::AiProviderNotConfigured(AiProvider::Anthropic));
+    let mut removed = with_anthropic();
+    removed.push(BlueprintEvent::BlueprintRemoved { by: root() });
+    BlueprintTest::with(())
+        .given(removed)
+        .when(rewrap("sealed-1"))
+        .then_expect_error(BlueprintError::Removed(key("web")));
+
+    let mut blueprint = Blueprint::default();
+    for event in with_anthropic() {
+        blueprint.apply(event);
+    }
+    blueprint.apply(rewrapped);
+    let stored = blueprint.ai_provider(AiProvider::Anthropic).and_then(AiProviderSettings::api_key).expect("a key");
+    assert_eq!(stored.sealed.expose_sealed(), "sealed-2");
+    assert_eq!(stored.last_four.as_str(), "wxyz");
+    assert_eq!(blueprint.version(), 3);
 }

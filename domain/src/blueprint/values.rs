@@ -544,6 +544,25 @@ pub enum AiAuthMode {
     UserOauth,
 }
 
+impl AiAuthMode {
+    /// The stable name used in events and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AiAuthMode::ApiKey => "api_key",
+            AiAuthMode::UserOauth => "user_oauth",
+        }
+    }
+
+    /// Parses a stable name.
+    pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
+        match raw {
+            "api_key" => Ok(AiAuthMode::ApiKey),
+            "user_oauth" => Ok(AiAuthMode::UserOauth),
+            _ => Err(InvalidValue::new("ai.auth_mode", "api_key or user_oauth")),
+        }
+    }
+}
+
 impl ModelName {
     /// Printable ASCII without spaces, 1 to [`MAX_MODEL_CHARS`] characters.
     pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
