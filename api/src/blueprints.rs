@@ -894,75 +894,202 @@ pub async fn catalog(caller: Caller, state: web::Data<AppState>) -> Result<web::
 // ---------------------------------------------------------------------------------------------------------------
 // AI providers
 
-/// One AI provider's settings (the whole of them but the key, which is write-only).
+/// Anthropic's settings (all of them but the key, which is write-only).
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct AiProviderInput {
+pub struct AnthropicInput {
     /// Whether workspaces use it.
     pub enabled: bool,
-    /// `api_key` (the organisation's key, below) or `user_oauth` (each builder signs in; Anthropic only). Default
-    /// `api_key`.
+    /// `api_key` (the organisation's key, below; the default) or `user_oauth` (each builder signs in).
     #[serde(default)]
     pub auth_mode: Option<String>,
-    /// The model, as the provider spells it.
+    /// The model, as Anthropic spells it (printable ASCII without spaces).
     pub model: String,
-    /// The endpoint of the `custom` provider (an OpenAI-compatible `https://` or `http://` URL); the others take
-    /// none.
-    #[serde(default)]
-    pub endpoint: Option<String>,
-    /// The provider's API key, write-only: absent keeps the stored one, `null` removes it, a string (4 to 4,096
-    /// characters of printable ASCII without spaces) replaces it. An enabled provider on `api_key` needs one.
+    /// The API key, write-only: absent keeps the stored one, `null` removes it, a string (4 to 3,000 characters of
+    /// printable ASCII without spaces) replaces it. Enabled on `api_key`, a key must be stored or sent.
     #[serde(default, deserialize_with = "crate::org::present")]
     #[schema(value_type = Option<String>, nullable)]
     pub api_key: Option<Option<crate::org::SecretInput>>,
 }
 
-fn provider_from_path(raw: &str) -> Result<AiProvider, Problem> {
-    AiProvider::parse(raw).map_err(|_| {
-        Problem::not_found(format!("There is no AI provider {raw:?}; they are anthropic, openai and custom."))
-    })
+/// OpenAI's settings (all of them but the key, which is write-only); OpenAI is used with the organisation's key.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OpenAiInput {
+    /// Whether workspaces use it.
+    pub enabled: bool,
+    /// `api_key` (the only mode; may be left out).
+    #[serde(default)]
+    pub auth_mode: Option<String>,
+    /// The model, as OpenAI spells it (printable ASCII without spaces).
+    pub model: String,
+    /// The API key, write-only: absent keeps the stored one, `null` removes it, a string replaces it. Enabled, a
+    /// key must be stored or sent.
+    #[serde(default, deserialize_with = "crate::org::present")]
+    #[schema(value_type = Option<String>, nullable)]
+    pub api_key: Option<Option<crate::org::SecretInput>>,
 }
 
-/// Sets one AI provider's settings (admins). The key is sealed before it is stored; `GET` shows its last four
+/// A custom OpenAI-compatible provider's settings (all of them but the key, which is write-only).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CustomAiInput {
+    /// Whether workspaces use it.
+    pub enabled: bool,
+    /// `api_key` (the only mode; may be left out).
+    #[serde(default)]
+    pub auth_mode: Option<String>,
+    /// The model, as the endpoint spells it (printable ASCII without spaces).
+    pub model: String,
+    /// The endpoint: an `https://` or `http://` URL of at most 2,048 characters.
+    pub endpoint: String,
+    /// The API key, write-only: absent keeps the stored one, `null` removes it, a string replaces it. Enabled, a
+    /// key must be stored or sent.
+    #[serde(default, deserialize_with = "crate::org::present")]
+    #[schema(value_type = Option<String>, nullable)]
+    pub api_key: Option<Option<crate::org::SecretInput>>,
+}
+
+/// A value the server takes exactly as sent: surrounding white space is refused rather than trimmed.
+fn untrimmed<'a>(field: &'static str, raw: &'a str) -> Result<&'a str, Problem> {
+    if raw.trim() != raw {
+        return Err(Problem::invalid_field(field, format!("{field} has no surrounding white space")));
+    }
+    Ok(raw)
+}
+
+/// What every provider's route does: check, seal the key, set.
+#[allow(clippy::too_many_arguments)]
+async fn set_provider(
+    state: &AppState,
+    caller: &Caller,
+    request: &HttpRequest,
+    raw_key: &str,
+    provider: AiProvider,
+    enabled: bool,
+    auth_mode: Option<&str>,
+    model: &str,
+    endpoint: Option<&str>,
+    api_key: Option<Option<crate::org::SecretInput>>,
+) -> Result<HttpResponse, Problem> {
+    caller.require(&[Role::Admin])?;
+    let key = key_from_path(raw_key)?;
+    let if_version = crate::if_match(request)?;
+    let auth_mode =
+        AiAuthMode::parse(auth_mode.unwrap_or("api_key")).map_err(|e| Problem::invalid_field("auth_mode", e.reason))?;
+    let model = ModelName::parse(untrimmed("model", model)?).map_err(|e| Problem::invalid_field("model", e.reason))?;
+    let endpoint = match endpoint {
+        Some(raw) => Some(
+            EndpointUrl::parse(untrimmed("endpoint", raw)?)
+                .map_err(|e| Problem::invalid_field("endpoint", e.reason))?,
+        ),
+        None => None,
+    };
+    let settings = AiProviderSettings::new(provider, enabled, auth_mode, model, endpoint)
+        .map_err(|error| Problem::invalid_field(error.field.trim_start_matches("ai."), error.reason))?;
+    let api_key =
+        match api_key {
+            None => ApiKeyChange::Keep,
+            Some(None) if settings.needs_api_key() => return Err(Problem::invalid_field(
+                "api_key",
+                "an enabled provider on auth mode api_key keeps its key: send a new one, or disable the provider first",
+            )),
+            Some(None) => ApiKeyChange::Remove,
+            Some(Some(secret)) => ApiKeyChange::Replace(state.vault.seal(
+                "api_key",
+                secret.into_secret(),
+                &crate::vault::ai_binding(&key, provider),
+            )?),
+        };
+    let command = BlueprintCommand::SetAiProvider { settings, api_key, by: caller.email.clone(), if_version };
+    change(state, caller, request, &key, command).await
+}
+
+/// Sets Anthropic's settings (admins). A key sent is sealed before it is stored; `GET` shows its last four
 /// characters only.
-#[utoipa::path(put, path = "/api/v1/blueprints/{key}/ai/{provider}", tag = "blueprints", request_body = AiProviderInput,
-    params(("key" = String, Path, description = "The blueprint's key"),
-           ("provider" = String, Path, description = "`anthropic`, `openai` or `custom`")),
+#[utoipa::path(put, path = "/api/v1/blueprints/{key}/ai/anthropic", tag = "blueprints", request_body = AnthropicInput,
+    params(("key" = String, Path, description = "The blueprint's key")),
     security(("bearer" = [])),
     responses((status = 204, headers(("ETag" = String, description = "The new version"))),
               (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
               (status = 404, body = Problem), (status = 409, body = Problem), (status = 412, body = Problem),
               (status = 413, body = Problem), (status = 415, body = Problem), (status = 422, body = Problem),
               (status = 503, body = Problem)))]
-#[put("/api/v1/blueprints/{key}/ai/{provider}")]
-pub async fn set_ai_provider(
+#[put("/api/v1/blueprints/{key}/ai/anthropic")]
+pub async fn set_anthropic(
     caller: Caller,
     state: web::Data<AppState>,
     request: HttpRequest,
-    path: Path<(String, String)>,
-    body: Json<AiProviderInput>,
+    path: Path<String>,
+    body: Json<AnthropicInput>,
 ) -> Result<HttpResponse, Problem> {
-    caller.require(&[Role::Admin])?;
-    let (raw_key, raw_provider) = path.into_inner();
-    let key = key_from_path(&raw_key)?;
-    let provider = provider_from_path(&raw_provider)?;
-    let if_version = crate::if_match(&request)?;
-    let mut body = body.into_inner();
-    let auth_mode = AiAuthMode::parse(body.auth_mode.as_deref().unwrap_or("api_key")).map_err(invalid)?;
-    let model = ModelName::parse(&body.model).map_err(invalid)?;
-    let endpoint = optional(body.endpoint.as_deref(), EndpointUrl::parse)?;
-    let settings = AiProviderSettings::new(provider, body.enabled, auth_mode, model, endpoint).map_err(invalid)?;
-    let api_key = match body.api_key.take() {
-        None => ApiKeyChange::Keep,
-        Some(None) => ApiKeyChange::Remove,
-        Some(Some(secret)) => ApiKeyChange::Replace(state.vault.seal(
-            "api_key",
-            secret.into_secret(),
-            &crate::vault::ai_binding(&key, provider),
-        )?),
-    };
-    let command = BlueprintCommand::SetAiProvider { settings, api_key, by: caller.email.clone(), if_version };
-    change(&state, &caller, &request, &key, command).await
+    let body = body.into_inner();
+    let (mode, model) = (body.auth_mode.as_deref(), body.model.as_str());
+    set_provider(&state, &caller, &request, &path, AiProvider::Anthropic, body.enabled, mode, model, None, body.api_key)
+        .await
+}
+
+/// Sets OpenAI's settings (admins), as Anthropic's.
+#[utoipa::path(put, path = "/api/v1/blueprints/{key}/ai/openai", tag = "blueprints", request_body = OpenAiInput,
+    params(("key" = String, Path, description = "The blueprint's key")),
+    security(("bearer" = [])),
+    responses((status = 204, headers(("ETag" = String, description = "The new version"))),
+              (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
+              (status = 404, body = Problem), (status = 409, body = Problem), (status = 412, body = Problem),
+              (status = 413, body = Problem), (status = 415, body = Problem), (status = 422, body = Problem),
+              (status = 503, body = Problem)))]
+#[put("/api/v1/blueprints/{key}/ai/openai")]
+pub async fn set_openai(
+    caller: Caller,
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    path: Path<String>,
+    body: Json<OpenAiInput>,
+) -> Result<HttpResponse, Problem> {
+    let body = body.into_inner();
+    let (mode, model) = (body.auth_mode.as_deref(), body.model.as_str());
+    set_provider(&state, &caller, &request, &path, AiProvider::OpenAi, body.enabled, mode, model, None, body.api_key)
+        .await
+}
+
+/// Sets the custom provider's settings (admins), as Anthropic's, with its endpoint.
+#[utoipa::path(put, path = "/api/v1/blueprints/{key}/ai/custom", tag = "blueprints", request_body = CustomAiInput,
+    params(("key" = String, Path, description = "The blueprint's key")),
+    security(("bearer" = [])),
+    responses((status = 204, headers(("ETag" = String, description = "The new version"))),
+              (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
+              (status = 404, body = Problem), (status = 409, body = Problem), (status = 412, body = Problem),
+              (status = 413, body = Problem), (status = 415, body = Problem), (status = 422, body = Problem),
+              (status = 503, body = Problem)))]
+#[put("/api/v1/blueprints/{key}/ai/custom")]
+pub async fn set_custom_ai(
+    caller: Caller,
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    path: Path<String>,
+    body: Json<CustomAiInput>,
+) -> Result<HttpResponse, Problem> {
+    let body = body.into_inner();
+    let (mode, model, endpoint) = (body.auth_mode.as_deref(), body.model.as_str(), Some(body.endpoint.as_str()));
+    set_provider(
+        &state,
+        &caller,
+        &request,
+        &path,
+        AiProvider::Custom,
+        body.enabled,
+        mode,
+        model,
+        endpoint,
+        body.api_key,
+    )
+    .await
+}
+
+fn provider_from_path(raw: &str) -> Result<AiProvider, Problem> {
+    AiProvider::parse(raw).map_err(|_| {
+        Problem::not_found(format!("There is no AI provider {raw:?}; they are anthropic, openai and custom."))
+    })
 }
 
 /// Forgets one AI provider and its key (admins); one not configured is 404.

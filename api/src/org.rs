@@ -82,7 +82,7 @@ pub struct OrgInput {
     #[serde(default)]
     pub git: Option<GitInput>,
     /// The control plane's admin API token, write-only: absent keeps the stored one, `null` clears it, a string
-    /// (4 to 4,096 characters of printable ASCII without spaces) replaces it.
+    /// (4 to 3,000 characters of printable ASCII without spaces) replaces it.
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<String>, nullable)]
     pub admin_api_token: Option<Option<SecretInput>>,
@@ -92,7 +92,7 @@ pub struct OrgInput {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CredentialInput {
-    /// The token: 4 to 4,096 characters of printable ASCII without spaces. Write-only.
+    /// The token: 4 to 3,000 characters of printable ASCII without spaces. Write-only.
     #[schema(value_type = String)]
     pub value: SecretInput,
 }
@@ -202,8 +202,14 @@ fn profile(input: &OrgInput) -> Result<OrgProfile, Problem> {
     let control_plane = ControlPlaneKind::parse(&input.control_plane.kind).map_err(invalid)?;
     let git = match &input.git {
         None => GitProvider::default(),
-        Some(git) => GitProvider::new(GitProviderKind::parse(&git.provider).map_err(invalid)?, git.base_url.as_deref())
-            .map_err(invalid)?,
+        Some(git) => {
+            let kind = GitProviderKind::parse(&git.provider).map_err(invalid)?;
+            let base_url = git.base_url.as_deref().filter(|raw| !raw.trim().is_empty());
+            if base_url.is_some_and(|raw| raw.trim() != raw) {
+                return Err(Problem::invalid_field("git.base_url", "git.base_url has no surrounding white space"));
+            }
+            GitProvider::new(kind, base_url).map_err(invalid)?
+        }
     };
     Ok(OrgProfile { name, control_plane, git })
 }

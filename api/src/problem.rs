@@ -76,6 +76,8 @@ pub enum ProblemCode {
     StateUnchanged,
     /// The blueprint has that access rule already.
     DuplicateAclRule,
+    /// The AI provider is enabled on auth mode `api_key` and no key is stored: send one.
+    ApiKeyRequired,
     /// The organisation is not configured yet (`PUT /api/v1/org` first).
     OrgNotConfigured,
     /// The secrets key file holds no usable ring, or one that lacks a key current secrets use; the ring in use
@@ -85,7 +87,7 @@ pub enum ProblemCode {
 
 impl ProblemCode {
     /// Every code, in the order docs/API.md lists them.
-    pub const ALL: [ProblemCode; 33] = [
+    pub const ALL: [ProblemCode; 34] = [
         ProblemCode::InvalidRequest,
         ProblemCode::PayloadTooLarge,
         ProblemCode::UnsupportedMediaType,
@@ -115,6 +117,7 @@ impl ProblemCode {
         ProblemCode::BlueprintRemoved,
         ProblemCode::StateUnchanged,
         ProblemCode::DuplicateAclRule,
+        ProblemCode::ApiKeyRequired,
         ProblemCode::OrgNotConfigured,
         ProblemCode::KeyRingRefused,
         ProblemCode::StoreUnavailable,
@@ -151,6 +154,7 @@ impl ProblemCode {
             | ProblemCode::BlueprintRemoved
             | ProblemCode::StateUnchanged
             | ProblemCode::DuplicateAclRule
+            | ProblemCode::ApiKeyRequired
             | ProblemCode::OrgNotConfigured
             | ProblemCode::KeyRingRefused => StatusCode::CONFLICT,
             ProblemCode::StaleVersion => StatusCode::PRECONDITION_FAILED,
@@ -193,6 +197,7 @@ impl ProblemCode {
             ProblemCode::BlueprintRemoved => "blueprint_removed",
             ProblemCode::StateUnchanged => "state_unchanged",
             ProblemCode::DuplicateAclRule => "duplicate_acl_rule",
+            ProblemCode::ApiKeyRequired => "api_key_required",
             ProblemCode::OrgNotConfigured => "org_not_configured",
             ProblemCode::KeyRingRefused => "key_ring_refused",
         }

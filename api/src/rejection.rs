@@ -130,9 +130,9 @@ impl Rejection for BlueprintError {
             BlueprintError::DuplicateAclRule(_) => ProblemCode::DuplicateAclRule,
             BlueprintError::Stale { .. } => ProblemCode::StaleVersion,
             BlueprintError::RewrapSuperseded(_) => ProblemCode::ConcurrentModification,
-            BlueprintError::Invalid(_) | BlueprintError::AclFull { .. } | BlueprintError::ApiKeyRequired(_) => {
-                ProblemCode::InvalidField
-            }
+            // Sent with `null`, the route refuses it first (422); here the key was kept and there is none.
+            BlueprintError::ApiKeyRequired(_) => ProblemCode::ApiKeyRequired,
+            BlueprintError::Invalid(_) | BlueprintError::AclFull { .. } => ProblemCode::InvalidField,
         }
     }
 

@@ -82,6 +82,12 @@ pub const TOKEN_ID: &str = r"^[0-9a-f]{64}$";
 pub const AGGREGATE_TYPE: &str = r"^[a-z_]{1,64}$";
 /// Any one line of printable text (ids the API compares, never parses).
 pub const PRINTABLE: &str = r"^[^\x00-\x1f\x7f-\x9f]+$";
+/// A plaintext secret (`crate::vault::check_plaintext`): printable ASCII without spaces.
+pub const SECRET: &str = r"^[!-~]{4,3000}$";
+/// An AI model's name (`ModelName::parse`): printable ASCII without spaces.
+pub const MODEL: &str = r"^[!-~]{1,200}$";
+/// `EndpointUrl::parse`: `https://` or `http://`, then a host (not `/`, `?` or `#`), printable ASCII without spaces.
+pub const ENDPOINT: &str = r#"^https?://[!"$-.0->@-~][!-~]*$"#;
 /// `Idempotency-Key`: 1 to 255 printable ASCII characters.
 pub const IDEMPOTENCY_KEY: &str = r"^[!-~]{1,255}$";
 
@@ -109,6 +115,10 @@ fn one_of(values: &[&str]) -> Value {
 
 fn email() -> Value {
     json!({ "pattern": EMAIL, "minLength": 3, "maxLength": 254 })
+}
+
+fn secret() -> Value {
+    json!({ "pattern": SECRET, "minLength": 4, "maxLength": crate::vault::MAX_SECRET_BYTES })
 }
 
 fn identifier() -> Value {
@@ -186,6 +196,22 @@ fn properties() -> Vec<(&'static str, &'static str, Value)> {
         ("StateInput", "state", one_of(&["testing", "enabled", "disabled"])),
         ("AclInput", "rules", json!({ "maxItems": domain::blueprint::MAX_ACL_RULES, "uniqueItems": true })),
         ("WorkspaceInput", "tabs", json!({ "maxItems": blueprint::MAX_TABS, "uniqueItems": true })),
+        ("OrgInput", "name", line(blueprint::MAX_DISPLAY_NAME_CHARS)),
+        ("OrgInput", "admin_api_token", secret()),
+        ("ControlPlaneInput", "kind", one_of(&["local"])),
+        ("GitInput", "provider", one_of(&["local", "github", "gitlab"])),
+        ("GitInput", "base_url", blank_or(ENDPOINT, blueprint::MAX_ENDPOINT_CHARS)),
+        ("CredentialInput", "value", secret()),
+        ("AnthropicInput", "auth_mode", one_of(&["api_key", "user_oauth"])),
+        ("AnthropicInput", "model", pattern(MODEL, blueprint::MAX_MODEL_CHARS)),
+        ("AnthropicInput", "api_key", secret()),
+        ("OpenAiInput", "auth_mode", one_of(&["api_key"])),
+        ("OpenAiInput", "model", pattern(MODEL, blueprint::MAX_MODEL_CHARS)),
+        ("OpenAiInput", "api_key", secret()),
+        ("CustomAiInput", "auth_mode", one_of(&["api_key"])),
+        ("CustomAiInput", "model", pattern(MODEL, blueprint::MAX_MODEL_CHARS)),
+        ("CustomAiInput", "endpoint", pattern(ENDPOINT, blueprint::MAX_ENDPOINT_CHARS)),
+        ("CustomAiInput", "api_key", secret()),
     ]
 }
 
@@ -216,6 +242,8 @@ fn parameters() -> Vec<(&'static str, &'static str, Value)> {
         ("*", "aggregate_id", pattern(PRINTABLE, 256)),
         ("*", "event_type", pattern(PRINTABLE, crate::extract::MAX_QUERY_VALUE_CHARS)),
         ("/api/v1/agent-tokens/{id}", "id", pattern(TOKEN_ID, 64)),
+        ("/api/v1/blueprints/{key}/ai/{provider}", "provider", one_of(&["anthropic", "openai", "custom"])),
+        ("/api/v1/org/credentials/{name}", "name", one_of(&["admin_api_token", "git_token"])),
         ("/api/v1/aggregates/{aggregate_type}/{aggregate_id}/events", "after", json!({ "maximum": u64::MAX })),
         ("/api/v1/audit/checkpoints", "after", json!({ "minimum": i64::MIN, "maximum": i64::MAX })),
         ("/api/v1/trust-rules/{id}", "id", pattern(PRINTABLE, 512)),
@@ -297,6 +325,13 @@ fn constrain_value(document: &mut Value) {
         { "type": "object", "properties": { "tabs": {
             "type": "array", "minItems": 1, "items": { "$ref": "#/components/schemas/TabInput" } } } },
     ] }] });
+    ai_keys(schemas);
+    // The local provider has no API, so no base URL.
+    let git = schemas["GitInput"].clone();
+    schemas["GitInput"] = json!({ "allOf": [git, { "anyOf": [
+        { "type": "object", "properties": { "provider": { "type": "string", "enum": ["github", "gitlab"] } } },
+        { "type": "object", "properties": { "base_url": { "type": ["string", "null"], "pattern": "^[ \\t\\n\\r]*$" } } },
+    ] }] });
     let rules = parameters();
     let Some(paths) = document["paths"].as_object_mut() else { return };
     for (path, item) in paths.iter_mut() {
@@ -313,6 +348,24 @@ fn constrain_value(document: &mut Value) {
                 }
             }
         }
+    }
+}
+
+/// An enabled provider on auth mode `api_key` keeps a key: `api_key: null` (remove it) only when disabled or, for
+/// Anthropic, on `user_oauth`. (Left out, the stored key is kept; none stored is 409 `api_key_required`.)
+fn ai_keys(schemas: &mut Value) {
+    for (schema, oauth) in [("AnthropicInput", true), ("OpenAiInput", false), ("CustomAiInput", false)] {
+        let mut ways = vec![
+            json!({ "type": "object", "properties": { "enabled": { "type": "boolean", "enum": [false] } } }),
+            json!({ "type": "object", "properties": { "api_key": {
+                "type": "string", "pattern": SECRET, "minLength": 4, "maxLength": crate::vault::MAX_SECRET_BYTES } } }),
+        ];
+        if oauth {
+            ways.push(json!({ "type": "object", "required": ["auth_mode"],
+                               "properties": { "auth_mode": { "type": "string", "enum": ["user_oauth"] } } }));
+        }
+        let input = schemas[schema].clone();
+        schemas[schema] = json!({ "allOf": [input, { "anyOf": ways }] });
     }
 }
 

@@ -26,8 +26,10 @@ use store::{AggregateRepository, CommandError, EventMetadata, EventStore, StoreE
 
 use crate::{Problem, ProblemCode};
 
-/// The most bytes a plaintext secret may have (API tokens, provider keys; GitHub's newest tokens are far shorter).
-pub const MAX_SECRET_BYTES: usize = 4096;
+/// The most bytes a plaintext secret may have: API tokens and provider keys are far shorter (GitHub's are under
+/// 300), and its ciphertext must fit a `SealedSecret` (4 KiB: 22 bytes of prefix, then base64 of the nonce, the
+/// plaintext and the tag).
+pub const MAX_SECRET_BYTES: usize = 3000;
 
 /// Least time between two reloads that a ciphertext under an unknown key causes.
 const MIN_RELOAD_INTERVAL: Duration = Duration::from_secs(1);
@@ -462,6 +464,23 @@ pub fn redact_sealed(value: &mut serde_json::Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_longest_secret_seals_into_a_sealed_secret() {
+        let vault = Vault::new(
+            KeyRing::parse(secrets::generate_key().expect("key").expose()).expect("ring"),
+            KeySource::Configured,
+        );
+        let binding = ai_binding(&BlueprintKey::parse(&"k".repeat(128)).expect("key"), AiProvider::Custom);
+        let longest = Secret::new("x".repeat(MAX_SECRET_BYTES));
+        let sealed = vault.seal("api_key", longest, &binding).expect("fits");
+        assert_eq!(sealed.last_four.as_str(), "xxxx");
+        let opened = vault.open(&sealed.sealed, &binding).expect("opens");
+        assert_eq!(opened.len(), MAX_SECRET_BYTES);
+        for bad in ["x".repeat(MAX_SECRET_BYTES + 1), "abc".into(), "abc d".into(), "abcd\0".into(), "abcdé".into()] {
+            assert!(vault.seal("api_key", Secret::new(bad), &binding).is_err());
+        }
+    }
 
     #[test]
     fn redaction_replaces_ciphertexts_anywhere_and_nothing_else() {
