@@ -905,7 +905,7 @@ pub struct AnthropicInput {
     pub auth_mode: Option<String>,
     /// The model, as Anthropic spells it (printable ASCII without spaces).
     pub model: String,
-    /// The API key, write-only: absent keeps the stored one, `null` removes it, a string (4 to 3,000 characters of
+    /// The API key, write-only: absent keeps the stored one, `null` removes it, a string (12 to 3,000 characters of
     /// printable ASCII without spaces) replaces it. Enabled on `api_key`, a key must be stored or sent.
     #[serde(default, deserialize_with = "crate::org::present")]
     #[schema(value_type = Option<String>, nullable)]
@@ -1086,36 +1086,71 @@ pub async fn set_custom_ai(
     .await
 }
 
-fn provider_from_path(raw: &str) -> Result<AiProvider, Problem> {
-    AiProvider::parse(raw).map_err(|_| {
-        Problem::not_found(format!("There is no AI provider {raw:?}; they are anthropic, openai and custom."))
-    })
+/// Forgets one AI provider and its key.
+async fn clear_provider(
+    state: &AppState,
+    caller: &Caller,
+    request: &HttpRequest,
+    raw_key: &str,
+    provider: AiProvider,
+) -> Result<HttpResponse, Problem> {
+    caller.require(&[Role::Admin])?;
+    let key = key_from_path(raw_key)?;
+    let command =
+        BlueprintCommand::ClearAiProvider { provider, by: caller.email.clone(), if_version: crate::if_match(request)? };
+    change(state, caller, request, &key, command).await
 }
 
-/// Forgets one AI provider and its key (admins); one not configured is 404.
-#[utoipa::path(delete, path = "/api/v1/blueprints/{key}/ai/{provider}", tag = "blueprints",
-    params(("key" = String, Path, description = "The blueprint's key"),
-           ("provider" = String, Path, description = "`anthropic`, `openai` or `custom`")),
+/// Forgets Anthropic's settings and key (admins); not configured is 404.
+#[utoipa::path(delete, path = "/api/v1/blueprints/{key}/ai/anthropic", tag = "blueprints",
+    params(("key" = String, Path, description = "The blueprint's key")),
     security(("bearer" = [])),
     responses((status = 204, headers(("ETag" = String, description = "The new version"))),
               (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem),
               (status = 409, body = Problem), (status = 412, body = Problem), (status = 422, body = Problem),
               (status = 503, body = Problem)))]
-#[delete("/api/v1/blueprints/{key}/ai/{provider}")]
-pub async fn clear_ai_provider(
+#[delete("/api/v1/blueprints/{key}/ai/anthropic")]
+pub async fn clear_anthropic(
     caller: Caller,
     state: web::Data<AppState>,
     request: HttpRequest,
-    path: Path<(String, String)>,
+    path: Path<String>,
 ) -> Result<HttpResponse, Problem> {
-    caller.require(&[Role::Admin])?;
-    let (raw_key, raw_provider) = path.into_inner();
-    let key = key_from_path(&raw_key)?;
-    let provider = provider_from_path(&raw_provider)?;
-    let command = BlueprintCommand::ClearAiProvider {
-        provider,
-        by: caller.email.clone(),
-        if_version: crate::if_match(&request)?,
-    };
-    change(&state, &caller, &request, &key, command).await
+    clear_provider(&state, &caller, &request, &path, AiProvider::Anthropic).await
+}
+
+/// Forgets OpenAI's settings and key (admins); not configured is 404.
+#[utoipa::path(delete, path = "/api/v1/blueprints/{key}/ai/openai", tag = "blueprints",
+    params(("key" = String, Path, description = "The blueprint's key")),
+    security(("bearer" = [])),
+    responses((status = 204, headers(("ETag" = String, description = "The new version"))),
+              (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem),
+              (status = 409, body = Problem), (status = 412, body = Problem), (status = 422, body = Problem),
+              (status = 503, body = Problem)))]
+#[delete("/api/v1/blueprints/{key}/ai/openai")]
+pub async fn clear_openai(
+    caller: Caller,
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    path: Path<String>,
+) -> Result<HttpResponse, Problem> {
+    clear_provider(&state, &caller, &request, &path, AiProvider::OpenAi).await
+}
+
+/// Forgets the custom provider's settings and key (admins); not configured is 404.
+#[utoipa::path(delete, path = "/api/v1/blueprints/{key}/ai/custom", tag = "blueprints",
+    params(("key" = String, Path, description = "The blueprint's key")),
+    security(("bearer" = [])),
+    responses((status = 204, headers(("ETag" = String, description = "The new version"))),
+              (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem),
+              (status = 409, body = Problem), (status = 412, body = Problem), (status = 422, body = Problem),
+              (status = 503, body = Problem)))]
+#[delete("/api/v1/blueprints/{key}/ai/custom")]
+pub async fn clear_custom_ai(
+    caller: Caller,
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    path: Path<String>,
+) -> Result<HttpResponse, Problem> {
+    clear_provider(&state, &caller, &request, &path, AiProvider::Custom).await
 }

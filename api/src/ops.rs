@@ -28,7 +28,7 @@ use crate::{AppState, Problem, ProblemCode};
         crate::blueprints::update_details, crate::blueprints::set_state, crate::blueprints::replace_acl,
         crate::blueprints::add_acl_rule, crate::blueprints::remove_acl_rule, crate::blueprints::configure_workspace,
         crate::blueprints::remove_blueprint, crate::blueprints::catalog, crate::blueprints::set_anthropic, crate::blueprints::set_openai, crate::blueprints::set_custom_ai,
-        crate::blueprints::clear_ai_provider,
+        crate::blueprints::clear_anthropic, crate::blueprints::clear_openai, crate::blueprints::clear_custom_ai,
         crate::org::get_org, crate::org::configure_org, crate::org::set_credential, crate::org::clear_credential,
         crate::org::secrets_status, crate::org::rewrap,
     ),

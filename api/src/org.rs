@@ -82,7 +82,7 @@ pub struct OrgInput {
     #[serde(default)]
     pub git: Option<GitInput>,
     /// The control plane's admin API token, write-only: absent keeps the stored one, `null` clears it, a string
-    /// (4 to 3,000 characters of printable ASCII without spaces) replaces it.
+    /// (12 to 3,000 characters of printable ASCII without spaces) replaces it.
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<String>, nullable)]
     pub admin_api_token: Option<Option<SecretInput>>,
@@ -92,7 +92,7 @@ pub struct OrgInput {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CredentialInput {
-    /// The token: 4 to 3,000 characters of printable ASCII without spaces. Write-only.
+    /// The token: 12 to 3,000 characters of printable ASCII without spaces. Write-only.
     #[schema(value_type = String)]
     pub value: SecretInput,
 }

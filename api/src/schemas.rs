@@ -83,7 +83,7 @@ pub const AGGREGATE_TYPE: &str = r"^[a-z_]{1,64}$";
 /// Any one line of printable text (ids the API compares, never parses).
 pub const PRINTABLE: &str = r"^[^\x00-\x1f\x7f-\x9f]+$";
 /// A plaintext secret (`crate::vault::check_plaintext`): printable ASCII without spaces.
-pub const SECRET: &str = r"^[!-~]{4,3000}$";
+pub const SECRET: &str = r"^[!-~]{12,3000}$";
 /// An AI model's name (`ModelName::parse`): printable ASCII without spaces.
 pub const MODEL: &str = r"^[!-~]{1,200}$";
 /// `EndpointUrl::parse`: `https://` or `http://`, then a host (not `/`, `?` or `#`), printable ASCII without spaces.
@@ -118,7 +118,7 @@ fn email() -> Value {
 }
 
 fn secret() -> Value {
-    json!({ "pattern": SECRET, "minLength": 4, "maxLength": crate::vault::MAX_SECRET_BYTES })
+    json!({ "pattern": SECRET, "minLength": crate::vault::MIN_SECRET_BYTES, "maxLength": crate::vault::MAX_SECRET_BYTES })
 }
 
 fn identifier() -> Value {
@@ -242,7 +242,6 @@ fn parameters() -> Vec<(&'static str, &'static str, Value)> {
         ("*", "aggregate_id", pattern(PRINTABLE, 256)),
         ("*", "event_type", pattern(PRINTABLE, crate::extract::MAX_QUERY_VALUE_CHARS)),
         ("/api/v1/agent-tokens/{id}", "id", pattern(TOKEN_ID, 64)),
-        ("/api/v1/blueprints/{key}/ai/{provider}", "provider", one_of(&["anthropic", "openai", "custom"])),
         ("/api/v1/org/credentials/{name}", "name", one_of(&["admin_api_token", "git_token"])),
         ("/api/v1/aggregates/{aggregate_type}/{aggregate_id}/events", "after", json!({ "maximum": u64::MAX })),
         ("/api/v1/audit/checkpoints", "after", json!({ "minimum": i64::MIN, "maximum": i64::MAX })),
@@ -358,7 +357,7 @@ fn ai_keys(schemas: &mut Value) {
         let mut ways = vec![
             json!({ "type": "object", "properties": { "enabled": { "type": "boolean", "enum": [false] } } }),
             json!({ "type": "object", "properties": { "api_key": {
-                "type": "string", "pattern": SECRET, "minLength": 4, "maxLength": crate::vault::MAX_SECRET_BYTES } } }),
+                "type": "string", "pattern": SECRET, "minLength": crate::vault::MIN_SECRET_BYTES, "maxLength": crate::vault::MAX_SECRET_BYTES } } }),
         ];
         if oauth {
             ways.push(json!({ "type": "object", "required": ["auth_mode"],

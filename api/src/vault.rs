@@ -31,6 +31,10 @@ use crate::{Problem, ProblemCode};
 /// plaintext and the tag).
 pub const MAX_SECRET_BYTES: usize = 3000;
 
+/// The fewest bytes a plaintext secret may have: real tokens are longer, and with fewer its last four characters,
+/// which admins are shown, would give away too much of it.
+pub const MIN_SECRET_BYTES: usize = 12;
+
 /// Least time between two reloads that a ciphertext under an unknown key causes.
 const MIN_RELOAD_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -85,9 +89,8 @@ impl Vault {
     /// before sealing. `field` names the request field in a refusal.
     pub fn seal(&self, field: &'static str, plaintext: Secret, binding: &Binding) -> Result<ApiKey, Problem> {
         check_plaintext(field, &plaintext)?;
-        let last_four = plaintext.last_four().and_then(|four| LastFour::parse(&four).ok()).ok_or_else(|| {
-            Problem::invalid_field(field, format!("{field} is at least four characters of printable ASCII"))
-        })?;
+        let last_four =
+            plaintext.last_four().and_then(|four| LastFour::parse(&four).ok()).ok_or_else(Problem::internal)?;
         let sealed = self.ring().encrypt(&plaintext, binding).map_err(|error| {
             tracing::error!(error.message = %error, secret = %binding, "cannot seal a secret");
             Problem::internal()
@@ -157,10 +160,11 @@ impl Vault {
 /// (tokens and API keys are made of those; a pasted newline or space is a mistake, not part of the token).
 pub fn check_plaintext(field: &'static str, plaintext: &Secret) -> Result<(), Problem> {
     let value = plaintext.expose();
-    if value.len() < 4 || value.len() > MAX_SECRET_BYTES || !value.bytes().all(|b| b.is_ascii_graphic()) {
+    if value.len() < MIN_SECRET_BYTES || value.len() > MAX_SECRET_BYTES || !value.bytes().all(|b| b.is_ascii_graphic())
+    {
         return Err(Problem::invalid_field(
             field,
-            format!("{field} is 4 to {MAX_SECRET_BYTES} characters of printable ASCII without spaces"),
+            format!("{field} is {MIN_SECRET_BYTES} to {MAX_SECRET_BYTES} characters of printable ASCII without spaces"),
         ));
     }
     Ok(())
@@ -477,7 +481,14 @@ mod tests {
         assert_eq!(sealed.last_four.as_str(), "xxxx");
         let opened = vault.open(&sealed.sealed, &binding).expect("opens");
         assert_eq!(opened.len(), MAX_SECRET_BYTES);
-        for bad in ["x".repeat(MAX_SECRET_BYTES + 1), "abc".into(), "abc d".into(), "abcd\0".into(), "abcdé".into()] {
+        for bad in [
+            "x".repeat(MAX_SECRET_BYTES + 1),
+            "abc".into(),
+            "abc d".into(),
+            "abcdefghijk".into(),
+            "abcdefghijk\0".into(),
+            "abcdefghijké".into(),
+        ] {
             assert!(vault.seal("api_key", Secret::new(bad), &binding).is_err());
         }
     }
