@@ -62,7 +62,7 @@ pub struct AppState {
     pub trust: Arc<AggregateRepository<TrustRules>>,
     /// The blueprint aggregates, one per blueprint (ADR 0017).
     pub blueprints: Arc<AggregateRepository<Blueprint>>,
-    /// The organisation aggregate (ADR 0020).
+    /// The organisation aggregate (ADR 0021).
     pub org: Arc<AggregateRepository<Org>>,
     /// The secrets key ring in use.
     pub vault: Arc<vault::Vault>,

@@ -1,5 +1,5 @@
 //! `/api/v1/org` (admins; auditors read) and `/api/v1/admin/secrets` (key rotation): the organisation's setup and
-//! its write-only credentials (ADR 0020), sealed with the key ring before they reach a command ([`crate::vault`]).
+//! its write-only credentials (ADR 0021), sealed with the key ring before they reach a command ([`crate::vault`]).
 //!
 //! The organisation is one small aggregate, read straight from the repository (its cache holds it), so a `GET`
 //! after a `PUT` always shows the write. Credentials are never returned: `GET` shows whether each is set and its

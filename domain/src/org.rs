@@ -1,5 +1,5 @@
 //! The organisation: its name, the control plane that runs its workspaces, the Git provider that publishes them,
-//! and the credentials Gatehouse uses with both ("Configure Portal", shared/spec/portal.md §2.1; ADR 0020).
+//! and the credentials Gatehouse uses with both ("Configure Portal", shared/spec/portal.md §2.1; ADR 0021).
 //!
 //! One aggregate per deployment (id [`ORG_ID`]): Gatehouse serves one organisation. Credentials are write-only and
 //! arrive sealed ([`ApiKey`]: the `secrets` crate's ciphertext and the last four characters, taken before sealing);
@@ -21,7 +21,7 @@ use crate::Email;
 pub const ORG_ID: &str = "org";
 
 /// The `org` part of every secret binding: Gatehouse serves one organisation per deployment, and this name stays
-/// the same for its lifetime (ADR 0020). A multi-tenant Gatehouse would use each organisation's id.
+/// the same for its lifetime (ADR 0021). A multi-tenant Gatehouse would use each organisation's id.
 pub const BINDING_ORG: &str = "default";
 
 /// What runs workspaces.
