@@ -138,6 +138,7 @@ impl Application {
             trust,
             blueprints,
             org,
+            portal: Arc::new(AggregateRepository::new(store.clone(), ())),
             vault,
             blueprint_reads: projections::BlueprintsQuery::new(store.read_models().clone()),
             publishing_reads: projections::PublishingQuery::new(store.read_models().clone()),

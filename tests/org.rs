@@ -274,7 +274,13 @@ async fn ai_keys_are_sealed_kept_and_refused_as_documented() {
         async move { send(&api, Method::PUT, &path, Some(&root), Some(body), None).await }
     };
     let ai = |view: &Value, provider: &str| {
-        view["ai_providers"].as_array().into_iter().flatten().find(|p| p["provider"] == provider).cloned().unwrap_or(Value::Null)
+        view["ai_providers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["provider"] == provider)
+            .cloned()
+            .unwrap_or(Value::Null)
     };
 
     let (status, ..) = put("anthropic", json!({"enabled": true, "model": "claude-sonnet-4", "api_key": AI_KEY})).await;

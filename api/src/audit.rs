@@ -383,6 +383,7 @@ pub async fn aggregate_state(
         TrustRules::TYPE => replay::<TrustRules>(events)?,
         domain::blueprint::Blueprint::TYPE => replay::<domain::blueprint::Blueprint>(events)?,
         domain::org::Org::TYPE => replay::<domain::org::Org>(events)?,
+        domain::portal::Portal::TYPE => replay::<domain::portal::Portal>(events)?,
         domain::audit_access::AuditAccess::TYPE => replay::<domain::audit_access::AuditAccess>(events)?,
         _ => {
             return Err(

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod ops;
 pub mod org;
 pub mod paging;
+pub mod portal;
 mod problem;
 pub mod publishing;
 mod rejection;
@@ -28,6 +29,7 @@ use std::sync::Arc;
 use actix_web::{web, HttpRequest};
 use domain::blueprint::Blueprint;
 use domain::org::Org;
+use domain::portal::Portal;
 use domain::publishing::Publishing;
 use domain::roster::Roster;
 use domain::trust::TrustRules;
@@ -64,6 +66,8 @@ pub struct AppState {
     pub blueprints: Arc<AggregateRepository<Blueprint>>,
     /// The organisation aggregate (ADR 0021).
     pub org: Arc<AggregateRepository<Org>>,
+    /// The portal's settings (branding, welcome screen, limits).
+    pub portal: Arc<AggregateRepository<Portal>>,
     /// The secrets key ring in use.
     pub vault: Arc<vault::Vault>,
     /// The blueprints read model.
@@ -221,6 +225,14 @@ pub fn configure(state: AppState) -> impl FnOnce(&mut web::ServiceConfig) {
             .service(blueprints::clear_anthropic)
             .service(blueprints::clear_openai)
             .service(blueprints::clear_custom_ai)
+            .service(portal::get_portal)
+            .service(portal::set_branding)
+            .service(portal::reset_branding)
+            .service(portal::set_welcome)
+            .service(portal::set_limits)
+            .service(portal::upload_logo)
+            .service(portal::remove_logo)
+            .service(portal::get_logo)
             .service(org::get_org)
             .service(org::configure_org)
             .service(org::set_credential)

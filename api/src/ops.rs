@@ -31,6 +31,8 @@ use crate::{AppState, Problem, ProblemCode};
         crate::blueprints::clear_anthropic, crate::blueprints::clear_openai, crate::blueprints::clear_custom_ai,
         crate::org::get_org, crate::org::configure_org, crate::org::set_credential, crate::org::clear_credential,
         crate::org::secrets_status, crate::org::rewrap,
+        crate::portal::get_portal, crate::portal::set_branding, crate::portal::reset_branding, crate::portal::set_welcome,
+        crate::portal::set_limits, crate::portal::upload_logo, crate::portal::remove_logo, crate::portal::get_logo,
     ),
     components(schemas(
         Problem, ProblemCode, Health, Readiness, ProjectionReadiness,
@@ -51,6 +53,8 @@ use crate::{AppState, Problem, ProblemCode};
         crate::org::OrgView, crate::org::ControlPlaneView, crate::org::GitView, crate::org::CredentialView,
         crate::vault::SecretsStatus, crate::vault::KeyUse, crate::vault::SecretState, crate::vault::RewrapReport,
         crate::vault::RewrapFailure,
+        crate::portal::BrandingInput, crate::portal::WelcomeInput, crate::portal::LimitsInput, crate::portal::LogoView,
+        crate::portal::BrandingView, crate::portal::WelcomeView, crate::portal::LimitsView, crate::portal::PortalView,
     )),
     modifiers(&BearerAuth)
 )]

@@ -5,6 +5,7 @@ use domain::audit_access::AuditAccessError;
 use domain::blueprint::BlueprintError;
 use domain::firewall::FirewallError;
 use domain::org::OrgError;
+use domain::portal::PortalError;
 use domain::publishing::PublishingError;
 use domain::relay::{AgentTokenError, SessionError, TicketError};
 use domain::roster::RosterError;
@@ -148,6 +149,15 @@ impl Rejection for OrgError {
             OrgError::Stale { .. } => ProblemCode::StaleVersion,
             OrgError::CredentialNotSet(_) => ProblemCode::NotFound,
             OrgError::RewrapSuperseded(_) => ProblemCode::ConcurrentModification,
+        }
+    }
+}
+
+impl Rejection for PortalError {
+    fn code(&self) -> ProblemCode {
+        match self {
+            PortalError::Stale { .. } => ProblemCode::StaleVersion,
+            PortalError::NoLogo(_) => ProblemCode::NotFound,
         }
     }
 }

@@ -9,6 +9,7 @@
 //! the schema says a subset or uses `oneOf`: a value the schema admits is always accepted.
 
 use domain::blueprint::values as blueprint;
+use domain::portal;
 use domain::publishing::values::{MAX_MESSAGE_CHARS, MAX_REASON_CHARS};
 use serde_json::{json, Map, Value};
 
@@ -196,6 +197,22 @@ fn properties() -> Vec<(&'static str, &'static str, Value)> {
         ("StateInput", "state", one_of(&["testing", "enabled", "disabled"])),
         ("AclInput", "rules", json!({ "maxItems": domain::blueprint::MAX_ACL_RULES, "uniqueItems": true })),
         ("WorkspaceInput", "tabs", json!({ "maxItems": blueprint::MAX_TABS, "uniqueItems": true })),
+        ("BrandingInput", "name", line(portal::MAX_NAME_CHARS)),
+        ("BrandingInput", "accent_color", pattern(r"^#[0-9A-Fa-f]{6}$", 7)),
+        ("WelcomeInput", "title", line(portal::MAX_NAME_CHARS)),
+        ("WelcomeInput", "description", text(portal::MAX_WELCOME_DESCRIPTION_CHARS)),
+        ("WelcomeInput", "cta", line(portal::MAX_NAME_CHARS)),
+        (
+            "LimitsInput",
+            "running_workspaces_per_user",
+            json!({ "minimum": 1, "maximum": portal::MAX_RUNNING_WORKSPACES }),
+        ),
+        ("LimitsInput", "launches_per_minute", json!({ "minimum": 1, "maximum": portal::MAX_LAUNCHES_PER_MINUTE })),
+        (
+            "LimitsInput",
+            "api_requests_per_minute",
+            json!({ "minimum": 1, "maximum": portal::MAX_API_REQUESTS_PER_MINUTE }),
+        ),
         ("OrgInput", "name", line(blueprint::MAX_DISPLAY_NAME_CHARS)),
         ("OrgInput", "admin_api_token", secret()),
         ("ControlPlaneInput", "kind", one_of(&["local"])),
@@ -243,6 +260,7 @@ fn parameters() -> Vec<(&'static str, &'static str, Value)> {
         ("*", "event_type", pattern(PRINTABLE, crate::extract::MAX_QUERY_VALUE_CHARS)),
         ("/api/v1/agent-tokens/{id}", "id", pattern(TOKEN_ID, 64)),
         ("/api/v1/org/credentials/{name}", "name", one_of(&["admin_api_token", "git_token"])),
+        ("/api/v1/portal/logos/{variant}", "variant", one_of(&["light", "dark"])),
         ("/api/v1/aggregates/{aggregate_type}/{aggregate_id}/events", "after", json!({ "maximum": u64::MAX })),
         ("/api/v1/audit/checkpoints", "after", json!({ "minimum": i64::MIN, "maximum": i64::MAX })),
         ("/api/v1/trust-rules/{id}", "id", pattern(PRINTABLE, 512)),
@@ -331,6 +349,14 @@ fn constrain_value(document: &mut Value) {
         { "type": "object", "properties": { "provider": { "type": "string", "enum": ["github", "gitlab"] } } },
         { "type": "object", "properties": { "base_url": { "type": ["string", "null"], "pattern": "^[ \\t\\n\\r]*$" } } },
     ] }] });
+    // Logos travel as raw images (utoipa writes a byte array as an array of integers).
+    for pointer in ["/put/requestBody/content", "/get/responses/200/content"] {
+        let logos = &mut document["paths"]["/api/v1/portal/logos/{variant}"];
+        let content = logos.pointer_mut(pointer).and_then(Value::as_object_mut);
+        for media in content.into_iter().flat_map(|media| media.values_mut()) {
+            media["schema"] = json!({ "type": "string", "format": "binary" });
+        }
+    }
     let rules = parameters();
     let Some(paths) = document["paths"].as_object_mut() else { return };
     for (path, item) in paths.iter_mut() {

@@ -12,6 +12,7 @@ pub mod blueprint;
 pub mod email;
 pub mod firewall;
 pub mod org;
+pub mod portal;
 pub mod publishing;
 pub mod relay;
 pub mod roster;
