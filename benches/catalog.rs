@@ -1,0 +1,313 @@
+//! Issue #13's benchmark: `GET /api/v1/catalog` for a member, with 200 blueprints of 20 ACL rules each, beside a
+//! trivial actix handler measured in the same run; and the time from an ACL change's `204` to the member's catalog
+//! showing it.
+//!
+//! Run: `cargo bench --bench catalog` (embedded SQLite); with
+//! `GATEHOUSE_TEST_DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres` also on PostgreSQL, in a database of
+//! its own. `-- --quick` runs a short version. Results go to stdout as Markdown; docs/BENCHMARKS.md records them.
+//!
+//! Everything runs in this one process: the real service (`Application::build` on `127.0.0.1:0`), a trivial actix
+//! server (actix's default worker count, as the service) and the load generator.
+
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use actix_web::{web, App, HttpResponse, HttpServer};
+use gatehouse::{Application, Settings};
+use reqwest::header::{HeaderValue, AUTHORIZATION};
+use serde_json::{json, Value};
+use testkit::TestDb;
+
+const ADMIN: &str = "admin@example.com";
+const MEMBER: &str = "ada@example.com";
+const FIXED_BODY: &str = r#"{"status":"ok","service":"trivial"}"#;
+
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    blueprints: usize,
+    rules: usize,
+    clients: usize,
+    warm_up: Duration,
+    window: Duration,
+    rounds: usize,
+    latency_samples: usize,
+}
+
+const FULL: Plan = Plan {
+    blueprints: 200,
+    rules: 20,
+    clients: 16,
+    warm_up: Duration::from_secs(1),
+    window: Duration::from_secs(5),
+    rounds: 2,
+    latency_samples: 200,
+};
+
+const QUICK: Plan = Plan {
+    blueprints: 200,
+    rules: 20,
+    clients: 16,
+    warm_up: Duration::from_millis(500),
+    window: Duration::from_secs(2),
+    rounds: 1,
+    latency_samples: 60,
+};
+
+fn percentile_ms(samples: &[Duration], p: f64) -> f64 {
+    if samples.is_empty() {
+        return f64::NAN;
+    }
+    let mut sorted = samples.to_vec();
+    sorted.sort();
+    let index = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[index].as_secs_f64() * 1000.0
+}
+
+/// Closed-loop load: `clients` keep-alive clients GET `url` back to back; responses completing inside the window
+/// count. Returns (ok per second, errors, first error, p50 ms, p99 ms).
+async fn drive(url: &str, authorization: Option<&HeaderValue>, plan: &Plan) -> (f64, usize, Option<String>, f64, f64) {
+    let start = Instant::now() + plan.warm_up;
+    let end = start + plan.window;
+    let tasks: Vec<_> = (0..plan.clients)
+        .map(|_| {
+            let client = reqwest::Client::builder().pool_max_idle_per_host(1).build().expect("a client");
+            let url = url.to_string();
+            let authorization = authorization.cloned();
+            tokio::spawn(async move {
+                let (mut ok, mut errors, mut first, mut latencies) = (0usize, 0usize, None, Vec::new());
+                loop {
+                    let began = Instant::now();
+                    let mut request = client.get(&url);
+                    if let Some(value) = &authorization {
+                        request = request.header(AUTHORIZATION, value.clone());
+                    }
+                    let outcome = match request.send().await {
+                        Ok(response) if response.status() == reqwest::StatusCode::OK => {
+                            response.bytes().await.map(|_| ()).map_err(|error| error.to_string())
+                        }
+                        Ok(response) => {
+                            Err(format!("{}: {}", response.status(), response.text().await.unwrap_or_default()))
+                        }
+                        Err(error) => Err(error.to_string()),
+                    };
+                    let done = Instant::now();
+                    if done >= start && done < end {
+                        match outcome {
+                            Ok(()) => {
+                                ok += 1;
+                                latencies.push(done - began);
+                            }
+                            Err(error) => {
+                                errors += 1;
+                                first.get_or_insert(error);
+                            }
+                        }
+                    }
+                    if done >= end {
+                        return (ok, errors, first, latencies);
+                    }
+                }
+            })
+        })
+        .collect();
+    let (mut ok, mut errors, mut first, mut latencies) = (0, 0, None, Vec::new());
+    for task in tasks {
+        let (o, e, f, l) = task.await.expect("a load client");
+        ok += o;
+        errors += e;
+        first = first.or(f);
+        latencies.extend(l);
+    }
+    (
+        ok as f64 / plan.window.as_secs_f64(),
+        errors,
+        first,
+        percentile_ms(&latencies, 0.5),
+        percentile_ms(&latencies, 0.99),
+    )
+}
+
+fn start_trivial() -> (String, actix_web::dev::ServerHandle) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("a port");
+    let port = listener.local_addr().expect("an address").port();
+    let server = HttpServer::new(|| {
+        App::new().route(
+            "/trivial",
+            web::get().to(|| async { HttpResponse::Ok().content_type("application/json").body(FIXED_BODY) }),
+        )
+    })
+    .disable_signals()
+    .listen(listener)
+    .expect("listens")
+    .run();
+    let handle = server.handle();
+    tokio::spawn(server);
+    (format!("http://127.0.0.1:{port}"), handle)
+}
+
+fn token(settings: &Settings, email: &str) -> HeaderValue {
+    let issuer = api::auth::LocalIssuer::load_or_create(&settings.data_dir, &settings.auth_audience).expect("issuer");
+    let token = issuer.issue(&domain::Email::parse(email).expect("email"), Duration::from_secs(3600)).expect("token");
+    HeaderValue::from_str(&format!("Bearer {token}")).expect("header")
+}
+
+async fn call(client: &reqwest::Client, method: reqwest::Method, url: String, auth: &HeaderValue, body: Value) -> u16 {
+    let response =
+        client.request(method, url).header(AUTHORIZATION, auth.clone()).json(&body).send().await.expect("sent");
+    let status = response.status().as_u16();
+    assert!(status < 300, "{status}: {}", response.text().await.unwrap_or_default());
+    status
+}
+
+fn acl(rules: usize, with_member: bool) -> Value {
+    let mut list: Vec<Value> =
+        (0..rules - 1).map(|i| json!({"type": "domain", "value": format!("team{i}.example.org")})).collect();
+    list.push(if with_member {
+        json!({"type": "email", "value": MEMBER})
+    } else {
+        json!({"type": "email", "value": "nobody@example.org"})
+    });
+    json!({ "rules": list })
+}
+
+async fn catalog_has(client: &reqwest::Client, base: &str, auth: &HeaderValue, key: &str) -> bool {
+    let response =
+        client.get(format!("{base}/api/v1/catalog")).header(AUTHORIZATION, auth.clone()).send().await.expect("sent");
+    let body: Value = response.json().await.expect("json");
+    body["items"].as_array().expect("items").iter().any(|item| item["key"] == key)
+}
+
+async fn run(db: &TestDb, plan: Plan) -> String {
+    let settings = Settings {
+        listen: "127.0.0.1:0".into(),
+        database_url: Some(db.url.clone()),
+        data_dir: db.data_dir.clone(),
+        bootstrap_admin: Some(ADMIN.into()),
+        ..Settings::default()
+    };
+    let application = Application::build(&settings).await.expect("the service starts");
+    let base = format!("http://127.0.0.1:{}", application.port());
+    let stopper = application.stopper();
+    let running = tokio::spawn(application.run_until_stopped());
+    let admin = token(&settings, ADMIN);
+    let member = token(&settings, MEMBER);
+    let client = reqwest::Client::new();
+    call(
+        &client,
+        reqwest::Method::POST,
+        format!("{base}/api/v1/members"),
+        &admin,
+        json!({"email": MEMBER, "role": "member"}),
+    )
+    .await;
+
+    eprintln!("seeding {} blueprints of {} rules", plan.blueprints, plan.rules);
+    for index in 0..plan.blueprints {
+        let key = format!("bp-{index:03}");
+        let registration = json!({"key": key, "display_name": format!("Blueprint {index}"),
+            "description": "A benchmark blueprint with a description of ordinary length.",
+            "source": {"kind": "local", "repository": "https://git.example.com/web.git", "branch": "main"}});
+        call(&client, reqwest::Method::POST, format!("{base}/api/v1/blueprints"), &admin, registration).await;
+        call(
+            &client,
+            reqwest::Method::PUT,
+            format!("{base}/api/v1/blueprints/{key}/acl"),
+            &admin,
+            acl(plan.rules, index % 2 == 0),
+        )
+        .await;
+        let state = if index % 10 == 9 { "testing" } else { "enabled" };
+        if state == "enabled" {
+            call(
+                &client,
+                reqwest::Method::PUT,
+                format!("{base}/api/v1/blueprints/{key}/state"),
+                &admin,
+                json!({"state": state}),
+            )
+            .await;
+        }
+    }
+    let visible = {
+        let response = client
+            .get(format!("{base}/api/v1/catalog"))
+            .header(AUTHORIZATION, member.clone())
+            .send()
+            .await
+            .expect("sent");
+        let body: Value = response.json().await.expect("json");
+        body["items"].as_array().expect("items").len()
+    };
+
+    let (trivial_base, trivial) = start_trivial();
+    let mut out = String::new();
+    out.push_str(&format!(
+        "\n### {} ({} blueprints × {} rules; the member sees {visible})\n\n| Round | Trivial req/s | Catalog req/s | Ratio | Catalog p50 ms | p99 ms | Errors |\n| --- | --- | --- | --- | --- | --- | --- |\n",
+        db.backend(), plan.blueprints, plan.rules
+    ));
+    for round in 1..=plan.rounds {
+        let (floor, ..) = drive(&format!("{trivial_base}/trivial"), None, &plan).await;
+        let (rate, errors, first, p50, p99) = drive(&format!("{base}/api/v1/catalog"), Some(&member), &plan).await;
+        if let Some(error) = first {
+            eprintln!("first catalog error: {error}");
+        }
+        out.push_str(&format!(
+            "| {round} | {floor:.0} | {rate:.0} | {:.2}× | {p50:.2} | {p99:.2} | {errors} |\n",
+            rate / floor
+        ));
+    }
+
+    // From an ACL change's 204 to the member's next catalog showing it: one change at a time, toggling the
+    // member's own rule on an enabled blueprint, polling the catalog until it agrees.
+    let mut delays = Vec::with_capacity(plan.latency_samples);
+    let mut round_trips = Vec::with_capacity(plan.latency_samples);
+    for sample in 0..plan.latency_samples {
+        let index = (sample * 10) % plan.blueprints;
+        let key = format!("bp-{index:03}");
+        let shown = catalog_has(&client, &base, &member, &key).await;
+        let began = Instant::now();
+        call(
+            &client,
+            reqwest::Method::PUT,
+            format!("{base}/api/v1/blueprints/{key}/acl"),
+            &admin,
+            acl(plan.rules, !shown),
+        )
+        .await;
+        let changed = Instant::now();
+        round_trips.push(changed - began);
+        let deadline = changed + Duration::from_secs(5);
+        loop {
+            if catalog_has(&client, &base, &member, &key).await != shown {
+                delays.push(changed.elapsed());
+                break;
+            }
+            assert!(Instant::now() < deadline, "the catalog never showed the change to {key}");
+        }
+    }
+    out.push_str(&format!(
+        "\nACL change `204` → the member's catalog shows it ({} changes, one at a time, polling `GET /api/v1/catalog`): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (the `PUT` itself: p50 {:.2} ms).\n",
+        delays.len(),
+        percentile_ms(&delays, 0.5),
+        percentile_ms(&delays, 0.99),
+        percentile_ms(&delays, 1.0),
+        percentile_ms(&round_trips, 0.5),
+    ));
+    trivial.stop(true).await;
+    stopper.stop().await;
+    let _ = running.await;
+    out
+}
+
+fn main() {
+    let quick = std::env::args().any(|arg| arg == "--quick");
+    let plan = if quick { QUICK } else { FULL };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a runtime");
+    runtime.block_on(async {
+        println!("## Catalog (`cargo bench --bench catalog{}`)", if quick { " -- --quick" } else { "" });
+        for db in TestDb::all("catalog benchmark").await {
+            let report = run(&db, plan).await;
+            println!("{report}");
+        }
+    });
+}
