@@ -30,6 +30,8 @@ pub struct Application {
     checkpoints: JoinHandle<()>,
     revisions: JoinHandle<()>,
     key_refresher: Option<JoinHandle<()>>,
+    limits_sweeper: JoinHandle<()>,
+    limits: Arc<api::limits::RateLimits>,
     shutdown: CancellationToken,
     draining: Arc<AtomicBool>,
     drain_delay: Duration,
@@ -108,6 +110,9 @@ impl Application {
         gateway.load_firewall().await.context("cannot load the relay firewall")?;
         let draining = Arc::new(AtomicBool::new(false));
         let http_metrics = api::HttpMetrics::register(&registry).context("http metrics")?;
+        let limits =
+            Arc::new(api::limits::RateLimits::new(settings.rate_limits(), &registry).context("rate limit metrics")?);
+        let limits_sweeper = tokio::spawn(limits.clone().sweep_forever());
         let state = api::AppState {
             store: store.clone(),
             projections: status,
@@ -128,6 +133,7 @@ impl Application {
             openapi: Arc::new(api::ops::document()),
             gateway: gateway.clone(),
             idempotency_stale_ms: settings.idempotency_stale_ms()?,
+            limits: limits.clone(),
         };
         let listener =
             TcpListener::bind(&settings.listen).with_context(|| format!("cannot listen on {}", settings.listen))?;
@@ -180,6 +186,8 @@ impl Application {
             checkpoints,
             revisions,
             key_refresher,
+            limits_sweeper,
+            limits,
             shutdown,
             draining,
             drain_delay,
@@ -191,6 +199,11 @@ impl Application {
     /// The bound port.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The rate limits in force, to change while serving (`RateLimits::set_api_per_minute` and the others).
+    pub fn rate_limits(&self) -> Arc<api::limits::RateLimits> {
+        self.limits.clone()
     }
 
     /// A handle that stops the service gracefully, as SIGTERM does.
@@ -217,6 +230,7 @@ impl Application {
         if let Some(refresher) = &self.key_refresher {
             refresher.abort();
         }
+        self.limits_sweeper.abort();
         self.shutdown.cancel();
         if tokio::time::timeout(Duration::from_secs(5), self.checkpoints).await.is_err() {
             tracing::warn!("audit checkpoints did not stop within 5 s");

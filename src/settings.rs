@@ -94,6 +94,13 @@ pub struct Settings {
     /// `max-age` of the `Strict-Transport-Security` header; 0 (the default) sends none. Set it when every client
     /// reaches the service over HTTPS.
     pub http_hsts_max_age_secs: u64,
+    /// API requests per minute per user (a burst of that many, then one every 60/N s); 0 is no limit.
+    pub rate_limit_api_per_minute: u32,
+    /// Workspace launches per minute per user; 0 is no limit.
+    pub rate_limit_launch_per_minute: u32,
+    /// Requests per minute per client address whose bearer token fails verification, before that address is refused
+    /// with 429 without its tokens being checked; 0 is no limit.
+    pub rate_limit_auth_failures_per_minute: u32,
     /// Seconds a terminal ticket stays redeemable.
     pub relay_ticket_ttl_secs: u64,
     /// Origins allowed to open a browser terminal (besides requests without `Origin` and same-host origins).
@@ -109,7 +116,8 @@ pub struct Settings {
     pub relay_max_frame_bytes: usize,
     /// Open terminal sessions one user may have at once (4029).
     pub relay_max_sessions_per_user: usize,
-    /// Proxies (CIDRs) whose `X-Forwarded-For` is believed when finding a terminal client's address.
+    /// Proxies (CIDRs) whose `X-Forwarded-For` is believed when finding a client's address (terminals, the firewall,
+    /// and the per-address limit of failed authentication).
     #[serde(deserialize_with = "one_or_many")]
     pub relay_trusted_proxies: Vec<String>,
 }
@@ -170,6 +178,9 @@ impl Default for Settings {
             auth_jwks_refresh_secs: 3600,
             auth_jwks_min_refresh_secs: 30,
             http_hsts_max_age_secs: 0,
+            rate_limit_api_per_minute: 200,
+            rate_limit_launch_per_minute: 5,
+            rate_limit_auth_failures_per_minute: 60,
             idempotency_takeover_secs: 60,
             relay_ticket_ttl_secs: 30,
             relay_allowed_origins: Vec::new(),
@@ -228,6 +239,15 @@ impl Settings {
             max_frame: self.relay_max_frame_bytes.max(relay::mux::MAX_DATA + 16),
             max_sessions_per_user: self.relay_max_sessions_per_user.max(1),
         })
+    }
+
+    /// The rate limits to start with (portal settings may change them while serving).
+    pub fn rate_limits(&self) -> api::limits::LimitConfig {
+        api::limits::LimitConfig {
+            api_per_minute: self.rate_limit_api_per_minute,
+            launch_per_minute: self.rate_limit_launch_per_minute,
+            auth_failures_per_minute: self.rate_limit_auth_failures_per_minute,
+        }
     }
 
     /// The store configuration these settings describe.
@@ -361,6 +381,28 @@ mod tests {
             jail.create_file("bad.toml", "lisen = \"typo\"")?;
             assert!(Settings::load(Some(Path::new("bad.toml"))).is_err());
             jail.set_env("GATEHOUSE_LOG_FORMAT", "yaml");
+            assert!(Settings::load(None).is_err());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn rate_limits_come_from_the_environment_and_zero_is_allowed() {
+        figment::Jail::expect_with(|jail| {
+            let settings = Settings::load(None).map_err(|error| *error)?;
+            assert_eq!(
+                settings.rate_limits(),
+                api::limits::LimitConfig { api_per_minute: 200, launch_per_minute: 5, auth_failures_per_minute: 60 }
+            );
+            jail.set_env("GATEHOUSE_RATE_LIMIT_API_PER_MINUTE", "0");
+            jail.set_env("GATEHOUSE_RATE_LIMIT_LAUNCH_PER_MINUTE", "10");
+            jail.set_env("GATEHOUSE_RATE_LIMIT_AUTH_FAILURES_PER_MINUTE", "7");
+            let settings = Settings::load(None).map_err(|error| *error)?;
+            assert_eq!(
+                settings.rate_limits(),
+                api::limits::LimitConfig { api_per_minute: 0, launch_per_minute: 10, auth_failures_per_minute: 7 }
+            );
+            jail.set_env("GATEHOUSE_RATE_LIMIT_API_PER_MINUTE", "-1");
             assert!(Settings::load(None).is_err());
             Ok(())
         });
