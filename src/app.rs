@@ -48,6 +48,7 @@ impl Application {
             Some(config) => Some(api::auth::SsoIssuer::load(config).await.context("SSO token issuer")?),
             None => None,
         };
+        let cors_origins = settings.cors_origins()?;
         let store = EventStore::open(&settings.store()).await.context("cannot open the event store")?;
         if settings.migrate_on_start {
             store.migrate().await.context("cannot migrate the event store")?;
@@ -141,7 +142,11 @@ impl Application {
         let hsts_max_age_secs = settings.http_hsts_max_age_secs;
         let make_app = move || {
             let metrics = http_metrics.clone();
+            // Inside out: CORS answers preflights, its refusals become problem documents, every answer gets the
+            // security headers, and the metrics see the final status.
             App::new()
+                .wrap(api::cors::middleware(&cors_origins))
+                .wrap(api::cors::preflight_refusals(&cors_origins))
                 .wrap(api::headers::security_headers(hsts_max_age_secs))
                 .wrap_fn(move |request, service| {
                     let started = Instant::now();

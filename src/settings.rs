@@ -94,6 +94,10 @@ pub struct Settings {
     /// `max-age` of the `Strict-Transport-Security` header; 0 (the default) sends none. Set it when every client
     /// reaches the service over HTTPS.
     pub http_hsts_max_age_secs: u64,
+    /// Origins (`scheme://host[:port]`) whose pages may call the API from a browser (CORS); empty (the default)
+    /// sends no CORS header at all. `*` is refused. A single string is split at commas.
+    #[serde(deserialize_with = "one_or_many")]
+    pub http_cors_allowed_origins: Vec<String>,
     /// API requests per minute per user (a burst of that many, then one every 60/N s); 0 is no limit.
     pub rate_limit_api_per_minute: u32,
     /// Workspace launches per minute per user; 0 is no limit.
@@ -178,6 +182,7 @@ impl Default for Settings {
             auth_jwks_refresh_secs: 3600,
             auth_jwks_min_refresh_secs: 30,
             http_hsts_max_age_secs: 0,
+            http_cors_allowed_origins: Vec::new(),
             rate_limit_api_per_minute: 200,
             rate_limit_launch_per_minute: 5,
             rate_limit_auth_failures_per_minute: 60,
@@ -248,6 +253,19 @@ impl Settings {
             launch_per_minute: self.rate_limit_launch_per_minute,
             auth_failures_per_minute: self.rate_limit_auth_failures_per_minute,
         }
+    }
+
+    /// The CORS origins, each checked and written as browsers send it (`Origin`).
+    pub fn cors_origins(&self) -> anyhow::Result<Vec<String>> {
+        let mut origins = Vec::new();
+        for raw in &self.http_cors_allowed_origins {
+            let origin =
+                api::cors::parse_origin(raw).map_err(|error| anyhow::anyhow!("http_cors_allowed_origins: {error}"))?;
+            if !origins.contains(&origin) {
+                origins.push(origin);
+            }
+        }
+        Ok(origins)
     }
 
     /// The store configuration these settings describe.
@@ -404,6 +422,32 @@ mod tests {
             );
             jail.set_env("GATEHOUSE_RATE_LIMIT_API_PER_MINUTE", "-1");
             assert!(Settings::load(None).is_err());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn cors_origins_are_a_list_written_as_browsers_send_them_and_bad_ones_are_refused() {
+        figment::Jail::expect_with(|jail| {
+            assert!(Settings::load(None)
+                .map_err(|error| *error)?
+                .cors_origins()
+                .map_err(|e| e.to_string())?
+                .is_empty());
+            jail.set_env(
+                "GATEHOUSE_HTTP_CORS_ALLOWED_ORIGINS",
+                "https://Portal.example.com, http://localhost:5173, https://portal.example.com:443",
+            );
+            let settings = Settings::load(None).map_err(|error| *error)?;
+            assert_eq!(
+                settings.cors_origins().map_err(|error| error.to_string())?,
+                ["https://portal.example.com", "http://localhost:5173"]
+            );
+            jail.set_env("GATEHOUSE_HTTP_CORS_ALLOWED_ORIGINS", "*");
+            let error = Settings::load(None).map_err(|error| *error)?.cors_origins().err().map(|e| e.to_string());
+            assert!(error.is_some_and(|error| error.starts_with("http_cors_allowed_origins:")));
+            jail.set_env("GATEHOUSE_HTTP_CORS_ALLOWED_ORIGINS", "https://portal.example.com/app");
+            assert!(Settings::load(None).map_err(|error| *error)?.cors_origins().is_err());
             Ok(())
         });
     }

@@ -1,4 +1,4 @@
-//! Rate limits (429 with `Retry-After`), over HTTP against a real server on a free port (ADR 0020).
+//! Rate limits (429 with `Retry-After`) and CORS, over HTTP against a real server on a free port (ADR 0020).
 //!
 //! The limits are in memory and the same on both backends, so these tests run on the embedded store only.
 
@@ -231,4 +231,139 @@ async fn x_forwarded_for_from_an_untrusted_peer_does_not_escape_the_failure_limi
     assert!(statuses[6..].iter().all(|status| *status == 429), "{statuses:?}");
     // A missing token costs nothing to refuse and is not counted; it is refused like any request from the address.
     assert_eq!(send(&http, Method::GET, &me, None, &[]).await.0, 429);
+}
+
+const PORTAL: &str = "https://portal.example.com";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_configured_origins_no_answer_carries_cors_headers() {
+    let db = TestDb::sqlite();
+    let ada = issue_token(&db, "ada@example.com", "admin", "1h");
+    let server = Server::start(&db, &[]);
+    let http = reqwest::Client::new();
+    let preflight = [("origin", PORTAL), ("access-control-request-method", "GET")];
+    let answers = [
+        send(&http, Method::OPTIONS, &server.url("/api/v1/me"), None, &preflight).await,
+        send(&http, Method::GET, &server.url("/api/v1/me"), Some(&ada), &[("origin", PORTAL)]).await,
+        send(&http, Method::GET, &server.url("/healthz"), None, &[("origin", PORTAL)]).await,
+    ];
+    for (status, headers, _) in &answers {
+        let cors: Vec<_> = headers.keys().filter(|name| name.as_str().starts_with("access-control-")).collect();
+        assert!(cors.is_empty(), "{status}: {cors:?}");
+    }
+    // Without CORS a preflight is just an OPTIONS: 405 with Allow, as before.
+    assert_eq!(answers[0].0, 405);
+    assert_eq!(header(&answers[0].1, "allow"), Some("GET"));
+    assert_eq!(answers[1].0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn configured_origins_get_cors_answers_and_other_origins_get_none() {
+    let db = TestDb::sqlite();
+    let ada = issue_token(&db, "ada@example.com", "admin", "1h");
+    let carol = issue_token(&db, "carol@example.com", "member", "1h");
+    let server = Server::start(
+        &db,
+        &[
+            ("GATEHOUSE_HTTP_CORS_ALLOWED_ORIGINS", "HTTPS://Portal.example.com:443, http://localhost:5173"),
+            ("GATEHOUSE_RATE_LIMIT_API_PER_MINUTE", "30"),
+        ],
+    );
+    let http = reqwest::Client::new();
+    let members = server.url("/api/v1/members");
+
+    // A preflight from a listed origin (written differently in the setting, as the browser sends it).
+    let (status, headers, _) = send(
+        &http,
+        Method::OPTIONS,
+        &members,
+        None,
+        &[
+            ("origin", PORTAL),
+            ("access-control-request-method", "POST"),
+            ("access-control-request-headers", "authorization, content-type, idempotency-key"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(header(&headers, "access-control-allow-origin"), Some(PORTAL));
+    let methods = header(&headers, "access-control-allow-methods").unwrap();
+    for method in ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] {
+        assert!(methods.contains(method), "{methods}");
+    }
+    let allowed = header(&headers, "access-control-allow-headers").unwrap().to_ascii_lowercase();
+    for name in ["authorization", "content-type", "if-match", "if-none-match", "idempotency-key"] {
+        assert!(allowed.contains(name), "{allowed}");
+    }
+    assert_eq!(header(&headers, "access-control-max-age"), Some("600"));
+    assert!(headers.get("access-control-allow-credentials").is_none(), "bearer tokens, not cookies");
+    assert_eq!(header(&headers, "x-content-type-options"), Some("nosniff"), "security headers on preflights too");
+    let (status, headers, _) = send(
+        &http,
+        Method::OPTIONS,
+        &members,
+        None,
+        &[("origin", "http://localhost:5173"), ("access-control-request-method", "DELETE")],
+    )
+    .await;
+    assert_eq!((status, header(&headers, "access-control-allow-origin")), (200, Some("http://localhost:5173")));
+
+    // Refused preflights: another origin, or a method or header not allowed. No allow header, a problem document.
+    for (origin, method, request_headers) in [
+        ("https://evil.example.com", "GET", None),
+        ("https://portal.example.com.evil.example", "GET", None),
+        ("http://portal.example.com", "GET", None),
+        (PORTAL, "TRACE", None),
+        (PORTAL, "POST", Some("x-evil")),
+    ] {
+        let mut extra = vec![("origin", origin), ("access-control-request-method", method)];
+        if let Some(names) = request_headers {
+            extra.push(("access-control-request-headers", names));
+        }
+        let (status, headers, body) = send(&http, Method::OPTIONS, &members, None, &extra).await;
+        let what = format!("{origin} {method} {request_headers:?}");
+        assert_eq!((status, body["code"].as_str()), (403, Some("forbidden")), "{what}: {body}");
+        assert_eq!(header(&headers, "content-type"), Some("application/problem+json"), "{what}");
+        let cors: Vec<_> = headers.keys().filter(|name| name.as_str().starts_with("access-control-allow")).collect();
+        assert!(cors.is_empty(), "{what}: {cors:?}");
+    }
+
+    // Actual requests from a listed origin can be read, with the headers the API sends.
+    let (status, headers, _) =
+        send(&http, Method::GET, &server.url("/api/v1/members/ada@example.com"), Some(&ada), &[("origin", PORTAL)])
+            .await;
+    assert_eq!(status, 200);
+    assert!(headers.get("etag").is_some());
+    assert_eq!(header(&headers, "access-control-allow-origin"), Some(PORTAL));
+    let exposed = header(&headers, "access-control-expose-headers").unwrap().to_ascii_lowercase();
+    for name in ["etag", "location", "retry-after", "idempotent-replayed"] {
+        assert!(exposed.contains(name), "{exposed}");
+    }
+    assert!(header(&headers, "vary").unwrap().to_ascii_lowercase().contains("origin"));
+    // Errors too, so that the page can read the problem.
+    let (status, headers, _) = send(&http, Method::GET, &members, None, &[("origin", PORTAL)]).await;
+    assert_eq!((status, header(&headers, "access-control-allow-origin")), (401, Some(PORTAL)));
+    // From another origin the request is served, but the browser is not told it may show it to the page.
+    let (status, headers, _) =
+        send(&http, Method::GET, &members, Some(&ada), &[("origin", "https://evil.example.com")]).await;
+    assert_eq!(status, 200);
+    assert!(headers.get("access-control-allow-origin").is_none());
+    // OPTIONS that is not a preflight still reaches the routes.
+    let (status, headers, body) = send(&http, Method::OPTIONS, &server.url("/api/v1/me"), Some(&ada), &[]).await;
+    assert_eq!((status, header(&headers, "allow")), (405, Some("GET")), "{body}");
+
+    // A 429 from a listed origin: the page can read Retry-After.
+    let mut sent = 0;
+    let limited = loop {
+        let answer = send(&http, Method::GET, &server.url("/api/v1/me"), Some(&carol), &[("origin", PORTAL)]).await;
+        if answer.0 != 200 {
+            break answer;
+        }
+        sent += 1;
+        assert!(sent < 1000, "1,000 requests in a row passed a limit of 30 a minute");
+    };
+    let (status, headers, body) = limited;
+    assert_rate_limited(status, &headers, &body);
+    assert_eq!(header(&headers, "access-control-allow-origin"), Some(PORTAL));
+    assert!(header(&headers, "access-control-expose-headers").unwrap().to_ascii_lowercase().contains("retry-after"));
 }

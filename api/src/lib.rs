@@ -3,12 +3,14 @@
 //! [`configure`] mounts every route on an actix-web `App`; the root package binds the listener and runs it.
 //! Errors leave through [`Problem`] (RFC 9457 problem documents with stable codes). Operational endpoints
 //! (`/healthz`, `/readyz`, `/metrics`, `/api/v1/openapi.json`) live in [`ops`].
-//! Rate limits ([`limits`]) are applied by the [`auth::Caller`] extractor.
+//! Rate limits ([`limits`]) are applied by the [`auth::Caller`] extractor; CORS ([`cors`]) is a middleware the root
+//! package mounts.
 
 pub mod audit;
 pub mod auth;
 pub mod blueprints;
 pub mod cache;
+pub mod cors;
 pub mod extract;
 pub mod headers;
 pub mod idempotency;
