@@ -196,6 +196,8 @@ async fn start_service(db: &TestDb) -> Service {
         database_url: Some(db.url.clone()),
         data_dir: db.data_dir.clone(),
         bootstrap_admin: Some(ADMIN.into()),
+        // One admin sends every request: no rate limit may stand between the benchmark and the service.
+        rate_limit_api_per_minute: Some(0),
         ..Settings::default()
     };
     let application = Application::build(&settings).await.expect("the service starts");
@@ -297,6 +299,8 @@ fn start_probes(store: &EventStore, settings: &Settings) -> (String, ServerHandl
     let registry = prometheus::Registry::new();
     let caches =
         Arc::new(api::cache::Caches::new(&projections::Revisions::default(), &registry).expect("cache metrics"));
+    let limits =
+        Arc::new(api::limits::RateLimits::new(api::limits::LimitConfig::OFF, &registry).expect("limit metrics"));
     let state = AppState {
         store: store.clone(),
         projections: StatusBoard::default(),
@@ -310,6 +314,7 @@ fn start_probes(store: &EventStore, settings: &Settings) -> (String, ServerHandl
         blueprints: Arc::new(AggregateRepository::new(store.clone(), ())),
         org: Arc::new(AggregateRepository::new(store.clone(), ())),
         portal: Arc::new(AggregateRepository::new(store.clone(), ())),
+        limit_pins: api::limits::Pins::default(),
         vault: Arc::new(settings.secrets_vault().expect("the secrets key ring")),
         blueprint_reads: projections::BlueprintsQuery::new(store.read_models().clone()),
         publishing_reads: PublishingQuery::new(store.read_models().clone()),
@@ -320,6 +325,7 @@ fn start_probes(store: &EventStore, settings: &Settings) -> (String, ServerHandl
         openapi: Arc::new(api::ops::document()),
         gateway: Arc::new(relay::gateway::Gateway::new(store.clone(), settings.relay().expect("the relay limits"))),
         idempotency_stale_ms: api::idempotency::STALE_PENDING_MS,
+        limits,
     };
     let listener = TcpListener::bind("127.0.0.1:0").expect("a port for the probe server");
     let port = listener.local_addr().expect("the probe server's address").port();

@@ -183,6 +183,8 @@ async fn run(db: &TestDb, plan: Plan) -> String {
         database_url: Some(db.url.clone()),
         data_dir: db.data_dir.clone(),
         bootstrap_admin: Some(ADMIN.into()),
+        // The load generator is one member sending thousands of requests a second.
+        rate_limit_api_per_minute: Some(0),
         ..Settings::default()
     };
     let application = Application::build(&settings).await.expect("the service starts");

@@ -33,6 +33,9 @@ pub struct Application {
     revisions: JoinHandle<()>,
     key_refresher: Option<JoinHandle<()>>,
     reloader: JoinHandle<()>,
+    limits_sweeper: JoinHandle<()>,
+    limits_follower: JoinHandle<()>,
+    limits: Arc<api::limits::RateLimits>,
     shutdown: CancellationToken,
     draining: Arc<AtomicBool>,
     drain_delay: Duration,
@@ -49,6 +52,7 @@ impl Application {
             Some(config) => Some(api::auth::SsoIssuer::load(config).await.context("SSO token issuer")?),
             None => None,
         };
+        let cors_origins = settings.cors_origins()?;
         let store = EventStore::open(&settings.store()).await.context("cannot open the event store")?;
         if settings.migrate_on_start {
             store.migrate().await.context("cannot migrate the event store")?;
@@ -126,6 +130,21 @@ impl Application {
         gateway.load_firewall().await.context("cannot load the relay firewall")?;
         let draining = Arc::new(AtomicBool::new(false));
         let http_metrics = api::HttpMetrics::register(&registry).context("http metrics")?;
+        let limits =
+            Arc::new(api::limits::RateLimits::new(settings.rate_limits(), &registry).context("rate limit metrics")?);
+        let limits_sweeper = tokio::spawn(limits.clone().sweep_forever());
+        // The stored portal settings' limits apply before the first request, and then follow every change.
+        let portal = Arc::new(AggregateRepository::<domain::portal::Portal>::new(store.clone(), ()));
+        let (portal_settings, _) =
+            portal.load(domain::portal::PORTAL_ID).await.context("cannot read the portal settings")?;
+        limits.follow(settings.rate_limit_pins(), portal_settings.limits());
+        let limits_follower = tokio::spawn(api::portal::follow_limits(
+            portal.clone(),
+            limits.clone(),
+            settings.rate_limit_pins(),
+            Duration::from_secs(1),
+            portal_settings.limits(),
+        ));
         let state = api::AppState {
             store: store.clone(),
             projections: status,
@@ -138,7 +157,7 @@ impl Application {
             trust,
             blueprints,
             org,
-            portal: Arc::new(AggregateRepository::new(store.clone(), ())),
+            portal,
             vault,
             blueprint_reads: projections::BlueprintsQuery::new(store.read_models().clone()),
             publishing_reads: projections::PublishingQuery::new(store.read_models().clone()),
@@ -149,6 +168,8 @@ impl Application {
             openapi: Arc::new(api::ops::document()),
             gateway: gateway.clone(),
             idempotency_stale_ms: settings.idempotency_stale_ms()?,
+            limits: limits.clone(),
+            limit_pins: settings.rate_limit_pins(),
         };
         let listener =
             TcpListener::bind(&settings.listen).with_context(|| format!("cannot listen on {}", settings.listen))?;
@@ -156,7 +177,11 @@ impl Application {
         let hsts_max_age_secs = settings.http_hsts_max_age_secs;
         let make_app = move || {
             let metrics = http_metrics.clone();
+            // Inside out: CORS answers preflights, its refusals become problem documents, every answer gets the
+            // security headers, and the metrics see the final status.
             App::new()
+                .wrap(api::cors::middleware(&cors_origins))
+                .wrap(api::cors::preflight_refusals(&cors_origins))
                 .wrap(api::headers::security_headers(hsts_max_age_secs))
                 .wrap_fn(move |request, service| {
                     let started = Instant::now();
@@ -202,6 +227,9 @@ impl Application {
             revisions,
             key_refresher,
             reloader,
+            limits_sweeper,
+            limits_follower,
+            limits,
             shutdown,
             draining,
             drain_delay,
@@ -213,6 +241,11 @@ impl Application {
     /// The bound port.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The rate limits in force, to change while serving (`RateLimits::set_api_per_minute` and the others).
+    pub fn rate_limits(&self) -> Arc<api::limits::RateLimits> {
+        self.limits.clone()
     }
 
     /// A handle that stops the service gracefully, as SIGTERM does.
@@ -240,6 +273,8 @@ impl Application {
             refresher.abort();
         }
         self.reloader.abort();
+        self.limits_sweeper.abort();
+        self.limits_follower.abort();
         self.shutdown.cancel();
         if tokio::time::timeout(Duration::from_secs(5), self.checkpoints).await.is_err() {
             tracing::warn!("audit checkpoints did not stop within 5 s");

@@ -100,6 +100,19 @@ pub struct Settings {
     /// A key file (one base64 key per line, `#` comments, mode 0600 or 0640): reloaded on SIGHUP and before
     /// every rewrap. Unset (and no `secrets_keys`): `data_dir/secrets.key`, created on first start.
     pub secrets_key_file: Option<PathBuf>,
+    /// Origins (`scheme://host[:port]`) whose pages may call the API from a browser (CORS); empty (the default)
+    /// sends no CORS header at all. `*` is refused. A single string is split at commas.
+    #[serde(deserialize_with = "one_or_many")]
+    pub http_cors_allowed_origins: Vec<String>,
+    /// Pins the API requests per minute per user (a burst of that many, then one every 60/N s; 0 is no limit).
+    /// Unset (the default): the portal settings' `api_requests_per_minute` (200 until an admin changes it).
+    pub rate_limit_api_per_minute: Option<u32>,
+    /// Pins the workspace launches per minute per user (0 is no limit). Unset: the portal settings'
+    /// `launches_per_minute` (5 until an admin changes it).
+    pub rate_limit_launch_per_minute: Option<u32>,
+    /// Requests per minute per client address whose bearer token fails verification, before that address is refused
+    /// with 429 without its tokens being checked; 0 is no limit.
+    pub rate_limit_auth_failures_per_minute: u32,
     /// Seconds a terminal ticket stays redeemable.
     pub relay_ticket_ttl_secs: u64,
     /// Origins allowed to open a browser terminal (besides requests without `Origin` and same-host origins).
@@ -115,7 +128,8 @@ pub struct Settings {
     pub relay_max_frame_bytes: usize,
     /// Open terminal sessions one user may have at once (4029).
     pub relay_max_sessions_per_user: usize,
-    /// Proxies (CIDRs) whose `X-Forwarded-For` is believed when finding a terminal client's address.
+    /// Proxies (CIDRs) whose `X-Forwarded-For` is believed when finding a client's address (terminals, the firewall,
+    /// and the per-address limit of failed authentication).
     #[serde(deserialize_with = "one_or_many")]
     pub relay_trusted_proxies: Vec<String>,
 }
@@ -176,6 +190,10 @@ impl Default for Settings {
             auth_jwks_refresh_secs: 3600,
             auth_jwks_min_refresh_secs: 30,
             http_hsts_max_age_secs: 0,
+            http_cors_allowed_origins: Vec::new(),
+            rate_limit_api_per_minute: None,
+            rate_limit_launch_per_minute: None,
+            rate_limit_auth_failures_per_minute: 60,
             idempotency_takeover_secs: 60,
             secrets_keys: None,
             secrets_key_file: None,
@@ -236,6 +254,35 @@ impl Settings {
             max_frame: self.relay_max_frame_bytes.max(relay::mux::MAX_DATA + 16),
             max_sessions_per_user: self.relay_max_sessions_per_user.max(1),
         })
+    }
+
+    /// The rate limits to start with: the pinned ones, else the portal settings' defaults (the stored portal
+    /// settings replace those before the first request; see [`Settings::rate_limit_pins`]).
+    pub fn rate_limits(&self) -> api::limits::LimitConfig {
+        let defaults = domain::portal::DEFAULT_LIMITS;
+        api::limits::LimitConfig {
+            api_per_minute: self.rate_limit_api_per_minute.unwrap_or(defaults.api_requests_per_minute),
+            launch_per_minute: self.rate_limit_launch_per_minute.unwrap_or(defaults.launches_per_minute),
+            auth_failures_per_minute: self.rate_limit_auth_failures_per_minute,
+        }
+    }
+
+    /// Which per-user limits the operator pinned; the others follow the portal settings.
+    pub fn rate_limit_pins(&self) -> api::limits::Pins {
+        api::limits::Pins { api: self.rate_limit_api_per_minute, launch: self.rate_limit_launch_per_minute }
+    }
+
+    /// The CORS origins, each checked and written as browsers send it (`Origin`).
+    pub fn cors_origins(&self) -> anyhow::Result<Vec<String>> {
+        let mut origins = Vec::new();
+        for raw in &self.http_cors_allowed_origins {
+            let origin =
+                api::cors::parse_origin(raw).map_err(|error| anyhow::anyhow!("http_cors_allowed_origins: {error}"))?;
+            if !origins.contains(&origin) {
+                origins.push(origin);
+            }
+        }
+        Ok(origins)
     }
 
     /// The store configuration these settings describe.
@@ -395,6 +442,54 @@ mod tests {
             assert!(Settings::load(Some(Path::new("bad.toml"))).is_err());
             jail.set_env("GATEHOUSE_LOG_FORMAT", "yaml");
             assert!(Settings::load(None).is_err());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn rate_limits_come_from_the_environment_and_zero_is_allowed() {
+        figment::Jail::expect_with(|jail| {
+            let settings = Settings::load(None).map_err(|error| *error)?;
+            assert_eq!(
+                settings.rate_limits(),
+                api::limits::LimitConfig { api_per_minute: 200, launch_per_minute: 5, auth_failures_per_minute: 60 }
+            );
+            jail.set_env("GATEHOUSE_RATE_LIMIT_API_PER_MINUTE", "0");
+            jail.set_env("GATEHOUSE_RATE_LIMIT_LAUNCH_PER_MINUTE", "10");
+            jail.set_env("GATEHOUSE_RATE_LIMIT_AUTH_FAILURES_PER_MINUTE", "7");
+            let settings = Settings::load(None).map_err(|error| *error)?;
+            assert_eq!(
+                settings.rate_limits(),
+                api::limits::LimitConfig { api_per_minute: 0, launch_per_minute: 10, auth_failures_per_minute: 7 }
+            );
+            jail.set_env("GATEHOUSE_RATE_LIMIT_API_PER_MINUTE", "-1");
+            assert!(Settings::load(None).is_err());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn cors_origins_are_a_list_written_as_browsers_send_them_and_bad_ones_are_refused() {
+        figment::Jail::expect_with(|jail| {
+            assert!(Settings::load(None)
+                .map_err(|error| *error)?
+                .cors_origins()
+                .map_err(|e| e.to_string())?
+                .is_empty());
+            jail.set_env(
+                "GATEHOUSE_HTTP_CORS_ALLOWED_ORIGINS",
+                "https://Portal.example.com, http://localhost:5173, https://portal.example.com:443",
+            );
+            let settings = Settings::load(None).map_err(|error| *error)?;
+            assert_eq!(
+                settings.cors_origins().map_err(|error| error.to_string())?,
+                ["https://portal.example.com", "http://localhost:5173"]
+            );
+            jail.set_env("GATEHOUSE_HTTP_CORS_ALLOWED_ORIGINS", "*");
+            let error = Settings::load(None).map_err(|error| *error)?.cors_origins().err().map(|e| e.to_string());
+            assert!(error.is_some_and(|error| error.starts_with("http_cors_allowed_origins:")));
+            jail.set_env("GATEHOUSE_HTTP_CORS_ALLOWED_ORIGINS", "https://portal.example.com/app");
+            assert!(Settings::load(None).map_err(|error| *error)?.cors_origins().is_err());
             Ok(())
         });
     }

@@ -63,6 +63,22 @@ fn invalid_settings_are_one_clear_line() {
     assert_one_line_failure(&output, "does not exist");
 }
 
+#[test]
+fn a_cors_origin_that_is_not_one_is_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    for origin in ["*", "https://portal.example.com/app", "portal.example.com"] {
+        let env = [
+            ("GATEHOUSE_HTTP_CORS_ALLOWED_ORIGINS", origin),
+            ("GATEHOUSE_DATA_DIR", data),
+            ("GATEHOUSE_LISTEN", "127.0.0.1:0"),
+        ];
+        let output = run(&["serve"], &env);
+        assert_one_line_failure(&output, "http_cors_allowed_origins");
+        assert_eq!(output.status.code(), Some(1));
+    }
+}
+
 #[tokio::test]
 async fn a_schema_from_a_newer_version_is_refused() {
     for db in TestDb::all("newer schema").await {

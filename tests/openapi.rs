@@ -13,8 +13,8 @@ fn codes_of_shape(operation: &Value) -> BTreeSet<&'static str> {
     let mut codes = BTreeSet::new();
     let secured = operation["security"].as_array().is_some_and(|schemes| !schemes.is_empty());
     if secured {
-        // The Caller extractor: no valid token, or a valid token of someone not on the roster.
-        codes.extend(["unauthenticated", "not_a_member"]);
+        // The Caller extractor: no valid token, a valid token of someone not on the roster, or a rate limit.
+        codes.extend(["unauthenticated", "not_a_member", "rate_limited"]);
     }
     let parameters = operation["parameters"].as_array().cloned().unwrap_or_default();
     let located = |place: &str| parameters.iter().any(|parameter| parameter["in"] == place);
@@ -67,6 +67,23 @@ fn every_documented_error_status_is_a_problem_codes_and_every_possible_code_is_d
     }
     assert!(operations >= 35, "too few operations: {operations}");
     assert!(wrong.is_empty(), "the OpenAPI document and the error contract disagree:\n{}", wrong.join("\n"));
+}
+
+#[test]
+fn every_429_documents_retry_after_in_whole_seconds() {
+    let document = serde_json::to_value(api::ops::document()).expect("the document serializes");
+    let mut limited = 0;
+    for (path, item) in document["paths"].as_object().expect("paths") {
+        for (method, operation) in item.as_object().expect("a path item") {
+            let Some(response) = operation["responses"].get("429") else { continue };
+            limited += 1;
+            let schema = &response["headers"]["Retry-After"]["schema"];
+            assert_eq!(schema["type"], "integer", "{method} {path}: {response}");
+            assert_eq!(schema["minimum"], 1, "{method} {path}: {response}");
+            assert!(response["content"]["application/problem+json"].is_object(), "{method} {path}: {response}");
+        }
+    }
+    assert!(limited >= 35, "only {limited} operations document 429");
 }
 
 #[test]

@@ -283,3 +283,40 @@ async fn every_route_checks_the_callers_role() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_api_limit_follows_the_portal_settings_unless_settings_pin_it() {
+    let db = TestDb::sqlite();
+    let root = issue_token(&db, "root@example.com", "admin", "1h");
+    let ada = issue_token(&db, "ada@example.com", "member", "1h");
+    // Not pinned: the portal's limit (200 by default) is in force, then whatever an admin sets.
+    let server = Server::start(&db, &[("GATEHOUSE_RATE_LIMIT_API_PER_MINUTE", "")]);
+    let api = Api::new(&server);
+    let limits = json!({"running_workspaces_per_user": 3, "launches_per_minute": 5, "api_requests_per_minute": 3});
+    assert_eq!(send(&api, Method::PUT, "/api/v1/portal/limits", Some(&root), Some(limits), None).await.0, 204);
+    for request in 0..3 {
+        assert_eq!(send(&api, Method::GET, "/api/v1/me", Some(&ada), None, None).await.0, 200, "request {request}");
+    }
+    let (status, _, problem) = send(&api, Method::GET, "/api/v1/me", Some(&ada), None, None).await;
+    assert_eq!((status, problem["code"].as_str()), (429, Some("rate_limited")), "{problem}");
+    drop(server);
+
+    // After a restart the stored limit applies from the first request.
+    let server = Server::start(&db, &[("GATEHOUSE_RATE_LIMIT_API_PER_MINUTE", "")]);
+    let api = Api::new(&server);
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(send(&api, Method::GET, "/api/v1/me", Some(&ada), None, None).await.0);
+    }
+    assert_eq!(statuses, [200, 200, 200, 429]);
+    drop(server);
+
+    // Pinned by the operator: the portal's value is shown but not applied.
+    let server = Server::start(&db, &[("GATEHOUSE_RATE_LIMIT_API_PER_MINUTE", "0")]);
+    let api = Api::new(&server);
+    for _ in 0..10 {
+        assert_eq!(send(&api, Method::GET, "/api/v1/me", Some(&ada), None, None).await.0, 200);
+    }
+    let (_, _, view) = send(&api, Method::GET, "/api/v1/portal", Some(&ada), None, None).await;
+    assert_eq!(view["limits"]["api_requests_per_minute"], 3);
+}

@@ -500,10 +500,21 @@ impl FromRequest for Caller {
         let state = request.app_data::<web::Data<AppState>>().cloned();
         let header =
             request.headers().get(header::AUTHORIZATION).and_then(|value| value.to_str().ok()).map(str::to_string);
+        let client = state
+            .as_ref()
+            .map(|state| crate::limits::ClientKey::of_request(request, &state.gateway.limits.trusted_proxies));
         Box::pin(async move {
             let state = state.ok_or_else(|| actix_web::Error::from(Problem::internal()))?;
+            let client = client.unwrap_or(crate::limits::ClientKey::Unknown);
+            // An address that sent too many invalid tokens is refused before its token costs a signature check.
+            state.limits.check_client(client).map_err(Problem::from)?;
             let token = header.as_deref().and_then(bearer_token).ok_or(Unauthenticated(AuthFailure::Missing))?;
-            let email = state.auth.verify(token).await.map_err(Unauthenticated)?;
+            let email = state.auth.verify(token).await.map_err(|failure| {
+                state.limits.record_auth_failure(client);
+                Unauthenticated(failure)
+            })?;
+            // Before the role is read: a refused request costs no database read.
+            state.limits.check_api(&email).map_err(Problem::from)?;
             if let Some(cached) = state.caches.roles.get(email.as_str()) {
                 if cached.pending {
                     crate::members::record_sign_in(&state, &email).await?;

@@ -3,14 +3,18 @@
 //! [`configure`] mounts every route on an actix-web `App`; the root package binds the listener and runs it.
 //! Errors leave through [`Problem`] (RFC 9457 problem documents with stable codes). Operational endpoints
 //! (`/healthz`, `/readyz`, `/metrics`, `/api/v1/openapi.json`) live in [`ops`].
+//! Rate limits ([`limits`]) are applied by the [`auth::Caller`] extractor; CORS ([`cors`]) is a middleware the root
+//! package mounts.
 
 pub mod audit;
 pub mod auth;
 pub mod blueprints;
 pub mod cache;
+pub mod cors;
 pub mod extract;
 pub mod headers;
 pub mod idempotency;
+pub mod limits;
 pub mod members;
 pub mod metrics;
 pub mod ops;
@@ -88,6 +92,10 @@ pub struct AppState {
     pub gateway: Arc<::relay::gateway::Gateway>,
     /// Milliseconds after which an `Idempotency-Key` claim that never got its answer is taken over by a retry.
     pub idempotency_stale_ms: i64,
+    /// Rate limits per user and per client address, changeable while serving (ADR 0020).
+    pub limits: Arc<limits::RateLimits>,
+    /// The per-user limits pinned by settings; the others follow the portal settings.
+    pub limit_pins: limits::Pins,
 }
 
 /// The request's id: a valid `X-Request-Id` from the caller, or a new one.

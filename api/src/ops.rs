@@ -172,6 +172,7 @@ pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, Problem
 pub fn document() -> utoipa::openapi::OpenApi {
     let mut document = ApiDoc::openapi();
     document.merge(crate::relay::RelayApiDoc::openapi());
+    crate::limits::document_refusals(&mut document);
     problems_as_problem_json(&mut document);
     crate::schemas::constrain(&mut document);
     document

@@ -204,6 +204,10 @@ async fn run(
     caller.require(&[Role::Admin])?;
     let metadata = EventMetadata::for_request(caller.email.to_string(), crate::request_id(request));
     let committed = state.portal.execute_retrying(PORTAL_ID, command, &metadata, 5).await.map_err(Problem::from)?;
+    // This process applies a change of the limits at once; the others within `follow_limits`'s period.
+    if let Ok((portal, _)) = state.portal.load(PORTAL_ID).await {
+        state.limits.follow(state.limit_pins, portal.limits());
+    }
     Ok(HttpResponse::NoContent().insert_header(("ETag", etag(committed.version))).finish())
 }
 
@@ -422,4 +426,28 @@ pub async fn get_logo(
         return Ok(response.finish());
     }
     Ok(response.content_type(logo.format.content_type()).body(logo.bytes.as_slice().to_vec()))
+}
+
+/// Keeps `limits` following the portal settings' limits, whichever process changed them: reads the portal
+/// aggregate every `period` (its repository keeps it, so a read is one query for newer events) and applies the
+/// limits when they differ from the last ones seen (starting from `seen`, applied by the caller). Runs until its
+/// task is aborted.
+pub async fn follow_limits(
+    portal: std::sync::Arc<store::AggregateRepository<Portal>>,
+    limits: std::sync::Arc<crate::limits::RateLimits>,
+    pins: crate::limits::Pins,
+    period: std::time::Duration,
+    mut seen: Limits,
+) {
+    loop {
+        tokio::time::sleep(period).await;
+        match portal.load(PORTAL_ID).await {
+            Ok((settings, _)) if settings.limits() != seen => {
+                seen = settings.limits();
+                limits.follow(pins, seen);
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(error.message = %error, "cannot read the portal settings' limits"),
+        }
+    }
 }

@@ -26,6 +26,9 @@ pub enum ProblemCode {
     UpgradeRequired,
     /// No such resource or route.
     NotFound,
+    /// A rate limit refused the request (too many requests by this user, or with invalid tokens from this address);
+    /// retry after `Retry-After` seconds.
+    RateLimited,
     /// The event store cannot be reached; retry after `Retry-After` seconds.
     StoreUnavailable,
     /// Something failed inside the service; details are in its log under the request id.
@@ -87,7 +90,7 @@ pub enum ProblemCode {
 
 impl ProblemCode {
     /// Every code, in the order docs/API.md lists them.
-    pub const ALL: [ProblemCode; 34] = [
+    pub const ALL: [ProblemCode; 35] = [
         ProblemCode::InvalidRequest,
         ProblemCode::PayloadTooLarge,
         ProblemCode::UnsupportedMediaType,
@@ -120,6 +123,7 @@ impl ProblemCode {
         ProblemCode::ApiKeyRequired,
         ProblemCode::OrgNotConfigured,
         ProblemCode::KeyRingRefused,
+        ProblemCode::RateLimited,
         ProblemCode::StoreUnavailable,
         ProblemCode::Internal,
     ];
@@ -158,6 +162,7 @@ impl ProblemCode {
             | ProblemCode::OrgNotConfigured
             | ProblemCode::KeyRingRefused => StatusCode::CONFLICT,
             ProblemCode::StaleVersion => StatusCode::PRECONDITION_FAILED,
+            ProblemCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ProblemCode::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ProblemCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -172,6 +177,7 @@ impl ProblemCode {
             ProblemCode::MethodNotAllowed => "method_not_allowed",
             ProblemCode::UpgradeRequired => "upgrade_required",
             ProblemCode::NotFound => "not_found",
+            ProblemCode::RateLimited => "rate_limited",
             ProblemCode::StoreUnavailable => "store_unavailable",
             ProblemCode::Internal => "internal",
             ProblemCode::Unauthenticated => "unauthenticated",
