@@ -843,7 +843,7 @@ pub async fn remove_blueprint(
     responses((status = 200, body = Catalog), (status = 401, body = Problem), (status = 403, body = Problem),
               (status = 503, body = Problem)))]
 #[get("/api/v1/catalog")]
-pub async fn catalog(caller: Caller, state: web::Data<AppState>) -> Result<web::Json<Catalog>, Problem> {
+pub async fn catalog(caller: Caller, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
     // The listed rows are the same for everyone until the read model moves: served from memory (crate::cache).
     let listed = match state.caches.catalog.get(&()) {
         Some(listed) => listed,
@@ -874,21 +874,45 @@ pub async fn catalog(caller: Caller, state: web::Data<AppState>) -> Result<web::
         }
     };
     let is_admin = caller.role == Role::Admin;
-    let items = listed
+    let entries: Vec<_> = listed
         .iter()
-        .filter_map(|blueprint| {
-            let entry =
-                domain::blueprint::catalog_entry(blueprint.state, false, &blueprint.acl, &caller.email, is_admin)?;
-            Some(CatalogItem {
-                key: blueprint.key.clone(),
-                display_name: blueprint.display_name.clone(),
-                description: blueprint.description.clone(),
-                coming_soon: entry.coming_soon,
-                launchable: entry.launchable,
-            })
+        .map(|blueprint| {
+            domain::blueprint::catalog_entry(blueprint.state, false, &blueprint.acl, &caller.email, is_admin)
         })
         .collect();
-    Ok(web::Json(Catalog { items }))
+    // What this caller sees, one code per listed blueprint: the key of the serialized catalog they share with
+    // everyone who sees the same (tagged with the revision `listed` came from, like `listed` itself).
+    let view: Vec<u8> = entries
+        .iter()
+        .map(|entry| entry.as_ref().map_or(0, |entry| 1 + u8::from(entry.coming_soon) + 2 * u8::from(entry.launchable)))
+        .collect();
+    let body = match state.caches.catalog_pages.get(&view) {
+        Some(body) => body,
+        None => {
+            let revision = state.caches.catalog_pages.revision();
+            let items = listed
+                .iter()
+                .zip(&entries)
+                .filter_map(|(blueprint, entry)| {
+                    let entry = entry.as_ref()?;
+                    Some(CatalogItem {
+                        key: blueprint.key.clone(),
+                        display_name: blueprint.display_name.clone(),
+                        description: blueprint.description.clone(),
+                        coming_soon: entry.coming_soon,
+                        launchable: entry.launchable,
+                    })
+                })
+                .collect();
+            let body = web::Bytes::from(serde_json::to_vec(&Catalog { items }).map_err(|_| Problem::internal())?);
+            // Only if `listed` is still current: otherwise this body may be older than the revision now known.
+            if state.caches.catalog.get(&()).is_some_and(|current| Arc::ptr_eq(&current, &listed)) {
+                state.caches.catalog_pages.insert(revision, view, body.clone());
+            }
+            body
+        }
+    };
+    Ok(HttpResponse::Ok().content_type("application/json").body(body))
 }
 
 // ---------------------------------------------------------------------------------------------------------------

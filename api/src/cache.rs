@@ -117,6 +117,10 @@ pub struct Caches {
     /// The blueprints a catalog may list, from the `blueprints` read model (each caller's catalog is judged from
     /// them on every request, so an ACL change shows as soon as the read model has it).
     pub catalog: ReadCache<(), std::sync::Arc<Vec<crate::blueprints::Listed>>>,
+    /// Serialized catalogs, keyed by what a caller sees of the listed blueprints (one code per blueprint: hidden,
+    /// coming soon, launchable): callers who see the same share one body, so memory grows with the number of
+    /// distinct views, not of users.
+    pub catalog_pages: ReadCache<Vec<u8>, actix_web::web::Bytes>,
 }
 
 impl Caches {
@@ -131,6 +135,7 @@ impl Caches {
             roles: ReadCache::new("roles", "members", revisions.clone(), 100_000, &counter),
             queue: ReadCache::new("approvals_queue", "publish_requests", revisions.clone(), 1_024, &counter),
             catalog: ReadCache::new("catalog", "blueprints", revisions.clone(), 1, &counter),
+            catalog_pages: ReadCache::new("catalog_pages", "blueprints", revisions.clone(), 1_024, &counter),
         })
     }
 }
