@@ -157,7 +157,6 @@ impl Rejection for PortalError {
     fn code(&self) -> ProblemCode {
         match self {
             PortalError::Stale { .. } => ProblemCode::StaleVersion,
-            PortalError::NoLogo(_) => ProblemCode::NotFound,
         }
     }
 }

@@ -317,7 +317,7 @@ pub enum OrgError {
         /// The organisation's version.
         actual: u64,
     },
-    /// The credential is not set.
+    /// The credential is not set (a rewrap of a credential cleared meanwhile).
     #[error("the credential {0} is not set")]
     CredentialNotSet(Credential),
     /// A rewrap found another ciphertext than the one it read: the credential changed meanwhile.
@@ -361,10 +361,10 @@ impl Aggregate for Org {
             }
             OrgCommand::ClearCredential { credential, by, if_version } => {
                 self.check_version(if_version)?;
-                if !self.credentials.contains_key(&credential) {
-                    return Err(OrgError::CredentialNotSet(credential));
+                // A credential is a fixed slot: clearing an empty one is done already (records nothing).
+                if self.credentials.contains_key(&credential) {
+                    events.push(OrgEvent::OrgCredentialCleared { credential, by });
                 }
-                events.push(OrgEvent::OrgCredentialCleared { credential, by });
             }
             OrgCommand::RewrapCredential { credential, from, to, by } => {
                 let current = self.credentials.get(&credential).ok_or(OrgError::CredentialNotSet(credential))?;
@@ -500,11 +500,11 @@ mod tests {
     }
 
     #[test]
-    fn clearing_an_unset_credential_is_refused() {
+    fn clearing_an_unset_credential_records_nothing() {
         OrgTest::with(())
             .given(vec![configured()])
             .when(OrgCommand::ClearCredential { credential: Credential::GitToken, by: admin(), if_version: None })
-            .then_expect_error(OrgError::CredentialNotSet(Credential::GitToken));
+            .then_expect_events(vec![]);
     }
 
     #[test]

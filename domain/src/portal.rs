@@ -500,9 +500,6 @@ pub enum PortalError {
         /// The version.
         actual: u64,
     },
-    /// There is no such logo to remove.
-    #[error("there is no {0} logo")]
-    NoLogo(&'static str),
 }
 
 impl Aggregate for Portal {
@@ -531,8 +528,9 @@ impl Aggregate for Portal {
             }
             PortalCommand::ClearLogo { variant, by, if_version } => {
                 self.check_version(if_version)?;
+                // A logo is a fixed slot: clearing an empty one is done already (records nothing).
                 if self.logo(variant).is_none() {
-                    return Err(PortalError::NoLogo(variant.as_str()));
+                    return Ok(());
                 }
                 PortalEvent::PortalLogoCleared { variant, by }
             }
@@ -663,7 +661,7 @@ mod tests {
         PortalTest::with(())
             .given_no_previous_events()
             .when(PortalCommand::ClearLogo { variant: LogoVariant::Dark, by: admin(), if_version: None })
-            .then_expect_error(PortalError::NoLogo("dark"));
+            .then_expect_events(vec![]);
         let set = PortalEvent::PortalLogoSet { variant: LogoVariant::Light, logo: light.clone(), by: admin() };
         PortalTest::with(())
             .given(vec![set.clone()])

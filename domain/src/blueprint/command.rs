@@ -87,7 +87,7 @@ pub enum BlueprintCommand {
         /// Only if the blueprint is still at this version.
         if_version: Option<u64>,
     },
-    /// Forget one AI provider, its key included.
+    /// Forget one AI provider, its key included; one not configured records nothing (providers are fixed slots).
     ClearAiProvider {
         /// The provider.
         provider: AiProvider,

@@ -263,8 +263,9 @@ impl Aggregate for Blueprint {
             }
             BlueprintCommand::ClearAiProvider { provider, by, if_version } => {
                 self.live(if_version)?;
+                // A provider is a fixed slot: clearing an empty one is done already (records nothing).
                 if !self.ai.contains_key(&provider) {
-                    return Err(BlueprintError::AiProviderNotConfigured(provider));
+                    return Ok(());
                 }
                 BlueprintEvent::BlueprintAiProviderCleared { provider, by }
             }
