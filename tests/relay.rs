@@ -2062,6 +2062,12 @@ async fn hostile_websocket_clients_get_close_codes_and_stall_nothing_on(db: Test
     let terminal = "/api/v1/workspaces/ws-hostile/terminal";
     let (_, issued) = ticket(&api, &ada, "ws-hostile").await;
     let mut live = open(&server, "ws-hostile", issued["ticket"].as_str().unwrap()).await.unwrap();
+    // The gateway's own idle cost with this session open (projector polls, background tasks): what "idle again
+    // after the flood" is compared with, rather than a fixed figure that a debug build on a busy machine nears.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = cpu_ticks(server.child.id());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let idle = cpu_ticks(server.child.id()) - before;
 
     // Before the ticket: text that is not UTF-8 (1007), an unmasked frame, reserved bits, an unknown opcode (1002).
     let mut unmasked = vec![0x81, 0x02];
@@ -2193,7 +2199,10 @@ async fn hostile_websocket_clients_get_close_codes_and_stall_nothing_on(db: Test
     let before = cpu_ticks(server.child.id());
     tokio::time::sleep(Duration::from_secs(3)).await;
     let used = cpu_ticks(server.child.id()) - before;
-    assert!(used < 30, "the gateway used {used} ticks of CPU in 3 s after the flood (at most 0.1 core)");
+    assert!(
+        used <= idle + 15,
+        "the gateway used {used} ticks of CPU in 3 s after the flood, {idle} before it (at most 0.05 core more)"
+    );
     type_line(&mut live, "echo sti''ll-here\n").await;
     read_until(&mut live, "still-here", Duration::from_secs(5)).await;
 }
