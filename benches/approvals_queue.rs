@@ -31,13 +31,14 @@ use serde_json::{json, Value};
 use store::{AggregateRepository, EventStore};
 use testkit::TestDb;
 
+mod support;
+use support::{percentile_ms, start_trivial, FIXED_BODY};
+
 const ADMIN: &str = "admin@example.com";
 const BUILDERS: usize = 8;
 const BLUEPRINTS: [&str; 4] = ["web", "api", "worker", "docs"];
 const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 const PATCH: &str = "--- a/index.html\n+++ b/index.html\n@@ -1 +1 @@\n-<h1>Hello</h1>\n+<h1>Hello, world</h1>\n";
-/// The body of the trivial handler (and of the probes that do not return the queue).
-const FIXED_BODY: &str = r#"{"status":"ok","service":"trivial"}"#;
 /// How often the latency measurement polls the read model.
 const POLL_EVERY: Duration = Duration::from_micros(500);
 
@@ -90,16 +91,6 @@ const QUICK: Plan = Plan {
 
 // ---------------------------------------------------------------------------------------------------------------
 // Statistics
-
-fn percentile_ms(samples: &[Duration], p: f64) -> f64 {
-    if samples.is_empty() {
-        return f64::NAN;
-    }
-    let mut sorted = samples.to_vec();
-    sorted.sort();
-    let index = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[index].as_secs_f64() * 1000.0
-}
 
 fn max_ms(samples: &[Duration]) -> f64 {
     samples.iter().max().map_or(f64::NAN, |max| max.as_secs_f64() * 1000.0)
@@ -205,24 +196,6 @@ async fn start_service(db: &TestDb) -> Service {
     let stopper = application.stopper();
     let running = tokio::spawn(application.run_until_stopped());
     Service { base, settings, stopper, running }
-}
-
-async fn trivial() -> HttpResponse {
-    HttpResponse::Ok().content_type("application/json").body(FIXED_BODY)
-}
-
-/// A plain actix server whose only handler returns a small fixed JSON body: the floor.
-fn start_trivial() -> (String, ServerHandle) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("a port for the trivial server");
-    let port = listener.local_addr().expect("the trivial server's address").port();
-    let server = HttpServer::new(|| App::new().route("/trivial", web::get().to(trivial)))
-        .disable_signals()
-        .listen(listener)
-        .expect("the trivial server listens")
-        .run();
-    let handle = server.handle();
-    tokio::spawn(server);
-    (format!("http://127.0.0.1:{port}"), handle)
 }
 
 /// JWT verification alone (no database), as the `Caller` extractor starts.

@@ -9,18 +9,18 @@
 //! Everything runs in this one process: the real service (`Application::build` on `127.0.0.1:0`), a trivial actix
 //! server (actix's default worker count, as the service) and the load generator.
 
-use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use actix_web::{web, App, HttpResponse, HttpServer};
 use gatehouse::{Application, Settings};
 use reqwest::header::{HeaderValue, AUTHORIZATION};
 use serde_json::{json, Value};
 use testkit::TestDb;
 
+mod support;
+use support::{percentile_ms, start_trivial};
+
 const ADMIN: &str = "admin@example.com";
 const MEMBER: &str = "ada@example.com";
-const FIXED_BODY: &str = r#"{"status":"ok","service":"trivial"}"#;
 
 #[derive(Debug, Clone, Copy)]
 struct Plan {
@@ -52,16 +52,6 @@ const QUICK: Plan = Plan {
     rounds: 1,
     latency_samples: 60,
 };
-
-fn percentile_ms(samples: &[Duration], p: f64) -> f64 {
-    if samples.is_empty() {
-        return f64::NAN;
-    }
-    let mut sorted = samples.to_vec();
-    sorted.sort();
-    let index = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[index].as_secs_f64() * 1000.0
-}
 
 /// Closed-loop load: `clients` keep-alive clients GET `url` back to back; responses completing inside the window
 /// count. Returns (ok per second, errors, first error, p50 ms, p99 ms).
@@ -125,24 +115,6 @@ async fn drive(url: &str, authorization: Option<&HeaderValue>, plan: &Plan) -> (
         percentile_ms(&latencies, 0.5),
         percentile_ms(&latencies, 0.99),
     )
-}
-
-fn start_trivial() -> (String, actix_web::dev::ServerHandle) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("a port");
-    let port = listener.local_addr().expect("an address").port();
-    let server = HttpServer::new(|| {
-        App::new().route(
-            "/trivial",
-            web::get().to(|| async { HttpResponse::Ok().content_type("application/json").body(FIXED_BODY) }),
-        )
-    })
-    .disable_signals()
-    .listen(listener)
-    .expect("listens")
-    .run();
-    let handle = server.handle();
-    tokio::spawn(server);
-    (format!("http://127.0.0.1:{port}"), handle)
 }
 
 fn token(settings: &Settings, email: &str) -> HeaderValue {

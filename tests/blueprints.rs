@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{eventually, issue_token, Api, Server};
+use common::{eventually, issue_token, send, Api, Server};
 use reqwest::Method;
 use serde_json::{json, Value};
 use testkit::TestDb;
@@ -20,33 +20,6 @@ fn registration(key: &str) -> Value {
         "source": {"kind": "local", "repository": "https://git.example.com/web.git", "branch": "main",
                    "preview_ports": [3000]},
     })
-}
-
-/// A call with an optional `If-Match`: (status, ETag, body).
-async fn send(
-    api: &Api,
-    method: Method,
-    path: &str,
-    token: Option<&str>,
-    body: Option<Value>,
-    if_match: Option<&str>,
-) -> (u16, Option<String>, Value) {
-    let mut request = api.http.request(method, format!("{}{path}", api.base));
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
-    }
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    if let Some(version) = if_match {
-        request = request.header("If-Match", version);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    let etag = response.headers().get("etag").map(|value| value.to_str().unwrap().to_string());
-    let text = response.text().await.unwrap();
-    let body = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
-    (status, etag, body)
 }
 
 async fn register(api: &Api, token: &str, key: &str) -> (u16, Option<String>, Value) {

@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{gatehouse, issue_token, Api, Server};
+use common::{gatehouse, issue_token, send, Api, Server};
 use reqwest::Method;
 use serde_json::{json, Value};
 use testkit::TestDb;
@@ -16,33 +16,6 @@ use testkit::TestDb;
 const ADMIN_TOKEN: &str = "qovSECRETtoken9f3b1c";
 const GIT_TOKEN: &str = "ghpSECRETgit7d2e4410";
 const AI_KEY: &str = "skantSECRETai5a6b77";
-
-/// A call with an optional `If-Match`: (status, ETag, body).
-async fn send(
-    api: &Api,
-    method: Method,
-    path: &str,
-    token: Option<&str>,
-    body: Option<Value>,
-    if_match: Option<&str>,
-) -> (u16, Option<String>, Value) {
-    let mut request = api.http.request(method, format!("{}{path}", api.base));
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
-    }
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    if let Some(version) = if_match {
-        request = request.header("If-Match", version);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    let etag = response.headers().get("etag").map(|value| value.to_str().unwrap().to_string());
-    let text = response.text().await.unwrap();
-    let body = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
-    (status, etag, body)
-}
 
 fn org(name: &str) -> Value {
     json!({"name": name, "control_plane": {"kind": "local"}})

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{issue_token, Api, Server};
+use common::{issue_token, send, Api, Server};
 use reqwest::Method;
 use serde_json::{json, Value};
 use testkit::TestDb;
@@ -13,32 +13,6 @@ use testkit::TestDb;
 const PNG: &[u8] = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x01\0\0\0\x01\x08\x06\0\0\0\x1f\x15\xc4\x89";
 const EVIL_SVG: &str =
     "<svg xmlns=\"http://www.w3.org/2000/svg\" onload=\"alert(1)\"><script>fetch('/api/v1/org')</script></svg>";
-
-async fn send(
-    api: &Api,
-    method: Method,
-    path: &str,
-    token: Option<&str>,
-    body: Option<Value>,
-    if_match: Option<&str>,
-) -> (u16, Option<String>, Value) {
-    let mut request = api.http.request(method, format!("{}{path}", api.base));
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
-    }
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    if let Some(version) = if_match {
-        request = request.header("If-Match", version);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    let etag = response.headers().get("etag").map(|value| value.to_str().unwrap().to_string());
-    let text = response.text().await.unwrap();
-    let body = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
-    (status, etag, body)
-}
 
 async fn upload(api: &Api, token: Option<&str>, variant: &str, content_type: &str, bytes: Vec<u8>) -> (u16, Value) {
     let mut request = api

@@ -25,7 +25,7 @@ use domain::roster::Role;
 use domain::values::InvalidValue;
 use projections::{AiProviderSummary, BlueprintRow};
 use serde::{Deserialize, Serialize};
-use store::{CommandError, EventMetadata};
+use store::CommandError;
 
 use crate::auth::Caller;
 use crate::extract::{Json, OptionalJson, Path, Query};
@@ -360,10 +360,6 @@ pub struct Listed {
 // ---------------------------------------------------------------------------------------------------------------
 // Helpers
 
-fn invalid(error: InvalidValue) -> Problem {
-    Problem::invalid_field(error.field, error.reason)
-}
-
 fn not_found(key: &str) -> Problem {
     Problem::new(ProblemCode::NotFound, "Not found").detail(format!("No blueprint {key}."))
 }
@@ -376,7 +372,7 @@ fn key_from_path(raw: &str) -> Result<BlueprintKey, Problem> {
 fn optional<T>(raw: Option<&str>, parse: impl FnOnce(&str) -> Result<T, InvalidValue>) -> Result<Option<T>, Problem> {
     match raw.map(str::trim) {
         None | Some("") => Ok(None),
-        Some(raw) => parse(raw).map(Some).map_err(invalid),
+        Some(raw) => parse(raw).map(Some).map_err(Problem::from),
     }
 }
 
@@ -384,12 +380,13 @@ fn source(input: &SourceInput) -> Result<BlueprintSource, Problem> {
     if input.kind != "local" {
         return Err(Problem::invalid_field("source.kind", "the only source kind is local"));
     }
-    let repository = GitRepository::parse(&input.repository).map_err(invalid)?;
-    let branch = GitBranch::parse(&input.branch).map_err(invalid)?;
+    let repository = GitRepository::parse(&input.repository).map_err(Problem::from)?;
+    let branch = GitBranch::parse(&input.branch).map_err(Problem::from)?;
     let dev_command = optional(input.dev_command.as_deref(), |raw| ShellCommand::parse("source.dev_command", raw))?;
     let ports = input.preview_ports.iter().map(|port| Port::new(*port)).collect::<Result<Vec<_>, _>>();
     let shell = optional(input.shell.as_deref(), Shell::parse)?.unwrap_or_default();
-    let local = LocalSource::new(repository, branch, dev_command, ports.map_err(invalid)?, shell).map_err(invalid)?;
+    let local = LocalSource::new(repository, branch, dev_command, ports.map_err(Problem::from)?, shell)
+        .map_err(Problem::from)?;
     Ok(BlueprintSource::Local(local))
 }
 
@@ -403,14 +400,14 @@ fn project_mode(raw: &str) -> Result<ProjectMode, Problem> {
 
 fn naming(input: &NamingInput) -> Result<NamingTemplates, Problem> {
     Ok(NamingTemplates {
-        project: NameTemplate::parse("naming.project", &input.project).map_err(invalid)?,
-        environment: NameTemplate::parse("naming.environment", &input.environment).map_err(invalid)?,
+        project: NameTemplate::parse("naming.project", &input.project).map_err(Problem::from)?,
+        environment: NameTemplate::parse("naming.environment", &input.environment).map_err(Problem::from)?,
     })
 }
 
 fn details(input: &RegisterBlueprint) -> Result<BlueprintDetails, Problem> {
     Ok(BlueprintDetails {
-        display_name: DisplayName::parse(&input.display_name).map_err(invalid)?,
+        display_name: DisplayName::parse(&input.display_name).map_err(Problem::from)?,
         description: optional(input.description.as_deref(), Description::parse)?,
         source: source(&input.source)?,
         target_cluster: optional(input.target_cluster.as_deref(), ClusterName::parse)?,
@@ -422,7 +419,7 @@ fn details(input: &RegisterBlueprint) -> Result<BlueprintDetails, Problem> {
 
 fn patched(mut current: BlueprintDetails, patch: &DetailsPatch) -> Result<BlueprintDetails, Problem> {
     if let Some(raw) = &patch.display_name {
-        current.display_name = DisplayName::parse(raw).map_err(invalid)?;
+        current.display_name = DisplayName::parse(raw).map_err(Problem::from)?;
     }
     if let Some(raw) = &patch.description {
         current.description = optional(Some(raw), Description::parse)?;
@@ -446,7 +443,7 @@ fn patched(mut current: BlueprintDetails, patch: &DetailsPatch) -> Result<Bluepr
 }
 
 fn acl_rule(input: &AclRuleInput) -> Result<AclRule, Problem> {
-    AclRule::parse(&input.kind, &input.value).map_err(invalid)
+    AclRule::parse(&input.kind, &input.value).map_err(Problem::from)
 }
 
 fn workspace(input: &WorkspaceInput) -> Result<WorkspaceConfig, Problem> {
@@ -461,23 +458,15 @@ fn workspace(input: &WorkspaceInput) -> Result<WorkspaceConfig, Problem> {
             "claude_code" => Ok(Tab::ClaudeCode),
             "terminal" => Ok(Tab::Terminal),
             "custom" => Ok(Tab::Custom {
-                name: TabName::parse(tab.name.as_deref().unwrap_or_default()).map_err(invalid)?,
+                name: TabName::parse(tab.name.as_deref().unwrap_or_default()).map_err(Problem::from)?,
                 command: ShellCommand::parse("workspace.tabs.command", tab.command.as_deref().unwrap_or_default())
-                    .map_err(invalid)?,
+                    .map_err(Problem::from)?,
             }),
             _ => Err(Problem::invalid_field("workspace.tabs.kind", "a tab is chat, claude_code, terminal or custom")),
         })
         .collect::<Result<Vec<_>, _>>()?;
     WorkspaceConfig::new(tabs, input.lock_layout, input.preview_panel, input.path_bar, input.public_url)
-        .map_err(invalid)
-}
-
-fn metadata(caller: &Caller, request: &HttpRequest) -> EventMetadata {
-    EventMetadata::for_request(caller.email.to_string(), crate::request_id(request))
-}
-
-fn etag(version: u64) -> String {
-    format!("\"{version}\"")
+        .map_err(Problem::from)
 }
 
 /// Runs a change on an existing blueprint and answers `204` with its new `ETag`. The command carries the caller's
@@ -492,10 +481,10 @@ async fn change(
 ) -> Result<HttpResponse, Problem> {
     let committed = state
         .blueprints
-        .execute_retrying(key.as_str(), command, &metadata(caller, request), 5)
+        .execute_retrying(key.as_str(), command, &crate::request_metadata(caller, request), 5)
         .await
         .map_err(Problem::from)?;
-    Ok(HttpResponse::NoContent().insert_header(("ETag", etag(committed.version))).finish())
+    Ok(HttpResponse::NoContent().insert_header(("ETag", crate::etag(committed.version))).finish())
 }
 
 /// Reads one blueprint from the read model, at least as new as its aggregate: when the projector has not caught up
@@ -560,7 +549,7 @@ pub async fn register(
                     "/api/v1/blueprints/{}",
                     blueprint.key().map(BlueprintKey::as_str).unwrap_or_default()
                 )),
-                etag: Some(etag(version)),
+                etag: Some(crate::etag(version)),
             })
         };
         let hook = attempt.before_append(render);
@@ -570,7 +559,7 @@ pub async fn register(
             .execute_retrying_prepared(
                 key.as_str(),
                 command,
-                &attempt.metadata(metadata(caller, request)),
+                &attempt.metadata(crate::request_metadata(caller, request)),
                 5,
                 Some(&*hook),
             )
@@ -652,7 +641,7 @@ pub async fn update_details(
     let command = BlueprintCommand::UpdateDetails { details, by: caller.email.clone(), if_version };
     let committed = state
         .blueprints
-        .execute_expecting(key.as_str(), command, &metadata(&caller, &request), Some(version))
+        .execute_expecting(key.as_str(), command, &crate::request_metadata(&caller, &request), Some(version))
         .await
         .map_err(|error| match error {
             // Without If-Match the caller named no version: a change in between is a race to retry, not a 412.
@@ -661,7 +650,7 @@ pub async fn update_details(
             }
             error => Problem::from(error),
         })?;
-    Ok(HttpResponse::NoContent().insert_header(("ETag", etag(committed.version))).finish())
+    Ok(HttpResponse::NoContent().insert_header(("ETag", crate::etag(committed.version))).finish())
 }
 
 /// Enables, disables or sets testing (admins); the current state again is 409 `state_unchanged`.
@@ -682,7 +671,7 @@ pub async fn set_state(
 ) -> Result<HttpResponse, Problem> {
     caller.require(&[Role::Admin])?;
     let key = key_from_path(&path)?;
-    let new_state = BlueprintState::parse(&body.state).map_err(invalid)?;
+    let new_state = BlueprintState::parse(&body.state).map_err(Problem::from)?;
     let command = BlueprintCommand::SetState {
         state: new_state,
         by: caller.email.clone(),
@@ -710,7 +699,7 @@ pub async fn replace_acl(
     caller.require(&[Role::Admin])?;
     let key = key_from_path(&path)?;
     let rules = body.rules.iter().map(acl_rule).collect::<Result<Vec<_>, _>>()?;
-    let acl = Acl::new(rules).map_err(invalid)?;
+    let acl = Acl::new(rules).map_err(Problem::from)?;
     let command =
         BlueprintCommand::ReplaceAcl { acl, by: caller.email.clone(), if_version: crate::if_match(&request)? };
     change(&state, &caller, &request, &key, command).await

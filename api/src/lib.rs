@@ -111,6 +111,16 @@ pub fn request_id(request: &HttpRequest) -> String {
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
 }
 
+/// The strong entity tag of an aggregate version (what `If-Match` takes back).
+pub(crate) fn etag(version: u64) -> String {
+    format!("\"{version}\"")
+}
+
+/// The metadata of an event a caller's request records: the caller and the request's id.
+pub(crate) fn request_metadata(caller: &auth::Caller, request: &HttpRequest) -> store::EventMetadata {
+    store::EventMetadata::for_request(caller.email.to_string(), request_id(request))
+}
+
 /// The version an `If-Match` names: `None` for no header or `*`; strong entity tags only.
 pub(crate) fn if_match(request: &HttpRequest) -> Result<Option<u64>, Problem> {
     let Some(value) = request.headers().get("if-match") else { return Ok(None) };

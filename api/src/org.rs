@@ -13,7 +13,6 @@ use domain::org::{
 use domain::roster::Role;
 use secrets::Secret;
 use serde::{Deserialize, Deserializer, Serialize};
-use store::EventMetadata;
 
 use crate::auth::Caller;
 use crate::extract::{Json, Path};
@@ -176,14 +175,6 @@ impl OrgView {
 // ---------------------------------------------------------------------------------------------------------------
 // Helpers
 
-fn etag(version: u64) -> String {
-    format!("\"{version}\"")
-}
-
-fn metadata(caller: &Caller, request: &HttpRequest) -> EventMetadata {
-    EventMetadata::for_request(caller.email.to_string(), crate::request_id(request))
-}
-
 fn credential_from_path(raw: &str) -> Result<Credential, Problem> {
     Credential::parse(raw).ok_or_else(|| {
         Problem::not_found(format!(
@@ -193,22 +184,18 @@ fn credential_from_path(raw: &str) -> Result<Credential, Problem> {
     })
 }
 
-fn invalid(error: domain::values::InvalidValue) -> Problem {
-    Problem::invalid_field(error.field, error.reason)
-}
-
 fn profile(input: &OrgInput) -> Result<OrgProfile, Problem> {
     let name = DisplayName::parse(&input.name).map_err(|error| Problem::invalid_field("name", error.reason))?;
-    let control_plane = ControlPlaneKind::parse(&input.control_plane.kind).map_err(invalid)?;
+    let control_plane = ControlPlaneKind::parse(&input.control_plane.kind).map_err(Problem::from)?;
     let git = match &input.git {
         None => GitProvider::default(),
         Some(git) => {
-            let kind = GitProviderKind::parse(&git.provider).map_err(invalid)?;
+            let kind = GitProviderKind::parse(&git.provider).map_err(Problem::from)?;
             let base_url = git.base_url.as_deref().filter(|raw| !raw.trim().is_empty());
             if base_url.is_some_and(|raw| raw.trim() != raw) {
                 return Err(Problem::invalid_field("git.base_url", "git.base_url has no surrounding white space"));
             }
-            GitProvider::new(kind, base_url).map_err(invalid)?
+            GitProvider::new(kind, base_url).map_err(Problem::from)?
         }
     };
     Ok(OrgProfile { name, control_plane, git })
@@ -220,9 +207,12 @@ async fn run(
     request: &HttpRequest,
     command: OrgCommand,
 ) -> Result<HttpResponse, Problem> {
-    let committed =
-        state.org.execute_retrying(ORG_ID, command, &metadata(caller, request), 5).await.map_err(Problem::from)?;
-    Ok(HttpResponse::NoContent().insert_header(("ETag", etag(committed.version))).finish())
+    let committed = state
+        .org
+        .execute_retrying(ORG_ID, command, &crate::request_metadata(caller, request), 5)
+        .await
+        .map_err(Problem::from)?;
+    Ok(HttpResponse::NoContent().insert_header(("ETag", crate::etag(committed.version))).finish())
 }
 
 /// The aggregates holding secrets.
@@ -241,7 +231,7 @@ pub fn holders(state: &AppState) -> Holders {
 pub async fn get_org(caller: Caller, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
     caller.require(&[Role::Admin, Role::Auditor])?;
     let (org, version) = state.org.load(ORG_ID).await.map_err(Problem::from)?;
-    Ok(HttpResponse::Ok().insert_header(("ETag", etag(version))).json(OrgView::of(&org)))
+    Ok(HttpResponse::Ok().insert_header(("ETag", crate::etag(version))).json(OrgView::of(&org)))
 }
 
 /// Sets up or changes the organisation (admins), and optionally its admin API token in the same step.
@@ -354,9 +344,10 @@ pub async fn rewrap(
         Ok(_) | Err(vault::ReloadError::NotAFile) => {}
         Err(error) => return Err(vault::reload_problem(&error)),
     }
-    let report = vault::rewrap_all(&state.vault, &holders, Some(&caller.email), &metadata(&caller, &request))
-        .await
-        .map_err(Problem::from)?;
+    let report =
+        vault::rewrap_all(&state.vault, &holders, Some(&caller.email), &crate::request_metadata(&caller, &request))
+            .await
+            .map_err(Problem::from)?;
     tracing::info!(
         rewrapped = report.rewrapped,
         already_current = report.already_current,

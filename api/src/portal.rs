@@ -16,7 +16,6 @@ use domain::roster::Role;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use store::EventMetadata;
 
 use crate::auth::Caller;
 use crate::extract::{Json, Path};
@@ -175,19 +174,11 @@ impl PortalView {
 // ---------------------------------------------------------------------------------------------------------------
 // Helpers
 
-fn etag(version: u64) -> String {
-    format!("\"{version}\"")
-}
-
-fn invalid(error: domain::values::InvalidValue) -> Problem {
-    Problem::invalid_field(error.field, error.reason)
-}
-
 fn optional<T>(
     raw: Option<&str>,
     parse: impl FnOnce(&str) -> Result<T, domain::values::InvalidValue>,
 ) -> Result<Option<T>, Problem> {
-    raw.map(parse).transpose().map_err(invalid)
+    raw.map(parse).transpose().map_err(Problem::from)
 }
 
 fn variant_from_path(raw: &str) -> Result<LogoVariant, Problem> {
@@ -202,13 +193,16 @@ async fn run(
     command: PortalCommand,
 ) -> Result<HttpResponse, Problem> {
     caller.require(&[Role::Admin])?;
-    let metadata = EventMetadata::for_request(caller.email.to_string(), crate::request_id(request));
+    let limits_change = matches!(command, PortalCommand::SetLimits { .. });
+    let metadata = crate::request_metadata(caller, request);
     let committed = state.portal.execute_retrying(PORTAL_ID, command, &metadata, 5).await.map_err(Problem::from)?;
     // This process applies a change of the limits at once; the others within `follow_limits`'s period.
-    if let Ok((portal, _)) = state.portal.load(PORTAL_ID).await {
-        state.limits.follow(state.limit_pins, portal.limits());
+    if limits_change {
+        if let Ok((portal, _)) = state.portal.load(PORTAL_ID).await {
+            state.limits.follow(state.limit_pins, portal.limits());
+        }
     }
-    Ok(HttpResponse::NoContent().insert_header(("ETag", etag(committed.version))).finish())
+    Ok(HttpResponse::NoContent().insert_header(("ETag", crate::etag(committed.version))).finish())
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -222,7 +216,7 @@ async fn run(
 pub async fn get_portal(caller: Caller, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
     caller.require(&[Role::Admin, Role::Member, Role::Auditor])?;
     let (portal, version) = state.portal.load(PORTAL_ID).await.map_err(Problem::from)?;
-    Ok(HttpResponse::Ok().insert_header(("ETag", etag(version))).json(PortalView::of(&portal)))
+    Ok(HttpResponse::Ok().insert_header(("ETag", crate::etag(version))).json(PortalView::of(&portal)))
 }
 
 /// Replaces the name and accent colour (admins); a field left out or `null` goes back to its default.
@@ -305,7 +299,7 @@ pub async fn set_limits(
 ) -> Result<HttpResponse, Problem> {
     caller.require(&[Role::Admin])?;
     let limits = Limits::new(body.running_workspaces_per_user, body.launches_per_minute, body.api_requests_per_minute)
-        .map_err(invalid)?;
+        .map_err(Problem::from)?;
     let command = PortalCommand::SetLimits { limits, by: caller.email.clone(), if_version: crate::if_match(&request)? };
     run(&state, &caller, &request, command).await
 }

@@ -210,6 +210,13 @@ impl ProblemCode {
     }
 }
 
+/// A refused value: 422 `invalid_field` naming the field, the reason as the detail.
+impl From<domain::values::InvalidValue> for Problem {
+    fn from(error: domain::values::InvalidValue) -> Self {
+        Problem::invalid_field(error.field, error.reason)
+    }
+}
+
 /// An RFC 9457 problem document. Its status is its code's ([`ProblemCode::status`]); nothing else sets it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Problem {

@@ -11,15 +11,14 @@ use actix_web::http::StatusCode;
 use actix_web::{delete, get, post, web, HttpRequest, HttpResponse};
 use domain::publishing::values::{self, MAX_MESSAGE_CHARS, MAX_REASON_CHARS};
 use domain::publishing::{
-    BlueprintKey, CommitId, DiffSummary, InvalidValue, Publishing, PublishingCommand, RequestId, RequestStatus,
-    Subdomain, TrustMatch, WorkspaceId, PUBLISHING_ID,
+    BlueprintKey, CommitId, DiffSummary, Publishing, PublishingCommand, RequestId, RequestStatus, Subdomain,
+    TrustMatch, WorkspaceId, PUBLISHING_ID,
 };
 use domain::roster::Role;
 use domain::trust::{TrustCommand, TrustRules, TRUST_RULES_ID};
 use domain::Email;
 use projections::{PublishRequestRow, RequestFilter, ReviewRow, TimeKey, TrustRuleRow};
 use serde::{Deserialize, Serialize};
-use store::EventMetadata;
 
 use crate::auth::Caller;
 use crate::extract::{Json, OptionalJson, Path, Query};
@@ -328,10 +327,6 @@ pub struct EvaluateView {
 // ---------------------------------------------------------------------------------------------------------------
 // Helpers
 
-fn invalid(error: InvalidValue) -> Problem {
-    Problem::invalid_field(error.field, error.reason)
-}
-
 fn not_found(what: &str) -> Problem {
     Problem::new(ProblemCode::NotFound, "Not found").detail(format!("No {what}."))
 }
@@ -340,7 +335,7 @@ fn optional_text(field: &'static str, raw: Option<&str>, max: usize) -> Result<O
     match raw {
         None => Ok(None),
         Some(raw) if raw.trim().is_empty() => Ok(None),
-        Some(raw) => values::text(field, raw, max).map(Some).map_err(invalid),
+        Some(raw) => values::text(field, raw, max).map(Some).map_err(Problem::from),
     }
 }
 
@@ -363,10 +358,6 @@ fn encode_key(row: &PublishRequestRow) -> String {
 
 fn page(rows: Vec<PublishRequestRow>, limit: i64) -> PublishRequestPage {
     crate::Page::from_rows(rows, limit, encode_key, |row| PublishRequestView::from_row(row, None))
-}
-
-fn metadata(caller: &Caller, request: &HttpRequest) -> EventMetadata {
-    EventMetadata::for_request(caller.email.to_string(), crate::request_id(request))
 }
 
 /// Runs a review-like command and reports where the request stands.
@@ -406,7 +397,7 @@ async fn decide(
             .execute_retrying_prepared(
                 PUBLISHING_ID,
                 command,
-                &attempt.metadata(metadata(caller, request)),
+                &attempt.metadata(crate::request_metadata(caller, request)),
                 5,
                 Some(&*hook),
             )
@@ -482,15 +473,15 @@ pub async fn submit(
     let (state, caller, request, body) = (&state, &caller, &request, &body);
     crate::idempotency::run(state, caller, request, fingerprint, |attempt| async move {
         let policy = &state.publish_policy;
-        let workspace_id = WorkspaceId::parse(&body.workspace_id).map_err(invalid)?;
-        let blueprint_key = BlueprintKey::parse(&body.blueprint_key).map_err(invalid)?;
-        let subdomain = Subdomain::parse(&body.subdomain).map_err(invalid)?;
-        let commit_id = CommitId::parse(&body.commit_id).map_err(invalid)?;
+        let workspace_id = WorkspaceId::parse(&body.workspace_id).map_err(Problem::from)?;
+        let blueprint_key = BlueprintKey::parse(&body.blueprint_key).map_err(Problem::from)?;
+        let subdomain = Subdomain::parse(&body.subdomain).map_err(Problem::from)?;
+        let commit_id = CommitId::parse(&body.commit_id).map_err(Problem::from)?;
         let diff = &body.diff;
         let diff =
             DiffSummary::new(diff.files, diff.insertions, diff.deletions, diff.patch.clone(), policy.max_patch_bytes)
-                .map_err(invalid)?;
-        let message = values::text("message", &body.message, MAX_MESSAGE_CHARS).map_err(invalid)?;
+                .map_err(Problem::from)?;
+        let message = values::text("message", &body.message, MAX_MESSAGE_CHARS).map_err(Problem::from)?;
 
         let (trust, _) = state.trust.load(TRUST_RULES_ID).await.map_err(Problem::from)?;
         let trusted = trust
@@ -558,7 +549,7 @@ pub async fn submit(
             .execute_retrying_prepared(
                 PUBLISHING_ID,
                 command,
-                &attempt.metadata(metadata(caller, request)),
+                &attempt.metadata(crate::request_metadata(caller, request)),
                 10,
                 Some(&*hook),
             )
@@ -800,7 +791,8 @@ pub async fn create_trust_rule(
         let email = Email::parse(&body.email).map_err(|error| {
             Problem::new(ProblemCode::InvalidField, "Invalid field").field("email").detail(error.to_string())
         })?;
-        let blueprint_key = body.blueprint_key.as_deref().map(BlueprintKey::parse).transpose().map_err(invalid)?;
+        let blueprint_key =
+            body.blueprint_key.as_deref().map(BlueprintKey::parse).transpose().map_err(Problem::from)?;
         let description = optional_text("description", body.description.as_deref(), MAX_REASON_CHARS)?;
         let rule_id = uuid::Uuid::new_v4().to_string();
         let command = TrustCommand::Grant {
@@ -833,7 +825,7 @@ pub async fn create_trust_rule(
             .execute_retrying_prepared(
                 TRUST_RULES_ID,
                 command,
-                &attempt.metadata(metadata(caller, request)),
+                &attempt.metadata(crate::request_metadata(caller, request)),
                 5,
                 Some(&*hook),
             )
@@ -932,7 +924,7 @@ pub async fn revoke_trust_rule(
     let command = TrustCommand::Revoke { rule_id: path.into_inner(), revoked_by: caller.email.clone() };
     state
         .trust
-        .execute_retrying(TRUST_RULES_ID, command, &metadata(&caller, &request), 5)
+        .execute_retrying(TRUST_RULES_ID, command, &crate::request_metadata(&caller, &request), 5)
         .await
         .map_err(Problem::from)?;
     Ok(HttpResponse::NoContent().finish())

@@ -265,6 +265,37 @@ impl Api {
     }
 }
 
+/// A call with an optional `If-Match`: (status, ETag, body).
+pub async fn send(
+    api: &Api,
+    method: reqwest::Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<serde_json::Value>,
+    if_match: Option<&str>,
+) -> (u16, Option<String>, serde_json::Value) {
+    let mut request = api.http.request(method, format!("{}{path}", api.base));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    if let Some(version) = if_match {
+        request = request.header("If-Match", version);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let etag = response.headers().get("etag").map(|value| value.to_str().unwrap().to_string());
+    let text = response.text().await.unwrap();
+    let body = if text.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))
+    };
+    (status, etag, body)
+}
+
 /// A process's resident memory (`VmRSS` in `/proc/PID/status`), in KiB; 0 when it cannot be read.
 pub fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
