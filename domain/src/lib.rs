@@ -17,6 +17,7 @@ pub mod publishing;
 pub mod relay;
 pub mod roster;
 pub mod trust;
+pub mod workspace;
 pub mod values;
 
 pub use email::{Email, InvalidEmail};
