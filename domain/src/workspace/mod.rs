@@ -490,10 +490,8 @@ impl Aggregate for Workspaces {
                 if current.desired == Desired::Running && current.failure.is_none() {
                     return Err(WorkspaceError::AlreadyRunning(workspace));
                 }
-                if current.desired != Desired::Running {
-                    // A failed workspace that is wanted running counts already; only a stopped one adds one.
-                    self.check_limit(limit)?;
-                }
+                // A stopped or failed workspace does not count; started, it does.
+                self.check_limit(limit)?;
                 let generation = current.generation + 1;
                 WorkspaceEvent::WorkspaceStartRequested { workspace, generation, by }
             }

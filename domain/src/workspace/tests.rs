@@ -115,17 +115,18 @@ fn the_running_limit_counts_workspaces_wanted_running_that_have_not_failed() {
         .given(freed.clone())
         .when(launch("ws-3", "three", Some(1)))
         .then_expect_events(vec![launched("ws-3", "three")]);
-    // Starting a stopped one is checked against the limit. Starting a failed one again is not refused by it: the
-    // owner is retrying what the limit let through (documented in docs/API.md).
+    // Starting a stopped or a failed one is checked against the limit (neither counts until started).
     let mut full = freed;
     full.push(launched("ws-3", "three"));
-    TestFramework::<Workspaces>::with(())
-        .given(full.clone())
-        .when(WorkspaceCommand::Start { workspace: ws("ws-1"), limit: Some(1), by: ada() })
-        .then_expect_error(WorkspaceError::QuotaExceeded { limit: 1 });
+    for stopped_or_failed in ["ws-1", "ws-2"] {
+        TestFramework::<Workspaces>::with(())
+            .given(full.clone())
+            .when(WorkspaceCommand::Start { workspace: ws(stopped_or_failed), limit: Some(1), by: ada() })
+            .then_expect_error(WorkspaceError::QuotaExceeded { limit: 1 });
+    }
     TestFramework::<Workspaces>::with(())
         .given(full)
-        .when(WorkspaceCommand::Start { workspace: ws("ws-2"), limit: Some(1), by: ada() })
+        .when(WorkspaceCommand::Start { workspace: ws("ws-2"), limit: Some(2), by: ada() })
         .then_expect_events(vec![WorkspaceEvent::WorkspaceStartRequested {
             workspace: ws("ws-2"),
             generation: 2,
