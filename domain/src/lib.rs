@@ -17,7 +17,7 @@ pub mod publishing;
 pub mod relay;
 pub mod roster;
 pub mod trust;
-pub mod workspace;
 pub mod values;
+pub mod workspace;
 
 pub use email::{Email, InvalidEmail};

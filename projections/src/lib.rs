@@ -17,6 +17,7 @@ mod rebuild;
 pub mod revisions;
 mod runtime;
 mod sessions;
+mod workspaces;
 
 pub use blueprints::{AiProviderSummary, BlueprintRow, BlueprintsProjection, BlueprintsQuery};
 pub use members::{MemberRow, MembersProjection, MembersQuery};
@@ -31,6 +32,7 @@ pub use runtime::{
     checkpoints, Checkpoint, ProjectionState, ProjectionStatus, Projector, ProjectorConfig, StatusBoard,
 };
 pub use sessions::{ActivityFilter, ActivityRow, SessionFilter, SessionRow, SessionsProjection, SessionsQuery};
+pub use workspaces::{WorkspaceFilter, WorkspaceRow, WorkspacesProjection, WorkspacesQuery};
 
 /// Every projection this service runs, in one place so `serve` and `projections rebuild` agree.
 pub fn all() -> Vec<std::sync::Arc<dyn Projection>> {
@@ -41,5 +43,6 @@ pub fn all() -> Vec<std::sync::Arc<dyn Projection>> {
         std::sync::Arc::new(TrustRulesProjection),
         std::sync::Arc::new(SessionsProjection),
         std::sync::Arc::new(BlueprintsProjection),
+        std::sync::Arc::new(WorkspacesProjection),
     ]
 }

@@ -258,6 +258,11 @@ impl Workspaces {
         self.items.get(id)
     }
 
+    /// Every workspace, deleted ones included.
+    pub fn all(&self) -> impl Iterator<Item = &Workspace> {
+        self.items.values()
+    }
+
     /// The workspaces that are not deleted.
     pub fn live(&self) -> impl Iterator<Item = &Workspace> {
         self.items.values().filter(|workspace| workspace.desired != Desired::Deleted)
@@ -279,9 +284,7 @@ impl Workspaces {
 
     fn check_name(&self, name: &WorkspaceName, except: Option<&WorkspaceId>) -> Result<(), WorkspaceError> {
         let folded = name.folded();
-        let taken = self
-            .live()
-            .any(|workspace| Some(&workspace.id) != except && workspace.name.folded() == folded);
+        let taken = self.live().any(|workspace| Some(&workspace.id) != except && workspace.name.folded() == folded);
         if taken {
             return Err(WorkspaceError::NameTaken(name.clone()));
         }
@@ -575,25 +578,25 @@ impl Aggregate for Workspaces {
             event
         {
             self.items.insert(
-                    id,
-                    Workspace {
-                        id: workspace,
-                        owner,
-                        name,
-                        blueprint_key,
-                        project_id,
-                        spec,
-                        desired: Desired::Running,
-                        generation: 1,
-                        started: None,
-                        dev_port: None,
-                        provisioned: false,
-                        phase: None,
-                        failure: None,
-                        removed: false,
-                        revision: 1,
-                    },
-                );
+                id,
+                Workspace {
+                    id: workspace,
+                    owner,
+                    name,
+                    blueprint_key,
+                    project_id,
+                    spec,
+                    desired: Desired::Running,
+                    generation: 1,
+                    started: None,
+                    dev_port: None,
+                    provisioned: false,
+                    phase: None,
+                    failure: None,
+                    removed: false,
+                    revision: 1,
+                },
+            );
             return;
         }
         let Some(workspace) = self.items.get_mut(&id) else { return };

@@ -140,10 +140,8 @@ fn actions_that_do_not_fit_the_state_are_refused() {
         .given(vec![launched("ws-1", "one")])
         .when(WorkspaceCommand::Start { workspace: ws("ws-1"), limit: None, by: ada() })
         .then_expect_error(WorkspaceError::AlreadyRunning(ws("ws-1")));
-    let stopped = vec![
-        launched("ws-1", "one"),
-        WorkspaceEvent::WorkspaceStopRequested { workspace: ws("ws-1"), by: ada() },
-    ];
+    let stopped =
+        vec![launched("ws-1", "one"), WorkspaceEvent::WorkspaceStopRequested { workspace: ws("ws-1"), by: ada() }];
     TestFramework::<Workspaces>::with(())
         .given(stopped.clone())
         .when(WorkspaceCommand::Stop { workspace: ws("ws-1"), by: ada() })
@@ -243,10 +241,8 @@ fn facts_about_an_older_generation_record_nothing() {
 
 #[test]
 fn delete_is_asked_then_recorded_done_once() {
-    let asked = vec![
-        launched("ws-1", "one"),
-        WorkspaceEvent::WorkspaceDeleteRequested { workspace: ws("ws-1"), by: ada() },
-    ];
+    let asked =
+        vec![launched("ws-1", "one"), WorkspaceEvent::WorkspaceDeleteRequested { workspace: ws("ws-1"), by: ada() }];
     TestFramework::<Workspaces>::with(())
         .given(asked.clone())
         .when(WorkspaceCommand::RecordDeleted { workspace: ws("ws-1") })
