@@ -299,6 +299,9 @@ fn start_probes(store: &EventStore, settings: &Settings) -> (String, ServerHandl
         gateway: Arc::new(relay::gateway::Gateway::new(store.clone(), settings.relay().expect("the relay limits"))),
         idempotency_stale_ms: api::idempotency::STALE_PENDING_MS,
         limits,
+        workspaces: Arc::new(AggregateRepository::new(store.clone(), ())),
+        workspace_reads: projections::WorkspacesQuery::new(store.read_models().clone()),
+        reconciler: controlplane::ReconcilerHandle::detached(),
     };
     let listener = TcpListener::bind("127.0.0.1:0").expect("a port for the probe server");
     let port = listener.local_addr().expect("the probe server's address").port();

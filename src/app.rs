@@ -35,6 +35,7 @@ pub struct Application {
     reloader: JoinHandle<()>,
     limits_sweeper: JoinHandle<()>,
     limits_follower: JoinHandle<()>,
+    reconciler: JoinHandle<()>,
     limits: Arc<api::limits::RateLimits>,
     shutdown: CancellationToken,
     draining: Arc<AtomicBool>,
@@ -145,6 +146,24 @@ impl Application {
             Duration::from_secs(1),
             portal_settings.limits(),
         ));
+        let listener =
+            TcpListener::bind(&settings.listen).with_context(|| format!("cannot listen on {}", settings.listen))?;
+        let address = listener.local_addr().context("listener address")?;
+        let port = address.port();
+        // Workspaces: the local control plane, and its reconciler (ADR 0023).
+        let workspaces = Arc::new(AggregateRepository::<domain::workspace::Workspaces>::new(store.clone(), ()));
+        let workspace_reads = projections::WorkspacesQuery::new(store.read_models().clone());
+        let plane =
+            controlplane::local::LocalControlPlane::new(settings.local_control_plane(address)?, gateway.clone());
+        let (reconciler, reconciler_handle) = controlplane::Reconciler::new(
+            Arc::new(plane),
+            workspaces.clone(),
+            workspace_reads.clone(),
+            Arc::new(api::workspaces::HubPresence(gateway.clone())),
+            Arc::new(api::workspaces::OrgCredentials { org: org.clone(), vault: vault.clone() }),
+            settings.reconciler(),
+        );
+        let reconciler = tokio::spawn(reconciler.run(shutdown.clone()));
         let state = api::AppState {
             store: store.clone(),
             projections: status,
@@ -170,10 +189,10 @@ impl Application {
             idempotency_stale_ms: settings.idempotency_stale_ms()?,
             limits: limits.clone(),
             limit_pins: settings.rate_limit_pins(),
+            workspaces,
+            workspace_reads,
+            reconciler: reconciler_handle,
         };
-        let listener =
-            TcpListener::bind(&settings.listen).with_context(|| format!("cannot listen on {}", settings.listen))?;
-        let port = listener.local_addr().context("listener address")?.port();
         let hsts_max_age_secs = settings.http_hsts_max_age_secs;
         let make_app = move || {
             let metrics = http_metrics.clone();
@@ -229,6 +248,7 @@ impl Application {
             reloader,
             limits_sweeper,
             limits_follower,
+            reconciler,
             limits,
             shutdown,
             draining,
@@ -276,6 +296,10 @@ impl Application {
         self.limits_sweeper.abort();
         self.limits_follower.abort();
         self.shutdown.cancel();
+        // Workspaces keep running while the gateway is down; the next one adopts their agents.
+        if tokio::time::timeout(Duration::from_secs(5), self.reconciler).await.is_err() {
+            tracing::warn!("the workspace reconciler did not stop within 5 s");
+        }
         if tokio::time::timeout(Duration::from_secs(5), self.checkpoints).await.is_err() {
             tracing::warn!("audit checkpoints did not stop within 5 s");
         }

@@ -69,6 +69,13 @@ enum Command {
         /// that signed the gateway's certificate).
         #[arg(long, env = "GATEHOUSE_AGENT_CA_FILE")]
         ca_file: Option<std::path::PathBuf>,
+        /// The workspace's directory: where terminals and the dev server start (default: `$HOME`).
+        #[arg(long, env = "GATEHOUSE_AGENT_DIR")]
+        dir: Option<std::path::PathBuf>,
+        /// The workspace's dev server, run with `sh -c` in `--dir` while the agent runs (with `DEV_PORT` from the
+        /// environment); ended with the agent.
+        #[arg(long, env = "GATEHOUSE_AGENT_DEV_COMMAND")]
+        dev_command: Option<String>,
     },
 }
 
@@ -79,14 +86,61 @@ fn parse_tag(raw: &str) -> Result<(String, String), String> {
     }
 }
 
-async fn agent(
+/// What `gatehouse agent` is asked to run.
+struct AgentArgs {
     server: String,
     token: String,
     workspace: Option<String>,
     tags: Vec<(String, String)>,
     shell: String,
     ca_file: Option<std::path::PathBuf>,
-) -> anyhow::Result<()> {
+    dir: Option<std::path::PathBuf>,
+    dev_command: Option<String>,
+}
+
+/// The workspace's dev server: its own process group, so that ending it ends what it started (`npm` and its
+/// children); ended (SIGTERM, then SIGKILL after 5 s) when the agent stops for any reason.
+struct DevServer {
+    child: std::process::Child,
+}
+
+impl DevServer {
+    fn start(command: &str, dir: Option<&std::path::Path>) -> anyhow::Result<Self> {
+        use std::os::unix::process::CommandExt as _;
+        let mut process = std::process::Command::new("sh");
+        process.arg("-c").arg(command).env_remove("GATEHOUSE_AGENT_TOKEN").stdin(std::process::Stdio::null());
+        process.process_group(0);
+        if let Some(dir) = dir {
+            process.current_dir(dir);
+        }
+        let child = process.spawn().context("cannot start the dev server")?;
+        tracing::info!(pid = child.id(), port = std::env::var("DEV_PORT").ok(), "started the dev server");
+        Ok(Self { child })
+    }
+}
+
+impl Drop for DevServer {
+    fn drop(&mut self) {
+        use nix::sys::signal::{killpg, Signal};
+        let Ok(group) = i32::try_from(self.child.id()) else { return };
+        let signal = |signal: Signal| {
+            let _ = killpg(nix::unistd::Pid::from_raw(group), signal);
+        };
+        signal(Signal::SIGTERM);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
+        signal(Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
+async fn agent(args: AgentArgs) -> anyhow::Result<()> {
+    let AgentArgs { server, token, workspace, tags, shell, ca_file, dir, dev_command } = args;
     let tls = match &ca_file {
         Some(path) => {
             let pem = std::fs::read(path).with_context(|| format!("cannot read the CA file {}", path.display()))?;
@@ -113,9 +167,17 @@ async fn agent(
         .filter(|workspace| !workspace.trim().is_empty())
         .context("no workspace: pass --workspace or a WORKSPACE_ID tag")?;
     announced.insert("WORKSPACE_ID".into(), workspace.clone());
-    relay::agent::run(relay::agent::AgentConfig { server, token, workspace, tags: announced, shell, tls })
-        .await
-        .context("agent stopped")
+    let _dev = dev_command.as_deref().map(|command| DevServer::start(command, dir.as_deref())).transpose()?;
+    let config = relay::agent::AgentConfig { server, token, workspace, tags: announced, shell, dir, tls };
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        outcome = relay::agent::run(config) => outcome.context("agent stopped"),
+        _ = terminate.recv() => {
+            tracing::info!("SIGTERM: stopping");
+            Ok(())
+        }
+        _ = tokio::signal::ctrl_c() => Ok(()),
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -247,8 +309,8 @@ fn main() -> ExitCode {
             Command::Token { command: TokenCommand::Issue { email, role, ttl } } => {
                 issue_token(settings, &email, &role, ttl).await
             }
-            Command::Agent { server, token, workspace, tags, shell, ca_file } => {
-                agent(server, token, workspace, tags, shell, ca_file).await
+            Command::Agent { server, token, workspace, tags, shell, ca_file, dir, dev_command } => {
+                agent(AgentArgs { server, token, workspace, tags, shell, ca_file, dir, dev_command }).await
             }
         }
     });

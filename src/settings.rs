@@ -132,6 +132,19 @@ pub struct Settings {
     /// and the per-address limit of failed authentication).
     #[serde(deserialize_with = "one_or_many")]
     pub relay_trusted_proxies: Vec<String>,
+    /// Where the local control plane keeps workspaces; unset: `data_dir/workspaces`.
+    pub workspaces_dir: Option<PathBuf>,
+    /// The `gatehouse` binary the local control plane starts as each workspace's agent; unset: this one.
+    pub workspaces_agent_program: Option<PathBuf>,
+    /// The URL local workspace agents dial; unset: the address `listen` bound (loopback for an unspecified one),
+    /// over `http://`.
+    pub workspaces_gateway_url: Option<String>,
+    /// The longest a blueprint's clone may take.
+    pub workspaces_clone_timeout_secs: u64,
+    /// How long a started workspace's agent may take to connect before the start counts as failed.
+    pub workspaces_connect_timeout_secs: u64,
+    /// How often the reconciler checks every workspace (it is also woken by each request).
+    pub workspaces_reconcile_interval_ms: u64,
 }
 
 /// A list, or one string split at commas (environment variables hold strings).
@@ -205,13 +218,28 @@ impl Default for Settings {
             relay_max_frame_bytes: 1024 * 1024,
             relay_max_sessions_per_user: 20,
             relay_trusted_proxies: Vec::new(),
+            workspaces_dir: None,
+            workspaces_agent_program: None,
+            workspaces_gateway_url: None,
+            workspaces_clone_timeout_secs: 300,
+            workspaces_connect_timeout_secs: 60,
+            workspaces_reconcile_interval_ms: 2_000,
         }
     }
 }
 
 /// Environment keys that belong to other tools and are not settings.
-const NOT_SETTINGS: &[&str] =
-    &["config", "test_database_url", "agent_server", "agent_token", "agent_workspace", "agent_shell"];
+const NOT_SETTINGS: &[&str] = &[
+    "config",
+    "test_database_url",
+    "agent_server",
+    "agent_token",
+    "agent_workspace",
+    "agent_shell",
+    "agent_ca_file",
+    "agent_dir",
+    "agent_dev_command",
+];
 
 impl Settings {
     /// Loads defaults, then `file` (if any), then `GATEHOUSE_*` variables.
@@ -254,6 +282,48 @@ impl Settings {
             max_frame: self.relay_max_frame_bytes.max(relay::mux::MAX_DATA + 16),
             max_sessions_per_user: self.relay_max_sessions_per_user.max(1),
         })
+    }
+
+    /// The local control plane's settings, for a gateway listening on `address`.
+    pub fn local_control_plane(
+        &self,
+        address: std::net::SocketAddr,
+    ) -> anyhow::Result<controlplane::local::LocalConfig> {
+        let agent_program = match &self.workspaces_agent_program {
+            Some(program) => program.clone(),
+            None => std::env::current_exe()?,
+        };
+        let gateway_url = match non_empty(&self.workspaces_gateway_url) {
+            Some(url) => url.to_string(),
+            None => {
+                let ip = match address.ip() {
+                    std::net::IpAddr::V4(ip) if ip.is_unspecified() => {
+                        std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+                    }
+                    std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
+                        std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)
+                    }
+                    ip => ip,
+                };
+                format!("http://{}", std::net::SocketAddr::new(ip, address.port()))
+            }
+        };
+        Ok(controlplane::local::LocalConfig {
+            root: self.workspaces_dir.clone().unwrap_or_else(|| self.data_dir.join("workspaces")),
+            agent_program,
+            gateway_url,
+            clone_timeout: Duration::from_secs(self.workspaces_clone_timeout_secs.max(1)),
+            stop_grace: Duration::from_secs(10),
+        })
+    }
+
+    /// The reconciler's settings.
+    pub fn reconciler(&self) -> controlplane::ReconcilerConfig {
+        controlplane::ReconcilerConfig {
+            interval: Duration::from_millis(self.workspaces_reconcile_interval_ms.max(50)),
+            connect_timeout: Duration::from_secs(self.workspaces_connect_timeout_secs.max(1)),
+            ..controlplane::ReconcilerConfig::default()
+        }
     }
 
     /// The rate limits to start with: the pinned ones, else the portal settings' defaults (the stored portal

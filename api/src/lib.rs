@@ -27,6 +27,7 @@ mod rejection;
 pub mod relay;
 pub mod schemas;
 pub mod vault;
+pub mod workspaces;
 
 use std::sync::Arc;
 
@@ -96,6 +97,12 @@ pub struct AppState {
     pub limits: Arc<limits::RateLimits>,
     /// The per-user limits pinned by settings; the others follow the portal settings.
     pub limit_pins: limits::Pins,
+    /// The workspaces aggregates, one per owner (ADR 0023).
+    pub workspaces: Arc<AggregateRepository<domain::workspace::Workspaces>>,
+    /// The workspaces read model.
+    pub workspace_reads: projections::WorkspacesQuery,
+    /// Wakes the control plane's reconciler after a workspace request.
+    pub reconciler: controlplane::ReconcilerHandle,
 }
 
 /// The request's id: a valid `X-Request-Id` from the caller, or a new one.
@@ -257,6 +264,16 @@ pub fn configure(state: AppState) -> impl FnOnce(&mut web::ServiceConfig) {
             .service(org::clear_credential)
             .service(org::secrets_status)
             .service(org::rewrap)
+            .service(workspaces::launch)
+            .service(workspaces::list_workspaces)
+            .service(workspaces::workspace_summary)
+            .service(workspaces::get_workspace)
+            .service(workspaces::start_workspace)
+            .service(workspaces::stop_workspace)
+            .service(workspaces::restart_workspace)
+            .service(workspaces::upgrade_workspace)
+            .service(workspaces::rename_workspace)
+            .service(workspaces::delete_workspace)
             .service(publishing::list_requests)
             .service(publishing::approvals_queue)
             .service(publishing::get_request)

@@ -33,6 +33,10 @@ use crate::{AppState, Problem, ProblemCode};
         crate::org::secrets_status, crate::org::rewrap,
         crate::portal::get_portal, crate::portal::set_branding, crate::portal::reset_branding, crate::portal::set_welcome,
         crate::portal::set_limits, crate::portal::upload_logo, crate::portal::remove_logo, crate::portal::get_logo,
+        crate::workspaces::launch, crate::workspaces::list_workspaces, crate::workspaces::workspace_summary,
+        crate::workspaces::get_workspace, crate::workspaces::start_workspace, crate::workspaces::stop_workspace,
+        crate::workspaces::restart_workspace, crate::workspaces::upgrade_workspace,
+        crate::workspaces::rename_workspace, crate::workspaces::delete_workspace,
     ),
     components(schemas(
         Problem, ProblemCode, Health, Readiness, ProjectionReadiness,
@@ -55,6 +59,9 @@ use crate::{AppState, Problem, ProblemCode};
         crate::vault::RewrapFailure,
         crate::portal::BrandingInput, crate::portal::WelcomeInput, crate::portal::LimitsInput, crate::portal::LogoView,
         crate::portal::BrandingView, crate::portal::WelcomeView, crate::portal::LimitsView, crate::portal::PortalView,
+        crate::workspaces::LaunchBody, crate::workspaces::RenameBody, crate::workspaces::FailureView,
+        crate::workspaces::WorkspaceView, crate::Page<crate::workspaces::WorkspaceView>,
+        crate::workspaces::WorkspaceSummary,
     )),
     modifiers(&BearerAuth)
 )]

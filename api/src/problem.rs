@@ -86,11 +86,23 @@ pub enum ProblemCode {
     /// The secrets key file holds no usable ring, or one that lacks a key current secrets use; the ring in use
     /// stays.
     KeyRingRefused,
+    /// The caller is at the running-workspaces limit (`portal.limits.running_workspaces_per_user`); the detail names
+    /// it. Stop a workspace first.
+    QuotaExceeded,
+    /// Another of the owner's workspaces has this name (names are compared ignoring case).
+    WorkspaceNameTaken,
+    /// The blueprint is listed for the caller but not launchable by them (a `testing` blueprint: admins only).
+    BlueprintNotLaunchable,
+    /// Start asked of a workspace that is running or starting.
+    WorkspaceRunning,
+    /// The workspace is not running (stopped, starting, or failed): stop, restart, terminals and publishing need a
+    /// running one.
+    WorkspaceNotRunning,
 }
 
 impl ProblemCode {
     /// Every code, in the order docs/API.md lists them.
-    pub const ALL: [ProblemCode; 35] = [
+    pub const ALL: [ProblemCode; 40] = [
         ProblemCode::InvalidRequest,
         ProblemCode::PayloadTooLarge,
         ProblemCode::UnsupportedMediaType,
@@ -123,6 +135,11 @@ impl ProblemCode {
         ProblemCode::ApiKeyRequired,
         ProblemCode::OrgNotConfigured,
         ProblemCode::KeyRingRefused,
+        ProblemCode::QuotaExceeded,
+        ProblemCode::WorkspaceNameTaken,
+        ProblemCode::BlueprintNotLaunchable,
+        ProblemCode::WorkspaceRunning,
+        ProblemCode::WorkspaceNotRunning,
         ProblemCode::RateLimited,
         ProblemCode::StoreUnavailable,
         ProblemCode::Internal,
@@ -160,7 +177,12 @@ impl ProblemCode {
             | ProblemCode::DuplicateAclRule
             | ProblemCode::ApiKeyRequired
             | ProblemCode::OrgNotConfigured
-            | ProblemCode::KeyRingRefused => StatusCode::CONFLICT,
+            | ProblemCode::KeyRingRefused
+            | ProblemCode::QuotaExceeded
+            | ProblemCode::WorkspaceNameTaken
+            | ProblemCode::BlueprintNotLaunchable
+            | ProblemCode::WorkspaceRunning
+            | ProblemCode::WorkspaceNotRunning => StatusCode::CONFLICT,
             ProblemCode::StaleVersion => StatusCode::PRECONDITION_FAILED,
             ProblemCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ProblemCode::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -206,6 +228,11 @@ impl ProblemCode {
             ProblemCode::ApiKeyRequired => "api_key_required",
             ProblemCode::OrgNotConfigured => "org_not_configured",
             ProblemCode::KeyRingRefused => "key_ring_refused",
+            ProblemCode::QuotaExceeded => "quota_exceeded",
+            ProblemCode::WorkspaceNameTaken => "workspace_name_taken",
+            ProblemCode::BlueprintNotLaunchable => "blueprint_not_launchable",
+            ProblemCode::WorkspaceRunning => "workspace_running",
+            ProblemCode::WorkspaceNotRunning => "workspace_not_running",
         }
     }
 }

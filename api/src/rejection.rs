@@ -10,6 +10,7 @@ use domain::publishing::PublishingError;
 use domain::relay::{AgentTokenError, SessionError, TicketError};
 use domain::roster::RosterError;
 use domain::trust::TrustError;
+use domain::workspace::WorkspaceError;
 
 use crate::ProblemCode;
 
@@ -157,6 +158,29 @@ impl Rejection for PortalError {
     fn code(&self) -> ProblemCode {
         match self {
             PortalError::Stale { .. } => ProblemCode::StaleVersion,
+        }
+    }
+}
+
+impl Rejection for WorkspaceError {
+    fn code(&self) -> ProblemCode {
+        match self {
+            WorkspaceError::UnknownWorkspace(_) => ProblemCode::NotFound,
+            // Ids are chosen by the API at random: a duplicate is a retry racing its first attempt.
+            WorkspaceError::DuplicateWorkspace(_) => ProblemCode::ConcurrentModification,
+            WorkspaceError::NameTaken(_) => ProblemCode::WorkspaceNameTaken,
+            WorkspaceError::QuotaExceeded { .. } => ProblemCode::QuotaExceeded,
+            WorkspaceError::AlreadyRunning(_) => ProblemCode::WorkspaceRunning,
+            WorkspaceError::NotRunning(_) => ProblemCode::WorkspaceNotRunning,
+            // The API addresses each owner's aggregate by the owner: no caller can cause this.
+            WorkspaceError::WrongOwner(_) => ProblemCode::Internal,
+        }
+    }
+
+    fn field(&self) -> Option<&'static str> {
+        match self {
+            WorkspaceError::NameTaken(_) => Some("name"),
+            _ => None,
         }
     }
 }

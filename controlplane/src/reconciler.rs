@@ -67,6 +67,13 @@ pub struct ReconcilerHandle {
 }
 
 impl ReconcilerHandle {
+    /// A handle no reconciler listens to (a tool serving a subset of the API without workspaces, such as a
+    /// benchmark's probe server): wakes go nowhere.
+    pub fn detached() -> Self {
+        let (wake, _) = mpsc::unbounded_channel();
+        Self { wake }
+    }
+
     /// Checks `owner`'s workspaces now.
     pub fn wake(&self, owner: &Email) {
         let _ = self.wake.send(owner.clone());

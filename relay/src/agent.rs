@@ -87,6 +87,8 @@ pub struct AgentConfig {
     pub tags: BTreeMap<String, String>,
     /// The shell to run.
     pub shell: String,
+    /// Where shells start (default: `$HOME`).
+    pub dir: Option<std::path::PathBuf>,
     /// Whom the agent trusts for `wss://` (see [`tls_config`]).
     pub tls: Arc<rustls::ClientConfig>,
 }
@@ -274,7 +276,7 @@ async fn serve_once(config: &AgentConfig, url: &str) -> Result<Outcome, Box<dyn 
         };
         match frame {
             Frame::Open { session, cols, rows, .. } => {
-                match Shell::spawn(&config.shell, session, cols, rows, &out_tx) {
+                match Shell::spawn(&config.shell, config.dir.as_deref(), session, cols, rows, &out_tx) {
                     Ok(shell) => {
                         sessions.insert(session, shell);
                     }
@@ -348,6 +350,7 @@ const PTY_READ: usize = 16 * 1024;
 impl Shell {
     fn spawn(
         shell: &str,
+        dir: Option<&std::path::Path>,
         session: u32,
         cols: u16,
         rows: u16,
@@ -361,8 +364,15 @@ impl Shell {
         })?;
         let mut command = CommandBuilder::new(shell);
         command.env("TERM", "xterm-256color");
-        if let Ok(home) = std::env::var("HOME") {
-            command.cwd(home);
+        // The agent's credential is not the shell's business.
+        command.env_remove("GATEHOUSE_AGENT_TOKEN");
+        match dir {
+            Some(dir) => command.cwd(dir),
+            None => {
+                if let Ok(home) = std::env::var("HOME") {
+                    command.cwd(home);
+                }
+            }
         }
         let child = pair.slave.spawn_command(command)?;
         drop(pair.slave);

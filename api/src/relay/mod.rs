@@ -16,7 +16,7 @@ use routes::{
 #[derive(utoipa::OpenApi)]
 #[openapi(
     paths(
-        routes::mint_agent_token, routes::revoke_agent_token, routes::list_workspaces, routes::issue_ticket,
+        routes::mint_agent_token, routes::revoke_agent_token, routes::list_agents, routes::issue_ticket,
         routes::list_sessions, routes::list_activity, routes::get_firewall, routes::put_firewall,
         ws::agent_connect, ws::terminal,
     ),
@@ -34,7 +34,7 @@ pub(crate) fn configure(config: &mut web::ServiceConfig) {
     config
         .service(routes::mint_agent_token)
         .service(routes::revoke_agent_token)
-        .service(routes::list_workspaces)
+        .service(routes::list_agents)
         .service(routes::issue_ticket)
         .service(routes::list_sessions)
         .service(routes::list_activity)

@@ -182,11 +182,11 @@ pub(super) struct WorkspacePage {
     items: Vec<WorkspaceView>,
 }
 
-/// Workspaces with a connected agent: admins see all, members those whose owner tag is their email.
-#[utoipa::path(get, path = "/api/v1/workspaces", tag = "relay", security(("bearer" = [])),
+/// Connected agents, by workspace: admins see all, members those whose owner tag is their email.
+#[utoipa::path(get, path = "/api/v1/agents", tag = "relay", security(("bearer" = [])),
     responses((status = 200, body = WorkspacePage), (status = 401, body = Problem), (status = 403, body = Problem)))]
-#[get("/api/v1/workspaces")]
-pub(super) async fn list_workspaces(caller: Caller, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
+#[get("/api/v1/agents")]
+pub(super) async fn list_agents(caller: Caller, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
     caller.require(&[Role::Admin, Role::Member])?;
     let items: Vec<WorkspaceView> = state
         .gateway
