@@ -7,17 +7,16 @@ mod common;
 
 use std::time::Duration;
 
-use common::{eventually, issue_token, Api, Server};
+use common::{eventually, issue_token, Api, Server, Workspaces};
 use reqwest::Method;
 use serde_json::{json, Value};
 use testkit::TestDb;
 
 const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 
-fn submission(workspace: &str, subdomain: &str, blueprint: &str) -> Value {
+fn submission(workspace: &str, subdomain: &str) -> Value {
     json!({
         "workspace_id": workspace,
-        "blueprint_key": blueprint,
         "subdomain": subdomain,
         "commit_id": COMMIT,
         "diff": {"files": 2, "insertions": 10, "deletions": 3, "patch": "--- a/x\n+++ b/x\n@@ -1 +1 @@\n-a\n+b\n"},
@@ -25,10 +24,23 @@ fn submission(workspace: &str, subdomain: &str, blueprint: &str) -> Value {
     })
 }
 
-async fn submit(api: &Api, token: &str, workspace: &str, subdomain: &str, blueprint: &str) -> (u16, Value) {
-    let body = submission(workspace, subdomain, blueprint);
+async fn submit(api: &Api, token: &str, workspace: &str, subdomain: &str) -> (u16, Value) {
+    let body = submission(workspace, subdomain);
     let (status, _, body) = api.call(Method::POST, "/api/v1/publish-requests", Some(token), Some(body)).await;
     (status, body)
+}
+
+/// Submits `token`'s running workspace `name` (launched from `blueprint` on first use).
+async fn submit_in(
+    workspaces: &Workspaces,
+    api: &Api,
+    token: &str,
+    name: &str,
+    subdomain: &str,
+    blueprint: &str,
+) -> (u16, Value) {
+    let workspace = workspaces.running(token, name, blueprint).await;
+    submit(api, token, &workspace, subdomain).await
 }
 
 async fn review(api: &Api, token: &str, id: &str, verb: &str, reason: Option<&str>) -> (u16, Value) {
@@ -67,10 +79,11 @@ async fn a_request_goes_from_submission_through_review_to_its_end() {
         let bob = issue_token(&db, "bob@example.com", "member", "1h");
         let server = Server::start(&db, &[]);
         let api = Api::new(&server);
+        let fx = Workspaces::new(&api, &root).await;
         let backend = db.backend();
 
         // Ada asks to publish her workspace; the request is pending and she can read it back at once.
-        let (status, created) = submit(&api, &ada, "ws-ada", "my-app", "web").await;
+        let (status, created) = submit_in(&fx, &api, &ada, "ws-ada", "my-app", "web").await;
         assert_eq!(status, 201, "{backend}: {created}");
         assert_eq!(created["status"], "pending");
         assert_eq!(created["builder"], "ada@example.com");
@@ -78,7 +91,8 @@ async fn a_request_goes_from_submission_through_review_to_its_end() {
         let (status, headers, read) =
             api.call(Method::GET, &format!("/api/v1/publish-requests/{id}"), Some(&ada), None).await;
         assert_eq!(status, 200, "{read}");
-        assert_eq!(read["diff"]["patch"], submission("", "", "")["diff"]["patch"]);
+        assert_eq!(read["diff"]["patch"], submission("", "")["diff"]["patch"]);
+        assert_eq!(read["blueprint_key"], "web", "the workspace's blueprint, from the control plane");
         assert_eq!(read["history"][0]["kind"], "submitted");
         assert!(headers.get("etag").is_some());
         // Another builder cannot see it, not even that it exists.
@@ -90,12 +104,23 @@ async fn a_request_goes_from_submission_through_review_to_its_end() {
         );
 
         // One request in flight per workspace; a subdomain belongs to one workspace.
-        let (status, body) = submit(&api, &ada, "ws-ada", "my-app", "web").await;
+        let (status, body) = submit_in(&fx, &api, &ada, "ws-ada", "my-app", "web").await;
         assert_eq!((status, code(&body)), (409, "request_in_flight"), "{body}");
-        let (status, body) = submit(&api, &bob, "ws-bob", "my-app", "web").await;
+        let (status, body) = submit_in(&fx, &api, &bob, "ws-bob", "my-app", "web").await;
         assert_eq!((status, code(&body)), (409, "subdomain_taken"), "{body}");
-        let (status, body) = submit(&api, &bob, "ws-ada", "bobs-app", "web").await;
+        // Only the owner publishes a workspace: another member does not even learn that it exists, an admin is told.
+        let adas = fx.running(&ada, "ws-ada", "web").await;
+        let (status, body) = submit(&api, &bob, &adas, "bobs-app").await;
+        assert_eq!((status, code(&body), body["field"].as_str()), (404, "not_found", Some("workspace_id")), "{body}");
+        let (status, body) = submit(&api, &root, &adas, "roots-app").await;
         assert_eq!((status, code(&body)), (403, "not_workspace_owner"), "{body}");
+        let (status, body) = submit(&api, &bob, "ws-nowhere", "bobs-app").await;
+        assert_eq!((status, code(&body)), (404, "not_found"), "{body}");
+        // The client does not say which blueprint a workspace came from.
+        let mut claimed = submission(&adas, "my-app");
+        claimed["blueprint_key"] = json!("api");
+        let (status, _, body) = api.call(Method::POST, "/api/v1/publish-requests", Some(&ada), Some(claimed)).await;
+        assert_eq!((status, code(&body)), (400, "invalid_request"), "{body}");
 
         // Members cannot review; an admin approves.
         assert_eq!(review(&api, &bob, &id, "approve", None).await.0, 403);
@@ -112,7 +137,7 @@ async fn a_request_goes_from_submission_through_review_to_its_end() {
         assert_eq!(read["decision_reason"], "looks good");
 
         // A new request from the published workspace; only its builder may withdraw it.
-        let (status, second) = submit(&api, &ada, "ws-ada", "my-app", "web").await;
+        let (status, second) = submit_in(&fx, &api, &ada, "ws-ada", "my-app", "web").await;
         assert_eq!(status, 201, "{second}");
         let second = second["id"].as_str().unwrap().to_string();
         assert_eq!(review(&api, &bob, &second, "withdraw", None).await.0, 403);
@@ -120,10 +145,10 @@ async fn a_request_goes_from_submission_through_review_to_its_end() {
         let (status, withdrawn) = review(&api, &ada, &second, "withdraw", None).await;
         assert_eq!((status, withdrawn["status"].as_str()), (200, Some("withdrawn")));
         // my-app is still Ada's (her app is live there), so Bob still cannot take it.
-        assert_eq!(code(&submit(&api, &bob, "ws-bob", "my-app", "web").await.1), "subdomain_taken");
+        assert_eq!(code(&submit_in(&fx, &api, &bob, "ws-bob", "my-app", "web").await.1), "subdomain_taken");
 
         // Bob's request is rejected with feedback, which he can read; the rejection frees his subdomain.
-        let (status, bobs) = submit(&api, &bob, "ws-bob", "bobs-app", "api").await;
+        let (status, bobs) = submit_in(&fx, &api, &bob, "ws-bob", "bobs-app", "api").await;
         assert_eq!(status, 201, "{bobs}");
         let bobs = bobs["id"].as_str().unwrap().to_string();
         let (status, decided) = review(&api, &grace, &bobs, "reject", Some("add a README")).await;
@@ -134,11 +159,11 @@ async fn a_request_goes_from_submission_through_review_to_its_end() {
         })
         .await;
         assert!(rejected, "{backend}");
-        let (status, body) = submit(&api, &ada, "ws-ada-2", "bobs-app", "web").await;
+        let (status, body) = submit_in(&fx, &api, &ada, "ws-ada-2", "bobs-app", "web").await;
         assert_eq!(status, 201, "a released subdomain can be claimed: {body}");
 
         // Nobody approves their own request: another admin must.
-        let (_, own) = submit(&api, &root, "ws-root", "root-app", "web").await;
+        let (_, own) = submit_in(&fx, &api, &root, "ws-root", "root-app", "web").await;
         let own = own["id"].as_str().unwrap().to_string();
         let (status, body) = review(&api, &root, &own, "approve", None).await;
         assert_eq!((status, code(&body)), (403, "self_approval"));
@@ -169,6 +194,7 @@ async fn trust_rules_approve_at_once_in_the_name_of_the_system_and_can_be_revoke
     let auditor = issue_token(&db, "audit@example.com", "auditor", "1h");
     let server = Server::start(&db, &[]);
     let api = Api::new(&server);
+    let fx = Workspaces::new(&api, &root).await;
 
     let rule = json!({"email": "Ada@Example.com", "blueprint_key": "web", "description": "owns the site"});
     let (status, _, created) = api.call(Method::POST, "/api/v1/trust-rules", Some(&root), Some(rule.clone())).await;
@@ -197,7 +223,7 @@ async fn trust_rules_approve_at_once_in_the_name_of_the_system_and_can_be_revoke
     );
 
     // A trusted submission is approved on the spot, by the system reviewer, naming the rule.
-    let (status, trusted) = submit(&api, &ada, "ws-ada", "ada-site", "web").await;
+    let (status, trusted) = submit_in(&fx, &api, &ada, "ws-ada", "ada-site", "web").await;
     assert_eq!(status, 201, "{trusted}");
     assert_eq!(trusted["status"], "approved");
     assert_eq!(trusted["decided_by"], "system");
@@ -208,7 +234,7 @@ async fn trust_rules_approve_at_once_in_the_name_of_the_system_and_can_be_revoke
     assert_eq!(read["history"][1]["actor"], "system");
     assert!(read["history"][1]["reason"].as_str().unwrap().contains(&rule_id));
     // Trust for one blueprint is not trust for another.
-    let (_, other) = submit(&api, &ada, "ws-ada-api", "ada-api", "api").await;
+    let (_, other) = submit_in(&fx, &api, &ada, "ws-ada-api", "ada-api", "api").await;
     assert_eq!(other["status"], "pending");
 
     // The rule is listed, then revoked; the next submission waits for review again.
@@ -225,13 +251,20 @@ async fn trust_rules_approve_at_once_in_the_name_of_the_system_and_can_be_revoke
     let (_, answer) =
         api.get("/api/v1/trust-rules/evaluate?email=ada@example.com&blueprint_key=web", Some(&root)).await;
     assert_eq!(answer["auto_approved"], false);
-    let (_, later) = submit(&api, &ada, "ws-ada-2", "ada-site-2", "web").await;
+    let (_, later) = submit_in(&fx, &api, &ada, "ws-ada-2", "ada-site-2", "web").await;
     assert_eq!(later["status"], "pending", "{later}");
     // Trust for every blueprint.
     let everything = json!({"email": "bob@example.com", "blueprint_key": null});
     assert_eq!(api.call(Method::POST, "/api/v1/trust-rules", Some(&root), Some(everything)).await.0, 201);
-    let (_, bobs) = submit(&api, &bob, "ws-bob", "bob-site", "anything").await;
+    let (_, bobs) = submit_in(&fx, &api, &bob, "ws-bob", "bob-site", "api").await;
     assert_eq!(bobs["status"], "approved", "{bobs}");
+    // A workspace that is not running cannot be published.
+    let stopped = fx.running(&ada, "ws-ada-3", "web").await;
+    let (status, _, body) =
+        api.call(Method::POST, &format!("/api/v1/workspaces/{stopped}/stop"), Some(&ada), None).await;
+    assert_eq!(status, 202, "{body}");
+    let (status, body) = submit(&api, &ada, &stopped, "ada-stopped").await;
+    assert_eq!((status, code(&body)), (409, "workspace_not_running"), "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -241,11 +274,11 @@ async fn bad_input_gets_a_problem_naming_the_field_and_stores_nothing() {
     let ada = issue_token(&db, "ada@example.com", "member", "1h");
     let server = Server::start(&db, &[("GATEHOUSE_PUBLISH_MAX_PATCH_BYTES", "1024")]);
     let api = Api::new(&server);
+    let fx = Workspaces::new(&api, &root).await;
 
     let cases: Vec<(&str, Value, &str)> = vec![
         ("workspace_id", json!(""), "workspace_id"),
         ("workspace_id", json!("a/b"), "workspace_id"),
-        ("blueprint_key", json!("-web"), "blueprint_key"),
         ("subdomain", json!("My-App"), "subdomain"),
         ("subdomain", json!("-app"), "subdomain"),
         ("subdomain", json!("www"), "subdomain"),
@@ -258,24 +291,24 @@ async fn bad_input_gets_a_problem_naming_the_field_and_stores_nothing() {
         ("diff", json!({"files": 0, "insertions": 5, "deletions": 0}), "diff.files"),
     ];
     for (field, value, named) in cases {
-        let mut body = submission("ws-1", "my-app", "web");
+        let mut body = submission("ws-1", "my-app");
         body[field] = value;
         let (status, _, problem) = api.call(Method::POST, "/api/v1/publish-requests", Some(&ada), Some(body)).await;
         assert_eq!((status, problem["field"].as_str()), (422, Some(named)), "{field}: {problem}");
         assert_eq!(problem["code"], "invalid_field");
     }
     // A negative count is an invalid value of its field.
-    let mut negative = submission("ws-1", "my-app", "web");
+    let mut negative = submission("ws-1", "my-app");
     negative["diff"]["files"] = json!(-1);
     let (status, _, problem) = api.call(Method::POST, "/api/v1/publish-requests", Some(&ada), Some(negative)).await;
     assert_eq!((status, problem["field"].as_str()), (422, Some("diff.files")), "{problem}");
     // Malformed JSON, a missing field, an unknown field, a wrong type: 400 problems.
     for body in [
         json!({"workspace_id": "ws-1"}),
-        json!({"extra": 1, "workspace_id": "ws-1", "blueprint_key": "web", "subdomain": "a", "commit_id": COMMIT,
+        json!({"extra": 1, "workspace_id": "ws-1", "subdomain": "a", "commit_id": COMMIT,
                "diff": {"files": 1, "insertions": 0, "deletions": 0}, "message": "m"}),
         {
-            let mut body = submission("ws-1", "my-app", "web");
+            let mut body = submission("ws-1", "my-app");
             body["diff"]["files"] = json!("one");
             body
         },
@@ -321,7 +354,7 @@ async fn bad_input_gets_a_problem_naming_the_field_and_stores_nothing() {
     assert_eq!((status, problem["field"].as_str()), (422, Some("email")));
 
     // A review body that is not JSON is refused rather than ignored.
-    let (_, created) = submit(&api, &ada, "ws-ok", "ok-app", "web").await;
+    let (_, created) = submit_in(&fx, &api, &ada, "ws-ok", "ok-app", "web").await;
     let id = created["id"].as_str().unwrap();
     let raw = api
         .http
@@ -355,7 +388,8 @@ async fn if_match_with_a_stale_etag_gets_412() {
     let ada = issue_token(&db, "ada@example.com", "member", "1h");
     let server = Server::start(&db, &[("GATEHOUSE_PUBLISH_APPROVALS_REQUIRED", "2")]);
     let api = Api::new(&server);
-    let (_, created) = submit(&api, &ada, "ws-ada", "my-app", "web").await;
+    let fx = Workspaces::new(&api, &root).await;
+    let (_, created) = submit_in(&fx, &api, &ada, "ws-ada", "my-app", "web").await;
     let id = created["id"].as_str().unwrap().to_string();
     let path = format!("/api/v1/publish-requests/{id}");
     let (_, headers, _) = api.call(Method::GET, &path, Some(&root), None).await;
@@ -410,7 +444,8 @@ async fn the_review_policy_is_configurable() {
         &[("GATEHOUSE_PUBLISH_APPROVALS_REQUIRED", "2"), ("GATEHOUSE_PUBLISH_REQUIRE_REASON", "true")],
     );
     let api = Api::new(&server);
-    let (_, created) = submit(&api, &ada, "ws-ada", "my-app", "web").await;
+    let fx = Workspaces::new(&api, &root).await;
+    let (_, created) = submit_in(&fx, &api, &ada, "ws-ada", "my-app", "web").await;
     assert_eq!(created["approvals_required"], 2);
     let id = created["id"].as_str().unwrap().to_string();
     let (status, problem) = review(&api, &root, &id, "approve", None).await;
@@ -452,7 +487,8 @@ async fn pending_requests_expire_and_free_their_subdomain() {
         &[("GATEHOUSE_PUBLISH_REQUEST_TTL_SECS", "1"), ("GATEHOUSE_PUBLISH_EXPIRY_SWEEP_SECS", "1")],
     );
     let api = Api::new(&server);
-    let (_, created) = submit(&api, &ada, "ws-ada", "my-app", "web").await;
+    let fx = Workspaces::new(&api, &root).await;
+    let (_, created) = submit_in(&fx, &api, &ada, "ws-ada", "my-app", "web").await;
     let id = created["id"].as_str().unwrap().to_string();
     let expired = eventually(Duration::from_secs(10), || async {
         api.get(&format!("/api/v1/publish-requests/{id}"), Some(&ada)).await.1["status"] == "expired"
@@ -463,7 +499,7 @@ async fn pending_requests_expire_and_free_their_subdomain() {
     assert_eq!(read["history"].as_array().unwrap().last().unwrap()["kind"], "expired");
     let (status, body) = review(&api, &root, &id, "approve", None).await;
     assert_eq!((status, code(&body)), (409, "request_not_pending"));
-    let (status, body) = submit(&api, &bob, "ws-bob", "my-app", "web").await;
+    let (status, body) = submit_in(&fx, &api, &bob, "ws-bob", "my-app", "web").await;
     assert_eq!(status, 201, "an expired request's subdomain is free again: {body}");
 }
 
@@ -474,11 +510,12 @@ async fn the_queue_is_oldest_first_filterable_and_paginated() {
     let ada = issue_token(&db, "ada@example.com", "member", "1h");
     let server = Server::start(&db, &[]);
     let api = Api::new(&server);
+    let fx = Workspaces::new(&api, &root).await;
     let mut web = Vec::new();
     let mut all = Vec::new();
     for n in 0..7 {
         let blueprint = if n % 2 == 0 { "web" } else { "api" };
-        let (status, created) = submit(&api, &ada, &format!("ws-{n}"), &format!("app-{n}"), blueprint).await;
+        let (status, created) = submit_in(&fx, &api, &ada, &format!("ws-{n}"), &format!("app-{n}"), blueprint).await;
         assert_eq!(status, 201, "{created}");
         let id = created["id"].as_str().unwrap().to_string();
         if blueprint == "web" {
@@ -512,7 +549,8 @@ async fn fifty_concurrent_approvals_produce_exactly_one() {
             (0..5).map(|n| issue_token(&db, &format!("admin{n}@example.com"), "admin", "1h")).collect();
         let server = Server::start(&db, &[]);
         let api = Api::new(&server);
-        let (_, created) = submit(&api, &ada, "ws-ada", "my-app", "web").await;
+        let fx = Workspaces::new(&api, &admins[0]).await;
+        let (_, created) = submit_in(&fx, &api, &ada, "ws-ada", "my-app", "web").await;
         let id = created["id"].as_str().unwrap().to_string();
         let attempts = (0..50).map(|n| {
             let api = api.clone();
@@ -545,31 +583,58 @@ async fn workspaces_racing_for_one_subdomain_have_exactly_one_winner() {
         let root = issue_token(&db, "root@example.com", "admin", "1h");
         let server = Server::start(&db, &[]);
         let api = Api::new(&server);
+        let fx = Workspaces::new(&api, &root).await;
+        let launches = builders.iter().map(|token| fx.running(token, "racer", "web"));
+        let workspaces: Vec<String> = futures::future::join_all(launches).await;
+        let mut winner: Option<String> = None;
         for round in 0..3 {
+            // The last round's winner withdraws, so that every builder's workspace can submit again.
+            if let Some(id) = winner.take() {
+                let withdrawn = withdraw_as_builder(&api, &builders, &id).await;
+                assert_eq!(withdrawn, 200);
+            }
             let subdomain = format!("contested-{round}");
-            let attempts = builders.iter().enumerate().map(|(n, token)| {
-                let (api, token, subdomain) = (api.clone(), token.clone(), subdomain.clone());
-                tokio::spawn(async move { submit(&api, &token, &format!("ws-{round}-{n}"), &subdomain, "web").await })
+            let attempts = builders.iter().zip(&workspaces).map(|(token, workspace)| {
+                let (api, token, workspace, subdomain) =
+                    (api.clone(), token.clone(), workspace.clone(), subdomain.clone());
+                tokio::spawn(async move { submit(&api, &token, &workspace, &subdomain).await })
             });
             let outcomes: Vec<(u16, Value)> =
                 futures::future::join_all(attempts).await.into_iter().map(Result::unwrap).collect();
-            let won = outcomes.iter().filter(|(status, _)| *status == 201).count();
+            let won: Vec<&Value> = outcomes.iter().filter(|(status, _)| *status == 201).map(|(_, body)| body).collect();
             let lost =
                 outcomes.iter().filter(|(status, body)| *status == 409 && code(body) == "subdomain_taken").count();
-            assert_eq!((won, lost), (1, builders.len() - 1), "{} round {round}: {outcomes:?}", db.backend());
+            assert_eq!((won.len(), lost), (1, builders.len() - 1), "{} round {round}: {outcomes:?}", db.backend());
+            winner = Some(won[0]["id"].as_str().unwrap().to_string());
         }
-        let queued =
-            eventually(Duration::from_secs(5), || async { queue(&api, &root, "", 100).await.len() == 3 }).await;
-        assert!(queued, "exactly the three winners are queued");
+        let queued = eventually(Duration::from_secs(5), || async {
+            queue(&api, &root, "", 100).await == [winner.clone().unwrap()]
+        })
+        .await;
+        assert!(queued, "exactly the last winner is queued (the others withdrew)");
     }
+}
+
+/// Withdraws request `id` as whichever of `builders` submitted it; the status.
+async fn withdraw_as_builder(api: &Api, builders: &[String], id: &str) -> u16 {
+    for token in builders {
+        let (status, _) = review(api, token, id, "withdraw", None).await;
+        if status != 403 {
+            return status;
+        }
+    }
+    403
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_retried_submission_with_an_idempotency_key_creates_one_request() {
     for db in TestDb::all("idempotent submit").await {
         let ada = issue_token(&db, "ada@example.com", "member", "1h");
+        let root = issue_token(&db, "root@example.com", "admin", "1h");
         let server = Server::start(&db, &[]);
         let api = Api::new(&server);
+        let fx = Workspaces::new(&api, &root).await;
+        let workspace = fx.running(&ada, "ws-ada", "web").await;
         let send = |key: &'static str, body: Value| {
             let api = api.clone();
             let ada = ada.clone();
@@ -588,7 +653,7 @@ async fn a_retried_submission_with_an_idempotency_key_creates_one_request() {
                 (status, replayed, response.json::<Value>().await.unwrap())
             }
         };
-        let attempts = (0..10).map(|_| tokio::spawn(send("submit-1", submission("ws-ada", "my-app", "web"))));
+        let attempts = (0..10).map(|_| tokio::spawn(send("submit-1", submission(&workspace, "my-app"))));
         let outcomes: Vec<(u16, bool, Value)> =
             futures::future::join_all(attempts).await.into_iter().map(Result::unwrap).collect();
         let ids: std::collections::BTreeSet<String> = outcomes
@@ -598,10 +663,10 @@ async fn a_retried_submission_with_an_idempotency_key_creates_one_request() {
             .collect();
         assert_eq!(ids.len(), 1, "{}: {outcomes:?}", db.backend());
         assert!(outcomes.iter().all(|(status, _, body)| *status == 201 || code(body) == "request_in_progress"));
-        let (status, replayed, again) = send("submit-1", submission("ws-ada", "my-app", "web")).await;
+        let (status, replayed, again) = send("submit-1", submission(&workspace, "my-app")).await;
         assert_eq!((status, replayed), (201, true));
         assert_eq!(again["id"].as_str().unwrap(), ids.iter().next().unwrap());
-        let (status, _, problem) = send("submit-1", submission("ws-ada", "other-app", "web")).await;
+        let (status, _, problem) = send("submit-1", submission(&workspace, "other-app")).await;
         assert_eq!((status, code(&problem)), (422, "idempotency_key_reused"));
         let one = eventually(Duration::from_secs(5), || async {
             api.get("/api/v1/publish-requests", Some(&ada)).await.1["items"].as_array().map(Vec::len) == Some(1)
@@ -610,7 +675,6 @@ async fn a_retried_submission_with_an_idempotency_key_creates_one_request() {
         assert!(one);
 
         // A retried approval with its key gets the first answer, not a 409 for the approval it made itself.
-        let root = issue_token(&db, "root@example.com", "admin", "1h");
         let id = ids.iter().next().unwrap().clone();
         let approve = || {
             api.http
@@ -639,10 +703,11 @@ async fn authorization_matrix() {
     let auditor = issue_token(&db, "audit@example.com", "auditor", "1h");
     let server = Server::start(&db, &[]);
     let api = Api::new(&server);
+    let fx = Workspaces::new(&api, &admin).await;
     // Fixtures: Ada's pending requests (one per review verb) and a trust rule.
     let mut ids = Vec::new();
     for n in 0..4 {
-        let (status, created) = submit(&api, &member, &format!("ws-{n}"), &format!("fixture-{n}"), "web").await;
+        let (status, created) = submit_in(&fx, &api, &member, &format!("ws-{n}"), &format!("fixture-{n}"), "web").await;
         assert_eq!(status, 201);
         ids.push(created["id"].as_str().unwrap().to_string());
     }
@@ -661,9 +726,17 @@ async fn authorization_matrix() {
     let request = |n: usize| format!("/api/v1/publish-requests/{}", ids[n]);
     // Each row: (method, path, body, expected for anonymous, member (the builder), another member, admin, auditor).
     // Rows that change state are built so that only one caller's attempt can succeed.
-    let submit_body = |n: &str| Some(submission(&format!("matrix-ws-{n}"), &format!("matrix-{n}"), "web"));
+    // Each caller who may submit does so for a running workspace of their own.
+    let mut own = Vec::new();
+    for (_, token) in &callers {
+        own.push(match token {
+            Some(token) if *token != auditor.as_str() => fx.running(token, "matrix", "web").await,
+            _ => "ws-none".to_string(),
+        });
+    }
+    let submit_body = |n: usize| Some(submission(&own[n], &format!("matrix-{n}")));
     let matrix: Vec<(Method, String, Option<Value>, [u16; 5])> = vec![
-        (Method::POST, "/api/v1/publish-requests".into(), submit_body("m"), [401, 201, 201, 201, 403]),
+        (Method::POST, "/api/v1/publish-requests".into(), submit_body(0), [401, 201, 201, 201, 403]),
         (Method::GET, "/api/v1/publish-requests".into(), None, [401, 200, 200, 200, 200]),
         (Method::GET, "/api/v1/approvals".into(), None, [401, 403, 403, 200, 200]),
         (Method::GET, request(0), None, [401, 200, 404, 200, 200]),
@@ -690,7 +763,7 @@ async fn authorization_matrix() {
         for (n, ((name, token), expected)) in callers.iter().zip(expected).enumerate() {
             // Submissions need a distinct workspace and subdomain per caller.
             let body = match (&body, method == Method::POST && path == "/api/v1/publish-requests") {
-                (Some(_), true) => submit_body(&n.to_string()),
+                (Some(_), true) => submit_body(n),
                 (body, _) => body.clone(),
             };
             let (status, _, response) = api.call(method.clone(), &path, *token, body).await;
@@ -704,22 +777,39 @@ async fn concurrent_builders_never_see_a_conflict_for_unrelated_submissions() {
     for db in TestDb::all("concurrent submitters").await {
         let builders: Vec<String> =
             (0..4).map(|n| issue_token(&db, &format!("busy{n}@example.com"), "member", "1h")).collect();
+        let root = issue_token(&db, "root@example.com", "admin", "1h");
         let server = Server::start(&db, &[]);
         let api = Api::new(&server);
-        let runs = builders.iter().enumerate().map(|(n, token)| {
+        let fx = Workspaces::new(&api, &root).await;
+        let mut workspaces = Vec::new();
+        for token in &builders {
+            let names: Vec<String> = (0..3).map(|n| format!("busy-{n}")).collect();
+            let launches = names.iter().map(|name| fx.running(token, name, "web"));
+            workspaces.push(futures::future::join_all(launches).await);
+        }
+        // Four builders submit at once, fifteen requests each (five rounds over their three workspaces, each round
+        // withdrawn before the next): every submission is decided on the one publishing aggregate.
+        let runs = builders.iter().zip(workspaces).enumerate().map(|(n, (token, workspaces))| {
             let (api, token) = (api.clone(), token.clone());
             tokio::spawn(async move {
                 let mut statuses = Vec::new();
-                for round in 0..15 {
-                    let (status, body) =
-                        submit(&api, &token, &format!("ws-{n}-{round}"), &format!("app-{n}-{round}"), "web").await;
-                    statuses.push((status, code(&body).to_string()));
+                for round in 0..5 {
+                    let mut submitted = Vec::new();
+                    for (w, workspace) in workspaces.iter().enumerate() {
+                        let (status, body) = submit(&api, &token, workspace, &format!("app-{n}-{round}-{w}")).await;
+                        statuses.push((status, code(&body).to_string()));
+                        submitted.extend(body["id"].as_str().map(str::to_string));
+                    }
+                    for id in submitted {
+                        assert_eq!(review(&api, &token, &id, "withdraw", None).await.0, 200);
+                    }
                 }
                 statuses
             })
         });
         let outcomes: Vec<(u16, String)> =
             futures::future::join_all(runs).await.into_iter().flat_map(Result::unwrap).collect();
+        assert_eq!(outcomes.len(), 60);
         assert!(outcomes.iter().all(|(status, _)| *status == 201), "{}: {outcomes:?}", db.backend());
     }
 }
@@ -737,6 +827,7 @@ async fn another_process_sees_role_changes_and_new_requests_despite_its_caches()
         let first = Server::start(&db, &[]);
         let second = Server::start(&db, &[("GATEHOUSE_PROJECTOR_POLL_INTERVAL_MS", poll)]);
         let (one, two) = (Api::new(&first), Api::new(&second));
+        let fx = Workspaces::new(&one, &admin).await;
 
         // Fill the second process's caches: Ada's role, and the (empty) queue page.
         for _ in 0..3 {
@@ -744,7 +835,7 @@ async fn another_process_sees_role_changes_and_new_requests_despite_its_caches()
             assert_eq!(queue(&two, &admin, "", 50).await.len(), 0);
         }
 
-        let (status, body) = submit(&one, &bob, "ws-cache", "cache-demo", "web").await;
+        let (status, body) = submit_in(&fx, &one, &bob, "ws-cache", "cache-demo", "web").await;
         assert_eq!(status, 201, "{body}");
         let id = body["id"].as_str().unwrap().to_string();
         let listed =

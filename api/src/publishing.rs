@@ -73,10 +73,9 @@ pub struct DiffInput {
 #[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitRequest {
-    /// The workspace to publish (1–128 of `A-Z a-z 0-9 . _ -`).
+    /// The workspace to publish (1–128 of `A-Z a-z 0-9 . _ -`): one of the caller's own, running. Its blueprint is
+    /// the control plane's fact, never the client's.
     pub workspace_id: String,
-    /// Its blueprint (same shape).
-    pub blueprint_key: String,
     /// A DNS label: 1–63 of `a-z 0-9 -`, no leading or trailing `-`, not reserved.
     pub subdomain: String,
     /// The commit to publish: 40 or 64 hex digits.
@@ -452,6 +451,27 @@ fn may_see(caller: &Caller, row: &PublishRequestRow) -> bool {
 // ---------------------------------------------------------------------------------------------------------------
 // Publish requests
 
+/// The blueprint of the caller's own running workspace `id`, from the control plane (ADR 0023). A workspace the
+/// caller may not see is 404; an admin's request for another's is 403 (only its owner publishes it); one that is not
+/// running is 409 `workspace_not_running`.
+async fn own_running_workspace(state: &AppState, caller: &Caller, id: &WorkspaceId) -> Result<BlueprintKey, Problem> {
+    let workspace = crate::workspaces::find(state, caller, id.as_str()).await.map_err(|problem| {
+        problem.field("workspace_id")
+    })?;
+    if workspace.owner != caller.email {
+        return Err(Problem::new(ProblemCode::NotWorkspaceOwner, "Forbidden")
+            .field("workspace_id")
+            .detail("Only the workspace's owner may publish it."));
+    }
+    let status = workspace.status(crate::workspaces::connected(state, &workspace));
+    if status != domain::workspace::Status::Running {
+        return Err(Problem::new(ProblemCode::WorkspaceNotRunning, "Not running")
+            .field("workspace_id")
+            .detail(format!("The workspace is {}: publishing needs it running.", status.as_str())));
+    }
+    Ok(workspace.blueprint_key)
+}
+
 /// Asks to publish a workspace (members and admins, for their own workspaces). A trusted builder's request is
 /// approved at once. Send an `Idempotency-Key` so that a retried submission never creates two requests.
 #[utoipa::path(post, path = "/api/v1/publish-requests", tag = "publishing", request_body = SubmitRequest,
@@ -474,7 +494,6 @@ pub async fn submit(
     crate::idempotency::run(state, caller, request, fingerprint, |attempt| async move {
         let policy = &state.publish_policy;
         let workspace_id = WorkspaceId::parse(&body.workspace_id).map_err(Problem::from)?;
-        let blueprint_key = BlueprintKey::parse(&body.blueprint_key).map_err(Problem::from)?;
         let subdomain = Subdomain::parse(&body.subdomain).map_err(Problem::from)?;
         let commit_id = CommitId::parse(&body.commit_id).map_err(Problem::from)?;
         let diff = &body.diff;
@@ -482,6 +501,7 @@ pub async fn submit(
             DiffSummary::new(diff.files, diff.insertions, diff.deletions, diff.patch.clone(), policy.max_patch_bytes)
                 .map_err(Problem::from)?;
         let message = values::text("message", &body.message, MAX_MESSAGE_CHARS).map_err(Problem::from)?;
+        let blueprint_key = own_running_workspace(state, caller, &workspace_id).await?;
 
         let (trust, _) = state.trust.load(TRUST_RULES_ID).await.map_err(Problem::from)?;
         let trusted = trust

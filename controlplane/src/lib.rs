@@ -107,6 +107,11 @@ pub trait ControlPlane: Send + Sync + 'static {
     /// Whether operations need the organisation's credential (the reconciler opens it only then).
     fn needs_credential(&self) -> bool;
 
+    /// Whether this process may act for the control plane now. The local control plane allows one gateway per
+    /// workspaces directory (an exclusive lock on it): a second gateway on the same host and directory serves the
+    /// API but leaves the processes to the first, and takes over when the first stops.
+    fn claim(&self) -> bool;
+
     /// Makes the workspace's environment from its spec (clone, configuration), reporting each phase up to
     /// `configuring`. On failure nothing half-made is left behind.
     async fn create(

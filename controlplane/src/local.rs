@@ -73,12 +73,15 @@ pub struct LocalControlPlane {
     gateway: Arc<Gateway>,
     /// Agents this process started: their exit is observed here (they would stay zombies otherwise).
     children: Mutex<HashMap<i32, Arc<AtomicBool>>>,
+    /// The exclusive lock on `<root>/.run/lock` while this process runs the workspaces (see
+    /// [`ControlPlane::claim`]).
+    lock: Mutex<Option<nix::fcntl::Flock<std::fs::File>>>,
 }
 
 impl LocalControlPlane {
     /// A local control plane minting agent tokens through `gateway`.
     pub fn new(config: LocalConfig, gateway: Arc<Gateway>) -> Self {
-        Self { config, gateway, children: Mutex::new(HashMap::new()) }
+        Self { config, gateway, children: Mutex::new(HashMap::new()), lock: Mutex::new(None) }
     }
 
     /// The workspace's files.
@@ -344,6 +347,31 @@ impl ControlPlane for LocalControlPlane {
 
     fn needs_credential(&self) -> bool {
         false
+    }
+
+    fn claim(&self) -> bool {
+        let Ok(mut lock) = self.lock.lock() else { return false };
+        if lock.is_some() {
+            return true;
+        }
+        if self.make_dirs().is_err() {
+            return false;
+        }
+        let file = match std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(self.run_dir().join("lock")) {
+            Ok(file) => file,
+            Err(error) => {
+                tracing::warn!(%error, "cannot open the workspaces lock");
+                return false;
+            }
+        };
+        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(held) => {
+                tracing::info!(dir = %self.config.root.display(), "this gateway runs the local workspaces");
+                *lock = Some(held);
+                true
+            }
+            Err(_) => false,
+        }
     }
 
     async fn create(

@@ -213,6 +213,9 @@ impl Progress for RecordPhases<'_> {
 
 impl Inner {
     async fn check_all(inner: &Arc<Self>) {
+        if !inner.plane.claim() {
+            return;
+        }
         let rows = match inner.reads.unremoved().await {
             Ok(rows) => rows,
             Err(error) => {
@@ -229,6 +232,9 @@ impl Inner {
     }
 
     async fn check_owner(inner: &Arc<Self>, owner: &Email) {
+        if !inner.plane.claim() {
+            return;
+        }
         let aggregate = match inner.workspaces.load(owner.as_str()).await {
             Ok((aggregate, _)) => aggregate,
             Err(error) => {

@@ -29,6 +29,10 @@ pub struct Server {
     pub child: Child,
     pub base: String,
     pub logs: mpsc::Receiver<String>,
+    /// Where the server's local control plane keeps workspaces (their agents are ended when the server is
+    /// dropped, unless it was killed: a crash leaves them for the next server to adopt).
+    pub workspaces_dir: std::path::PathBuf,
+    leave_workspaces: bool,
 }
 
 impl Server {
@@ -49,6 +53,7 @@ impl Server {
             // are on (every request is checked) but out of reach. tests/limits.rs sets low ones through `env`.
             .env("GATEHOUSE_RATE_LIMIT_API_PER_MINUTE", TEST_RATE_LIMIT)
             .env("GATEHOUSE_RATE_LIMIT_AUTH_FAILURES_PER_MINUTE", TEST_RATE_LIMIT)
+            .env("GATEHOUSE_RATE_LIMIT_LAUNCH_PER_MINUTE", TEST_RATE_LIMIT)
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         // An empty value removes a variable the harness sets (e.g. the pinned API limit, to follow the portal's).
@@ -81,7 +86,13 @@ impl Server {
             let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
             if event["message"] == "listening" {
                 let port = event["port"].as_u64().unwrap();
-                let server = Server { child, base: format!("http://127.0.0.1:{port}"), logs };
+                let server = Server {
+                    child,
+                    base: format!("http://127.0.0.1:{port}"),
+                    logs,
+                    workspaces_dir: db.data_dir.join("workspaces"),
+                    leave_workspaces: false,
+                };
                 server.wait_ready(deadline);
                 return server;
             }
@@ -121,8 +132,9 @@ impl Server {
             .unwrap();
     }
 
-    /// Kills the process at once (SIGKILL), as a crash would.
+    /// Kills the process at once (SIGKILL), as a crash would. Its workspaces' agents keep running.
     pub fn kill(mut self) {
+        self.leave_workspaces = true;
         self.child.kill().unwrap();
         self.child.wait().unwrap();
     }
@@ -162,6 +174,113 @@ impl Drop for Server {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if !self.leave_workspaces {
+            end_workspace_agents(&self.workspaces_dir);
+        }
+    }
+}
+
+/// The process ids of the agents the local control plane recorded running under `dir`.
+pub fn workspace_agent_pids(dir: &std::path::Path) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir(dir.join(".run")) else { return Vec::new() };
+    entries
+        .flatten()
+        .filter(|entry| entry.file_name().to_string_lossy().ends_with(".json"))
+        .filter(|entry| !entry.file_name().to_string_lossy().ends_with(".tags.json"))
+        .filter_map(|entry| std::fs::read(entry.path()).ok())
+        .filter_map(|raw| serde_json::from_slice::<serde_json::Value>(&raw).ok())
+        .filter_map(|record| record["pid"].as_i64().and_then(|pid| i32::try_from(pid).ok()))
+        .collect()
+}
+
+/// Ends the agents (and their dev servers) a test's server started: a test leaves no process behind.
+pub fn end_workspace_agents(dir: &std::path::Path) {
+    for pid in workspace_agent_pids(dir) {
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+/// Every `gatehouse agent --workspace ID` process alive on this machine, by workspace (from `/proc`).
+pub fn agent_processes(workspace: &str) -> Vec<i32> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return found };
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+        let arguments: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| stat.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
+            .unwrap_or(true);
+        if !zombie
+            && arguments.iter().any(|argument| *argument == b"agent")
+            && arguments.windows(2).any(|pair| pair[0] == b"--workspace" && pair[1] == workspace.as_bytes())
+        {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// A git repository at `dir` (branch `main`) holding `files`, committed: a blueprint's source.
+pub fn git_repository(dir: &std::path::Path, files: &[(&str, &str)]) -> std::path::PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let git = |args: &[&str]| {
+        let output = Command::new("git")
+            .args(["-c", "user.email=blueprints@example.com", "-c", "user.name=Blueprints", "-c", "init.defaultBranch=main"])
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    };
+    git(&["init", "-q"]);
+    for (path, content) in files {
+        let path = dir.join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, content).unwrap();
+    }
+    git(&["add", "-A"]);
+    git(&["commit", "-q", "-m", "The blueprint"]);
+    dir.to_path_buf()
+}
+
+/// Registers and enables a local blueprint whose source is `repository` (an admin's `token`).
+pub async fn enabled_blueprint(api: &Api, token: &str, key: &str, repository: &std::path::Path, dev: Option<&str>) {
+    let mut source = serde_json::json!({"kind": "local", "repository": repository.display().to_string(), "branch": "main"});
+    if let Some(dev) = dev {
+        source["dev_command"] = serde_json::json!(dev);
+    }
+    let body = serde_json::json!({"key": key, "display_name": format!("The {key} blueprint"), "source": source});
+    let (status, _, created) = api.call(reqwest::Method::POST, "/api/v1/blueprints", Some(token), Some(body)).await;
+    assert_eq!(status, 201, "{created}");
+    let state = serde_json::json!({"state": "enabled"});
+    let path = format!("/api/v1/blueprints/{key}/state");
+    let (status, _, body) = api.call(reqwest::Method::PUT, &path, Some(token), Some(state)).await;
+    assert_eq!(status, 204, "{body}");
+}
+
+/// Launches a workspace (`token`'s) from `blueprint` and waits until it runs; its id.
+pub async fn launch_running(api: &Api, token: &str, blueprint: &str, name: &str) -> String {
+    let body = serde_json::json!({"blueprint_key": blueprint, "name": name});
+    let (status, _, created) = api.call(reqwest::Method::POST, "/api/v1/workspaces", Some(token), Some(body)).await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+    wait_for_status(api, token, &id, "running").await;
+    id
+}
+
+/// Waits (up to 60 s) until the workspace has `status`; its last view.
+pub async fn wait_for_status(api: &Api, token: &str, id: &str, status: &str) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (code, view) = api.get(&format!("/api/v1/workspaces/{id}"), Some(token)).await;
+        assert_eq!(code, 200, "{view}");
+        if view["status"] == status {
+            return view;
+        }
+        assert!(std::time::Instant::now() < deadline, "workspace {id} never became {status}: {view}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
 
@@ -304,4 +423,40 @@ pub fn rss_kib(pid: u32) -> u64 {
         .find_map(|line| line.strip_prefix("VmRSS:"))
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// Real workspaces for tests that need some: a blueprint repository on disk, the enabled blueprints `web` and `api`
+/// made from it, a running limit out of reach, and one running workspace per (caller, name), launched on first use.
+pub struct Workspaces {
+    api: Api,
+    _repository: tempfile::TempDir,
+    made: tokio::sync::Mutex<std::collections::HashMap<(String, String), String>>,
+}
+
+impl Workspaces {
+    /// Sets up the blueprints as the admin `admin`.
+    pub async fn new(api: &Api, admin: &str) -> Self {
+        let repository = tempfile::tempdir().unwrap();
+        let path = git_repository(&repository.path().join("blueprint"), &[("README.md", "# The blueprint\n")]);
+        enabled_blueprint(api, admin, "web", &path, None).await;
+        enabled_blueprint(api, admin, "api", &path, None).await;
+        let limits = serde_json::json!({
+            "running_workspaces_per_user": 1000, "launches_per_minute": 10000, "api_requests_per_minute": 1000000,
+        });
+        let (status, _, body) =
+            api.call(reqwest::Method::PUT, "/api/v1/portal/limits", Some(admin), Some(limits)).await;
+        assert!(status == 200 || status == 204, "{status}: {body}");
+        Self { api: api.clone(), _repository: repository, made: Default::default() }
+    }
+
+    /// The id of `token`'s running workspace `name` (from `blueprint`), launched if it is new.
+    pub async fn running(&self, token: &str, name: &str, blueprint: &str) -> String {
+        let key = (token.to_string(), name.to_string());
+        if let Some(id) = self.made.lock().await.get(&key) {
+            return id.clone();
+        }
+        let id = launch_running(&self.api, token, blueprint, name).await;
+        self.made.lock().await.insert(key, id.clone());
+        id
+    }
 }

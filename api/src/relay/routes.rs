@@ -230,7 +230,7 @@ pub(super) struct TicketView {
     security(("bearer" = [])),
     responses((status = 201, body = TicketView, headers(("Cache-Control" = String, description = "no-store"))),
               (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
-              (status = 404, body = Problem), (status = 503, body = Problem),
+              (status = 404, body = Problem), (status = 409, body = Problem), (status = 503, body = Problem),
               (status = 413, body = Problem), (status = 415, body = Problem), (status = 422, body = Problem)))]
 #[post("/api/v1/workspaces/{id}/tickets")]
 pub(super) async fn issue_ticket(
@@ -247,6 +247,19 @@ pub(super) async fn issue_ticket(
         return Err(Problem::new(ProblemCode::InvalidField, "Invalid field")
             .field("kind")
             .detail("kind must be \"terminal\""));
+    }
+    // A control-plane workspace: its owner and status are the control plane's facts (ADR 0023). Anything else is
+    // an agent an admin registered with a token that names its owner (ADR 0013).
+    if let Some(known) = crate::workspaces::lookup(&state, &workspace).await? {
+        let is_admin = caller.role == Role::Admin;
+        if !is_admin && known.owner != caller.email {
+            return Err(Problem::new(ProblemCode::NotFound, "Not found").detail("No such workspace."));
+        }
+        let status = known.status(crate::workspaces::connected(&state, &known));
+        if status != domain::workspace::Status::Running {
+            return Err(Problem::new(ProblemCode::WorkspaceNotRunning, "Not running")
+                .detail(format!("The workspace is {}: start it first.", status.as_str())));
+        }
     }
     let metadata = EventMetadata::for_request(caller.email.as_str(), crate::request_id(&request));
     let issued = state
