@@ -608,7 +608,7 @@ async fn main() {
     };
     let agent_pid = agent.child.id();
     let listed = common::eventually(Duration::from_secs(30), || async {
-        let (status, body) = api.get("/api/v1/workspaces", Some(&ada)).await;
+        let (status, body) = api.get("/api/v1/agents", Some(&ada)).await;
         status == 200 && body["items"].as_array().unwrap().iter().any(|item| item["id"] == WORKSPACE)
     })
     .await;

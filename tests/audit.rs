@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{eventually, issue_token, Api, Server};
+use common::{eventually, issue_token, Api, Server, Workspaces};
 use cqrs_es::Aggregate;
 use domain::publishing::{Publishing, PublishingEvent};
 use reqwest::Method;
@@ -17,9 +17,11 @@ use testkit::TestDb;
 
 const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 
-async fn submit(api: &Api, token: &str, workspace: &str, subdomain: &str) -> String {
+/// Submits `token`'s running workspace `name` (launched on first use).
+async fn submit(api: &Api, fx: &Workspaces, token: &str, name: &str, subdomain: &str) -> String {
+    let workspace = fx.running(token, name, "web").await;
     let body = json!({
-        "workspace_id": workspace, "blueprint_key": "web", "subdomain": subdomain, "commit_id": COMMIT,
+        "workspace_id": workspace, "subdomain": subdomain, "commit_id": COMMIT,
         "diff": {"files": 1, "insertions": 1, "deletions": 0}, "message": "ship it",
     });
     let (status, _, created) = api.call(Method::POST, "/api/v1/publish-requests", Some(token), Some(body)).await;
@@ -29,16 +31,16 @@ async fn submit(api: &Api, token: &str, workspace: &str, subdomain: &str) -> Str
 
 /// Some history: requests submitted, approved, rejected, a trust rule granted. `tag` keeps workspaces and
 /// subdomains of several calls apart.
-async fn make_history(api: &Api, admin: &str, builder: &str, tag: &str) {
-    let first = submit(api, builder, &format!("ws-1-{tag}"), &format!("one-{tag}")).await;
-    let second = submit(api, builder, &format!("ws-2-{tag}"), &format!("two-{tag}")).await;
+async fn make_history(api: &Api, fx: &Workspaces, admin: &str, builder: &str, tag: &str) {
+    let first = submit(api, fx, builder, &format!("ws-1-{tag}"), &format!("one-{tag}")).await;
+    let second = submit(api, fx, builder, &format!("ws-2-{tag}"), &format!("two-{tag}")).await;
     let path = |id: &str, verb: &str| format!("/api/v1/publish-requests/{id}/{verb}");
     assert_eq!(api.call(Method::POST, &path(&first, "approve"), Some(admin), None).await.0, 200);
     let feedback = Some(json!({"reason": "not yet"}));
     assert_eq!(api.call(Method::POST, &path(&second, "reject"), Some(admin), feedback).await.0, 200);
     let rule = Some(json!({"email": format!("trusted-{tag}@example.com")}));
     assert_eq!(api.call(Method::POST, "/api/v1/trust-rules", Some(admin), rule).await.0, 201);
-    submit(api, builder, &format!("ws-3-{tag}"), &format!("three-{tag}")).await;
+    submit(api, fx, builder, &format!("ws-3-{tag}"), &format!("three-{tag}")).await;
 }
 
 /// Every item of the feed from the start with `query`, following `next` with pages of `limit`.
@@ -64,8 +66,9 @@ async fn history_feed_and_state_as_of_agree_with_the_aggregates_own_replay() {
         let auditor = issue_token(&db, "audit@example.com", "auditor", "1h");
         let server = Server::start(&db, &[]);
         let api = Api::new(&server);
+        let fx = Workspaces::new(&api, &admin).await;
         let backend = db.backend();
-        make_history(&api, &admin, &ada, "a").await;
+        make_history(&api, &fx, &admin, &ada, "a").await;
 
         // One aggregate's history: consecutive sequences, paged.
         let mut history = Vec::new();
@@ -258,8 +261,9 @@ async fn exports_verify_offline_resume_from_a_cursor_and_reveal_tampering_in_the
         let auditor = issue_token(&db, "audit@example.com", "auditor", "1h");
         let server = Server::start(&db, &[("GATEHOUSE_AUDIT_CHECKPOINT_SECS", "1")]);
         let api = Api::new(&server);
+        let fx = Workspaces::new(&api, &admin).await;
         let backend = db.backend();
-        make_history(&api, &admin, &ada, "a").await;
+        make_history(&api, &fx, &admin, &ada, "a").await;
         let dir = tempfile::tempdir().unwrap();
 
         // The key the API publishes is the key the CLI prints.
@@ -285,7 +289,7 @@ async fn exports_verify_offline_resume_from_a_cursor_and_reveal_tampering_in_the
 
         // More history, then an export that resumes after the last event of the first one, verified against the
         // first export's final checkpoint.
-        submit(&api, &ada, "ws-4-a", "four-a").await;
+        submit(&api, &fx, &ada, "ws-4-a", "four-a").await;
         let last_cursor = event_lines(&first).last().unwrap()["cursor"].as_str().unwrap().to_string();
         let held = first.lines().last().unwrap().to_string();
         let held_path = dir.path().join("held.json");
@@ -391,8 +395,9 @@ async fn a_thousand_random_tamperings_of_a_real_export_are_all_detected() {
     let auditor = issue_token(&db, "audit@example.com", "auditor", "1h");
     let server = Server::start(&db, &[]);
     let api = Api::new(&server);
+    let fx = Workspaces::new(&api, &admin).await;
     for n in 0..5 {
-        make_history(&api, &admin, &ada, &format!("r{n}")).await;
+        make_history(&api, &fx, &admin, &ada, &format!("r{n}")).await;
     }
     let total = db.store().await.count_events().await.unwrap();
     assert!(

@@ -17,7 +17,6 @@ const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 fn submission(workspace: &str, subdomain: &str) -> Value {
     json!({
         "workspace_id": workspace,
-        "blueprint_key": "web",
         "subdomain": subdomain,
         "commit_id": COMMIT,
         "diff": {"files": 2, "insertions": 10, "deletions": 3},
@@ -93,6 +92,9 @@ async fn text_holding_nul_is_refused_naming_the_field_on_both_backends() {
             ("/api/v1/events?aggregate_type=a%00", "aggregate_type"),
             ("/api/v1/aggregates/roster/org/state?at=%00", "at"),
             ("/api/v1/audit/export?since=%00", "since"),
+            ("/api/v1/workspaces?q=a%00", "q"),
+            ("/api/v1/workspaces?blueprint_key=a%00", "blueprint_key"),
+            ("/api/v1/workspaces?owner=%00", "owner"),
         ] {
             let answer = raw(&api, Method::GET, path, Some(&root), None, "").await;
             assert_problem(&answer, 422, "invalid_field", Some(field), &format!("{backend} {path}"));
@@ -109,6 +111,9 @@ async fn text_holding_nul_is_refused_naming_the_field_on_both_backends() {
             (Method::GET, "/api/v1/aggregates/trust_rules/%00/state", "aggregate_id"),
             (Method::DELETE, "/api/v1/agent-tokens/a%00b", "id"),
             (Method::POST, "/api/v1/workspaces/a%00b/tickets", "id"),
+            (Method::GET, "/api/v1/workspaces/a%00b", "id"),
+            (Method::POST, "/api/v1/workspaces/a%00b/stop", "id"),
+            (Method::DELETE, "/api/v1/workspaces/a%00b", "id"),
         ] {
             let answer = raw(&api, method.clone(), path, Some(&root), Some("application/json"), "{}").await;
             assert_problem(&answer, 422, "invalid_field", Some(field), &format!("{backend} {method} {path}"));
@@ -132,6 +137,8 @@ async fn text_holding_nul_is_refused_naming_the_field_on_both_backends() {
             ),
             (Method::POST, "/api/v1/agent-tokens", &root, json!({"workspace": "ws-1", "name": "a\u{0}b"}), "name"),
             (Method::POST, "/api/v1/workspaces/ws-1/tickets", &root, json!({"kind": "terminal\u{0}"}), "kind"),
+            (Method::POST, "/api/v1/workspaces", &ada, json!({"blueprint_key": "web", "name": "a\u{0}b"}), "name"),
+            (Method::PATCH, "/api/v1/workspaces/ws-1", &ada, json!({"name": "a\u{0}b"}), "name"),
             (
                 Method::PUT,
                 "/api/v1/firewall",
@@ -144,8 +151,10 @@ async fn text_holding_nul_is_refused_naming_the_field_on_both_backends() {
             assert_problem(&answer, 422, "invalid_field", Some(field), &format!("{backend} {method} {path}"));
         }
         // A review's reason, too.
+        let workspaces = common::Workspaces::new(&api, &root).await;
+        let workspace = workspaces.running(&ada, "contract", "web").await;
         let (status, _, created) =
-            api.call(Method::POST, "/api/v1/publish-requests", Some(&ada), Some(submission("ws-2", "two"))).await;
+            api.call(Method::POST, "/api/v1/publish-requests", Some(&ada), Some(submission(&workspace, "two"))).await;
         assert_eq!(status, 201, "{backend}: {created}");
         let id = created["id"].as_str().unwrap();
         for verb in ["approve", "reject"] {
@@ -171,8 +180,10 @@ async fn json_bodies_are_objects_and_json_on_both_backends() {
         let server = Server::start(&db, &[]);
         let api = Api::new(&server);
         let backend = db.backend();
+        let workspaces = common::Workspaces::new(&api, &root).await;
+        let workspace = workspaces.running(&ada, "contract", "web").await;
         let (status, _, created) =
-            api.call(Method::POST, "/api/v1/publish-requests", Some(&ada), Some(submission("ws-1", "one"))).await;
+            api.call(Method::POST, "/api/v1/publish-requests", Some(&ada), Some(submission(&workspace, "one"))).await;
         assert_eq!(status, 201, "{created}");
         let id = created["id"].as_str().unwrap().to_string();
         let approve = format!("/api/v1/publish-requests/{id}/approve");
@@ -191,6 +202,8 @@ async fn json_bodies_are_objects_and_json_on_both_backends() {
             (Method::POST, "/api/v1/trust-rules", &root, json!(["ada@example.com", "web", "trusted"])),
             (Method::POST, "/api/v1/agent-tokens", &root, json!(["ws-1"])),
             (Method::POST, "/api/v1/workspaces/ws-1/tickets", &root, json!(["terminal"])),
+            (Method::POST, "/api/v1/workspaces", &ada, json!(["web", "array"])),
+            (Method::PATCH, &format!("/api/v1/workspaces/{workspace}"), &ada, json!(["renamed"])),
             (Method::PUT, "/api/v1/firewall", &root, json!([[], "allow"])),
             (
                 Method::PUT,

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use testkit::TestDb;
 use tokio_tungstenite::tungstenite::Message;
 
-type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+use common::terminal::{close_code, connect, open, read_until, ticket, type_line, Socket};
 
 /// A running `gatehouse agent`.
 struct Agent {
@@ -66,75 +66,11 @@ async fn mint_agent_token(api: &Api, admin: &str, workspace: &str, owner: &str) 
 
 async fn wait_for_workspace(api: &Api, token: &str, workspace: &str) {
     let listed = eventually(Duration::from_secs(30), || async {
-        let (status, body) = api.get("/api/v1/workspaces", Some(token)).await;
+        let (status, body) = api.get("/api/v1/agents", Some(token)).await;
         status == 200 && body["items"].as_array().unwrap().iter().any(|item| item["id"] == workspace)
     })
     .await;
     assert!(listed, "the workspace {workspace} never appeared");
-}
-
-async fn ticket(api: &Api, token: &str, workspace: &str) -> (u16, Value) {
-    let path = format!("/api/v1/workspaces/{workspace}/tickets");
-    let (status, _, body) = api.call(Method::POST, &path, Some(token), Some(json!({"kind": "terminal"}))).await;
-    (status, body)
-}
-
-async fn connect(server: &Server, workspace: &str) -> Socket {
-    let url = format!("{}/api/v1/workspaces/{workspace}/terminal", server.base.replace("http://", "ws://"));
-    let (socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-    socket
-}
-
-/// Connects and authenticates; returns the socket after `ready`, or the close code.
-async fn open(server: &Server, workspace: &str, ticket: &str) -> Result<Socket, u16> {
-    let mut socket = connect(server, workspace).await;
-    socket.send(Message::Text(json!({"type": "auth", "ticket": ticket}).to_string().into())).await.unwrap();
-    loop {
-        match tokio::time::timeout(Duration::from_secs(20), socket.next()).await.expect("no answer to auth") {
-            Some(Ok(Message::Text(text))) => {
-                let message: Value = serde_json::from_str(&text).unwrap();
-                assert_eq!(message["type"], "ready", "{text}");
-                return Ok(socket);
-            }
-            Some(Ok(Message::Close(frame))) => return Err(frame.map(|frame| u16::from(frame.code)).unwrap_or(1005)),
-            Some(Ok(_)) => {}
-            other => panic!("socket ended without a close frame: {other:?}"),
-        }
-    }
-}
-
-/// Reads output until `needle` appears; panics after `limit`.
-async fn read_until(socket: &mut Socket, needle: &str, limit: Duration) -> String {
-    let mut seen = String::new();
-    let deadline = tokio::time::Instant::now() + limit;
-    while !seen.contains(needle) {
-        let message = tokio::time::timeout_at(deadline, socket.next())
-            .await
-            .unwrap_or_else(|_| panic!("{needle:?} never appeared in {seen:?}"));
-        match message {
-            Some(Ok(Message::Binary(bytes))) => seen.push_str(&String::from_utf8_lossy(&bytes)),
-            Some(Ok(Message::Close(frame))) => panic!("closed ({frame:?}) before {needle:?}; saw {seen:?}"),
-            Some(Ok(_)) => {}
-            other => panic!("socket ended before {needle:?}: {other:?}; saw {seen:?}"),
-        }
-    }
-    seen
-}
-
-/// The close code the socket ends with (after any output).
-async fn close_code(socket: &mut Socket, limit: Duration) -> u16 {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        match tokio::time::timeout_at(deadline, socket.next()).await.expect("socket was not closed") {
-            Some(Ok(Message::Close(frame))) => return frame.map(|frame| u16::from(frame.code)).unwrap_or(1005),
-            Some(Ok(_)) => {}
-            other => panic!("socket ended without a close frame: {other:?}"),
-        }
-    }
-}
-
-async fn type_line(socket: &mut Socket, line: &str) {
-    socket.send(Message::Binary(line.as_bytes().to_vec().into())).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -155,9 +91,9 @@ async fn a_browser_types_into_a_real_shell_through_the_relay_on(db: TestDb) {
     let _agent = Agent::start(&server, &agent_token, "ws-ada");
     wait_for_workspace(&api, &ada, "ws-ada").await;
     // Bob does not see Ada's workspace; the admin does.
-    let (_, listed) = api.get("/api/v1/workspaces", Some(&bob)).await;
+    let (_, listed) = api.get("/api/v1/agents", Some(&bob)).await;
     assert_eq!(listed["items"].as_array().unwrap().len(), 0, "{listed}");
-    let (_, listed) = api.get("/api/v1/workspaces", Some(&root)).await;
+    let (_, listed) = api.get("/api/v1/agents", Some(&root)).await;
     assert_eq!(listed["items"][0]["owner"], "ada@example.com", "{listed}");
 
     let (status, issued) = ticket(&api, &ada, "ws-ada").await;
@@ -248,7 +184,7 @@ async fn foreign_and_expired_tickets_are_refused_on(db: TestDb) {
     })
     .await;
     assert!(!exited, "a refused agent keeps retrying with backoff");
-    let (_, listed) = api.get("/api/v1/workspaces", Some(&root)).await;
+    let (_, listed) = api.get("/api/v1/agents", Some(&root)).await;
     let owners: Vec<_> = listed["items"].as_array().unwrap().iter().map(|item| item["owner"].clone()).collect();
     assert_eq!(owners, vec![json!("ada@example.com"), json!("bob@example.com")]);
     intruder.kill();
@@ -326,13 +262,13 @@ async fn a_leaked_agent_token_cannot_stand_in_for_another_workspace_on(db: TestD
         .map(|child| Agent { child })
         .unwrap();
     wait_for_workspace(&api, &root, "ws-eve").await;
-    let (_, listed) = api.get("/api/v1/workspaces", Some(&root)).await;
+    let (_, listed) = api.get("/api/v1/agents", Some(&root)).await;
     let item = &listed["items"][0];
     assert_eq!(item["owner"], "eve@example.com", "{listed}");
     assert_eq!(item["blueprint_key"], "web");
     assert_eq!(item["display_name"], "Eve's");
     assert_eq!(item["tags"]["EDITOR"], "vim", "the agent's own tags are kept");
-    let (_, adas) = api.get("/api/v1/workspaces", Some(&ada)).await;
+    let (_, adas) = api.get("/api/v1/agents", Some(&ada)).await;
     assert_eq!(adas["items"], json!([]), "Ada owns nothing");
     let (status, problem) = ticket(&api, &ada, "ws-eve").await;
     assert_eq!((status, problem["code"].as_str()), (403, Some("not_workspace_owner")));
@@ -388,7 +324,7 @@ async fn killing_the_agent_closes_sessions_as_agent_lost() {
         .await;
         assert!(recorded, "SessionClosed with reason agent_lost");
         let gone = eventually(Duration::from_secs(10), || async {
-            let (_, listed) = api.get("/api/v1/workspaces", Some(&ada)).await;
+            let (_, listed) = api.get("/api/v1/agents", Some(&ada)).await;
             listed["items"].as_array().unwrap().is_empty()
         })
         .await;
@@ -466,7 +402,7 @@ async fn every_role_is_checked_on_every_relay_endpoint_on(db: TestDb) {
     let cases: Vec<(Method, String, Option<Value>, [u16; 5])> = vec![
         (Method::POST, "/api/v1/agent-tokens".into(), mint(), [401, 403, 403, 201, 403]),
         (Method::DELETE, format!("/api/v1/agent-tokens/{unknown_token}"), None, [401, 403, 403, 404, 403]),
-        (Method::GET, "/api/v1/workspaces".into(), None, [401, 200, 200, 200, 403]),
+        (Method::GET, "/api/v1/agents".into(), None, [401, 200, 200, 200, 403]),
         (Method::POST, "/api/v1/workspaces/ws-ada/tickets".into(), ticket_body(), [401, 201, 403, 201, 403]),
         (Method::GET, "/api/v1/sessions".into(), None, [401, 403, 403, 200, 403]),
         (Method::GET, "/api/v1/relay/activity".into(), None, [401, 403, 403, 200, 200]),
@@ -1058,7 +994,7 @@ async fn revoking_an_agent_token_on(db: TestDb) {
     .await;
     let (_, sessions) = api.get("/api/v1/sessions?workspace=ws-doomed", Some(&root)).await;
     assert!(recorded, "SessionClosed with reason agent_revoked: {sessions}");
-    let (_, listed) = api.get("/api/v1/workspaces", Some(&root)).await;
+    let (_, listed) = api.get("/api/v1/agents", Some(&root)).await;
     let ids: Vec<_> = listed["items"].as_array().unwrap().iter().map(|item| item["id"].clone()).collect();
     assert_eq!(ids, vec![json!("ws-kept")], "{listed}");
 
@@ -1846,7 +1782,7 @@ async fn an_agent_dials_out_over_tls_and_checks_the_certificate() {
     .await;
     untrusting.kill();
     assert!(refused, "the agent did not refuse the certificate: {}", std::fs::read_to_string(&log).unwrap_or_default());
-    let (_, listed) = api.get("/api/v1/workspaces", Some(&root)).await;
+    let (_, listed) = api.get("/api/v1/agents", Some(&root)).await;
     assert_eq!(listed["items"], json!([]), "an agent that refused the certificate is not connected");
 
     // A CA file without a certificate: the agent stops at once.
@@ -1954,7 +1890,7 @@ async fn a_cut_agent_reconnects_with_backoff() {
     proxy.cut(2);
     assert_eq!(close_code(&mut socket, Duration::from_secs(10)).await, 4410, "the live session ends as agent lost");
     let back = eventually(Duration::from_secs(30), || async {
-        let (status, body) = api.get("/api/v1/workspaces", Some(&ada)).await;
+        let (status, body) = api.get("/api/v1/agents", Some(&ada)).await;
         status == 200 && body["items"].as_array().unwrap().iter().any(|item| item["id"] == "ws-cut")
     })
     .await;

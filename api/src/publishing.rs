@@ -455,9 +455,8 @@ fn may_see(caller: &Caller, row: &PublishRequestRow) -> bool {
 /// caller may not see is 404; an admin's request for another's is 403 (only its owner publishes it); one that is not
 /// running is 409 `workspace_not_running`.
 async fn own_running_workspace(state: &AppState, caller: &Caller, id: &WorkspaceId) -> Result<BlueprintKey, Problem> {
-    let workspace = crate::workspaces::find(state, caller, id.as_str()).await.map_err(|problem| {
-        problem.field("workspace_id")
-    })?;
+    let workspace =
+        crate::workspaces::find(state, caller, id.as_str()).await.map_err(|problem| problem.field("workspace_id"))?;
     if workspace.owner != caller.email {
         return Err(Problem::new(ProblemCode::NotWorkspaceOwner, "Forbidden")
             .field("workspace_id")

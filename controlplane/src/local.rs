@@ -357,7 +357,12 @@ impl ControlPlane for LocalControlPlane {
         if self.make_dirs().is_err() {
             return false;
         }
-        let file = match std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(self.run_dir().join("lock")) {
+        let file = match std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.run_dir().join("lock"))
+        {
             Ok(file) => file,
             Err(error) => {
                 tracing::warn!(%error, "cannot open the workspaces lock");

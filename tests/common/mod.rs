@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use testkit::TestDb;
 
+pub mod terminal;
+
 /// The binary under test.
 pub fn gatehouse() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_gatehouse"));
@@ -227,7 +229,14 @@ pub fn git_repository(dir: &std::path::Path, files: &[(&str, &str)]) -> std::pat
     std::fs::create_dir_all(dir).unwrap();
     let git = |args: &[&str]| {
         let output = Command::new("git")
-            .args(["-c", "user.email=blueprints@example.com", "-c", "user.name=Blueprints", "-c", "init.defaultBranch=main"])
+            .args([
+                "-c",
+                "user.email=blueprints@example.com",
+                "-c",
+                "user.name=Blueprints",
+                "-c",
+                "init.defaultBranch=main",
+            ])
             .args(args)
             .current_dir(dir)
             .output()
@@ -247,7 +256,8 @@ pub fn git_repository(dir: &std::path::Path, files: &[(&str, &str)]) -> std::pat
 
 /// Registers and enables a local blueprint whose source is `repository` (an admin's `token`).
 pub async fn enabled_blueprint(api: &Api, token: &str, key: &str, repository: &std::path::Path, dev: Option<&str>) {
-    let mut source = serde_json::json!({"kind": "local", "repository": repository.display().to_string(), "branch": "main"});
+    let mut source =
+        serde_json::json!({"kind": "local", "repository": repository.display().to_string(), "branch": "main"});
     if let Some(dev) = dev {
         source["dev_command"] = serde_json::json!(dev);
     }

@@ -1,0 +1,79 @@
+//! A browser's side of the terminal relay: tickets and the terminal WebSocket.
+
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use reqwest::Method;
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+use super::{Api, Server};
+
+/// A terminal WebSocket.
+pub type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+pub async fn ticket(api: &Api, token: &str, workspace: &str) -> (u16, Value) {
+    let path = format!("/api/v1/workspaces/{workspace}/tickets");
+    let (status, _, body) = api.call(Method::POST, &path, Some(token), Some(json!({"kind": "terminal"}))).await;
+    (status, body)
+}
+
+pub async fn connect(server: &Server, workspace: &str) -> Socket {
+    let url = format!("{}/api/v1/workspaces/{workspace}/terminal", server.base.replace("http://", "ws://"));
+    let (socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    socket
+}
+
+/// Connects and authenticates; returns the socket after `ready`, or the close code.
+pub async fn open(server: &Server, workspace: &str, ticket: &str) -> Result<Socket, u16> {
+    let mut socket = connect(server, workspace).await;
+    socket.send(Message::Text(json!({"type": "auth", "ticket": ticket}).to_string().into())).await.unwrap();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(20), socket.next()).await.expect("no answer to auth") {
+            Some(Ok(Message::Text(text))) => {
+                let message: Value = serde_json::from_str(&text).unwrap();
+                assert_eq!(message["type"], "ready", "{text}");
+                return Ok(socket);
+            }
+            Some(Ok(Message::Close(frame))) => return Err(frame.map(|frame| u16::from(frame.code)).unwrap_or(1005)),
+            Some(Ok(_)) => {}
+            other => panic!("socket ended without a close frame: {other:?}"),
+        }
+    }
+}
+
+/// Reads output until `needle` appears; panics after `limit`.
+pub async fn read_until(socket: &mut Socket, needle: &str, limit: Duration) -> String {
+    let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + limit;
+    while !seen.contains(needle) {
+        let message = tokio::time::timeout_at(deadline, socket.next())
+            .await
+            .unwrap_or_else(|_| panic!("{needle:?} never appeared in {seen:?}"));
+        match message {
+            Some(Ok(Message::Binary(bytes))) => seen.push_str(&String::from_utf8_lossy(&bytes)),
+            Some(Ok(Message::Close(frame))) => panic!("closed ({frame:?}) before {needle:?}; saw {seen:?}"),
+            Some(Ok(_)) => {}
+            other => panic!("socket ended before {needle:?}: {other:?}; saw {seen:?}"),
+        }
+    }
+    seen
+}
+
+/// The close code the socket ends with (after any output).
+pub async fn close_code(socket: &mut Socket, limit: Duration) -> u16 {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, socket.next()).await.expect("socket was not closed") {
+            Some(Ok(Message::Close(frame))) => return frame.map(|frame| u16::from(frame.code)).unwrap_or(1005),
+            Some(Ok(_)) => {}
+            other => panic!("socket ended without a close frame: {other:?}"),
+        }
+    }
+}
+
+pub async fn type_line(socket: &mut Socket, line: &str) {
+    socket.send(Message::Binary(line.as_bytes().to_vec().into())).await.unwrap();
+}
