@@ -284,7 +284,9 @@ async fn control_characters_and_oversized_counts_are_refused_on_both_backends() 
             let answer = api.call(Method::POST, "/api/v1/publish-requests", Some(&ada), Some(body)).await;
             assert_problem(&answer, 422, "invalid_field", Some("message"), &format!("{backend} message {text:?}"));
         }
-        let mut body = submission("ws-1", "one");
+        let workspaces = common::Workspaces::new(&api, &root).await;
+        let workspace = workspaces.running(&ada, "contract", "web").await;
+        let mut body = submission(&workspace, "one");
         body["message"] = json!("two\nlines\twith a tab");
         let (status, _, created) = api.call(Method::POST, "/api/v1/publish-requests", Some(&ada), Some(body)).await;
         assert_eq!(status, 201, "{backend}: {created}");
@@ -303,7 +305,8 @@ async fn control_characters_and_oversized_counts_are_refused_on_both_backends() 
             let named = format!("diff.{field}");
             assert_problem(&answer, 422, "invalid_field", Some(&named), &format!("{backend} {field}"));
         }
-        let mut body = submission("ws-2", "two");
+        let second = workspaces.running(&ada, "contract-2", "web").await;
+        let mut body = submission(&second, "two");
         body["diff"]["insertions"] = json!(i64::MAX);
         let (status, _, created) = api.call(Method::POST, "/api/v1/publish-requests", Some(&ada), Some(body)).await;
         assert_eq!((status, created["diff"]["insertions"].as_i64()), (201, Some(i64::MAX)), "{backend}: {created}");

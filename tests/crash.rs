@@ -110,31 +110,22 @@ async fn acknowledged_commands_survive_sigkill_and_projections_equal_a_replay() 
     }
 }
 
-/// The workspace ids and request ids of every `PublishRequested` event in the log.
+/// The (key, key) of every `BlueprintRegistered` event in the log: what each keyed registration committed.
 async fn submitted(db: &TestDb) -> Vec<(String, String)> {
     let store = db.store().await;
-    let payloads: Vec<(String,)> =
-        sqlx::query_as("SELECT CAST(payload AS TEXT) FROM events WHERE event_type = 'PublishRequested'")
+    let ids: Vec<(String,)> =
+        sqlx::query_as("SELECT aggregate_id FROM events WHERE event_type = 'BlueprintRegistered'")
             .fetch_all(store.read_models())
             .await
             .unwrap();
     store.close().await;
-    let field = |payload: &serde_json::Value, name: &str| -> String {
-        let object = payload.get("PublishRequested").unwrap_or(payload);
-        object[name].as_str().unwrap_or_default().to_string()
-    };
-    payloads
-        .iter()
-        .map(|(text,)| {
-            let payload: serde_json::Value = serde_json::from_str(text).unwrap();
-            (field(&payload, "workspace_id"), field(&payload, "request_id"))
-        })
-        .collect()
+    ids.into_iter().map(|(key,)| (key.clone(), key)).collect()
 }
 
-/// Issue #17: keyed submissions under load, SIGKILL, restart, retry every one of them. A submission whose command
-/// committed but whose answer never left the process gets that first answer (its id) on retry, never a second
-/// request; one that never committed runs on retry; every key ends with exactly one request.
+/// Issue #17: keyed creations under load, SIGKILL, restart, retry every one of them. A creation whose command
+/// committed but whose answer never left the process gets that first answer on retry, never a second execution; one
+/// that never committed runs on retry; every key ends with exactly one resource. (Blueprint registrations: the same
+/// `Idempotency-Key` machinery as publish submissions, without a running workspace per key.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn keyed_submissions_retried_after_sigkill_get_their_first_answer_and_never_run_twice() {
     for db in TestDb::all("idempotency crash").await {
@@ -145,9 +136,8 @@ async fn keyed_submissions_retried_after_sigkill_get_their_first_answer_and_neve
         let api = Api::new(&server);
         let body = |key: &str| {
             serde_json::json!({
-                "workspace_id": format!("ws-{key}"), "blueprint_key": "web", "subdomain": format!("s-{key}"),
-                "commit_id": "0123456789abcdef0123456789abcdef01234567",
-                "diff": {"files": 1, "insertions": 1, "deletions": 0}, "message": "crash test",
+                "key": key, "display_name": "Crash test",
+                "source": {"kind": "local", "repository": "https://git.example.com/web.git", "branch": "main"},
             })
         };
         // key → the id of the first answer, when one arrived.
@@ -162,7 +152,7 @@ async fn keyed_submissions_retried_after_sigkill_get_their_first_answer_and_neve
                         sent.lock().unwrap().push((key.clone(), None));
                         let response = api
                             .http
-                            .post(format!("{}/api/v1/publish-requests", api.base))
+                            .post(format!("{}/api/v1/blueprints", api.base))
                             .bearer_auth(&admin)
                             .header("Idempotency-Key", &key)
                             .json(&body(&key))
@@ -171,7 +161,7 @@ async fn keyed_submissions_retried_after_sigkill_get_their_first_answer_and_neve
                         match response {
                             Ok(response) if response.status() == 201 => {
                                 let answer: serde_json::Value = response.json().await.unwrap_or_default();
-                                let id = answer["id"].as_str().map(str::to_string);
+                                let id = answer["key"].as_str().map(str::to_string);
                                 let mut sent = sent.lock().unwrap();
                                 if let Some(entry) = sent.iter_mut().find(|(sent_key, _)| *sent_key == key) {
                                     entry.1 = id;
@@ -202,7 +192,7 @@ async fn keyed_submissions_retried_after_sigkill_get_their_first_answer_and_neve
         let committed = submitted(&db).await;
         let unanswered_but_committed: Vec<&String> = sent
             .iter()
-            .filter(|(key, id)| id.is_none() && committed.iter().any(|(ws, _)| *ws == format!("ws-{key}")))
+            .filter(|(key, id)| id.is_none() && committed.iter().any(|(ws, _)| ws == key))
             .map(|(key, _)| key)
             .collect();
 
@@ -211,13 +201,13 @@ async fn keyed_submissions_retried_after_sigkill_get_their_first_answer_and_neve
         tokio::time::sleep_until(killed + Duration::from_millis(3500)).await;
         let mut replayed = 0;
         for (key, first) in &sent {
-            let workspace = format!("ws-{key}");
+            let workspace = key.clone();
             let before = committed.iter().find(|(ws, _)| *ws == workspace).map(|(_, id)| id.clone());
             let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
             let (status, headers, answer) = loop {
                 let response = api
                     .http
-                    .post(format!("{}/api/v1/publish-requests", api.base))
+                    .post(format!("{}/api/v1/blueprints", api.base))
                     .bearer_auth(&admin)
                     .header("Idempotency-Key", key)
                     .json(&body(key))
@@ -234,7 +224,7 @@ async fn keyed_submissions_retried_after_sigkill_get_their_first_answer_and_neve
                 break (status, headers, answer);
             };
             assert_eq!(status, 201, "{}: retry of {key}: {answer}", db.backend());
-            let id = answer["id"].as_str().unwrap().to_string();
+            let id = answer["key"].as_str().unwrap().to_string();
             if let Some(first) = first {
                 assert_eq!(&id, first, "{}: {key} answered with another id on retry", db.backend());
             }
@@ -251,12 +241,12 @@ async fn keyed_submissions_retried_after_sigkill_get_their_first_answer_and_neve
         // Exactly one request per key, whatever happened to its first attempt.
         let after = submitted(&db).await;
         for (key, _) in &sent {
-            let workspace = format!("ws-{key}");
+            let workspace = key.clone();
             let count = after.iter().filter(|(ws, _)| *ws == workspace).count();
             assert_eq!(count, 1, "{}: {key} has {count} requests", db.backend());
         }
         eprintln!(
-            "{}: {} keyed submissions, {} answered before the kill, {} committed but unanswered, {replayed} replayed",
+            "{}: {} keyed registrations, {} answered before the kill, {} committed but unanswered, {replayed} replayed",
             db.backend(),
             sent.len(),
             sent.iter().filter(|(_, id)| id.is_some()).count(),

@@ -29,7 +29,10 @@ async fn serve_answers_health_readiness_metrics_and_openapi_then_stops_on_sigter
         assert_eq!(readiness["backend"], db.backend());
         let projections = readiness["projections"].as_array().unwrap();
         let names: Vec<&str> = projections.iter().map(|p| p["name"].as_str().unwrap()).collect();
-        assert_eq!(names, ["audit_chain", "blueprints", "members", "publish_requests", "sessions", "trust_rules"]);
+        assert_eq!(
+            names,
+            ["audit_chain", "blueprints", "members", "publish_requests", "sessions", "trust_rules", "workspaces"]
+        );
         assert!(projections.iter().all(|p| p["state"] == "caught_up"), "{readiness}");
 
         let metrics = client.get(server.url("/metrics")).send().await.unwrap();

@@ -137,7 +137,6 @@ fn properties() -> Vec<(&'static str, &'static str, Value)> {
         ("InviteRequest", "role", one_of(&["admin", "member", "auditor"])),
         ("RoleChange", "role", one_of(&["admin", "member", "auditor"])),
         ("SubmitRequest", "workspace_id", identifier()),
-        ("SubmitRequest", "blueprint_key", identifier()),
         ("SubmitRequest", "subdomain", pattern(SUBDOMAIN, 63)),
         ("SubmitRequest", "commit_id", pattern(COMMIT_ID, 64)),
         ("SubmitRequest", "message", text(MAX_MESSAGE_CHARS)),
@@ -154,6 +153,9 @@ fn properties() -> Vec<(&'static str, &'static str, Value)> {
         ("MintBody", "blueprint_key", identifier()),
         ("MintBody", "display_name", line(100)),
         ("MintBody", "name", line(100)),
+        ("LaunchBody", "blueprint_key", identifier()),
+        ("LaunchBody", "name", line(domain::workspace::MAX_NAME_CHARS)),
+        ("RenameBody", "name", line(domain::workspace::MAX_NAME_CHARS)),
         ("TicketBody", "kind", one_of(&["terminal"])),
         ("FirewallRule", "cidr", pattern(CIDR, 43)),
         (
@@ -234,7 +236,13 @@ fn properties() -> Vec<(&'static str, &'static str, Value)> {
 
 /// `(path, parameter)` (`*` for any path) and what it admits; the first match wins.
 fn parameters() -> Vec<(&'static str, &'static str, Value)> {
-    let list_filters = ["/api/v1/approvals", "/api/v1/publish-requests", "/api/v1/sessions", "/api/v1/relay/activity"];
+    let list_filters = [
+        "/api/v1/approvals",
+        "/api/v1/publish-requests",
+        "/api/v1/sessions",
+        "/api/v1/relay/activity",
+        "/api/v1/workspaces",
+    ];
     let mut rules = vec![
         ("/api/v1/members/{email}", "email", email()),
         ("/api/v1/members", "after", pattern(PRINTABLE, crate::extract::MAX_QUERY_VALUE_CHARS)),
@@ -268,6 +276,9 @@ fn parameters() -> Vec<(&'static str, &'static str, Value)> {
         ("*", "Idempotency-Key", pattern(IDEMPOTENCY_KEY, 255)),
         ("/api/v1/publish-requests", "status", one_of(&["pending", "approved", "rejected", "withdrawn", "expired"])),
         ("/api/v1/sessions", "active", one_of(&["true", "false"])),
+        ("/api/v1/workspaces", "status", one_of(&["running", "stopped", "deploying", "error"])),
+        ("/api/v1/workspaces", "owner", email()),
+        ("/api/v1/workspaces", "q", line(100)),
         ("/api/v1/sessions", "kind", one_of(&["terminal"])),
         (
             "/api/v1/relay/activity",
@@ -284,7 +295,7 @@ fn parameters() -> Vec<(&'static str, &'static str, Value)> {
     for path in ["/api/v1/approvals", "/api/v1/publish-requests"] {
         rules.insert(0, (path, "after", pattern(REQUEST_CURSOR, 160)));
     }
-    for path in ["/api/v1/sessions", "/api/v1/relay/activity"] {
+    for path in ["/api/v1/sessions", "/api/v1/relay/activity", "/api/v1/workspaces"] {
         rules.insert(0, (path, "after", pattern(TIME_CURSOR, 330)));
     }
     rules

@@ -447,7 +447,8 @@ pub async fn workspace_summary(caller: Caller, state: web::Data<AppState>) -> Re
 #[utoipa::path(get, path = "/api/v1/workspaces/{id}", tag = "workspaces",
     params(("id" = String, Path, description = "The workspace")), security(("bearer" = [])),
     responses((status = 200, body = WorkspaceView, headers(("ETag" = String, description = "Its revision"))),
-              (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)))]
+              (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem),
+              (status = 422, body = Problem)))]
 #[get("/api/v1/workspaces/{id}")]
 pub async fn get_workspace(
     caller: Caller,
@@ -492,7 +493,8 @@ async fn act(
 #[utoipa::path(post, path = "/api/v1/workspaces/{id}/start", tag = "workspaces",
     params(("id" = String, Path, description = "The workspace")), security(("bearer" = [])),
     responses((status = 202, body = WorkspaceView), (status = 401, body = Problem), (status = 403, body = Problem),
-              (status = 404, body = Problem), (status = 409, body = Problem), (status = 503, body = Problem)))]
+              (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem),
+              (status = 503, body = Problem)))]
 #[post("/api/v1/workspaces/{id}/start")]
 pub async fn start_workspace(
     caller: Caller,
@@ -511,7 +513,8 @@ pub async fn start_workspace(
 #[utoipa::path(post, path = "/api/v1/workspaces/{id}/stop", tag = "workspaces",
     params(("id" = String, Path, description = "The workspace")), security(("bearer" = [])),
     responses((status = 202, body = WorkspaceView), (status = 401, body = Problem), (status = 403, body = Problem),
-              (status = 404, body = Problem), (status = 409, body = Problem), (status = 503, body = Problem)))]
+              (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem),
+              (status = 503, body = Problem)))]
 #[post("/api/v1/workspaces/{id}/stop")]
 pub async fn stop_workspace(
     caller: Caller,
@@ -529,7 +532,8 @@ pub async fn stop_workspace(
 #[utoipa::path(post, path = "/api/v1/workspaces/{id}/restart", tag = "workspaces",
     params(("id" = String, Path, description = "The workspace")), security(("bearer" = [])),
     responses((status = 202, body = WorkspaceView), (status = 401, body = Problem), (status = 403, body = Problem),
-              (status = 404, body = Problem), (status = 409, body = Problem), (status = 503, body = Problem)))]
+              (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem),
+              (status = 503, body = Problem)))]
 #[post("/api/v1/workspaces/{id}/restart")]
 pub async fn restart_workspace(
     caller: Caller,
@@ -548,7 +552,8 @@ pub async fn restart_workspace(
 #[utoipa::path(post, path = "/api/v1/workspaces/{id}/upgrade", tag = "workspaces",
     params(("id" = String, Path, description = "The workspace")), security(("bearer" = [])),
     responses((status = 202, body = WorkspaceView), (status = 401, body = Problem), (status = 403, body = Problem),
-              (status = 404, body = Problem), (status = 409, body = Problem), (status = 503, body = Problem)))]
+              (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem),
+              (status = 503, body = Problem)))]
 #[post("/api/v1/workspaces/{id}/upgrade")]
 pub async fn upgrade_workspace(
     caller: Caller,
@@ -595,7 +600,7 @@ pub async fn rename_workspace(
 #[utoipa::path(delete, path = "/api/v1/workspaces/{id}", tag = "workspaces",
     params(("id" = String, Path, description = "The workspace")), security(("bearer" = [])),
     responses((status = 204), (status = 401, body = Problem), (status = 403, body = Problem),
-              (status = 404, body = Problem), (status = 503, body = Problem)))]
+              (status = 404, body = Problem), (status = 422, body = Problem), (status = 503, body = Problem)))]
 #[delete("/api/v1/workspaces/{id}")]
 pub async fn delete_workspace(
     caller: Caller,
