@@ -302,6 +302,7 @@ fn start_probes(store: &EventStore, settings: &Settings) -> (String, ServerHandl
         workspaces: Arc::new(AggregateRepository::new(store.clone(), ())),
         workspace_reads: projections::WorkspacesQuery::new(store.read_models().clone()),
         reconciler: controlplane::ReconcilerHandle::detached(),
+        live: api::stream::LiveLog::new(store.clone(), Arc::new(AggregateRepository::new(store.clone(), ()))),
     };
     let listener = TcpListener::bind("127.0.0.1:0").expect("a port for the probe server");
     let port = listener.local_addr().expect("the probe server's address").port();

@@ -18,6 +18,13 @@ work=$(mktemp -d)
 server=""
 cleanup() {
   [ -n "$server" ] && kill "$server" 2>/dev/null && wait "$server" 2>/dev/null
+  # Workspaces the run launched outlive the gateway (by design): end their agents.
+  for record in "$work"/data/workspaces/.run/*.json; do
+    [ -e "$record" ] || continue
+    case $record in *.tags.json) continue ;; esac
+    pid=$(grep -o '"pid":[0-9]*' "$record" | cut -d: -f2)
+    [ -n "$pid" ] && kill -KILL -- "-$pid" 2>/dev/null || true
+  done
   if [ "$backend" = postgres ]; then psql "$PG_URL" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" || true; fi
   rm -rf "$work"
 }
@@ -26,6 +33,7 @@ export GATEHOUSE_DATA_DIR=$work/data GATEHOUSE_LISTEN=127.0.0.1:0 GATEHOUSE_LOG_
 # One token sends every request (about 3,300 in 45 s), and the checks for ignored authentication send requests with
 # bad or no tokens from this one address: rate limits off (0), or the run would test the 429s instead of the API.
 export GATEHOUSE_RATE_LIMIT_API_PER_MINUTE=0 GATEHOUSE_RATE_LIMIT_AUTH_FAILURES_PER_MINUTE=0
+export GATEHOUSE_RATE_LIMIT_LAUNCH_PER_MINUTE=0
 if [ "$backend" = postgres ]; then
   PG_URL=${GATEHOUSE_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
   db=gh_schemathesis_$$

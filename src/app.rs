@@ -36,6 +36,8 @@ pub struct Application {
     limits_sweeper: JoinHandle<()>,
     limits_follower: JoinHandle<()>,
     reconciler: JoinHandle<()>,
+    live_tail: JoinHandle<()>,
+    live: Arc<api::stream::LiveLog>,
     limits: Arc<api::limits::RateLimits>,
     shutdown: CancellationToken,
     draining: Arc<AtomicBool>,
@@ -164,6 +166,9 @@ impl Application {
             settings.reconciler(),
         );
         let reconciler = tokio::spawn(reconciler.run(shutdown.clone()));
+        // Live updates (server-sent events) follow one tail of the log.
+        let live = api::stream::LiveLog::new(store.clone(), publishing.clone());
+        let live_tail = tokio::spawn(live.clone().run(settings.projector().poll_interval, shutdown.clone()));
         let state = api::AppState {
             store: store.clone(),
             projections: status,
@@ -192,6 +197,7 @@ impl Application {
             workspaces,
             workspace_reads,
             reconciler: reconciler_handle,
+            live: live.clone(),
         };
         let hsts_max_age_secs = settings.http_hsts_max_age_secs;
         let make_app = move || {
@@ -249,6 +255,8 @@ impl Application {
             limits_sweeper,
             limits_follower,
             reconciler,
+            live_tail,
+            live,
             limits,
             shutdown,
             draining,
@@ -275,6 +283,7 @@ impl Application {
             draining: self.draining.clone(),
             drain_delay: self.drain_delay,
             gateway: self.gateway.clone(),
+            live: self.live.clone(),
         }
     }
 
@@ -297,6 +306,7 @@ impl Application {
         self.limits_follower.abort();
         self.shutdown.cancel();
         // Workspaces keep running while the gateway is down; the next one adopts their agents.
+        self.live_tail.abort();
         if tokio::time::timeout(Duration::from_secs(5), self.reconciler).await.is_err() {
             tracing::warn!("the workspace reconciler did not stop within 5 s");
         }
@@ -325,6 +335,7 @@ pub struct Stopper {
     draining: Arc<AtomicBool>,
     drain_delay: Duration,
     gateway: Arc<relay::gateway::Gateway>,
+    live: Arc<api::stream::LiveLog>,
 }
 
 impl Stopper {
@@ -338,6 +349,8 @@ impl Stopper {
         }
         // Terminal sessions are long-lived: close them (recording `shutdown`) before waiting for connections.
         self.gateway.shut_down(Duration::from_secs(5)).await;
+        // Live update streams never end by themselves: end them (clients reconnect with Last-Event-ID).
+        api::stream::close_all(&self.live);
         self.handle.stop(true).await;
     }
 }

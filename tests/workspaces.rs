@@ -571,3 +571,189 @@ async fn authorization_matrix() {
         }
     }
 }
+
+/// One server-sent event.
+#[derive(Debug, Clone)]
+struct Sse {
+    id: Option<String>,
+    event: String,
+    data: Value,
+}
+
+/// A real SSE client over a streaming HTTP response.
+struct SseReader {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+impl SseReader {
+    async fn open(api: &Api, token: &str, path: &str, last_event_id: Option<&str>) -> (u16, Option<SseReader>, Value) {
+        let mut request = api.http.get(format!("{}{path}", api.base)).bearer_auth(token);
+        if let Some(id) = last_event_id {
+            request = request.header("Last-Event-ID", id);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        if status != 200 {
+            return (status, None, response.json().await.unwrap_or_default());
+        }
+        assert_eq!(response.headers()["content-type"], "text/event-stream");
+        assert_eq!(response.headers()["x-accel-buffering"], "no");
+        (status, Some(SseReader { response, buffer: String::new() }), Value::Null)
+    }
+
+    /// The next event (comments and `retry` skipped); `None` when the stream ended.
+    async fn next(&mut self, limit: Duration) -> Option<Sse> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            while let Some(end) = self.buffer.find("\n\n") {
+                let frame: String = self.buffer.drain(..end + 2).collect();
+                let (mut id, mut event, mut data) = (None, String::from("message"), String::new());
+                for line in frame.lines() {
+                    if let Some(value) = line.strip_prefix("id: ") {
+                        id = Some(value.to_string());
+                    } else if let Some(value) = line.strip_prefix("event: ") {
+                        event = value.to_string();
+                    } else if let Some(value) = line.strip_prefix("data: ") {
+                        data.push_str(value);
+                    }
+                }
+                if !data.is_empty() {
+                    return Some(Sse { id, event, data: serde_json::from_str(&data).unwrap() });
+                }
+            }
+            let chunk = tokio::time::timeout_at(deadline, self.response.chunk()).await.expect("no event in time");
+            match chunk.unwrap() {
+                Some(bytes) => self.buffer.push_str(&String::from_utf8_lossy(&bytes)),
+                None => return None,
+            }
+        }
+    }
+
+    /// Events until one matches `until` (included).
+    async fn until(&mut self, until: impl Fn(&Sse) -> bool) -> Vec<Sse> {
+        let mut seen = Vec::new();
+        loop {
+            let event = self.next(Duration::from_secs(30)).await.unwrap_or_else(|| panic!("ended; saw {seen:?}"));
+            let done = until(&event);
+            seen.push(event);
+            if done {
+                return seen;
+            }
+        }
+    }
+}
+
+fn about(event: &Sse, id: &str) -> bool {
+    event.data["workspace"] == id
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn live_updates_show_each_phase_and_resume_after_a_dropped_connection_with_nothing_missed_or_repeated() {
+    for db in TestDb::all("live updates").await {
+        let backend = db.backend();
+        let root = issue_token(&db, "root@example.com", "admin", "1h");
+        let ada = issue_token(&db, "ada@example.com", "member", "1h");
+        let bob = issue_token(&db, "bob@example.com", "member", "1h");
+        let server = Server::start(&db, &[]);
+        let api = Api::new(&server);
+        let sources = tempfile::tempdir().unwrap();
+        enabled_blueprint(&api, &root, "web", &blueprint_repository(sources.path()), None).await;
+
+        // Ada's stream, opened before her launch, shows its six phases and then `running`.
+        let (status, ada_stream, _) = SseReader::open(&api, &ada, "/api/v1/stream", None).await;
+        assert_eq!(status, 200);
+        let mut ada_stream = ada_stream.unwrap();
+        let (_, bob_stream, _) = SseReader::open(&api, &bob, "/api/v1/stream", None).await;
+        let mut bob_stream = bob_stream.unwrap();
+        let (_, _, created) = launch(&api, &ada, "web", "Live").await;
+        let id = created["id"].as_str().unwrap().to_string();
+        let seen = ada_stream.until(|event| about(event, &id) && event.data["status"] == "running").await;
+        let launched = seen.iter().find(|event| event.data["change"] == "WorkspaceLaunched").expect("the launch");
+        let phases: Vec<&str> = seen.iter().filter_map(|event| event.data["phase"].as_str()).collect();
+        assert_eq!(
+            phases,
+            ["validating", "creating_project", "cloning_blueprint", "configuring", "deploying", "finalizing"],
+            "{backend}"
+        );
+        assert!(seen.iter().all(|event| event.event == "workspace" && event.id.is_some()));
+
+        // The provisioning stream of that workspace, resumed from the launch, replays the same phases and ends.
+        let path = format!("/api/v1/workspaces/{id}/provisioning");
+        let (status, stream, _) = SseReader::open(&api, &ada, &path, launched.id.as_deref()).await;
+        assert_eq!(status, 200);
+        let mut stream = stream.unwrap();
+        let mut replayed = Vec::new();
+        while let Some(event) = stream.next(Duration::from_secs(30)).await {
+            replayed.push(event);
+        }
+        let replayed_phases: Vec<&str> = replayed.iter().filter_map(|event| event.data["phase"].as_str()).collect();
+        assert_eq!(replayed_phases, phases, "{backend}");
+        assert_eq!(replayed.last().unwrap().data["status"], "running", "it ends with the final status");
+        // Opened on a running workspace, it says so and ends.
+        let (_, stream, _) = SseReader::open(&api, &ada, &path, None).await;
+        let mut stream = stream.unwrap();
+        let current = stream.next(Duration::from_secs(5)).await.unwrap();
+        assert_eq!((current.event.as_str(), &current.data["status"]), ("status", &json!("running")));
+        assert!(stream.next(Duration::from_secs(5)).await.is_none());
+        // Nobody else's: Bob cannot open it, and his stream shows nothing of Ada's.
+        assert_eq!(SseReader::open(&api, &bob, &path, None).await.0, 404);
+
+        // A dropped connection: Ada reads one more event, the connection drops, more happens, she reconnects with
+        // Last-Event-ID and gets exactly what she missed.
+        assert_eq!(act(&api, &ada, &id, "stop").await.0, 202);
+        let first = ada_stream.next(Duration::from_secs(30)).await.unwrap();
+        let last_seen = first.id.clone().unwrap();
+        drop(ada_stream);
+        let (status, _, _) = api
+            .call(Method::PATCH, &format!("/api/v1/workspaces/{id}"), Some(&ada), Some(json!({"name": "Renamed"})))
+            .await;
+        assert_eq!(status, 200);
+        assert_eq!(act(&api, &ada, &id, "start").await.0, 202);
+        wait_for_status(&api, &ada, &id, "running").await;
+        let (_, resumed, _) = SseReader::open(&api, &ada, "/api/v1/stream", Some(&last_seen)).await;
+        let mut resumed = resumed.unwrap();
+        let after = resumed.until(|event| about(event, &id) && event.data["status"] == "running").await;
+        // The same as a stream that never dropped: everything after `last_seen` in a stream from before it all.
+        let (_, whole, _) = SseReader::open(&api, &ada, &format!("/api/v1/stream?after={}", "g1.0.0"), None).await;
+        let mut whole = whole.unwrap();
+        let everything = whole
+            .until(|event| {
+                about(event, &id)
+                    && event.data["status"] == "running"
+                    && event.data["change"] == "WorkspaceStarted"
+                    && event.id.as_deref() == after.last().unwrap().id.as_deref()
+            })
+            .await;
+        let expected: Vec<&Option<String>> = everything
+            .iter()
+            .map(|event| &event.id)
+            .skip_while(|event_id| event_id.as_deref() != Some(last_seen.as_str()))
+            .skip(1)
+            .collect();
+        let got: Vec<&Option<String>> = after.iter().map(|event| &event.id).collect();
+        assert_eq!(got, expected, "{backend}: exactly the missed events, once each");
+        assert!(after.iter().any(|event| event.data["change"] == "WorkspaceRenamed"), "{after:?}");
+        let mut ids: Vec<&str> = after.iter().filter_map(|event| event.id.as_deref()).collect();
+        ids.dedup();
+        assert_eq!(ids.len(), after.len(), "no id twice");
+
+        // Bob's stream saw nothing of Ada's workspace; an admin's sees everyone's.
+        let (_, _, bobs) = launch(&api, &bob, "web", "Bob's").await;
+        let bobs = bobs["id"].as_str().unwrap().to_string();
+        let bob_saw = bob_stream.until(|event| about(event, &bobs)).await;
+        assert!(bob_saw.iter().all(|event| event.data["owner"] == "bob@example.com"), "{bob_saw:?}");
+        let (_, admin, _) = SseReader::open(&api, &root, "/api/v1/stream?after=g1.0.0", None).await;
+        let mut admin = admin.unwrap();
+        let admin_saw = admin.until(|event| about(event, &bobs)).await;
+        assert!(admin_saw.iter().any(|event| event.data["owner"] == "ada@example.com"));
+        // Auditors do not stream; a bad cursor is refused naming where it came from.
+        let auditor = issue_token(&db, "audit@example.com", "auditor", "1h");
+        assert_eq!(SseReader::open(&api, &auditor, "/api/v1/stream", None).await.0, 403);
+        let (status, _, problem) = SseReader::open(&api, &ada, "/api/v1/stream", Some("nope")).await;
+        assert_eq!((status, problem["field"].as_str()), (422, Some("Last-Event-ID")), "{problem}");
+        let (status, _, problem) = SseReader::open(&api, &ada, "/api/v1/stream?after=nope", None).await;
+        assert_eq!((status, problem["field"].as_str()), (422, Some("after")), "{problem}");
+        assert!(server.terminate().success(), "{backend}: open streams do not hold up shutdown");
+    }
+}

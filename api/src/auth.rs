@@ -466,6 +466,22 @@ pub struct Caller {
     pub role: Role,
 }
 
+/// The role `email` holds now (`None`: not a member): the roles cache, else the members read model, else the
+/// roster (a member the read model has not caught up with). For requests that outlive their authentication, such as
+/// live streams, which read it again while they run.
+pub(crate) async fn role_of(state: &AppState, email: &Email) -> Result<Option<Role>, Problem> {
+    if let Some(cached) = state.caches.roles.get(email.as_str()) {
+        return Ok(Some(cached.role));
+    }
+    let member =
+        state.members.get(email.as_str()).await.map_err(|error| Problem::from(store::StoreError::from(error)))?;
+    if let Some(member) = member {
+        return Ok(Role::parse(&member.role));
+    }
+    let (roster, _) = state.roster.load(ROSTER_ID).await.map_err(Problem::from)?;
+    Ok(roster.member(email).map(|member| member.role))
+}
+
 impl Caller {
     /// Fails with 403 unless the caller holds one of `roles`.
     pub fn require(&self, roles: &[Role]) -> Result<(), Problem> {

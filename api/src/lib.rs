@@ -26,6 +26,7 @@ pub mod publishing;
 mod rejection;
 pub mod relay;
 pub mod schemas;
+pub mod stream;
 pub mod vault;
 pub mod workspaces;
 
@@ -103,6 +104,8 @@ pub struct AppState {
     pub workspace_reads: projections::WorkspacesQuery,
     /// Wakes the control plane's reconciler after a workspace request.
     pub reconciler: controlplane::ReconcilerHandle,
+    /// The tail of the log that live update streams follow.
+    pub live: Arc<stream::LiveLog>,
 }
 
 /// The request's id: a valid `X-Request-Id` from the caller, or a new one.
@@ -264,6 +267,8 @@ pub fn configure(state: AppState) -> impl FnOnce(&mut web::ServiceConfig) {
             .service(org::clear_credential)
             .service(org::secrets_status)
             .service(org::rewrap)
+            .service(stream::caller_stream)
+            .service(stream::provisioning_stream)
             .service(workspaces::launch)
             .service(workspaces::list_workspaces)
             .service(workspaces::workspace_summary)

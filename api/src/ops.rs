@@ -37,6 +37,7 @@ use crate::{AppState, Problem, ProblemCode};
         crate::workspaces::get_workspace, crate::workspaces::start_workspace, crate::workspaces::stop_workspace,
         crate::workspaces::restart_workspace, crate::workspaces::upgrade_workspace,
         crate::workspaces::rename_workspace, crate::workspaces::delete_workspace,
+        crate::stream::caller_stream, crate::stream::provisioning_stream,
     ),
     components(schemas(
         Problem, ProblemCode, Health, Readiness, ProjectionReadiness,

@@ -477,8 +477,8 @@ async fn own_running_workspace(state: &AppState, caller: &Caller, id: &Workspace
     params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe")),
     security(("bearer" = [])),
     responses((status = 201, body = PublishRequestView), (status = 400, body = Problem), (status = 401, body = Problem),
-              (status = 403, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem),
-              (status = 503, body = Problem),
+              (status = 403, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem),
+              (status = 422, body = Problem), (status = 503, body = Problem),
               (status = 413, body = Problem), (status = 415, body = Problem)))]
 #[post("/api/v1/publish-requests")]
 pub async fn submit(

@@ -387,7 +387,7 @@ impl Inner {
         let seen = crashes.entry(id.to_string()).or_default();
         seen.retain(|at| now.duration_since(*at) < window);
         seen.push(now);
-        seen.len() > self.config.max_crashes
+        seen.len() >= self.config.max_crashes
     }
 
     /// Starts the current generation's processes and waits for its agent to connect.

@@ -1,0 +1,514 @@
+//! Live updates over server-sent events: a workspace's provisioning, and each caller's stream of the changes they may
+//! see (their workspaces and publish requests; admins: everyone's, which includes the approvals queue).
+//!
+//! One task ([`LiveLog::run`]) tails the global log, woken by this process's commits and polling for other
+//! processes', and turns the events that streams show into [`LiveEvent`]s (who may see each is decided once, here),
+//! broadcast to every subscriber. An event's SSE `id` is its global-log cursor, so a client that reconnects with
+//! `Last-Event-ID` resumes exactly after the last event it received: the subscriber reads what it missed from the
+//! store, then follows the broadcast, and never sends a cursor twice (cursors only grow). A subscriber that falls
+//! behind the broadcast reads from the store again, from its last cursor.
+//!
+//! Each event is checked for its subscriber (its audience, or the subscriber is an admin), and the subscriber's role
+//! is read again at every keep-alive: a member removed or made auditor loses the stream.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix_web::web::Bytes;
+use actix_web::{get, web, HttpRequest, HttpResponse};
+use domain::publishing::{Publishing, PublishingEvent, RequestId, PUBLISHING_ID};
+use domain::roster::Role;
+use domain::workspace::{WorkspaceEvent, Workspaces};
+use store::{AggregateRepository, Cursor, EventStore, RecordedEvent};
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Caller;
+use crate::extract::Path;
+use crate::{AppState, Problem, ProblemCode};
+
+/// How often a stream sends a keep-alive comment (and its subscriber's role is read again).
+pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// Batches the broadcast holds for a slow subscriber before it must read from the store.
+const BROADCAST_BATCHES: usize = 1024;
+/// Events read from the store per page.
+const PAGE: usize = 500;
+
+/// An event a stream may show.
+#[derive(Debug, Clone)]
+pub struct LiveEvent {
+    /// Its place in the global log (the SSE `id`).
+    pub cursor: Cursor,
+    /// The SSE `event`: `workspace` or `publish_request`.
+    pub kind: &'static str,
+    /// Who may see it besides admins: the workspace's owner, the request's builder.
+    pub audience: String,
+    /// The workspace it is about, for a workspace event.
+    pub workspace: Option<String>,
+    /// Whether it ends a provisioning (the workspace is running, failed, stopped or deleted).
+    pub settles: bool,
+    /// The SSE `data`.
+    pub data: serde_json::Value,
+}
+
+impl LiveEvent {
+    fn frame(&self) -> Bytes {
+        Bytes::from(format!("id: {}\nevent: {}\ndata: {}\n\n", self.cursor, self.kind, self.data))
+    }
+}
+
+/// Decides which events streams show and who may see them. Knows each publish request's builder (from the
+/// requests seen, else from the publishing aggregate: a request's builder never changes).
+struct Classifier {
+    publishing: Arc<AggregateRepository<Publishing>>,
+    builders: Mutex<HashMap<String, String>>,
+}
+
+impl Classifier {
+    async fn builder_of(&self, request: &RequestId) -> Option<String> {
+        if let Some(builder) = self.builders.lock().ok().and_then(|known| known.get(request.as_str()).cloned()) {
+            return Some(builder);
+        }
+        let (publishing, _) = self.publishing.load(PUBLISHING_ID).await.ok()?;
+        let builder = publishing.request(request)?.builder.to_string();
+        self.remember(request.as_str(), &builder);
+        Some(builder)
+    }
+
+    fn remember(&self, request: &str, builder: &str) {
+        if let Ok(mut known) = self.builders.lock() {
+            // A bound on memory: the aggregate answers for the requests forgotten.
+            if known.len() >= 100_000 {
+                known.clear();
+            }
+            known.insert(request.to_string(), builder.to_string());
+        }
+    }
+
+    async fn classify(&self, event: &RecordedEvent) -> Option<LiveEvent> {
+        use serde_json::json;
+        if event.aggregate_type == <Workspaces as cqrs_es::Aggregate>::TYPE {
+            let decoded: WorkspaceEvent = serde_json::from_value(event.payload.clone()).ok()?;
+            let id = decoded.workspace().to_string();
+            let change = event.event_type.clone();
+            let (status, mut data) = match &decoded {
+                WorkspaceEvent::WorkspaceLaunched { name, blueprint_key, .. } => {
+                    ("deploying", json!({"name": name, "blueprint_key": blueprint_key}))
+                }
+                WorkspaceEvent::WorkspaceStartRequested { .. }
+                | WorkspaceEvent::WorkspaceRestartRequested { .. }
+                | WorkspaceEvent::WorkspaceUpgradeRequested { .. } => ("deploying", json!({})),
+                WorkspaceEvent::WorkspacePhaseReached { phase, .. } => ("deploying", json!({"phase": phase})),
+                WorkspaceEvent::WorkspaceStarted { dev_port, .. } => ("running", json!({"dev_port": dev_port})),
+                WorkspaceEvent::WorkspaceStopRequested { .. } | WorkspaceEvent::WorkspaceStopped { .. } => {
+                    ("stopped", json!({}))
+                }
+                WorkspaceEvent::WorkspaceFailed { phase, reason, .. } => {
+                    ("error", json!({"failure": {"phase": phase, "reason": reason}}))
+                }
+                WorkspaceEvent::WorkspaceRenamed { name, .. } => ("", json!({"name": name})),
+                WorkspaceEvent::WorkspaceDeleteRequested { .. } | WorkspaceEvent::WorkspaceDeleted { .. } => {
+                    ("deleted", json!({}))
+                }
+            };
+            data["workspace"] = json!(id);
+            data["owner"] = json!(event.aggregate_id);
+            data["change"] = json!(change);
+            if !status.is_empty() {
+                data["status"] = json!(status);
+            }
+            let settles = matches!(status, "running" | "error" | "stopped" | "deleted");
+            return Some(LiveEvent {
+                cursor: event.cursor,
+                kind: "workspace",
+                audience: event.aggregate_id.clone(),
+                workspace: Some(id),
+                settles,
+                data,
+            });
+        }
+        if event.aggregate_type == <Publishing as cqrs_es::Aggregate>::TYPE {
+            let decoded: PublishingEvent = serde_json::from_value(event.payload.clone()).ok()?;
+            let (request, status, mut data) = match &decoded {
+                PublishingEvent::PublishRequested {
+                    request_id,
+                    workspace_id,
+                    blueprint_key,
+                    subdomain,
+                    builder,
+                    ..
+                } => {
+                    self.remember(request_id.as_str(), builder.as_str());
+                    let data = json!({"workspace_id": workspace_id, "blueprint_key": blueprint_key,
+                                      "subdomain": subdomain});
+                    (request_id, "pending", data)
+                }
+                PublishingEvent::ApprovalRecorded { request_id, reviewer, .. } => {
+                    (request_id, "pending", json!({"reviewer": reviewer}))
+                }
+                PublishingEvent::PublishApproved { request_id } => (request_id, "approved", json!({})),
+                PublishingEvent::PublishAutoApproved { request_id, .. } => (request_id, "approved", json!({})),
+                PublishingEvent::PublishRejected { request_id, feedback, .. } => {
+                    (request_id, "rejected", json!({"feedback": feedback}))
+                }
+                PublishingEvent::PublishWithdrawn { request_id, .. } => (request_id, "withdrawn", json!({})),
+                PublishingEvent::PublishExpired { request_id } => (request_id, "expired", json!({})),
+                PublishingEvent::SubdomainClaimed { .. } | PublishingEvent::SubdomainReleased { .. } => return None,
+            };
+            let builder = self.builder_of(request).await?;
+            data["request_id"] = json!(request);
+            data["builder"] = json!(builder);
+            data["status"] = json!(status);
+            data["change"] = json!(event.event_type);
+            return Some(LiveEvent {
+                cursor: event.cursor,
+                kind: "publish_request",
+                audience: builder,
+                workspace: None,
+                settles: false,
+                data,
+            });
+        }
+        None
+    }
+}
+
+type Batch = Arc<Vec<Arc<LiveEvent>>>;
+
+/// Where the tail stands, and the broadcast: changed together, so that a new subscriber's starting point and its
+/// receiver agree.
+struct Head {
+    position: Cursor,
+    sender: broadcast::Sender<Batch>,
+}
+
+/// The tail of the global log that every stream follows.
+pub struct LiveLog {
+    head: Mutex<Head>,
+    classifier: Classifier,
+    store: EventStore,
+    /// Cancelled when the service stops: every stream ends, so that shutdown does not wait for them.
+    pub closing: CancellationToken,
+    subscribers: std::sync::atomic::AtomicUsize,
+}
+
+impl LiveLog {
+    /// A tail over `store` (not running until [`LiveLog::run`]).
+    pub fn new(store: EventStore, publishing: Arc<AggregateRepository<Publishing>>) -> Arc<Self> {
+        let (sender, _) = broadcast::channel(BROADCAST_BATCHES);
+        Arc::new(Self {
+            head: Mutex::new(Head { position: Cursor::START, sender }),
+            classifier: Classifier { publishing, builders: Mutex::new(HashMap::new()) },
+            store,
+            closing: CancellationToken::new(),
+            subscribers: std::sync::atomic::AtomicUsize::new(0),
+        })
+    }
+
+    /// Open streams now.
+    pub fn subscribers(&self) -> usize {
+        self.subscribers.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn subscribe(&self) -> (Cursor, broadcast::Receiver<Batch>) {
+        let head = self.head.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        (head.position, head.sender.subscribe())
+    }
+
+    /// Tails the log until `shutdown`, from the furthest projection checkpoint (nobody subscribes before this
+    /// runs, so where it starts only decides how much it reads first).
+    pub async fn run(self: Arc<Self>, poll: Duration, shutdown: CancellationToken) {
+        let start = projections::checkpoints(&self.store)
+            .await
+            .ok()
+            .and_then(|rows| rows.iter().filter_map(|row| row.cursor.parse::<Cursor>().ok()).max())
+            .unwrap_or(Cursor::START);
+        self.head.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).position = start;
+        let mut position = start;
+        let mut commits = self.store.subscribe();
+        loop {
+            let page = match self.store.read_global(position, PAGE).await {
+                Ok(page) => page,
+                Err(error) => {
+                    tracing::warn!(%error, "live updates cannot read the log; retrying");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    }
+                }
+            };
+            let Some(last) = page.last().map(|event| event.cursor) else {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    _ = commits.changed() => {}
+                    () = tokio::time::sleep(poll) => {}
+                }
+                continue;
+            };
+            let mut batch = Vec::new();
+            for event in &page {
+                if let Some(live) = self.classifier.classify(event).await {
+                    batch.push(Arc::new(live));
+                }
+            }
+            position = last;
+            let mut head = self.head.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            head.position = last;
+            if !batch.is_empty() {
+                // No receiver is no error: nobody is listening.
+                let _ = head.sender.send(Arc::new(batch));
+            }
+        }
+    }
+}
+
+/// What one stream shows.
+#[derive(Clone)]
+enum Scope {
+    /// Everything the caller may see.
+    Caller,
+    /// One workspace's provisioning, until it settles.
+    Provisioning(String),
+}
+
+fn allowed(event: &LiveEvent, caller: &Caller, scope: &Scope) -> bool {
+    let visible = caller.role == Role::Admin || event.audience == caller.email.as_str();
+    match scope {
+        Scope::Caller => visible,
+        Scope::Provisioning(id) => visible && event.workspace.as_deref() == Some(id.as_str()),
+    }
+}
+
+/// The cursor to resume after: `Last-Event-ID` (what an SSE client sends when it reconnects), else `?after=`.
+fn resume_point(request: &HttpRequest) -> Result<Option<Cursor>, Problem> {
+    let header = request.headers().get("last-event-id").and_then(|value| value.to_str().ok()).map(str::trim);
+    let query = web::Query::<HashMap<String, String>>::from_query(request.query_string()).map_err(|_| {
+        Problem::new(ProblemCode::InvalidRequest, "Invalid query").detail("The query string is malformed.")
+    })?;
+    for (name, value) in query.iter() {
+        if name != "after" {
+            return Err(Problem::new(ProblemCode::InvalidRequest, "Invalid query")
+                .detail(format!("Unknown query parameter {name:?}.")));
+        }
+        if value.contains('\0') {
+            return Err(Problem::invalid_field("after", "after must not contain NUL"));
+        }
+    }
+    let (field, raw) = match (header.filter(|value| !value.is_empty()), query.get("after").filter(|v| !v.is_empty())) {
+        (Some(header), _) => ("Last-Event-ID", header.to_string()),
+        (None, Some(after)) => ("after", after.clone()),
+        (None, None) => return Ok(None),
+    };
+    raw.parse::<Cursor>()
+        .map(Some)
+        .map_err(|_| Problem::invalid_field(field, "an event id this stream sent (a log cursor such as g1.0.42)"))
+}
+
+/// A running stream's state, in its task.
+struct Subscriber {
+    state: AppState,
+    caller: Caller,
+    scope: Scope,
+    out: mpsc::Sender<Bytes>,
+    last: Cursor,
+}
+
+impl Subscriber {
+    /// Sends one event if the subscriber may see it; whether the stream goes on.
+    async fn offer(&mut self, event: &LiveEvent) -> Result<bool, ()> {
+        if event.cursor <= self.last {
+            return Ok(true);
+        }
+        self.last = event.cursor;
+        if !allowed(event, &self.caller, &self.scope) {
+            return Ok(true);
+        }
+        self.out.send(event.frame()).await.map_err(|_| ())?;
+        Ok(!(matches!(self.scope, Scope::Provisioning(_)) && event.settles))
+    }
+
+    /// Reads what the broadcast no longer holds from the store, up to its end; whether the stream goes on.
+    async fn catch_up(&mut self) -> Result<bool, ()> {
+        loop {
+            let page = self.state.store.read_global(self.last, PAGE).await.map_err(|_| ())?;
+            if page.is_empty() {
+                return Ok(true);
+            }
+            for event in &page {
+                match self.state.live.classifier.classify(event).await {
+                    Some(live) => {
+                        if !self.offer(&live).await? {
+                            return Ok(false);
+                        }
+                    }
+                    None => self.last = self.last.max(event.cursor),
+                }
+            }
+        }
+    }
+
+    /// Whether the caller still holds a role that may see what this stream shows: a member still a member or
+    /// made admin, an admin still an admin (an admin's stream shows everyone's changes).
+    async fn still_allowed(&self) -> bool {
+        match crate::auth::role_of(&self.state, &self.caller.email).await {
+            Ok(Some(Role::Admin)) => true,
+            Ok(Some(Role::Member)) => self.caller.role == Role::Member,
+            // Removed, made auditor, or the roles cannot be read now: the stream ends (the client reconnects).
+            _ => false,
+        }
+    }
+
+    async fn run(mut self, mut receiver: broadcast::Receiver<Batch>, resumed: bool) {
+        let live = self.state.live.clone();
+        live.subscribers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let _ = self.serve(&mut receiver, resumed).await;
+        live.subscribers.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    async fn serve(&mut self, receiver: &mut broadcast::Receiver<Batch>, resumed: bool) -> Result<(), ()> {
+        self.out.send(Bytes::from_static(b"retry: 3000\n\n")).await.map_err(|_| ())?;
+        if resumed && !self.catch_up().await? {
+            return Ok(());
+        }
+        let mut keep_alive = tokio::time::interval_at(tokio::time::Instant::now() + KEEP_ALIVE, KEEP_ALIVE);
+        let closing = self.state.live.closing.clone();
+        loop {
+            tokio::select! {
+                () = closing.cancelled() => return Ok(()),
+                _ = keep_alive.tick() => {
+                    if !self.still_allowed().await {
+                        return Ok(());
+                    }
+                    self.out.send(Bytes::from_static(b": keep-alive\n\n")).await.map_err(|_| ())?;
+                }
+                batch = receiver.recv() => match batch {
+                    Ok(batch) => {
+                        for event in batch.iter() {
+                            if !self.offer(event).await? {
+                                return Ok(());
+                            }
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        if !self.catch_up().await? {
+                            return Ok(());
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return Ok(()),
+                },
+            }
+        }
+    }
+}
+
+fn respond(receiver: mpsc::Receiver<Bytes>) -> HttpResponse {
+    let body = futures::stream::unfold(receiver, |mut receiver| async move {
+        receiver.recv().await.map(|bytes| (Ok::<_, actix_web::Error>(bytes), receiver))
+    });
+    HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("Cache-Control", "no-cache"))
+        .insert_header(("X-Accel-Buffering", "no"))
+        .streaming(body)
+}
+
+/// Starts a stream's task, following `subscription` (taken before anything the stream reports was read), and
+/// answers with its body.
+fn start(
+    state: &AppState,
+    caller: Caller,
+    scope: Scope,
+    after: Option<Cursor>,
+    first: Option<Bytes>,
+    subscription: (Cursor, broadcast::Receiver<Batch>),
+) -> HttpResponse {
+    let (position, receiver) = subscription;
+    let (out, body) = mpsc::channel(64);
+    let subscriber = Subscriber { state: state.clone(), caller, scope, out, last: after.unwrap_or(position) };
+    let resumed = after.is_some();
+    tokio::spawn(async move {
+        if let Some(first) = first {
+            if subscriber.out.send(first).await.is_err() {
+                return;
+            }
+        }
+        subscriber.run(receiver, resumed).await;
+    });
+    respond(body)
+}
+
+/// The caller's live updates (members and admins): their workspaces' changes (`event: workspace`) and their publish
+/// requests' (`event: publish_request`); admins get everyone's. Server-sent events; each `id` is a log cursor, and a
+/// reconnect with `Last-Event-ID` (or `?after=`) gets exactly the events after it. Send the bearer token in the
+/// `Authorization` header (a fetch-based SSE client; `EventSource` cannot, and tokens never go in URLs).
+#[utoipa::path(get, path = "/api/v1/stream", tag = "workspaces",
+    params(("Last-Event-ID" = Option<String>, Header, description = "Resume after this event"),
+           ("after" = Option<String>, Query, description = "Resume after this event (when the header cannot be set)")),
+    security(("bearer" = [])),
+    responses((status = 200, description = "`text/event-stream`", content_type = "text/event-stream", body = String),
+              (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
+              (status = 422, body = Problem)))]
+#[get("/api/v1/stream")]
+pub async fn caller_stream(
+    caller: Caller,
+    state: web::Data<AppState>,
+    request: HttpRequest,
+) -> Result<HttpResponse, Problem> {
+    caller.require(&[Role::Admin, Role::Member])?;
+    let after = resume_point(&request)?;
+    let subscription = state.live.subscribe();
+    Ok(start(&state, caller, Scope::Caller, after, None, subscription))
+}
+
+/// One workspace's provisioning as it happens (its owner, or an admin): first its current state (`event: status`),
+/// then each phase and status change (`event: workspace`), ending when it is `running`, `error`, `stopped` or
+/// deleted. Resumable like `/api/v1/stream`.
+#[utoipa::path(get, path = "/api/v1/workspaces/{id}/provisioning", tag = "workspaces",
+    params(("id" = String, Path, description = "The workspace"),
+           ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event"),
+           ("after" = Option<String>, Query, description = "Resume after this event (when the header cannot be set)")),
+    security(("bearer" = [])),
+    responses((status = 200, description = "`text/event-stream`", content_type = "text/event-stream", body = String),
+              (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
+              (status = 404, body = Problem), (status = 422, body = Problem)))]
+#[get("/api/v1/workspaces/{id}/provisioning")]
+pub async fn provisioning_stream(
+    caller: Caller,
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    path: Path<String>,
+) -> Result<HttpResponse, Problem> {
+    caller.require(&[Role::Admin, Role::Member])?;
+    let after = resume_point(&request)?;
+    // Subscribed before the workspace is read: nothing that happens after the snapshot is missed.
+    let subscription = state.live.subscribe();
+    let workspace = crate::workspaces::find(&state, &caller, &path).await?;
+    let id = workspace.id.to_string();
+    // A fresh stream opens with where the workspace stands; a resumed one goes on from its cursor.
+    let first = if after.is_none() {
+        let status = workspace.status(crate::workspaces::connected(&state, &workspace));
+        let data = serde_json::json!({
+            "workspace": id, "owner": workspace.owner, "status": status.as_str(),
+            "phase": workspace.phase, "failure": workspace.failure.as_ref().map(|failure| serde_json::json!({
+                "phase": failure.phase, "reason": failure.reason })),
+        });
+        let settled = !matches!(status, domain::workspace::Status::Deploying);
+        let frame = Bytes::from(format!("event: status\ndata: {data}\n\n"));
+        if settled {
+            let (out, body) = mpsc::channel(2);
+            let _ = out.try_send(Bytes::from_static(b"retry: 3000\n\n"));
+            let _ = out.try_send(frame);
+            return Ok(respond(body));
+        }
+        Some(frame)
+    } else {
+        None
+    };
+    Ok(start(&state, caller, Scope::Provisioning(id), after, first, subscription))
+}
+
+/// Ends every stream (the service is stopping).
+pub fn close_all(live: &LiveLog) {
+    live.closing.cancel();
+}
