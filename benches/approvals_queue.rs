@@ -303,6 +303,8 @@ fn start_probes(store: &EventStore, settings: &Settings) -> (String, ServerHandl
         workspace_reads: projections::WorkspacesQuery::new(store.read_models().clone()),
         reconciler: controlplane::ReconcilerHandle::detached(),
         live: api::stream::LiveLog::new(store.clone(), Arc::new(AggregateRepository::new(store.clone(), ()))),
+        tags: Arc::new(AggregateRepository::new(store.clone(), ())),
+        tag_reads: projections::TagsQuery::new(store.read_models().clone()),
     };
     let listener = TcpListener::bind("127.0.0.1:0").expect("a port for the probe server");
     let port = listener.local_addr().expect("the probe server's address").port();

@@ -198,6 +198,8 @@ impl Application {
             workspace_reads,
             reconciler: reconciler_handle,
             live: live.clone(),
+            tags: Arc::new(AggregateRepository::new(store.clone(), ())),
+            tag_reads: projections::TagsQuery::new(store.read_models().clone()),
         };
         let hsts_max_age_secs = settings.http_hsts_max_age_secs;
         let make_app = move || {

@@ -31,7 +31,16 @@ async fn serve_answers_health_readiness_metrics_and_openapi_then_stops_on_sigter
         let names: Vec<&str> = projections.iter().map(|p| p["name"].as_str().unwrap()).collect();
         assert_eq!(
             names,
-            ["audit_chain", "blueprints", "members", "publish_requests", "sessions", "trust_rules", "workspaces"]
+            [
+                "audit_chain",
+                "blueprints",
+                "members",
+                "publish_requests",
+                "sessions",
+                "tags",
+                "trust_rules",
+                "workspaces"
+            ]
         );
         assert!(projections.iter().all(|p| p["state"] == "caught_up"), "{readiness}");
 

@@ -757,3 +757,100 @@ async fn live_updates_show_each_phase_and_resume_after_a_dropped_connection_with
         assert!(server.terminate().success(), "{backend}: open streams do not hold up shutdown");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn users_tag_their_own_workspaces_and_filter_by_tag() {
+    let db = TestDb::sqlite();
+    let root = issue_token(&db, "root@example.com", "admin", "1h");
+    let ada = issue_token(&db, "ada@example.com", "member", "1h");
+    let bob = issue_token(&db, "bob@example.com", "member", "1h");
+    let auditor = issue_token(&db, "audit@example.com", "auditor", "1h");
+    let server = Server::start(&db, &[]);
+    let api = Api::new(&server);
+    let sources = tempfile::tempdir().unwrap();
+    enabled_blueprint(&api, &root, "web", &blueprint_repository(sources.path()), None).await;
+    let shop = launch_running(&api, &ada, "web", "Shop").await;
+    let blog = launch_running(&api, &ada, "web", "Blog").await;
+    let bobs = launch_running(&api, &bob, "web", "Bob's").await;
+
+    let create = |token: String, name: &'static str| {
+        let api = api.clone();
+        async move { api.call(Method::POST, "/api/v1/tags", Some(&token), Some(json!({ "name": name }))).await }
+    };
+    let (status, headers, frontend) = create(ada.clone(), "Frontend").await;
+    assert_eq!(status, 201, "{frontend}");
+    let frontend = frontend["id"].as_str().unwrap().to_string();
+    assert_eq!(headers["location"], format!("/api/v1/tags/{frontend}").as_str());
+    let (status, _, taken) = create(ada.clone(), "frontend").await;
+    assert_eq!((status, code(&taken), taken["field"].as_str()), (409, "tag_name_taken", Some("name")));
+    let (status, _, bad) = create(ada.clone(), "two\nlines").await;
+    assert_eq!((status, bad["field"].as_str()), (422, Some("name")));
+    // Names are per user: Bob may have his own "Frontend".
+    assert_eq!(create(bob.clone(), "Frontend").await.0, 201);
+    let (_, _, experiment) = create(ada.clone(), "Experiment").await;
+    let experiment = experiment["id"].as_str().unwrap().to_string();
+
+    // Assign to her own workspaces only; twice is the same.
+    let tag_path = |workspace: &str, tag: &str| format!("/api/v1/workspaces/{workspace}/tags/{tag}");
+    for _ in 0..2 {
+        assert_eq!(api.call(Method::PUT, &tag_path(&shop, &frontend), Some(&ada), None).await.0, 204);
+    }
+    assert_eq!(api.call(Method::PUT, &tag_path(&blog, &experiment), Some(&ada), None).await.0, 204);
+    assert_eq!(api.call(Method::PUT, &tag_path(&bobs, &frontend), Some(&ada), None).await.0, 404);
+    assert_eq!(api.call(Method::PUT, &tag_path(&shop, &frontend), Some(&bob), None).await.0, 404);
+    let (_, _, roots) = create(root.clone(), "Ops").await;
+    let roots = roots["id"].as_str().unwrap().to_string();
+    let (status, _, body) = api.call(Method::PUT, &tag_path(&shop, &roots), Some(&root), None).await;
+    assert_eq!((status, code(&body)), (403, "forbidden"), "an admin sees Ada's workspace but tags only their own");
+    assert_eq!(api.call(Method::PUT, &tag_path(&shop, "tag-nothing"), Some(&ada), None).await.0, 404);
+
+    // The list filters by tag; each workspace shows the caller's own tags on it.
+    let ids = |page: &Value| -> Vec<String> {
+        page["items"].as_array().unwrap().iter().map(|item| item["id"].as_str().unwrap().to_string()).collect()
+    };
+    let filtered = eventually(Duration::from_secs(5), || async {
+        ids(&api.get(&format!("/api/v1/workspaces?tag={frontend}"), Some(&ada)).await.1) == [shop.clone()]
+    })
+    .await;
+    assert!(filtered);
+    assert!(ids(&api.get("/api/v1/workspaces?tag=tag-nothing", Some(&ada)).await.1).is_empty());
+    let (_, view) = api.get(&format!("/api/v1/workspaces/{shop}"), Some(&ada)).await;
+    assert_eq!(view["user_tags"], json!([{"id": frontend, "name": "Frontend"}]));
+    let (_, as_admin) = api.get(&format!("/api/v1/workspaces/{shop}"), Some(&root)).await;
+    assert_eq!(as_admin["user_tags"], json!([]), "tags are personal");
+
+    // Rename keeps assignments; deleting a workspace or a tag removes its assignments.
+    let (status, _, renamed) =
+        api.call(Method::PATCH, &format!("/api/v1/tags/{frontend}"), Some(&ada), Some(json!({"name": "Web"}))).await;
+    assert_eq!((status, renamed["workspaces"].clone()), (200, json!([shop])), "{renamed}");
+    assert_eq!(api.call(Method::DELETE, &format!("/api/v1/workspaces/{shop}"), Some(&ada), None).await.0, 204);
+    let (_, tags) = api.get("/api/v1/tags", Some(&ada)).await;
+    let names: Vec<&str> = tags["items"].as_array().unwrap().iter().map(|tag| tag["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["Experiment", "Web"]);
+    assert_eq!(tags["items"][1]["workspaces"], json!([]), "the deleted workspace is gone from its tag: {tags}");
+    let emptied = eventually(Duration::from_secs(5), || async {
+        ids(&api.get(&format!("/api/v1/workspaces?tag={frontend}"), Some(&ada)).await.1).is_empty()
+    })
+    .await;
+    assert!(emptied);
+    assert_eq!(api.call(Method::DELETE, &format!("/api/v1/tags/{experiment}"), Some(&ada), None).await.0, 204);
+    assert_eq!(api.call(Method::DELETE, &format!("/api/v1/tags/{experiment}"), Some(&ada), None).await.0, 404);
+    let gone = eventually(Duration::from_secs(5), || async {
+        ids(&api.get(&format!("/api/v1/workspaces?tag={experiment}"), Some(&ada)).await.1).is_empty()
+    })
+    .await;
+    assert!(gone);
+    let (_, view) = api.get(&format!("/api/v1/workspaces/{blog}"), Some(&ada)).await;
+    assert_eq!(view["user_tags"], json!([]));
+
+    // Authorization: anonymous 401, auditors 403, another user's tag 404.
+    assert_eq!(api.get("/api/v1/tags", None).await.0, 401);
+    assert_eq!(api.get("/api/v1/tags", Some(&auditor)).await.0, 403);
+    assert_eq!(create(auditor.clone(), "x").await.0, 403);
+    let path = format!("/api/v1/tags/{frontend}");
+    assert_eq!(api.call(Method::PATCH, &path, Some(&bob), Some(json!({"name": "mine"}))).await.0, 404);
+    assert_eq!(api.call(Method::DELETE, &path, Some(&bob), None).await.0, 404);
+    assert_eq!(api.call(Method::DELETE, &path, Some(&auditor), None).await.0, 403);
+    assert_eq!(api.call(Method::DELETE, &tag_path(&blog, &frontend), Some(&auditor), None).await.0, 403);
+    assert_eq!(api.call(Method::DELETE, &tag_path(&blog, &frontend), Some(&ada), None).await.0, 204);
+}

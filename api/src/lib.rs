@@ -27,6 +27,7 @@ mod rejection;
 pub mod relay;
 pub mod schemas;
 pub mod stream;
+pub mod tags;
 pub mod vault;
 pub mod workspaces;
 
@@ -106,6 +107,10 @@ pub struct AppState {
     pub reconciler: controlplane::ReconcilerHandle,
     /// The tail of the log that live update streams follow.
     pub live: Arc<stream::LiveLog>,
+    /// The user_tags aggregates, one per user.
+    pub tags: Arc<AggregateRepository<domain::tags::UserTags>>,
+    /// The tags read model.
+    pub tag_reads: projections::TagsQuery,
 }
 
 /// The request's id: a valid `X-Request-Id` from the caller, or a new one.
@@ -269,6 +274,12 @@ pub fn configure(state: AppState) -> impl FnOnce(&mut web::ServiceConfig) {
             .service(org::rewrap)
             .service(stream::caller_stream)
             .service(stream::provisioning_stream)
+            .service(tags::list_tags)
+            .service(tags::create_tag)
+            .service(tags::rename_tag)
+            .service(tags::delete_tag)
+            .service(tags::assign_tag)
+            .service(tags::unassign_tag)
             .service(workspaces::launch)
             .service(workspaces::list_workspaces)
             .service(workspaces::workspace_summary)

@@ -38,6 +38,8 @@ use crate::{AppState, Problem, ProblemCode};
         crate::workspaces::restart_workspace, crate::workspaces::upgrade_workspace,
         crate::workspaces::rename_workspace, crate::workspaces::delete_workspace,
         crate::stream::caller_stream, crate::stream::provisioning_stream,
+        crate::tags::list_tags, crate::tags::create_tag, crate::tags::rename_tag, crate::tags::delete_tag,
+        crate::tags::assign_tag, crate::tags::unassign_tag,
     ),
     components(schemas(
         Problem, ProblemCode, Health, Readiness, ProjectionReadiness,
@@ -62,7 +64,8 @@ use crate::{AppState, Problem, ProblemCode};
         crate::portal::BrandingView, crate::portal::WelcomeView, crate::portal::LimitsView, crate::portal::PortalView,
         crate::workspaces::LaunchBody, crate::workspaces::RenameBody, crate::workspaces::FailureView,
         crate::workspaces::WorkspaceView, crate::Page<crate::workspaces::WorkspaceView>,
-        crate::workspaces::WorkspaceSummary,
+        crate::workspaces::WorkspaceSummary, crate::workspaces::UserTagView,
+        crate::tags::TagInput, crate::tags::TagView, crate::tags::TagList,
     )),
     modifiers(&BearerAuth)
 )]

@@ -98,11 +98,15 @@ pub enum ProblemCode {
     /// The workspace is not running (stopped, starting, or failed): stop, restart, terminals and publishing need a
     /// running one.
     WorkspaceNotRunning,
+    /// The caller has a tag with this name (compared ignoring case).
+    TagNameTaken,
+    /// The caller has as many tags as allowed (100).
+    TagLimitReached,
 }
 
 impl ProblemCode {
     /// Every code, in the order docs/API.md lists them.
-    pub const ALL: [ProblemCode; 40] = [
+    pub const ALL: [ProblemCode; 42] = [
         ProblemCode::InvalidRequest,
         ProblemCode::PayloadTooLarge,
         ProblemCode::UnsupportedMediaType,
@@ -140,6 +144,8 @@ impl ProblemCode {
         ProblemCode::BlueprintNotLaunchable,
         ProblemCode::WorkspaceRunning,
         ProblemCode::WorkspaceNotRunning,
+        ProblemCode::TagNameTaken,
+        ProblemCode::TagLimitReached,
         ProblemCode::RateLimited,
         ProblemCode::StoreUnavailable,
         ProblemCode::Internal,
@@ -182,7 +188,9 @@ impl ProblemCode {
             | ProblemCode::WorkspaceNameTaken
             | ProblemCode::BlueprintNotLaunchable
             | ProblemCode::WorkspaceRunning
-            | ProblemCode::WorkspaceNotRunning => StatusCode::CONFLICT,
+            | ProblemCode::WorkspaceNotRunning
+            | ProblemCode::TagNameTaken
+            | ProblemCode::TagLimitReached => StatusCode::CONFLICT,
             ProblemCode::StaleVersion => StatusCode::PRECONDITION_FAILED,
             ProblemCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ProblemCode::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -233,6 +241,8 @@ impl ProblemCode {
             ProblemCode::BlueprintNotLaunchable => "blueprint_not_launchable",
             ProblemCode::WorkspaceRunning => "workspace_running",
             ProblemCode::WorkspaceNotRunning => "workspace_not_running",
+            ProblemCode::TagNameTaken => "tag_name_taken",
+            ProblemCode::TagLimitReached => "tag_limit_reached",
         }
     }
 }

@@ -9,6 +9,7 @@ use domain::portal::PortalError;
 use domain::publishing::PublishingError;
 use domain::relay::{AgentTokenError, SessionError, TicketError};
 use domain::roster::RosterError;
+use domain::tags::TagError;
 use domain::trust::TrustError;
 use domain::workspace::WorkspaceError;
 
@@ -180,6 +181,25 @@ impl Rejection for WorkspaceError {
     fn field(&self) -> Option<&'static str> {
         match self {
             WorkspaceError::NameTaken(_) => Some("name"),
+            _ => None,
+        }
+    }
+}
+
+impl Rejection for TagError {
+    fn code(&self) -> ProblemCode {
+        match self {
+            TagError::UnknownTag(_) => ProblemCode::NotFound,
+            // Ids are chosen by the API at random: a duplicate is a retry racing its first attempt.
+            TagError::DuplicateTag(_) => ProblemCode::ConcurrentModification,
+            TagError::NameTaken(_) => ProblemCode::TagNameTaken,
+            TagError::TooManyTags => ProblemCode::TagLimitReached,
+        }
+    }
+
+    fn field(&self) -> Option<&'static str> {
+        match self {
+            TagError::NameTaken(_) => Some("name"),
             _ => None,
         }
     }

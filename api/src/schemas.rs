@@ -156,6 +156,7 @@ fn properties() -> Vec<(&'static str, &'static str, Value)> {
         ("LaunchBody", "blueprint_key", identifier()),
         ("LaunchBody", "name", line(domain::workspace::MAX_NAME_CHARS)),
         ("RenameBody", "name", line(domain::workspace::MAX_NAME_CHARS)),
+        ("TagInput", "name", line(domain::tags::MAX_TAG_NAME_CHARS)),
         ("TicketBody", "kind", one_of(&["terminal"])),
         ("FirewallRule", "cidr", pattern(CIDR, 43)),
         (
@@ -279,6 +280,8 @@ fn parameters() -> Vec<(&'static str, &'static str, Value)> {
         ("/api/v1/workspaces", "status", one_of(&["running", "stopped", "deploying", "error"])),
         ("/api/v1/workspaces", "owner", email()),
         ("/api/v1/workspaces", "q", line(100)),
+        ("/api/v1/workspaces", "tag", pattern(PRINTABLE, crate::extract::MAX_QUERY_VALUE_CHARS)),
+        ("*", "tag", identifier()),
         ("/api/v1/sessions", "kind", one_of(&["terminal"])),
         (
             "/api/v1/relay/activity",

@@ -129,6 +129,35 @@ pub struct WorkspaceView {
     pub tags: BTreeMap<String, String>,
     /// Changes so far (its `ETag`).
     pub revision: u64,
+    /// The caller's own tags on it (tags are personal: another user's are never shown).
+    pub user_tags: Vec<UserTagView>,
+}
+
+/// One of the caller's tags, as shown on a workspace.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct UserTagView {
+    /// The tag's id.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+}
+
+/// The caller's tags on each workspace, by workspace id.
+async fn tags_by_workspace(
+    state: &AppState,
+    caller: &Caller,
+) -> Result<std::collections::HashMap<String, Vec<UserTagView>>, Problem> {
+    let (tags, _) = state.tags.load(caller.email.as_str()).await.map_err(Problem::from)?;
+    let mut by_workspace: std::collections::HashMap<String, Vec<UserTagView>> = Default::default();
+    for (id, tag) in tags.tags() {
+        for workspace in &tag.workspaces {
+            by_workspace
+                .entry(workspace.clone())
+                .or_default()
+                .push(UserTagView { id: id.to_string(), name: tag.name.as_str().to_string() });
+        }
+    }
+    Ok(by_workspace)
 }
 
 impl WorkspaceView {
@@ -148,6 +177,7 @@ impl WorkspaceView {
             dev_port: workspace.dev_port,
             tags: workspace.tags(),
             revision: workspace.revision,
+            user_tags: Vec::new(),
         }
     }
 
@@ -173,6 +203,7 @@ impl WorkspaceView {
             dev_port: row.dev_port.and_then(|port| u16::try_from(port).ok()),
             tags,
             revision: u64::try_from(row.revision).unwrap_or(0),
+            user_tags: Vec::new(),
         }
     }
 }
@@ -193,6 +224,8 @@ pub struct WorkspaceListQuery {
     pub owner: Option<String>,
     /// Only those whose name or owner contains this, ignoring case (1 to 100 characters).
     pub q: Option<String>,
+    /// Only those carrying this tag of the caller's (a tag id; another user's or an unknown one lists nothing).
+    pub tag: Option<String>,
 }
 
 /// The admins' counters.
@@ -378,13 +411,20 @@ pub async fn list_workspaces(
         None => None,
         Some(raw) => Some(domain::values::line("q", raw, 100).map_err(Problem::from)?),
     };
+    let ids = match query.tag.as_deref() {
+        None => None,
+        Some(tag) => {
+            Some(state.tag_reads.workspaces_of(caller.email.as_str(), tag).await.map_err(store::StoreError::from)?)
+        }
+    };
     let filter = WorkspaceFilter {
         owner: owner.map(String::from),
         blueprint_key: query.blueprint_key.clone(),
         search,
         status,
-        ids: None,
+        ids,
     };
+    let mut tagged = tags_by_workspace(&state, &caller).await?;
     let limit = usize::try_from(paging.limit).unwrap_or(usize::MAX);
     let fetch = paging.fetch();
     let mut after = paging.after;
@@ -405,7 +445,9 @@ pub async fn list_workspaces(
                 more = true;
                 break 'fetch;
             }
-            items.push((row.created_at.clone(), WorkspaceView::from_row(&row, shown)));
+            let mut view = WorkspaceView::from_row(&row, shown);
+            view.user_tags = tagged.remove(&row.workspace_id).unwrap_or_default();
+            items.push((row.created_at.clone(), view));
         }
         if i64::try_from(fetched).unwrap_or(i64::MAX) < fetch {
             break;
@@ -463,7 +505,8 @@ pub async fn get_workspace(
         .await
         .map_err(store::StoreError::from)?
         .map(|row| row.created_at);
-    let view = WorkspaceView::new(&workspace, connected(&state, &workspace), created_at);
+    let mut view = WorkspaceView::new(&workspace, connected(&state, &workspace), created_at);
+    view.user_tags = tags_by_workspace(&state, &caller).await?.remove(workspace.id.as_str()).unwrap_or_default();
     Ok(HttpResponse::Ok().insert_header(("ETag", etag_of(&workspace))).json(view))
 }
 

@@ -16,6 +16,7 @@ pub mod portal;
 pub mod publishing;
 pub mod relay;
 pub mod roster;
+pub mod tags;
 pub mod trust;
 pub mod values;
 pub mod workspace;

@@ -17,6 +17,7 @@ mod rebuild;
 pub mod revisions;
 mod runtime;
 mod sessions;
+mod tags;
 mod workspaces;
 
 pub use blueprints::{AiProviderSummary, BlueprintRow, BlueprintsProjection, BlueprintsQuery};
@@ -32,6 +33,7 @@ pub use runtime::{
     checkpoints, Checkpoint, ProjectionState, ProjectionStatus, Projector, ProjectorConfig, StatusBoard,
 };
 pub use sessions::{ActivityFilter, ActivityRow, SessionFilter, SessionRow, SessionsProjection, SessionsQuery};
+pub use tags::{TagsProjection, TagsQuery};
 pub use workspaces::{WorkspaceFilter, WorkspaceRow, WorkspacesProjection, WorkspacesQuery};
 
 /// Every projection this service runs, in one place so `serve` and `projections rebuild` agree.
@@ -44,5 +46,6 @@ pub fn all() -> Vec<std::sync::Arc<dyn Projection>> {
         std::sync::Arc::new(SessionsProjection),
         std::sync::Arc::new(BlueprintsProjection),
         std::sync::Arc::new(WorkspacesProjection),
+        std::sync::Arc::new(TagsProjection),
     ]
 }
