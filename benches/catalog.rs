@@ -53,68 +53,9 @@ const QUICK: Plan = Plan {
     latency_samples: 60,
 };
 
-/// Closed-loop load: `clients` keep-alive clients GET `url` back to back; responses completing inside the window
-/// count. Returns (ok per second, errors, first error, p50 ms, p99 ms).
+/// [`support::drive`] with the plan's load.
 async fn drive(url: &str, authorization: Option<&HeaderValue>, plan: &Plan) -> (f64, usize, Option<String>, f64, f64) {
-    let start = Instant::now() + plan.warm_up;
-    let end = start + plan.window;
-    let tasks: Vec<_> = (0..plan.clients)
-        .map(|_| {
-            let client = reqwest::Client::builder().pool_max_idle_per_host(1).build().expect("a client");
-            let url = url.to_string();
-            let authorization = authorization.cloned();
-            tokio::spawn(async move {
-                let (mut ok, mut errors, mut first, mut latencies) = (0usize, 0usize, None, Vec::new());
-                loop {
-                    let began = Instant::now();
-                    let mut request = client.get(&url);
-                    if let Some(value) = &authorization {
-                        request = request.header(AUTHORIZATION, value.clone());
-                    }
-                    let outcome = match request.send().await {
-                        Ok(response) if response.status() == reqwest::StatusCode::OK => {
-                            response.bytes().await.map(|_| ()).map_err(|error| error.to_string())
-                        }
-                        Ok(response) => {
-                            Err(format!("{}: {}", response.status(), response.text().await.unwrap_or_default()))
-                        }
-                        Err(error) => Err(error.to_string()),
-                    };
-                    let done = Instant::now();
-                    if done >= start && done < end {
-                        match outcome {
-                            Ok(()) => {
-                                ok += 1;
-                                latencies.push(done - began);
-                            }
-                            Err(error) => {
-                                errors += 1;
-                                first.get_or_insert(error);
-                            }
-                        }
-                    }
-                    if done >= end {
-                        return (ok, errors, first, latencies);
-                    }
-                }
-            })
-        })
-        .collect();
-    let (mut ok, mut errors, mut first, mut latencies) = (0, 0, None, Vec::new());
-    for task in tasks {
-        let (o, e, f, l) = task.await.expect("a load client");
-        ok += o;
-        errors += e;
-        first = first.or(f);
-        latencies.extend(l);
-    }
-    (
-        ok as f64 / plan.window.as_secs_f64(),
-        errors,
-        first,
-        percentile_ms(&latencies, 0.5),
-        percentile_ms(&latencies, 0.99),
-    )
+    support::drive(url, authorization, plan.clients, plan.warm_up, plan.window).await
 }
 
 fn token(settings: &Settings, email: &str) -> HeaderValue {

@@ -4,6 +4,7 @@
 # - `projections` knows no HTTP;
 # - `store` knows no HTTP;
 # - `relay` knows no HTTP framework (its WebSocket endpoints and routes are `api`'s) and never depends on `api`;
+# - `controlplane` knows no HTTP framework and never depends on `api`;
 # - `secrets` is a leaf: no HTTP, database, async runtime or other Gatehouse crate (its only I/O is a key file);
 # - the root package defines no route (only `api` does).
 set -euo pipefail
@@ -24,6 +25,8 @@ check projections 'actix.*|jwt-simple|reqwest|hyper'
 check store 'actix.*|jwt-simple|reqwest|hyper'
 # relay: protocols, the gateway's rules and the agent; no HTTP framework, and api uses relay, never the reverse.
 check relay 'actix.*|api|hyper|axum|projections'
+# controlplane: executes workspace operations; no HTTP framework, and api uses it, never the reverse.
+check controlplane 'actix.*|api|hyper|axum'
 check secrets 'actix.*|sqlx.*|postgres-es|cqrs-es|tokio.*|hyper|reqwest|api|store|projections|domain|relay|audit'
 # The root package composes: routes are mounted only through api::configure.
 if grep -rnE '#\[(get|post|put|patch|delete)\(|web::(resource|route|get|post|put|patch|delete)\(' src/; then
