@@ -145,7 +145,7 @@ async fn run(db: &TestDb, plan: Plan) -> String {
     let root = issue_token(db, "root@example.com", "admin", "2h");
     let ada = issue_token(db, "ada@example.com", "member", "2h");
     let owner = issue_token(db, "owner0@example.com", "member", "2h");
-    let server = Server::start(db, &[("GATEHOUSE_LOG", "warn"), ("GATEHOUSE_BOOTSTRAP_ADMIN", "root@example.com")]);
+    let server = Server::start(db, &[("GATEHOUSE_LOG", "warn,gatehouse=info")]);
     let api = Api::new(&server);
     let mut out = String::new();
 

@@ -99,24 +99,66 @@ struct AgentArgs {
 }
 
 /// The workspace's dev server: its own process group, so that ending it ends what it started (`npm` and its
-/// children); ended (SIGTERM, then SIGKILL after 5 s) when the agent stops for any reason.
+/// children); ended (SIGTERM, then SIGKILL after 5 s) when the agent stops for any reason. Its output goes to the
+/// agent's standard error, which the local control plane points at the workspace's log; a log that passes
+/// [`MAX_DEV_LOG_BYTES`] starts afresh, so a noisy dev server cannot fill the disk.
 struct DevServer {
     child: std::process::Child,
 }
 
+/// The most a workspace's log holds before it starts afresh.
+const MAX_DEV_LOG_BYTES: u64 = 8 * 1024 * 1024;
+
 impl DevServer {
     fn start(command: &str, dir: Option<&std::path::Path>) -> anyhow::Result<Self> {
+        use std::os::fd::AsFd as _;
         use std::os::unix::process::CommandExt as _;
         let mut process = std::process::Command::new("sh");
-        process.arg("-c").arg(command).env_remove("GATEHOUSE_AGENT_TOKEN").stdin(std::process::Stdio::null());
+        process
+            .arg("-c")
+            .arg(command)
+            .env_remove("GATEHOUSE_AGENT_TOKEN")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
         process.process_group(0);
         if let Some(dir) = dir {
             process.current_dir(dir);
         }
-        let child = process.spawn().context("cannot start the dev server")?;
+        let mut child = process.spawn().context("cannot start the dev server")?;
+        let log = std::io::stderr().as_fd().try_clone_to_owned().context("the agent's standard error")?;
+        let log = std::sync::Arc::new(std::sync::Mutex::new(std::fs::File::from(log)));
+        if let Some(out) = child.stdout.take() {
+            forward(out, log.clone());
+        }
+        if let Some(err) = child.stderr.take() {
+            forward(err, log);
+        }
         tracing::info!(pid = child.id(), port = std::env::var("DEV_PORT").ok(), "started the dev server");
         Ok(Self { child })
     }
+}
+
+/// Copies the dev server's output into the log, starting the log afresh when it passes [`MAX_DEV_LOG_BYTES`] (when
+/// the log is a file; a terminal is written to as it is).
+fn forward(mut from: impl std::io::Read + Send + 'static, log: std::sync::Arc<std::sync::Mutex<std::fs::File>>) {
+    use std::io::Write as _;
+    std::thread::spawn(move || {
+        let mut buffer = [0u8; 16 * 1024];
+        loop {
+            let read = match from.read(&mut buffer) {
+                Ok(0) | Err(_) => return,
+                Ok(read) => read,
+            };
+            let Ok(mut file) = log.lock() else { return };
+            if file.metadata().is_ok_and(|meta| meta.is_file() && meta.len() > MAX_DEV_LOG_BYTES)
+                && file.set_len(0).is_ok()
+            {
+                let _ = writeln!(file, "--- gatehouse: the log passed {MAX_DEV_LOG_BYTES} bytes and starts afresh");
+            }
+            let _ = file.write_all(&buffer[..read]);
+        }
+    });
 }
 
 impl Drop for DevServer {

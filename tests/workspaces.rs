@@ -317,6 +317,18 @@ async fn a_clone_that_fails_ends_in_error_with_its_reason_and_leaves_nothing_beh
         let (status, _, created) = launch(&api, &ada, blueprint, blueprint).await;
         assert_eq!(status, 201, "{created}");
         let id = created["id"].as_str().unwrap().to_string();
+        // The provisioning stream ends with the failure and its reason.
+        let path = format!("/api/v1/workspaces/{id}/provisioning");
+        let (status, stream, _) = SseReader::open(&api, &ada, &path, None).await;
+        assert_eq!(status, 200);
+        let mut stream = stream.unwrap();
+        let mut last = None;
+        while let Some(event) = stream.next(Duration::from_secs(30)).await {
+            last = Some(event);
+        }
+        let last = last.expect("at least the workspace's state");
+        assert_eq!(last.data["status"], "error", "{last:?}");
+        assert!(last.data["failure"]["reason"].as_str().unwrap().contains(needle), "{last:?}");
         let failed = wait_for_status(&api, &ada, &id, "error").await;
         assert_eq!(failed["failure"]["phase"], "cloning_blueprint", "{failed}");
         let reason = failed["failure"]["reason"].as_str().unwrap();
@@ -389,6 +401,30 @@ async fn the_catalog_decides_what_may_be_launched_and_bad_input_gets_problems() 
 
     let (status, _, body) = launch(&api, &ada, "beta", "beta").await;
     assert_eq!((status, code(&body), body["field"].as_str()), (409, "blueprint_not_launchable", Some("blueprint_key")));
+    // A retried launch with its Idempotency-Key gets the first answer, and one workspace.
+    let keyed = || {
+        api.http
+            .post(format!("{}/api/v1/workspaces", api.base))
+            .bearer_auth(&ada)
+            .header("Idempotency-Key", "launch-once")
+            .json(&json!({"blueprint_key": "web", "name": "Once"}))
+            .send()
+    };
+    let first = keyed().await.unwrap();
+    assert_eq!(first.status(), 201);
+    let first: Value = first.json().await.unwrap();
+    let again = keyed().await.unwrap();
+    assert_eq!((again.status().as_u16(), again.headers()["idempotent-replayed"].to_str().unwrap()), (201, "true"));
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["id"], first["id"]);
+    let (_, own) = api.get("/api/v1/workspaces", Some(&ada)).await;
+    assert_eq!(own["items"].as_array().unwrap().len(), 1, "{own}");
+    assert_eq!(
+        api.call(Method::DELETE, &format!("/api/v1/workspaces/{}", first["id"].as_str().unwrap()), Some(&ada), None)
+            .await
+            .0,
+        204
+    );
     assert_eq!(launch(&api, &root, "beta", "beta").await.0, 201, "admins test it");
     for unseen in ["secret", "nothing"] {
         let (status, _, body) = launch(&api, &ada, unseen, "x").await;
@@ -853,4 +889,120 @@ async fn users_tag_their_own_workspaces_and_filter_by_tag() {
     assert_eq!(api.call(Method::DELETE, &path, Some(&auditor), None).await.0, 403);
     assert_eq!(api.call(Method::DELETE, &tag_path(&blog, &frontend), Some(&auditor), None).await.0, 403);
     assert_eq!(api.call(Method::DELETE, &tag_path(&blog, &frontend), Some(&ada), None).await.0, 204);
+}
+
+/// Processes (but this one) whose environment says they belong to workspace `id`.
+fn marked(id: &str) -> Vec<i32> {
+    let mark = format!("WORKSPACE_ID={id}");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_string_lossy().parse::<i32>().ok())
+        .filter(|pid| {
+            let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| stat.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
+                .unwrap_or(true);
+            !zombie
+                && std::fs::read(format!("/proc/{pid}/environ"))
+                    .is_ok_and(|environ| environ.split(|b| *b == 0).any(|entry| entry == mark.as_bytes()))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nothing_of_a_workspace_outlives_its_agent_or_its_deletion_and_failures_hide_credentials() {
+    let db = TestDb::sqlite();
+    let root = issue_token(&db, "root@example.com", "admin", "1h");
+    let ada = issue_token(&db, "ada@example.com", "member", "1h");
+    let server = Server::start(&db, &[]);
+    let api = Api::new(&server);
+    let sources = tempfile::tempdir().unwrap();
+    // A dev server that also leaves a daemon behind in a session of its own.
+    let dev = "setsid sleep 7777 & exec sleep 8888";
+    enabled_blueprint(&api, &root, "web", &blueprint_repository(sources.path()), Some(dev)).await;
+    let id = launch_running(&api, &ada, "web", "leaky").await;
+    assert!(
+        eventually(Duration::from_secs(10), || async { marked(&id).len() >= 3 }).await,
+        "agent, dev server, daemon"
+    );
+    let first = marked(&id);
+
+    // The agent crashes: the reconciler starts it again, and nothing of the first run is left.
+    for pid in agent_processes(&id) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    }
+    let restarted = eventually(Duration::from_secs(30), || async {
+        let now = marked(&id);
+        agent_processes(&id).len() == 1 && first.iter().all(|pid| !now.contains(pid))
+    })
+    .await;
+    assert!(restarted, "the first run's processes: {first:?}, now: {:?}", marked(&id));
+    wait_for_status(&api, &ada, &id, "running").await;
+
+    // Delete: every process of the workspace ends.
+    assert_eq!(api.call(Method::DELETE, &format!("/api/v1/workspaces/{id}"), Some(&ada), None).await.0, 204);
+    assert!(eventually(Duration::from_secs(20), || async { marked(&id).is_empty() }).await, "{:?}", marked(&id));
+
+    // A credential in the repository's URL (user information or query) is never shown in a failure.
+    let body = json!({"key": "secret", "display_name": "Secret",
+                      "source": {"kind": "local", "repository": "https://tok3n@127.0.0.1:9/x.git?access_token=SECRETQ",
+                                 "branch": "main"}});
+    assert_eq!(api.call(Method::POST, "/api/v1/blueprints", Some(&root), Some(body)).await.0, 201);
+    let state = json!({"state": "enabled"});
+    assert_eq!(api.call(Method::PUT, "/api/v1/blueprints/secret/state", Some(&root), Some(state)).await.0, 204);
+    let (_, _, created) = launch(&api, &ada, "secret", "secret").await;
+    let failed = wait_for_status(&api, &ada, created["id"].as_str().unwrap(), "error").await;
+    let reason = failed["failure"]["reason"].as_str().unwrap();
+    assert!(!reason.contains("SECRETQ") && !reason.contains("tok3n"), "{reason}");
+    assert!(reason.contains("[redacted]"), "{reason}");
+    let logs = server.drain_logs().join("\n");
+    assert!(!logs.contains("SECRETQ") && !logs.contains("tok3n"), "the gateway's log shows the credential");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn streams_refuse_cursors_past_the_log_end_settled_resumes_end_and_expired_tokens_lose_the_stream() {
+    let db = TestDb::sqlite();
+    let root = issue_token(&db, "root@example.com", "admin", "1h");
+    let ada = issue_token(&db, "ada@example.com", "member", "1h");
+    let short = issue_token(&db, "ada@example.com", "member", "3s");
+    let server = Server::start(&db, &[]);
+    let api = Api::new(&server);
+    let sources = tempfile::tempdir().unwrap();
+    enabled_blueprint(&api, &root, "web", &blueprint_repository(sources.path()), None).await;
+    let (_, stream, _) = SseReader::open(&api, &ada, "/api/v1/stream", None).await;
+    let mut stream = stream.unwrap();
+    let (_, _, created) = launch(&api, &ada, "web", "settled").await;
+    let id = created["id"].as_str().unwrap().to_string();
+    let seen = stream.until(|event| about(event, &id) && event.data["status"] == "running").await;
+    let launched = seen[0].id.clone().unwrap();
+
+    // A cursor past the end of the log names no event of it.
+    for cursor in ["g1.999999999.999999999", "g1.0.99999999"] {
+        let (status, _, problem) = SseReader::open(&api, &ada, "/api/v1/stream", Some(cursor)).await;
+        assert_eq!((status, problem["field"].as_str()), (422, Some("Last-Event-ID")), "{cursor}: {problem}");
+    }
+    // Resuming the provisioning of a workspace that has settled since: the missed phases, where it stands, the end.
+    let path = format!("/api/v1/workspaces/{id}/provisioning");
+    let (_, resumed, _) = SseReader::open(&api, &ada, &path, Some(&launched)).await;
+    let mut resumed = resumed.unwrap();
+    let mut events = Vec::new();
+    while let Some(event) = resumed.next(Duration::from_secs(10)).await {
+        events.push(event);
+    }
+    assert_eq!(events.last().unwrap().data["status"], "running", "{events:?}");
+    // From after its last event: nothing missed, so where it stands, and the end (not keep-alives for ever).
+    let started = seen.last().unwrap().id.clone().unwrap();
+    let (_, resumed, _) = SseReader::open(&api, &ada, &path, Some(&started)).await;
+    let mut resumed = resumed.unwrap();
+    let current = resumed.next(Duration::from_secs(10)).await.unwrap();
+    assert_eq!((current.event.as_str(), &current.data["status"]), ("status", &json!("running")), "{current:?}");
+    assert!(resumed.next(Duration::from_secs(10)).await.is_none());
+
+    // A stream lasts no longer than its token.
+    let (_, expiring, _) = SseReader::open(&api, &short, "/api/v1/stream", None).await;
+    let mut expiring = expiring.unwrap();
+    let began = std::time::Instant::now();
+    while expiring.next(Duration::from_secs(20)).await.is_some() {}
+    assert!(began.elapsed() < Duration::from_secs(10), "the stream ended when the token expired");
 }

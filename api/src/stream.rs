@@ -216,6 +216,25 @@ impl LiveLog {
         (head.position, head.sender.subscribe())
     }
 
+    fn position(&self) -> Cursor {
+        self.head.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).position
+    }
+
+    /// Whether the tail reaches `cursor` within `limit` (a cursor another process sent may be a moment ahead of
+    /// this one's tail; one that stays ahead names no event of this log).
+    async fn reaches(&self, cursor: Cursor, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if self.position() >= cursor {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Tails the log until `shutdown`, from the furthest projection checkpoint (nobody subscribes before this
     /// runs, so where it starts only decides how much it reads first).
     pub async fn run(self: Arc<Self>, poll: Duration, shutdown: CancellationToken) {
@@ -280,6 +299,30 @@ fn allowed(event: &LiveEvent, caller: &Caller, scope: &Scope) -> bool {
     }
 }
 
+/// When the request's bearer token expires (its `exp`; the extractor verified the token already).
+fn token_expiry(request: &HttpRequest) -> Option<tokio::time::Instant> {
+    use base64::Engine as _;
+    let header = request.headers().get(actix_web::http::header::AUTHORIZATION)?.to_str().ok()?;
+    let token = header.split_whitespace().nth(1)?;
+    let payload = token.split('.').nth(1)?;
+    let claims: serde_json::Value =
+        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).ok()?).ok()?;
+    let expires = claims["exp"].as_u64()?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok()?.as_secs();
+    Some(tokio::time::Instant::now() + Duration::from_secs(expires.saturating_sub(now)))
+}
+
+/// The resume point, checked against the log: one the tail does not reach (a cursor of another database, or made
+/// up) is `422`, rather than a stream that stays silent until the log grows past it.
+async fn checked_resume_point(state: &AppState, request: &HttpRequest) -> Result<Option<Cursor>, Problem> {
+    let Some(after) = resume_point(request)? else { return Ok(None) };
+    if !state.live.reaches(after, Duration::from_secs(2)).await {
+        let field = if request.headers().contains_key("last-event-id") { "Last-Event-ID" } else { "after" };
+        return Err(Problem::invalid_field(field, "an event id this stream sent: this one is past the end of the log"));
+    }
+    Ok(Some(after))
+}
+
 /// The cursor to resume after: `Last-Event-ID` (what an SSE client sends when it reconnects), else `?after=`.
 fn resume_point(request: &HttpRequest) -> Result<Option<Cursor>, Problem> {
     let header = request.headers().get("last-event-id").and_then(|value| value.to_str().ok()).map(str::trim);
@@ -312,6 +355,10 @@ struct Subscriber {
     scope: Scope,
     out: mpsc::Sender<Bytes>,
     last: Cursor,
+    /// When the caller's token expires: the stream ends then (the client reconnects with a fresh one).
+    expires: Option<tokio::time::Instant>,
+    /// For a resumed provisioning stream of a workspace that has settled: the frame that ends it once it caught up.
+    settled: Option<Bytes>,
 }
 
 impl Subscriber {
@@ -371,11 +418,24 @@ impl Subscriber {
         if resumed && !self.catch_up().await? {
             return Ok(());
         }
+        if let Some(frame) = self.settled.take() {
+            let _ = self.out.send(frame).await;
+            return Ok(());
+        }
+        let expires = self.expires;
+        let expiry = async move {
+            match expires {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(expiry);
         let mut keep_alive = tokio::time::interval_at(tokio::time::Instant::now() + KEEP_ALIVE, KEEP_ALIVE);
         let closing = self.state.live.closing.clone();
         loop {
             tokio::select! {
                 () = closing.cancelled() => return Ok(()),
+                () = &mut expiry => return Ok(()),
                 _ = keep_alive.tick() => {
                     if !self.still_allowed().await {
                         return Ok(());
@@ -415,17 +475,25 @@ fn respond(receiver: mpsc::Receiver<Bytes>) -> HttpResponse {
 
 /// Starts a stream's task, following `subscription` (taken before anything the stream reports was read), and
 /// answers with its body.
-fn start(
-    state: &AppState,
-    caller: Caller,
+struct Start {
     scope: Scope,
     after: Option<Cursor>,
     first: Option<Bytes>,
+    settled: Option<Bytes>,
+    expires: Option<tokio::time::Instant>,
+}
+
+fn start(
+    state: &AppState,
+    caller: Caller,
+    how: Start,
     subscription: (Cursor, broadcast::Receiver<Batch>),
 ) -> HttpResponse {
+    let Start { scope, after, first, settled, expires } = how;
     let (position, receiver) = subscription;
     let (out, body) = mpsc::channel(64);
-    let subscriber = Subscriber { state: state.clone(), caller, scope, out, last: after.unwrap_or(position) };
+    let subscriber =
+        Subscriber { state: state.clone(), caller, scope, out, last: after.unwrap_or(position), expires, settled };
     let resumed = after.is_some();
     tokio::spawn(async move {
         if let Some(first) = first {
@@ -456,9 +524,10 @@ pub async fn caller_stream(
     request: HttpRequest,
 ) -> Result<HttpResponse, Problem> {
     caller.require(&[Role::Admin, Role::Member])?;
-    let after = resume_point(&request)?;
+    let after = checked_resume_point(&state, &request).await?;
     let subscription = state.live.subscribe();
-    Ok(start(&state, caller, Scope::Caller, after, None, subscription))
+    let how = Start { scope: Scope::Caller, after, first: None, settled: None, expires: token_expiry(&request) };
+    Ok(start(&state, caller, how, subscription))
 }
 
 /// One workspace's provisioning as it happens (its owner, or an admin): first its current state (`event: status`),
@@ -480,32 +549,35 @@ pub async fn provisioning_stream(
     path: Path<String>,
 ) -> Result<HttpResponse, Problem> {
     caller.require(&[Role::Admin, Role::Member])?;
-    let after = resume_point(&request)?;
+    let after = checked_resume_point(&state, &request).await?;
     // Subscribed before the workspace is read: nothing that happens after the snapshot is missed.
     let subscription = state.live.subscribe();
     let workspace = crate::workspaces::find(&state, &caller, &path).await?;
     let id = workspace.id.to_string();
-    // A fresh stream opens with where the workspace stands; a resumed one goes on from its cursor.
-    let first = if after.is_none() {
-        let status = workspace.status(crate::workspaces::connected(&state, &workspace));
-        let data = serde_json::json!({
-            "workspace": id, "owner": workspace.owner, "status": status.as_str(),
-            "phase": workspace.phase, "failure": workspace.failure.as_ref().map(|failure| serde_json::json!({
-                "phase": failure.phase, "reason": failure.reason })),
-        });
-        let settled = !matches!(status, domain::workspace::Status::Deploying);
-        let frame = Bytes::from(format!("event: status\ndata: {data}\n\n"));
-        if settled {
-            let (out, body) = mpsc::channel(2);
-            let _ = out.try_send(Bytes::from_static(b"retry: 3000\n\n"));
-            let _ = out.try_send(frame);
-            return Ok(respond(body));
-        }
-        Some(frame)
-    } else {
-        None
+    let status = workspace.status(crate::workspaces::connected(&state, &workspace));
+    let data = serde_json::json!({
+        "workspace": id, "owner": workspace.owner, "status": status.as_str(),
+        "phase": workspace.phase, "failure": workspace.failure.as_ref().map(|failure| serde_json::json!({
+            "phase": failure.phase, "reason": failure.reason })),
+    });
+    let frame = Bytes::from(format!("event: status\ndata: {data}\n\n"));
+    let settled = !matches!(status, domain::workspace::Status::Deploying);
+    if after.is_none() && settled {
+        // Nothing left to follow: where it stands, and the end.
+        let (out, body) = mpsc::channel(2);
+        let _ = out.try_send(Bytes::from_static(b"retry: 3000\n\n"));
+        let _ = out.try_send(frame);
+        return Ok(respond(body));
+    }
+    // A fresh stream opens with where the workspace stands; a resumed one goes on from its cursor and, if the
+    // workspace has settled meanwhile, ends with where it stands once it caught up.
+    let (first, settled) = match (after, settled) {
+        (None, _) => (Some(frame), None),
+        (Some(_), true) => (None, Some(frame)),
+        (Some(_), false) => (None, None),
     };
-    Ok(start(&state, caller, Scope::Provisioning(id), after, first, subscription))
+    let how = Start { scope: Scope::Provisioning(id), after, first, settled, expires: token_expiry(&request) };
+    Ok(start(&state, caller, how, subscription))
 }
 
 /// Ends every stream (the service is stopping).

@@ -157,26 +157,50 @@ impl LocalControlPlane {
         signal::kill(Pid::from_raw(pid), None).is_ok()
     }
 
-    /// Ends the agent of `record` and its process group (its dev server): SIGTERM, then SIGKILL after the grace.
-    async fn end_processes(&self, workspace: &str, record: &RunRecord) {
-        if !self.is_agent_of(record.pid, workspace) {
-            return;
-        }
-        let group = Pid::from_raw(record.pid);
-        let _ = signal::killpg(group, Signal::SIGTERM);
-        let deadline = tokio::time::Instant::now() + self.config.stop_grace;
-        while self.alive(record.pid) && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        if self.alive(record.pid) {
-            tracing::warn!(workspace, pid = record.pid, "the agent did not stop on SIGTERM: killed");
-            let _ = signal::killpg(group, Signal::SIGKILL);
-            while self.alive(record.pid) && tokio::time::Instant::now() < deadline + Duration::from_secs(5) {
+    /// Ends every process of the workspace: the agent of `record` (SIGTERM to its process group, SIGKILL after the
+    /// grace), then whatever else carries the workspace's mark, whether the agent is alive or not (its dev server,
+    /// in a process group of its own; a daemon the dev server started with `setsid`; a clone left running by a
+    /// gateway that crashed).
+    async fn end_processes(&self, workspace: &str, record: Option<&RunRecord>) {
+        if let Some(record) = record.filter(|record| self.is_agent_of(record.pid, workspace)) {
+            let group = Pid::from_raw(record.pid);
+            let _ = signal::killpg(group, Signal::SIGTERM);
+            let deadline = tokio::time::Instant::now() + self.config.stop_grace;
+            while self.alive(record.pid) && tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(25)).await;
             }
+            if self.alive(record.pid) {
+                tracing::warn!(workspace, pid = record.pid, "the agent did not stop on SIGTERM: killed");
+                let _ = signal::killpg(group, Signal::SIGKILL);
+                while self.alive(record.pid) && tokio::time::Instant::now() < deadline + Duration::from_secs(5) {
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                }
+            }
         }
-        // Whatever is left of the group (a dev server that ignored SIGTERM).
-        let _ = signal::killpg(group, Signal::SIGKILL);
+        self.end_marked(workspace).await;
+    }
+
+    /// Ends every process whose environment carries `WORKSPACE_ID=<workspace>` (set on everything the control plane
+    /// starts for the workspace and inherited by what those start): SIGTERM, then SIGKILL for what is left after a
+    /// short grace. A process that clears its environment escapes this (processes, not containers: see the module).
+    async fn end_marked(&self, workspace: &str) {
+        let mark = format!("{MARK}={workspace}");
+        let marked = || marked_processes(mark.as_bytes());
+        let found = marked();
+        if found.is_empty() {
+            return;
+        }
+        tracing::info!(workspace, processes = found.len(), "ending the workspace's remaining processes");
+        for pid in &found {
+            let _ = signal::kill(Pid::from_raw(*pid), Signal::SIGTERM);
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        while !marked().is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        for pid in marked() {
+            let _ = signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
     }
 
     async fn revoke(&self, token_id: &str) {
@@ -190,6 +214,8 @@ impl LocalControlPlane {
 
     async fn clone_source(&self, workspace: &Workspace, into: &Path) -> Result<(), PlaneError> {
         let repository = workspace.spec.repository().as_str();
+        // A clone an earlier gateway left running (it crashed mid-clone) must not write beside this one.
+        self.end_marked(workspace.id.as_str()).await;
         let mut command = tokio::process::Command::new("git");
         command
             .args(["-c", "protocol.ext.allow=never", "-c", "protocol.fd.allow=never", "clone", "--quiet"])
@@ -197,6 +223,7 @@ impl LocalControlPlane {
             .arg(repository)
             .arg(into)
             .env("GIT_TERMINAL_PROMPT", "0")
+            .env(MARK, workspace.id.as_str())
             .env("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -218,7 +245,10 @@ impl LocalControlPlane {
         if status.success() {
             return Ok(());
         }
-        let text = String::from_utf8_lossy(&output).replace(repository, &redact_url(repository));
+        let mut text = String::from_utf8_lossy(&output).to_string();
+        for secret in url_secrets(repository) {
+            text = text.replace(&secret, "[redacted]");
+        }
         let text = text.replace(&into.display().to_string(), "<workspace>");
         let tail: String =
             text.trim().chars().rev().take(MAX_GIT_OUTPUT).collect::<Vec<_>>().into_iter().rev().collect();
@@ -320,15 +350,55 @@ impl LocalControlPlane {
     }
 }
 
-/// A URL without its user information (`https://user:token@host/…` → `https://…@host/…` with the secret gone).
-pub fn redact_url(url: &str) -> String {
-    if let Some((scheme, rest)) = url.split_once("://") {
-        let authority_end = rest.find('/').unwrap_or(rest.len());
-        if let Some(at) = rest[..authority_end].rfind('@') {
-            return format!("{scheme}://[redacted]@{}", &rest[at + 1..]);
+/// The environment variable that marks every process the control plane starts for a workspace.
+const MARK: &str = "WORKSPACE_ID";
+
+/// Every live process (but this one) whose environment holds the entry `mark` exactly.
+fn marked_processes(mark: &[u8]) -> Vec<i32> {
+    let me = std::process::id();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let mut found = Vec::new();
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        if pid == me {
+            continue;
+        }
+        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else { continue };
+        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| stat.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
+            .unwrap_or(true);
+        if !zombie && environ.split(|b| *b == 0).any(|entry| entry == mark) {
+            found.extend(i32::try_from(pid).ok());
         }
     }
-    url.to_string()
+    found
+}
+
+/// A URL with its secrets gone: the user information (`https://user:token@host/…`) and the query and fragment
+/// (`…?access_token=…`), which are where credentials travel in a URL.
+pub fn redact_url(url: &str) -> String {
+    let mut redacted = url.to_string();
+    for secret in url_secrets(url) {
+        redacted = redacted.replace(&secret, "[redacted]");
+    }
+    redacted
+}
+
+/// The parts of `url` that may hold a credential: its user information, its query and its fragment.
+fn url_secrets(url: &str) -> Vec<String> {
+    let mut secrets = Vec::new();
+    if let Some((_, rest)) = url.split_once("://") {
+        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        if let Some(at) = rest[..authority_end].rfind('@') {
+            secrets.push(rest[..at].to_string());
+        }
+        if let Some(query) = rest.find(['?', '#']) {
+            secrets.push(rest[query + 1..].to_string());
+        }
+    }
+    secrets.retain(|secret| !secret.is_empty());
+    secrets
 }
 
 /// A free TCP port on loopback for a dev server.
@@ -408,9 +478,7 @@ impl ControlPlane for LocalControlPlane {
         let id = workspace.id.as_str();
         self.make_dirs()?;
         let previous = self.read_record(id);
-        if let Some(previous) = &previous {
-            self.end_processes(id, previous).await;
-        }
+        self.end_processes(id, previous.as_ref()).await;
         if !self.files(id).is_dir() {
             return Err(PlaneError::permanent("the workspace's files are missing (removed outside Gatehouse)"));
         }
@@ -446,8 +514,9 @@ impl ControlPlane for LocalControlPlane {
     }
 
     async fn stop(&self, workspace: &str, _credential: &Credential) -> Result<(), PlaneError> {
-        if let Some(record) = self.read_record(workspace) {
-            self.end_processes(workspace, &record).await;
+        let record = self.read_record(workspace);
+        self.end_processes(workspace, record.as_ref()).await;
+        if let Some(record) = record {
             self.revoke(&record.token_id).await;
             let _ = std::fs::remove_file(self.record_path(workspace));
             tracing::info!(workspace, pid = record.pid, "stopped a workspace agent");
@@ -504,6 +573,11 @@ mod tests {
     #[test]
     fn urls_lose_their_user_information() {
         assert_eq!(redact_url("https://ada:s3cret@git.example.com/a.git"), "https://[redacted]@git.example.com/a.git");
+        assert_eq!(
+            redact_url("https://git.example.com/a.git?access_token=SECRET#frag"),
+            "https://git.example.com/a.git?[redacted]"
+        );
+        assert_eq!(redact_url("http://tok3n@127.0.0.1:9/x?y"), "http://[redacted]@127.0.0.1:9/x?[redacted]");
         assert_eq!(redact_url("https://git.example.com/a@b.git"), "https://git.example.com/a@b.git");
         assert_eq!(redact_url("/srv/git/a.git"), "/srv/git/a.git");
         assert_eq!(redact_url("git@github.com:acme/a.git"), "git@github.com:acme/a.git");

@@ -7,7 +7,7 @@
 //! what finds work left half-done). Steps on one workspace never overlap; steps on different workspaces run
 //! concurrently.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -128,8 +128,9 @@ struct Inner {
     presence: Arc<dyn Presence>,
     credentials: Arc<dyn CredentialSource>,
     config: ReconcilerConfig,
-    /// Workspaces with a step in progress.
-    busy: Mutex<HashSet<String>>,
+    /// Workspaces with a step in progress, each with what cancels it (a provisioning or start that the owner no
+    /// longer wants: a delete or stop asked meanwhile).
+    busy: Mutex<HashMap<String, (Step, CancellationToken)>>,
     /// When each workspace's agent was last found dead while it should run.
     crashes: Mutex<HashMap<String, Vec<Instant>>>,
     wake: mpsc::UnboundedSender<Email>,
@@ -159,7 +160,7 @@ impl Reconciler {
             presence,
             credentials,
             config,
-            busy: Mutex::new(HashSet::new()),
+            busy: Mutex::new(HashMap::new()),
             crashes: Mutex::new(HashMap::new()),
             wake: wake.clone(),
         });
@@ -249,17 +250,34 @@ impl Inner {
             .collect();
         for workspace in candidates {
             let id = workspace.id.to_string();
-            if inner.busy.lock().map(|busy| busy.contains(&id)).unwrap_or(true) {
+            let in_progress = inner.busy.lock().ok().and_then(|busy| busy.get(&id).cloned());
+            if let Some((step, cancel)) = in_progress {
+                // Making or starting a workspace nobody wants running any more stops at once (a clone that hangs
+                // is not waited for): the next check removes or stops what it left.
+                if matches!(step, Step::Provision | Step::Start) && workspace.desired != Desired::Running {
+                    cancel.cancel();
+                }
                 continue;
             }
             let runtime = inner.plane.runtime(&id).await;
             let Some(step) = next_step(&workspace, runtime) else { continue };
-            if !inner.busy.lock().map(|mut busy| busy.insert(id.clone())).unwrap_or(false) {
+            let cancel = CancellationToken::new();
+            let claimed = inner
+                .busy
+                .lock()
+                .map(|mut busy| busy.insert(id.clone(), (step, cancel.clone())).is_none())
+                .unwrap_or(false);
+            if !claimed {
                 continue;
             }
             let inner = inner.clone();
             tokio::spawn(async move {
-                inner.take(step, &workspace).await;
+                tokio::select! {
+                    () = inner.take(step, &workspace) => {}
+                    () = cancel.cancelled() => {
+                        tracing::info!(workspace = %workspace.id, "a workspace step was cancelled: no longer wanted");
+                    }
+                }
                 if let Ok(mut busy) = inner.busy.lock() {
                     busy.remove(&id);
                 }

@@ -200,6 +200,27 @@ pub fn end_workspace_agents(dir: &std::path::Path) {
     for pid in workspace_agent_pids(dir) {
         let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
     }
+    // And whatever else carries a workspace's mark (dev servers run in process groups of their own).
+    let Ok(entries) = std::fs::read_dir(dir.join(".run")) else { return };
+    let ids: std::collections::BTreeSet<String> = entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_string_lossy().split('.').next().map(str::to_string))
+        .filter(|id| id.starts_with("ws-"))
+        .collect();
+    if ids.is_empty() {
+        return;
+    }
+    let Ok(processes) = std::fs::read_dir("/proc") else { return };
+    for process in processes.flatten() {
+        let Ok(pid) = process.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else { continue };
+        let marked = environ.split(|b| *b == 0).any(|entry| {
+            entry.strip_prefix(b"WORKSPACE_ID=").is_some_and(|id| ids.contains(&*String::from_utf8_lossy(id)))
+        });
+        if marked {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
 }
 
 /// Every `gatehouse agent --workspace ID` process alive on this machine, by workspace (from `/proc`).

@@ -267,9 +267,8 @@ pub(super) async fn issue_ticket(
         .issue_ticket(&workspace, &kind, &caller.email, caller.role == Role::Admin, &metadata)
         .await
         .map_err(|error| match error {
-            TicketIssueError::NoAgent => {
-                Problem::new(ProblemCode::NotFound, "Not found").detail("The workspace has no connected agent.")
-            }
+            // The same answer as for another member's control-plane workspace: nothing tells them apart.
+            TicketIssueError::NoAgent => Problem::new(ProblemCode::NotFound, "Not found").detail("No such workspace."),
             TicketIssueError::NotOwner => Problem::new(ProblemCode::NotWorkspaceOwner, "Forbidden")
                 .detail("Only the workspace's owner or an admin may open it."),
             TicketIssueError::Command(error) => Problem::from(error),

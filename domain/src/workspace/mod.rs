@@ -449,7 +449,7 @@ pub enum WorkspaceError {
     #[error("workspace {0} already exists")]
     DuplicateWorkspace(WorkspaceId),
     /// Another of the owner's workspaces has this name.
-    #[error("another of your workspaces is named {0:?}")]
+    #[error("another of your workspaces is named \"{0}\"")]
     NameTaken(WorkspaceName),
     /// The owner is at the running limit.
     #[error("the limit of {limit} running workspaces per user is reached: stop one first")]
