@@ -121,7 +121,15 @@ pub struct Caches {
     /// coming soon, launchable): callers who see the same share one body, so memory grows with the number of
     /// distinct views, not of users.
     pub catalog_pages: ReadCache<Vec<u8>, actix_web::web::Bytes>,
+    /// Serialized workspace list pages, from the `workspaces` read model; keyed by the caller, the query, the
+    /// connected agents' epoch and the `tags` revision (statuses and the caller's tags are in the page).
+    pub workspace_pages: ReadCache<WorkspacePageKey, actix_web::web::Bytes>,
+    /// Every read model's revision as this process knows it.
+    pub revisions: Revisions,
 }
+
+/// The key of a workspace list page: the caller, the query string, the agents' epoch, the `tags` revision.
+pub type WorkspacePageKey = (String, String, u64, Option<i64>);
 
 impl Caches {
     /// Caches that follow `revisions`, with their hit and miss counters registered in `registry`.
@@ -136,6 +144,8 @@ impl Caches {
             queue: ReadCache::new("approvals_queue", "publish_requests", revisions.clone(), 1_024, &counter),
             catalog: ReadCache::new("catalog", "blueprints", revisions.clone(), 1, &counter),
             catalog_pages: ReadCache::new("catalog_pages", "blueprints", revisions.clone(), 1_024, &counter),
+            workspace_pages: ReadCache::new("workspace_pages", "workspaces", revisions.clone(), 1_024, &counter),
+            revisions: revisions.clone(),
         })
     }
 }

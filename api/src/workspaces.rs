@@ -142,7 +142,20 @@ pub struct UserTagView {
     pub name: String,
 }
 
-/// The caller's tags on each workspace, by workspace id.
+/// The caller's tags on each workspace, by workspace id, from the tags read model (lists follow their read models).
+async fn assigned_tags(
+    state: &AppState,
+    caller: &Caller,
+) -> Result<std::collections::HashMap<String, Vec<UserTagView>>, Problem> {
+    let rows = state.tag_reads.assigned(caller.email.as_str()).await.map_err(store::StoreError::from)?;
+    let mut by_workspace: std::collections::HashMap<String, Vec<UserTagView>> = Default::default();
+    for (workspace, id, name) in rows {
+        by_workspace.entry(workspace).or_default().push(UserTagView { id, name });
+    }
+    Ok(by_workspace)
+}
+
+/// The caller's tags on each workspace, by workspace id, from the caller's tags aggregate.
 async fn tags_by_workspace(
     state: &AppState,
     caller: &Caller,
@@ -387,9 +400,23 @@ pub async fn launch(
 pub async fn list_workspaces(
     caller: Caller,
     state: web::Data<AppState>,
+    request: HttpRequest,
     query: List<WorkspaceListQuery, TimeKey>,
-) -> Result<web::Json<WorkspacePage>, Problem> {
+) -> Result<HttpResponse, Problem> {
     caller.require(&[Role::Admin, Role::Member])?;
+    // The same page for the same caller and query until the read model, the connected agents or the caller's tags
+    // change: served from memory (crate::cache).
+    let cache = &state.caches.workspace_pages;
+    let revision = cache.revision();
+    let key = (
+        caller.email.to_string(),
+        request.query_string().to_string(),
+        state.gateway.hub.epoch(),
+        state.caches.revisions.current("tags"),
+    );
+    if let Some(body) = cache.get(&key) {
+        return Ok(HttpResponse::Ok().content_type("application/json").body(body));
+    }
     let List { filters: query, page: paging } = query;
     let status = query.status.as_deref().map(|raw| Status::parse("status", raw)).transpose().map_err(Problem::from)?;
     let owner = match query.owner.as_deref() {
@@ -424,7 +451,7 @@ pub async fn list_workspaces(
         status,
         ids,
     };
-    let mut tagged = tags_by_workspace(&state, &caller).await?;
+    let mut tagged = assigned_tags(&state, &caller).await?;
     let limit = usize::try_from(paging.limit).unwrap_or(usize::MAX);
     let fetch = paging.fetch();
     let mut after = paging.after;
@@ -454,7 +481,10 @@ pub async fn list_workspaces(
         }
     }
     let next = if more { items.last().map(|(at, view)| crate::encode_page_key(at, &view.id)) } else { None };
-    Ok(web::Json(crate::Page { items: items.into_iter().map(|(_, view)| view).collect(), next }))
+    let page = crate::Page { items: items.into_iter().map(|(_, view)| view).collect(), next };
+    let body = actix_web::web::Bytes::from(serde_json::to_vec(&page).map_err(|_| Problem::internal())?);
+    cache.insert(revision, key, body.clone());
+    Ok(HttpResponse::Ok().content_type("application/json").body(body))
 }
 
 fn row_status(state: &AppState, row: &WorkspaceRow) -> Status {

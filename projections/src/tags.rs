@@ -99,6 +99,18 @@ impl TagsQuery {
         Self { pool }
     }
 
+    /// Every assignment of `owner`'s tags: (workspace, tag id, tag name), by workspace and name.
+    pub async fn assigned(&self, owner: &str) -> Result<Vec<(String, String, String)>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT a.workspace_id, t.tag_id, t.name FROM workspace_tags a JOIN user_tags t ON t.tag_id = a.tag_id
+              WHERE a.owner = $1 ORDER BY a.workspace_id, t.name",
+        )
+        .bind(owner)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|row| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))).collect()
+    }
+
     /// The workspaces `owner`'s tag `tag` is assigned to (none for another user's tag).
     pub async fn workspaces_of(&self, owner: &str, tag: &str) -> Result<Vec<String>, sqlx::Error> {
         let rows = sqlx::query("SELECT workspace_id FROM workspace_tags WHERE owner = $1 AND tag_id = $2")

@@ -306,6 +306,9 @@ impl Input {
 pub struct Hub {
     agents: Mutex<HashMap<String, Arc<AgentConn>>>,
     next_id: AtomicU64,
+    /// Moves whenever an agent registers or goes: answers that depend on which agents are connected (a workspace's
+    /// status) are cached under it.
+    epoch: AtomicU64,
 }
 
 impl Hub {
@@ -336,6 +339,7 @@ impl Hub {
             next_session: AtomicU32::new(1),
         });
         agents.insert(workspace.to_string(), conn.clone());
+        self.epoch.fetch_add(1, Ordering::SeqCst);
         Ok((conn, frames))
     }
 
@@ -356,8 +360,14 @@ impl Hub {
         if let Ok(mut agents) = self.agents.lock() {
             if agents.get(&conn.workspace).is_some_and(|current| Arc::ptr_eq(current, conn)) {
                 agents.remove(&conn.workspace);
+                self.epoch.fetch_add(1, Ordering::SeqCst);
             }
         }
+    }
+
+    /// A number that moves whenever the set of connected agents changes.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
     }
 
     /// The agent serving `workspace`.
