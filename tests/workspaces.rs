@@ -977,10 +977,18 @@ async fn streams_refuse_cursors_past_the_log_end_settled_resumes_end_and_expired
     let seen = stream.until(|event| about(event, &id) && event.data["status"] == "running").await;
     let launched = seen[0].id.clone().unwrap();
 
-    // A cursor past the end of the log names no event of it.
+    // A cursor past the end of the log names no event of it: the stream starts from now, and is not blind.
+    let mut latest = seen.last().unwrap().id.clone().unwrap();
     for cursor in ["g1.999999999.999999999", "g1.0.99999999"] {
-        let (status, _, problem) = SseReader::open(&api, &ada, "/api/v1/stream", Some(cursor)).await;
-        assert_eq!((status, problem["field"].as_str()), (422, Some("Last-Event-ID")), "{cursor}: {problem}");
+        let (status, far, _) = SseReader::open(&api, &ada, "/api/v1/stream", Some(cursor)).await;
+        assert_eq!(status, 200, "{cursor}");
+        let mut far = far.unwrap();
+        let path = format!("/api/v1/workspaces/{id}");
+        let renamed = json!({"name": format!("renamed {}", cursor.len())});
+        assert_eq!(api.call(Method::PATCH, &path, Some(&ada), Some(renamed)).await.0, 200);
+        let seen = far.until(|event| event.data["change"] == "WorkspaceRenamed").await;
+        assert!(seen.iter().all(|event| event.id.as_deref() != Some(cursor)), "{cursor}: {seen:?}");
+        latest = seen.last().unwrap().id.clone().unwrap();
     }
     // Resuming the provisioning of a workspace that has settled since: the missed phases, where it stands, the end.
     let path = format!("/api/v1/workspaces/{id}/provisioning");
@@ -992,8 +1000,7 @@ async fn streams_refuse_cursors_past_the_log_end_settled_resumes_end_and_expired
     }
     assert_eq!(events.last().unwrap().data["status"], "running", "{events:?}");
     // From after its last event: nothing missed, so where it stands, and the end (not keep-alives for ever).
-    let started = seen.last().unwrap().id.clone().unwrap();
-    let (_, resumed, _) = SseReader::open(&api, &ada, &path, Some(&started)).await;
+    let (_, resumed, _) = SseReader::open(&api, &ada, &path, Some(&latest)).await;
     let mut resumed = resumed.unwrap();
     let current = resumed.next(Duration::from_secs(10)).await.unwrap();
     assert_eq!((current.event.as_str(), &current.data["status"]), ("status", &json!("running")), "{current:?}");

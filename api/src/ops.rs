@@ -65,7 +65,7 @@ use crate::{AppState, Problem, ProblemCode};
         crate::workspaces::LaunchBody, crate::workspaces::RenameBody, crate::workspaces::FailureView,
         crate::workspaces::WorkspaceView, crate::Page<crate::workspaces::WorkspaceView>,
         crate::workspaces::WorkspaceSummary, crate::workspaces::UserTagView,
-        crate::tags::TagInput, crate::tags::TagView, crate::tags::TagList,
+        crate::tags::TagInput, crate::tags::TagView, crate::tags::TagList, crate::stream::SseEvent,
     )),
     modifiers(&BearerAuth)
 )]
