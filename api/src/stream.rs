@@ -336,7 +336,8 @@ async fn checked_resume_point(state: &AppState, request: &HttpRequest) -> Result
     Ok(Some(after))
 }
 
-/// The cursor to resume after: `Last-Event-ID` (what an SSE client sends when it reconnects), else `?after=`.
+/// The cursor to resume after: `?after=` when given, else `Last-Event-ID` (what an SSE client sends when it
+/// reconnects).
 fn resume_point(request: &HttpRequest) -> Result<Option<Cursor>, Problem> {
     let header = request.headers().get("last-event-id").and_then(|value| value.to_str().ok()).map(str::trim);
     let query = web::Query::<HashMap<String, String>>::from_query(request.query_string()).map_err(|_| {
@@ -351,9 +352,11 @@ fn resume_point(request: &HttpRequest) -> Result<Option<Cursor>, Problem> {
             return Err(Problem::invalid_field("after", "after must not contain NUL"));
         }
     }
-    let (field, raw) = match (header.filter(|value| !value.is_empty()), query.get("after").filter(|v| !v.is_empty())) {
-        (Some(header), _) => ("Last-Event-ID", header.to_string()),
-        (None, Some(after)) => ("after", after.clone()),
+    // An explicit `?after=` wins over the header a client sends by itself when it reconnects.
+    let (field, raw) = match (query.get("after").filter(|v| !v.is_empty()), header) {
+        (Some(after), _) => ("after", after.clone()),
+        // Present but empty is no cursor either (the header is absent when there is nothing to resume).
+        (None, Some(header)) => ("Last-Event-ID", header.to_string()),
         (None, None) => return Ok(None),
     };
     raw.parse::<Cursor>()
