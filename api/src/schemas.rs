@@ -265,8 +265,6 @@ fn parameters() -> Vec<(&'static str, &'static str, Value)> {
         ("/api/v1/events", "after", pattern(LOG_CURSOR, 42)),
         ("/api/v1/stream", "after", pattern(LOG_CURSOR, 42)),
         ("/api/v1/workspaces/{id}/provisioning", "after", pattern(LOG_CURSOR, 42)),
-        // Not nullable: a header is a string or absent.
-        ("*", "Last-Event-ID", json!({ "type": "string", "pattern": LOG_CURSOR, "maxLength": 42 })),
         ("/api/v1/events", "aggregate_type", pattern(PRINTABLE, crate::extract::MAX_QUERY_VALUE_CHARS)),
         ("*", "aggregate_type", pattern(AGGREGATE_TYPE, 64)),
         ("*", "aggregate_id", pattern(PRINTABLE, 256)),

@@ -527,8 +527,8 @@ fn start(
 /// reconnect with `Last-Event-ID` (or `?after=`) gets exactly the events after it. Send the bearer token in the
 /// `Authorization` header (a fetch-based SSE client; `EventSource` cannot, and tokens never go in URLs).
 #[utoipa::path(get, path = "/api/v1/stream", tag = "workspaces",
-    params(("Last-Event-ID" = Option<String>, Header, description = "Resume after this event"),
-           ("after" = Option<String>, Query, description = "Resume after this event (when the header cannot be set)")),
+    params(("after" = Option<String>, Query,
+            description = "Resume after this event; without it, the `Last-Event-ID` header (a log cursor) resumes")),
     security(("bearer" = [])),
     responses((status = 200, description = "`text/event-stream`", content_type = "text/event-stream", body = SseEvent),
               (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
@@ -551,8 +551,8 @@ pub async fn caller_stream(
 /// deleted. Resumable like `/api/v1/stream`.
 #[utoipa::path(get, path = "/api/v1/workspaces/{id}/provisioning", tag = "workspaces",
     params(("id" = String, Path, description = "The workspace"),
-           ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event"),
-           ("after" = Option<String>, Query, description = "Resume after this event (when the header cannot be set)")),
+           ("after" = Option<String>, Query,
+            description = "Resume after this event; without it, the `Last-Event-ID` header (a log cursor) resumes")),
     security(("bearer" = [])),
     responses((status = 200, description = "`text/event-stream`", content_type = "text/event-stream", body = SseEvent),
               (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
