@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use common::terminal::{open, read_until, ticket, type_line};
 use common::{
-    agent_processes, enabled_blueprint, eventually, git_repository, issue_token, launch_running, wait_for_status, Api,
-    Server,
+    agent_processes, enabled_blueprint, eventually, git_repository, issue_token, launch_running, wait_for_status,
+    workspace_processes, Api, Server,
 };
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -891,25 +891,6 @@ async fn users_tag_their_own_workspaces_and_filter_by_tag() {
     assert_eq!(api.call(Method::DELETE, &tag_path(&blog, &frontend), Some(&ada), None).await.0, 204);
 }
 
-/// Processes (but this one) whose environment says they belong to workspace `id`.
-fn marked(id: &str) -> Vec<i32> {
-    let mark = format!("WORKSPACE_ID={id}");
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|entry| entry.file_name().to_string_lossy().parse::<i32>().ok())
-        .filter(|pid| {
-            let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|stat| stat.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
-                .unwrap_or(true);
-            !zombie
-                && std::fs::read(format!("/proc/{pid}/environ"))
-                    .is_ok_and(|environ| environ.split(|b| *b == 0).any(|entry| entry == mark.as_bytes()))
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn nothing_of_a_workspace_outlives_its_agent_or_its_deletion_and_failures_hide_credentials() {
     let db = TestDb::sqlite();
@@ -923,26 +904,30 @@ async fn nothing_of_a_workspace_outlives_its_agent_or_its_deletion_and_failures_
     enabled_blueprint(&api, &root, "web", &blueprint_repository(sources.path()), Some(dev)).await;
     let id = launch_running(&api, &ada, "web", "leaky").await;
     assert!(
-        eventually(Duration::from_secs(10), || async { marked(&id).len() >= 3 }).await,
+        eventually(Duration::from_secs(10), || async { workspace_processes(&id).len() >= 3 }).await,
         "agent, dev server, daemon"
     );
-    let first = marked(&id);
+    let first = workspace_processes(&id);
 
     // The agent crashes: the reconciler starts it again, and nothing of the first run is left.
     for pid in agent_processes(&id) {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
     }
     let restarted = eventually(Duration::from_secs(30), || async {
-        let now = marked(&id);
+        let now = workspace_processes(&id);
         agent_processes(&id).len() == 1 && first.iter().all(|pid| !now.contains(pid))
     })
     .await;
-    assert!(restarted, "the first run's processes: {first:?}, now: {:?}", marked(&id));
+    assert!(restarted, "the first run's processes: {first:?}, now: {:?}", workspace_processes(&id));
     wait_for_status(&api, &ada, &id, "running").await;
 
     // Delete: every process of the workspace ends.
     assert_eq!(api.call(Method::DELETE, &format!("/api/v1/workspaces/{id}"), Some(&ada), None).await.0, 204);
-    assert!(eventually(Duration::from_secs(20), || async { marked(&id).is_empty() }).await, "{:?}", marked(&id));
+    assert!(
+        eventually(Duration::from_secs(20), || async { workspace_processes(&id).is_empty() }).await,
+        "{:?}",
+        workspace_processes(&id)
+    );
 
     // A credential in the repository's URL (user information or query) is never shown in a failure.
     let body = json!({"key": "secret", "display_name": "Secret",

@@ -202,7 +202,6 @@ pub struct LiveLog {
     store: EventStore,
     /// Cancelled when the service stops: every stream ends, so that shutdown does not wait for them.
     pub closing: CancellationToken,
-    subscribers: std::sync::atomic::AtomicUsize,
 }
 
 impl LiveLog {
@@ -214,13 +213,7 @@ impl LiveLog {
             classifier: Classifier { publishing, builders: Mutex::new(HashMap::new()) },
             store,
             closing: CancellationToken::new(),
-            subscribers: std::sync::atomic::AtomicUsize::new(0),
         })
-    }
-
-    /// Open streams now.
-    pub fn subscribers(&self) -> usize {
-        self.subscribers.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn subscribe(&self) -> (Cursor, broadcast::Receiver<Batch>) {
@@ -422,13 +415,6 @@ impl Subscriber {
         }
     }
 
-    async fn run(mut self, mut receiver: broadcast::Receiver<Batch>, resumed: bool) {
-        let live = self.state.live.clone();
-        live.subscribers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let _ = self.serve(&mut receiver, resumed).await;
-        live.subscribers.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    }
-
     async fn serve(&mut self, receiver: &mut broadcast::Receiver<Batch>, resumed: bool) -> Result<(), ()> {
         self.out.send(Bytes::from_static(b"retry: 3000\n\n")).await.map_err(|_| ())?;
         if resumed && !self.catch_up().await? {
@@ -517,7 +503,8 @@ fn start(
                 return;
             }
         }
-        subscriber.run(receiver, resumed).await;
+        let (mut subscriber, mut receiver) = (subscriber, receiver);
+        let _ = subscriber.serve(&mut receiver, resumed).await;
     });
     respond(body)
 }

@@ -143,11 +143,7 @@ impl LocalControlPlane {
         let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
         let arguments: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
         let serves = arguments.windows(2).any(|pair| pair[0] == b"--workspace" && pair[1] == workspace.as_bytes());
-        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|stat| stat.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
-            .unwrap_or(true);
-        serves && arguments.iter().any(|argument| *argument == b"agent") && !zombie
+        serves && arguments.iter().any(|argument| *argument == b"agent") && !zombie(pid)
     }
 
     fn alive(&self, pid: i32) -> bool {
@@ -353,6 +349,14 @@ impl LocalControlPlane {
 /// The environment variable that marks every process the control plane starts for a workspace.
 const MARK: &str = "WORKSPACE_ID";
 
+/// Whether process `pid` is gone or a zombie (exited, not yet reaped: alive to `kill(pid, 0)`, but nothing runs).
+fn zombie(pid: impl std::fmt::Display) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| stat.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
+        .unwrap_or(true)
+}
+
 /// Every live process (but this one) whose environment holds the entry `mark` exactly.
 fn marked_processes(mark: &[u8]) -> Vec<i32> {
     let me = std::process::id();
@@ -364,11 +368,7 @@ fn marked_processes(mark: &[u8]) -> Vec<i32> {
             continue;
         }
         let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else { continue };
-        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|stat| stat.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
-            .unwrap_or(true);
-        if !zombie && environ.split(|b| *b == 0).any(|entry| entry == mark) {
+        if environ.split(|b| *b == 0).any(|entry| entry == mark) && !zombie(pid) {
             found.extend(i32::try_from(pid).ok());
         }
     }
@@ -556,13 +556,6 @@ impl ControlPlane for LocalControlPlane {
 
     fn channels(&self) -> ChannelRoute {
         ChannelRoute::Agent
-    }
-}
-
-impl LocalControlPlane {
-    /// The dev server port recorded for the workspace's running agent.
-    pub fn dev_port(&self, workspace: &str) -> Option<u16> {
-        self.read_record(workspace).and_then(|record| record.dev_port)
     }
 }
 

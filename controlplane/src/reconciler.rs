@@ -361,7 +361,7 @@ impl Inner {
             }
             Step::RecordRunning => {
                 // Found running (adopted after a restart of the gateway): the control plane knows its port.
-                let dev_port = self.dev_port_of(workspace);
+                let dev_port = workspace.dev_port;
                 self.record(
                     &workspace.owner,
                     WorkspaceCommand::RecordStarted {
@@ -384,10 +384,6 @@ impl Inner {
                     .await;
             }
         }
-    }
-
-    fn dev_port_of(&self, workspace: &Workspace) -> Option<u16> {
-        workspace.dev_port
     }
 
     /// The phase the workspace's current generation reached, as stored.

@@ -211,16 +211,15 @@ pub struct WorkspaceRow {
 }
 
 impl WorkspaceRow {
-    /// The status shown, given whether its agent is connected (the rule of `domain::workspace::Workspace::status`).
+    /// The status shown, given whether its agent is connected (`domain::workspace::Status::derive`).
     pub fn status(&self, agent_connected: bool) -> Status {
-        if self.failure_phase.is_some() {
-            return Status::Error;
-        }
-        match self.desired.as_str() {
-            "running" if self.started_generation == Some(self.generation) && agent_connected => Status::Running,
-            "running" => Status::Deploying,
-            _ => Status::Stopped,
-        }
+        let desired = match self.desired.as_str() {
+            "running" => Desired::Running,
+            "stopped" => Desired::Stopped,
+            _ => Desired::Deleted,
+        };
+        let current_started = self.started_generation == Some(self.generation);
+        Status::derive(desired, self.failure_phase.is_some(), current_started, agent_connected)
     }
 
     /// Whether it is deleted (asked or done).

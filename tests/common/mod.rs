@@ -207,20 +207,36 @@ pub fn end_workspace_agents(dir: &std::path::Path) {
         .filter_map(|entry| entry.file_name().to_string_lossy().split('.').next().map(str::to_string))
         .filter(|id| id.starts_with("ws-"))
         .collect();
-    if ids.is_empty() {
-        return;
-    }
-    let Ok(processes) = std::fs::read_dir("/proc") else { return };
-    for process in processes.flatten() {
-        let Ok(pid) = process.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else { continue };
-        let marked = environ.split(|b| *b == 0).any(|entry| {
-            entry.strip_prefix(b"WORKSPACE_ID=").is_some_and(|id| ids.contains(&*String::from_utf8_lossy(id)))
-        });
-        if marked {
+    for id in ids {
+        for pid in workspace_processes(&id) {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
         }
     }
+}
+
+/// Whether process `pid` is gone or a zombie.
+fn zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| stat.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
+        .unwrap_or(true)
+}
+
+/// Live processes (but this one) whose environment says they belong to workspace `id` (`WORKSPACE_ID=<id>`).
+pub fn workspace_processes(id: &str) -> Vec<i32> {
+    let mark = format!("WORKSPACE_ID={id}");
+    let me = std::process::id() as i32;
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_string_lossy().parse::<i32>().ok())
+        .filter(|pid| *pid != me)
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|environ| environ.split(|b| *b == 0).any(|entry| entry == mark.as_bytes()))
+                && !zombie(*pid)
+        })
+        .collect()
 }
 
 /// Every `gatehouse agent --workspace ID` process alive on this machine, by workspace (from `/proc`).
@@ -231,11 +247,7 @@ pub fn agent_processes(workspace: &str) -> Vec<i32> {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
         let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
         let arguments: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|stat| stat.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
-            .unwrap_or(true);
-        if !zombie
+        if !zombie(pid)
             && arguments.iter().any(|argument| *argument == b"agent")
             && arguments.windows(2).any(|pair| pair[0] == b"--workspace" && pair[1] == workspace.as_bytes())
         {

@@ -210,17 +210,26 @@ pub struct Workspace {
     pub revision: u64,
 }
 
-impl Workspace {
-    /// The status shown, given whether its agent is connected now.
-    pub fn status(&self, agent_connected: bool) -> Status {
-        if self.failure.is_some() {
+impl Status {
+    /// The one status rule: a failure of the current generation is `error`; wanted stopped (or deleted) is
+    /// `stopped`; wanted running is `running` once the current generation started and its agent is connected, else
+    /// `deploying`. The aggregate and the read model both apply it.
+    pub fn derive(desired: Desired, failed: bool, current_started: bool, agent_connected: bool) -> Status {
+        if failed {
             return Status::Error;
         }
-        match self.desired {
+        match desired {
             Desired::Stopped | Desired::Deleted => Status::Stopped,
-            Desired::Running if self.started == Some(self.generation) && agent_connected => Status::Running,
+            Desired::Running if current_started && agent_connected => Status::Running,
             Desired::Running => Status::Deploying,
         }
+    }
+}
+
+impl Workspace {
+    /// The status shown, given whether its agent is connected now ([`Status::derive`]).
+    pub fn status(&self, agent_connected: bool) -> Status {
+        Status::derive(self.desired, self.failure.is_some(), self.started == Some(self.generation), agent_connected)
     }
 
     /// Whether it counts against its owner's running limit: it is wanted running and has not failed (deploying
