@@ -302,6 +302,7 @@ fn start_probes(store: &EventStore, settings: &Settings) -> (String, ServerHandl
         workspaces: Arc::new(AggregateRepository::new(store.clone(), ())),
         workspace_reads: projections::WorkspacesQuery::new(store.read_models().clone()),
         reconciler: controlplane::ReconcilerHandle::detached(),
+        publisher: publisher::PublisherHandle::detached(),
         live: api::stream::LiveLog::new(store.clone(), Arc::new(AggregateRepository::new(store.clone(), ()))),
         tags: Arc::new(AggregateRepository::new(store.clone(), ())),
         tag_reads: projections::TagsQuery::new(store.read_models().clone()),

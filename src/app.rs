@@ -36,6 +36,7 @@ pub struct Application {
     limits_sweeper: JoinHandle<()>,
     limits_follower: JoinHandle<()>,
     reconciler: JoinHandle<()>,
+    publisher: JoinHandle<()>,
     live_tail: JoinHandle<()>,
     live: Arc<api::stream::LiveLog>,
     limits: Arc<api::limits::RateLimits>,
@@ -157,8 +158,9 @@ impl Application {
         let workspace_reads = projections::WorkspacesQuery::new(store.read_models().clone());
         let plane =
             controlplane::local::LocalControlPlane::new(settings.local_control_plane(address)?, gateway.clone());
+        let plane = Arc::new(plane);
         let (reconciler, reconciler_handle) = controlplane::Reconciler::new(
-            Arc::new(plane),
+            plane.clone(),
             workspaces.clone(),
             workspace_reads.clone(),
             Arc::new(api::workspaces::HubPresence(gateway.clone())),
@@ -166,6 +168,30 @@ impl Application {
             settings.reconciler(),
         );
         let reconciler = tokio::spawn(reconciler.run(shutdown.clone()));
+        // Publish delivery (ADR 0024): by the gateway that runs the workspaces, whose agents dial in to it.
+        let credentials = Arc::new(api::workspaces::OrgCredentials { org: org.clone(), vault: vault.clone() });
+        let publisher = publisher::Publisher::new(
+            publishing.clone(),
+            workspaces.clone(),
+            org.clone(),
+            gateway.clone(),
+            credentials,
+            settings.publisher()?,
+        );
+        let publisher_handle = publisher.handle();
+        let publisher = {
+            let (plane, shutdown) = (plane.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                // Only the gateway holding the workspaces directory delivers: the agents are its.
+                while !controlplane::ControlPlane::claim(&*plane) {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                    }
+                }
+                publisher.run(shutdown).await;
+            })
+        };
         // Live updates (server-sent events) follow one tail of the log.
         let live = api::stream::LiveLog::new(store.clone(), publishing.clone());
         let live_tail = tokio::spawn(live.clone().run(settings.projector().poll_interval, shutdown.clone()));
@@ -197,6 +223,7 @@ impl Application {
             workspaces,
             workspace_reads,
             reconciler: reconciler_handle,
+            publisher: publisher_handle,
             live: live.clone(),
             tags: Arc::new(AggregateRepository::new(store.clone(), ())),
             tag_reads: projections::TagsQuery::new(store.read_models().clone()),
@@ -257,6 +284,7 @@ impl Application {
             limits_sweeper,
             limits_follower,
             reconciler,
+            publisher,
             live_tail,
             live,
             limits,
@@ -311,6 +339,9 @@ impl Application {
         self.live_tail.abort();
         if tokio::time::timeout(Duration::from_secs(5), self.reconciler).await.is_err() {
             tracing::warn!("the workspace reconciler did not stop within 5 s");
+        }
+        if tokio::time::timeout(Duration::from_secs(5), self.publisher).await.is_err() {
+            tracing::warn!("the publisher did not stop within 5 s");
         }
         if tokio::time::timeout(Duration::from_secs(5), self.checkpoints).await.is_err() {
             tracing::warn!("audit checkpoints did not stop within 5 s");

@@ -307,6 +307,12 @@ enum ProjectionsCommand {
 }
 
 fn main() -> ExitCode {
+    // Started by git as its askpass helper during an agent's push (relay::git): answer from the environment git
+    // was given for that one push, and nothing else.
+    if let Some(answer) = std::env::args().nth(1).and_then(|prompt| relay::git::askpass_answer(&prompt)) {
+        println!("{answer}");
+        return ExitCode::SUCCESS;
+    }
     let cli = Cli::parse();
     let settings = match Settings::load(cli.config.as_deref()) {
         Ok(settings) => settings,

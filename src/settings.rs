@@ -68,6 +68,21 @@ pub struct Settings {
     pub publish_max_patch_bytes: usize,
     /// Seconds between sweeps that expire overdue publish requests.
     pub publish_expiry_sweep_secs: u64,
+    /// How long a diff preview or a submission's commit in the workspace may take, in seconds.
+    pub publish_git_timeout_secs: u64,
+    /// The prefix of the branch an approved request's commit is pushed to (followed by the request's id).
+    pub publish_branch_prefix: String,
+    /// How long a push may take, in seconds.
+    pub publish_push_timeout_secs: u64,
+    /// How long a call to the Git provider's API may take, in seconds.
+    pub publish_provider_timeout_secs: u64,
+    /// Failed delivery attempts after which only an admin's retry continues.
+    pub publish_max_attempts: u32,
+    /// The wait after a delivery's first transient failure, in seconds; it doubles with each failure (at most 5
+    /// minutes).
+    pub publish_retry_backoff_secs: u64,
+    /// How often deliveries are checked when nothing wakes the publisher, in milliseconds.
+    pub publish_delivery_interval_ms: u64,
     /// The Ed25519 seed (64 hex digits) that signs audit checkpoints; unset means `data_dir/audit-ed25519.key`,
     /// created on first use.
     pub audit_signing_key_file: Option<PathBuf>,
@@ -194,6 +209,13 @@ impl Default for Settings {
             publish_request_ttl_secs: 7 * 24 * 3600,
             publish_max_patch_bytes: 128 * 1024,
             publish_expiry_sweep_secs: 60,
+            publish_git_timeout_secs: 60,
+            publish_branch_prefix: "gatehouse/publish/".into(),
+            publish_push_timeout_secs: 300,
+            publish_provider_timeout_secs: 30,
+            publish_max_attempts: 6,
+            publish_retry_backoff_secs: 5,
+            publish_delivery_interval_ms: 5_000,
             audit_signing_key_file: None,
             audit_checkpoint_secs: 60,
             auth_sso_issuer: None,
@@ -444,6 +466,34 @@ impl Settings {
             require_reason: self.publish_require_reason,
             ttl: chrono::Duration::seconds(ttl_secs),
             max_patch_bytes: self.publish_max_patch_bytes,
+            git_timeout_secs: self.publish_git_timeout_secs.clamp(1, 3_600),
+        })
+    }
+
+    /// The publisher's settings (publish delivery).
+    pub fn publisher(&self) -> anyhow::Result<publisher::PublisherConfig> {
+        let probe = format!("{}x", self.publish_branch_prefix);
+        if !relay::git::valid_branch(&probe) || probe.len() > 200 {
+            anyhow::bail!(
+                "publish_branch_prefix {:?} does not make valid branch names (A-Z a-z 0-9 . _ / -, no `..`, no \
+                 leading `-`, `/` or `.`)",
+                self.publish_branch_prefix
+            );
+        }
+        if self.publish_max_attempts == 0 {
+            anyhow::bail!("publish_max_attempts must be at least 1");
+        }
+        let backoff = chrono::Duration::seconds(i64::try_from(self.publish_retry_backoff_secs.clamp(1, 3_600)).unwrap_or(5));
+        Ok(publisher::PublisherConfig {
+            interval: Duration::from_millis(self.publish_delivery_interval_ms.clamp(50, 600_000)),
+            branch_prefix: self.publish_branch_prefix.clone(),
+            push_timeout_secs: self.publish_push_timeout_secs.clamp(1, 3_600),
+            provider_timeout: Duration::from_secs(self.publish_provider_timeout_secs.clamp(1, 600)),
+            retry: domain::publishing::RetryPolicy {
+                max_attempts: self.publish_max_attempts,
+                first_backoff: backoff,
+                max_backoff: chrono::Duration::minutes(5).max(backoff),
+            },
         })
     }
 

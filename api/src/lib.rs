@@ -105,6 +105,8 @@ pub struct AppState {
     pub workspace_reads: projections::WorkspacesQuery,
     /// Wakes the control plane's reconciler after a workspace request.
     pub reconciler: controlplane::ReconcilerHandle,
+    /// Wakes the publisher (publish delivery) after an approval or a retry.
+    pub publisher: publisher::PublisherHandle,
     /// The tail of the log that live update streams follow.
     pub live: Arc<stream::LiveLog>,
     /// The user_tags aggregates, one per user.
@@ -301,15 +303,9 @@ pub fn configure(state: AppState) -> impl FnOnce(&mut web::ServiceConfig) {
             .service(publishing::evaluate_trust)
             .service(publishing::get_trust_rule)
             .service(publishing::revoke_trust_rule)
-            .service(
-                web::scope("")
-                    .app_data(
-                        web::JsonConfig::default()
-                            .limit(3 * domain::publishing::values::MAX_PATCH_BYTES)
-                            .error_handler(problem::json_error),
-                    )
-                    .service(publishing::submit),
-            )
+            .service(publishing::submit)
+            .service(publishing::diff_preview)
+            .service(publishing::retry_delivery)
             .default_service(web::to(problem::not_found));
     }
 }

@@ -102,11 +102,22 @@ pub enum ProblemCode {
     TagNameTaken,
     /// The caller has as many tags as allowed (100).
     TagLimitReached,
+    /// Nothing to publish: the workspace's files equal its base (the last published commit, or the blueprint's).
+    NoChanges,
+    /// The workspace's repository is in no state to diff or commit: not a repository, no commit, a detached `HEAD`,
+    /// a merge or rebase in progress, unmerged paths, no base found, or no `git`; the detail says which.
+    GitState,
+    /// The workspace's agent is older than this gateway and runs no git tasks: restart the workspace.
+    AgentOutdated,
+    /// A retry of a delivery that has not failed (or of a request that is not being delivered).
+    DeliveryNotFailed,
+    /// The workspace's agent did not answer (it disconnected, or took too long); retry after `Retry-After`.
+    WorkspaceUnavailable,
 }
 
 impl ProblemCode {
     /// Every code, in the order docs/API.md lists them.
-    pub const ALL: [ProblemCode; 42] = [
+    pub const ALL: [ProblemCode; 47] = [
         ProblemCode::InvalidRequest,
         ProblemCode::PayloadTooLarge,
         ProblemCode::UnsupportedMediaType,
@@ -146,6 +157,11 @@ impl ProblemCode {
         ProblemCode::WorkspaceNotRunning,
         ProblemCode::TagNameTaken,
         ProblemCode::TagLimitReached,
+        ProblemCode::NoChanges,
+        ProblemCode::GitState,
+        ProblemCode::AgentOutdated,
+        ProblemCode::DeliveryNotFailed,
+        ProblemCode::WorkspaceUnavailable,
         ProblemCode::RateLimited,
         ProblemCode::StoreUnavailable,
         ProblemCode::Internal,
@@ -190,10 +206,14 @@ impl ProblemCode {
             | ProblemCode::WorkspaceRunning
             | ProblemCode::WorkspaceNotRunning
             | ProblemCode::TagNameTaken
-            | ProblemCode::TagLimitReached => StatusCode::CONFLICT,
+            | ProblemCode::TagLimitReached
+            | ProblemCode::NoChanges
+            | ProblemCode::GitState
+            | ProblemCode::AgentOutdated
+            | ProblemCode::DeliveryNotFailed => StatusCode::CONFLICT,
             ProblemCode::StaleVersion => StatusCode::PRECONDITION_FAILED,
             ProblemCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-            ProblemCode::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ProblemCode::StoreUnavailable | ProblemCode::WorkspaceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ProblemCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -243,6 +263,11 @@ impl ProblemCode {
             ProblemCode::WorkspaceNotRunning => "workspace_not_running",
             ProblemCode::TagNameTaken => "tag_name_taken",
             ProblemCode::TagLimitReached => "tag_limit_reached",
+            ProblemCode::NoChanges => "no_changes",
+            ProblemCode::GitState => "git_state",
+            ProblemCode::AgentOutdated => "agent_outdated",
+            ProblemCode::DeliveryNotFailed => "delivery_not_failed",
+            ProblemCode::WorkspaceUnavailable => "workspace_unavailable",
         }
     }
 }

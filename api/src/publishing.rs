@@ -11,9 +11,12 @@ use actix_web::http::StatusCode;
 use actix_web::{delete, get, post, web, HttpRequest, HttpResponse};
 use domain::publishing::values::{self, MAX_MESSAGE_CHARS, MAX_REASON_CHARS};
 use domain::publishing::{
-    BlueprintKey, CommitId, DiffSummary, Publishing, PublishingCommand, RequestId, RequestStatus, Subdomain,
+    BlueprintKey, CommitId, DiffSummary, Publishing, PublishingCommand, PublishingError, RequestId, RequestStatus, Subdomain,
     TrustMatch, WorkspaceId, PUBLISHING_ID,
 };
+use relay::hub::TaskError;
+use relay::task::{BaseKind, DiffBase, DiffReport, FailureKind, FileStatus, GitTask, TaskOutcome};
+use store::CommandError;
 use domain::roster::Role;
 use domain::trust::{TrustCommand, TrustRules, TRUST_RULES_ID};
 use domain::Email;
@@ -33,8 +36,10 @@ pub struct PublishPolicy {
     pub require_reason: bool,
     /// How long a request may stay pending before it expires.
     pub ttl: chrono::Duration,
-    /// The largest patch accepted, in bytes (at most 1 MiB).
+    /// The largest patch recorded or shown, in bytes (at most 1 MiB); a longer one is cut at a line end.
     pub max_patch_bytes: usize,
+    /// How long a diff or commit in the workspace may take, in seconds.
+    pub git_timeout_secs: u64,
 }
 
 impl Default for PublishPolicy {
@@ -44,6 +49,7 @@ impl Default for PublishPolicy {
             require_reason: false,
             ttl: chrono::Duration::days(7),
             max_patch_bytes: 128 * 1024,
+            git_timeout_secs: 60,
         }
     }
 }
@@ -51,25 +57,8 @@ impl Default for PublishPolicy {
 // ---------------------------------------------------------------------------------------------------------------
 // Wire types
 
-/// What a submission changes.
-#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct DiffInput {
-    /// Files changed.
-    #[serde(deserialize_with = "crate::extract::whole")]
-    pub files: u32,
-    /// Lines added.
-    #[serde(deserialize_with = "crate::extract::whole")]
-    pub insertions: u64,
-    /// Lines removed.
-    #[serde(deserialize_with = "crate::extract::whole")]
-    pub deletions: u64,
-    /// The unified diff, up to the configured cap (`publish_max_patch_bytes`).
-    #[serde(default)]
-    pub patch: Option<String>,
-}
-
-/// A publish request submission.
+/// A publish request submission. The commit and its diff are made by Gatehouse in the workspace (all changes but
+/// ignored files, authored by the caller, with `message` as its message), never named by the client.
 #[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitRequest {
@@ -78,11 +67,7 @@ pub struct SubmitRequest {
     pub workspace_id: String,
     /// A DNS label: 1–63 of `a-z 0-9 -`, no leading or trailing `-`, not reserved.
     pub subdomain: String,
-    /// The commit to publish: 40 or 64 hex digits.
-    pub commit_id: String,
-    /// What changes.
-    pub diff: DiffInput,
-    /// A message to reviewers (1–4,000 characters).
+    /// A message to reviewers, and the commit's message (1–4,000 characters).
     pub message: String,
 }
 
@@ -104,15 +89,169 @@ pub struct DiffView {
     pub insertions: i64,
     /// Lines removed.
     pub deletions: i64,
-    /// The patch (only on a single request).
+    /// The patch (only on a single request), cut at `publish_max_patch_bytes`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub patch: Option<String>,
+    /// Whether the patch is only the beginning of the diff.
+    pub patch_truncated: bool,
+    /// The commit the diff starts from: the workspace's last published commit, or where it left the blueprint's
+    /// branch (absent for requests made before Gatehouse made the commit itself).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base_commit: Option<String>,
+}
+
+/// A failed delivery step.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DeliveryFailureView {
+    /// `push` or `pull_request`.
+    pub stage: String,
+    /// What went wrong.
+    pub reason: String,
+    /// Whether it is retried automatically (with backoff, up to `publish_max_attempts`); otherwise an admin retries
+    /// it (`POST /api/v1/publish-requests/{id}/retry`) once the cause is fixed.
+    pub retryable: bool,
+    /// When (RFC 3339).
+    pub at: String,
+}
+
+/// What became of an approved request: its push and pull request.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DeliveryView {
+    /// `queued`, `pushed` (final with the `local` provider), `pull_request_opened` or `failed`.
+    pub status: String,
+    /// The remote the commit was pushed to (credentials redacted).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote: Option<String>,
+    /// The branch (`gatehouse/publish/<request id>` by default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    /// The pull (merge) request's web page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pull_request_url: Option<String>,
+    /// Its number (GitHub) or `iid` (GitLab).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pull_request_number: Option<i64>,
+    /// The last failure, until a step succeeds or an admin retries.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure: Option<DeliveryFailureView>,
+    /// Failed attempts since the last success or retry.
+    pub attempts: i64,
+}
+
+impl DeliveryView {
+    fn from_row(row: &PublishRequestRow) -> Option<Self> {
+        let status = row.delivery_status.clone()?;
+        let failure = match (&row.failure_stage, &row.failure_reason, &row.failure_at) {
+            (Some(stage), Some(reason), Some(at)) => Some(DeliveryFailureView {
+                stage: stage.clone(),
+                reason: reason.clone(),
+                retryable: row.failure_retryable.unwrap_or(false),
+                at: at.clone(),
+            }),
+            _ => None,
+        };
+        Some(Self {
+            status,
+            remote: row.delivery_remote.clone(),
+            branch: row.delivery_branch.clone(),
+            pull_request_url: row.pull_request_url.clone(),
+            pull_request_number: row.pull_request_number,
+            failure,
+            attempts: row.delivery_attempts,
+        })
+    }
+}
+
+/// One changed file of a diff preview.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ChangedFileView {
+    /// Its path in the repository.
+    pub path: String,
+    /// `added`, `modified`, `deleted` or `type_changed`.
+    pub status: String,
+    /// Lines added (0 for a binary file).
+    pub insertions: u64,
+    /// Lines removed (0 for a binary file).
+    pub deletions: u64,
+    /// Whether git sees it as binary.
+    pub binary: bool,
+}
+
+/// What publishing the workspace now would change, computed in the workspace by its agent.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DiffPreviewView {
+    /// The workspace.
+    pub workspace_id: String,
+    /// The commit the diff starts from.
+    pub base_commit: String,
+    /// `published` (the workspace's last published commit) or `blueprint` (where it left the blueprint's branch: a
+    /// first publish).
+    pub base_kind: String,
+    /// The workspace's `HEAD`.
+    pub head_commit: String,
+    /// Its current branch.
+    pub branch: String,
+    /// Files changed.
+    pub files_changed: u64,
+    /// Lines added.
+    pub insertions: u64,
+    /// Lines removed.
+    pub deletions: u64,
+    /// The changed files in path order (at most 10,000; `files_truncated` says when there are more).
+    pub files: Vec<ChangedFileView>,
+    /// Whether `files` stops short of `files_changed`.
+    pub files_truncated: bool,
+    /// The unified diff, cut at a line end at `publish_max_patch_bytes`.
+    pub patch: String,
+    /// Whether the patch was cut.
+    pub patch_truncated: bool,
+}
+
+impl DiffPreviewView {
+    fn new(workspace_id: &WorkspaceId, report: DiffReport) -> Self {
+        let status = |status: FileStatus| match status {
+            FileStatus::Added => "added",
+            FileStatus::Modified => "modified",
+            FileStatus::Deleted => "deleted",
+            FileStatus::TypeChanged => "type_changed",
+        };
+        Self {
+            workspace_id: workspace_id.to_string(),
+            base_commit: report.base_commit,
+            base_kind: match report.base_kind {
+                BaseKind::Published => "published",
+                BaseKind::Blueprint => "blueprint",
+            }
+            .into(),
+            head_commit: report.head_commit,
+            branch: report.branch,
+            files_changed: report.files_changed,
+            insertions: report.insertions,
+            deletions: report.deletions,
+            files: report
+                .files
+                .into_iter()
+                .map(|file| ChangedFileView {
+                    path: file.path,
+                    status: status(file.status).into(),
+                    insertions: file.insertions,
+                    deletions: file.deletions,
+                    binary: file.binary,
+                })
+                .collect(),
+            files_truncated: report.files_truncated,
+            patch: report.patch,
+            patch_truncated: report.patch_truncated,
+        }
+    }
 }
 
 /// One step of a request's history.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ReviewView {
-    /// `submitted`, `approval`, `approved`, `auto_approved`, `rejected`, `withdrawn` or `expired`.
+    /// `submitted`, `approval`, `approved`, `auto_approved`, `rejected`, `withdrawn`, `expired`, and for the
+    /// delivery `pushed` (reason: the branch and remote), `pull_request_opened` (reason: its URL), `failed` (reason:
+    /// `stage: why`) and `retried` (actor: the admin).
     pub kind: String,
     /// Who (`system` for a trust rule; absent for expiry).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -167,6 +306,9 @@ pub struct PublishRequestView {
     pub trust_rule_id: Option<String>,
     /// The request's version, as its ETag carries it.
     pub version: i64,
+    /// Its push and pull request, once approved (absent before, and for requests made before delivery existed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<DeliveryView>,
     /// Every step, oldest first (only on a single request).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub history: Option<Vec<ReviewView>>,
@@ -175,14 +317,23 @@ pub struct PublishRequestView {
 impl PublishRequestView {
     /// The view of a read-model row, with its review history when given.
     pub fn from_row(row: PublishRequestRow, history: Option<Vec<ReviewRow>>) -> Self {
+        let delivery = DeliveryView::from_row(&row);
         Self {
+            delivery,
             id: row.request_id,
             workspace_id: row.workspace_id,
             blueprint_key: row.blueprint_key,
             subdomain: row.subdomain,
             builder: row.builder,
             commit_id: row.commit_id,
-            diff: DiffView { files: row.files, insertions: row.insertions, deletions: row.deletions, patch: row.patch },
+            diff: DiffView {
+                files: row.files,
+                insertions: row.insertions,
+                deletions: row.deletions,
+                patch: row.patch,
+                patch_truncated: row.patch_truncated,
+                base_commit: row.base_commit,
+            },
             message: row.message,
             status: row.status,
             approvals_required: row.approvals_required,
@@ -402,6 +553,7 @@ async fn decide(
             )
             .await
             .map_err(Problem::from)?;
+        state.publisher.wake();
         if let Some(reply) = attempt.prepared() {
             return Ok(reply);
         }
@@ -454,7 +606,11 @@ fn may_see(caller: &Caller, row: &PublishRequestRow) -> bool {
 /// The blueprint of the caller's own running workspace `id`, from the control plane (ADR 0023). A workspace the
 /// caller may not see is 404; an admin's request for another's is 403 (only its owner publishes it); one that is not
 /// running is 409 `workspace_not_running`.
-async fn own_running_workspace(state: &AppState, caller: &Caller, id: &WorkspaceId) -> Result<BlueprintKey, Problem> {
+async fn own_running_workspace(
+    state: &AppState,
+    caller: &Caller,
+    id: &WorkspaceId,
+) -> Result<domain::workspace::Workspace, Problem> {
     let workspace =
         crate::workspaces::find(state, caller, id.as_str()).await.map_err(|problem| problem.field("workspace_id"))?;
     if workspace.owner != caller.email {
@@ -468,7 +624,82 @@ async fn own_running_workspace(state: &AppState, caller: &Caller, id: &Workspace
             .field("workspace_id")
             .detail(format!("The workspace is {}: publishing needs it running.", status.as_str())));
     }
-    Ok(workspace.blueprint_key)
+    Ok(workspace)
+}
+
+/// Runs a git task in the workspace through its agent (which must be connected: the workspace is running).
+async fn run_git(state: &AppState, workspace: &WorkspaceId, task: &GitTask) -> Result<TaskOutcome, Problem> {
+    let agent = state.gateway.hub.get(workspace.as_str()).ok_or_else(|| {
+        Problem::new(ProblemCode::WorkspaceNotRunning, "Not running")
+            .field("workspace_id")
+            .detail("The workspace's agent is not connected: publishing needs it running.")
+    })?;
+    match agent.run_task(task).await {
+        Ok(TaskOutcome::Failed { kind, message }) => Err(git_problem(kind, &message)),
+        Ok(outcome) => Ok(outcome),
+        Err(TaskError::Unsupported) => Err(Problem::new(ProblemCode::AgentOutdated, "Agent outdated")
+            .detail("The workspace's agent is older than this gateway and runs no git tasks: restart the workspace.")),
+        Err(error) => {
+            tracing::warn!(%error, workspace = %workspace, task = task.name(), "a git task gave no outcome");
+            Err(Problem::new(ProblemCode::WorkspaceUnavailable, "Workspace unavailable")
+                .retry_after(5)
+                .detail(format!("{error}; retry shortly.")))
+        }
+    }
+}
+
+/// The problem a failed git task is reported as.
+fn git_problem(kind: FailureKind, message: &str) -> Problem {
+    match kind {
+        FailureKind::Timeout => Problem::new(ProblemCode::WorkspaceUnavailable, "Workspace unavailable")
+            .retry_after(5)
+            .detail(format!("{message}; retry shortly.")),
+        FailureKind::BadTask | FailureKind::Git | FailureKind::Unreachable => {
+            tracing::warn!(?kind, message, "a git task failed in a workspace");
+            Problem::new(ProblemCode::GitState, "Git failed").detail(format!("git failed in the workspace: {message}"))
+        }
+        _ => Problem::new(ProblemCode::GitState, "Repository not ready").detail(message.to_string()),
+    }
+}
+
+/// Where the workspace's next diff starts.
+async fn diff_base(state: &AppState, workspace: &domain::workspace::Workspace) -> Result<DiffBase, Problem> {
+    let (publishing, _) = state.publishing.load(PUBLISHING_ID).await.map_err(Problem::from)?;
+    Ok(DiffBase {
+        published: publishing.last_published(&workspace.id).map(ToString::to_string),
+        blueprint_branch: workspace.spec.branch().as_str().to_string(),
+    })
+}
+
+/// What publishing the workspace now would change: files, line counts and the patch (capped at
+/// `publish_max_patch_bytes`), against the last published commit or, on a first publish, where the workspace left
+/// the blueprint's branch. Its owner only; changes nothing in the workspace.
+#[utoipa::path(get, path = "/api/v1/workspaces/{id}/publish-diff", tag = "publishing", security(("bearer" = [])),
+    responses((status = 200, body = DiffPreviewView), (status = 401, body = Problem), (status = 403, body = Problem),
+              (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem),
+              (status = 503, body = Problem)))]
+#[get("/api/v1/workspaces/{id}/publish-diff")]
+pub async fn diff_preview(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: Path<String>,
+) -> Result<web::Json<DiffPreviewView>, Problem> {
+    caller.require(&[Role::Member, Role::Admin])?;
+    let workspace_id = WorkspaceId::parse(&path)
+        .map_err(|_| Problem::new(ProblemCode::NotFound, "Not found").detail("No such workspace."))?;
+    let workspace = own_running_workspace(&state, &caller, &workspace_id).await?;
+    let task = GitTask::Diff {
+        base: diff_base(&state, &workspace).await?,
+        max_patch_bytes: state.publish_policy.max_patch_bytes,
+        timeout_secs: state.publish_policy.git_timeout_secs,
+    };
+    match run_git(&state, &workspace_id, &task).await? {
+        TaskOutcome::Diff { diff } => Ok(web::Json(DiffPreviewView::new(&workspace_id, diff))),
+        other => {
+            tracing::warn!(?other, "a diff task answered something else");
+            Err(Problem::internal())
+        }
+    }
 }
 
 /// Asks to publish a workspace (members and admins, for their own workspaces). A trusted builder's request is
@@ -494,14 +725,48 @@ pub async fn submit(
         let policy = &state.publish_policy;
         let workspace_id = WorkspaceId::parse(&body.workspace_id).map_err(Problem::from)?;
         let subdomain = Subdomain::parse(&body.subdomain).map_err(Problem::from)?;
-        let commit_id = CommitId::parse(&body.commit_id).map_err(Problem::from)?;
-        let diff = &body.diff;
-        let diff =
-            DiffSummary::new(diff.files, diff.insertions, diff.deletions, diff.patch.clone(), policy.max_patch_bytes)
-                .map_err(Problem::from)?;
         let message = values::text("message", &body.message, MAX_MESSAGE_CHARS).map_err(Problem::from)?;
-        let blueprint_key = own_running_workspace(state, caller, &workspace_id).await?;
-
+        let workspace = own_running_workspace(state, caller, &workspace_id).await?;
+        let blueprint_key = workspace.blueprint_key.clone();
+        // What the aggregate would refuse anyway is refused before anything is committed in the workspace.
+        let (publishing, _) = state.publishing.load(PUBLISHING_ID).await.map_err(Problem::from)?;
+        if let Some(pending) = publishing.in_flight(&workspace_id) {
+            let refusal = PublishingError::RequestInFlight { workspace_id: workspace_id.clone(), request_id: pending.clone() };
+            return Err(Problem::from(CommandError::Rejected(refusal)));
+        }
+        if !publishing.may_claim(&subdomain, &workspace_id) {
+            return Err(Problem::from(CommandError::Rejected(PublishingError::SubdomainTaken(subdomain))));
+        }
+        let task = GitTask::Commit {
+            base: diff_base(state, &workspace).await?,
+            message: message.clone(),
+            author_name: caller.email.as_str().split('@').next().unwrap_or_default().to_string(),
+            author_email: caller.email.to_string(),
+            max_patch_bytes: policy.max_patch_bytes,
+            timeout_secs: policy.git_timeout_secs,
+        };
+        let (commit_id, report) = match run_git(state, &workspace_id, &task).await? {
+            TaskOutcome::Committed { commit, diff, .. } => {
+                (CommitId::parse(&commit).map_err(|_| Problem::internal())?, diff)
+            }
+            TaskOutcome::NoChanges { base_commit } => {
+                return Err(Problem::new(ProblemCode::NoChanges, "Nothing to publish").field("workspace_id").detail(
+                    format!("The workspace's files equal its base ({base_commit}): there is nothing to publish."),
+                ))
+            }
+            other => {
+                tracing::warn!(?other, "a commit task answered something else");
+                return Err(Problem::internal());
+            }
+        };
+        let base_commit = CommitId::parse(&report.base_commit).ok();
+        let files = u32::try_from(report.files_changed).unwrap_or(u32::MAX);
+        let diff = DiffSummary::new(files, report.insertions, report.deletions, Some(report.patch), policy.max_patch_bytes)
+            .map_err(|error| {
+                tracing::warn!(%error, "the workspace's diff does not fit a publish request");
+                Problem::internal()
+            })?
+            .truncated(report.patch_truncated);
         let (trust, _) = state.trust.load(TRUST_RULES_ID).await.map_err(Problem::from)?;
         let trusted = trust
             .evaluate(&caller.email, &blueprint_key)
@@ -521,6 +786,8 @@ pub async fn submit(
             ttl: policy.ttl,
             approvals_required: policy.approvals_required.max(1),
             trusted: trusted.clone(),
+            base_commit: base_commit.clone(),
+            deliver: true,
         };
         let stamp = |time: chrono::DateTime<chrono::Utc>| time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
         let approvals_required = i64::from(policy.approvals_required.max(1));
@@ -539,6 +806,8 @@ pub async fn submit(
                     insertions: i64::try_from(diff.insertions).unwrap_or(i64::MAX),
                     deletions: i64::try_from(diff.deletions).unwrap_or(i64::MAX),
                     patch: None,
+                    patch_truncated: diff.patch_truncated,
+                    base_commit: base_commit.as_ref().map(ToString::to_string),
                 },
                 message: message.clone(),
                 status: if trusted.is_some() { RequestStatus::Approved } else { RequestStatus::Pending }
@@ -553,6 +822,15 @@ pub async fn submit(
                 decision_reason: trusted.as_ref().map(|rule| rule.reason.clone()),
                 trust_rule_id: trusted.as_ref().map(|rule| rule.rule_id.clone()),
                 version: i64::try_from(version).unwrap_or(i64::MAX),
+                delivery: trusted.as_ref().map(|_| DeliveryView {
+                    status: "queued".into(),
+                    remote: None,
+                    branch: None,
+                    pull_request_url: None,
+                    pull_request_number: None,
+                    failure: None,
+                    attempts: 0,
+                }),
                 history: None,
             };
             Ok(crate::idempotency::Reply {
@@ -574,6 +852,7 @@ pub async fn submit(
             )
             .await
             .map_err(Problem::from)?;
+        state.publisher.wake();
         attempt.prepared().ok_or_else(Problem::internal)
     })
     .await
@@ -741,6 +1020,25 @@ pub async fn reject(
         if_version: crate::if_match(&request)?,
     };
     decide(&state, &caller, &request, request_id, command, &body.raw).await
+}
+
+/// Tries a failed delivery again (admins), once its cause is fixed: the push, or the pull request if the push was
+/// done. 409 `delivery_not_failed` when the delivery has not failed.
+#[utoipa::path(post, path = "/api/v1/publish-requests/{id}/retry", tag = "publishing", security(("bearer" = [])),
+    responses((status = 200, body = DecisionView), (status = 401, body = Problem), (status = 403, body = Problem),
+              (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem),
+              (status = 503, body = Problem)))]
+#[post("/api/v1/publish-requests/{id}/retry")]
+pub async fn retry_delivery(
+    caller: Caller,
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    path: Path<String>,
+) -> Result<HttpResponse, Problem> {
+    caller.require(&[Role::Admin])?;
+    let request_id = request_id_from_path(&path)?;
+    let command = PublishingCommand::RetryDelivery { request_id: request_id.clone(), by: caller.email.clone() };
+    decide(&state, &caller, &request, request_id, command, &[]).await
 }
 
 /// Withdraws a pending request (its builder only). Final.

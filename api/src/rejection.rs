@@ -56,6 +56,9 @@ impl Rejection for PublishingError {
             // Only the expiry sweep expires requests, and only the service's own settings make the policy: no
             // caller can cause these, so they are the service's fault.
             PublishingError::NotDue(_) | PublishingError::InvalidPolicy => ProblemCode::Internal,
+            PublishingError::NotDelivering(_) | PublishingError::NotFailed { .. } => ProblemCode::DeliveryNotFailed,
+            // Only the publisher records delivery steps; it treats this one as "already done".
+            PublishingError::WrongDeliveryStep { .. } => ProblemCode::ConcurrentModification,
         }
     }
 

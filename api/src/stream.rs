@@ -166,6 +166,24 @@ impl Classifier {
                 }
                 PublishingEvent::PublishWithdrawn { request_id, .. } => (request_id, "withdrawn", json!({})),
                 PublishingEvent::PublishExpired { request_id } => (request_id, "expired", json!({})),
+                PublishingEvent::PublishPushed { request_id, remote, branch, commit_id, .. } => (
+                    request_id,
+                    "approved",
+                    json!({"delivery": "pushed", "remote": remote, "branch": branch, "commit_id": commit_id}),
+                ),
+                PublishingEvent::PullRequestOpened { request_id, url, number } => (
+                    request_id,
+                    "approved",
+                    json!({"delivery": "pull_request_opened", "pull_request_url": url, "pull_request_number": number}),
+                ),
+                PublishingEvent::PublishFailed { request_id, stage, reason, retryable, .. } => (
+                    request_id,
+                    "approved",
+                    json!({"delivery": "failed", "stage": stage.as_str(), "reason": reason, "retryable": retryable}),
+                ),
+                PublishingEvent::PublishRetryRequested { request_id, .. } => {
+                    (request_id, "approved", json!({"delivery": "retried"}))
+                }
                 PublishingEvent::SubdomainClaimed { .. } | PublishingEvent::SubdomainReleased { .. } => return None,
             };
             let builder = self.builder_of(request).await?;

@@ -68,6 +68,19 @@ impl CredentialSource for OrgCredentials {
     }
 }
 
+#[async_trait]
+impl publisher::GitTokenSource for OrgCredentials {
+    async fn open(&self) -> Result<Option<zeroize::Zeroizing<String>>, String> {
+        let (org, _) = self.org.load(ORG_ID).await.map_err(|error| format!("the store: {error}"))?;
+        let Some(key) = org.credential(OrgCredential::GitToken) else { return Ok(None) };
+        let secret = self
+            .vault
+            .open(&key.sealed, &crate::vault::org_binding(OrgCredential::GitToken))
+            .map_err(|_| "the git_token does not open with the key ring in use".to_string())?;
+        Ok(Some(zeroize::Zeroizing::new(secret.expose().to_string())))
+    }
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Wire types
 

@@ -55,6 +55,14 @@ impl PublishRequestsProjection {
         Ok(())
     }
 
+    /// Queues an approved request's delivery (only a request made to be delivered).
+    async fn queue(connection: &mut AnyConnection, tables: &Tables, request_id: &str) -> Result<(), ApplyError> {
+        let requests = tables.name("publish_requests");
+        let sql = format!("UPDATE {requests} SET delivery_status = 'queued' WHERE request_id = $1 AND deliver = 1");
+        connection.execute(sqlx::query(&sql).bind(request_id)).await?;
+        Ok(())
+    }
+
     /// Records a request's final decision.
     async fn decide(
         connection: &mut AnyConnection,
@@ -116,14 +124,18 @@ impl Projection for PublishRequestsProjection {
                 approvals_required,
                 submitted_at,
                 expires_at,
+                base_commit,
+                deliver,
             } => {
                 let requests = tables.name("publish_requests");
                 let sql = format!(
                     "INSERT INTO {requests} (request_id, workspace_id, blueprint_key, subdomain, builder, commit_id,
                        files, insertions, deletions, patch, message, status, approvals_required, approvals,
-                       submitted_at, expires_at, updated_at, version)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'pending', $12, 0, $13, $14, $15, $16)"
+                       submitted_at, expires_at, updated_at, version, base_commit, patch_truncated, deliver)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'pending', $12, 0, $13, $14, $15, $16,
+                       $17, $18, $19)"
                 );
+                let patch_truncated = i64::from(diff.patch_truncated);
                 let query = sqlx::query(&sql)
                     .bind(request_id.to_string())
                     .bind(workspace_id.to_string())
@@ -140,7 +152,10 @@ impl Projection for PublishRequestsProjection {
                     .bind(rfc3339(&submitted_at))
                     .bind(rfc3339(&expires_at))
                     .bind(rfc3339(&event.recorded_at))
-                    .bind(int(event.sequence));
+                    .bind(int(event.sequence))
+                    .bind(base_commit.map(|commit| commit.to_string()))
+                    .bind(patch_truncated)
+                    .bind(i64::from(deliver));
                 connection.execute(query).await?;
                 let actor = builder.to_string();
                 Self::step(connection, tables, event, request_id.as_str(), "submitted", Some(&actor), None).await?;
@@ -183,6 +198,7 @@ impl Projection for PublishRequestsProjection {
                 )
                 .await?;
                 Self::step(connection, tables, event, id, "approved", by.as_deref(), None).await?;
+                Self::queue(connection, tables, id).await?;
             }
             PublishingEvent::PublishAutoApproved { request_id, trust_rule_id, reason } => {
                 let id = request_id.as_str();
@@ -196,6 +212,7 @@ impl Projection for PublishRequestsProjection {
                 )
                 .await?;
                 Self::step(connection, tables, event, id, "auto_approved", by, Some(&reason)).await?;
+                Self::queue(connection, tables, id).await?;
             }
             PublishingEvent::PublishRejected { request_id, reviewer, feedback } => {
                 let id = request_id.as_str();
@@ -214,6 +231,56 @@ impl Projection for PublishRequestsProjection {
                 let id = request_id.as_str();
                 Self::decide(connection, tables, event, id, Decision::new("expired", None, None)).await?;
                 Self::step(connection, tables, event, id, "expired", None, None).await?;
+            }
+            PublishingEvent::PublishPushed { request_id, remote, branch, .. } => {
+                let requests = tables.name("publish_requests");
+                let sql = format!(
+                    "UPDATE {requests} SET delivery_status = 'pushed', delivery_remote = $2, delivery_branch = $3,
+                       failure_stage = NULL, failure_reason = NULL, failure_retryable = NULL, failure_at = NULL,
+                       delivery_attempts = 0 WHERE request_id = $1"
+                );
+                let id = request_id.as_str();
+                connection.execute(sqlx::query(&sql).bind(id).bind(&remote).bind(&branch)).await?;
+                let said = format!("{branch} on {remote}");
+                Self::step(connection, tables, event, id, "pushed", Some(SYSTEM_REVIEWER), Some(&said)).await?;
+            }
+            PublishingEvent::PullRequestOpened { request_id, url, number } => {
+                let requests = tables.name("publish_requests");
+                let sql = format!(
+                    "UPDATE {requests} SET delivery_status = 'pull_request_opened', pull_request_url = $2,
+                       pull_request_number = $3, failure_stage = NULL, failure_reason = NULL,
+                       failure_retryable = NULL, failure_at = NULL, delivery_attempts = 0 WHERE request_id = $1"
+                );
+                let id = request_id.as_str();
+                connection.execute(sqlx::query(&sql).bind(id).bind(&url).bind(int(number))).await?;
+                Self::step(connection, tables, event, id, "pull_request_opened", Some(SYSTEM_REVIEWER), Some(&url))
+                    .await?;
+            }
+            PublishingEvent::PublishFailed { request_id, stage, reason, retryable, at } => {
+                let requests = tables.name("publish_requests");
+                let sql = format!(
+                    "UPDATE {requests} SET delivery_status = 'failed', failure_stage = $2, failure_reason = $3,
+                       failure_retryable = $4, failure_at = $5, delivery_attempts = delivery_attempts + 1
+                     WHERE request_id = $1"
+                );
+                let id = request_id.as_str();
+                let query = sqlx::query(&sql).bind(id).bind(stage.as_str()).bind(&reason);
+                connection.execute(query.bind(i64::from(retryable)).bind(rfc3339(&at))).await?;
+                let said = format!("{}: {reason}", stage.as_str());
+                Self::step(connection, tables, event, id, "failed", Some(SYSTEM_REVIEWER), Some(&said)).await?;
+            }
+            PublishingEvent::PublishRetryRequested { request_id, by } => {
+                let requests = tables.name("publish_requests");
+                let sql = format!(
+                    "UPDATE {requests} SET
+                       delivery_status = CASE WHEN delivery_branch IS NULL THEN 'queued' ELSE 'pushed' END,
+                       failure_stage = NULL, failure_reason = NULL, failure_retryable = NULL, failure_at = NULL,
+                       delivery_attempts = 0 WHERE request_id = $1"
+                );
+                let id = request_id.as_str();
+                connection.execute(sqlx::query(&sql).bind(id)).await?;
+                let by = by.to_string();
+                Self::step(connection, tables, event, id, "retried", Some(&by), None).await?;
             }
         }
         Ok(())
@@ -320,6 +387,30 @@ pub struct PublishRequestRow {
     pub updated_at: String,
     /// The publishing version that last changed the request: what its ETag names.
     pub version: i64,
+    /// Where the diff started.
+    pub base_commit: Option<String>,
+    /// Whether the patch is only the beginning of the diff.
+    pub patch_truncated: bool,
+    /// `queued`, `pushed`, `pull_request_opened` or `failed`; `None` when not delivered.
+    pub delivery_status: Option<String>,
+    /// The remote the commit was pushed to (credentials redacted).
+    pub delivery_remote: Option<String>,
+    /// The branch it was pushed to.
+    pub delivery_branch: Option<String>,
+    /// The pull request's web page.
+    pub pull_request_url: Option<String>,
+    /// Its number.
+    pub pull_request_number: Option<i64>,
+    /// The failed step (`push`, `pull_request`).
+    pub failure_stage: Option<String>,
+    /// Why it failed.
+    pub failure_reason: Option<String>,
+    /// Whether it is retried automatically.
+    pub failure_retryable: Option<bool>,
+    /// When it failed (RFC 3339).
+    pub failure_at: Option<String>,
+    /// Failed attempts since the last success or retry.
+    pub delivery_attempts: i64,
 }
 
 /// One step of a request's history.
@@ -368,7 +459,9 @@ pub struct RequestFilter {
 const REQUEST_COLUMNS: &str =
     "request_id, workspace_id, blueprint_key, subdomain, builder, commit_id, files, insertions,
     deletions, NULL AS patch, message, status, approvals_required, approvals, submitted_at, expires_at, decided_at,
-    decided_by, decision_reason, trust_rule_id, updated_at, version";
+    decided_by, decision_reason, trust_rule_id, updated_at, version, base_commit, patch_truncated, delivery_status,
+    delivery_remote, delivery_branch, pull_request_url, pull_request_number, failure_stage, failure_reason,
+    failure_retryable, failure_at, delivery_attempts";
 
 /// Reads of the publishing read models.
 #[derive(Debug, Clone)]
@@ -507,6 +600,18 @@ fn request(row: &AnyRow) -> Result<PublishRequestRow, sqlx::Error> {
         trust_rule_id: row.try_get("trust_rule_id")?,
         updated_at: row.try_get("updated_at")?,
         version: row.try_get("version")?,
+        base_commit: row.try_get("base_commit")?,
+        patch_truncated: row.try_get::<i64, _>("patch_truncated")? != 0,
+        delivery_status: row.try_get("delivery_status")?,
+        delivery_remote: row.try_get("delivery_remote")?,
+        delivery_branch: row.try_get("delivery_branch")?,
+        pull_request_url: row.try_get("pull_request_url")?,
+        pull_request_number: row.try_get("pull_request_number")?,
+        failure_stage: row.try_get("failure_stage")?,
+        failure_reason: row.try_get("failure_reason")?,
+        failure_retryable: row.try_get::<Option<i64>, _>("failure_retryable")?.map(|value| value != 0),
+        failure_at: row.try_get("failure_at")?,
+        delivery_attempts: row.try_get("delivery_attempts")?,
     })
 }
 

@@ -52,6 +52,10 @@ pub struct Hello {
     /// `BLUEPRINT_PROJECT_ID`) are taken from the agent token, never from here.
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
+    /// The protocol features it supports beyond terminals ([`crate::task::FEATURE_GIT`]); an older gateway ignores
+    /// the field, an older agent sends none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub features: Vec<String>,
 }
 
 impl Hello {
@@ -210,7 +214,12 @@ async fn serve_once(config: &AgentConfig, url: &str) -> Result<Outcome, Box<dyn 
         tokio_tungstenite::connect_async_tls_with_config(request, Some(websocket_config()), true, Some(connector))
             .await?;
     let (mut sink, mut stream) = socket.split();
-    let hello = Hello { token: config.token.clone(), workspace: config.workspace.clone(), tags: config.tags.clone() };
+    let hello = Hello {
+        token: config.token.clone(),
+        workspace: config.workspace.clone(),
+        tags: config.tags.clone(),
+        features: vec![crate::task::FEATURE_GIT.to_string()],
+    };
     sink.send(Message::Text(serde_json::to_string(&hello)?.into())).await?;
     loop {
         match stream.next().await {
@@ -253,6 +262,7 @@ async fn serve_once(config: &AgentConfig, url: &str) -> Result<Outcome, Box<dyn 
         let _ = sink.close().await;
     });
     let mut sessions: HashMap<u32, Shell> = HashMap::new();
+    let mut tasks: HashMap<u32, TaskSession> = HashMap::new();
     let mut outcome = Outcome::Served;
     while let Some(message) = stream.next().await {
         let bytes = match message {
@@ -297,26 +307,83 @@ async fn serve_once(config: &AgentConfig, url: &str) -> Result<Outcome, Box<dyn 
                 }
             }
             Frame::Credit { session, bytes } => {
-                if let Some(shell) = sessions.get(&session) {
-                    let room = (INITIAL_WINDOW as usize).saturating_sub(shell.window.available_permits());
-                    shell.window.add_permits((bytes as usize).min(room));
+                let window = sessions.get(&session).map(|shell| &shell.window);
+                if let Some(window) = window.or_else(|| tasks.get(&session).map(|task| &task.window)) {
+                    let room = (INITIAL_WINDOW as usize).saturating_sub(window.available_permits());
+                    window.add_permits((bytes as usize).min(room));
                 }
             }
             Frame::Close { session } => {
                 if let Some(mut shell) = sessions.remove(&session) {
                     shell.kill();
                 }
+                if let Some(task) = tasks.remove(&session) {
+                    task.abort.abort();
+                }
+            }
+            Frame::Task { session, body } => {
+                let task = TaskSession::spawn(session, &body, config.dir.as_deref(), &out_tx);
+                tasks.insert(session, task);
             }
             Frame::Opened { .. } | Frame::Exit { .. } => {}
         }
         sessions.retain(|_, shell| !shell.finished());
+        tasks.retain(|_, task| !task.abort.is_finished());
     }
     for (_, mut shell) in sessions.drain() {
         shell.kill();
     }
+    for (_, task) in tasks.drain() {
+        task.abort.abort();
+    }
     drop(out_tx);
     writer.abort();
     Ok(outcome)
+}
+
+/// One git task: its window towards the gateway, and its work (aborted when the gateway closes the session, which
+/// kills its `git`).
+struct TaskSession {
+    window: Arc<Semaphore>,
+    abort: tokio::task::AbortHandle,
+}
+
+impl TaskSession {
+    fn spawn(session: u32, body: &[u8], dir: Option<&std::path::Path>, out: &mpsc::UnboundedSender<Frame>) -> Self {
+        let window = Arc::new(Semaphore::new(INITIAL_WINDOW as usize));
+        let task = serde_json::from_slice::<crate::task::GitTask>(body);
+        let dir = dir
+            .map(std::path::Path::to_path_buf)
+            .or_else(|| std::env::var_os("HOME").map(std::path::PathBuf::from))
+            .unwrap_or_else(|| std::path::PathBuf::from("."));
+        let (out, credit) = (out.clone(), window.clone());
+        let _ = out.send(Frame::Opened { session });
+        let work = tokio::spawn(async move {
+            let outcome = match task {
+                Ok(task) => {
+                    tracing::info!(session, task = task.name(), "git task");
+                    crate::git::run(&dir, task).await
+                }
+                Err(error) => crate::task::TaskOutcome::Failed {
+                    kind: crate::task::FailureKind::BadTask,
+                    message: format!("not a task this agent knows: {error}"),
+                },
+            };
+            let bytes = serde_json::to_vec(&outcome).unwrap_or_default();
+            for chunk in bytes.chunks(crate::mux::MAX_DATA) {
+                // Within the window the gateway grants, as a shell's output.
+                match credit.acquire_many(chunk.len() as u32).await {
+                    Ok(permit) => permit.forget(),
+                    Err(_) => return,
+                }
+                if out.send(Frame::Data { session, bytes: chunk.to_vec() }).is_err() {
+                    return;
+                }
+            }
+            let _ = out.send(Frame::Close { session });
+        });
+        Self { window, abort: work.abort_handle() }
+    }
 }
 
 /// One shell in a PTY. Its I/O is a task on the agent's runtime: the PTY's master is non-blocking and registered
@@ -524,6 +591,7 @@ mod tests {
             token: "t".into(),
             workspace: "ws".into(),
             tags: BTreeMap::from([("RDE_OWNER_EMAIL".to_string(), "ada@example.com".to_string())]),
+            features: vec!["git".into()],
         };
         let text = serde_json::to_string(&hello).unwrap_or_default();
         assert!(text.starts_with(r#"{"type":"hello","#), "{text}");

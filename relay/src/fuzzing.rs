@@ -115,7 +115,7 @@ fn layout_refusal(data: &[u8]) -> Option<MuxError> {
     let (length, exact) = match kind {
         0x01 => (7, true),
         0x02 | 0x07 => (0, true),
-        0x03 => (MAX_DATA, false),
+        0x03 | 0x08 => (MAX_DATA, false),
         0x04..=0x06 => (4, true),
         // A known kind comes first: a short frame of an unknown kind is refused as truncated.
         _ if body.is_none() => return Some(MuxError::Truncated),

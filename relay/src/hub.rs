@@ -35,6 +35,26 @@ pub enum ToBrowser {
     AgentRevoked,
 }
 
+/// Why a task gave no outcome.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TaskError {
+    /// The agent does not run tasks (it is older than this gateway).
+    #[error("the workspace's agent is too old to run git tasks: restart the workspace")]
+    Unsupported,
+    /// The agent disconnected before answering.
+    #[error("the workspace's agent disconnected before answering")]
+    AgentLost,
+    /// No answer within the task's time.
+    #[error("the workspace's agent did not answer in time")]
+    Timeout,
+    /// The task or its answer is too large.
+    #[error("the task or its answer is too large")]
+    TooLarge,
+    /// The answer is not an outcome.
+    #[error("the workspace's agent answered with something that is not an outcome: {0}")]
+    Malformed(String),
+}
+
 /// Refusal of an agent's registration.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("workspace {0} already has a connected agent")]
@@ -56,6 +76,8 @@ pub struct AgentConn {
     pub workspace: String,
     /// The tags it announced.
     pub tags: BTreeMap<String, String>,
+    /// The protocol features it announced (`hello`'s `features`: [`crate::task::FEATURE_GIT`]).
+    pub features: Vec<String>,
     to_agent: mpsc::UnboundedSender<Frame>,
     sessions: Mutex<HashMap<u32, SessionSlot>>,
     next_session: AtomicU32,
@@ -142,7 +164,7 @@ impl AgentConn {
                 }
                 return;
             }
-            Frame::Open { .. } | Frame::Resize { .. } => return,
+            Frame::Open { .. } | Frame::Resize { .. } | Frame::Task { .. } => return,
         };
         let _ = slot.to_browser.send(message);
     }
@@ -165,6 +187,64 @@ impl AgentConn {
         }
         let _ = self.to_agent.send(Frame::Open { session, kind: SessionKind::Terminal, cols, rows, port: 0 });
         SessionHandle { session, conn: self.clone(), input_credit, from_agent, closed: false }
+    }
+
+    /// Whether the agent announced `feature`.
+    pub fn supports(&self, feature: &str) -> bool {
+        self.features.iter().any(|announced| announced == feature)
+    }
+
+    /// Opens a task session running `task` (its JSON at most [`MAX_DATA`] bytes, else `None`).
+    pub fn open_task(self: &Arc<Self>, task: &crate::task::GitTask) -> Option<SessionHandle> {
+        let body = serde_json::to_vec(task).ok().filter(|body| body.len() <= MAX_DATA)?;
+        let session = self.next_session.fetch_add(1, Ordering::Relaxed);
+        let (to_browser, from_agent) = mpsc::unbounded_channel();
+        let input_credit = Arc::new(Semaphore::new(INITIAL_WINDOW as usize));
+        if let Ok(mut sessions) = self.sessions.lock() {
+            sessions.insert(
+                session,
+                SessionSlot {
+                    to_browser,
+                    input_credit: input_credit.clone(),
+                    output_window: Window::new(session),
+                    unreturned: 0,
+                },
+            );
+        }
+        let _ = self.to_agent.send(Frame::Task { session, body });
+        Some(SessionHandle { session, conn: self.clone(), input_credit, from_agent, closed: false })
+    }
+
+    /// Runs `task` on this agent and waits for its outcome, at most the task's own deadline. Dropping the future
+    /// closes the session (the agent then kills its `git`).
+    pub async fn run_task(self: &Arc<Self>, task: &crate::task::GitTask) -> Result<crate::task::TaskOutcome, TaskError> {
+        if !self.supports(crate::task::FEATURE_GIT) {
+            return Err(TaskError::Unsupported);
+        }
+        let mut handle = self.open_task(task).ok_or(TaskError::TooLarge)?;
+        let collect = async {
+            let mut collected = Vec::new();
+            loop {
+                match handle.recv().await {
+                    Some(ToBrowser::Opened) | Some(ToBrowser::Exit(_)) => {}
+                    Some(ToBrowser::Data(bytes)) => {
+                        if collected.len() + bytes.len() > crate::task::MAX_OUTCOME_BYTES {
+                            return Err(TaskError::TooLarge);
+                        }
+                        handle.consumed(bytes.len());
+                        collected.extend_from_slice(&bytes);
+                    }
+                    Some(ToBrowser::Closed) => break,
+                    Some(ToBrowser::AgentLost) | Some(ToBrowser::AgentRevoked) | None => {
+                        return Err(TaskError::AgentLost)
+                    }
+                }
+            }
+            serde_json::from_slice(&collected).map_err(|error| TaskError::Malformed(error.to_string()))
+        };
+        let outcome = tokio::time::timeout(task.deadline(), collect).await.map_err(|_| TaskError::Timeout)?;
+        handle.close();
+        outcome
     }
 
     /// Tells every session why the agent left (`ToBrowser::AgentLost` or `ToBrowser::AgentRevoked`) and forgets it.
@@ -324,6 +404,16 @@ impl Hub {
         workspace: &str,
         tags: BTreeMap<String, String>,
     ) -> Result<(Arc<AgentConn>, mpsc::UnboundedReceiver<Frame>), WorkspaceTaken> {
+        self.register_with(workspace, tags, Vec::new())
+    }
+
+    /// [`Hub::register`], with the protocol features the agent announced.
+    pub fn register_with(
+        &self,
+        workspace: &str,
+        tags: BTreeMap<String, String>,
+        features: Vec<String>,
+    ) -> Result<(Arc<AgentConn>, mpsc::UnboundedReceiver<Frame>), WorkspaceTaken> {
         let mut agents = self.agents.lock().map_err(|_| WorkspaceTaken(workspace.to_string()))?;
         if agents.contains_key(workspace) {
             return Err(WorkspaceTaken(workspace.to_string()));
@@ -334,6 +424,7 @@ impl Hub {
             id,
             workspace: workspace.to_string(),
             tags,
+            features,
             to_agent,
             sessions: Mutex::new(HashMap::new()),
             next_session: AtomicU32::new(1),

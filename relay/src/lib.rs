@@ -6,7 +6,8 @@
 //! - [`mux`]: the binary frames that carry many sessions over one agent connection, with per-session flow control.
 //! - [`hub`]: the gateway's registry of connected agents and the sessions each carries (transport-free).
 //! - [`gateway`]: the gateway's state and rules: agent tokens, tickets, the firewall, open sessions.
-//! - [`agent`]: the workspace agent (`gatehouse agent`): dials out, runs shells in PTYs.
+//! - [`task`]: git work the gateway asks of an agent (diff, commit, push), as JSON over a task session.
+//! - [`agent`]: the workspace agent (`gatehouse agent`): dials out, runs shells in PTYs and git tasks.
 //!
 //! **API Boundary:** both protocols are contracts with code we do not deploy together (browsers, agents in
 //! workspaces); change them only by adding message kinds.
@@ -19,5 +20,7 @@ pub mod browser;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gateway;
+pub mod git;
 pub mod hub;
 pub mod mux;
+pub mod task;

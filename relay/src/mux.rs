@@ -79,6 +79,14 @@ pub enum Frame {
         /// The session.
         session: u32,
     },
+    /// Gateway → agent: open a task session running the [`GitTask`](crate::task::GitTask) whose JSON is `body`
+    /// (at most [`MAX_DATA`] bytes). The agent answers `Opened`, the outcome's JSON in `Data`, then `Close`.
+    Task {
+        /// The session.
+        session: u32,
+        /// The task, as JSON.
+        body: Vec<u8>,
+    },
 }
 
 /// Why bytes are not a frame.
@@ -118,7 +126,8 @@ impl Frame {
             | Frame::Resize { session, .. }
             | Frame::Credit { session, .. }
             | Frame::Exit { session, .. }
-            | Frame::Close { session } => *session,
+            | Frame::Close { session }
+            | Frame::Task { session, .. } => *session,
         }
     }
 
@@ -161,6 +170,11 @@ impl Frame {
                 out
             }
             Frame::Close { .. } => header(0x07, 0),
+            Frame::Task { body, .. } => {
+                let mut out = header(0x08, body.len());
+                out.extend_from_slice(body);
+                out
+            }
         }
     }
 
@@ -218,6 +232,12 @@ impl Frame {
                 fixed(0)?;
                 Frame::Close { session }
             }
+            0x08 => {
+                if body.len() > MAX_DATA {
+                    return Err(MuxError::BadLength(bytes.len()));
+                }
+                Frame::Task { session, body: body.to_vec() }
+            }
             other => return Err(MuxError::UnknownKind(other)),
         })
     }
@@ -274,6 +294,7 @@ mod tests {
             Frame::Credit { session: 7, bytes: 4096 },
             Frame::Exit { session: 7, code: -1 },
             Frame::Close { session: 7 },
+            Frame::Task { session: 9, body: br#"{"op":"diff"}"#.to_vec() },
         ]
     }
 
@@ -291,6 +312,7 @@ mod tests {
         );
         assert_eq!(Frame::Exit { session: 3, code: -1 }.encode(), [0x06, 0, 0, 0, 3, 0xff, 0xff, 0xff, 0xff]);
         assert_eq!(Frame::Close { session: 4 }.encode(), [0x07, 0, 0, 0, 4]);
+        assert_eq!(Frame::Task { session: 5, body: b"{}".to_vec() }.encode(), [0x08, 0, 0, 0, 5, b'{', b'}']);
     }
 
     #[test]

@@ -4,10 +4,17 @@
 //! `postgres://postgres@127.0.0.1:5432/postgres`), create a database named `gh_test_<uuid>` on it, and drop it when
 //! done. When the variable is unset, [`TestDb::postgres`] returns `None` and prints that the test was skipped, so a
 //! machine without PostgreSQL still runs everything else. `.ci/run` always sets it.
+//!
+//! Beside the databases: [`proxy`] cuts a connection to order, [`git_http`] is a git remote over HTTP that wants a
+//! token, and [`forge`] fakes GitHub's and GitLab's pull-request APIs. Those run on threads of their own and stop
+//! when dropped.
 
 #![allow(clippy::unwrap_used)]
 
+pub mod forge;
+pub mod git_http;
 pub mod proxy;
+mod serve;
 
 use std::path::PathBuf;
 

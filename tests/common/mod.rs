@@ -361,11 +361,22 @@ pub fn issue_token(db: &TestDb, email: &str, role: &str, ttl: &str) -> String {
 pub struct Api {
     pub base: String,
     pub http: reqwest::Client,
+    /// The server's workspaces directory (`<dir>/<workspace id>` holds a workspace's files).
+    pub workspaces_dir: std::path::PathBuf,
 }
 
 impl Api {
     pub fn new(server: &Server) -> Self {
-        Self { base: server.base.clone(), http: reqwest::Client::new() }
+        Self { base: server.base.clone(), http: reqwest::Client::new(), workspaces_dir: server.workspaces_dir.clone() }
+    }
+
+    /// Changes a file in workspace `id` (a new one each call), so that it has something to publish.
+    pub fn edit(&self, id: &str) -> String {
+        static EDITS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = EDITS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("change-{n}.txt");
+        std::fs::write(self.workspaces_dir.join(id).join(&name), format!("change {n}\n")).unwrap();
+        name
     }
 
     pub async fn call(

@@ -209,6 +209,7 @@ async fn agent_connection(gateway: Arc<Gateway>, mut session: Session, mut strea
     let watch = gateway.watch_token(&token_id);
     // The token decides which workspace the agent serves and what is known of it (its owner above all): a token
     // taken from one workspace must not let its holder stand in for another one's agent.
+    let features = hello.features.clone();
     let tags = match gateway.admit_agent(&token_id, &hello.workspace, hello.tags).await {
         Ok(tags) => tags,
         Err(refusal) => {
@@ -223,7 +224,7 @@ async fn agent_connection(gateway: Arc<Gateway>, mut session: Session, mut strea
             return;
         }
     };
-    let (conn, mut frames) = match gateway.hub.register(&hello.workspace, tags) {
+    let (conn, mut frames) = match gateway.hub.register_with(&hello.workspace, tags, features) {
         Ok(registered) => registered,
         Err(error) => {
             tracing::info!(%error, "agent refused");

@@ -2,6 +2,7 @@
 
 use chrono::{DateTime, Duration, Utc};
 
+use super::delivery::DeliveryStage;
 use super::values::{BlueprintKey, CommitId, DiffSummary, RequestId, Subdomain, WorkspaceId};
 use crate::Email;
 
@@ -45,6 +46,10 @@ pub enum PublishingCommand {
         approvals_required: u32,
         /// The trust rule that approves it at once, if one matches.
         trusted: Option<TrustMatch>,
+        /// Where the diff starts.
+        base_commit: Option<CommitId>,
+        /// Whether the commit is delivered once approved.
+        deliver: bool,
     },
     /// An admin approves.
     Approve {
@@ -80,6 +85,46 @@ pub enum PublishingCommand {
         by: Email,
         /// Only if the request is still at this version (`If-Match`).
         if_version: Option<u64>,
+    },
+    /// Record that an approved request's commit is on the remote (nothing changes when it already is).
+    RecordPushed {
+        /// The request.
+        request_id: RequestId,
+        /// The remote, as it may be shown.
+        remote: String,
+        /// The branch.
+        branch: String,
+        /// Whether a pull request follows.
+        pull_request: bool,
+    },
+    /// Record the pull request of an approved, pushed request (nothing changes when one is recorded already).
+    RecordPullRequest {
+        /// The request.
+        request_id: RequestId,
+        /// Its web page.
+        url: String,
+        /// Its number.
+        number: u64,
+    },
+    /// Record a failed delivery step.
+    RecordFailure {
+        /// The request.
+        request_id: RequestId,
+        /// The step.
+        stage: DeliveryStage,
+        /// What went wrong (no credential).
+        reason: String,
+        /// Whether trying again may succeed unchanged.
+        retryable: bool,
+        /// Now.
+        now: DateTime<Utc>,
+    },
+    /// An admin retries a failed delivery.
+    RetryDelivery {
+        /// The request.
+        request_id: RequestId,
+        /// The admin.
+        by: Email,
     },
     /// Expire a pending request whose time is up; does nothing for a request that is no longer pending.
     Expire {

@@ -59,6 +59,25 @@ pub enum PublishingError {
     /// The request's time is not up yet.
     #[error("publish request {0} has not expired yet")]
     NotDue(RequestId),
+    /// The request is not being delivered (not approved, or made before delivery existed).
+    #[error("publish request {0} is not being delivered")]
+    NotDelivering(RequestId),
+    /// The delivery step does not fit where the delivery stands (a pull request before the push).
+    #[error("publish request {request_id}'s delivery is {status}")]
+    WrongDeliveryStep {
+        /// The request.
+        request_id: RequestId,
+        /// Where its delivery stands.
+        status: &'static str,
+    },
+    /// A retry of a delivery that has not failed.
+    #[error("publish request {request_id}'s delivery has not failed (it is {status})")]
+    NotFailed {
+        /// The request.
+        request_id: RequestId,
+        /// Where its delivery stands.
+        status: &'static str,
+    },
     /// At least one approval is needed.
     #[error("approvals required must be at least 1")]
     InvalidPolicy,

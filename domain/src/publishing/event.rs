@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use cqrs_es::DomainEvent;
 use serde::{Deserialize, Serialize};
 
+use super::delivery::DeliveryStage;
 use super::values::{BlueprintKey, CommitId, DiffSummary, RequestId, Subdomain, WorkspaceId};
 use crate::Email;
 
@@ -48,6 +49,14 @@ pub enum PublishingEvent {
         submitted_at: DateTime<Utc>,
         /// When it expires unless decided.
         expires_at: DateTime<Utc>,
+        /// The commit the diff starts from (the last one published from the workspace, or where it left the
+        /// blueprint's branch). Absent in requests made before Gatehouse made the commit itself.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        base_commit: Option<CommitId>,
+        /// Whether the commit is delivered once approved (pushed, and a pull request opened). `false` for requests
+        /// made before delivery existed, whose commit the client named: they are never pushed.
+        #[serde(default)]
+        deliver: bool,
     },
     /// An admin approved; the request is approved once `approvals_required` admins have.
     ApprovalRecorded {
@@ -93,6 +102,48 @@ pub enum PublishingEvent {
         /// The request.
         request_id: RequestId,
     },
+    /// An approved request's commit is on the blueprint's repository.
+    PublishPushed {
+        /// The request.
+        request_id: RequestId,
+        /// The remote, as it may be shown (credentials in a URL redacted).
+        remote: String,
+        /// The branch it was pushed to.
+        branch: String,
+        /// The commit.
+        commit_id: CommitId,
+        /// Whether a pull request follows (`false` with the `local` provider: the branch is the result).
+        pull_request: bool,
+    },
+    /// The pull (or merge) request for an approved request is open.
+    PullRequestOpened {
+        /// The request.
+        request_id: RequestId,
+        /// Its web page.
+        url: String,
+        /// Its number (GitHub) or `iid` (GitLab).
+        number: u64,
+    },
+    /// A delivery step failed.
+    PublishFailed {
+        /// The request.
+        request_id: RequestId,
+        /// The step.
+        stage: DeliveryStage,
+        /// What went wrong (no credential).
+        reason: String,
+        /// Whether trying again may succeed without anyone changing anything (it is then retried with backoff).
+        retryable: bool,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// An admin asked for a failed delivery to be tried again.
+    PublishRetryRequested {
+        /// The request.
+        request_id: RequestId,
+        /// The admin.
+        by: Email,
+    },
 }
 
 impl DomainEvent for PublishingEvent {
@@ -107,6 +158,10 @@ impl DomainEvent for PublishingEvent {
             PublishingEvent::PublishRejected { .. } => "PublishRejected",
             PublishingEvent::PublishWithdrawn { .. } => "PublishWithdrawn",
             PublishingEvent::PublishExpired { .. } => "PublishExpired",
+            PublishingEvent::PublishPushed { .. } => "PublishPushed",
+            PublishingEvent::PullRequestOpened { .. } => "PullRequestOpened",
+            PublishingEvent::PublishFailed { .. } => "PublishFailed",
+            PublishingEvent::PublishRetryRequested { .. } => "PublishRetryRequested",
         }
         .to_string()
     }

@@ -14,6 +14,7 @@
 //! workspace's app to another subdomain.
 
 mod command;
+pub mod delivery;
 mod error;
 mod event;
 #[cfg(test)]
@@ -28,6 +29,7 @@ use cqrs_es::Aggregate;
 use serde::{Deserialize, Serialize};
 
 pub use command::{PublishingCommand, TrustMatch};
+pub use delivery::{Delivery, DeliveryStage, NextStep, RetryPolicy};
 pub use error::PublishingError;
 pub use event::PublishingEvent;
 pub use values::{BlueprintKey, CommitId, DiffSummary, InvalidValue, RequestId, Subdomain, WorkspaceId};
@@ -83,6 +85,16 @@ pub struct Request {
     pub approvals_required: u32,
     /// When it expires if still pending.
     pub expires_at: DateTime<Utc>,
+    /// Its blueprint.
+    pub blueprint_key: BlueprintKey,
+    /// The commit to publish.
+    pub commit_id: CommitId,
+    /// The builder's message.
+    pub message: String,
+    /// Whether it is delivered once approved.
+    pub deliver: bool,
+    /// Its delivery, once approved (only when `deliver`).
+    pub delivery: Option<Delivery>,
     /// The aggregate version of the event that last changed it: what an ETag names.
     pub version: u64,
 }
@@ -122,6 +134,52 @@ impl Publishing {
             .collect();
         due.sort();
         due.into_iter().map(|(_, id)| id.clone()).collect()
+    }
+
+    /// Approved requests whose delivery has a step to take at `now`, oldest first; and the earliest time a
+    /// delivery waiting out its backoff becomes due.
+    pub fn deliveries_due(
+        &self,
+        now: DateTime<Utc>,
+        policy: &RetryPolicy,
+    ) -> (Vec<(RequestId, NextStep)>, Option<DateTime<Utc>>) {
+        let mut due = Vec::new();
+        let mut wake: Option<DateTime<Utc>> = None;
+        for (id, request) in &self.requests {
+            let Some(delivery) = &request.delivery else { continue };
+            if let Some(step) = delivery.next_step(now, policy) {
+                due.push((request.version, id.clone(), step));
+            } else if let Some(at) = delivery.due_at(policy) {
+                wake = Some(wake.map_or(at, |earliest| earliest.min(at)));
+            }
+        }
+        due.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        (due.into_iter().map(|(_, id, step)| (id, step)).collect(), wake)
+    }
+
+    /// The commit last approved for publishing from `workspace_id`: where its next diff starts.
+    pub fn last_published(&self, workspace_id: &WorkspaceId) -> Option<&CommitId> {
+        self.requests
+            .values()
+            .filter(|request| &request.workspace_id == workspace_id && request.status == RequestStatus::Approved)
+            .max_by_key(|request| request.version)
+            .map(|request| &request.commit_id)
+    }
+
+    /// The request pending for `workspace_id`, if any.
+    pub fn in_flight(&self, workspace_id: &WorkspaceId) -> Option<&RequestId> {
+        self.in_flight.get(workspace_id)
+    }
+
+    /// Whether `workspace_id` may take `subdomain` (nobody else holds it).
+    pub fn may_claim(&self, subdomain: &Subdomain, workspace_id: &WorkspaceId) -> bool {
+        self.claims.get(subdomain).is_none_or(|claim| &claim.workspace_id == workspace_id)
+    }
+
+    fn delivering(&self, request_id: &RequestId) -> Result<&Delivery, PublishingError> {
+        let request =
+            self.requests.get(request_id).ok_or_else(|| PublishingError::UnknownRequest(request_id.clone()))?;
+        request.delivery.as_ref().ok_or_else(|| PublishingError::NotDelivering(request_id.clone()))
     }
 
     /// The workspace holding `subdomain`, if any.
@@ -200,6 +258,8 @@ impl Aggregate for Publishing {
                 ttl,
                 approvals_required,
                 trusted,
+                base_commit,
+                deliver,
             } => {
                 if approvals_required == 0 {
                     return Err(PublishingError::InvalidPolicy);
@@ -238,6 +298,8 @@ impl Aggregate for Publishing {
                     approvals_required,
                     submitted_at: now,
                     expires_at: now + ttl,
+                    base_commit,
+                    deliver,
                 };
                 sink.write(requested, self).await;
                 if let Some(rule) = trusted {
@@ -286,6 +348,40 @@ impl Aggregate for Publishing {
                 let release = self.release_after_refusal(request);
                 self.end(sink, PublishingEvent::PublishWithdrawn { request_id, withdrawn_by: by }, release).await;
             }
+            PublishingCommand::RecordPushed { request_id, remote, branch, pull_request } => {
+                let delivery = self.delivering(&request_id)?;
+                if delivery.pushed.is_some() {
+                    return Ok(());
+                }
+                let commit_id = self.requests.get(&request_id).map(|request| request.commit_id.clone());
+                let commit_id = commit_id.ok_or_else(|| PublishingError::UnknownRequest(request_id.clone()))?;
+                let event = PublishingEvent::PublishPushed { request_id, remote, branch, commit_id, pull_request };
+                sink.write(event, self).await;
+            }
+            PublishingCommand::RecordPullRequest { request_id, url, number } => {
+                let delivery = self.delivering(&request_id)?;
+                if delivery.pull_request.is_some() {
+                    return Ok(());
+                }
+                if !delivery.pushed.as_ref().is_some_and(|pushed| pushed.pull_request) {
+                    return Err(PublishingError::WrongDeliveryStep { request_id, status: delivery.status() });
+                }
+                sink.write(PublishingEvent::PullRequestOpened { request_id, url, number }, self).await;
+            }
+            PublishingCommand::RecordFailure { request_id, stage, reason, retryable, now } => {
+                let delivery = self.delivering(&request_id)?;
+                if delivery.done() {
+                    return Err(PublishingError::WrongDeliveryStep { request_id, status: delivery.status() });
+                }
+                sink.write(PublishingEvent::PublishFailed { request_id, stage, reason, retryable, at: now }, self).await;
+            }
+            PublishingCommand::RetryDelivery { request_id, by } => {
+                let delivery = self.delivering(&request_id)?;
+                if delivery.failure.is_none() {
+                    return Err(PublishingError::NotFailed { request_id, status: delivery.status() });
+                }
+                sink.write(PublishingEvent::PublishRetryRequested { request_id, by }, self).await;
+            }
             PublishingCommand::Expire { request_id, now } => {
                 let request = self
                     .requests
@@ -326,6 +422,10 @@ impl Aggregate for Publishing {
                 builder,
                 approvals_required,
                 expires_at,
+                blueprint_key,
+                commit_id,
+                message,
+                deliver,
                 ..
             } => {
                 self.owners.entry(workspace_id.clone()).or_insert_with(|| builder.clone());
@@ -338,6 +438,11 @@ impl Aggregate for Publishing {
                     approvals: Vec::new(),
                     approvals_required,
                     expires_at,
+                    blueprint_key,
+                    commit_id,
+                    message,
+                    deliver,
+                    delivery: None,
                     version,
                 };
                 self.requests.insert(request_id, request);
@@ -350,6 +455,11 @@ impl Aggregate for Publishing {
             }
             PublishingEvent::PublishApproved { request_id }
             | PublishingEvent::PublishAutoApproved { request_id, .. } => {
+                if let Some(request) = self.requests.get_mut(&request_id) {
+                    if request.deliver {
+                        request.delivery = Some(Delivery::default());
+                    }
+                }
                 if let Some(request) = self.finish(&request_id, RequestStatus::Approved, version) {
                     if let Some(claim) = self.claims.get_mut(&request.subdomain) {
                         claim.live = true;
@@ -366,11 +476,44 @@ impl Aggregate for Publishing {
             PublishingEvent::PublishExpired { request_id } => {
                 self.finish(&request_id, RequestStatus::Expired, version);
             }
+            PublishingEvent::PublishPushed { request_id, remote, branch, pull_request, .. } => {
+                if let Some(delivery) = self.delivery_mut(&request_id, version) {
+                    delivery.pushed = Some(delivery::PushedTo { remote, branch, pull_request });
+                    delivery.failure = None;
+                    delivery.attempts = 0;
+                }
+            }
+            PublishingEvent::PullRequestOpened { request_id, url, number } => {
+                if let Some(delivery) = self.delivery_mut(&request_id, version) {
+                    delivery.pull_request = Some(delivery::PullRequest { url, number });
+                    delivery.failure = None;
+                    delivery.attempts = 0;
+                }
+            }
+            PublishingEvent::PublishFailed { request_id, stage, reason, retryable, at } => {
+                if let Some(delivery) = self.delivery_mut(&request_id, version) {
+                    delivery.failure = Some(delivery::Failure { stage, reason, retryable, at });
+                    delivery.attempts = delivery.attempts.saturating_add(1);
+                }
+            }
+            PublishingEvent::PublishRetryRequested { request_id, .. } => {
+                if let Some(delivery) = self.delivery_mut(&request_id, version) {
+                    delivery.failure = None;
+                    delivery.attempts = 0;
+                }
+            }
         }
     }
 }
 
 impl Publishing {
+    /// A request's delivery, to change it at `version`.
+    fn delivery_mut(&mut self, request_id: &RequestId, version: u64) -> Option<&mut Delivery> {
+        let request = self.requests.get_mut(request_id)?;
+        request.version = version;
+        request.delivery.as_mut()
+    }
+
     /// Marks a request final and frees its workspace; returns it for follow-up bookkeeping.
     fn finish(&mut self, request_id: &RequestId, status: RequestStatus, version: u64) -> Option<Request> {
         let request = self.requests.get_mut(request_id)?;

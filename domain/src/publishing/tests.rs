@@ -32,7 +32,7 @@ fn commit() -> CommitId {
 }
 
 fn diff() -> DiffSummary {
-    DiffSummary { files: 2, insertions: 10, deletions: 3, patch: Some("--- a\n+++ b\n".into()) }
+    DiffSummary { files: 2, insertions: 10, deletions: 3, patch: Some("--- a\n+++ b\n".into()), patch_truncated: false }
 }
 
 const ADA: &str = "ada@example.com";
@@ -53,6 +53,8 @@ fn submit(request: &str, workspace: &str, subdomain: &str, builder: &str) -> Pub
         ttl: Duration::days(7),
         approvals_required: 1,
         trusted: None,
+        base_commit: None,
+        deliver: true,
     }
 }
 
@@ -69,6 +71,8 @@ fn requested(request: &str, workspace: &str, subdomain: &str, builder: &str, app
         approvals_required: approvals,
         submitted_at: t0(),
         expires_at: t0() + Duration::days(7),
+        base_commit: None,
+        deliver: true,
     }
 }
 
@@ -378,4 +382,116 @@ fn due_requests_are_listed_for_the_expiry_sweep() {
     state.apply(PublishingEvent::PublishExpired { request_id: id("r1") });
     assert!(state.due_for_expiry(t0() + Duration::days(8)).is_empty());
     assert_eq!(state.holder(&sub("my-app")), Some(&ws("w1")), "the release is its own event");
+}
+
+fn pushed(pull_request: bool) -> PublishingEvent {
+    PublishingEvent::PublishPushed {
+        request_id: id("r1"),
+        remote: "/srv/git/web.git".into(),
+        branch: "gatehouse/publish/r1".into(),
+        commit_id: commit(),
+        pull_request,
+    }
+}
+
+fn failure(stage: DeliveryStage, retryable: bool) -> PublishingEvent {
+    PublishingEvent::PublishFailed { request_id: id("r1"), stage, reason: "down".into(), retryable, at: t0() }
+}
+
+#[test]
+fn an_approved_request_is_pushed_then_gets_its_pull_request_once() {
+    let record_push = PublishingCommand::RecordPushed {
+        request_id: id("r1"),
+        remote: "/srv/git/web.git".into(),
+        branch: "gatehouse/publish/r1".into(),
+        pull_request: true,
+    };
+    PublishingTest::with(()).given(published()).when(record_push.clone()).then_expect_events(vec![pushed(true)]);
+    // Done twice (a crash between the push and its record): nothing more.
+    let mut given = published();
+    given.push(pushed(true));
+    PublishingTest::with(()).given(given.clone()).when(record_push).then_expect_events(vec![]);
+    let record_pr =
+        PublishingCommand::RecordPullRequest { request_id: id("r1"), url: "https://x/pull/1".into(), number: 1 };
+    let opened = PublishingEvent::PullRequestOpened { request_id: id("r1"), url: "https://x/pull/1".into(), number: 1 };
+    PublishingTest::with(()).given(given.clone()).when(record_pr.clone()).then_expect_events(vec![opened.clone()]);
+    given.push(opened);
+    PublishingTest::with(()).given(given).when(record_pr.clone()).then_expect_events(vec![]);
+    // No pull request before the push.
+    PublishingTest::with(())
+        .given(published())
+        .when(record_pr)
+        .then_expect_error(PublishingError::WrongDeliveryStep { request_id: id("r1"), status: "queued" });
+}
+
+#[test]
+fn only_approved_new_style_requests_are_delivered() {
+    let record_push = PublishingCommand::RecordPushed {
+        request_id: id("r1"),
+        remote: "r".into(),
+        branch: "b".into(),
+        pull_request: false,
+    };
+    PublishingTest::with(())
+        .given(pending())
+        .when(record_push.clone())
+        .then_expect_error(PublishingError::NotDelivering(id("r1")));
+    // A request recorded before delivery existed (no `deliver` in its event) is never pushed.
+    let mut old = published();
+    if let PublishingEvent::PublishRequested { deliver, .. } = &mut old[1] {
+        *deliver = false;
+    }
+    let mut state = Publishing::default();
+    for event in old.clone() {
+        state.apply(event);
+    }
+    assert!(state.deliveries_due(t0(), &RetryPolicy::default()).0.is_empty());
+    PublishingTest::with(()).given(old).when(record_push).then_expect_error(PublishingError::NotDelivering(id("r1")));
+}
+
+#[test]
+fn failures_are_retried_by_the_publisher_or_an_admin() {
+    let policy = RetryPolicy::default();
+    let mut state = Publishing::default();
+    for event in published() {
+        state.apply(event);
+    }
+    assert_eq!(state.deliveries_due(t0(), &policy).0, vec![(id("r1"), NextStep::Push)]);
+    assert_eq!(state.last_published(&ws("w1")), Some(&commit()));
+    state.apply(failure(DeliveryStage::Push, true));
+    let (due, wake) = state.deliveries_due(t0(), &policy);
+    assert!(due.is_empty());
+    assert_eq!(wake, Some(t0() + Duration::seconds(5)));
+    state.apply(failure(DeliveryStage::Push, false));
+    assert_eq!(state.deliveries_due(t0() + Duration::days(1), &policy), (vec![], None));
+
+    let mut given = published();
+    given.push(failure(DeliveryStage::Push, false));
+    let retry = PublishingCommand::RetryDelivery { request_id: id("r1"), by: email(ROOT) };
+    let retried = PublishingEvent::PublishRetryRequested { request_id: id("r1"), by: email(ROOT) };
+    PublishingTest::with(()).given(given.clone()).when(retry.clone()).then_expect_events(vec![retried.clone()]);
+    given.push(retried.clone());
+    let mut state = Publishing::default();
+    for event in given.clone() {
+        state.apply(event);
+    }
+    assert_eq!(state.deliveries_due(t0(), &policy).0, vec![(id("r1"), NextStep::Push)]);
+    PublishingTest::with(())
+        .given(given)
+        .when(retry)
+        .then_expect_error(PublishingError::NotFailed { request_id: id("r1"), status: "queued" });
+    // After the push a failure is at the pull request; a delivered request takes no more failures.
+    let mut done = published();
+    done.push(pushed(false));
+    let fail = PublishingCommand::RecordFailure {
+        request_id: id("r1"),
+        stage: DeliveryStage::PullRequest,
+        reason: "x".into(),
+        retryable: true,
+        now: t0(),
+    };
+    PublishingTest::with(())
+        .given(done)
+        .when(fail)
+        .then_expect_error(PublishingError::WrongDeliveryStep { request_id: id("r1"), status: "pushed" });
 }

@@ -136,6 +136,9 @@ pub struct DiffSummary {
     pub deletions: u64,
     /// The unified diff itself, when it fits under the configured cap.
     pub patch: Option<String>,
+    /// Whether `patch` is only the beginning of the diff (cut at the cap, at a line end).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub patch_truncated: bool,
 }
 
 impl DiffSummary {
@@ -169,7 +172,12 @@ impl DiffSummary {
         if files == 0 && (insertions > 0 || deletions > 0) {
             return Err(InvalidValue::new("diff.files", "lines changed in zero files"));
         }
-        Ok(Self { files, insertions, deletions, patch: patch.filter(|patch| !patch.is_empty()) })
+        Ok(Self { files, insertions, deletions, patch: patch.filter(|patch| !patch.is_empty()), patch_truncated: false })
+    }
+
+    /// Marks the patch as only the beginning of the diff.
+    pub fn truncated(self, patch_truncated: bool) -> Self {
+        Self { patch_truncated, ..self }
     }
 }
 
