@@ -5,6 +5,7 @@
 # - `store` knows no HTTP;
 # - `relay` knows no HTTP framework (its WebSocket endpoints and routes are `api`'s) and never depends on `api`;
 # - `controlplane` knows no HTTP framework and never depends on `api`;
+# - `publisher` knows no HTTP framework (an HTTP client only) and never depends on `api`;
 # - `secrets` is a leaf: no HTTP, database, async runtime or other Gatehouse crate (its only I/O is a key file);
 # - the root package defines no route (only `api` does).
 set -euo pipefail
@@ -27,6 +28,9 @@ check store 'actix.*|jwt-simple|reqwest|hyper'
 check relay 'actix.*|api|hyper|axum|projections'
 # controlplane: executes workspace operations; no HTTP framework, and api uses it, never the reverse.
 check controlplane 'actix.*|api|hyper|axum'
+# publisher: delivers approved publishes (git through relay, pull requests through reqwest); no HTTP framework, and
+# api uses it, never the reverse.
+check publisher 'actix.*|api|axum|projections'
 check secrets 'actix.*|sqlx.*|postgres-es|cqrs-es|tokio.*|hyper|reqwest|api|store|projections|domain|relay|audit'
 # The root package composes: routes are mounted only through api::configure.
 if grep -rnE '#\[(get|post|put|patch|delete)\(|web::(resource|route|get|post|put|patch|delete)\(' src/; then

@@ -10,6 +10,7 @@
 //! every credential helper switched off, so the token is written nowhere in the workspace.
 
 use std::path::{Path, PathBuf};
+use std::os::unix::fs::DirBuilderExt;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -198,6 +199,15 @@ impl Git {
             return Err(failed(FailureKind::Git, format!("git {}: {}", args.join(" "), tail(&output.stderr))));
         }
         Ok(output.text())
+    }
+
+    /// A repository (on a branch or not: a push names its commit).
+    async fn preflight_repository(&self) -> Step<()> {
+        let inside = self.git(&["rev-parse", "--is-inside-work-tree"]).await?;
+        if !inside.success || inside.text() != "true" {
+            return Err(failed(FailureKind::NotARepository, "the workspace's directory is not a git repository"));
+        }
+        Ok(())
     }
 
     /// A repository with a commit, on a branch, with nothing in progress.
@@ -416,8 +426,39 @@ impl Git {
         if remote.is_empty() || remote.starts_with('-') || remote.contains('\0') {
             return Err(failed(FailureKind::BadTask, "the remote is not a URL or path"));
         }
+        self.preflight_repository().await?;
+        if !self.git(&["cat-file", "-e", &format!("{commit}^{{commit}}")]).await?.success {
+            return Err(failed(FailureKind::BadTask, format!("the workspace has no commit {commit}")));
+        }
+        // The push runs from a scratch repository that borrows the workspace's objects (alternates) and reads no
+        // system, global or workspace configuration: nothing the workspace's user configured (a credential helper
+        // that stores what it is given, a `url.<base>.insteadOf` that sends the push elsewhere, a proxy, hooks)
+        // comes near the credential.
+        let scratch = ScratchDir::new().map_err(|error| failed(FailureKind::Git, format!("a scratch directory: {error}")))?;
+        let repository = scratch.0.join("repository.git");
+        let isolated = |args: &[&str]| {
+            let mut command = self.command(args);
+            command
+                .env("GIT_CONFIG_NOSYSTEM", "1")
+                .env("GIT_CONFIG_GLOBAL", "/dev/null")
+                .env("HOME", &scratch.0)
+                .env("XDG_CONFIG_HOME", &scratch.0)
+                .current_dir(&scratch.0);
+            command
+        };
+        let init = self.run(isolated(&["init", "--bare", "--quiet", "repository.git"]), None, MAX_OUTPUT).await?;
+        if !init.success {
+            return Err(failed(FailureKind::Git, format!("git init: {}", tail(&init.stderr))));
+        }
+        let common = PathBuf::from(self.must(&["rev-parse", "--path-format=absolute", "--git-common-dir"]).await?);
+        let (objects, shallow) = (common.join("objects"), common.join("shallow"));
+        let borrowed = std::fs::write(repository.join("objects/info/alternates"), format!("{}\n", objects.display()))
+            .and_then(|()| if shallow.exists() { std::fs::copy(&shallow, repository.join("shallow")).map(drop) } else { Ok(()) });
+        borrowed.map_err(|error| failed(FailureKind::Git, format!("cannot prepare the push: {error}")))?;
+        let git_dir = format!("--git-dir={}", repository.display());
         let refspec = format!("{commit}:refs/heads/{branch}");
-        let mut command = self.command(&[
+        let mut command = isolated(&[
+            &git_dir,
             "-c",
             "credential.helper=",
             "-c",
@@ -491,6 +532,23 @@ fn classify_push(said: &str) -> FailureKind {
         FailureKind::Unreachable
     } else {
         FailureKind::Git
+    }
+}
+
+/// A private scratch directory under the system's temporary directory, removed with everything in it when dropped.
+struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    fn new() -> std::io::Result<Self> {
+        let path = std::env::temp_dir().join(format!("gatehouse-push-{:016x}", rand::random::<u64>()));
+        std::fs::DirBuilder::new().mode(0o700).create(&path)?;
+        Ok(Self(path))
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

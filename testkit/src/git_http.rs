@@ -48,6 +48,8 @@ struct Shared {
     token: Mutex<String>,
     requests: Mutex<Vec<SeenGitRequest>>,
     fail_next_receive_pack: AtomicBool,
+    /// Clones and fetches need no token (a public repository on a forge); pushes always do.
+    public_read: AtomicBool,
 }
 
 impl GitHttpServer {
@@ -61,6 +63,7 @@ impl GitHttpServer {
             token: Mutex::new(token.to_string()),
             requests: Mutex::new(Vec::new()),
             fail_next_receive_pack: AtomicBool::new(false),
+            public_read: AtomicBool::new(false),
         });
         let handler_shared = shared.clone();
         let server = Server::start("git-http", move |request| handle(handler_shared.clone(), request));
@@ -75,6 +78,13 @@ impl GitHttpServer {
     /// The URL of the repository at `repo` under the root, e.g. `url("acme/web.git")`.
     pub fn url(&self, repo: &str) -> String {
         format!("{}/{}", self.base(), repo.trim_start_matches('/'))
+    }
+
+    /// Lets clones and fetches in without a token, as a forge does for a public repository; pushes still need
+    /// it. Returns the server, for chaining after [`GitHttpServer::start`].
+    pub fn public_read(self) -> Self {
+        self.shared.public_read.store(true, Ordering::SeqCst);
+        self
     }
 
     /// Accepts `token` from now on (and no longer the previous one).
@@ -123,6 +133,11 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Outcome {
         authorized: user.is_some(),
         authorization,
     });
+    let pushing = path.contains("git-receive-pack");
+    let user = match user {
+        None if !pushing && shared.public_read.load(Ordering::SeqCst) => Some("anonymous".to_string()),
+        user => user,
+    };
     let Some(user) = user else {
         let mut response = respond(StatusCode::UNAUTHORIZED, "text/plain", "Unauthorized\n");
         response.headers_mut().insert("www-authenticate", HeaderValue::from_static("Basic realm=\"git\""));
