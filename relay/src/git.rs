@@ -147,17 +147,19 @@ impl Git {
             std::io::ErrorKind::NotFound => failed(FailureKind::GitMissing, "git is not installed in the workspace"),
             _ => failed(FailureKind::GitMissing, format!("cannot run git: {error}")),
         })?;
-        let (mut out, mut err, input) = (child.stdout.take(), child.stderr.take(), child.stdin.take());
+        let (out, err, input) = (child.stdout.take(), child.stderr.take(), child.stdin.take());
         let work = async {
             let feed = async {
                 if let (Some(mut pipe), Some(bytes)) = (input, stdin) {
                     let _ = pipe.write_all(bytes).await;
                 }
             };
-            let read_out = async {
+            // Each pipe is dropped when its reader is done: git, blocked writing past a cap, then gets EPIPE and
+            // ends (instead of holding its other pipe open for ever).
+            let read_out = async move {
                 let mut stdout = Vec::new();
                 let mut cut = false;
-                if let Some(pipe) = out.as_mut() {
+                if let Some(mut pipe) = out {
                     let _ = pipe.take(cap as u64 + 1).read_to_end(&mut stdout).await;
                     if stdout.len() > cap {
                         stdout.truncate(cap);
@@ -166,9 +168,9 @@ impl Git {
                 }
                 (stdout, cut)
             };
-            let read_err = async {
+            let read_err = async move {
                 let mut stderr = Vec::new();
-                if let Some(pipe) = err.as_mut() {
+                if let Some(mut pipe) = err {
                     let _ = pipe.take(64 * 1024).read_to_end(&mut stderr).await;
                 }
                 stderr
