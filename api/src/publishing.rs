@@ -667,6 +667,7 @@ async fn diff_base(state: &AppState, workspace: &domain::workspace::Workspace) -
     let (publishing, _) = state.publishing.load(PUBLISHING_ID).await.map_err(Problem::from)?;
     Ok(DiffBase {
         published: publishing.last_published(&workspace.id).map(ToString::to_string),
+        source: workspace.source_commit.clone(),
         blueprint_branch: workspace.spec.branch().as_str().to_string(),
     })
 }

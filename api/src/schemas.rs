@@ -28,8 +28,6 @@ pub const OPTIONAL_TEXT: &str = r"^[^\x00-\x08\x0b-\x1f\x7f-\x9f]*$";
 pub const LINE: &str = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$";
 /// Optional one line: no control characters.
 pub const OPTIONAL_LINE: &str = r"^[^\x00-\x1f\x7f-\x9f]*$";
-/// A commit id: 40 or 64 hexadecimal digits.
-pub const COMMIT_ID: &str = r"^(?:[0-9A-Fa-f]{40}|[0-9A-Fa-f]{64})$";
 /// `Subdomain::parse`: a DNS label of a-z, 0-9 and `-`, without `--` as its third and fourth characters.
 pub const SUBDOMAIN: &str = concat!(
     r"^(?:[a-z0-9]|[a-z0-9]{2}|[a-z0-9][a-z0-9-][a-z0-9]",
@@ -138,12 +136,7 @@ fn properties() -> Vec<(&'static str, &'static str, Value)> {
         ("RoleChange", "role", one_of(&["admin", "member", "auditor"])),
         ("SubmitRequest", "workspace_id", identifier()),
         ("SubmitRequest", "subdomain", pattern(SUBDOMAIN, 63)),
-        ("SubmitRequest", "commit_id", pattern(COMMIT_ID, 64)),
         ("SubmitRequest", "message", text(MAX_MESSAGE_CHARS)),
-        ("DiffInput", "patch", json!({ "pattern": OPTIONAL_TEXT })),
-        ("DiffInput", "files", json!({ "maximum": u32::MAX })),
-        ("DiffInput", "insertions", json!({ "maximum": i64::MAX })),
-        ("DiffInput", "deletions", json!({ "maximum": i64::MAX })),
         ("ReviewInput", "reason", json!({ "pattern": OPTIONAL_TEXT, "maxLength": MAX_REASON_CHARS })),
         ("TrustRuleInput", "email", email()),
         ("TrustRuleInput", "blueprint_key", identifier()),
@@ -341,14 +334,6 @@ fn constrain_value(document: &mut Value) {
         }
     }
     schemas["FirewallRule"]["additionalProperties"] = json!(false);
-    // Lines change only in files: a diff of zero files has no insertions or deletions.
-    let diff = schemas["DiffInput"].clone();
-    schemas["DiffInput"] = json!({ "allOf": [diff, { "anyOf": [
-        { "type": "object", "properties": { "files": { "type": "integer", "minimum": 1, "maximum": u32::MAX } } },
-        { "type": "object", "properties": {
-            "insertions": { "type": "integer", "minimum": 0, "maximum": 0 },
-            "deletions": { "type": "integer", "minimum": 0, "maximum": 0 } } },
-    ] }] });
     acl_rule_by_type(schemas);
     tab_by_kind(schemas);
     // A locked layout needs a tab (utoipa's object schema has no `anyOf` of its own: an `allOf` carries it).

@@ -112,6 +112,7 @@ impl Classifier {
                 | WorkspaceEvent::WorkspaceRestartRequested { .. }
                 | WorkspaceEvent::WorkspaceUpgradeRequested { .. } => ("deploying", json!({})),
                 WorkspaceEvent::WorkspacePhaseReached { phase, .. } => ("deploying", json!({"phase": phase})),
+                WorkspaceEvent::WorkspaceSourceCloned { .. } => return None,
                 WorkspaceEvent::WorkspaceStarted { dev_port, .. } => ("running", json!({"dev_port": dev_port})),
                 WorkspaceEvent::WorkspaceStopRequested { .. } | WorkspaceEvent::WorkspaceStopped { .. } => {
                     ("stopped", json!({}))

@@ -79,6 +79,10 @@ impl PlaneError {
 pub trait Progress: Send {
     /// The control plane reached `phase`.
     async fn reached(&mut self, phase: Phase);
+
+    /// The blueprint's source was cloned at `commit` (a full commit id read from the fresh clone, before anyone
+    /// could change it): recorded as the workspace's source, where its first publish's diff starts.
+    async fn cloned(&mut self, commit: String);
 }
 
 /// How the relay reaches a workspace's terminals and ports.

@@ -401,6 +401,20 @@ fn url_secrets(url: &str) -> Vec<String> {
     secrets
 }
 
+/// The commit a fresh clone's `HEAD` is at.
+async fn cloned_commit(clone: &Path) -> Option<String> {
+    let output = tokio::process::Command::new("git")
+        .args(["rev-parse", "--verify", "HEAD^{commit}"])
+        .current_dir(clone)
+        .env("GIT_NO_REPLACE_OBJECTS", "1")
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .ok()?;
+    let commit = String::from_utf8(output.stdout).ok()?.trim().to_string();
+    output.status.success().then_some(commit)
+}
+
 /// A free TCP port on loopback for a dev server.
 fn free_port() -> Result<u16, PlaneError> {
     std::net::TcpListener::bind(("127.0.0.1", 0))
@@ -466,6 +480,11 @@ impl ControlPlane for LocalControlPlane {
             if let Err(error) = self.clone_source(workspace, &partial).await {
                 let _ = std::fs::remove_dir_all(&partial);
                 return Err(error);
+            }
+            // Read before the clone is moved in place, where nobody can have touched it yet.
+            match cloned_commit(&partial).await {
+                Some(commit) => progress.cloned(commit).await,
+                None => tracing::warn!(workspace = id, "cannot read the commit a fresh clone is at"),
             }
             std::fs::rename(&partial, self.files(id))
                 .map_err(|error| PlaneError::transient(format!("cannot move the clone in place: {error}")))?;

@@ -198,6 +198,19 @@ struct RecordPhases<'a> {
 
 #[async_trait]
 impl Progress for RecordPhases<'_> {
+    async fn cloned(&mut self, commit: String) {
+        self.inner
+            .record(
+                &self.workspace.owner,
+                WorkspaceCommand::RecordCloned {
+                    workspace: self.workspace.id.clone(),
+                    generation: self.workspace.generation,
+                    commit,
+                },
+            )
+            .await;
+    }
+
     async fn reached(&mut self, phase: Phase) {
         self.inner
             .record(

@@ -145,6 +145,7 @@ impl Projection for WorkspacesProjection {
                 vec![("desired", Value::Text(Some(desired_str(Desired::Deleted).into())))]
             }
             WorkspaceEvent::WorkspacePhaseReached { phase: reached, .. } => vec![("phase", phase(reached))],
+            WorkspaceEvent::WorkspaceSourceCloned { .. } => vec![],
             WorkspaceEvent::WorkspaceStarted { generation: started, dev_port, .. } => {
                 vec![("started_generation", generation(started)), ("dev_port", Value::Int(dev_port.map(i64::from)))]
             }

@@ -117,6 +117,25 @@ impl Provider {
 
     /// The pull request whose head is `branch`, if one exists (open, closed or merged).
     pub async fn find(&self, branch: &str) -> Result<Option<PullRequest>, ProviderError> {
+        self.find_unscrubbed(branch).await.map_err(|error| self.scrub(error))
+    }
+
+    /// Opens a pull request.
+    pub async fn open(&self, new: &NewPullRequest<'_>) -> Result<PullRequest, ProviderError> {
+        self.open_unscrubbed(new).await.map_err(|error| self.scrub(error))
+    }
+
+    /// The error without the token, should the provider (or a proxy in front of it) have echoed it back.
+    fn scrub(&self, error: ProviderError) -> ProviderError {
+        let clean = |reason: String| reason.replace(self.token.as_str(), "[redacted]");
+        match error {
+            ProviderError::Transient(reason) => ProviderError::Transient(clean(reason)),
+            ProviderError::Permanent(reason) => ProviderError::Permanent(clean(reason)),
+            ProviderError::AlreadyExists => ProviderError::AlreadyExists,
+        }
+    }
+
+    async fn find_unscrubbed(&self, branch: &str) -> Result<Option<PullRequest>, ProviderError> {
         let request = match self.kind {
             GitProviderKind::Github => {
                 let owner = self.repository.split('/').next().unwrap_or_default();
@@ -150,8 +169,7 @@ impl Provider {
         }
     }
 
-    /// Opens a pull request.
-    pub async fn open(&self, new: &NewPullRequest<'_>) -> Result<PullRequest, ProviderError> {
+    async fn open_unscrubbed(&self, new: &NewPullRequest<'_>) -> Result<PullRequest, ProviderError> {
         let request = match self.kind {
             GitProviderKind::Github => {
                 let url = format!("{}/repos/{}/pulls", self.api, self.repository);
@@ -200,8 +218,22 @@ impl Provider {
 
 async fn send(request: reqwest::RequestBuilder) -> Result<reqwest::Response, ProviderError> {
     request.send().await.map_err(|error| {
-        // reqwest's error names the URL (no credential is in it: the token travels in a header).
-        ProviderError::Transient(format!("the provider cannot be reached: {error}"))
+        // reqwest's error names the URL (no credential is in it: the token travels in a header); its cause is in its
+        // source chain, which its `Display` leaves out.
+        let what = if error.is_timeout() {
+            "the provider did not answer in time"
+        } else if error.is_connect() {
+            "the provider cannot be reached"
+        } else {
+            "the request to the provider failed"
+        };
+        let mut said = format!("{what}: {error}");
+        let mut source = std::error::Error::source(&error);
+        while let Some(cause) = source {
+            said.push_str(&format!(": {cause}"));
+            source = cause.source();
+        }
+        ProviderError::Transient(said)
     })
 }
 
@@ -340,5 +372,17 @@ mod tests {
             Duration::from_secs(5),
         );
         assert!(matches!(spaced, Err(ProviderError::Permanent(_))));
+    }
+
+    #[test]
+    fn a_token_the_provider_echoes_back_is_scrubbed() {
+        let token = Zeroizing::new("ghs_EchoedBack_0123".to_string());
+        let provider = Provider::new(GitProviderKind::Github, None, "https://github.com/a/b", token, Duration::from_secs(5))
+            .ok()
+            .flatten();
+        let Some(provider) = provider else { panic!("a provider") };
+        let echoed = refusal(GitProviderKind::Github, StatusCode::BAD_REQUEST, r#"{"message":"you sent Bearer ghs_EchoedBack_0123"}"#);
+        let scrubbed = provider.scrub(echoed);
+        assert_eq!(scrubbed, ProviderError::Permanent(r#"github answered 400 Bad Request: "you sent Bearer [redacted]""#.into()));
     }
 }

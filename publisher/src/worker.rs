@@ -184,6 +184,7 @@ impl Publisher {
             }
         };
         let Some(request) = request else { return };
+        let round = request.delivery.as_ref().map_or(0, |delivery| delivery.round);
         let (stage, outcome) = match step {
             NextStep::Push => (DeliveryStage::Push, self.push(request_id, &request).await),
             NextStep::OpenPullRequest => (DeliveryStage::PullRequest, self.open_pull_request(request_id, &request).await),
@@ -198,6 +199,7 @@ impl Publisher {
                     reason,
                     retryable,
                     now: Utc::now(),
+                    round,
                 }
             }
         };

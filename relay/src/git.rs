@@ -105,6 +105,13 @@ impl Git {
         Self { dir: dir.to_path_buf(), deadline: Instant::now() + Duration::from_secs(timeout_secs), timeout_secs }
     }
 
+    /// The last of git's output for a message, with the workspace's and the system's temporary paths elided.
+    fn tail(&self, text: &str) -> String {
+        let text = text.replace(&self.dir.display().to_string(), "<workspace>");
+        let text = text.replace(&std::env::temp_dir().display().to_string(), "<tmp>");
+        tail(&text)
+    }
+
     fn command(&self, args: &[&str]) -> tokio::process::Command {
         let mut command = tokio::process::Command::new("git");
         command
@@ -126,6 +133,8 @@ impl Git {
             .env("GIT_TERMINAL_PROMPT", "0")
             .env("GIT_PAGER", "cat")
             .env("GIT_OPTIONAL_LOCKS", "0")
+            // What the builder replaced with `git replace` is not what is published: objects as they are.
+            .env("GIT_NO_REPLACE_OBJECTS", "1")
             .env("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")
             .env_remove("GIT_DIR")
             .env_remove("GIT_WORK_TREE")
@@ -134,6 +143,8 @@ impl Git {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            // Its own process group, ended whole (see `GroupGuard`): git's helpers (`git-remote-http`) die with it.
+            .process_group(0)
             .kill_on_drop(true);
         command
     }
@@ -147,6 +158,7 @@ impl Git {
             std::io::ErrorKind::NotFound => failed(FailureKind::GitMissing, "git is not installed in the workspace"),
             _ => failed(FailureKind::GitMissing, format!("cannot run git: {error}")),
         })?;
+        let _group = child.id().map(GroupGuard);
         let (out, err, input) = (child.stdout.take(), child.stderr.take(), child.stdin.take());
         let work = async {
             let feed = async {
@@ -159,7 +171,7 @@ impl Git {
             let read_out = async move {
                 let mut stdout = Vec::new();
                 let mut cut = false;
-                if let Some(mut pipe) = out {
+                if let Some(pipe) = out {
                     let _ = pipe.take(cap as u64 + 1).read_to_end(&mut stdout).await;
                     if stdout.len() > cap {
                         stdout.truncate(cap);
@@ -170,7 +182,7 @@ impl Git {
             };
             let read_err = async move {
                 let mut stderr = Vec::new();
-                if let Some(mut pipe) = err {
+                if let Some(pipe) = err {
                     let _ = pipe.take(64 * 1024).read_to_end(&mut stderr).await;
                 }
                 stderr
@@ -198,7 +210,7 @@ impl Git {
     async fn must(&self, args: &[&str]) -> Step<String> {
         let output = self.git(args).await?;
         if !output.success {
-            return Err(failed(FailureKind::Git, format!("git {}: {}", args.join(" "), tail(&output.stderr))));
+            return Err(failed(FailureKind::Git, format!("git {}: {}", args.join(" "), self.tail(&output.stderr))));
         }
         Ok(output.text())
     }
@@ -251,15 +263,30 @@ impl Git {
         Ok(State { head: head.text(), branch: branch.text(), git_dir })
     }
 
-    /// The base commit and why.
+    /// The base commit and why (see [`DiffBase`]).
     async fn base(&self, base: &DiffBase) -> Step<(String, BaseKind)> {
-        if let Some(published) = &base.published {
-            if is_hex_id(published) {
-                let known = self.git(&["rev-parse", "--verify", "--quiet", &format!("{published}^{{commit}}")]).await?;
-                if known.success {
-                    return Ok((known.text(), BaseKind::Published));
-                }
+        let commit_of = |raw: &str| format!("{raw}^{{commit}}");
+        if let Some(published) = base.published.as_deref().filter(|raw| is_hex_id(raw)) {
+            let known = self.git(&["rev-parse", "--verify", "--quiet", &commit_of(published)]).await?;
+            if known.success && self.git(&["merge-base", "--is-ancestor", published, "HEAD"]).await?.success {
+                return Ok((known.text(), BaseKind::Published));
             }
+        }
+        if let Some(source) = &base.source {
+            let known = if is_hex_id(source) {
+                self.git(&["rev-parse", "--verify", "--quiet", &commit_of(source)]).await?
+            } else {
+                return Err(failed(FailureKind::BadTask, "the recorded source is not a commit id"));
+            };
+            if !known.success {
+                return Err(failed(
+                    FailureKind::NoBase,
+                    format!("the workspace no longer has the commit it was cloned at ({source}): nothing to diff against"),
+                ));
+            }
+            let merge_base = self.git(&["merge-base", "HEAD", source]).await?;
+            let base = if merge_base.success && !merge_base.text().is_empty() { merge_base.text() } else { known.text() };
+            return Ok((base, BaseKind::Blueprint));
         }
         let remote = format!("refs/remotes/origin/{}", base.blueprint_branch);
         if !valid_branch(&base.blueprint_branch) {
@@ -289,7 +316,7 @@ impl Git {
             command.env("GIT_INDEX_FILE", &scratch);
             let output = self.run(command, None, MAX_OUTPUT).await?;
             if !output.success {
-                return Err(failed(FailureKind::Git, format!("git {}: {}", args.join(" "), tail(&output.stderr))));
+                return Err(failed(FailureKind::Git, format!("git {}: {}", args.join(" "), self.tail(&output.stderr))));
             }
             if args == ["write-tree"] {
                 return Ok(output.text());
@@ -317,7 +344,7 @@ impl Git {
         let names = self.git(&["diff-tree", "-r", "-z", "--no-renames", "--name-status", base_commit, tree]).await?;
         let counts = self.git(&["diff-tree", "-r", "-z", "--no-renames", "--numstat", base_commit, tree]).await?;
         if !names.success || !counts.success {
-            return Err(failed(FailureKind::Git, format!("git diff-tree: {}", tail(&names.stderr))));
+            return Err(failed(FailureKind::Git, format!("git diff-tree: {}", self.tail(&names.stderr))));
         }
         let mut files = parse_name_status(&names.stdout);
         let numbers = parse_numstat(&counts.stdout);
@@ -339,9 +366,9 @@ impl Git {
         let cap = max_patch_bytes.min(MAX_OUTPUT);
         let patch = self.run(patch_command, None, cap).await?;
         if !patch.success {
-            return Err(failed(FailureKind::Git, format!("git diff-tree -p: {}", tail(&patch.stderr))));
+            return Err(failed(FailureKind::Git, format!("git diff-tree -p: {}", self.tail(&patch.stderr))));
         }
-        let (patch, patch_truncated) = cut_patch(patch.stdout, patch.cut);
+        let (patch, patch_truncated) = cut_patch(patch.stdout, patch.cut, cap);
         Ok(DiffReport {
             base_commit: base_commit.to_string(),
             base_kind,
@@ -392,7 +419,7 @@ impl Git {
                 .env("GIT_COMMITTER_EMAIL", author_email);
             let output = self.run(command, Some(message.as_bytes()), MAX_OUTPUT).await?;
             if !output.success {
-                return Err(failed(FailureKind::Git, format!("git commit-tree: {}", tail(&output.stderr))));
+                return Err(failed(FailureKind::Git, format!("git commit-tree: {}", self.tail(&output.stderr))));
             }
             let commit = output.text();
             let reference = format!("refs/heads/{}", state.branch);
@@ -400,7 +427,7 @@ impl Git {
             if !moved.success {
                 return Err(failed(
                     FailureKind::Git,
-                    format!("the branch moved while the commit was made; try again ({})", tail(&moved.stderr)),
+                    format!("the branch moved while the commit was made; try again ({})", self.tail(&moved.stderr)),
                 ));
             }
             // The real index follows the branch (the working tree is left as it is: it is what was committed).
@@ -450,7 +477,7 @@ impl Git {
         };
         let init = self.run(isolated(&["init", "--bare", "--quiet", "repository.git"]), None, MAX_OUTPUT).await?;
         if !init.success {
-            return Err(failed(FailureKind::Git, format!("git init: {}", tail(&init.stderr))));
+            return Err(failed(FailureKind::Git, format!("git init: {}", self.tail(&init.stderr))));
         }
         let common = PathBuf::from(self.must(&["rev-parse", "--path-format=absolute", "--git-common-dir"]).await?);
         let (objects, shallow) = (common.join("objects"), common.join("shallow"));
@@ -494,7 +521,7 @@ impl Git {
         if output.success {
             return Ok(TaskOutcome::Pushed { commit: commit.to_string(), branch: branch.to_string() });
         }
-        Err(failed(classify_push(&said), tail(&said)))
+        Err(failed(classify_push(&said), self.tail(&said)))
     }
 }
 
@@ -534,6 +561,18 @@ fn classify_push(said: &str) -> FailureKind {
         FailureKind::Unreachable
     } else {
         FailureKind::Git
+    }
+}
+
+/// Ends a git's whole process group when dropped (the task finished, was aborted, or timed out): `kill_on_drop`
+/// ends only git itself, and a push's `git-remote-http`, which holds the credential, would outlive it.
+struct GroupGuard(u32);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Ok(group) = i32::try_from(self.0) {
+            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(group), nix::sys::signal::Signal::SIGKILL);
+        }
     }
 }
 
@@ -621,15 +660,22 @@ fn parse_numstat(raw: &[u8]) -> Vec<Option<(u64, u64)>> {
         .collect()
 }
 
-/// The patch as text, cut at its last whole line when git's output passed the cap.
-fn cut_patch(mut bytes: Vec<u8>, cut: bool) -> (String, bool) {
-    if cut {
-        let end = bytes.iter().rposition(|byte| *byte == b'\n').map(|at| at + 1).unwrap_or(0);
-        bytes.truncate(end);
-    }
+/// The patch as text of at most `cap` bytes, cut at its last whole line when git's output passed the cap or the
+/// text did (bytes that are not UTF-8 become U+FFFD, three bytes each: a Latin-1 file's patch grows).
+fn cut_patch(bytes: Vec<u8>, cut: bool, cap: usize) -> (String, bool) {
     let text = String::from_utf8(bytes).unwrap_or_else(|error| String::from_utf8_lossy(error.as_bytes()).into_owned());
     // A NUL never reaches a stored patch (git prints binary files as one line, but a path may hold odd bytes).
-    (text.replace('\0', "\u{fffd}"), cut)
+    let mut text = text.replace('\0', "\u{fffd}");
+    let cut = cut || text.len() > cap;
+    if cut {
+        let mut end = text.len().min(cap);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        let end = text[..end].rfind('\n').map(|at| at + 1).unwrap_or(0);
+        text.truncate(end);
+    }
+    (text, cut)
 }
 
 #[cfg(test)]
@@ -660,10 +706,14 @@ mod tests {
 
     #[test]
     fn patches_are_cut_at_a_line_end() {
-        assert_eq!(cut_patch(b"a\nbc\nde".to_vec(), true), ("a\nbc\n".to_string(), true));
-        assert_eq!(cut_patch(b"a\nbc\nde".to_vec(), false), ("a\nbc\nde".to_string(), false));
-        assert_eq!(cut_patch(b"abc".to_vec(), true), (String::new(), true));
-        assert_eq!(cut_patch(vec![b'a', 0xff, b'\n'], false).0, "a\u{fffd}\n");
+        assert_eq!(cut_patch(b"a\nbc\nde".to_vec(), true, 7), ("a\nbc\n".to_string(), true));
+        assert_eq!(cut_patch(b"a\nbc\nde".to_vec(), false, 7), ("a\nbc\nde".to_string(), false));
+        assert_eq!(cut_patch(b"abc".to_vec(), true, 3), (String::new(), true));
+        assert_eq!(cut_patch(vec![b'a', 0xff, b'\n'], false, 10).0, "a\u{fffd}\n");
+        // Latin-1 text grows when made UTF-8: still within the cap, cut at a line end.
+        let latin = b"caf\xe9\n".repeat(10);
+        let (text, cut) = cut_patch(latin.clone(), false, latin.len());
+        assert!(cut && text.len() <= latin.len() && text.ends_with('\n'), "{text:?}");
     }
 
     #[test]

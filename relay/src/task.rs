@@ -96,14 +96,19 @@ impl GitTask {
     }
 }
 
-/// Where a diff starts.
+/// Where a diff starts: facts the gateway recorded, never refs the builder can move. The last published commit
+/// when it is an ancestor of `HEAD` (a rewritten history starts again from the blueprint); else where `HEAD`'s
+/// history meets the commit the control plane cloned; only for a workspace cloned before that was recorded, where it
+/// meets the blueprint's branch as the workspace's `origin` remote has it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DiffBase {
-    /// The commit last published from this workspace, if any. Used when the workspace has it.
+    /// The commit last published from this workspace, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub published: Option<String>,
-    /// The blueprint's branch the workspace was cloned from: without a published commit, the diff starts at
-    /// `git merge-base HEAD refs/remotes/origin/<branch>` (where the builder's work began).
+    /// The commit the control plane cloned the workspace at, if recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// The blueprint's branch the workspace was cloned from (the last resort above).
     pub blueprint_branch: String,
 }
 
@@ -286,7 +291,7 @@ mod tests {
         let text = serde_json::to_string(&outcome).unwrap();
         assert_eq!(text, r#"{"outcome":"failed","kind":"push_rejected","message":"non-fast-forward"}"#);
         let diff = GitTask::Diff {
-            base: DiffBase { published: None, blueprint_branch: "main".into() },
+            base: DiffBase { published: None, source: None, blueprint_branch: "main".into() },
             max_patch_bytes: 10,
             timeout_secs: 5,
         };

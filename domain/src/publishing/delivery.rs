@@ -73,6 +73,9 @@ pub struct Delivery {
     pub failure: Option<Failure>,
     /// Failed attempts since the last success or retry.
     pub attempts: u32,
+    /// Admins' retries so far: an attempt records its failure only in the round it started in, so an attempt
+    /// still running when an admin retries does not undo the retry.
+    pub round: u32,
 }
 
 /// What a delivery needs next.

@@ -368,8 +368,11 @@ impl Aggregate for Publishing {
                 }
                 sink.write(PublishingEvent::PullRequestOpened { request_id, url, number }, self).await;
             }
-            PublishingCommand::RecordFailure { request_id, stage, reason, retryable, now } => {
+            PublishingCommand::RecordFailure { request_id, stage, reason, retryable, now, round } => {
                 let delivery = self.delivering(&request_id)?;
+                if delivery.round != round {
+                    return Ok(());
+                }
                 if delivery.done() {
                     return Err(PublishingError::WrongDeliveryStep { request_id, status: delivery.status() });
                 }
@@ -500,6 +503,7 @@ impl Aggregate for Publishing {
                 if let Some(delivery) = self.delivery_mut(&request_id, version) {
                     delivery.failure = None;
                     delivery.attempts = 0;
+                    delivery.round = delivery.round.saturating_add(1);
                 }
             }
         }

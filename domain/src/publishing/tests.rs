@@ -489,9 +489,35 @@ fn failures_are_retried_by_the_publisher_or_an_admin() {
         reason: "x".into(),
         retryable: true,
         now: t0(),
+        round: 0,
     };
     PublishingTest::with(())
         .given(done)
         .when(fail)
         .then_expect_error(PublishingError::WrongDeliveryStep { request_id: id("r1"), status: "pushed" });
+}
+
+#[test]
+fn a_failure_of_an_attempt_older_than_an_admins_retry_is_not_recorded() {
+    let mut given = published();
+    given.push(failure(DeliveryStage::Push, false));
+    given.push(PublishingEvent::PublishRetryRequested { request_id: id("r1"), by: email(ROOT) });
+    let stale = PublishingCommand::RecordFailure {
+        request_id: id("r1"),
+        stage: DeliveryStage::Push,
+        reason: "the attempt that was running when the admin retried".into(),
+        retryable: false,
+        now: t0(),
+        round: 0,
+    };
+    PublishingTest::with(()).given(given.clone()).when(stale).then_expect_events(vec![]);
+    let current = PublishingCommand::RecordFailure {
+        request_id: id("r1"),
+        stage: DeliveryStage::Push,
+        reason: "down".into(),
+        retryable: true,
+        now: t0(),
+        round: 1,
+    };
+    PublishingTest::with(()).given(given).when(current).then_expect_events(vec![failure(DeliveryStage::Push, true)]);
 }

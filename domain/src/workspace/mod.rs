@@ -200,6 +200,9 @@ pub struct Workspace {
     pub dev_port: Option<u16>,
     /// Whether provisioning (clone and configuration) finished once: later starts reuse the files.
     pub provisioned: bool,
+    /// The commit the control plane cloned (`None` for workspaces made before it was recorded): a fact the builder
+    /// cannot move, where the first publish's diff starts.
+    pub source_commit: Option<String>,
     /// The last provisioning phase reached by the current generation.
     pub phase: Option<Phase>,
     /// Why the current generation failed, if it did.
@@ -351,6 +354,9 @@ pub enum WorkspaceCommand {
     Delete { workspace: WorkspaceId, by: Email },
     /// The control plane reached a provisioning phase for a generation.
     RecordPhase { workspace: WorkspaceId, generation: u64, phase: Phase },
+    /// The control plane cloned the blueprint's source for a generation, at `commit` (before anyone could touch the
+    /// files): where the builder's work starts, for the publish diff.
+    RecordCloned { workspace: WorkspaceId, generation: u64, commit: String },
     /// The control plane started a generation's processes.
     RecordStarted { workspace: WorkspaceId, generation: u64, dev_port: Option<u16> },
     /// The control plane stopped the workspace's processes.
@@ -389,6 +395,8 @@ pub enum WorkspaceEvent {
     WorkspaceDeleteRequested { workspace: WorkspaceId, by: Email },
     /// The control plane reached a provisioning phase.
     WorkspacePhaseReached { workspace: WorkspaceId, generation: u64, phase: Phase },
+    /// The control plane cloned the blueprint's source at `commit` (a full commit id, read from the fresh clone).
+    WorkspaceSourceCloned { workspace: WorkspaceId, generation: u64, commit: String },
     /// The control plane started the generation's processes.
     WorkspaceStarted {
         workspace: WorkspaceId,
@@ -416,6 +424,7 @@ impl WorkspaceEvent {
             | WorkspaceEvent::WorkspaceUpgradeRequested { workspace, .. }
             | WorkspaceEvent::WorkspaceDeleteRequested { workspace, .. }
             | WorkspaceEvent::WorkspacePhaseReached { workspace, .. }
+            | WorkspaceEvent::WorkspaceSourceCloned { workspace, .. }
             | WorkspaceEvent::WorkspaceStarted { workspace, .. }
             | WorkspaceEvent::WorkspaceStopped { workspace }
             | WorkspaceEvent::WorkspaceFailed { workspace, .. }
@@ -435,6 +444,7 @@ impl DomainEvent for WorkspaceEvent {
             WorkspaceEvent::WorkspaceUpgradeRequested { .. } => "WorkspaceUpgradeRequested",
             WorkspaceEvent::WorkspaceDeleteRequested { .. } => "WorkspaceDeleteRequested",
             WorkspaceEvent::WorkspacePhaseReached { .. } => "WorkspacePhaseReached",
+            WorkspaceEvent::WorkspaceSourceCloned { .. } => "WorkspaceSourceCloned",
             WorkspaceEvent::WorkspaceStarted { .. } => "WorkspaceStarted",
             WorkspaceEvent::WorkspaceStopped { .. } => "WorkspaceStopped",
             WorkspaceEvent::WorkspaceFailed { .. } => "WorkspaceFailed",
@@ -544,6 +554,14 @@ impl Aggregate for Workspaces {
                 }
                 WorkspaceEvent::WorkspacePhaseReached { workspace, generation, phase }
             }
+            WorkspaceCommand::RecordCloned { workspace, generation, commit } => {
+                let full = (commit.len() == 40 || commit.len() == 64) && commit.bytes().all(|b| b.is_ascii_hexdigit());
+                match self.current(&workspace, generation) {
+                    Some(current) if full && current.source_commit.as_deref() != Some(commit.as_str()) => {}
+                    _ => return Ok(()),
+                }
+                WorkspaceEvent::WorkspaceSourceCloned { workspace, generation, commit: commit.to_ascii_lowercase() }
+            }
             WorkspaceCommand::RecordStarted { workspace, generation, dev_port } => {
                 match self.current(&workspace, generation) {
                     Some(current)
@@ -600,6 +618,7 @@ impl Aggregate for Workspaces {
                     started: None,
                     dev_port: None,
                     provisioned: false,
+                    source_commit: None,
                     phase: None,
                     failure: None,
                     removed: false,
@@ -632,6 +651,7 @@ impl Aggregate for Workspaces {
             }
             WorkspaceEvent::WorkspaceDeleteRequested { .. } => workspace.desired = Desired::Deleted,
             WorkspaceEvent::WorkspacePhaseReached { phase, .. } => workspace.phase = Some(phase),
+            WorkspaceEvent::WorkspaceSourceCloned { commit, .. } => workspace.source_commit = Some(commit),
             WorkspaceEvent::WorkspaceStarted { generation, dev_port, .. } => {
                 workspace.started = Some(generation);
                 workspace.dev_port = dev_port;
