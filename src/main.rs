@@ -183,6 +183,8 @@ impl Drop for DevServer {
 
 async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     let AgentArgs { server, token, workspace, tags, shell, ca_file, dir, dev_command } = args;
+    // Shells and git tasks start there whatever their own working directory: hold it as an absolute path.
+    let dir = dir.map(|dir| std::path::absolute(&dir).unwrap_or(dir));
     let tls = match &ca_file {
         Some(path) => {
             let pem = std::fs::read(path).with_context(|| format!("cannot read the CA file {}", path.display()))?;

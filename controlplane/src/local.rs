@@ -80,7 +80,12 @@ pub struct LocalControlPlane {
 
 impl LocalControlPlane {
     /// A local control plane minting agent tokens through `gateway`.
-    pub fn new(config: LocalConfig, gateway: Arc<Gateway>) -> Self {
+    pub fn new(mut config: LocalConfig, gateway: Arc<Gateway>) -> Self {
+        // Paths handed to agents (their `--dir`) are absolute: an agent runs in its workspace's directory, where a
+        // path relative to the gateway's would name nothing.
+        if let Ok(absolute) = std::path::absolute(&config.root) {
+            config.root = absolute;
+        }
         Self { config, gateway, children: Mutex::new(HashMap::new()), lock: Mutex::new(None) }
     }
 

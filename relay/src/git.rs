@@ -154,6 +154,9 @@ impl Git {
         if stdin.is_some() {
             command.stdin(Stdio::piped());
         }
+        if !self.dir.is_dir() {
+            return Err(failed(FailureKind::NotARepository, "the workspace's directory does not exist"));
+        }
         let mut child = command.spawn().map_err(|error| match error.kind() {
             std::io::ErrorKind::NotFound => failed(FailureKind::GitMissing, "git is not installed in the workspace"),
             _ => failed(FailureKind::GitMissing, format!("cannot run git: {error}")),

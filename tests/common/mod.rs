@@ -82,9 +82,13 @@ impl Server {
         });
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         loop {
-            let line = logs
-                .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
-                .unwrap_or_else(|_| panic!("gatehouse did not start listening; exit: {:?}", child.try_wait()));
+            let Ok(line) = logs.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) else {
+                let exit = child.try_wait();
+                // Not left running after the test (a log filter that hides `listening`, a slow start).
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("gatehouse did not start listening; exit: {exit:?}");
+            };
             let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
             if event["message"] == "listening" {
                 let port = event["port"].as_u64().unwrap();
