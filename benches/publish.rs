@@ -118,7 +118,7 @@ fn row(label: &str, samples: &[Duration]) -> String {
 async fn run(db: &TestDb, plan: Plan) -> String {
     let root = issue_token(db, "root@example.com", "admin", "2h");
     let ada = issue_token(db, "ada@example.com", "member", "2h");
-    let server = Server::start(db, &[("GATEHOUSE_LOG", "warn"), ("GATEHOUSE_PUBLISH_MAX_PATCH_BYTES", "131072")]);
+    let server = Server::start(db, &[("GATEHOUSE_LOG", "warn,gatehouse=info"), ("GATEHOUSE_PUBLISH_MAX_PATCH_BYTES", "131072")]);
     let api = Api::new(&server);
     let scratch = tempfile::tempdir().unwrap();
     let limits = json!({"running_workspaces_per_user": 10, "launches_per_minute": 100, "api_requests_per_minute": 1000000});

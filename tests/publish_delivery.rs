@@ -304,6 +304,13 @@ async fn approved_requests_are_pushed_with_the_org_token_and_get_one_github_pull
         for entry in walk(&server.workspaces_dir) {
             assert!(!token_in(&std::fs::read(&entry).unwrap_or_default()), "{backend}: the token is in {entry:?}");
         }
+        // The workspaces' shells run with the gateway's HOME: its history and credential files are checked too.
+        if let Some(home) = std::env::var_os("HOME").map(PathBuf::from) {
+            for file in [".bash_history", ".sh_history", ".git-credentials", ".gitconfig"] {
+                let bytes = std::fs::read(home.join(file)).unwrap_or_default();
+                assert!(!token_in(&bytes), "{backend}: the token is in ~/{file}");
+            }
+        }
         let logs = server.drain_logs().join("\n");
         assert!(!logs.contains(TOKEN), "{backend}: the token is in the gateway's log");
         for path in [format!("/api/v1/publish-requests/{first_id}"), "/api/v1/publish-requests".into(), "/api/v1/org".into()] {
