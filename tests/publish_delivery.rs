@@ -277,8 +277,7 @@ async fn approved_requests_are_pushed_with_the_org_token_and_get_one_github_pull
         forge.set_down(false);
         delivered(&api, &ada, &third_id, "pull_request_opened").await;
 
-        // 4. The agent is gone when the push is due: a retryable failure; the workspace's agent is started again
-        // by the control plane, and the push goes through.
+        // 4. A push cut mid-way by the network: retryable, and retried.
         in_terminal(&server, &api, &ada, &id, "printf 'four\\n' > four.txt").await;
         let (_, fourth) = submit(&api, &ada, &id, "my-web", "Add four").await;
         let fourth_id = fourth["id"].as_str().unwrap().to_string();
@@ -286,17 +285,35 @@ async fn approved_requests_are_pushed_with_the_org_token_and_get_one_github_pull
         approve(&api, &root, &fourth_id).await;
         let failed = delivered(&api, &ada, &fourth_id, "failed").await;
         assert_eq!(failed["delivery"]["failure"]["retryable"], true, "{backend}: a cut push is retried: {failed}");
-        for pid in agent_processes(&id) {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-        }
         delivered(&api, &ada, &fourth_id, "pull_request_opened").await;
 
-        // 5. The provider answers garbage: a failed event naming it, retried until it makes sense again.
+        // 5. The agent disconnects mid-push (killed while the remote holds its upload): retryable; the control
+        // plane starts the agent again, and the push goes through.
         in_terminal(&server, &api, &ada, &id, "printf 'five\\n' > five.txt").await;
         let (_, fifth) = submit(&api, &ada, &id, "my-web", "Add five").await;
         let fifth_id = fifth["id"].as_str().unwrap().to_string();
-        delivered_after_push_garbage(&api, &root, &forge, &fifth_id).await;
-        assert_eq!(forge.pulls().len(), 5, "{backend}: one pull request per request");
+        remote.hold_next_receive_pack();
+        approve(&api, &root, &fifth_id).await;
+        assert!(
+            common::eventually(Duration::from_secs(30), || async { remote.holding() }).await,
+            "{backend}: the push never reached the remote"
+        );
+        for pid in agent_processes(&id) {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+        let failed = delivered(&api, &ada, &fifth_id, "failed").await;
+        let failure = &failed["delivery"]["failure"];
+        assert_eq!((failure["stage"].as_str(), failure["retryable"].as_bool()), (Some("push"), Some(true)), "{failed}");
+        assert!(failure["reason"].as_str().unwrap().contains("disconnected"), "{failed}");
+        remote.release();
+        delivered(&api, &ada, &fifth_id, "pull_request_opened").await;
+
+        // 6. The provider answers garbage: a failed event naming it, retried until it makes sense again.
+        in_terminal(&server, &api, &ada, &id, "printf 'six\\n' > six.txt").await;
+        let (_, sixth) = submit(&api, &ada, &id, "my-web", "Add six").await;
+        let sixth_id = sixth["id"].as_str().unwrap().to_string();
+        delivered_after_push_garbage(&api, &root, &forge, &sixth_id).await;
+        assert_eq!(forge.pulls().len(), 6, "{backend}: one pull request per request");
 
         // The token appears nowhere: not in the workspace (its git config, shell history, any file), not in the
         // gateway's log, any response, or any stored event.

@@ -50,6 +50,11 @@ struct Shared {
     fail_next_receive_pack: AtomicBool,
     /// Clones and fetches need no token (a public repository on a forge); pushes always do.
     public_read: AtomicBool,
+    /// The next push's upload is held (unanswered) until released.
+    hold_next_receive_pack: AtomicBool,
+    /// A push's upload is being held now.
+    holding: AtomicBool,
+    released: tokio::sync::Notify,
 }
 
 impl GitHttpServer {
@@ -64,6 +69,9 @@ impl GitHttpServer {
             requests: Mutex::new(Vec::new()),
             fail_next_receive_pack: AtomicBool::new(false),
             public_read: AtomicBool::new(false),
+            hold_next_receive_pack: AtomicBool::new(false),
+            holding: AtomicBool::new(false),
+            released: tokio::sync::Notify::new(),
         });
         let handler_shared = shared.clone();
         let server = Server::start("git-http", move |request| handle(handler_shared.clone(), request));
@@ -103,6 +111,23 @@ impl GitHttpServer {
     /// (`RPC failed`) rather than retrying.
     pub fn fail_next_receive_pack(&self) {
         self.shared.fail_next_receive_pack.store(true, Ordering::SeqCst);
+    }
+
+    /// Holds the next push's upload unanswered (the push hangs mid-way, as on a stalled network) until
+    /// [`GitHttpServer::release`]; then its connection is cut and nothing of it reaches the repository.
+    pub fn hold_next_receive_pack(&self) {
+        self.shared.hold_next_receive_pack.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether a push is being held now.
+    pub fn holding(&self) -> bool {
+        self.shared.holding.load(Ordering::SeqCst)
+    }
+
+    /// Ends the hold of [`GitHttpServer::hold_next_receive_pack`].
+    pub fn release(&self) {
+        self.shared.released.notify_waiters();
+        self.shared.released.notify_one();
     }
 }
 
@@ -186,6 +211,17 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Outcome {
         && shared.fail_next_receive_pack.swap(false, Ordering::SeqCst)
     {
         let _ = body.frame().await;
+        return Ok(cut_short());
+    }
+    if method == "POST"
+        && request_path(&path).ends_with("/git-receive-pack")
+        && !probe
+        && shared.hold_next_receive_pack.swap(false, Ordering::SeqCst)
+    {
+        let _ = body.frame().await;
+        shared.holding.store(true, Ordering::SeqCst);
+        shared.released.notified().await;
+        shared.holding.store(false, Ordering::SeqCst);
         return Ok(cut_short());
     }
 
