@@ -133,6 +133,14 @@ async fn a_commit_holds_every_change_authored_by_the_builder_and_the_next_diff_s
     // Not a fast-forward: refused by the remote, not forced.
     let outcome = relay::git::run(&files, push("gatehouse/publish/1", &first)).await;
     assert_eq!(failure(&outcome), FailureKind::PushRejected, "{outcome:?}");
+    // A branch name the remote refuses (its hook declines it): rejected, with the remote's word.
+    let hook = bare.join("hooks/pre-receive");
+    std::fs::write(&hook, "#!/bin/sh\necho 'branch names here start with feature/' >&2\nexit 1\n").unwrap();
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let outcome = relay::git::run(&files, push("gatehouse/publish/2", &mine)).await;
+    assert_eq!(failure(&outcome), FailureKind::PushRejected, "{outcome:?}");
+    assert!(matches!(&outcome, TaskOutcome::Failed { message, .. } if message.contains("start with feature/")));
+    std::fs::remove_file(&hook).unwrap();
     // A branch name git refuses never reaches git.
     assert_eq!(failure(&relay::git::run(&files, push("a..b", &mine)).await), FailureKind::BadTask);
     assert_eq!(failure(&relay::git::run(&files, push("x", &"0".repeat(40))).await), FailureKind::BadTask);
