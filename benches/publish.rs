@@ -53,7 +53,8 @@ fn git(dir: &Path, args: &[&str]) -> String {
 }
 
 fn bare_blueprint(scratch: &Path, path: &Path) {
-    let seeded = git_repository(&scratch.join("seed"), &[("README.md", "# Web\n")]);
+    let seed = scratch.join(format!("seed-{}", path.components().count() * 1000 + path.as_os_str().len()));
+    let seeded = git_repository(&seed, &[("README.md", "# Web\n")]);
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     git(scratch, &["clone", "-q", "--bare", seeded.to_str().unwrap(), path.to_str().unwrap()]);
 }
@@ -72,7 +73,9 @@ async fn deliveries(api: &Api, root: &str, ada: &str, id: &str, end: &str, plan:
     let mut samples = Vec::new();
     for n in 0..plan.publishes {
         api.edit(id);
-        let body = json!({"workspace_id": id, "subdomain": "bench-app", "message": format!("Publish {n}")});
+        let subdomain = format!("bench-{}", id.to_ascii_lowercase().replace(['_', '.'], "-"));
+        let subdomain: String = subdomain.chars().take(63).collect::<String>().trim_end_matches('-').to_string();
+        let body = json!({"workspace_id": id, "subdomain": subdomain, "message": format!("Publish {n}")});
         let (status, _, created) = api.call(Method::POST, "/api/v1/publish-requests", Some(ada), Some(body)).await;
         assert_eq!(status, 201, "{created}");
         let request = created["id"].as_str().unwrap().to_string();
@@ -96,8 +99,8 @@ async fn deliveries(api: &Api, root: &str, ada: &str, id: &str, end: &str, plan:
 }
 
 /// The same kind of push without Gatehouse: a new one-file commit pushed to a new branch of `remote`.
-fn direct_pushes(scratch: &Path, remote: &str, plan: Plan) -> Vec<Duration> {
-    let clone = scratch.join("direct");
+fn direct_pushes(scratch: &Path, name: &str, remote: &str, plan: Plan) -> Vec<Duration> {
+    let clone = scratch.join(name);
     git(scratch, &["clone", "-q", remote, clone.to_str().unwrap()]);
     (0..plan.publishes)
         .map(|n| {
@@ -135,7 +138,7 @@ async fn run(db: &TestDb, plan: Plan) -> String {
     bare_blueprint(scratch.path(), &disk);
     register(&api, &root, "disk", disk.to_str().unwrap()).await;
     let local = launch_running(&api, &ada, "disk", "Local").await;
-    out.push_str(&row("Direct `git push` to the bare repository", &direct_pushes(scratch.path(), disk.to_str().unwrap(), plan)));
+    out.push_str(&row("Direct `git push` to the bare repository", &direct_pushes(scratch.path(), "direct-disk", disk.to_str().unwrap(), plan)));
     out.push_str(&row("Approve → `pushed` (local provider)", &deliveries(&api, &root, &ada, &local, "pushed", plan).await));
 
     // 2. GitHub: the smart-HTTP remote wants the token for pushes; the pull request through the GitHub-shaped API.
@@ -151,7 +154,7 @@ async fn run(db: &TestDb, plan: Plan) -> String {
     register(&api, &root, "github", &remote.url("acme/web.git")).await;
     let hosted = launch_running(&api, &ada, "github", "Hosted").await;
     let authenticated = remote.url("acme/web.git").replace("http://", &format!("http://bench:{TOKEN}@"));
-    out.push_str(&row("Direct `git push` to the smart-HTTP remote", &direct_pushes(scratch.path(), &authenticated, plan)));
+    out.push_str(&row("Direct `git push` to the smart-HTTP remote", &direct_pushes(scratch.path(), "direct-http", &authenticated, plan)));
     out.push_str(&row(
         "Approve → `pull_request_opened` (GitHub-shaped API)",
         &deliveries(&api, &root, &ada, &hosted, "pull_request_opened", plan).await,
