@@ -1,6 +1,13 @@
 //! Issue #3's benchmark: the approvals queue over HTTP beside a trivial actix handler measured in the same run, and
 //! the delay from a submission's `201` to the request showing in the queue's read model.
 //!
+//! The queue is seeded through the publishing aggregate (the command a submission ends in), with no workspace
+//! behind the requests: a submission over HTTP needs a running workspace with a change to commit, and a thousand
+//! workspaces would be a thousand agents. The latency samples are real submissions over HTTP, from a few real
+//! workspaces (a local blueprint, cloned, each with its agent): each sample changes a file, submits (the server
+//! commits the change through the agent), waits for the request in the queue, then withdraws it (unmeasured), so
+//! that the workspace may submit again.
+//!
 //! Run: `cargo bench --bench approvals_queue` (embedded SQLite); with
 //! `GATEHOUSE_TEST_DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres` it also runs on PostgreSQL, in a
 //! database of its own that it drops at the end. `-- --quick` runs a short version. Results go to stdout as
@@ -9,8 +16,9 @@
 //! The service serves roles and queue pages from its read caches (`api::cache`) while the read model is unchanged;
 //! the probes run with the caches off, to show what a cache miss costs.
 //!
-//! Everything runs in this one process: the real service (`Application::build` on `127.0.0.1:0`), a trivial actix
-//! server and a probe server (both with actix's default worker count, as the service), and the load generator.
+//! Everything but the workspaces' agents runs in this one process: the real service (`Application::build` on
+//! `127.0.0.1:0`), a trivial actix server and a probe server (both with actix's default worker count, as the
+//! service), and the load generator. The agents are `gatehouse agent` processes the local control plane starts.
 
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,21 +30,27 @@ use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use api::auth::{Authenticator, Caller, LocalIssuer};
 use api::publishing::{PublishRequestPage, PublishRequestView};
 use api::AppState;
-use domain::publishing::{Publishing, PUBLISHING_ID};
+use domain::publishing::{
+    BlueprintKey, CommitId, DiffSummary, Publishing, PublishingCommand, RequestId, Subdomain, WorkspaceId,
+    PUBLISHING_ID,
+};
 use domain::Email;
 use gatehouse::{Application, Settings};
 use projections::{MembersQuery, PublishingQuery, RequestFilter, StatusBoard};
 use reqwest::header::{HeaderValue, AUTHORIZATION};
 use serde_json::{json, Value};
-use store::{AggregateRepository, EventStore};
+use store::{AggregateRepository, EventMetadata, EventStore};
 use testkit::TestDb;
 
+#[path = "../tests/common/mod.rs"]
+mod common;
 mod support;
 use support::{percentile_ms, start_trivial, FIXED_BODY};
 
 const ADMIN: &str = "admin@example.com";
 const BUILDERS: usize = 8;
 const BLUEPRINTS: [&str; 4] = ["web", "api", "worker", "docs"];
+/// The commit and patch of the seeded requests (no workspace behind them).
 const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 const PATCH: &str = "--- a/index.html\n+++ b/index.html\n@@ -1 +1 @@\n-<h1>Hello</h1>\n+<h1>Hello, world</h1>\n";
 /// How often the latency measurement polls the read model.
@@ -189,6 +203,9 @@ async fn start_service(db: &TestDb) -> Service {
         bootstrap_admin: Some(ADMIN.into()),
         // One admin sends every request: no rate limit may stand between the benchmark and the service.
         rate_limit_api_per_minute: Some(0),
+        rate_limit_launch_per_minute: Some(0),
+        // The workspaces' agents are the real binary (by default the control plane runs the current executable).
+        workspaces_agent_program: Some(env!("CARGO_BIN_EXE_gatehouse").into()),
         ..Settings::default()
     };
     let application = Application::build(&settings).await.expect("the service starts");
@@ -332,13 +349,11 @@ fn bearer(token: &str) -> HeaderValue {
     HeaderValue::from_str(&format!("Bearer {token}")).expect("a token is a valid header value")
 }
 
-fn submission(tag: &str, n: usize) -> Value {
+/// A submission of `workspace` (which must have a change to publish): the server makes the commit.
+fn submission(workspace: &str, tag: &str, n: usize) -> Value {
     json!({
-        "workspace_id": format!("ws-{tag}-{n}"),
-        "blueprint_key": BLUEPRINTS[n % BLUEPRINTS.len()],
+        "workspace_id": workspace,
         "subdomain": format!("app-{tag}-{n}"),
-        "commit_id": COMMIT,
-        "diff": {"files": 2, "insertions": 10, "deletions": 3, "patch": PATCH},
         "message": "Benchmark submission: the first version of the team dashboard",
     })
 }
@@ -366,6 +381,50 @@ async fn submit(
     let created: Value = serde_json::from_str(&text).map_err(|error| error.to_string())?;
     let id = created["id"].as_str().ok_or_else(|| format!("no id in {text}"))?;
     Ok((id.to_string(), arrived))
+}
+
+/// Withdraws request `id` (as its builder), so that its workspace may submit again.
+async fn withdraw(client: &reqwest::Client, base: &str, token: &HeaderValue, id: &str) -> Result<(), String> {
+    let response = client
+        .post(format!("{base}/api/v1/publish-requests/{id}/withdraw"))
+        .header(AUTHORIZATION, token.clone())
+        .send()
+        .await
+        .map_err(|error| error.to_string())?;
+    let status = response.status();
+    if status != reqwest::StatusCode::OK {
+        let text = response.text().await.unwrap_or_default();
+        return Err(format!("withdrawing {id}: {status}: {text}"));
+    }
+    Ok(())
+}
+
+/// One of the benchmark's real workspaces: its owner's token and its id.
+#[derive(Clone)]
+struct Workspace {
+    token: HeaderValue,
+    id: String,
+}
+
+/// Changes a file in `workspace`, submits it, and withdraws the request once `then` (given its id and the instant
+/// the `201` arrived) is done with it: one real submission. The submission's round trip alone, and `then`'s answer.
+async fn submit_once<F, Fut, T>(
+    api: &common::Api,
+    base: &str,
+    workspace: &Workspace,
+    body: &Value,
+    then: F,
+) -> Result<(Duration, T), String>
+where
+    F: FnOnce(String, Instant) -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    api.edit(&workspace.id);
+    let sent = Instant::now();
+    let (id, arrived) = submit(&api.http, base, &workspace.token, body).await?;
+    let outcome = then(id.clone(), arrived).await;
+    withdraw(&api.http, base, &workspace.token, &id).await?;
+    Ok((arrived - sent, outcome?))
 }
 
 /// Sleeps about `pause` (tokio's timer has millisecond granularity; a blocking-pool thread has not).
@@ -401,27 +460,28 @@ struct Latency {
     first_error: Option<String>,
 }
 
-/// Submits `warm_up + samples` requests one at a time, each followed by polling until it is in the queue.
+/// Submits `warm_up + samples` requests one at a time, from `workspaces` in turn, each followed by polling until it is
+/// in the queue (then withdrawn, unmeasured).
 async fn submit_to_queue(
-    base: &str,
+    api: &common::Api,
     reads: &PublishingQuery,
-    builders: &[HeaderValue],
+    workspaces: &[Workspace],
     tag: &str,
     warm_up: usize,
     samples: usize,
 ) -> Latency {
-    let client = reqwest::Client::new();
     let mut latency = Latency::default();
     for n in 0..warm_up + samples {
-        let sent = Instant::now();
-        let outcome = match submit(&client, base, &builders[n % builders.len()], &submission(tag, n)).await {
-            Ok((id, arrived)) => wait_in_queue(reads, &id).await.map(|seen| (arrived, seen)),
-            Err(error) => Err(error),
-        };
+        let workspace = &workspaces[n % workspaces.len()];
+        let body = submission(&workspace.id, tag, n);
+        let outcome = submit_once(api, &api.base, workspace, &body, |id, arrived| async move {
+            wait_in_queue(reads, &id).await.map(|seen| seen.saturating_duration_since(arrived))
+        })
+        .await;
         match outcome {
-            Ok((arrived, seen)) if n >= warm_up => {
-                latency.submit.push(arrived - sent);
-                latency.to_queue.push(seen - arrived);
+            Ok((submit, to_queue)) if n >= warm_up => {
+                latency.submit.push(submit);
+                latency.to_queue.push(to_queue);
             }
             Ok(_) => {}
             Err(error) => {
@@ -433,7 +493,7 @@ async fn submit_to_queue(
     latency
 }
 
-/// Background writers: submit back to back until `stop`.
+/// Background writers: submit (and withdraw) back to back until `stop`.
 struct Background {
     ok: usize,
     errors: usize,
@@ -441,13 +501,13 @@ struct Background {
     elapsed: Duration,
 }
 
-async fn background_writer(base: String, token: HeaderValue, tag: String, stop: Arc<AtomicBool>) -> Background {
-    let client = reqwest::Client::new();
+async fn background_writer(api: common::Api, workspace: Workspace, tag: String, stop: Arc<AtomicBool>) -> Background {
     let started = Instant::now();
     let mut outcome = Background { ok: 0, errors: 0, first_error: None, elapsed: Duration::ZERO };
     let mut n = 0;
     while !stop.load(Ordering::Relaxed) {
-        match submit(&client, &base, &token, &submission(&tag, n)).await {
+        let body = submission(&workspace.id, &tag, n);
+        match submit_once(&api, &api.base, &workspace, &body, |_, _| async { Ok(()) }).await {
             Ok(_) => outcome.ok += 1,
             Err(error) => {
                 outcome.errors += 1;
@@ -458,6 +518,17 @@ async fn background_writer(base: String, token: HeaderValue, tag: String, stop: 
     }
     outcome.elapsed = started.elapsed();
     outcome
+}
+
+/// Whether every one of `emails` is an active member in the read model (has signed in).
+async fn all_active(members: &MembersQuery, emails: &[&str]) -> bool {
+    for email in emails {
+        let member = members.get(email).await.expect("reading a member");
+        if member.is_none_or(|member| member.status != "active") {
+            return false;
+        }
+    }
+    true
 }
 
 async fn wait_until<F, Fut>(what: &str, limit: Duration, mut check: F)
@@ -587,6 +658,28 @@ fn mean_ms(samples: &[Duration]) -> f64 {
     samples.iter().map(Duration::as_secs_f64).sum::<f64>() * 1000.0 / samples.len().max(1) as f64
 }
 
+/// Pending request `n` of the seed, by `builder`, for a workspace of its own that exists nowhere, as the API would
+/// submit it (the policy in force, the commit and diff an agent would have reported).
+fn seed_submission(n: usize, builder: &Email, policy: &api::publishing::PublishPolicy) -> PublishingCommand {
+    let diff = DiffSummary::new(2, 10, 3, Some(PATCH.into()), policy.max_patch_bytes).expect("the seed's diff");
+    PublishingCommand::Submit {
+        request_id: RequestId::parse(&uuid::Uuid::new_v4().to_string()).expect("a uuid is a request id"),
+        workspace_id: WorkspaceId::parse(&format!("ws-seed-{n}")).expect("a workspace id"),
+        blueprint_key: BlueprintKey::parse(BLUEPRINTS[n % BLUEPRINTS.len()]).expect("a blueprint key"),
+        subdomain: Subdomain::parse(&format!("app-seed-{n}")).expect("a subdomain"),
+        commit_id: CommitId::parse(COMMIT).expect("a commit id"),
+        diff,
+        message: "Benchmark submission: the first version of the team dashboard".into(),
+        builder: builder.clone(),
+        now: chrono::Utc::now(),
+        ttl: policy.ttl,
+        approvals_required: policy.approvals_required.max(1),
+        trusted: None,
+        base_commit: None,
+        deliver: true,
+    }
+}
+
 async fn run_backend(db: &TestDb, plan: &Plan) -> Report {
     let backend = db.backend();
     let load_before = load_average();
@@ -595,11 +688,12 @@ async fn run_backend(db: &TestDb, plan: &Plan) -> Report {
     let issuer = LocalIssuer::load_or_create(&service.settings.data_dir, &service.settings.auth_audience)
         .expect("the service's issuer key");
     let ttl = Duration::from_secs(3600);
-    let token =
-        |email: &str| bearer(&issuer.issue(&Email::parse(email).expect("a valid email"), ttl).expect("a signed token"));
-    let admin = token(ADMIN);
+    let token = |email: &str| issuer.issue(&Email::parse(email).expect("a valid email"), ttl).expect("a signed token");
+    let admin_token = token(ADMIN);
+    let admin = bearer(&admin_token);
     let builder_emails: Vec<String> = (0..BUILDERS).map(|n| format!("builder{n}@example.com")).collect();
-    let builders: Vec<HeaderValue> = builder_emails.iter().map(|email| token(email)).collect();
+    let builder_tokens: Vec<String> = builder_emails.iter().map(|email| token(email)).collect();
+    let builders: Vec<HeaderValue> = builder_tokens.iter().map(|token| bearer(token)).collect();
 
     // Our own handle on the database, configured as the service's: for waiting, polling and the probes.
     let store = EventStore::open(&service.settings.store()).await.expect("a second handle on the store");
@@ -618,12 +712,19 @@ async fn run_backend(db: &TestDb, plan: &Plan) -> Report {
         assert_eq!(response.status(), reqwest::StatusCode::CREATED, "inviting {email}");
     }
 
-    eprintln!("{backend}: seeding {} pending requests", plan.seeded);
+    // The seed goes through the publishing aggregate on our own handle (the service sees it as it would another
+    // process's writes): a submission over HTTP needs a running workspace with a change, one agent per request.
+    eprintln!("{backend}: seeding {} pending requests through the publishing aggregate", plan.seeded);
+    let policy = service.settings.publish_policy().expect("the publish policy");
+    let publishing = AggregateRepository::<Publishing>::new(store.clone(), ());
+    let emails: Vec<Email> = builder_emails.iter().map(|email| Email::parse(email).expect("a valid email")).collect();
     let started = Instant::now();
     let mut each = Vec::with_capacity(plan.seeded);
     for n in 0..plan.seeded {
         let began = Instant::now();
-        let outcome = submit(&client, &base, &builders[n % BUILDERS], &submission("seed", n)).await;
+        let builder = &emails[n % BUILDERS];
+        let metadata = EventMetadata::for_request(builder.as_str(), uuid::Uuid::new_v4().to_string());
+        let outcome = publishing.execute(PUBLISHING_ID, seed_submission(n, builder, &policy), &metadata).await;
         outcome.unwrap_or_else(|error| panic!("seeding request {n} failed: {error}"));
         each.push(began.elapsed());
     }
@@ -644,19 +745,9 @@ async fn run_backend(db: &TestDb, plan: &Plan) -> Report {
         pending().await >= plan.seeded
     })
     .await;
-    // Everyone has made a request: wait until the members read model says so, so that no measured request takes
-    // the first sign-in path.
-    let everyone: Vec<&str> = std::iter::once(ADMIN).chain(builder_emails.iter().map(String::as_str)).collect();
-    wait_until("every member to be active", Duration::from_secs(30), || async {
-        for email in &everyone {
-            let member = members.get(email).await.expect("reading a member");
-            if member.is_none_or(|member| member.status != "active") {
-                return false;
-            }
-        }
-        true
-    })
-    .await;
+    // Wait until the members read model says that the admin (who sends every read) has signed in, so that no
+    // measured request takes the first sign-in path (the builders sign in when they launch their workspaces, below).
+    wait_until("the admin to be active", Duration::from_secs(30), || all_active(&members, &[ADMIN])).await;
 
     let queue_url = format!("{base}/api/v1/approvals?limit=50");
     let by_blueprint_url = format!("{base}/api/v1/approvals?blueprint_key={}&limit=50", BLUEPRINTS[0]);
@@ -701,20 +792,39 @@ async fn run_backend(db: &TestDb, plan: &Plan) -> Report {
     eprintln!("{backend}: cost of each piece, in process");
     let costs = piece_costs(&store, &service.settings, &admin).await;
 
+    // Real workspaces for the real submissions: the blueprints `web` and `api` (one local repository), one running
+    // workspace per builder for the samples and one per background writer, launched by their builders.
+    let workspaces_dir = service.settings.data_dir.join("workspaces");
+    let api = common::Api { base: base.clone(), http: reqwest::Client::new(), workspaces_dir: workspaces_dir.clone() };
+    // (The fixture holds the blueprints' repository: it lives until the end.)
+    let fixture = common::Workspaces::new(&api, &admin_token).await;
+    let blueprint = |n: usize| ["web", "api"][n % 2];
+    eprintln!("{backend}: launching {} workspaces", BUILDERS + plan.background_writers);
+    let launch = |b: usize, name: &'static str| {
+        let (fixture, builders, tokens) = (&fixture, &builders, &builder_tokens);
+        async move { Workspace { token: builders[b].clone(), id: fixture.running(&tokens[b], name, blueprint(b)).await } }
+    };
+    let samplers = futures::future::join_all((0..BUILDERS).map(|b| launch(b, "latency"))).await;
+    let writers = (0..plan.background_writers).map(|writer| launch((writer + 1) % BUILDERS, "background"));
+    let writer_workspaces = futures::future::join_all(writers).await;
+    let everyone: Vec<&str> = builder_emails.iter().map(String::as_str).collect();
+    wait_until("every builder to be active", Duration::from_secs(30), || all_active(&members, &everyone)).await;
+
     eprintln!("{backend}: submit → queue latency, {} samples", plan.latency_samples);
-    let idle = submit_to_queue(&base, &reads, &builders, "lat", plan.latency_warm_up, plan.latency_samples).await;
+    let idle = submit_to_queue(&api, &reads, &samplers, "lat", plan.latency_warm_up, plan.latency_samples).await;
     eprintln!(
         "{backend}: submit → queue latency under {} background writers, {} samples",
         plan.background_writers, plan.loaded_samples
     );
     let stop = Arc::new(AtomicBool::new(false));
-    let writers: Vec<_> = (0..plan.background_writers)
-        .map(|writer| {
-            let token = builders[(writer + 1) % BUILDERS].clone();
-            tokio::spawn(background_writer(base.clone(), token, format!("bg{writer}"), stop.clone()))
+    let writers: Vec<_> = writer_workspaces
+        .into_iter()
+        .enumerate()
+        .map(|(writer, workspace)| {
+            tokio::spawn(background_writer(api.clone(), workspace, format!("bg{writer}"), stop.clone()))
         })
         .collect();
-    let loaded = submit_to_queue(&base, &reads, &builders, "lat-bg", plan.latency_warm_up, plan.loaded_samples).await;
+    let loaded = submit_to_queue(&api, &reads, &samplers, "lat-bg", plan.latency_warm_up, plan.loaded_samples).await;
     stop.store(true, Ordering::Relaxed);
     let mut background = Vec::new();
     for writer in writers {
@@ -725,6 +835,8 @@ async fn run_backend(db: &TestDb, plan: &Plan) -> Report {
     probe_handle.stop(true).await;
     service.stopper.stop().await;
     service.running.await.expect("the service task").expect("the service stops cleanly");
+    // The local control plane leaves agents running when the gateway stops (a restart adopts them): end them.
+    common::end_workspace_agents(&workspaces_dir);
     store.close().await;
     Report { backend, load: (load_before, load_average()), seeding, rounds, probes, costs, idle, loaded, background }
 }
@@ -781,8 +893,8 @@ fn print_report(report: &Report, plan: &Plan) {
     println!();
     let seeding = &report.seeding;
     println!(
-        "Seeded {} pending requests ({BUILDERS} builders, {} blueprints) one at a time in {:.1} s: {:.2} ms per \
-         submission for the first tenth, {:.2} ms for the last.",
+        "Seeded {} pending requests ({BUILDERS} builders, {} blueprints) one at a time through the publishing \
+         aggregate in {:.1} s: {:.2} ms per submission command for the first tenth, {:.2} ms for the last.",
         seeding.count,
         BLUEPRINTS.len(),
         seeding.elapsed.as_secs_f64(),
@@ -823,8 +935,9 @@ fn print_report(report: &Report, plan: &Plan) {
     }
     println!();
     println!(
-        "Submit → queue: one submission at a time over HTTP; from the `201` arriving to the request being pending in \
-         the read model (polled every {} µs).",
+        "Submit → queue: one submission at a time over HTTP, of a real workspace (a file changed, committed by the \
+         server through the workspace's agent), withdrawn once seen; from the `201` arriving to the request being \
+         pending in the read model (polled every {} µs).",
         POLL_EVERY.as_micros()
     );
     println!();

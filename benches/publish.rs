@@ -115,16 +115,23 @@ fn direct_pushes(scratch: &Path, name: &str, remote: &str, plan: Plan) -> Vec<Du
 }
 
 fn row(label: &str, samples: &[Duration]) -> String {
-    format!("| {label} | {} | {:.1} | {:.1} |\n", samples.len(), percentile_ms(samples, 0.5), percentile_ms(samples, 0.99))
+    format!(
+        "| {label} | {} | {:.1} | {:.1} |\n",
+        samples.len(),
+        percentile_ms(samples, 0.5),
+        percentile_ms(samples, 0.99)
+    )
 }
 
 async fn run(db: &TestDb, plan: Plan) -> String {
     let root = issue_token(db, "root@example.com", "admin", "2h");
     let ada = issue_token(db, "ada@example.com", "member", "2h");
-    let server = Server::start(db, &[("GATEHOUSE_LOG", "warn,gatehouse=info"), ("GATEHOUSE_PUBLISH_MAX_PATCH_BYTES", "131072")]);
+    let server =
+        Server::start(db, &[("GATEHOUSE_LOG", "warn,gatehouse=info"), ("GATEHOUSE_PUBLISH_MAX_PATCH_BYTES", "131072")]);
     let api = Api::new(&server);
     let scratch = tempfile::tempdir().unwrap();
-    let limits = json!({"running_workspaces_per_user": 10, "launches_per_minute": 100, "api_requests_per_minute": 1000000});
+    let limits =
+        json!({"running_workspaces_per_user": 10, "launches_per_minute": 100, "api_requests_per_minute": 1000000});
     api.call(Method::PUT, "/api/v1/portal/limits", Some(&root), Some(limits)).await;
     let mut out = format!(
         "\n### {} ({} publishes per provider, {} previews)\n\n| Measure | n | p50 ms | p99 ms |\n| --- | --- | --- | --- |\n",
@@ -138,8 +145,14 @@ async fn run(db: &TestDb, plan: Plan) -> String {
     bare_blueprint(scratch.path(), &disk);
     register(&api, &root, "disk", disk.to_str().unwrap()).await;
     let local = launch_running(&api, &ada, "disk", "Local").await;
-    out.push_str(&row("Direct `git push` to the bare repository", &direct_pushes(scratch.path(), "direct-disk", disk.to_str().unwrap(), plan)));
-    out.push_str(&row("Approve → `pushed` (local provider)", &deliveries(&api, &root, &ada, &local, "pushed", plan).await));
+    out.push_str(&row(
+        "Direct `git push` to the bare repository",
+        &direct_pushes(scratch.path(), "direct-disk", disk.to_str().unwrap(), plan),
+    ));
+    out.push_str(&row(
+        "Approve → `pushed` (local provider)",
+        &deliveries(&api, &root, &ada, &local, "pushed", plan).await,
+    ));
 
     // 2. GitHub: the smart-HTTP remote wants the token for pushes; the pull request through the GitHub-shaped API.
     let repositories = scratch.path().join("remote");
@@ -154,7 +167,10 @@ async fn run(db: &TestDb, plan: Plan) -> String {
     register(&api, &root, "github", &remote.url("acme/web.git")).await;
     let hosted = launch_running(&api, &ada, "github", "Hosted").await;
     let authenticated = remote.url("acme/web.git").replace("http://", &format!("http://bench:{TOKEN}@"));
-    out.push_str(&row("Direct `git push` to the smart-HTTP remote", &direct_pushes(scratch.path(), "direct-http", &authenticated, plan)));
+    out.push_str(&row(
+        "Direct `git push` to the smart-HTTP remote",
+        &direct_pushes(scratch.path(), "direct-http", &authenticated, plan),
+    ));
     out.push_str(&row(
         "Approve → `pull_request_opened` (GitHub-shaped API)",
         &deliveries(&api, &root, &ada, &hosted, "pull_request_opened", plan).await,

@@ -483,7 +483,8 @@ impl Settings {
         if self.publish_max_attempts == 0 {
             anyhow::bail!("publish_max_attempts must be at least 1");
         }
-        let backoff = chrono::Duration::seconds(i64::try_from(self.publish_retry_backoff_secs.clamp(1, 3_600)).unwrap_or(5));
+        let backoff =
+            chrono::Duration::seconds(i64::try_from(self.publish_retry_backoff_secs.clamp(1, 3_600)).unwrap_or(5));
         Ok(publisher::PublisherConfig {
             interval: Duration::from_millis(self.publish_delivery_interval_ms.clamp(50, 600_000)),
             branch_prefix: self.publish_branch_prefix.clone(),

@@ -15,22 +15,19 @@ use serde_json::{json, Value};
 use store::AggregateRepository;
 use testkit::TestDb;
 
-const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
-
-/// Submits `token`'s running workspace `name` (launched on first use).
+/// Changes a file in `token`'s running workspace `name` (launched on first use) and submits it.
 async fn submit(api: &Api, fx: &Workspaces, token: &str, name: &str, subdomain: &str) -> String {
     let workspace = fx.running(token, name, "web").await;
-    let body = json!({
-        "workspace_id": workspace, "subdomain": subdomain, "commit_id": COMMIT,
-        "diff": {"files": 1, "insertions": 1, "deletions": 0}, "message": "ship it",
-    });
+    api.edit(&workspace);
+    let body = json!({"workspace_id": workspace, "subdomain": subdomain, "message": "ship it"});
     let (status, _, created) = api.call(Method::POST, "/api/v1/publish-requests", Some(token), Some(body)).await;
     assert_eq!(status, 201, "{created}");
     created["id"].as_str().unwrap().to_string()
 }
 
 /// Some history: requests submitted, approved, rejected, a trust rule granted. `tag` keeps workspaces and
-/// subdomains of several calls apart.
+/// subdomains of several calls apart. The approved request's delivery (a push, a moment after the approval) is
+/// waited for, so that the history is complete when this returns.
 async fn make_history(api: &Api, fx: &Workspaces, admin: &str, builder: &str, tag: &str) {
     let first = submit(api, fx, builder, &format!("ws-1-{tag}"), &format!("one-{tag}")).await;
     let second = submit(api, fx, builder, &format!("ws-2-{tag}"), &format!("two-{tag}")).await;
@@ -41,6 +38,12 @@ async fn make_history(api: &Api, fx: &Workspaces, admin: &str, builder: &str, ta
     let rule = Some(json!({"email": format!("trusted-{tag}@example.com")}));
     assert_eq!(api.call(Method::POST, "/api/v1/trust-rules", Some(admin), rule).await.0, 201);
     submit(api, fx, builder, &format!("ws-3-{tag}"), &format!("three-{tag}")).await;
+    let request = format!("/api/v1/publish-requests/{first}");
+    let delivered = eventually(Duration::from_secs(30), || async {
+        api.get(&request, Some(admin)).await.1["delivery"]["status"] == "pushed"
+    })
+    .await;
+    assert!(delivered, "the approved request was not pushed: {}", api.get(&request, Some(admin)).await.1);
 }
 
 /// Every item of the feed from the start with `query`, following `next` with pages of `limit`.

@@ -120,8 +120,12 @@ async fn a_workspace_edit_is_previewed_committed_approved_and_pushed_to_the_blue
         assert_eq!(preview["base_kind"], "blueprint");
         assert_eq!(preview["branch"], "main");
         assert_eq!((preview["files_changed"].as_u64(), preview["insertions"].as_u64()), (Some(2), Some(2)));
-        assert_eq!(preview["files"][0], json!({"path": "README.md", "status": "modified", "insertions": 1,
-            "deletions": 0, "binary": false}), "{preview}");
+        assert_eq!(
+            preview["files"][0],
+            json!({"path": "README.md", "status": "modified", "insertions": 1,
+            "deletions": 0, "binary": false}),
+            "{preview}"
+        );
         assert_eq!(preview["files"][1]["status"], "added");
         assert!(preview["patch"].as_str().unwrap().contains("+hello"), "{preview}");
         assert_eq!(preview["patch_truncated"], false);
@@ -144,7 +148,10 @@ async fn a_workspace_edit_is_previewed_committed_approved_and_pushed_to_the_blue
         assert_eq!(created["diff"]["files"], 2);
         assert_eq!(created["diff"]["base_commit"], preview["base_commit"]);
         assert_eq!(git(&files, &["status", "--porcelain"]), "", "{backend}: index and tree are clean");
-        assert_eq!(git(&files, &["log", "-1", "--format=%an <%ae>|%B"]), "ada <ada@example.com>|Add a greeting\n\nSays hello.");
+        assert_eq!(
+            git(&files, &["log", "-1", "--format=%an <%ae>|%B"]),
+            "ada <ada@example.com>|Add a greeting\n\nSays hello."
+        );
         // Only admins approve; a member may not retry; there is nothing to retry before a failure.
         let retry = format!("/api/v1/publish-requests/{request_id}/retry");
         assert_eq!(api.call(Method::POST, &retry, Some(&ada), None).await.0, 403, "{backend}");
@@ -169,7 +176,10 @@ async fn a_workspace_edit_is_previewed_committed_approved_and_pushed_to_the_blue
         assert_eq!((status, code(&problem)), (409, "no_changes"), "{backend}: {problem}");
         in_terminal(&server, &api, &ada, &id, "printf 'let b = 2;\\n' >> src/app.js").await;
         let (_, preview) = api.get(&preview_path, Some(&ada)).await;
-        assert_eq!((preview["base_kind"].as_str(), preview["base_commit"].as_str()), (Some("published"), Some(&*commit)));
+        assert_eq!(
+            (preview["base_kind"].as_str(), preview["base_commit"].as_str()),
+            (Some("published"), Some(&*commit))
+        );
         assert_eq!(preview["files_changed"], 1, "{preview}");
         let (status, second) = submit(&api, &ada, &id, "my-app", "Add b").await;
         assert_eq!(status, 201, "{backend}: {second}");
@@ -256,7 +266,11 @@ async fn approved_requests_are_pushed_with_the_org_token_and_get_one_github_pull
         approve(&api, &root, &second_id).await;
         let failed = delivered(&api, &ada, &second_id, "failed").await;
         let failure = &failed["delivery"]["failure"];
-        assert_eq!((failure["stage"].as_str(), failure["retryable"].as_bool()), (Some("push"), Some(false)), "{failed}");
+        assert_eq!(
+            (failure["stage"].as_str(), failure["retryable"].as_bool()),
+            (Some("push"), Some(false)),
+            "{failed}"
+        );
         assert!(failure["reason"].as_str().unwrap().contains("credential"), "{failed}");
         remote.set_token(TOKEN);
         let retry = format!("/api/v1/publish-requests/{second_id}/retry");
@@ -330,7 +344,9 @@ async fn approved_requests_are_pushed_with_the_org_token_and_get_one_github_pull
         }
         let logs = server.drain_logs().join("\n");
         assert!(!logs.contains(TOKEN), "{backend}: the token is in the gateway's log");
-        for path in [format!("/api/v1/publish-requests/{first_id}"), "/api/v1/publish-requests".into(), "/api/v1/org".into()] {
+        for path in
+            [format!("/api/v1/publish-requests/{first_id}"), "/api/v1/publish-requests".into(), "/api/v1/org".into()]
+        {
             let (_, body) = api.get(&path, Some(&root)).await;
             assert!(!body.to_string().contains(TOKEN), "{backend}: the token is in {path}");
         }
@@ -384,8 +400,7 @@ async fn a_gitlab_merge_request_is_opened_once_for_a_nested_project() {
     let forge = ForgeServer::gitlab(TOKEN, &["acme/apps/web"]);
     configure_org(&api, &root, json!({"provider": "gitlab", "base_url": forge.api_base()}), Some(TOKEN)).await;
     let source = remote.url("acme/apps/web.git");
-    let body =
-        json!({"key": "web", "display_name": "Web", "source": {"kind": "local", "repository": source, "branch": "main"}});
+    let body = json!({"key": "web", "display_name": "Web", "source": {"kind": "local", "repository": source, "branch": "main"}});
     assert_eq!(api.call(Method::POST, "/api/v1/blueprints", Some(&root), Some(body)).await.0, 201);
     let state = json!({"state": "enabled"});
     assert_eq!(api.call(Method::PUT, "/api/v1/blueprints/web/state", Some(&root), Some(state)).await.0, 204);
@@ -453,7 +468,14 @@ async fn workspaces_in_odd_states_get_clear_problems() {
     let (status, created) = submit(&api, &ada, &id, "my-web", "Big").await;
     assert_eq!(status, 201, "{created}");
     assert_eq!(created["diff"]["patch_truncated"], true, "{created}");
-    let (_, _, _) = api.call(Method::POST, &format!("/api/v1/publish-requests/{}/withdraw", created["id"].as_str().unwrap()), Some(&ada), None).await;
+    let (_, _, _) = api
+        .call(
+            Method::POST,
+            &format!("/api/v1/publish-requests/{}/withdraw", created["id"].as_str().unwrap()),
+            Some(&ada),
+            None,
+        )
+        .await;
 
     // A detached HEAD, then a merge in progress, then no repository at all.
     api.edit(&id);

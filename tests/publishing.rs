@@ -12,14 +12,10 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use testkit::TestDb;
 
-const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
-
 fn submission(workspace: &str, subdomain: &str) -> Value {
     json!({
         "workspace_id": workspace,
         "subdomain": subdomain,
-        "commit_id": COMMIT,
-        "diff": {"files": 2, "insertions": 10, "deletions": 3, "patch": "--- a/x\n+++ b/x\n@@ -1 +1 @@\n-a\n+b\n"},
         "message": "First version of the dashboard",
     })
 }
@@ -29,6 +25,26 @@ async fn submit(api: &Api, token: &str, workspace: &str, subdomain: &str) -> (u1
     let (status, _, body) = api.call(Method::POST, "/api/v1/publish-requests", Some(token), Some(body)).await;
     (status, body)
 }
+
+/// Changes a file in `workspace` (one of the server's, on this machine), then submits it: every submission needs a
+/// change since the workspace's last approved publish.
+async fn submit_edited(api: &Api, token: &str, workspace: &str, subdomain: &str) -> (u16, Value) {
+    api.edit(workspace);
+    submit(api, token, workspace, subdomain).await
+}
+
+/// Whether `id` is a commit id as git prints it: 40 lower-case hexadecimal digits.
+fn is_commit_id(id: &Value) -> bool {
+    id.as_str().is_some_and(|id| id.len() == 40 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+}
+
+/// The kinds of a request's history.
+fn kinds(read: &Value) -> Vec<&str> {
+    read["history"].as_array().unwrap().iter().map(|step| step["kind"].as_str().unwrap()).collect()
+}
+
+/// The steps the publisher may add after an approval (the push runs a moment later, asynchronously).
+const DELIVERY_KINDS: [&str; 4] = ["pushed", "pull_request_opened", "failed", "retried"];
 
 /// Submits `token`'s running workspace `name` (launched from `blueprint` on first use).
 async fn submit_in(
@@ -40,7 +56,7 @@ async fn submit_in(
     blueprint: &str,
 ) -> (u16, Value) {
     let workspace = workspaces.running(token, name, blueprint).await;
-    submit(api, token, &workspace, subdomain).await
+    submit_edited(api, token, &workspace, subdomain).await
 }
 
 async fn review(api: &Api, token: &str, id: &str, verb: &str, reason: Option<&str>) -> (u16, Value) {
@@ -82,16 +98,32 @@ async fn a_request_goes_from_submission_through_review_to_its_end() {
         let fx = Workspaces::new(&api, &root).await;
         let backend = db.backend();
 
-        // Ada asks to publish her workspace; the request is pending and she can read it back at once.
-        let (status, created) = submit_in(&fx, &api, &ada, "ws-ada", "my-app", "web").await;
+        // Ada changes a file and asks to publish her workspace; the server commits the change there. The request is
+        // pending and she can read it back at once, with the diff git computed.
+        let adas = fx.running(&ada, "ws-ada", "web").await;
+        let file = api.edit(&adas);
+        let (status, created) = submit(&api, &ada, &adas, "my-app").await;
         assert_eq!(status, 201, "{backend}: {created}");
         assert_eq!(created["status"], "pending");
         assert_eq!(created["builder"], "ada@example.com");
+        assert!(is_commit_id(&created["commit_id"]), "{backend}: {created}");
+        let diff = &created["diff"];
+        assert_eq!(
+            (diff["files"].as_i64(), diff["insertions"].as_i64(), diff["deletions"].as_i64()),
+            (Some(1), Some(1), Some(0)),
+            "{backend}: one new file of one line: {created}"
+        );
+        assert!(is_commit_id(&diff["base_commit"]), "{backend}: {created}");
+        assert_ne!(diff["base_commit"], created["commit_id"]);
         let id = created["id"].as_str().unwrap().to_string();
         let (status, headers, read) =
             api.call(Method::GET, &format!("/api/v1/publish-requests/{id}"), Some(&ada), None).await;
         assert_eq!(status, 200, "{read}");
-        assert_eq!(read["diff"]["patch"], submission("", "")["diff"]["patch"]);
+        assert_eq!(read["commit_id"], created["commit_id"]);
+        let n = file.trim_start_matches("change-").trim_end_matches(".txt");
+        let patch = read["diff"]["patch"].as_str().unwrap_or_default();
+        assert!(patch.contains(&file) && patch.contains(&format!("+change {n}")), "{backend}: {read}");
+        assert_eq!(read["diff"]["patch_truncated"], false, "{read}");
         assert_eq!(read["blueprint_key"], "web", "the workspace's blueprint, from the control plane");
         assert_eq!(read["history"][0]["kind"], "submitted");
         assert!(headers.get("etag").is_some());
@@ -104,12 +136,11 @@ async fn a_request_goes_from_submission_through_review_to_its_end() {
         );
 
         // One request in flight per workspace; a subdomain belongs to one workspace.
-        let (status, body) = submit_in(&fx, &api, &ada, "ws-ada", "my-app", "web").await;
+        let (status, body) = submit(&api, &ada, &adas, "my-app").await;
         assert_eq!((status, code(&body)), (409, "request_in_flight"), "{body}");
         let (status, body) = submit_in(&fx, &api, &bob, "ws-bob", "my-app", "web").await;
         assert_eq!((status, code(&body)), (409, "subdomain_taken"), "{body}");
         // Only the owner publishes a workspace: another member does not even learn that it exists, an admin is told.
-        let adas = fx.running(&ada, "ws-ada", "web").await;
         let (status, body) = submit(&api, &bob, &adas, "bobs-app").await;
         assert_eq!((status, code(&body), body["field"].as_str()), (404, "not_found", Some("workspace_id")), "{body}");
         let (status, body) = submit(&api, &root, &adas, "roots-app").await;
@@ -130,13 +161,19 @@ async fn a_request_goes_from_submission_through_review_to_its_end() {
         assert_eq!((status, code(&body)), (409, "request_not_pending"), "an approved request is final");
         assert!(eventually(Duration::from_secs(5), || async { queue(&api, &root, "", 100).await.is_empty() }).await);
         let (_, read) = api.get(&format!("/api/v1/publish-requests/{id}"), Some(&ada)).await;
-        let kinds: Vec<&str> =
-            read["history"].as_array().unwrap().iter().map(|s| s["kind"].as_str().unwrap()).collect();
-        assert_eq!(kinds, ["submitted", "approval", "approved"], "{read}");
+        // The review's steps, then whatever the delivery (which runs a moment after the approval) has recorded.
+        let steps = kinds(&read);
+        assert_eq!(steps[..3], ["submitted", "approval", "approved"], "{read}");
+        assert!(steps[3..].iter().all(|kind| DELIVERY_KINDS.contains(kind)), "{read}");
         assert_eq!(read["decided_by"], "root@example.com");
         assert_eq!(read["decision_reason"], "looks good");
 
-        // A new request from the published workspace; only its builder may withdraw it.
+        // Nothing changed since the approved commit (the server committed everything there was): there is nothing
+        // to publish.
+        let (status, body) = submit(&api, &ada, &adas, "my-app").await;
+        assert_eq!((status, code(&body), body["field"].as_str()), (409, "no_changes", Some("workspace_id")), "{body}");
+
+        // A new request from the published workspace, after another change; only its builder may withdraw it.
         let (status, second) = submit_in(&fx, &api, &ada, "ws-ada", "my-app", "web").await;
         assert_eq!(status, 201, "{second}");
         let second = second["id"].as_str().unwrap().to_string();
@@ -272,7 +309,7 @@ async fn bad_input_gets_a_problem_naming_the_field_and_stores_nothing() {
     let db = TestDb::sqlite();
     let root = issue_token(&db, "root@example.com", "admin", "1h");
     let ada = issue_token(&db, "ada@example.com", "member", "1h");
-    let server = Server::start(&db, &[("GATEHOUSE_PUBLISH_MAX_PATCH_BYTES", "1024")]);
+    let server = Server::start(&db, &[]);
     let api = Api::new(&server);
     let fx = Workspaces::new(&api, &root).await;
 
@@ -283,12 +320,8 @@ async fn bad_input_gets_a_problem_naming_the_field_and_stores_nothing() {
         ("subdomain", json!("-app"), "subdomain"),
         ("subdomain", json!("www"), "subdomain"),
         ("subdomain", json!("x".repeat(64)), "subdomain"),
-        ("commit_id", json!("abc123"), "commit_id"),
-        ("commit_id", json!("z".repeat(40)), "commit_id"),
         ("message", json!("   "), "message"),
         ("message", json!("x".repeat(4001)), "message"),
-        ("diff", json!({"files": 1, "insertions": 1, "deletions": 0, "patch": "x".repeat(1025)}), "diff.patch"),
-        ("diff", json!({"files": 0, "insertions": 5, "deletions": 0}), "diff.files"),
     ];
     for (field, value, named) in cases {
         let mut body = submission("ws-1", "my-app");
@@ -297,25 +330,24 @@ async fn bad_input_gets_a_problem_naming_the_field_and_stores_nothing() {
         assert_eq!((status, problem["field"].as_str()), (422, Some(named)), "{field}: {problem}");
         assert_eq!(problem["code"], "invalid_field");
     }
-    // A negative count is an invalid value of its field.
-    let mut negative = submission("ws-1", "my-app");
-    negative["diff"]["files"] = json!(-1);
-    let (status, _, problem) = api.call(Method::POST, "/api/v1/publish-requests", Some(&ada), Some(negative)).await;
-    assert_eq!((status, problem["field"].as_str()), (422, Some("diff.files")), "{problem}");
-    // Malformed JSON, a missing field, an unknown field, a wrong type: 400 problems.
+    // Malformed JSON, a missing field, an unknown field, a wrong type: 400 problems. The commit and its diff are
+    // the server's to make, in the workspace: a client naming either sends an unknown field.
+    let with = |field: &str, value: Value| {
+        let mut body = submission("ws-1", "my-app");
+        body[field] = value;
+        body
+    };
     for body in [
         json!({"workspace_id": "ws-1"}),
-        json!({"extra": 1, "workspace_id": "ws-1", "subdomain": "a", "commit_id": COMMIT,
-               "diff": {"files": 1, "insertions": 0, "deletions": 0}, "message": "m"}),
-        {
-            let mut body = submission("ws-1", "my-app");
-            body["diff"]["files"] = json!("one");
-            body
-        },
+        json!({"extra": 1, "workspace_id": "ws-1", "subdomain": "a", "message": "m"}),
+        with("message", json!(["one", "two"])),
+        with("commit_id", json!("0123456789abcdef0123456789abcdef01234567")),
+        with("diff", json!({"files": 1, "insertions": 1, "deletions": 0})),
+        with("diff", json!({"files": 1, "insertions": 1, "deletions": 0, "patch": "+a\n"})),
     ] {
         let (status, headers, problem) =
-            api.call(Method::POST, "/api/v1/publish-requests", Some(&ada), Some(body)).await;
-        assert_eq!(status, 400, "{problem}");
+            api.call(Method::POST, "/api/v1/publish-requests", Some(&ada), Some(body.clone())).await;
+        assert_eq!((status, code(&problem)), (400, "invalid_request"), "{body}: {problem}");
         assert_eq!(headers["content-type"], "application/problem+json");
     }
     let raw = api
@@ -597,7 +629,7 @@ async fn workspaces_racing_for_one_subdomain_have_exactly_one_winner() {
             let attempts = builders.iter().zip(&workspaces).map(|(token, workspace)| {
                 let (api, token, workspace, subdomain) =
                     (api.clone(), token.clone(), workspace.clone(), subdomain.clone());
-                tokio::spawn(async move { submit(&api, &token, &workspace, &subdomain).await })
+                tokio::spawn(async move { submit_edited(&api, &token, &workspace, &subdomain).await })
             });
             let outcomes: Vec<(u16, Value)> =
                 futures::future::join_all(attempts).await.into_iter().map(Result::unwrap).collect();
@@ -653,6 +685,7 @@ async fn a_retried_submission_with_an_idempotency_key_creates_one_request() {
                 (status, replayed, response.json::<Value>().await.unwrap())
             }
         };
+        api.edit(&workspace);
         let attempts = (0..10).map(|_| tokio::spawn(send("submit-1", submission(&workspace, "my-app"))));
         let outcomes: Vec<(u16, bool, Value)> =
             futures::future::join_all(attempts).await.into_iter().map(Result::unwrap).collect();
@@ -734,6 +767,12 @@ async fn authorization_matrix() {
             _ => "ws-none".to_string(),
         });
     }
+    // Each of those workspaces has a change to publish.
+    for (workspace, (_, token)) in own.iter().zip(&callers) {
+        if token.is_some_and(|token| token != auditor.as_str()) {
+            api.edit(workspace);
+        }
+    }
     let submit_body = |n: usize| Some(submission(&own[n], &format!("matrix-{n}")));
     let matrix: Vec<(Method, String, Option<Value>, [u16; 5])> = vec![
         (Method::POST, "/api/v1/publish-requests".into(), submit_body(0), [401, 201, 201, 201, 403]),
@@ -796,7 +835,8 @@ async fn concurrent_builders_never_see_a_conflict_for_unrelated_submissions() {
                 for round in 0..5 {
                     let mut submitted = Vec::new();
                     for (w, workspace) in workspaces.iter().enumerate() {
-                        let (status, body) = submit(&api, &token, workspace, &format!("app-{n}-{round}-{w}")).await;
+                        let subdomain = format!("app-{n}-{round}-{w}");
+                        let (status, body) = submit_edited(&api, &token, workspace, &subdomain).await;
                         statuses.push((status, code(&body).to_string()));
                         submitted.extend(body["id"].as_str().map(str::to_string));
                     }

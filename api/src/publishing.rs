@@ -11,17 +11,17 @@ use actix_web::http::StatusCode;
 use actix_web::{delete, get, post, web, HttpRequest, HttpResponse};
 use domain::publishing::values::{self, MAX_MESSAGE_CHARS, MAX_REASON_CHARS};
 use domain::publishing::{
-    BlueprintKey, CommitId, DiffSummary, Publishing, PublishingCommand, PublishingError, RequestId, RequestStatus, Subdomain,
-    TrustMatch, WorkspaceId, PUBLISHING_ID,
+    BlueprintKey, CommitId, DiffSummary, Publishing, PublishingCommand, PublishingError, RequestId, RequestStatus,
+    Subdomain, TrustMatch, WorkspaceId, PUBLISHING_ID,
 };
-use relay::hub::TaskError;
-use relay::task::{BaseKind, DiffBase, DiffReport, FailureKind, FileStatus, GitTask, TaskOutcome};
-use store::CommandError;
 use domain::roster::Role;
 use domain::trust::{TrustCommand, TrustRules, TRUST_RULES_ID};
 use domain::Email;
 use projections::{PublishRequestRow, RequestFilter, ReviewRow, TimeKey, TrustRuleRow};
+use relay::hub::TaskError;
+use relay::task::{BaseKind, DiffBase, DiffReport, FailureKind, FileStatus, GitTask, TaskOutcome};
 use serde::{Deserialize, Serialize};
+use store::CommandError;
 
 use crate::auth::Caller;
 use crate::extract::{Json, OptionalJson, Path, Query};
@@ -732,7 +732,8 @@ pub async fn submit(
         // What the aggregate would refuse anyway is refused before anything is committed in the workspace.
         let (publishing, _) = state.publishing.load(PUBLISHING_ID).await.map_err(Problem::from)?;
         if let Some(pending) = publishing.in_flight(&workspace_id) {
-            let refusal = PublishingError::RequestInFlight { workspace_id: workspace_id.clone(), request_id: pending.clone() };
+            let refusal =
+                PublishingError::RequestInFlight { workspace_id: workspace_id.clone(), request_id: pending.clone() };
             return Err(Problem::from(CommandError::Rejected(refusal)));
         }
         if !publishing.may_claim(&subdomain, &workspace_id) {
@@ -762,12 +763,13 @@ pub async fn submit(
         };
         let base_commit = CommitId::parse(&report.base_commit).ok();
         let files = u32::try_from(report.files_changed).unwrap_or(u32::MAX);
-        let diff = DiffSummary::new(files, report.insertions, report.deletions, Some(report.patch), policy.max_patch_bytes)
-            .map_err(|error| {
-                tracing::warn!(%error, "the workspace's diff does not fit a publish request");
-                Problem::internal()
-            })?
-            .truncated(report.patch_truncated);
+        let diff =
+            DiffSummary::new(files, report.insertions, report.deletions, Some(report.patch), policy.max_patch_bytes)
+                .map_err(|error| {
+                    tracing::warn!(%error, "the workspace's diff does not fit a publish request");
+                    Problem::internal()
+                })?
+                .truncated(report.patch_truncated);
         let (trust, _) = state.trust.load(TRUST_RULES_ID).await.map_err(Problem::from)?;
         let trusted = trust
             .evaluate(&caller.email, &blueprint_key)

@@ -97,9 +97,7 @@ impl Provider {
             ))
         })?;
         if kind == GitProviderKind::Github && repository.split('/').count() != 2 {
-            return Err(ProviderError::Permanent(format!(
-                "a GitHub repository is OWNER/REPO, not {repository:?}"
-            )));
+            return Err(ProviderError::Permanent(format!("a GitHub repository is OWNER/REPO, not {repository:?}")));
         }
         if token.is_empty() || token.bytes().any(|byte| byte.is_ascii_control() || byte == b' ') {
             return Err(ProviderError::Permanent(
@@ -173,7 +171,8 @@ impl Provider {
         let request = match self.kind {
             GitProviderKind::Github => {
                 let url = format!("{}/repos/{}/pulls", self.api, self.repository);
-                let body = serde_json::json!({"title": new.title, "head": new.head, "base": new.base, "body": new.body});
+                let body =
+                    serde_json::json!({"title": new.title, "head": new.head, "base": new.base, "body": new.body});
                 self.github(self.http.post(url)).json(&body)
             }
             _ => {
@@ -240,7 +239,9 @@ async fn send(request: reqwest::RequestBuilder) -> Result<reqwest::Response, Pro
 fn parse<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ProviderError> {
     serde_json::from_str(text).map_err(|error| {
         let start: String = text.chars().take(120).collect();
-        ProviderError::Transient(format!("the provider answered something that is not its documented JSON ({error}): {start:?}"))
+        ProviderError::Transient(format!(
+            "the provider answered something that is not its documented JSON ({error}): {start:?}"
+        ))
     })
 }
 
@@ -354,13 +355,8 @@ mod tests {
     #[test]
     fn tokens_of_any_length_are_accepted_and_never_shown() {
         let token = Zeroizing::new(format!("ghs_{}", "x".repeat(200)));
-        let provider = Provider::new(
-            GitProviderKind::Github,
-            None,
-            "https://github.com/acme/web",
-            token,
-            Duration::from_secs(5),
-        );
+        let provider =
+            Provider::new(GitProviderKind::Github, None, "https://github.com/acme/web", token, Duration::from_secs(5));
         let provider = provider.ok().flatten();
         assert!(provider.is_some());
         assert!(!format!("{provider:?}").contains("xxxx"));
@@ -377,12 +373,20 @@ mod tests {
     #[test]
     fn a_token_the_provider_echoes_back_is_scrubbed() {
         let token = Zeroizing::new("ghs_EchoedBack_0123".to_string());
-        let provider = Provider::new(GitProviderKind::Github, None, "https://github.com/a/b", token, Duration::from_secs(5))
-            .ok()
-            .flatten();
+        let provider =
+            Provider::new(GitProviderKind::Github, None, "https://github.com/a/b", token, Duration::from_secs(5))
+                .ok()
+                .flatten();
         let Some(provider) = provider else { panic!("a provider") };
-        let echoed = refusal(GitProviderKind::Github, StatusCode::BAD_REQUEST, r#"{"message":"you sent Bearer ghs_EchoedBack_0123"}"#);
+        let echoed = refusal(
+            GitProviderKind::Github,
+            StatusCode::BAD_REQUEST,
+            r#"{"message":"you sent Bearer ghs_EchoedBack_0123"}"#,
+        );
         let scrubbed = provider.scrub(echoed);
-        assert_eq!(scrubbed, ProviderError::Permanent(r#"github answered 400 Bad Request: "you sent Bearer [redacted]""#.into()));
+        assert_eq!(
+            scrubbed,
+            ProviderError::Permanent(r#"github answered 400 Bad Request: "you sent Bearer [redacted]""#.into())
+        );
     }
 }

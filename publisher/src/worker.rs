@@ -187,7 +187,9 @@ impl Publisher {
         let round = request.delivery.as_ref().map_or(0, |delivery| delivery.round);
         let (stage, outcome) = match step {
             NextStep::Push => (DeliveryStage::Push, self.push(request_id, &request).await),
-            NextStep::OpenPullRequest => (DeliveryStage::PullRequest, self.open_pull_request(request_id, &request).await),
+            NextStep::OpenPullRequest => {
+                (DeliveryStage::PullRequest, self.open_pull_request(request_id, &request).await)
+            }
         };
         let command = match outcome {
             Ok(command) => command,
@@ -247,7 +249,10 @@ impl Publisher {
             Some(password) => Some(GitCredential { username: username.into(), password }),
             None if kind != GitProviderKind::Local => {
                 return Err(Failed::new(
-                    format!("the organisation's git_token is not set (PUT /api/v1/org/credentials/git_token): {} needs it", kind.as_str()),
+                    format!(
+                        "the organisation's git_token is not set (PUT /api/v1/org/credentials/git_token): {} needs it",
+                        kind.as_str()
+                    ),
                     false,
                 ))
             }

@@ -49,7 +49,9 @@ async fn github_pull_requests_are_opened_found_and_never_doubled() {
     assert!(matches!(github.open(&new("y")).await, Err(ProviderError::Transient(_))));
     forge.set_down(false);
     forge.answer_garbage_next();
-    assert!(matches!(github.find("y").await, Err(ProviderError::Transient(reason)) if reason.contains("documented JSON")));
+    assert!(
+        matches!(github.find("y").await, Err(ProviderError::Transient(reason)) if reason.contains("documented JSON"))
+    );
     // A lost answer: the pull request exists though the client saw an error; the lookup finds it.
     forge.lose_next_create_answer();
     assert!(matches!(github.open(&new("lost")).await, Err(ProviderError::Transient(_))));
@@ -59,7 +61,8 @@ async fn github_pull_requests_are_opened_found_and_never_doubled() {
 #[tokio::test]
 async fn gitlab_merge_requests_of_nested_projects() {
     let forge = ForgeServer::gitlab(TOKEN, &["acme/apps/web"]);
-    let gitlab = client(GitProviderKind::Gitlab, &forge.api_base(), "https://gitlab.example.com/acme/apps/web.git", TOKEN);
+    let gitlab =
+        client(GitProviderKind::Gitlab, &forge.api_base(), "https://gitlab.example.com/acme/apps/web.git", TOKEN);
     let opened = gitlab.open(&new("gatehouse/publish/1")).await.unwrap();
     assert_eq!(opened.number, 1);
     assert!(opened.url.ends_with("/acme/apps/web/-/merge_requests/1"), "{opened:?}");
@@ -76,12 +79,23 @@ async fn gitlab_merge_requests_of_nested_projects() {
 
 #[test]
 fn the_local_provider_has_no_client_and_bad_repositories_are_refused() {
-    let local = Provider::new(GitProviderKind::Local, None, "/srv/git/web.git", Zeroizing::default(), Duration::from_secs(1));
+    let local =
+        Provider::new(GitProviderKind::Local, None, "/srv/git/web.git", Zeroizing::default(), Duration::from_secs(1));
     assert!(matches!(local, Ok(None)));
-    let on_disk =
-        Provider::new(GitProviderKind::Github, None, "/srv/git/web.git", Zeroizing::new(TOKEN.into()), Duration::from_secs(1));
+    let on_disk = Provider::new(
+        GitProviderKind::Github,
+        None,
+        "/srv/git/web.git",
+        Zeroizing::new(TOKEN.into()),
+        Duration::from_secs(1),
+    );
     assert!(matches!(on_disk, Err(ProviderError::Permanent(reason)) if reason.contains("not a github repository URL")));
-    let nested =
-        Provider::new(GitProviderKind::Github, None, "https://github.com/a/b/c", Zeroizing::new(TOKEN.into()), Duration::from_secs(1));
+    let nested = Provider::new(
+        GitProviderKind::Github,
+        None,
+        "https://github.com/a/b/c",
+        Zeroizing::new(TOKEN.into()),
+        Duration::from_secs(1),
+    );
     assert!(matches!(nested, Err(ProviderError::Permanent(_))));
 }

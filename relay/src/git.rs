@@ -9,8 +9,8 @@
 //! through `GIT_ASKPASS` (the agent binary itself, answering from its environment; see [`ASKPASS_VARIABLE`]) with
 //! every credential helper switched off, so the token is written nowhere in the workspace.
 
-use std::path::{Path, PathBuf};
 use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -261,7 +261,10 @@ impl Git {
             }
         }
         if !self.must(&["ls-files", "--unmerged"]).await?.is_empty() {
-            return Err(failed(FailureKind::OperationInProgress, "the workspace has unmerged paths: resolve them first"));
+            return Err(failed(
+                FailureKind::OperationInProgress,
+                "the workspace has unmerged paths: resolve them first",
+            ));
         }
         Ok(State { head: head.text(), branch: branch.text(), git_dir })
     }
@@ -284,11 +287,14 @@ impl Git {
             if !known.success {
                 return Err(failed(
                     FailureKind::NoBase,
-                    format!("the workspace no longer has the commit it was cloned at ({source}): nothing to diff against"),
+                    format!(
+                        "the workspace no longer has the commit it was cloned at ({source}): nothing to diff against"
+                    ),
                 ));
             }
             let merge_base = self.git(&["merge-base", "HEAD", source]).await?;
-            let base = if merge_base.success && !merge_base.text().is_empty() { merge_base.text() } else { known.text() };
+            let base =
+                if merge_base.success && !merge_base.text().is_empty() { merge_base.text() } else { known.text() };
             return Ok((base, BaseKind::Blueprint));
         }
         let remote = format!("refs/remotes/origin/{}", base.blueprint_branch);
@@ -301,7 +307,9 @@ impl Git {
         }
         Err(failed(
             FailureKind::NoBase,
-            format!("the workspace's history does not contain the blueprint's branch ({remote}): nothing to diff against"),
+            format!(
+                "the workspace's history does not contain the blueprint's branch ({remote}): nothing to diff against"
+            ),
         ))
     }
 
@@ -466,7 +474,8 @@ impl Git {
         // system, global or workspace configuration: nothing the workspace's user configured (a credential helper
         // that stores what it is given, a `url.<base>.insteadOf` that sends the push elsewhere, a proxy, hooks)
         // comes near the credential.
-        let scratch = ScratchDir::new().map_err(|error| failed(FailureKind::Git, format!("a scratch directory: {error}")))?;
+        let scratch =
+            ScratchDir::new().map_err(|error| failed(FailureKind::Git, format!("a scratch directory: {error}")))?;
         let repository = scratch.0.join("repository.git");
         let isolated = |args: &[&str]| {
             let mut command = self.command(args);
@@ -485,7 +494,13 @@ impl Git {
         let common = PathBuf::from(self.must(&["rev-parse", "--path-format=absolute", "--git-common-dir"]).await?);
         let (objects, shallow) = (common.join("objects"), common.join("shallow"));
         let borrowed = std::fs::write(repository.join("objects/info/alternates"), format!("{}\n", objects.display()))
-            .and_then(|()| if shallow.exists() { std::fs::copy(&shallow, repository.join("shallow")).map(drop) } else { Ok(()) });
+            .and_then(|()| {
+                if shallow.exists() {
+                    std::fs::copy(&shallow, repository.join("shallow")).map(drop)
+                } else {
+                    Ok(())
+                }
+            });
         borrowed.map_err(|error| failed(FailureKind::Git, format!("cannot prepare the push: {error}")))?;
         let git_dir = format!("--git-dir={}", repository.display());
         let refspec = format!("{commit}:refs/heads/{branch}");

@@ -217,7 +217,10 @@ impl AgentConn {
 
     /// Runs `task` on this agent and waits for its outcome, at most the task's own deadline. Dropping the future
     /// closes the session (the agent then kills its `git`).
-    pub async fn run_task(self: &Arc<Self>, task: &crate::task::GitTask) -> Result<crate::task::TaskOutcome, TaskError> {
+    pub async fn run_task(
+        self: &Arc<Self>,
+        task: &crate::task::GitTask,
+    ) -> Result<crate::task::TaskOutcome, TaskError> {
         if !self.supports(crate::task::FEATURE_GIT) {
             return Err(TaskError::Unsupported);
         }

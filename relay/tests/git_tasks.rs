@@ -31,7 +31,10 @@ fn workspace(scratch: &Path) -> (PathBuf, PathBuf) {
     let bare = scratch.join("blueprint.git");
     git(scratch, &["clone", "-q", "--bare", blueprint.to_str().unwrap(), bare.to_str().unwrap()]);
     let files = scratch.join("workspace");
-    git(scratch, &["clone", "-q", "--branch", "main", "--single-branch", bare.to_str().unwrap(), files.to_str().unwrap()]);
+    git(
+        scratch,
+        &["clone", "-q", "--branch", "main", "--single-branch", bare.to_str().unwrap(), files.to_str().unwrap()],
+    );
     (files, bare)
 }
 
@@ -102,7 +105,10 @@ async fn a_commit_holds_every_change_authored_by_the_builder_and_the_next_diff_s
     };
     assert_eq!(diff.files_changed, 1);
     assert_eq!(git(&files, &["rev-parse", "HEAD"]), first);
-    assert_eq!(git(&files, &["log", "-1", "--format=%an <%ae>|%cn|%B"]), "Ada <ada@example.com>|Ada|Publish\n\nwith a body");
+    assert_eq!(
+        git(&files, &["log", "-1", "--format=%an <%ae>|%cn|%B"]),
+        "Ada <ada@example.com>|Ada|Publish\n\nwith a body"
+    );
     assert_eq!(git(&files, &["status", "--porcelain"]), "");
     // Unchanged since: nothing to publish against the published commit; the blueprint base still sees it.
     let published = DiffBase { published: Some(first.clone()), ..base() };

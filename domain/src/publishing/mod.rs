@@ -376,7 +376,8 @@ impl Aggregate for Publishing {
                 if delivery.done() {
                     return Err(PublishingError::WrongDeliveryStep { request_id, status: delivery.status() });
                 }
-                sink.write(PublishingEvent::PublishFailed { request_id, stage, reason, retryable, at: now }, self).await;
+                sink.write(PublishingEvent::PublishFailed { request_id, stage, reason, retryable, at: now }, self)
+                    .await;
             }
             PublishingCommand::RetryDelivery { request_id, by } => {
                 let delivery = self.delivering(&request_id)?;

@@ -172,7 +172,13 @@ impl DiffSummary {
         if files == 0 && (insertions > 0 || deletions > 0) {
             return Err(InvalidValue::new("diff.files", "lines changed in zero files"));
         }
-        Ok(Self { files, insertions, deletions, patch: patch.filter(|patch| !patch.is_empty()), patch_truncated: false })
+        Ok(Self {
+            files,
+            insertions,
+            deletions,
+            patch: patch.filter(|patch| !patch.is_empty()),
+            patch_truncated: false,
+        })
     }
 
     /// Marks the patch as only the beginning of the diff.
