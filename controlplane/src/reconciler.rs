@@ -486,6 +486,7 @@ mod tests {
             started: None,
             dev_port: None,
             provisioned: false,
+            source_commit: None,
             phase: None,
             failure: None,
             removed: false,

@@ -267,3 +267,33 @@ fn event_types_are_the_variant_names() {
     assert_eq!(json["WorkspaceLaunched"]["owner"], "ada@example.com");
     assert_eq!(json["WorkspaceLaunched"]["spec"]["branch"], "main");
 }
+
+#[test]
+fn the_cloned_commit_is_recorded_once_for_the_current_generation_and_only_as_a_full_id() {
+    let commit = "ab".repeat(20);
+    let record = |generation: u64, commit: &str| WorkspaceCommand::RecordCloned {
+        workspace: ws("ws-1"),
+        generation,
+        commit: commit.to_string(),
+    };
+    let cloned = WorkspaceEvent::WorkspaceSourceCloned { workspace: ws("ws-1"), generation: 1, commit: commit.clone() };
+    TestFramework::<Workspaces>::with(())
+        .given(vec![launched("ws-1", "one")])
+        .when(record(1, &commit.to_ascii_uppercase()))
+        .then_expect_events(vec![cloned.clone()]);
+    TestFramework::<Workspaces>::with(())
+        .given(vec![launched("ws-1", "one"), cloned.clone()])
+        .when(record(1, &commit))
+        .then_expect_events(vec![]);
+    for bad in ["abc", "not hex at all, forty characters long ..", ""] {
+        TestFramework::<Workspaces>::with(())
+            .given(vec![launched("ws-1", "one")])
+            .when(record(1, bad))
+            .then_expect_events(vec![]);
+    }
+    TestFramework::<Workspaces>::with(())
+        .given(vec![launched("ws-1", "one")])
+        .when(record(7, &commit))
+        .then_expect_events(vec![]);
+    assert_eq!(state(vec![launched("ws-1", "one"), cloned]).get("ws-1").unwrap().source_commit, Some(commit));
+}
