@@ -598,10 +598,31 @@ impl Drop for GroupGuard {
 struct ScratchDir(PathBuf);
 
 impl ScratchDir {
+    /// Scratch directories of pushes older than this are ones a killed agent left behind.
+    const STALE: Duration = Duration::from_secs(24 * 3600);
+
     fn new() -> std::io::Result<Self> {
+        Self::sweep();
         let path = std::env::temp_dir().join(format!("gatehouse-push-{:016x}", rand::random::<u64>()));
         std::fs::DirBuilder::new().mode(0o700).create(&path)?;
         Ok(Self(path))
+    }
+}
+
+impl ScratchDir {
+    /// Removes what agents killed mid-push left (a push takes at most an hour: `Git::new` caps its time).
+    fn sweep() {
+        let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return };
+        for entry in entries.flatten() {
+            let stale = entry.file_name().to_string_lossy().starts_with("gatehouse-push-")
+                && entry
+                    .metadata()
+                    .and_then(|meta| meta.modified())
+                    .is_ok_and(|modified| modified.elapsed().is_ok_and(|age| age > Self::STALE));
+            if stale {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
     }
 }
 

@@ -131,11 +131,21 @@ async fn a_commit_holds_every_change_authored_by_the_builder_and_the_next_diff_s
         credential: None,
         timeout_secs: 30,
     };
+    // A scratch directory a killed agent left behind a day ago is swept by the next push; a fresh one is not.
+    let stale = std::env::temp_dir().join(format!("gatehouse-push-left-behind-{}", std::process::id()));
+    let fresh = std::env::temp_dir().join(format!("gatehouse-push-in-use-{}", std::process::id()));
+    for dir in [&stale, &fresh] {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    let touched = Command::new("touch").args(["-d", "2 days ago"]).arg(&stale).status().unwrap();
+    assert!(touched.success());
     for _ in 0..2 {
         let outcome = relay::git::run(&files, push("gatehouse/publish/1", &mine)).await;
         assert!(matches!(outcome, TaskOutcome::Pushed { .. }), "{outcome:?}");
     }
     assert_eq!(git(&bare, &["rev-parse", "refs/heads/gatehouse/publish/1"]), mine);
+    assert!(!stale.exists() && fresh.exists(), "stale scratch directories are swept, fresh ones kept");
+    std::fs::remove_dir_all(&fresh).unwrap();
     // Not a fast-forward: refused by the remote, not forced.
     let outcome = relay::git::run(&files, push("gatehouse/publish/1", &first)).await;
     assert_eq!(failure(&outcome), FailureKind::PushRejected, "{outcome:?}");
