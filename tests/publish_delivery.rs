@@ -158,7 +158,25 @@ async fn a_workspace_edit_is_previewed_committed_approved_and_pushed_to_the_blue
         assert_eq!(api.call(Method::POST, &retry, Some(&audrey), None).await.0, 403, "{backend}");
         let (status, _, problem) = api.call(Method::POST, &retry, Some(&root), None).await;
         assert_eq!((status, code(&problem)), (409, "delivery_not_failed"), "{backend}: {problem}");
+        // The builder's live update stream shows the delivery's steps.
+        let mut stream = api.http.get(format!("{}/api/v1/stream", api.base)).bearer_auth(&ada).send().await.unwrap();
+        assert_eq!(stream.status(), 200, "{backend}");
+        let watched = request_id.clone();
+        let seen = tokio::spawn(async move {
+            let mut text = String::new();
+            while let Ok(Ok(Some(chunk))) = tokio::time::timeout(Duration::from_secs(30), stream.chunk()).await {
+                text.push_str(&String::from_utf8_lossy(&chunk));
+                let pushed =
+                    text.lines().any(|line| line.contains(&watched) && line.contains(r#""delivery":"pushed""#));
+                if pushed {
+                    return text;
+                }
+            }
+            panic!("no pushed step on the stream: {text}");
+        });
         approve(&api, &root, &request_id).await;
+        let streamed = seen.await.unwrap();
+        assert!(streamed.contains("gatehouse/publish/"), "{backend}: {streamed}");
 
         // The local provider: the pushed branch is the result.
         let pushed = delivered(&api, &audrey, &request_id, "pushed").await;
