@@ -218,7 +218,7 @@ impl StoredSecret {
 /// The key ids `secrets` use, for [`KeyRing::check_in_use`]. A ciphertext that does not parse counts under the
 /// all-zero key id, which no key has, so it is reported too.
 fn key_ids(secrets: &[StoredSecret]) -> impl Iterator<Item = (Binding, KeyId)> + '_ {
-    secrets.iter().map(|secret| (secret.binding.clone(), secret.key_id().unwrap_or_else(|| KeyId([0; 8]))))
+    secrets.iter().map(|secret| (secret.binding.clone(), secret.key_id().unwrap_or(KeyId([0; 8]))))
 }
 
 /// Refuses a ring that lacks a key current secrets use: one line naming each missing key id and its secrets.
@@ -454,10 +454,8 @@ pub const SEALED_PLACEHOLDER: &str = "[sealed]";
 /// audit API's event payloads and replayed states: a response never carries secret material, encrypted or not.
 pub fn redact_sealed(value: &mut serde_json::Value) {
     match value {
-        serde_json::Value::String(text) => {
-            if text.starts_with(secrets::VERSION) && Ciphertext::parse(text).is_ok() {
-                *text = SEALED_PLACEHOLDER.to_string();
-            }
+        serde_json::Value::String(text) if text.starts_with(secrets::VERSION) && Ciphertext::parse(text).is_ok() => {
+            *text = SEALED_PLACEHOLDER.to_string();
         }
         serde_json::Value::Array(items) => items.iter_mut().for_each(redact_sealed),
         serde_json::Value::Object(fields) => fields.values_mut().for_each(redact_sealed),
