@@ -272,7 +272,7 @@ impl Publisher {
         match agent.run_task(&task).await {
             Ok(TaskOutcome::Pushed { .. }) => Ok(PublishingCommand::RecordPushed {
                 request_id: request_id.clone(),
-                remote: redact_url(&remote),
+                remote: domain::blueprint::redact_url(&remote),
                 branch,
                 pull_request: kind != GitProviderKind::Local,
             }),
@@ -338,26 +338,9 @@ impl Publisher {
     }
 }
 
-/// A URL without its secrets: user information, query and fragment (where credentials travel in a URL).
-fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
-    let rest = rest.split(['?', '#']).next().unwrap_or_default();
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(authority_end);
-    let host = authority.rsplit_once('@').map(|(_, host)| host).unwrap_or(authority);
-    format!("{scheme}://{host}{path}")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn remotes_are_shown_without_credentials() {
-        assert_eq!(redact_url("https://u:t@git.example.com/a.git?x=1#y"), "https://git.example.com/a.git");
-        assert_eq!(redact_url("/srv/git/web.git"), "/srv/git/web.git");
-        assert_eq!(redact_url("git@github.com:acme/web.git"), "git@github.com:acme/web.git");
-    }
 
     #[test]
     fn branches_are_named_from_the_request() {

@@ -229,10 +229,7 @@ impl Git {
 
     /// A repository with a commit, on a branch, with nothing in progress.
     async fn preflight(&self) -> Step<State> {
-        let inside = self.git(&["rev-parse", "--is-inside-work-tree"]).await?;
-        if !inside.success || inside.text() != "true" {
-            return Err(failed(FailureKind::NotARepository, "the workspace's directory is not a git repository"));
-        }
+        self.preflight_repository().await?;
         let head = self.git(&["rev-parse", "--verify", "--quiet", "HEAD^{commit}"]).await?;
         if !head.success {
             return Err(failed(FailureKind::NotARepository, "the workspace's repository has no commit yet"));
@@ -322,18 +319,22 @@ impl Git {
             std::fs::copy(&index, &scratch)
                 .map_err(|error| failed(FailureKind::Git, format!("cannot copy the index: {error}")))?;
         }
-        for args in [&["add", "--all", "--", ":/"][..], &["write-tree"][..]] {
+        let in_scratch = |args: &'static [&'static str]| {
             let mut command = self.command(args);
             command.env("GIT_INDEX_FILE", &scratch);
-            let output = self.run(command, None, MAX_OUTPUT).await?;
-            if !output.success {
-                return Err(failed(FailureKind::Git, format!("git {}: {}", args.join(" "), self.tail(&output.stderr))));
+            async move {
+                let output = self.run(command, None, MAX_OUTPUT).await?;
+                if !output.success {
+                    return Err(failed(
+                        FailureKind::Git,
+                        format!("git {}: {}", args.join(" "), self.tail(&output.stderr)),
+                    ));
+                }
+                Ok(output.text())
             }
-            if args == ["write-tree"] {
-                return Ok(output.text());
-            }
-        }
-        Err(failed(FailureKind::Git, "no tree written"))
+        };
+        in_scratch(&["add", "--all", "--", ":/"]).await?;
+        in_scratch(&["write-tree"]).await
     }
 
     /// The diff of the working tree against the base; and the working tree's tree.

@@ -171,6 +171,11 @@ impl AgentConn {
 
     /// Opens a terminal session on this agent.
     pub fn open_terminal(self: &Arc<Self>, cols: u16, rows: u16) -> SessionHandle {
+        self.open_session(|session| Frame::Open { session, kind: SessionKind::Terminal, cols, rows, port: 0 })
+    }
+
+    /// Registers a new session, with its windows, and sends the agent the frame that opens it.
+    fn open_session(self: &Arc<Self>, opening: impl FnOnce(u32) -> Frame) -> SessionHandle {
         let session = self.next_session.fetch_add(1, Ordering::Relaxed);
         let (to_browser, from_agent) = mpsc::unbounded_channel();
         let input_credit = Arc::new(Semaphore::new(INITIAL_WINDOW as usize));
@@ -185,7 +190,7 @@ impl AgentConn {
                 },
             );
         }
-        let _ = self.to_agent.send(Frame::Open { session, kind: SessionKind::Terminal, cols, rows, port: 0 });
+        let _ = self.to_agent.send(opening(session));
         SessionHandle { session, conn: self.clone(), input_credit, from_agent, closed: false }
     }
 
@@ -195,24 +200,9 @@ impl AgentConn {
     }
 
     /// Opens a task session running `task` (its JSON at most [`MAX_DATA`] bytes, else `None`).
-    pub fn open_task(self: &Arc<Self>, task: &crate::task::GitTask) -> Option<SessionHandle> {
+    fn open_task(self: &Arc<Self>, task: &crate::task::GitTask) -> Option<SessionHandle> {
         let body = serde_json::to_vec(task).ok().filter(|body| body.len() <= MAX_DATA)?;
-        let session = self.next_session.fetch_add(1, Ordering::Relaxed);
-        let (to_browser, from_agent) = mpsc::unbounded_channel();
-        let input_credit = Arc::new(Semaphore::new(INITIAL_WINDOW as usize));
-        if let Ok(mut sessions) = self.sessions.lock() {
-            sessions.insert(
-                session,
-                SessionSlot {
-                    to_browser,
-                    input_credit: input_credit.clone(),
-                    output_window: Window::new(session),
-                    unreturned: 0,
-                },
-            );
-        }
-        let _ = self.to_agent.send(Frame::Task { session, body });
-        Some(SessionHandle { session, conn: self.clone(), input_credit, from_agent, closed: false })
+        Some(self.open_session(|session| Frame::Task { session, body }))
     }
 
     /// Runs `task` on this agent and waits for its outcome, at most the task's own deadline. Dropping the future

@@ -35,6 +35,7 @@ pub use event::BlueprintEvent;
 pub use template::{
     sanitise, EmptyName, NameTemplate, TemplateValues, MAX_NAME_CHARS, MAX_TEMPLATE_CHARS, PLACEHOLDERS,
 };
+pub use values::{redact_url, url_secrets};
 pub use values::{
     AiAuthMode, AiProvider, AiProviderSettings, ApiKey, ApiKeyChange, BlueprintDetails, BlueprintSource, ClusterName,
     Description, DisplayName, EndpointUrl, GitBranch, GitRepository, LastFour, LocalSource, ModelName, NamingTemplates,

@@ -121,6 +121,32 @@ fn graphic(raw: &str) -> bool {
     raw.bytes().all(|b| b.is_ascii_graphic())
 }
 
+/// A URL with its secrets gone: the user information (`https://user:token@host/…`) and the query and fragment
+/// (`…?access_token=…`), which are where credentials travel in a URL.
+pub fn redact_url(url: &str) -> String {
+    let mut redacted = url.to_string();
+    for secret in url_secrets(url) {
+        redacted = redacted.replace(&secret, "[redacted]");
+    }
+    redacted
+}
+
+/// The parts of `url` that may hold a credential: its user information, its query and its fragment.
+pub fn url_secrets(url: &str) -> Vec<String> {
+    let mut secrets = Vec::new();
+    if let Some((_, rest)) = url.split_once("://") {
+        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        if let Some(at) = rest[..authority_end].rfind('@') {
+            secrets.push(rest[..at].to_string());
+        }
+        if let Some(query) = rest.find(['?', '#']) {
+            secrets.push(rest[query + 1..].to_string());
+        }
+    }
+    secrets.retain(|secret| !secret.is_empty());
+    secrets
+}
+
 impl GitRepository {
     /// One of the forms named on the type, printable ASCII without spaces (percent-encode them), at most
     /// [`MAX_REPOSITORY_CHARS`] characters. Nothing that git could read as an option (a leading `-`) or as a remote
@@ -740,6 +766,19 @@ impl AiProviderSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_lose_their_user_information() {
+        assert_eq!(redact_url("https://ada:s3cret@git.example.com/a.git"), "https://[redacted]@git.example.com/a.git");
+        assert_eq!(
+            redact_url("https://git.example.com/a.git?access_token=SECRET#frag"),
+            "https://git.example.com/a.git?[redacted]"
+        );
+        assert_eq!(redact_url("http://tok3n@127.0.0.1:9/x?y"), "http://[redacted]@127.0.0.1:9/x?[redacted]");
+        assert_eq!(redact_url("https://git.example.com/a@b.git"), "https://git.example.com/a@b.git");
+        assert_eq!(redact_url("/srv/git/a.git"), "/srv/git/a.git");
+        assert_eq!(redact_url("git@github.com:acme/a.git"), "git@github.com:acme/a.git");
+    }
 
     fn field<T: fmt::Debug>(result: Result<T, InvalidValue>) -> &'static str {
         result.expect_err("refused").field
