@@ -313,7 +313,10 @@ fn start_probes(store: &EventStore, settings: &Settings) -> (String, ServerHandl
         audit_key: Arc::new(settings.audit_key().expect("the audit key")),
         caches,
         openapi: Arc::new(api::ops::document()),
-        gateway: Arc::new(relay::gateway::Gateway::new(store.clone(), settings.relay().expect("the relay limits"))),
+        gateway: Arc::new(
+            relay::gateway::Gateway::new(store.clone(), settings.relay().expect("the relay limits"))
+                .with_resume_limits(settings.resume()),
+        ),
         idempotency_stale_ms: api::idempotency::STALE_PENDING_MS,
         limits,
         workspaces: Arc::new(AggregateRepository::new(store.clone(), ())),

@@ -130,7 +130,9 @@ impl Application {
             shutdown.clone(),
         ));
 
-        let gateway = Arc::new(relay::gateway::Gateway::new(store.clone(), settings.relay()?));
+        let gateway = Arc::new(
+            relay::gateway::Gateway::new(store.clone(), settings.relay()?).with_resume_limits(settings.resume()),
+        );
         gateway.load_firewall().await.context("cannot load the relay firewall")?;
         let draining = Arc::new(AtomicBool::new(false));
         let http_metrics = api::HttpMetrics::register(&registry).context("http metrics")?;

@@ -143,6 +143,15 @@ pub struct Settings {
     pub relay_max_frame_bytes: usize,
     /// Open terminal sessions one user may have at once (4029).
     pub relay_max_sessions_per_user: usize,
+    /// Seconds a terminal session keeps running after its last browser's socket ended without closing it (any end
+    /// but a close with code 1000), waiting for a browser to resume it; then it closes as `detach_timeout`. 0: a
+    /// session closes when its last browser leaves.
+    pub relay_detach_timeout_secs: u64,
+    /// Output a terminal session keeps for browsers that resume it, in bytes (at least 256 KiB, the agent's window).
+    pub relay_resume_buffer_bytes: usize,
+    /// Output all terminal sessions together keep beyond 256 KiB each, in bytes; when it is used up, sessions keep
+    /// only what their browsers have not received yet and their shells wait for their browsers.
+    pub relay_resume_buffer_total_bytes: usize,
     /// Proxies (CIDRs) whose `X-Forwarded-For` is believed when finding a client's address (terminals, the firewall,
     /// and the per-address limit of failed authentication).
     #[serde(deserialize_with = "one_or_many")]
@@ -239,6 +248,9 @@ impl Default for Settings {
             relay_max_session_secs: 12 * 3600,
             relay_max_frame_bytes: 1024 * 1024,
             relay_max_sessions_per_user: 20,
+            relay_detach_timeout_secs: 300,
+            relay_resume_buffer_bytes: 1024 * 1024,
+            relay_resume_buffer_total_bytes: 256 * 1024 * 1024,
             relay_trusted_proxies: Vec::new(),
             workspaces_dir: None,
             workspaces_agent_program: None,
@@ -304,6 +316,16 @@ impl Settings {
             max_frame: self.relay_max_frame_bytes.max(relay::mux::MAX_DATA + 16),
             max_sessions_per_user: self.relay_max_sessions_per_user.max(1),
         })
+    }
+
+    /// How long terminal sessions wait for their browsers and how much output they keep.
+    pub fn resume(&self) -> relay::terminal::ResumeLimits {
+        relay::terminal::ResumeLimits {
+            // At most a year: a deadline this far is no deadline, and the clock's arithmetic stays in range.
+            detach_timeout: Duration::from_secs(self.relay_detach_timeout_secs.min(365 * 86_400)),
+            buffer: self.relay_resume_buffer_bytes.max(relay::terminal::RESERVED),
+            total: self.relay_resume_buffer_total_bytes,
+        }
     }
 
     /// The local control plane's settings, for a gateway listening on `address`.

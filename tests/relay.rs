@@ -5,73 +5,19 @@
 
 mod common;
 
-use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use common::{eventually, gatehouse, issue_token, rss_kib, Api, Server};
+use common::{eventually, issue_token, rss_kib, Api, Server};
 use futures::{SinkExt, StreamExt};
 use reqwest::Method;
 use serde_json::{json, Value};
 use testkit::TestDb;
 use tokio_tungstenite::tungstenite::Message;
 
-use common::terminal::{close_code, connect, open, read_until, ticket, type_line, Socket};
-
-/// A running `gatehouse agent`.
-struct Agent {
-    child: Child,
-}
-
-/// `gatehouse agent` dialling `server_url` for `workspace`, its output discarded.
-fn agent_command(server_url: &str, token: &str, workspace: &str) -> std::process::Command {
-    let mut command = gatehouse();
-    command
-        .args(["agent", "--server", server_url, "--workspace", workspace])
-        .env("GATEHOUSE_AGENT_TOKEN", token)
-        .env("GATEHOUSE_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    command
-}
-
-impl Agent {
-    fn start(server: &Server, token: &str, workspace: &str) -> Agent {
-        let child = agent_command(&server.base, token, workspace)
-            .args(["--tag", "RDE_DISPLAY_NAME=Test"])
-            .env("PS1", "$ ")
-            .spawn()
-            .unwrap();
-        Agent { child }
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// Mints an agent token for `workspace`, owned by `owner`.
-async fn mint_agent_token(api: &Api, admin: &str, workspace: &str, owner: &str) -> String {
-    let body = json!({"name": "test agent", "workspace": workspace, "owner": owner, "display_name": "Test"});
-    let (status, _, body) = api.call(Method::POST, "/api/v1/agent-tokens", Some(admin), Some(body)).await;
-    assert_eq!(status, 201, "{body}");
-    body["token"].as_str().unwrap().to_string()
-}
-
-async fn wait_for_workspace(api: &Api, token: &str, workspace: &str) {
-    let listed = eventually(Duration::from_secs(30), || async {
-        let (status, body) = api.get("/api/v1/agents", Some(token)).await;
-        status == 200 && body["items"].as_array().unwrap().iter().any(|item| item["id"] == workspace)
-    })
-    .await;
-    assert!(listed, "the workspace {workspace} never appeared");
-}
+use common::terminal::{
+    agent_command, close_code, connect, mint_agent_token, normal_close, open, read_until, ticket, type_line,
+    wait_for_workspace, Agent, Socket,
+};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_browser_types_into_a_real_shell_through_the_relay() {
@@ -132,7 +78,8 @@ async fn a_browser_types_into_a_real_shell_through_the_relay_on(db: TestDb) {
     })
     .await;
     assert!(listed, "the open session was not listed");
-    socket.close(None).await.unwrap();
+    // Closing with 1000 ends the session for good (any other end would only detach it).
+    socket.close(Some(normal_close())).await.unwrap();
     let recorded = eventually(Duration::from_secs(10), || async {
         let (_, sessions) = api.get("/api/v1/sessions?user=ada@example.com", Some(&root)).await;
         sessions["items"][0]["reason"] == "client_closed" && sessions["items"][0]["bytes_in"].as_u64() > Some(10)
@@ -597,7 +544,11 @@ async fn read_models_with_filters_and_pages(db: TestDb) {
     }
     let (_, issued) = ticket(&api, &bob, "ws-bob").await;
     let _bob_socket = open(&server, "ws-bob", issued["ticket"].as_str().unwrap()).await.unwrap();
-    ada_sockets.remove(0).close(None).await.unwrap();
+    // Closed with 1000 (the end for good); held until the gateway answers, since dropping a socket with unread
+    // output resets the connection, and the close frame with it (which would only detach the session).
+    let mut closing = ada_sockets.remove(0);
+    closing.close(Some(normal_close())).await.unwrap();
+    assert_eq!(close_code(&mut closing, Duration::from_secs(10)).await, 1000);
     // Refused: Bob's ticket presented for Ada's workspace (foreign), and garbage (unknown).
     let (_, foreign) = ticket(&api, &bob, "ws-bob").await;
     assert_eq!(open(&server, "ws-ada", foreign["ticket"].as_str().unwrap()).await.err(), Some(4001));

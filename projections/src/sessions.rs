@@ -99,8 +99,8 @@ impl Projection for SessionsProjection {
                 SessionEvent::SessionOpened { session_id: _, user, workspace, agent, client_ip, user_agent } => {
                     let sql = format!(
                         "INSERT INTO {sessions} (session_id, user_email, workspace, agent, kind, client_ip, user_agent,
-                           opened_at, bytes_in, bytes_out, version)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, 0, $9)"
+                           opened_at, bytes_in, bytes_out, version, attached, resumes)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, 0, $9, 1, 0)"
                     );
                     let query = sqlx::query(&sql)
                         .bind(event.aggregate_id.clone())
@@ -114,10 +114,30 @@ impl Projection for SessionsProjection {
                         .bind(int(event.sequence));
                     connection.execute(query).await?;
                 }
+                SessionEvent::SessionResumed { .. } => {
+                    let sql = format!(
+                        "UPDATE {sessions} SET attached = attached + 1, resumes = resumes + 1, detached_at = NULL,
+                           version = $2 WHERE session_id = $1"
+                    );
+                    let query = sqlx::query(&sql).bind(event.aggregate_id.clone()).bind(int(event.sequence));
+                    connection.execute(query).await?;
+                }
+                SessionEvent::SessionDetached { attached, .. } => {
+                    let sql = format!(
+                        "UPDATE {sessions} SET attached = $2, detached_at = $3, version = $4 WHERE session_id = $1"
+                    );
+                    let detached_at = (attached == 0).then(|| rfc3339(&event.recorded_at));
+                    let query = sqlx::query(&sql)
+                        .bind(event.aggregate_id.clone())
+                        .bind(i64::from(attached))
+                        .bind(detached_at)
+                        .bind(int(event.sequence));
+                    connection.execute(query).await?;
+                }
                 SessionEvent::SessionClosed { bytes_in, bytes_out, duration_ms, reason } => {
                     let sql = format!(
                         "UPDATE {sessions} SET closed_at = $2, close_reason = $3, bytes_in = $4, bytes_out = $5,
-                           duration_ms = $6, version = $7 WHERE session_id = $1"
+                           duration_ms = $6, version = $7, attached = 0 WHERE session_id = $1"
                     );
                     let query = sqlx::query(&sql)
                         .bind(event.aggregate_id.clone())
@@ -213,6 +233,12 @@ pub struct SessionRow {
     pub bytes_out: i64,
     /// How long it lasted, once closed.
     pub duration_ms: Option<i64>,
+    /// Browsers attached now.
+    pub attached: i64,
+    /// Times a browser attached to it after it opened (reconnects and second browsers).
+    pub resumes: i64,
+    /// RFC 3339: since when nobody is attached to the open session.
+    pub detached_at: Option<String>,
     /// The session aggregate's version.
     pub version: i64,
 }
@@ -274,7 +300,7 @@ pub struct ActivityFilter {
 }
 
 const SESSION_COLUMNS: &str = "session_id, user_email, workspace, agent, kind, client_ip, user_agent, opened_at,
-    closed_at, close_reason, bytes_in, bytes_out, duration_ms, version";
+    closed_at, close_reason, bytes_in, bytes_out, duration_ms, attached, resumes, detached_at, version";
 
 const ACTIVITY_COLUMNS: &str = "activity_id, at, kind, ticket, user_email, workspace, client_ip, reason, rule";
 
@@ -399,6 +425,9 @@ fn session(row: &AnyRow) -> Result<SessionRow, sqlx::Error> {
         bytes_in: row.try_get("bytes_in")?,
         bytes_out: row.try_get("bytes_out")?,
         duration_ms: row.try_get("duration_ms")?,
+        attached: row.try_get("attached")?,
+        resumes: row.try_get("resumes")?,
+        detached_at: row.try_get("detached_at")?,
         version: row.try_get("version")?,
     })
 }

@@ -2,7 +2,11 @@
 //!
 //! The first message must be `{"type": "auth", "ticket": "…"}`: tickets never travel in URLs, where proxies log them.
 //! After it: binary frames are keystrokes (browser → gateway) or output (gateway → browser); text frames are
-//! `resize` and `ping` from the browser, `ready`, `pong` and `exit` from the gateway.
+//! `resize` and `ping` from the browser, `ready`, `too_far_behind`, `pong` and `exit` from the gateway.
+//!
+//! A session outlives its socket (ADR 0025): `auth` may name a `session` to resume and the `offset` of output
+//! received; the output continues from there. A browser ends its session for good by closing its socket with code
+//! 1000; any other end detaches it.
 
 use serde::{Deserialize, Serialize};
 
@@ -39,6 +43,12 @@ pub enum CloseCode {
     WorkspaceUnavailable = 4404,
     /// The workspace's agent disconnected during the session.
     AgentLost = 4410,
+    /// The session to resume is not open, or not the ticket user's, or not in this workspace.
+    NoSuchSession = 4414,
+    /// The offset to resume from is past the output the session produced.
+    BadOffset = 4416,
+    /// The session already has the maximum number of browsers attached.
+    TooManyViewers = 4028,
 }
 
 impl CloseCode {
@@ -56,6 +66,12 @@ pub enum ClientMessage {
     Auth {
         /// The ticket, as `POST /api/v1/workspaces/{id}/tickets` returned it.
         ticket: String,
+        /// The open session to attach to (a reconnect, or a second browser); absent: a new session.
+        #[serde(default)]
+        session: Option<String>,
+        /// With `session`: the output bytes already received; the output resumes after them (default 0).
+        #[serde(default)]
+        offset: Option<u64>,
     },
     /// The terminal's size changed.
     Resize {
@@ -66,6 +82,13 @@ pub enum ClientMessage {
     },
     /// Keepalive; answered with `pong`. (A struct variant, so that unknown fields are refused here too.)
     Ping {},
+    /// The output received so far: the gateway may drop what comes before it, and keeps what comes after it for a
+    /// reconnect (without acknowledgements it keeps what it had not yet sent when the connection dropped, so output
+    /// in flight then may be beyond its reach). Send one every 64 KiB of output or so.
+    Ack {
+        /// Output bytes received since the session opened.
+        offset: u64,
+    },
 }
 
 /// A control message to the browser.
@@ -74,8 +97,18 @@ pub enum ClientMessage {
 pub enum ServerMessage {
     /// The session is open; binary frames flow from now on.
     Ready {
-        /// The session's id, as the activity log shows it.
+        /// The session's id, as the activity log shows it: keep it to resume.
         session: String,
+        /// The output offset the binary frames that follow start at (0 for a new session).
+        offset: u64,
+    },
+    /// The output asked for was no longer buffered: it resumes at `offset` (a point where no escape sequence or
+    /// character is cut), and the terminal is resized so full-screen programs repaint.
+    TooFarBehind {
+        /// The offset asked for.
+        requested: u64,
+        /// Where the output resumes.
+        offset: u64,
     },
     /// Answer to `ping`.
     Pong,
@@ -128,6 +161,9 @@ impl ClientMessage {
         }
         let message: ClientMessage =
             serde_json::from_str(text).map_err(|error| FrameError::Malformed(error.to_string()))?;
+        if let ClientMessage::Auth { session: None, offset: Some(_), .. } = message {
+            return Err(FrameError::Malformed("an offset resumes a session: name the session".into()));
+        }
         if let ClientMessage::Resize { cols, rows } = message {
             if !(1..=MAX_DIMENSION).contains(&cols) || !(1..=MAX_DIMENSION).contains(&rows) {
                 return Err(FrameError::BadDimension { cols, rows });
@@ -145,13 +181,18 @@ mod tests {
     fn control_messages_parse() {
         assert_eq!(
             ClientMessage::parse(r#"{"type":"auth","ticket":"abc"}"#),
-            Ok(ClientMessage::Auth { ticket: "abc".into() })
+            Ok(ClientMessage::Auth { ticket: "abc".into(), session: None, offset: None })
+        );
+        assert_eq!(
+            ClientMessage::parse(r#"{"type":"auth","ticket":"abc","session":"s-1","offset":12345678901}"#),
+            Ok(ClientMessage::Auth { ticket: "abc".into(), session: Some("s-1".into()), offset: Some(12345678901) })
         );
         assert_eq!(
             ClientMessage::parse(r#"{"type":"resize","cols":120,"rows":40}"#),
             Ok(ClientMessage::Resize { cols: 120, rows: 40 })
         );
         assert_eq!(ClientMessage::parse(r#"{"type":"ping"}"#), Ok(ClientMessage::Ping {}));
+        assert_eq!(ClientMessage::parse(r#"{"type":"ack","offset":65536}"#), Ok(ClientMessage::Ack { offset: 65536 }));
         assert_eq!(ClientMessage::parse(" \t\r\n{\"type\":\"ping\"}\n"), Ok(ClientMessage::Ping {}));
     }
 
@@ -163,6 +204,8 @@ mod tests {
             (r#"{"type":"resize","cols":-1,"rows":40}"#.to_string(), CloseCode::ProtocolError),
             (r#"{"type":"launch"}"#.to_string(), CloseCode::ProtocolError),
             (r#"{"type":"ping","extra":1}"#.to_string(), CloseCode::ProtocolError),
+            (r#"{"type":"auth","ticket":"t","offset":3}"#.to_string(), CloseCode::ProtocolError),
+            (r#"{"type":"auth","ticket":"t","session":"s","offset":-1}"#.to_string(), CloseCode::ProtocolError),
             ("not json".to_string(), CloseCode::ProtocolError),
             // Arrays, which serde takes for internally tagged enums (found by fuzzing: fuzz/regressions/).
             (r#"["ping"]"#.to_string(), CloseCode::ProtocolError),
@@ -178,8 +221,12 @@ mod tests {
     #[test]
     fn server_messages_have_a_stable_shape() {
         assert_eq!(
-            serde_json::to_string(&ServerMessage::Ready { session: "s1".into() }).unwrap(),
-            r#"{"type":"ready","session":"s1"}"#
+            serde_json::to_string(&ServerMessage::Ready { session: "s1".into(), offset: 7 }).unwrap(),
+            r#"{"type":"ready","session":"s1","offset":7}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&ServerMessage::TooFarBehind { requested: 1, offset: 9 }).unwrap(),
+            r#"{"type":"too_far_behind","requested":1,"offset":9}"#
         );
         assert_eq!(
             serde_json::to_string(&ServerMessage::Exit { code: Some(0) }).unwrap(),

@@ -150,11 +150,28 @@ fn documented_client_message(text: &str) -> Option<ClientMessage> {
         field(name)?.as_u64().and_then(|n| u16::try_from(n).ok()).filter(|n| (1..=MAX_DIMENSION).contains(n))
     };
     let (message, expected_keys): (ClientMessage, &[&str]) = match field("type")?.as_str()? {
-        "auth" => (ClientMessage::Auth { ticket: field("ticket")?.as_str()?.to_owned() }, &["type", "ticket"]),
+        "auth" => {
+            // `session` and `offset` are optional (null is absent); an offset needs a session.
+            let session = match field("session") {
+                None | Some(Value::Null) => None,
+                Some(value) => Some(value.as_str()?.to_owned()),
+            };
+            let offset = match field("offset") {
+                None | Some(Value::Null) => None,
+                Some(value) => Some(value.as_u64()?),
+            };
+            if session.is_none() && offset.is_some() {
+                return None;
+            }
+            let message = ClientMessage::Auth { ticket: field("ticket")?.as_str()?.to_owned(), session, offset };
+            let allowed: BTreeSet<&str> = ["type", "ticket", "session", "offset"].into();
+            return (keys.is_subset(&allowed) && keys.contains("ticket")).then_some(message);
+        }
         "resize" => {
             (ClientMessage::Resize { cols: dimension("cols")?, rows: dimension("rows")? }, &["type", "cols", "rows"])
         }
         "ping" => (ClientMessage::Ping {}, &["type"]),
+        "ack" => (ClientMessage::Ack { offset: field("offset")?.as_u64()? }, &["type", "offset"]),
         _ => return None,
     };
     (keys == expected_keys.iter().copied().collect()).then_some(message)
@@ -191,13 +208,18 @@ mod tests {
     fn the_reference_parser_knows_the_documented_messages() {
         assert_eq!(
             documented_client_message(r#" {"ticket":"t","type":"auth"} "#),
-            Some(ClientMessage::Auth { ticket: "t".into() })
+            Some(ClientMessage::Auth { ticket: "t".into(), session: None, offset: None })
+        );
+        assert_eq!(
+            documented_client_message(r#"{"type":"auth","ticket":"t","session":"s","offset":5}"#),
+            Some(ClientMessage::Auth { ticket: "t".into(), session: Some("s".into()), offset: Some(5) })
         );
         assert_eq!(
             documented_client_message(r#"{"type":"resize","cols":1,"rows":1000}"#),
             Some(ClientMessage::Resize { cols: 1, rows: 1000 })
         );
         assert_eq!(documented_client_message(r#"{"type":"ping"}"#), Some(ClientMessage::Ping {}));
+        assert_eq!(documented_client_message(r#"{"type":"ack","offset":0}"#), Some(ClientMessage::Ack { offset: 0 }));
         for refused in [
             r#"{"type":"ping","type":"ping"}"#,
             r#"{"type":"resize","cols":80,"rows":24,"rows":24}"#,
@@ -205,6 +227,12 @@ mod tests {
             r#"{"type":"resize","cols":80,"rows":1001}"#,
             r#"{"type":"ping","x":null}"#,
             r#"{"type":"auth"}"#,
+            r#"{"type":"ack","offset":-1}"#,
+            r#"{"type":"ack"}"#,
+            r#"{"type":"auth","ticket":"t","offset":1}"#,
+            r#"{"type":"auth","ticket":"t","session":"s","offset":1.5}"#,
+            r#"{"type":"auth","ticket":"t","session":7}"#,
+            r#"{"type":"auth","ticket":"t","resume":true}"#,
             r#"["ping"]"#,
             "",
         ] {

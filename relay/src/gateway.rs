@@ -46,6 +46,8 @@ pub struct RelayLimits {
 pub struct Gateway {
     /// Connected agents.
     pub hub: Hub,
+    /// Terminals held for their browsers (ADR 0025).
+    pub terminals: crate::terminal::Terminals,
     /// The limits in force.
     pub limits: RelayLimits,
     /// Terminal sessions' aggregates.
@@ -146,6 +148,7 @@ impl Gateway {
     pub fn new(store: EventStore, limits: RelayLimits) -> Self {
         Self {
             hub: Hub::new(),
+            terminals: crate::terminal::Terminals::new(crate::terminal::ResumeLimits::default()),
             limits,
             sessions: AggregateRepository::new(store.clone(), ()),
             shutdown: CancellationToken::new(),
@@ -158,6 +161,12 @@ impl Gateway {
             live_tokens: Mutex::new(HashMap::new()),
             next_watch: AtomicU64::new(0),
         }
+    }
+
+    /// The gateway with these resume limits (the default: [`crate::terminal::ResumeLimits::default`]).
+    pub fn with_resume_limits(mut self, limits: crate::terminal::ResumeLimits) -> Self {
+        self.terminals = crate::terminal::Terminals::new(limits);
+        self
     }
 
     /// Whether `caller` may open the workspace `agent` serves: its owner (the token's `RDE_OWNER_EMAIL`) or an admin.

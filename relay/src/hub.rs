@@ -308,9 +308,50 @@ impl SessionHandle {
         Input { session: self.session, conn: self.conn.clone(), credit: self.input_credit.clone() }
     }
 
-    /// The browser accepted `bytes` of output: return them to the agent as credit, once at least [`CREDIT_BATCH`]
-    /// bytes are due (the window is granted here at the moment the credit is sent, so the gateway never counts on
-    /// window the agent has not been given).
+    /// The browser accepted `bytes` of output: return them to the agent as credit (see [`Control::consumed`]).
+    pub fn consumed(&self, bytes: usize) {
+        self.control().consumed(bytes);
+    }
+
+    /// Resizes the terminal.
+    pub fn resize(&self, cols: u16, rows: u16) {
+        self.control().resize(cols, rows);
+    }
+
+    /// The half that returns credit and resizes (usable while [`SessionHandle::recv`] is pending, from elsewhere).
+    pub fn control(&self) -> Control {
+        Control { session: self.session, conn: self.conn.clone() }
+    }
+
+    /// Closes the session on the agent (also done on drop).
+    pub fn close(&mut self) {
+        if !self.closed {
+            self.closed = true;
+            if let Ok(mut sessions) = self.conn.sessions.lock() {
+                sessions.remove(&self.session);
+            }
+            let _ = self.conn.to_agent.send(Frame::Close { session: self.session });
+        }
+    }
+}
+
+impl Drop for SessionHandle {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// A session's credit and size towards its agent, for whoever consumes its output.
+#[derive(Clone)]
+pub struct Control {
+    session: u32,
+    conn: Arc<AgentConn>,
+}
+
+impl Control {
+    /// `bytes` of output were consumed: return them to the agent as credit, once at least [`CREDIT_BATCH`] bytes
+    /// are due (the window is granted here at the moment the credit is sent, so the gateway never counts on window
+    /// the agent has not been given).
     pub fn consumed(&self, bytes: usize) {
         let due = match self.conn.sessions.lock() {
             Ok(mut sessions) => sessions.get_mut(&self.session).and_then(|slot| {
@@ -331,23 +372,6 @@ impl SessionHandle {
     /// Resizes the terminal.
     pub fn resize(&self, cols: u16, rows: u16) {
         let _ = self.conn.to_agent.send(Frame::Resize { session: self.session, cols, rows });
-    }
-
-    /// Closes the session on the agent (also done on drop).
-    pub fn close(&mut self) {
-        if !self.closed {
-            self.closed = true;
-            if let Ok(mut sessions) = self.conn.sessions.lock() {
-                sessions.remove(&self.session);
-            }
-            let _ = self.conn.to_agent.send(Frame::Close { session: self.session });
-        }
-    }
-}
-
-impl Drop for SessionHandle {
-    fn drop(&mut self) {
-        self.close();
     }
 }
 

@@ -24,3 +24,4 @@ pub mod git;
 pub mod hub;
 pub mod mux;
 pub mod task;
+pub mod terminal;

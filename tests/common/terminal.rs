@@ -9,7 +9,9 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
-use super::{Api, Server};
+use std::process::{Child, Stdio};
+
+use super::{eventually, gatehouse, Api, Server};
 
 /// A terminal WebSocket.
 pub type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -74,6 +76,70 @@ pub async fn close_code(socket: &mut Socket, limit: Duration) -> u16 {
     }
 }
 
+/// The close frame that ends a terminal session for good (any other end of the socket detaches it).
+pub fn normal_close() -> tokio_tungstenite::tungstenite::protocol::CloseFrame {
+    tokio_tungstenite::tungstenite::protocol::CloseFrame {
+        code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Normal,
+        reason: "".into(),
+    }
+}
+
 pub async fn type_line(socket: &mut Socket, line: &str) {
     socket.send(Message::Binary(line.as_bytes().to_vec().into())).await.unwrap();
+}
+
+/// A running `gatehouse agent`.
+pub struct Agent {
+    pub child: Child,
+}
+
+/// `gatehouse agent` dialling `server_url` for `workspace`, its output discarded.
+pub fn agent_command(server_url: &str, token: &str, workspace: &str) -> std::process::Command {
+    let mut command = gatehouse();
+    command
+        .args(["agent", "--server", server_url, "--workspace", workspace])
+        .env("GATEHOUSE_AGENT_TOKEN", token)
+        .env("GATEHOUSE_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    command
+}
+
+impl Agent {
+    pub fn start(server: &Server, token: &str, workspace: &str) -> Agent {
+        let child = agent_command(&server.base, token, workspace)
+            .args(["--tag", "RDE_DISPLAY_NAME=Test"])
+            .env("PS1", "$ ")
+            .spawn()
+            .unwrap();
+        Agent { child }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Mints an agent token for `workspace`, owned by `owner`.
+pub async fn mint_agent_token(api: &Api, admin: &str, workspace: &str, owner: &str) -> String {
+    let body = json!({"name": "test agent", "workspace": workspace, "owner": owner, "display_name": "Test"});
+    let (status, _, body) = api.call(Method::POST, "/api/v1/agent-tokens", Some(admin), Some(body)).await;
+    assert_eq!(status, 201, "{body}");
+    body["token"].as_str().unwrap().to_string()
+}
+
+pub async fn wait_for_workspace(api: &Api, token: &str, workspace: &str) {
+    let listed = eventually(Duration::from_secs(30), || async {
+        let (status, body) = api.get("/api/v1/agents", Some(token)).await;
+        status == 200 && body["items"].as_array().unwrap().iter().any(|item| item["id"] == workspace)
+    })
+    .await;
+    assert!(listed, "the workspace {workspace} never appeared");
 }

@@ -347,8 +347,8 @@ pub(super) struct SessionView {
     active: bool,
     /// RFC 3339, once closed.
     closed_at: Option<String>,
-    /// Why it closed: `client_closed`, `agent_lost`, `agent_revoked`, `idle_timeout`, `max_age`, `shutdown` or
-    /// `firewall`.
+    /// Why it closed: `client_closed`, `agent_lost`, `agent_revoked`, `idle_timeout`, `max_age`, `shutdown`,
+    /// `firewall` or `detach_timeout`.
     reason: Option<String>,
     /// Browser → agent bytes (0 while open).
     bytes_in: i64,
@@ -356,6 +356,13 @@ pub(super) struct SessionView {
     bytes_out: i64,
     /// How long it lasted, once closed.
     duration_ms: Option<i64>,
+    /// Browsers attached now (0 while it waits for one to resume it, and once closed).
+    attached: i64,
+    /// Times a browser attached after it opened: reconnects and second browsers.
+    resumes: i64,
+    /// RFC 3339: since when nobody is attached to the open session (it closes as `detach_timeout` after
+    /// `relay_detach_timeout_secs`).
+    detached_at: Option<String>,
 }
 
 /// Terminal sessions, newest first, from the `sessions` read model (admin).
@@ -410,6 +417,9 @@ pub(super) async fn list_sessions(
         bytes_in: row.bytes_in,
         bytes_out: row.bytes_out,
         duration_ms: row.duration_ms,
+        attached: row.attached,
+        resumes: row.resumes,
+        detached_at: row.detached_at,
     });
     Ok(HttpResponse::Ok().json(answer))
 }

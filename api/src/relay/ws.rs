@@ -5,33 +5,28 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use actix_http::error::PayloadError;
 use actix_http::ws::HandshakeError;
 use actix_web::http::header::{self, HeaderValue};
-use actix_web::web::{self, Bytes, BytesMut};
+use actix_web::web::{self, Bytes};
 use actix_web::{get, FromRequest, HttpRequest, HttpResponse, ResponseError};
 use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseReason as WsClose, ProtocolError, Session};
-use domain::relay::{AgentRefusal, CloseReason, SessionCommand};
-use domain::Email;
+use domain::relay::{AgentRefusal, CloseReason};
 use futures::FutureExt;
 use relay::agent::{close as agent_close, Hello, Welcome};
 use relay::browser::{ClientMessage, CloseCode, ServerMessage};
 use relay::gateway::{client_address, origin_allowed, sha256_hex, Gateway};
-use relay::hub::{SessionHandle, ToBrowser};
 use relay::mux::Frame;
-use store::EventMetadata;
+use relay::terminal::{AttachRefusal, Client, End, OpenError, Output, Viewer};
 
 use crate::{AppState, Problem, ProblemCode};
 
-/// A session takes up to this many of its agent's messages at a time, and sends the output among them as messages of
-/// up to `OUTPUT_MESSAGE` bytes. actix-ws queues up to 32 messages per connection before `Session::binary` waits,
-/// and the HTTP dispatcher takes what is queued in one piece when the socket can take more, so a browser that stops
-/// reading holds at most about 64 such messages in the gateway (4 MiB) besides its 256 KiB window.
-const INBOX: usize = 64;
+/// A browser's output leaves in messages of up to this many bytes (what piled up while the last one was going out
+/// leaves together). actix-ws queues up to 32 messages per connection before `Session::binary` waits, so a browser
+/// that stops reading holds at most about 32 such messages in the gateway (2 MiB) besides its terminal's buffer.
 const OUTPUT_MESSAGE: usize = 64 * 1024;
 /// An agent connection handles up to this many frames that arrived together in one go.
 const AGENT_BATCH: usize = 256;
@@ -357,33 +352,25 @@ struct BrowserContext {
     user_agent: String,
 }
 
-/// A terminal session that is open: recorded, and its agent has started the shell.
-struct OpenSession {
-    session_id: String,
-    user: Email,
-    metadata: EventMetadata,
-    handle: SessionHandle,
-}
-
 async fn browser_session(gateway: Arc<Gateway>, context: BrowserContext, session: Session, mut stream: Inbound) {
     // Opening takes store commands and SQL whose futures are large: boxed, they live on the heap only while they
     // run, and an open session's task carries only its relaying loop.
-    match Box::pin(open_session(&gateway, &context, &mut stream)).await {
-        Ok(open) => relay_session(gateway, context, session, stream, open).await,
+    match Box::pin(attach(&gateway, &context, &mut stream)).await {
+        Ok(viewer) => relay_session(gateway, context, session, stream, viewer).await,
         Err(close) => {
             let _ = session.close(ws_close(close)).await;
         }
     }
 }
 
-/// Authenticates the browser with its ticket, checks the firewall and the limits, and opens the session on the
-/// workspace's agent; the close to answer with when any of it fails.
-async fn open_session(gateway: &Gateway, context: &BrowserContext, stream: &mut Inbound) -> Result<OpenSession, Close> {
+/// Authenticates the browser with its ticket, checks the firewall and the limits, and opens a new terminal on the
+/// workspace's agent or attaches to the open one `auth` names; the close to answer with when any of it fails.
+async fn attach(gateway: &Arc<Gateway>, context: &BrowserContext, stream: &mut Inbound) -> Result<Viewer, Close> {
     let first = tokio::time::timeout(gateway.limits.auth_timeout, stream.recv()).await;
-    let ticket = match first {
+    let auth = match first {
         Err(_) => Err(refuse(CloseCode::IdleTimeout, "no auth message in time")),
         Ok(Some(Ok(AggregatedMessage::Text(text)))) => match ClientMessage::parse(&text) {
-            Ok(ClientMessage::Auth { ticket }) => Ok(ticket),
+            Ok(ClientMessage::Auth { ticket, session, offset }) => Ok((ticket, session, offset.unwrap_or(0))),
             Ok(_) => Err(refuse(CloseCode::TicketRequired, "auth first")),
             Err(error) => Err(refuse(error.close_code(), "bad control message")),
         },
@@ -391,7 +378,7 @@ async fn open_session(gateway: &Gateway, context: &BrowserContext, stream: &mut 
         Ok(None) => Err(None),
         Ok(Some(Ok(_))) => Err(refuse(CloseCode::TicketRequired, "auth first")),
     };
-    let ticket = ticket?;
+    let (ticket, resume, offset) = auth?;
     // The firewall first: a blocked client must not spend the ticket (it stays usable from an allowed address
     // until it expires). The block is recorded with the user the ticket was issued to, read without redeeming it.
     if gateway.blocked(context.address, &context.workspace, || gateway.ticket_user(&ticket)).await {
@@ -400,173 +387,144 @@ async fn open_session(gateway: &Gateway, context: &BrowserContext, stream: &mut 
     let Some(user) = gateway.redeem(&ticket, &context.workspace, context.address).await else {
         return Err(refuse(CloseCode::TicketRefused, "ticket refused"));
     };
-    if gateway.sessions_of(&user) >= gateway.limits.max_sessions_per_user {
+    let client = Client {
+        user,
+        workspace: context.workspace.clone(),
+        client_ip: context.address.map(|address| address.to_string()).unwrap_or_default(),
+        user_agent: context.user_agent.clone(),
+    };
+    if let Some(session_id) = resume {
+        return gateway.resume_terminal(&session_id, offset, &client).await.map_err(|refusal| {
+            tracing::info!(session = session_id, user = %client.user, %refusal, "resume refused");
+            match refusal {
+                AttachRefusal::NoSuchSession => refuse(CloseCode::NoSuchSession, "no such open session"),
+                AttachRefusal::BadOffset => refuse(CloseCode::BadOffset, "offset past the output sent"),
+                AttachRefusal::TooManyViewers => refuse(CloseCode::TooManyViewers, "too many browsers"),
+            }
+        });
+    }
+    if gateway.sessions_of(&client.user) >= gateway.limits.max_sessions_per_user {
         return Err(refuse(CloseCode::TooManySessions, "too many sessions"));
     }
     let Some(agent) = gateway.hub.get(&context.workspace) else {
         return Err(refuse(CloseCode::WorkspaceUnavailable, "no agent"));
     };
-    let mut handle = agent.open_terminal(80, 24);
-    match tokio::time::timeout(Duration::from_secs(10), handle.recv()).await {
-        Ok(Some(ToBrowser::Opened)) => {}
-        _ => return Err(refuse(CloseCode::AgentLost, "the agent did not open the session")),
-    }
-    let session_id = uuid::Uuid::new_v4().to_string();
-    let metadata = EventMetadata::for_request(user.as_str(), session_id.clone());
-    let open = SessionCommand::Open {
-        session_id: session_id.clone(),
-        user: user.clone(),
-        workspace: context.workspace.clone(),
-        agent: agent.id.clone(),
-        client_ip: context.address.map(|address| address.to_string()).unwrap_or_default(),
-        user_agent: context.user_agent.clone(),
-    };
-    if let Err(error) = gateway.sessions.execute(&session_id, open, &metadata).await {
-        tracing::warn!(%error, "cannot record a session");
-        return Err(refuse(CloseCode::GoingAway, "cannot record the session"));
-    }
-    gateway.session_opened(&session_id, &user);
-    Ok(OpenSession { session_id, user, metadata, handle })
+    gateway.open_terminal(&agent, &client, 80, 24).await.map_err(|error| match error {
+        OpenError::AgentDidNotOpen => refuse(CloseCode::AgentLost, "the agent did not open the session"),
+        OpenError::NotRecorded => refuse(CloseCode::GoingAway, "cannot record the session"),
+    })
 }
 
-/// Relays an open session until it ends, then records its end.
+/// Relays one browser's socket to its terminal until either ends. The browser closing with 1000, or breaking the
+/// protocol, ends the session for good; any other end of the socket (another close code, none, a dropped
+/// connection) detaches it, and the terminal waits for a browser to resume it.
 async fn relay_session(
     gateway: Arc<Gateway>,
     context: BrowserContext,
     mut session: Session,
     mut stream: Inbound,
-    open: OpenSession,
+    mut viewer: Viewer,
 ) {
-    let OpenSession { session_id, user, metadata, mut handle } = open;
-    tracing::info!(session = session_id, user = %user, workspace = context.workspace, "terminal session opened");
-    let started = Instant::now();
-    let (mut bytes_in, mut bytes_out) = (0u64, 0u64);
-    let ready = serde_json::to_string(&ServerMessage::Ready { session: session_id.clone() }).unwrap_or_default();
-    let mut outcome = if session.text(ready).await.is_err() { Some((CloseReason::ClientClosed, None)) } else { None };
-    let mut last_activity = tokio::time::Instant::now();
+    let held = viewer.terminal().clone();
+    let client_ip = context.address.map(|address| address.to_string()).unwrap_or_default();
+    tracing::info!(session = held.id, user = %held.user, workspace = context.workspace, offset = viewer.offset(),
+        "browser attached to its terminal session");
+    let ready = ServerMessage::Ready { session: held.id.clone(), offset: viewer.offset() };
+    let mut sent = session.text(serde_json::to_string(&ready).unwrap_or_default()).await.is_ok();
+    if let Some(requested) = viewer.skipped_from().filter(|_| sent) {
+        let behind = ServerMessage::TooFarBehind { requested, offset: viewer.offset() };
+        sent = session.text(serde_json::to_string(&behind).unwrap_or_default()).await.is_ok();
+    }
+    // How this socket ends: `Ok(close)` ends the session (the terminal closes every socket itself), `Err((close,
+    // why))` detaches this browser, closing its socket with `close` (`why` ends the session if it was the last).
+    let mut outcome: Option<Result<Close, (Close, Option<End>)>> = (!sent).then_some(Err((None, None)));
     // Keystrokes waiting for the agent's window. While some wait, the browser is not read (TCP pushes back on it)
     // but output keeps flowing, so a paste into a busy shell cannot deadlock the session.
     let mut pending: Vec<u8> = Vec::new();
-    let input = handle.input();
-    let mut inbox = Vec::new();
+    let input = viewer.input();
     let mut rules = gateway.rules();
-    // The timers and the shutdown signal are created once, not on every pass of the loop; the idle timer is not
-    // pushed back on each frame either: when it fires early, it is re-armed at the real deadline.
-    let idle = tokio::time::sleep_until(last_activity + gateway.limits.idle_timeout);
-    let age = tokio::time::sleep_until(tokio::time::Instant::now() + gateway.limits.max_age);
-    let shutdown = gateway.shutdown.cancelled();
-    tokio::pin!(idle, age, shutdown);
     while outcome.is_none() {
         tokio::select! {
-            sent = input.send_front(&mut pending), if !pending.is_empty() => match sent {
-                Some(_) => {}
-                None => outcome = Some(agent_gone(handle.departure())),
-            },
+            sent = input.send_front(&mut pending), if !pending.is_empty() => {
+                if sent.is_none() {
+                    // The agent's session is gone: the terminal's end says why.
+                    pending.clear();
+                }
+            }
             message = stream.recv(), if pending.is_empty() => match message {
                 Some(Ok(AggregatedMessage::Binary(bytes))) => {
-                    last_activity = tokio::time::Instant::now();
-                    bytes_in += bytes.len() as u64;
+                    viewer.typed(bytes.len());
                     pending = bytes.to_vec();
                 }
                 Some(Ok(AggregatedMessage::Text(text))) => match ClientMessage::parse(&text) {
-                    Ok(ClientMessage::Resize { cols, rows }) => handle.resize(cols, rows),
+                    Ok(ClientMessage::Resize { cols, rows }) => viewer.resize(cols, rows),
+                    Ok(ClientMessage::Ack { offset }) => viewer.acknowledge(offset),
                     Ok(ClientMessage::Ping {}) => {
                         let pong = serde_json::to_string(&ServerMessage::Pong).unwrap_or_default();
                         let _ = session.text(pong).await;
                     }
-                    Ok(ClientMessage::Auth { .. }) => {
-                        outcome = Some((CloseReason::ClientClosed, refuse(CloseCode::ProtocolError, "auth twice")));
-                    }
-                    Err(error) => {
-                        outcome = Some((CloseReason::ClientClosed, refuse(error.close_code(), "bad control message")));
-                    }
+                    Ok(ClientMessage::Auth { .. }) => outcome = Some(Ok(broken(&held, refuse(CloseCode::ProtocolError, "auth twice")))),
+                    Err(error) => outcome = Some(Ok(broken(&held, refuse(error.close_code(), "bad control message")))),
                 },
                 Some(Ok(AggregatedMessage::Ping(bytes))) => {
                     let _ = session.pong(&bytes).await;
                 }
-                Some(Ok(AggregatedMessage::Close(_))) | None => outcome = Some((CloseReason::ClientClosed, None)),
-                Some(Ok(AggregatedMessage::Pong(_))) => {}
-                Some(Err(error)) => outcome = Some((CloseReason::ClientClosed, protocol_close(&error))),
-            },
-            received = handle.recv_many(&mut inbox, INBOX) => {
-                if received == 0 {
-                    outcome = Some(agent_gone(None));
-                }
-                // Taken, so that an idle session keeps no inbox capacity.
-                let mut messages = std::mem::take(&mut inbox).into_iter().peekable();
-                while outcome.is_none() {
-                    let Some(message) = messages.next() else { break };
-                    match message {
-                        ToBrowser::Data(first) => {
-                            // Output that piled up while the last message was going out leaves as one message.
-                            last_activity = tokio::time::Instant::now();
-                            let mut run = BytesMut::from(first.as_slice());
-                            while let Some(ToBrowser::Data(next)) = messages.next_if(|message| {
-                                matches!(message, ToBrowser::Data(next) if run.len() + next.len() <= OUTPUT_MESSAGE)
-                            }) {
-                                run.extend_from_slice(&next);
-                            }
-                            let length = run.len();
-                            if session.binary(Bytes::from(run)).await.is_err() {
-                                outcome = Some((CloseReason::ClientClosed, None));
-                            } else {
-                                bytes_out += length as u64;
-                                handle.consumed(length);
-                            }
-                        }
-                        ToBrowser::Exit(code) => {
-                            let exit =
-                                serde_json::to_string(&ServerMessage::Exit { code: Some(code) }).unwrap_or_default();
-                            let _ = session.text(exit).await;
-                        }
-                        ToBrowser::Closed => outcome = Some((CloseReason::ClientClosed, Some((1000, "")))),
-                        ToBrowser::Opened => {}
-                        why @ (ToBrowser::AgentLost | ToBrowser::AgentRevoked) => outcome = Some(agent_gone(Some(why))),
+                Some(Ok(AggregatedMessage::Close(reason))) => {
+                    if reason.as_ref().is_some_and(|reason| u16::from(reason.code) == 1000) {
+                        held.end(End { reason: CloseReason::ClientClosed, close: (1000, ""), drain: false });
+                        outcome = Some(Ok(Some((1000, ""))));
+                    } else {
+                        outcome = Some(Err((None, None)));
                     }
                 }
-            }
-            _ = &mut idle => {
-                let deadline = last_activity + gateway.limits.idle_timeout;
-                if deadline <= tokio::time::Instant::now() {
-                    outcome = Some((CloseReason::IdleTimeout, refuse(CloseCode::IdleTimeout, "idle timeout")));
-                } else {
-                    idle.as_mut().reset(deadline);
+                None => outcome = Some(Err((None, None))),
+                Some(Ok(AggregatedMessage::Pong(_))) => {}
+                Some(Err(error)) => {
+                    let close = protocol_close(&error);
+                    // A socket that broke (no close code) is a dropped connection; a protocol error is not.
+                    outcome = Some(if close.is_some() { Ok(broken(&held, close)) } else { Err((None, None)) });
                 }
-            }
-            _ = &mut age => {
-                outcome = Some((CloseReason::MaxAge, refuse(CloseCode::MaxAge, "maximum session age")));
-            }
+            },
+            output = viewer.next(OUTPUT_MESSAGE) => match output {
+                Output::Bytes(bytes) => {
+                    let length = bytes.len();
+                    if session.binary(bytes).await.is_err() {
+                        outcome = Some(Err((None, None)));
+                    } else {
+                        viewer.received(length);
+                    }
+                }
+                Output::Exit(code) => {
+                    let exit = serde_json::to_string(&ServerMessage::Exit { code: Some(code) }).unwrap_or_default();
+                    let _ = session.text(exit).await;
+                }
+                Output::Ended(end) => outcome = Some(Ok(Some(end.close))),
+            },
             Ok(()) = rules.changed() => {
-                if Box::pin(gateway.blocked(context.address, &context.workspace, || async { Some(user.clone()) })).await {
-                    outcome = Some((CloseReason::Firewall, refuse(CloseCode::Firewall, "refused by the firewall")));
+                if Box::pin(gateway.blocked(context.address, &context.workspace, || async { Some(held.user.clone()) })).await {
+                    let end = End { reason: CloseReason::Firewall, close: (CloseCode::Firewall.code(), "refused by the firewall"), drain: false };
+                    outcome = Some(Err((Some(end.close), Some(end))));
                 }
-            }
-            _ = &mut shutdown => {
-                outcome = Some((CloseReason::Shutdown, refuse(CloseCode::GoingAway, "shutting down")));
             }
         }
     }
-    let (why, close) = outcome.unwrap_or((CloseReason::ClientClosed, None));
-    handle.close();
-    // The close frame goes out first; the session's end is recorded right after, so a browser that never answers
-    // it neither delays the record nor counts against its user's session limit meanwhile.
-    let _ = session.close(ws_close(close)).await;
-    let closed =
-        SessionCommand::Close { bytes_in, bytes_out, duration_ms: started.elapsed().as_millis() as u64, reason: why };
-    if let Err(error) = Box::pin(gateway.sessions.execute_retrying(&session_id, closed, &metadata, 3)).await {
-        tracing::warn!(%error, session = session_id, "cannot record a session's end");
+    match outcome {
+        Some(Ok(close)) => {
+            drop(viewer);
+            let _ = session.close(ws_close(close)).await;
+        }
+        Some(Err((close, why))) => {
+            // The close frame first, so that a browser that never answers it does not hold the record.
+            let _ = session.close(ws_close(close)).await;
+            Box::pin(gateway.detach_viewer(viewer, &client_ip, why)).await;
+        }
+        None => {}
     }
-    // A closed session takes no more commands.
-    gateway.sessions.forget(&session_id);
-    gateway.session_ended(&session_id);
-    tracing::info!(session = session_id, reason = why.as_str(), bytes_in, bytes_out, "terminal session closed");
 }
 
-/// How a session ends when its agent went away: revoked (its token was), else lost. Both close with 4410.
-fn agent_gone(why: Option<ToBrowser>) -> (CloseReason, Close) {
-    if why == Some(ToBrowser::AgentRevoked) {
-        (CloseReason::AgentRevoked, Some((CloseCode::AgentLost.code(), "agent token revoked")))
-    } else {
-        (CloseReason::AgentLost, Some((CloseCode::AgentLost.code(), "agent lost")))
-    }
+/// Ends a terminal whose browser broke the protocol (a client that does so is not one whose connection dropped);
+/// the socket closes with `close`.
+fn broken(held: &relay::terminal::Terminal, close: Close) -> Close {
+    held.end(End { reason: CloseReason::ClientClosed, close: close.unwrap_or((1002, "protocol error")), drain: false });
+    close
 }

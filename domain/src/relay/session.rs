@@ -1,4 +1,8 @@
 //! Terminal sessions: one aggregate per session, id = the session's id.
+//!
+//! A session outlives the browser WebSockets attached to it (ADR 0025): it opens with its first browser; browsers
+//! detach (their socket ended without closing the session) and attach again (a reconnect with the offset received,
+//! or a second browser joining); it closes for good once, with its reason.
 
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
@@ -24,6 +28,8 @@ pub enum CloseReason {
     Firewall,
     /// Its agent's token was revoked, which disconnected the agent.
     AgentRevoked,
+    /// Every browser detached and none came back within the detach time.
+    DetachTimeout,
 }
 
 impl CloseReason {
@@ -37,6 +43,7 @@ impl CloseReason {
             CloseReason::Shutdown => "shutdown",
             CloseReason::Firewall => "firewall",
             CloseReason::AgentRevoked => "agent_revoked",
+            CloseReason::DetachTimeout => "detach_timeout",
         }
     }
 }
@@ -58,6 +65,24 @@ pub enum SessionCommand {
         client_ip: String,
         /// The client's user agent.
         user_agent: String,
+    },
+    /// A browser attached to the open session: it reconnected, or another browser joined.
+    Resume {
+        /// The client's address.
+        client_ip: String,
+        /// The client's user agent.
+        user_agent: String,
+        /// The output offset it asked to resume after.
+        requested_offset: u64,
+        /// The offset its output starts at: `requested_offset`, or later when that was no longer buffered.
+        offset: u64,
+    },
+    /// A browser's socket ended without closing the session.
+    Detach {
+        /// The client's address.
+        client_ip: String,
+        /// Output bytes sent to it before it left (the offset it had reached).
+        offset: u64,
     },
     /// It closed.
     Close {
@@ -90,6 +115,26 @@ pub enum SessionEvent {
         /// The client's user agent.
         user_agent: String,
     },
+    /// A browser attached to the open session (a reconnect, or another browser joining).
+    SessionResumed {
+        /// The client's address.
+        client_ip: String,
+        /// The client's user agent.
+        user_agent: String,
+        /// The output offset it asked to resume after.
+        requested_offset: u64,
+        /// The offset its output started at (later than `requested_offset` when that was no longer buffered).
+        offset: u64,
+    },
+    /// A browser's socket ended; the session stayed open for the others, or for a reconnect.
+    SessionDetached {
+        /// The client's address.
+        client_ip: String,
+        /// The output offset sent to it before it left.
+        offset: u64,
+        /// Browsers still attached.
+        attached: u32,
+    },
     /// Closed.
     SessionClosed {
         /// Browser → agent bytes.
@@ -107,6 +152,8 @@ impl DomainEvent for SessionEvent {
     fn event_type(&self) -> String {
         match self {
             SessionEvent::SessionOpened { .. } => "SessionOpened",
+            SessionEvent::SessionResumed { .. } => "SessionResumed",
+            SessionEvent::SessionDetached { .. } => "SessionDetached",
             SessionEvent::SessionClosed { .. } => "SessionClosed",
         }
         .to_string()
@@ -126,9 +173,12 @@ pub enum SessionError {
     /// Closing a session never opened.
     #[error("the session was never opened")]
     NotOpen,
-    /// Closing twice.
+    /// Closing twice, or attaching to or detaching from a closed session.
     #[error("the session is closed already")]
     AlreadyClosed,
+    /// Detaching a browser when none is attached.
+    #[error("no browser is attached to the session")]
+    NotAttached,
 }
 
 /// A terminal session.
@@ -138,6 +188,21 @@ pub struct TerminalSession {
     pub opened: bool,
     /// Closed.
     pub closed: bool,
+    /// Browsers attached now (the one that opened it counts).
+    #[serde(default)]
+    pub attached: u32,
+}
+
+impl TerminalSession {
+    fn require_open(&self) -> Result<(), SessionError> {
+        if !self.opened {
+            Err(SessionError::NotOpen)
+        } else if self.closed {
+            Err(SessionError::AlreadyClosed)
+        } else {
+            Ok(())
+        }
+    }
 }
 
 impl Aggregate for TerminalSession {
@@ -159,13 +224,21 @@ impl Aggregate for TerminalSession {
                 )
                 .await;
             }
+            SessionCommand::Resume { client_ip, user_agent, requested_offset, offset } => {
+                self.require_open()?;
+                sink.write(SessionEvent::SessionResumed { client_ip, user_agent, requested_offset, offset }, self)
+                    .await;
+            }
+            SessionCommand::Detach { client_ip, offset } => {
+                self.require_open()?;
+                if self.attached == 0 {
+                    return Err(SessionError::NotAttached);
+                }
+                let attached = self.attached - 1;
+                sink.write(SessionEvent::SessionDetached { client_ip, offset, attached }, self).await;
+            }
             SessionCommand::Close { bytes_in, bytes_out, duration_ms, reason } => {
-                if !self.opened {
-                    return Err(SessionError::NotOpen);
-                }
-                if self.closed {
-                    return Err(SessionError::AlreadyClosed);
-                }
+                self.require_open()?;
                 sink.write(SessionEvent::SessionClosed { bytes_in, bytes_out, duration_ms, reason }, self).await;
             }
         }
@@ -174,8 +247,16 @@ impl Aggregate for TerminalSession {
 
     fn apply(&mut self, event: Self::Event) {
         match event {
-            SessionEvent::SessionOpened { .. } => self.opened = true,
-            SessionEvent::SessionClosed { .. } => self.closed = true,
+            SessionEvent::SessionOpened { .. } => {
+                self.opened = true;
+                self.attached = 1;
+            }
+            SessionEvent::SessionResumed { .. } => self.attached += 1,
+            SessionEvent::SessionDetached { attached, .. } => self.attached = attached,
+            SessionEvent::SessionClosed { .. } => {
+                self.closed = true;
+                self.attached = 0;
+            }
         }
     }
 }

@@ -101,6 +101,7 @@ fn close_reasons_are_stored_by_their_stable_names() {
         CloseReason::Shutdown,
         CloseReason::Firewall,
         CloseReason::AgentRevoked,
+        CloseReason::DetachTimeout,
     ];
     for reason in all {
         assert_eq!(serde_json::to_value(reason).unwrap(), reason.as_str());
@@ -207,4 +208,70 @@ fn agent_tokens_mint_and_revoke_once() {
         .given_no_previous_events()
         .when(AgentTokenCommand::Revoke { by })
         .then_expect_error(AgentTokenError::NotFound);
+}
+
+fn opened() -> SessionEvent {
+    SessionEvent::SessionOpened {
+        session_id: "s-1".into(),
+        user: Email::parse("ada@example.com").unwrap(),
+        workspace: "ws-1".into(),
+        agent: "agent-1-ws-1".into(),
+        client_ip: "192.0.2.1".into(),
+        user_agent: "test".into(),
+    }
+}
+
+fn resumed(requested_offset: u64, offset: u64) -> SessionEvent {
+    SessionEvent::SessionResumed { client_ip: "192.0.2.2".into(), user_agent: "t".into(), requested_offset, offset }
+}
+
+#[test]
+fn a_session_outlives_its_browsers_until_it_closes_for_good() {
+    let detach = |offset| SessionCommand::Detach { client_ip: "192.0.2.1".into(), offset };
+    // The opening browser leaves: the session stays open with nobody attached.
+    TestFramework::<TerminalSession>::with(()).given(vec![opened()]).when(detach(10)).then_expect_events(vec![
+        SessionEvent::SessionDetached { client_ip: "192.0.2.1".into(), offset: 10, attached: 0 },
+    ]);
+    // It comes back (or a second browser joins): counted.
+    let resume = SessionCommand::Resume {
+        client_ip: "192.0.2.2".into(),
+        user_agent: "t".into(),
+        requested_offset: 5,
+        offset: 7,
+    };
+    TestFramework::<TerminalSession>::with(())
+        .given(vec![opened(), SessionEvent::SessionDetached { client_ip: "x".into(), offset: 1, attached: 0 }])
+        .when(resume.clone())
+        .then_expect_events(vec![resumed(5, 7)]);
+    TestFramework::<TerminalSession>::with(()).given(vec![opened(), resumed(0, 0)]).when(detach(3)).then_expect_events(
+        vec![SessionEvent::SessionDetached { client_ip: "192.0.2.1".into(), offset: 3, attached: 1 }],
+    );
+    // Nobody left to detach; nothing to attach to before it opens or after it closes.
+    TestFramework::<TerminalSession>::with(())
+        .given(vec![opened(), SessionEvent::SessionDetached { client_ip: "x".into(), offset: 1, attached: 0 }])
+        .when(detach(1))
+        .then_expect_error(SessionError::NotAttached);
+    TestFramework::<TerminalSession>::with(())
+        .given_no_previous_events()
+        .when(resume.clone())
+        .then_expect_error(SessionError::NotOpen);
+    let closed =
+        SessionEvent::SessionClosed { bytes_in: 1, bytes_out: 2, duration_ms: 3, reason: CloseReason::DetachTimeout };
+    TestFramework::<TerminalSession>::with(())
+        .given(vec![opened(), closed.clone()])
+        .when(resume)
+        .then_expect_error(SessionError::AlreadyClosed);
+    TestFramework::<TerminalSession>::with(())
+        .given(vec![opened(), closed])
+        .when(detach(1))
+        .then_expect_error(SessionError::AlreadyClosed);
+    let mut state = TerminalSession::default();
+    for event in [opened(), resumed(0, 0), resumed(4, 4)] {
+        state.apply(event);
+    }
+    assert_eq!(state.attached, 3);
+    assert_eq!(resumed(1, 2).event_type(), "SessionResumed");
+    // A state stored before sessions could detach reads as none attached (no session outlives a restart).
+    let old: TerminalSession = serde_json::from_str(r#"{"opened":true,"closed":false}"#).unwrap();
+    assert_eq!(old.attached, 0);
 }
