@@ -71,8 +71,14 @@ pub struct End {
 }
 
 impl End {
+    /// An end that closes every browser at once.
     fn now(reason: CloseReason, code: CloseCode, text: &'static str) -> Self {
         Self { reason, close: (code.code(), text), drain: false }
+    }
+
+    /// An end after which browsers first get the output still buffered for them.
+    fn drained(reason: CloseReason, code: CloseCode, text: &'static str) -> Self {
+        Self { drain: true, ..Self::now(reason, code, text) }
     }
 }
 
@@ -277,6 +283,27 @@ struct State {
 }
 
 impl State {
+    /// A terminal of `cols` × `rows` with no output yet; the agent starts with its window.
+    fn new(cols: u16, rows: u16) -> Self {
+        Self {
+            ring: VecDeque::new(),
+            start: 0,
+            end: 0,
+            vt: Vt::Ground,
+            safe: VecDeque::new(),
+            viewers: HashMap::new(),
+            next_viewer: 0,
+            parked: 0,
+            granted: INITIAL_WINDOW as u64,
+            charged: 0,
+            exit: None,
+            ended: None,
+            last_activity: tokio::time::Instant::now(),
+            bytes_in: 0,
+            size: (cols.max(1), rows.max(1)),
+        }
+    }
+
     /// The offset below which output may be dropped: what every attached viewer has received.
     fn floor(&self) -> u64 {
         self.viewers.values().map(Position::kept_from).min().unwrap_or(self.parked)
@@ -367,8 +394,6 @@ pub struct Terminal {
     pub user: Email,
     /// Which workspace.
     pub workspace: String,
-    /// The agent connection that serves it.
-    pub agent: String,
     state: Mutex<State>,
     /// Moves when output arrives, the shell exits or the terminal ends.
     changed: watch::Sender<u64>,
@@ -401,21 +426,6 @@ impl Terminal {
         }
         self.notify_viewers();
         self.wake.notify_one();
-    }
-
-    /// Output produced so far (the offset of the next byte).
-    pub fn offset(&self) -> u64 {
-        self.lock().end
-    }
-
-    /// Browsers attached now.
-    pub fn viewers(&self) -> usize {
-        self.lock().viewers.len()
-    }
-
-    /// Bytes the buffer holds now.
-    pub fn buffered(&self) -> usize {
-        self.lock().ring.len()
     }
 
     fn attach(self: &Arc<Self>, requested: u64) -> Result<Viewer, AttachRefusal> {
@@ -525,16 +535,8 @@ impl Viewer {
     /// The browser's socket took `bytes` of output: the buffer may drop them and the agent get credit.
     pub fn received(&mut self, bytes: usize) {
         self.cursor += bytes as u64;
-        let credit = {
-            let mut state = self.terminal.lock();
-            if let Some(position) = state.viewers.get_mut(&self.id) {
-                position.sent = self.cursor;
-            }
-            state.grant(&self.terminal.limits, &self.terminal.pool)
-        };
-        if credit > 0 {
-            self.terminal.control.consumed(credit as usize);
-        }
+        let sent = self.cursor;
+        self.moved(|position| position.sent = sent);
     }
 
     /// The browser says it has received the output before `offset`: what it has not is kept for its reconnect,
@@ -542,11 +544,18 @@ impl Viewer {
     /// to at most the buffer beyond its acknowledgement. An offset past what was sent counts as what was sent; one
     /// behind an earlier acknowledgement changes nothing.
     pub fn acknowledge(&mut self, offset: u64) {
+        self.moved(|position| {
+            let offset = offset.min(position.sent);
+            position.acked = Some(position.acked.map_or(offset, |acked| acked.max(offset)));
+        });
+    }
+
+    /// Updates this viewer's position, then gives the agent the credit the room that made allows.
+    fn moved(&self, update: impl FnOnce(&mut Position)) {
         let credit = {
             let mut state = self.terminal.lock();
             if let Some(position) = state.viewers.get_mut(&self.id) {
-                let offset = offset.min(position.sent);
-                position.acked = Some(position.acked.map_or(offset, |acked| acked.max(offset)));
+                update(position);
             }
             state.grant(&self.terminal.limits, &self.terminal.pool)
         };
@@ -628,24 +637,9 @@ impl Terminals {
         Self { limits, pool, live: Mutex::new(HashMap::new()) }
     }
 
-    /// The limits in force.
-    pub fn limits(&self) -> &ResumeLimits {
-        &self.limits
-    }
-
     /// The open terminal `id`.
     pub fn get(&self, id: &str) -> Option<Arc<Terminal>> {
         self.live.lock().ok().and_then(|live| live.get(id).cloned())
-    }
-
-    /// Open terminals.
-    pub fn count(&self) -> usize {
-        self.live.lock().map(|live| live.len()).unwrap_or(0)
-    }
-
-    /// Bytes of the pool in use.
-    pub fn pooled(&self) -> usize {
-        self.pool.used.load(Ordering::Relaxed)
     }
 }
 
@@ -708,24 +702,7 @@ impl Gateway {
             id: session_id.clone(),
             user: client.user.clone(),
             workspace: client.workspace.clone(),
-            agent: agent.id.clone(),
-            state: Mutex::new(State {
-                ring: VecDeque::new(),
-                start: 0,
-                end: 0,
-                vt: Vt::Ground,
-                safe: VecDeque::new(),
-                viewers: HashMap::new(),
-                next_viewer: 0,
-                parked: 0,
-                granted: INITIAL_WINDOW as u64,
-                charged: 0,
-                exit: None,
-                ended: None,
-                last_activity: tokio::time::Instant::now(),
-                bytes_in: 0,
-                size: (cols.max(1), rows.max(1)),
-            }),
+            state: Mutex::new(State::new(cols, rows)),
             changed: watch::Sender::new(0),
             wake: Notify::new(),
             input: handle.input(),
@@ -803,8 +780,8 @@ async fn pump(gateway: Arc<Gateway>, terminal: Arc<Terminal>, mut handle: Sessio
         }
         tokio::select! {
             received = handle.recv_many(&mut inbox, PUMP_BATCH) => {
-                let mut ended = (received == 0)
-                    .then(|| End { drain: true, ..End::now(CloseReason::AgentLost, CloseCode::AgentLost, "agent lost") });
+                let agent_lost = || End::drained(CloseReason::AgentLost, CloseCode::AgentLost, "agent lost");
+                let mut ended = (received == 0).then(agent_lost);
                 let credit = {
                     let mut state = terminal.lock();
                     for message in inbox.drain(..) {
@@ -814,17 +791,13 @@ async fn pump(gateway: Arc<Gateway>, terminal: Arc<Terminal>, mut handle: Sessio
                             ToBrowser::Closed => {
                                 ended = Some(End { reason: CloseReason::ClientClosed, close: (1000, ""), drain: true })
                             }
-                            ToBrowser::AgentLost => {
-                                ended = Some(End {
-                                    drain: true,
-                                    ..End::now(CloseReason::AgentLost, CloseCode::AgentLost, "agent lost")
-                                })
-                            }
+                            ToBrowser::AgentLost => ended = Some(agent_lost()),
                             ToBrowser::AgentRevoked => {
-                                ended = Some(End {
-                                    drain: true,
-                                    ..End::now(CloseReason::AgentRevoked, CloseCode::AgentLost, "agent token revoked")
-                                })
+                                ended = Some(End::drained(
+                                    CloseReason::AgentRevoked,
+                                    CloseCode::AgentLost,
+                                    "agent token revoked",
+                                ))
                             }
                             ToBrowser::Opened => {}
                         }
@@ -897,23 +870,7 @@ mod tests {
     use super::*;
 
     fn state() -> State {
-        State {
-            ring: VecDeque::new(),
-            start: 0,
-            end: 0,
-            vt: Vt::Ground,
-            safe: VecDeque::new(),
-            viewers: HashMap::new(),
-            next_viewer: 0,
-            parked: 0,
-            granted: INITIAL_WINDOW as u64,
-            charged: 0,
-            exit: None,
-            ended: None,
-            last_activity: tokio::time::Instant::now(),
-            bytes_in: 0,
-            size: (80, 24),
-        }
+        State::new(80, 24)
     }
 
     #[test]

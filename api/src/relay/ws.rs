@@ -508,17 +508,17 @@ async fn relay_session(
             }
         }
     }
-    match outcome {
-        Some(Ok(close)) => {
+    // The loop ends only with an outcome.
+    match outcome.unwrap_or(Err((None, None))) {
+        Ok(close) => {
             drop(viewer);
             let _ = session.close(ws_close(close)).await;
         }
-        Some(Err((close, why))) => {
+        Err((close, why)) => {
             // The close frame first, so that a browser that never answers it does not hold the record.
             let _ = session.close(ws_close(close)).await;
             Box::pin(gateway.detach_viewer(viewer, &client_ip, why)).await;
         }
-        None => {}
     }
 }
 
