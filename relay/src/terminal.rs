@@ -324,6 +324,11 @@ impl State {
 
     /// Appends output the agent sent (within the credit it was granted).
     fn append(&mut self, bytes: &[u8]) {
+        // Room for it, from output every viewer has received (credit never lets it reach further back).
+        let over = (self.end + bytes.len() as u64 - self.start).saturating_sub(self.room());
+        if over > 0 {
+            self.evict_to(self.start + over);
+        }
         // Safe points: offsets after which the stream is in `Ground`, one per `SAFE_POINT_SPACING` bytes at most.
         let mut due = self.safe.back().map_or(self.end, |last| last + SAFE_POINT_SPACING);
         if self.vt == Vt::Ground && self.end >= due {
@@ -347,7 +352,8 @@ impl State {
 
     /// More credit for the agent, if the buffer has room for it; how many bytes to grant. The agent may have output
     /// up to `floor + buffer` outstanding, and never more than its window beyond what arrived; the room comes first
-    /// from the terminal's reserve, then from the pool, then from output every viewer has received.
+    /// from the terminal's reserve, then from the pool. Nothing is dropped here: output every viewer has received
+    /// stays until output that needs its room arrives ([`State::append`]).
     fn grant(&mut self, limits: &ResumeLimits, pool: &Pool) -> u64 {
         let floor = self.floor();
         let buffer = limits.buffer.max(RESERVED) as u64;
@@ -355,25 +361,22 @@ impl State {
         if target <= self.granted {
             return 0;
         }
-        if target - self.start > buffer {
-            self.evict_to(target - buffer);
-        }
-        let space = (target - self.start) as usize;
-        let beyond = space.saturating_sub(RESERVED);
+        let beyond = ((target - floor) as usize).saturating_sub(RESERVED);
         if beyond > self.charged {
             self.charged += pool.take(beyond - self.charged);
         }
-        let room = (RESERVED + self.charged) as u64;
-        if target - self.start > room {
-            self.evict_to(target - room);
-            target = target.min(self.start + room);
-        }
+        target = target.min(floor + self.room());
         if target <= self.granted {
             return 0;
         }
         let credit = target - self.granted;
         self.granted = target;
         credit
+    }
+
+    /// The most output the buffer holds: its reserve and what it took from the pool.
+    fn room(&self) -> u64 {
+        (RESERVED + self.charged) as u64
     }
 
     /// Where a viewer asking for `requested` starts: there, or, when that output is gone, the oldest safe point
@@ -922,8 +925,10 @@ mod tests {
         state.viewers.insert(0, Position::at(512 * 1024));
         assert_eq!(state.granted, state.end);
         assert_eq!(state.grant(&limits, &pool), INITIAL_WINDOW as u64, "a window past the end");
+        assert_eq!(state.start, 0, "received output stays until new output needs its room");
+        state.append(&vec![b'y'; INITIAL_WINDOW as usize]);
         assert_eq!(state.start, 256 * 1024, "only the oldest output the room needed");
-        assert_eq!(state.granted - state.start, 1024 * 1024);
+        assert_eq!(state.end - state.start, 1024 * 1024);
     }
 
     #[test]
