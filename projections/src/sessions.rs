@@ -4,16 +4,13 @@
 use async_trait::async_trait;
 use cqrs_es::Aggregate;
 use domain::firewall::{Firewall, FirewallEvent};
-use domain::relay::{SessionEvent, TerminalSession, Ticket, TicketEvent};
+use domain::relay::{SessionEvent, SessionKind, TerminalSession, Ticket, TicketEvent};
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, AnyPool, Executor, Row};
 use store::RecordedEvent;
 
 use crate::projection::{decode, int, rfc3339, TimeKey};
 use crate::{ApplyError, Projection, Tables};
-
-/// The only kind of session the relay opens today.
-const TERMINAL: &str = "terminal";
 
 /// Projects terminal sessions, tickets and blocked connections into `terminal_sessions` and `relay_activity`.
 #[derive(Debug, Clone, Copy, Default)]
@@ -96,22 +93,35 @@ impl Projection for SessionsProjection {
         if event.aggregate_type == TerminalSession::TYPE {
             let sessions = tables.name("terminal_sessions");
             match decode::<SessionEvent>(event)? {
-                SessionEvent::SessionOpened { session_id: _, user, workspace, agent, client_ip, user_agent } => {
+                SessionEvent::SessionOpened {
+                    session_id: _,
+                    user,
+                    workspace,
+                    agent,
+                    client_ip,
+                    user_agent,
+                    kind,
+                    port,
+                } => {
+                    // A preview session has no browser attached in the terminal's sense: its requests come and go.
+                    let attached = i64::from(kind == SessionKind::Terminal);
                     let sql = format!(
                         "INSERT INTO {sessions} (session_id, user_email, workspace, agent, kind, client_ip, user_agent,
-                           opened_at, bytes_in, bytes_out, version, attached, resumes)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, 0, $9, 1, 0)"
+                           opened_at, bytes_in, bytes_out, version, attached, resumes, port)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, 0, $9, $10, 0, $11)"
                     );
                     let query = sqlx::query(&sql)
                         .bind(event.aggregate_id.clone())
                         .bind(user.to_string())
                         .bind(workspace)
                         .bind(agent)
-                        .bind(TERMINAL)
+                        .bind(kind.as_str())
                         .bind(client_ip)
                         .bind(user_agent)
                         .bind(rfc3339(&event.recorded_at))
-                        .bind(int(event.sequence));
+                        .bind(int(event.sequence))
+                        .bind(attached)
+                        .bind(port.map(i64::from));
                     connection.execute(query).await?;
                 }
                 SessionEvent::SessionResumed { .. } => {
@@ -215,8 +225,10 @@ pub struct SessionRow {
     pub workspace: String,
     /// Which agent (its connection id).
     pub agent: String,
-    /// `terminal`.
+    /// `terminal` or `preview`.
     pub kind: String,
+    /// The workspace port a preview showed (`None` for terminals).
+    pub port: Option<i64>,
     /// The client's address.
     pub client_ip: String,
     /// The client's user agent.
@@ -300,7 +312,7 @@ pub struct ActivityFilter {
 }
 
 const SESSION_COLUMNS: &str = "session_id, user_email, workspace, agent, kind, client_ip, user_agent, opened_at,
-    closed_at, close_reason, bytes_in, bytes_out, duration_ms, attached, resumes, detached_at, version";
+    closed_at, close_reason, bytes_in, bytes_out, duration_ms, attached, resumes, detached_at, version, port";
 
 const ACTIVITY_COLUMNS: &str = "activity_id, at, kind, ticket, user_email, workspace, client_ip, reason, rule";
 
@@ -417,6 +429,7 @@ fn session(row: &AnyRow) -> Result<SessionRow, sqlx::Error> {
         workspace: row.try_get("workspace")?,
         agent: row.try_get("agent")?,
         kind: row.try_get("kind")?,
+        port: row.try_get("port")?,
         client_ip: row.try_get("client_ip")?,
         user_agent: row.try_get("user_agent")?,
         opened_at: row.try_get("opened_at")?,

@@ -17,5 +17,5 @@ mod tests;
 mod ticket;
 
 pub use agent_token::{AgentRefusal, AgentToken, AgentTokenCommand, AgentTokenError, AgentTokenEvent, RESERVED_TAGS};
-pub use session::{CloseReason, SessionCommand, SessionError, SessionEvent, TerminalSession};
+pub use session::{CloseReason, SessionCommand, SessionError, SessionEvent, SessionKind, TerminalSession};
 pub use ticket::{RefusalReason, Ticket, TicketCommand, TicketError, TicketEvent};

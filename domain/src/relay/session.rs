@@ -30,6 +30,9 @@ pub enum CloseReason {
     AgentRevoked,
     /// Every browser detached and none came back within the detach time.
     DetachTimeout,
+    /// Its user may no longer open the workspace (no longer its owner, an admin or a member): a preview, checked on
+    /// every request.
+    AccessRevoked,
 }
 
 impl CloseReason {
@@ -44,6 +47,28 @@ impl CloseReason {
             CloseReason::Firewall => "firewall",
             CloseReason::AgentRevoked => "agent_revoked",
             CloseReason::DetachTimeout => "detach_timeout",
+            CloseReason::AccessRevoked => "access_revoked",
+        }
+    }
+}
+
+/// What a session carries. **API Boundary:** stored (events before previews existed have none: terminals).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionKind {
+    /// A shell in a PTY.
+    #[default]
+    Terminal,
+    /// A preview of a port of the workspace (one per preview cookie, however many requests it serves).
+    Preview,
+}
+
+impl SessionKind {
+    /// The stable name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionKind::Terminal => "terminal",
+            SessionKind::Preview => "preview",
         }
     }
 }
@@ -65,6 +90,10 @@ pub enum SessionCommand {
         client_ip: String,
         /// The client's user agent.
         user_agent: String,
+        /// Terminal or preview.
+        kind: SessionKind,
+        /// The workspace port a preview shows (`None` for terminals).
+        port: Option<u16>,
     },
     /// A browser attached to the open session: it reconnected, or another browser joined.
     Resume {
@@ -114,6 +143,12 @@ pub enum SessionEvent {
         client_ip: String,
         /// The client's user agent.
         user_agent: String,
+        /// Terminal or preview (absent from events recorded before previews: terminals).
+        #[serde(default)]
+        kind: SessionKind,
+        /// The workspace port a preview shows (`None` for terminals).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        port: Option<u16>,
     },
     /// A browser attached to the open session (a reconnect, or another browser joining).
     SessionResumed {
@@ -214,12 +249,21 @@ impl Aggregate for TerminalSession {
 
     async fn handle(&mut self, command: Self::Command, _: &(), sink: &EventSink<Self>) -> Result<(), Self::Error> {
         match command {
-            SessionCommand::Open { session_id, user, workspace, agent, client_ip, user_agent } => {
+            SessionCommand::Open { session_id, user, workspace, agent, client_ip, user_agent, kind, port } => {
                 if self.opened {
                     return Err(SessionError::AlreadyOpen);
                 }
                 sink.write(
-                    SessionEvent::SessionOpened { session_id, user, workspace, agent, client_ip, user_agent },
+                    SessionEvent::SessionOpened {
+                        session_id,
+                        user,
+                        workspace,
+                        agent,
+                        client_ip,
+                        user_agent,
+                        kind,
+                        port,
+                    },
                     self,
                 )
                 .await;

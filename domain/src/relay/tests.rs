@@ -15,6 +15,7 @@ fn issued(at: DateTime<Utc>) -> TicketEvent {
         user: Email::parse("ada@example.com").unwrap(),
         workspace: "ws-1".into(),
         kind: "terminal".into(),
+        port: None,
         expires_at: at,
     }
 }
@@ -23,9 +24,50 @@ fn redeem(workspace: &str, now: DateTime<Utc>) -> TicketCommand {
     TicketCommand::Redeem {
         workspace: workspace.into(),
         kind: "terminal".into(),
+        port: None,
         now,
         client_ip: Some("2001:db8::7".into()),
     }
+}
+
+#[test]
+fn a_preview_ticket_opens_only_its_port() {
+    let expiry = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 30).unwrap();
+    let now = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 10).unwrap();
+    let preview = TicketEvent::TicketIssued {
+        ticket_hash: "cd".into(),
+        user: Email::parse("ada@example.com").unwrap(),
+        workspace: "ws-1".into(),
+        kind: "preview".into(),
+        port: Some(3000),
+        expires_at: expiry,
+    };
+    let redeem_port = |kind: &str, port| TicketCommand::Redeem {
+        workspace: "ws-1".into(),
+        kind: kind.into(),
+        port,
+        now,
+        client_ip: None,
+    };
+    let foreign =
+        vec![TicketEvent::TicketRefused { reason: RefusalReason::Foreign, workspace: "ws-1".into(), client_ip: None }];
+    for (kind, port) in [("preview", Some(3001)), ("preview", None), ("terminal", None), ("terminal", Some(3000))] {
+        TestFramework::<Ticket>::with(())
+            .given(vec![preview.clone()])
+            .when(redeem_port(kind, port))
+            .then_expect_events(foreign.clone());
+    }
+    TestFramework::<Ticket>::with(())
+        .given(vec![preview])
+        .when(redeem_port("preview", Some(3000)))
+        .then_expect_events(vec![TicketEvent::TicketRedeemed { workspace: "ws-1".into() }]);
+    // A terminal ticket stored before previews existed has no port, and still reads as a terminal ticket.
+    let old: TicketEvent = serde_json::from_value(serde_json::json!({"TicketIssued": {
+        "ticket_hash": "ab", "user": "ada@example.com", "workspace": "ws-1", "kind": "terminal",
+        "expires_at": "2026-01-01T00:00:30Z"}}))
+    .unwrap();
+    assert_eq!(old, issued(expiry));
+    assert!(!serde_json::to_string(&issued(expiry)).unwrap().contains("port"), "terminal tickets store no port");
 }
 
 #[test]
@@ -218,7 +260,41 @@ fn opened() -> SessionEvent {
         agent: "agent-1-ws-1".into(),
         client_ip: "192.0.2.1".into(),
         user_agent: "test".into(),
+        kind: SessionKind::Terminal,
+        port: None,
     }
+}
+
+#[test]
+fn sessions_recorded_before_previews_read_as_terminals() {
+    let old: SessionEvent = serde_json::from_value(serde_json::json!({"SessionOpened": {
+        "session_id": "s-1", "user": "ada@example.com", "workspace": "ws-1", "agent": "agent-1-ws-1",
+        "client_ip": "192.0.2.1", "user_agent": "test"}}))
+    .unwrap();
+    assert_eq!(old, opened());
+    let preview = SessionCommand::Open {
+        session_id: "s-2".into(),
+        user: Email::parse("ada@example.com").unwrap(),
+        workspace: "ws-1".into(),
+        agent: "agent-1-ws-1".into(),
+        client_ip: "192.0.2.1".into(),
+        user_agent: "test".into(),
+        kind: SessionKind::Preview,
+        port: Some(5173),
+    };
+    TestFramework::<TerminalSession>::with(()).given_no_previous_events().when(preview).then_expect_events(vec![
+        SessionEvent::SessionOpened {
+            session_id: "s-2".into(),
+            user: Email::parse("ada@example.com").unwrap(),
+            workspace: "ws-1".into(),
+            agent: "agent-1-ws-1".into(),
+            client_ip: "192.0.2.1".into(),
+            user_agent: "test".into(),
+            kind: SessionKind::Preview,
+            port: Some(5173),
+        },
+    ]);
+    assert_eq!((SessionKind::Preview.as_str(), CloseReason::AccessRevoked.as_str()), ("preview", "access_revoked"));
 }
 
 fn resumed(requested_offset: u64, offset: u64) -> SessionEvent {

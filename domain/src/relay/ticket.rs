@@ -45,8 +45,10 @@ pub enum TicketCommand {
         user: Email,
         /// For which workspace.
         workspace: String,
-        /// `terminal` (or, later, `preview`).
+        /// `terminal` or `preview`.
         kind: String,
+        /// The workspace port a preview ticket opens (`None` for terminals).
+        port: Option<u16>,
         /// Until when.
         expires_at: DateTime<Utc>,
     },
@@ -56,6 +58,8 @@ pub enum TicketCommand {
         workspace: String,
         /// The kind of connection.
         kind: String,
+        /// The port a preview connection asks for (`None` for terminals).
+        port: Option<u16>,
         /// Now.
         now: DateTime<Utc>,
         /// The address of the client presenting it, when known (recorded on a refusal).
@@ -76,6 +80,9 @@ pub enum TicketEvent {
         workspace: String,
         /// Its kind.
         kind: String,
+        /// The port a preview ticket opens (absent from terminal tickets and from those issued before previews).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        port: Option<u16>,
         /// Until when.
         expires_at: DateTime<Utc>,
     },
@@ -129,6 +136,9 @@ pub struct Ticket {
     pub workspace: String,
     /// Its kind.
     pub kind: String,
+    /// The port it opens (preview tickets).
+    #[serde(default)]
+    pub port: Option<u16>,
     /// Its expiry.
     pub expires_at: Option<DateTime<Utc>>,
     /// Redeemed already.
@@ -141,11 +151,11 @@ pub struct Ticket {
 
 impl Ticket {
     /// Why a redemption would be refused now, if it would.
-    pub fn refusal(&self, workspace: &str, kind: &str, now: DateTime<Utc>) -> Option<RefusalReason> {
+    pub fn refusal(&self, workspace: &str, kind: &str, port: Option<u16>, now: DateTime<Utc>) -> Option<RefusalReason> {
         let Some(expires_at) = self.expires_at else { return Some(RefusalReason::Unknown) };
         if self.redeemed {
             Some(RefusalReason::Reused)
-        } else if self.workspace != workspace || self.kind != kind {
+        } else if self.workspace != workspace || self.kind != kind || self.port != port {
             Some(RefusalReason::Foreign)
         } else if now >= expires_at {
             Some(RefusalReason::Expired)
@@ -164,16 +174,19 @@ impl Aggregate for Ticket {
 
     async fn handle(&mut self, command: Self::Command, _: &(), sink: &EventSink<Self>) -> Result<(), Self::Error> {
         match command {
-            TicketCommand::Issue { ticket_hash, user, workspace, kind, expires_at } => {
+            TicketCommand::Issue { ticket_hash, user, workspace, kind, port, expires_at } => {
                 if self.user.is_some() {
                     return Err(TicketError::AlreadyIssued);
                 }
-                sink.write(TicketEvent::TicketIssued { ticket_hash, user, workspace, kind, expires_at }, self).await;
+                sink.write(TicketEvent::TicketIssued { ticket_hash, user, workspace, kind, port, expires_at }, self)
+                    .await;
             }
-            TicketCommand::Redeem { workspace, kind, now, client_ip } => match self.refusal(&workspace, &kind, now) {
-                Some(reason) => sink.write(TicketEvent::TicketRefused { reason, workspace, client_ip }, self).await,
-                None => sink.write(TicketEvent::TicketRedeemed { workspace }, self).await,
-            },
+            TicketCommand::Redeem { workspace, kind, port, now, client_ip } => {
+                match self.refusal(&workspace, &kind, port, now) {
+                    Some(reason) => sink.write(TicketEvent::TicketRefused { reason, workspace, client_ip }, self).await,
+                    None => sink.write(TicketEvent::TicketRedeemed { workspace }, self).await,
+                }
+            }
         }
         Ok(())
     }
@@ -181,10 +194,11 @@ impl Aggregate for Ticket {
     fn apply(&mut self, event: Self::Event) {
         self.version += 1;
         match event {
-            TicketEvent::TicketIssued { user, workspace, kind, expires_at, .. } => {
+            TicketEvent::TicketIssued { user, workspace, kind, port, expires_at, .. } => {
                 self.user = Some(user);
                 self.workspace = workspace;
                 self.kind = kind;
+                self.port = port;
                 self.expires_at = Some(expires_at);
             }
             TicketEvent::TicketRedeemed { .. } => {
