@@ -1,5 +1,6 @@
 //! The workspace agent: dials out to the gateway over one WebSocket, announces itself, and runs each session it is
-//! asked to open as a shell in a real PTY.
+//! asked to open: a shell in a real PTY, a git task, or a connection to a port of its own loopback interface (a
+//! preview, [`crate::forward`]).
 //!
 //! Handshake: the agent's first message is the text frame [`Hello`] (its token travels there, never in the URL);
 //! the gateway answers [`Welcome`] or closes with one of the [`close`] codes. Then binary [`Frame`]s flow both ways.
@@ -20,7 +21,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::mux::{Frame, INITIAL_WINDOW};
+use crate::mux::{Frame, SessionKind, INITIAL_WINDOW};
 
 /// Close codes the gateway ends an agent's connection with. **API Boundary:** documented in docs/API.md.
 pub mod close {
@@ -218,7 +219,7 @@ async fn serve_once(config: &AgentConfig, url: &str) -> Result<Outcome, Box<dyn 
         token: config.token.clone(),
         workspace: config.workspace.clone(),
         tags: config.tags.clone(),
-        features: vec![crate::task::FEATURE_GIT.to_string()],
+        features: vec![crate::task::FEATURE_GIT.to_string(), crate::forward::FEATURE_PREVIEW.to_string()],
     };
     sink.send(Message::Text(serde_json::to_string(&hello)?.into())).await?;
     loop {
@@ -263,6 +264,7 @@ async fn serve_once(config: &AgentConfig, url: &str) -> Result<Outcome, Box<dyn 
     });
     let mut sessions: HashMap<u32, Shell> = HashMap::new();
     let mut tasks: HashMap<u32, TaskSession> = HashMap::new();
+    let mut forwards: HashMap<u32, crate::forward::Forward> = HashMap::new();
     let mut outcome = Outcome::Served;
     while let Some(message) = stream.next().await {
         let bytes = match message {
@@ -285,7 +287,10 @@ async fn serve_once(config: &AgentConfig, url: &str) -> Result<Outcome, Box<dyn 
             }
         };
         match frame {
-            Frame::Open { session, cols, rows, .. } => {
+            Frame::Open { session, kind: SessionKind::Preview, port, .. } => {
+                forwards.insert(session, crate::forward::Forward::spawn(session, port, &out_tx));
+            }
+            Frame::Open { session, kind: SessionKind::Terminal, cols, rows, .. } => {
                 match Shell::spawn(&config.shell, config.dir.as_deref(), session, cols, rows, &out_tx) {
                     Ok(shell) => {
                         sessions.insert(session, shell);
@@ -299,6 +304,8 @@ async fn serve_once(config: &AgentConfig, url: &str) -> Result<Outcome, Box<dyn 
             Frame::Data { session, bytes } => {
                 if let Some(shell) = sessions.get(&session) {
                     let _ = shell.input.send(ToShell::Input(bytes));
+                } else if let Some(forward) = forwards.get(&session) {
+                    forward.input(bytes);
                 }
             }
             Frame::Resize { session, cols, rows } => {
@@ -307,6 +314,9 @@ async fn serve_once(config: &AgentConfig, url: &str) -> Result<Outcome, Box<dyn 
                 }
             }
             Frame::Credit { session, bytes } => {
+                if let Some(forward) = forwards.get(&session) {
+                    forward.credit(bytes);
+                }
                 let window = sessions.get(&session).map(|shell| &shell.window);
                 if let Some(window) = window.or_else(|| tasks.get(&session).map(|task| &task.window)) {
                     let room = (INITIAL_WINDOW as usize).saturating_sub(window.available_permits());
@@ -320,6 +330,7 @@ async fn serve_once(config: &AgentConfig, url: &str) -> Result<Outcome, Box<dyn 
                 if let Some(task) = tasks.remove(&session) {
                     task.abort.abort();
                 }
+                forwards.remove(&session);
             }
             Frame::Task { session, body } => {
                 let task = TaskSession::spawn(session, &body, config.dir.as_deref(), &out_tx);
@@ -329,6 +340,7 @@ async fn serve_once(config: &AgentConfig, url: &str) -> Result<Outcome, Box<dyn 
         }
         sessions.retain(|_, shell| !shell.finished());
         tasks.retain(|_, task| !task.abort.is_finished());
+        forwards.retain(|_, forward| !forward.finished());
     }
     for (_, mut shell) in sessions.drain() {
         shell.kill();
@@ -336,6 +348,7 @@ async fn serve_once(config: &AgentConfig, url: &str) -> Result<Outcome, Box<dyn 
     for (_, task) in tasks.drain() {
         task.abort.abort();
     }
+    forwards.clear();
     drop(out_tx);
     writer.abort();
     Ok(outcome)

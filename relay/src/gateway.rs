@@ -48,6 +48,10 @@ pub struct Gateway {
     pub hub: Hub,
     /// Terminals held for their browsers (ADR 0025).
     pub terminals: crate::terminal::Terminals,
+    /// Live preview sessions, one per cookie (ADR 0026).
+    pub previews: crate::preview::PreviewSessions,
+    /// The preview's settings.
+    pub preview_limits: crate::preview::PreviewLimits,
     /// The limits in force.
     pub limits: RelayLimits,
     /// Terminal sessions' aggregates.
@@ -137,6 +141,35 @@ pub enum TicketIssueError {
     Random,
 }
 
+/// Why a preview session cannot start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PreviewStartError {
+    /// The store did not record it.
+    #[error("cannot record the preview session")]
+    NotRecorded,
+    /// No randomness for its cookie.
+    #[error("no randomness available")]
+    Random,
+}
+
+/// Why a preview's connection to the workspace's port cannot be made. **API Boundary:** each is a documented answer
+/// of the preview host (docs/API.md, "Previews").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PreviewConnectError {
+    /// Nothing listens on the port inside the workspace (502).
+    #[error("nothing listens on the port inside the workspace")]
+    NothingListens,
+    /// The agent disconnected (503).
+    #[error("the workspace's agent disconnected")]
+    AgentLost,
+    /// The agent predates previews (503).
+    #[error("the workspace's agent is too old to forward ports: restart the workspace")]
+    AgentTooOld,
+    /// The agent did not answer (504).
+    #[error("the workspace's agent did not answer in time")]
+    NoAnswer,
+}
+
 /// A connection attempt the firewall judged.
 struct Judged {
     action: FirewallAction,
@@ -149,6 +182,8 @@ impl Gateway {
         Self {
             hub: Hub::new(),
             terminals: crate::terminal::Terminals::new(crate::terminal::ResumeLimits::default()),
+            previews: crate::preview::PreviewSessions::new(),
+            preview_limits: crate::preview::PreviewLimits::default(),
             limits,
             sessions: AggregateRepository::new(store.clone(), ()),
             shutdown: CancellationToken::new(),
@@ -166,6 +201,12 @@ impl Gateway {
     /// The gateway with these resume limits (the default: [`crate::terminal::ResumeLimits::default`]).
     pub fn with_resume_limits(mut self, limits: crate::terminal::ResumeLimits) -> Self {
         self.terminals = crate::terminal::Terminals::new(limits);
+        self
+    }
+
+    /// The gateway with these preview settings (the default: [`crate::preview::PreviewLimits::default`]).
+    pub fn with_preview_limits(mut self, limits: crate::preview::PreviewLimits) -> Self {
+        self.preview_limits = limits;
         self
     }
 
@@ -245,11 +286,13 @@ impl Gateway {
         watches.len()
     }
 
-    /// Issues a one-time ticket of `kind` for `workspace` to `user`, who must be allowed to open it.
+    /// Issues a one-time ticket of `kind` (and, for a preview, `port`) for `workspace` to `user`, who must be allowed
+    /// to open it.
     pub async fn issue_ticket(
         &self,
         workspace: &str,
         kind: &str,
+        port: Option<u16>,
         user: &Email,
         is_admin: bool,
         metadata: &EventMetadata,
@@ -267,6 +310,7 @@ impl Gateway {
             user: user.clone(),
             workspace: workspace.to_string(),
             kind: kind.to_string(),
+            port,
             expires_at,
         };
         self.tickets.execute(&ticket_hash, command, metadata).await?;
@@ -284,14 +328,38 @@ impl Gateway {
         }
     }
 
+    /// The workspace a ticket was issued for, without redeeming it (`None`: unknown ticket, or the store failed).
+    pub async fn ticket_workspace(&self, ticket: &str) -> Option<String> {
+        match self.tickets.load(&sha256_hex(ticket)).await {
+            Ok((state, _)) => state.user.map(|_| state.workspace),
+            Err(error) => {
+                tracing::warn!(%error, "cannot read a ticket");
+                None
+            }
+        }
+    }
+
     /// Redeems a ticket for `workspace`; the ticket's user when it wins. Every refusal is recorded, with the
     /// client's address.
     pub async fn redeem(&self, ticket: &str, workspace: &str, client: Option<IpAddr>) -> Option<Email> {
+        self.redeem_for(ticket, workspace, "terminal", None, client).await
+    }
+
+    /// Redeems a ticket of `kind` (and `port`) for `workspace`: [`Gateway::redeem`] for any kind of connection.
+    pub async fn redeem_for(
+        &self,
+        ticket: &str,
+        workspace: &str,
+        kind: &str,
+        port: Option<u16>,
+        client: Option<IpAddr>,
+    ) -> Option<Email> {
         let hash = sha256_hex(ticket);
         let metadata = EventMetadata::system("relay");
         let command = TicketCommand::Redeem {
             workspace: workspace.to_string(),
-            kind: "terminal".into(),
+            kind: kind.to_string(),
+            port,
             now: Utc::now(),
             client_ip: client.map(|address| address.to_string()),
         };
@@ -366,7 +434,7 @@ impl Gateway {
             return false;
         }
         let client_ip = address.map(|address| address.to_string()).unwrap_or_default();
-        tracing::info!(client_ip, ?rule, workspace, "terminal connection blocked by the firewall");
+        tracing::info!(client_ip, ?rule, workspace, "connection blocked by the firewall");
         let command =
             FirewallCommand::RecordBlocked { client_ip, rule, workspace: workspace.to_string(), user: user().await };
         if let Err(error) =
@@ -377,10 +445,109 @@ impl Gateway {
         true
     }
 
+    /// Starts a preview session (one per cookie) for `client` on `port` of the workspace `agent` serves, and records
+    /// it opened; its cookie and the session.
+    pub async fn start_preview(
+        &self,
+        agent: &AgentConn,
+        client: &crate::terminal::Client,
+        port: u16,
+    ) -> Result<(String, Arc<crate::preview::PreviewSession>), PreviewStartError> {
+        let session_id = uuid::Uuid::new_v4().to_string();
+        let metadata = EventMetadata::for_request(client.user.as_str(), session_id.clone());
+        let open = domain::relay::SessionCommand::Open {
+            session_id: session_id.clone(),
+            user: client.user.clone(),
+            workspace: client.workspace.clone(),
+            agent: agent.id.clone(),
+            client_ip: client.client_ip.clone(),
+            user_agent: client.user_agent.clone(),
+            kind: domain::relay::SessionKind::Preview,
+            port: Some(port),
+        };
+        if let Err(error) = self.sessions.execute(&session_id, open, &metadata).await {
+            tracing::warn!(%error, "cannot record a preview session");
+            return Err(PreviewStartError::NotRecorded);
+        }
+        let host = self.preview_limits.host(&client.workspace, port);
+        self.previews
+            .start(session_id, client.user.clone(), client.workspace.clone(), port, host, &self.preview_limits)
+            .ok_or(PreviewStartError::Random)
+    }
+
+    /// Records a preview session closed, with what it carried.
+    pub async fn end_preview(&self, session: &crate::preview::PreviewSession, reason: domain::relay::CloseReason) {
+        let (bytes_in, bytes_out) = session.counters.totals();
+        let duration_ms = u64::try_from(session.age().as_millis()).unwrap_or(u64::MAX);
+        let close = domain::relay::SessionCommand::Close { bytes_in, bytes_out, duration_ms, reason };
+        let metadata = EventMetadata::for_request(session.user.as_str(), session.id.clone());
+        match self.sessions.execute_retrying(&session.id, close, &metadata, 5).await {
+            Ok(_) => tracing::info!(
+                session = session.id,
+                workspace = session.workspace,
+                port = session.port,
+                reason = reason.as_str(),
+                bytes_in,
+                bytes_out,
+                "preview session closed"
+            ),
+            Err(error) => tracing::warn!(%error, session = session.id, "cannot record a preview session closed"),
+        }
+        // A closed session is read from the store when replayed; its cached state would only take memory.
+        self.sessions.forget(&session.id);
+    }
+
+    /// Ends preview sessions idle past their time or at their maximum age, every `every`, recording each, until the
+    /// gateway shuts down ([`Gateway::shut_down`] ends the rest).
+    pub async fn sweep_previews(self: Arc<Self>, every: Duration) {
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => break,
+                _ = tokio::time::sleep(every) => {}
+            }
+            for (session, ending) in self.previews.sweep(&self.preview_limits) {
+                let reason = match ending {
+                    crate::preview::Ending::Idle => domain::relay::CloseReason::IdleTimeout,
+                    crate::preview::Ending::MaxAge => domain::relay::CloseReason::MaxAge,
+                };
+                self.end_preview(&session, reason).await;
+            }
+        }
+    }
+
+    /// Opens one connection to `port` of the workspace `agent` serves, through the agent (a preview's request); the
+    /// channel once the agent reached the port.
+    pub async fn connect_preview(
+        &self,
+        agent: &Arc<AgentConn>,
+        port: u16,
+        counters: Arc<crate::channel::Counters>,
+    ) -> Result<crate::channel::Channel, PreviewConnectError> {
+        if !agent.supports(crate::forward::FEATURE_PREVIEW) {
+            return Err(PreviewConnectError::AgentTooOld);
+        }
+        let mut handle = agent.open_preview(port);
+        // The agent tries the port for CONNECT_TIMEOUT; a little more for the answer to come back.
+        let answer =
+            tokio::time::timeout(crate::forward::CONNECT_TIMEOUT + Duration::from_secs(5), handle.recv()).await;
+        match answer {
+            Ok(Some(crate::hub::ToBrowser::Opened)) => Ok(crate::channel::Channel::new(handle, counters)),
+            Ok(Some(crate::hub::ToBrowser::Closed)) => Err(PreviewConnectError::NothingListens),
+            Ok(Some(_)) | Ok(None) => Err(PreviewConnectError::AgentLost),
+            Err(_) => Err(PreviewConnectError::NoAnswer),
+        }
+    }
+
     /// Closes every session (recording `shutdown`) and every agent connection; waits up to `limit` for the records.
     pub async fn shut_down(&self, limit: Duration) {
         self.shutdown.cancel();
         let deadline = Instant::now() + limit;
+        for session in self.previews.drain() {
+            let ending = self.end_preview(&session, domain::relay::CloseReason::Shutdown);
+            if tokio::time::timeout_at(deadline.into(), ending).await.is_err() {
+                break;
+            }
+        }
         while Instant::now() < deadline && self.active.lock().map(|active| !active.is_empty()).unwrap_or(false) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -412,7 +579,8 @@ pub fn sha256_hex(secret: &str) -> String {
     Sha256::digest(secret.as_bytes()).iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
-fn random_secret() -> Result<String, getrandom::Error> {
+/// 32 random bytes, base64url: tickets, agent tokens, preview cookies.
+pub(crate) fn random_secret() -> Result<String, getrandom::Error> {
     let mut bytes = [0u8; 32];
     getrandom::getrandom(&mut bytes)?;
     Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))

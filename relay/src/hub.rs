@@ -174,6 +174,12 @@ impl AgentConn {
         self.open_session(|session| Frame::Open { session, kind: SessionKind::Terminal, cols, rows, port: 0 })
     }
 
+    /// Opens a port-forward session to `port` on the agent's loopback interface (a preview's connection). Only for an
+    /// agent that announced [`crate::forward::FEATURE_PREVIEW`].
+    pub fn open_preview(self: &Arc<Self>, port: u16) -> SessionHandle {
+        self.open_session(|session| Frame::Open { session, kind: SessionKind::Preview, cols: 0, rows: 0, port })
+    }
+
     /// Registers a new session, with its windows, and sends the agent the frame that opens it.
     fn open_session(self: &Arc<Self>, opening: impl FnOnce(u32) -> Frame) -> SessionHandle {
         let session = self.next_session.fetch_add(1, Ordering::Relaxed);
@@ -289,6 +295,21 @@ impl SessionHandle {
             }
         }
         None
+    }
+
+    /// Polls for the agent's next message (for [`crate::channel::Channel`]).
+    pub(crate) fn poll_recv(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<ToBrowser>> {
+        self.from_agent.poll_recv(cx)
+    }
+
+    /// The window towards the agent (for [`crate::channel::Channel`]).
+    pub(crate) fn credit(&self) -> Arc<Semaphore> {
+        self.input_credit.clone()
+    }
+
+    /// Sends bytes the window already allowed (for [`crate::channel::Channel`]); `false` when the agent is gone.
+    pub(crate) fn send_granted(&self, bytes: Vec<u8>) -> bool {
+        self.conn.to_agent.send(Frame::Data { session: self.session, bytes }).is_ok()
     }
 
     /// Sends keystrokes, waiting for credit. `false` when the session or agent is gone.

@@ -7,7 +7,10 @@
 //! - [`hub`]: the gateway's registry of connected agents and the sessions each carries (transport-free).
 //! - [`gateway`]: the gateway's state and rules: agent tokens, tickets, the firewall, open sessions.
 //! - [`task`]: git work the gateway asks of an agent (diff, commit, push), as JSON over a task session.
+//! - [`channel`]: a session as a byte stream (`AsyncRead + AsyncWrite`), for the preview's HTTP proxy.
+//! - [`preview`]: the gateway's preview sessions (one per cookie) and the preview hosts' names.
 //! - [`agent`]: the workspace agent (`gatehouse agent`): dials out, runs shells in PTYs and git tasks.
+//! - [`forward`]: the agent's port forwards (a preview's connections to the workspace's loopback interface).
 //!
 //! **API Boundary:** both protocols are contracts with code we do not deploy together (browsers, agents in
 //! workspaces); change them only by adding message kinds.
@@ -17,11 +20,14 @@
 
 pub mod agent;
 pub mod browser;
+pub mod channel;
+pub mod forward;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gateway;
 pub mod git;
 pub mod hub;
 pub mod mux;
+pub mod preview;
 pub mod task;
 pub mod terminal;

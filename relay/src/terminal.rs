@@ -694,6 +694,8 @@ impl Gateway {
             agent: agent.id.clone(),
             client_ip: client.client_ip.clone(),
             user_agent: client.user_agent.clone(),
+            kind: domain::relay::SessionKind::Terminal,
+            port: None,
         };
         if let Err(error) = self.sessions.execute(&session_id, open, &metadata).await {
             tracing::warn!(%error, "cannot record a session");
