@@ -131,7 +131,9 @@ impl Application {
         ));
 
         let gateway = Arc::new(
-            relay::gateway::Gateway::new(store.clone(), settings.relay()?).with_resume_limits(settings.resume()),
+            relay::gateway::Gateway::new(store.clone(), settings.relay()?)
+                .with_resume_limits(settings.resume())
+                .with_preview_limits(settings.preview()?),
         );
         gateway.load_firewall().await.context("cannot load the relay firewall")?;
         let draining = Arc::new(AtomicBool::new(false));
@@ -139,6 +141,8 @@ impl Application {
         let limits =
             Arc::new(api::limits::RateLimits::new(settings.rate_limits(), &registry).context("rate limit metrics")?);
         let limits_sweeper = tokio::spawn(limits.clone().sweep_forever());
+        // Preview cookies end when idle or old; the sweep records them closed (it stops at shutdown).
+        tokio::spawn(gateway.clone().sweep_previews(Duration::from_secs(5)));
         // The stored portal settings' limits apply before the first request, and then follow every change.
         let portal = Arc::new(AggregateRepository::<domain::portal::Portal>::new(store.clone(), ()));
         let (portal_settings, _) =
@@ -239,6 +243,8 @@ impl Application {
                 .wrap(api::cors::middleware(&cors_origins))
                 .wrap(api::cors::preflight_refusals(&cors_origins))
                 .wrap(api::headers::security_headers(hsts_max_age_secs))
+                // Preview hosts are answered before any of the above: an app's responses are its own.
+                .wrap(actix_web::middleware::from_fn(api::preview::intercept))
                 .wrap_fn(move |request, service| {
                     let started = Instant::now();
                     let method = request.method().to_string();

@@ -152,6 +152,20 @@ pub struct Settings {
     /// Output all terminal sessions together keep beyond 256 KiB each, in bytes; when it is used up, sessions keep
     /// only what their browsers have not received yet and their shells wait for their browsers.
     pub relay_resume_buffer_total_bytes: usize,
+    /// The wildcard domain previews are served under: `<workspace>--<port>.<preview_domain>` must resolve to the
+    /// gateway (a wildcard DNS record, and a wildcard certificate behind TLS). Best a registrable domain of its own,
+    /// apart from the portal's (docs/OPERATIONS.md, "Previews"). Empty: previews are off.
+    pub preview_domain: String,
+    /// The lowest workspace port a preview may show.
+    pub preview_min_port: u16,
+    /// The highest.
+    pub preview_max_port: u16,
+    /// Seconds a preview cookie lasts without a request (each request renews it).
+    pub preview_idle_secs: u64,
+    /// Seconds a preview cookie lasts at most, however much it is used.
+    pub preview_max_age_secs: u64,
+    /// Seconds the app may take to start answering a preview request (then 504).
+    pub preview_response_timeout_secs: u64,
     /// Proxies (CIDRs) whose `X-Forwarded-For` is believed when finding a client's address (terminals, the firewall,
     /// and the per-address limit of failed authentication).
     #[serde(deserialize_with = "one_or_many")]
@@ -252,6 +266,12 @@ impl Default for Settings {
             relay_resume_buffer_bytes: 1024 * 1024,
             relay_resume_buffer_total_bytes: 256 * 1024 * 1024,
             relay_trusted_proxies: Vec::new(),
+            preview_domain: "preview.localhost".into(),
+            preview_min_port: 1024,
+            preview_max_port: 65535,
+            preview_idle_secs: 600,
+            preview_max_age_secs: 12 * 3600,
+            preview_response_timeout_secs: 60,
             workspaces_dir: None,
             workspaces_agent_program: None,
             workspaces_gateway_url: None,
@@ -326,6 +346,33 @@ impl Settings {
             buffer: self.relay_resume_buffer_bytes.max(relay::terminal::RESERVED),
             total: self.relay_resume_buffer_total_bytes,
         }
+    }
+
+    /// The preview's settings, checked: a domain of lower-case DNS labels (or none), a port range that holds a port.
+    pub fn preview(&self) -> anyhow::Result<relay::preview::PreviewLimits> {
+        let domain = self.preview_domain.trim().trim_end_matches('.').to_ascii_lowercase();
+        let label_ok = |label: &str| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.bytes().all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'-')
+        };
+        if !domain.is_empty() && (domain.len() > 180 || !domain.split('.').all(label_ok)) {
+            anyhow::bail!("preview_domain: {:?} is not a domain name (labels of a-z, 0-9 and -)", self.preview_domain);
+        }
+        if self.preview_min_port == 0 || self.preview_min_port > self.preview_max_port {
+            anyhow::bail!("preview_min_port..preview_max_port must hold at least one port, and not 0");
+        }
+        let seconds = |value: u64| Duration::from_secs(value.clamp(1, 365 * 86_400));
+        Ok(relay::preview::PreviewLimits {
+            domain,
+            min_port: self.preview_min_port,
+            max_port: self.preview_max_port,
+            idle: seconds(self.preview_idle_secs),
+            max_age: seconds(self.preview_max_age_secs),
+            response_timeout: seconds(self.preview_response_timeout_secs),
+        })
     }
 
     /// The local control plane's settings, for a gateway listening on `address`.

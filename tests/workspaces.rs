@@ -486,7 +486,7 @@ async fn admins_list_filter_count_and_upgrade_everyones_workspaces_members_only_
         page["items"].as_array().unwrap().iter().map(|item| item["id"].as_str().unwrap().to_string()).collect()
     };
     // Members: their own only; another's workspace is 404 for every verb.
-    assert_eq!(ids(&api.get("/api/v1/workspaces", Some(&ada)).await.1), [adas.clone()]);
+    assert_eq!(ids(&api.get("/api/v1/workspaces", Some(&ada)).await.1), std::slice::from_ref(&adas));
     for (method, verb) in [
         (Method::GET, ""),
         (Method::POST, "/stop"),
@@ -507,11 +507,17 @@ async fn admins_list_filter_count_and_upgrade_everyones_workspaces_members_only_
     );
     let stopped = wait_for_status(&api, &bob, &bobs_stopped, "stopped").await;
     assert_eq!(stopped["status"], "stopped");
-    assert_eq!(ids(&api.get("/api/v1/workspaces?status=stopped", Some(&root)).await.1), [bobs_stopped.clone()]);
+    assert_eq!(
+        ids(&api.get("/api/v1/workspaces?status=stopped", Some(&root)).await.1),
+        std::slice::from_ref(&bobs_stopped)
+    );
     assert_eq!(ids(&api.get("/api/v1/workspaces?status=running", Some(&root)).await.1), [bobs.clone(), adas.clone()]);
-    assert_eq!(ids(&api.get("/api/v1/workspaces?blueprint_key=api", Some(&root)).await.1), [bobs.clone()]);
-    assert_eq!(ids(&api.get("/api/v1/workspaces?owner=ada@example.com", Some(&root)).await.1), [adas.clone()]);
-    assert_eq!(ids(&api.get("/api/v1/workspaces?q=STORE", Some(&root)).await.1), [adas.clone()]);
+    assert_eq!(ids(&api.get("/api/v1/workspaces?blueprint_key=api", Some(&root)).await.1), std::slice::from_ref(&bobs));
+    assert_eq!(
+        ids(&api.get("/api/v1/workspaces?owner=ada@example.com", Some(&root)).await.1),
+        std::slice::from_ref(&adas)
+    );
+    assert_eq!(ids(&api.get("/api/v1/workspaces?q=STORE", Some(&root)).await.1), std::slice::from_ref(&adas));
     assert_eq!(ids(&api.get("/api/v1/workspaces?q=bob@", Some(&root)).await.1).len(), 2);
     assert_eq!(ids(&api.get("/api/v1/workspaces?q=%25", Some(&root)).await.1).len(), 0, "% is not a wildcard");
     let (_, first) = api.get("/api/v1/workspaces?limit=2", Some(&root)).await;

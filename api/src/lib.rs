@@ -21,6 +21,7 @@ pub mod ops;
 pub mod org;
 pub mod paging;
 pub mod portal;
+pub mod preview;
 mod problem;
 pub mod publishing;
 mod rejection;

@@ -113,11 +113,15 @@ pub enum ProblemCode {
     DeliveryNotFailed,
     /// The workspace's agent did not answer (it disconnected, or took too long); retry after `Retry-After`.
     WorkspaceUnavailable,
+    /// A preview: nothing listens on the port inside the workspace, or the app's answer is not HTTP.
+    PreviewUnreachable,
+    /// A preview: the app did not start answering in time (`preview_response_timeout_secs`).
+    PreviewTimeout,
 }
 
 impl ProblemCode {
     /// Every code, in the order docs/API.md lists them.
-    pub const ALL: [ProblemCode; 47] = [
+    pub const ALL: [ProblemCode; 49] = [
         ProblemCode::InvalidRequest,
         ProblemCode::PayloadTooLarge,
         ProblemCode::UnsupportedMediaType,
@@ -162,6 +166,8 @@ impl ProblemCode {
         ProblemCode::AgentOutdated,
         ProblemCode::DeliveryNotFailed,
         ProblemCode::WorkspaceUnavailable,
+        ProblemCode::PreviewUnreachable,
+        ProblemCode::PreviewTimeout,
         ProblemCode::RateLimited,
         ProblemCode::StoreUnavailable,
         ProblemCode::Internal,
@@ -215,6 +221,8 @@ impl ProblemCode {
             ProblemCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ProblemCode::StoreUnavailable | ProblemCode::WorkspaceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ProblemCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ProblemCode::PreviewUnreachable => StatusCode::BAD_GATEWAY,
+            ProblemCode::PreviewTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
@@ -268,6 +276,8 @@ impl ProblemCode {
             ProblemCode::AgentOutdated => "agent_outdated",
             ProblemCode::DeliveryNotFailed => "delivery_not_failed",
             ProblemCode::WorkspaceUnavailable => "workspace_unavailable",
+            ProblemCode::PreviewUnreachable => "preview_unreachable",
+            ProblemCode::PreviewTimeout => "preview_timeout",
         }
     }
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use testkit::TestDb;
 
+pub mod preview_app;
 pub mod terminal;
 
 /// The binary under test.

@@ -211,17 +211,24 @@ pub(super) async fn list_agents(caller: Caller, state: web::Data<AppState>) -> R
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct TicketBody {
-    /// `terminal`.
+    /// `terminal` or `preview`.
     kind: String,
+    /// For a preview: the workspace port to show (within `preview_min_port`..`preview_max_port`).
+    #[serde(default)]
+    port: Option<u32>,
 }
 
-/// A one-time ticket: send it as the terminal WebSocket's first message.
+/// A one-time ticket: send it as the terminal WebSocket's first message, or exchange it at the preview host.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(super) struct TicketView {
     /// 32 random bytes, base64url; redeemable once.
     ticket: String,
     /// When it stops being redeemable.
     expires_at: chrono::DateTime<Utc>,
+    /// For a preview: where to exchange the ticket for the preview's cookie (`GET` with `?ticket=`, or a form
+    /// `POST` of `ticket`); it then redirects to the app. Its scheme and port are this request's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    exchange_url: Option<String>,
 }
 
 /// Issues a one-time ticket for the workspace's terminal (the workspace's owner, or an admin).
@@ -242,12 +249,29 @@ pub(super) async fn issue_ticket(
 ) -> Result<HttpResponse, Problem> {
     caller.require(&[Role::Admin, Role::Member])?;
     let workspace = path.into_inner();
-    let kind = body.into_inner().kind;
-    if kind != "terminal" {
-        return Err(Problem::new(ProblemCode::InvalidField, "Invalid field")
-            .field("kind")
-            .detail("kind must be \"terminal\""));
-    }
+    let TicketBody { kind, port } = body.into_inner();
+    let limits = &state.gateway.preview_limits;
+    let port = match (kind.as_str(), port) {
+        ("terminal", None) => None,
+        ("terminal", Some(_)) => {
+            return Err(Problem::invalid_field("port", "a terminal ticket takes no port"));
+        }
+        ("preview", Some(port)) => match u16::try_from(port).ok().filter(|port| limits.allows(*port)) {
+            Some(port) => Some(port),
+            None => {
+                return Err(Problem::invalid_field(
+                    "port",
+                    format!("previews show ports {} to {}", limits.min_port, limits.max_port),
+                ))
+            }
+        },
+        ("preview", None) => return Err(Problem::invalid_field("port", "a preview ticket names its port")),
+        _ => {
+            return Err(Problem::new(ProblemCode::InvalidField, "Invalid field")
+                .field("kind")
+                .detail("kind must be \"terminal\" or \"preview\""));
+        }
+    };
     // A control-plane workspace: its owner and status are the control plane's facts (ADR 0023). Anything else is
     // an agent an admin registered with a token that names its owner (ADR 0013).
     if let Some(known) = crate::workspaces::lookup(&state, &workspace).await? {
@@ -264,7 +288,7 @@ pub(super) async fn issue_ticket(
     let metadata = EventMetadata::for_request(caller.email.as_str(), crate::request_id(&request));
     let issued = state
         .gateway
-        .issue_ticket(&workspace, &kind, &caller.email, caller.role == Role::Admin, &metadata)
+        .issue_ticket(&workspace, &kind, port, &caller.email, caller.role == Role::Admin, &metadata)
         .await
         .map_err(|error| match error {
             // The same answer as for another member's control-plane workspace: nothing tells them apart.
@@ -274,9 +298,23 @@ pub(super) async fn issue_ticket(
             TicketIssueError::Command(error) => Problem::from(error),
             TicketIssueError::Random => Problem::internal(),
         })?;
-    Ok(HttpResponse::Created()
-        .insert_header(("Cache-Control", "no-store"))
-        .json(TicketView { ticket: issued.ticket, expires_at: issued.expires_at }))
+    Ok(HttpResponse::Created().insert_header(("Cache-Control", "no-store")).json(TicketView {
+        exchange_url: port.map(|port| exchange_url(&request, &limits.host(&workspace, port))),
+        ticket: issued.ticket,
+        expires_at: issued.expires_at,
+    }))
+}
+
+/// The preview host's exchange URL, with this request's scheme and port (the gateway serves both hosts).
+fn exchange_url(request: &HttpRequest, host: &str) -> String {
+    let info = request.connection_info();
+    let port =
+        info.host().rsplit_once(':').map(|(_, port)| port).filter(|port| port.bytes().all(|b| b.is_ascii_digit()));
+    let authority = match port {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_string(),
+    };
+    format!("{}://{authority}{}", info.scheme(), crate::preview::AUTH_PATH)
 }
 
 /// A filter value: absent or empty is no filter.
@@ -335,8 +373,10 @@ pub(super) struct SessionView {
     workspace: String,
     /// The agent connection that served it.
     agent: String,
-    /// `terminal`.
+    /// `terminal` or `preview`.
     kind: String,
+    /// The workspace port a preview showed (`null` for terminals).
+    port: Option<i64>,
     /// The client's address (see `relay_trusted_proxies`; empty when unknown).
     client_ip: String,
     /// The client's `User-Agent` (at most 256 characters).
@@ -386,8 +426,8 @@ pub(super) async fn list_sessions(
     };
     let kind = match present(query.kind) {
         None => None,
-        Some(kind) if kind == "terminal" => Some(kind),
-        Some(_) => return Err(Problem::invalid_field("kind", "kind is \"terminal\"")),
+        Some(kind) if kind == "terminal" || kind == "preview" => Some(kind),
+        Some(_) => return Err(Problem::invalid_field("kind", "kind is \"terminal\" or \"preview\"")),
     };
     let filter = SessionFilter {
         active,
@@ -408,6 +448,7 @@ pub(super) async fn list_sessions(
         workspace: row.workspace,
         agent: row.agent,
         kind: row.kind,
+        port: row.port,
         client_ip: row.client_ip,
         user_agent: row.user_agent,
         opened_at: row.opened_at,
