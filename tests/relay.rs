@@ -610,7 +610,7 @@ async fn read_models_with_filters_and_pages(db: TestDb) {
     for (query, field) in [
         ("active=maybe", "active"),
         ("user=not-an-email", "user"),
-        ("kind=preview", "kind"),
+        ("kind=shell", "kind"),
         ("from=yesterday", "from"),
         ("to=2026-13-01", "to"),
         ("after=%25%25%25", "after"),

@@ -177,6 +177,9 @@ async fn exchange(
     };
     let gateway = &state.gateway;
     let address = client_ip(state, request);
+    // An address that presented too many bad tickets (or tokens) is refused before its ticket costs a store read.
+    let client = crate::limits::ClientKey::of(address);
+    state.limits.check_client(client).map_err(Problem::from)?;
     // The ticket's workspace, if its label is this host's (else the label stands in: the ticket is then refused as
     // foreign, and the refusal recorded).
     let workspace = gateway
@@ -189,6 +192,7 @@ async fn exchange(
         return Err(Problem::new(ProblemCode::Forbidden, "Forbidden").detail("Refused by the IP firewall."));
     }
     let Some(user) = gateway.redeem_for(&ticket, &workspace, "preview", Some(target.port), address).await else {
+        state.limits.record_auth_failure(client);
         return Err(Problem::new(ProblemCode::Unauthenticated, "Ticket refused")
             .detail("The preview ticket is unknown, used, expired, or for another preview: open the preview again."));
     };
@@ -322,6 +326,17 @@ async fn proxy(
         return Err(forbidden());
     }
     let agent = gateway.hub.get(&session.workspace).ok_or_else(agent_gone)?;
+    // At most MAX_CONNECTIONS requests of one preview at once (a browser opens 6 per host): each holds up to a
+    // window of the app's output in the gateway. The permit lives as long as the response (or the upgraded pipe).
+    let waited =
+        tokio::time::timeout(gateway.preview_limits.response_timeout, session.connections.clone().acquire_owned())
+            .await;
+    let permit = waited
+        .map_err(|_| {
+            Problem::new(ProblemCode::PreviewTimeout, "Too many requests at once")
+                .detail("This preview has as many requests in flight as it may, and none finished in time.")
+        })?
+        .map_err(|_| unauthenticated())?;
     let channel =
         gateway.connect_preview(&agent, target.port, session.counters.clone()).await.map_err(|error| match error {
             PreviewConnectError::NothingListens => Problem::new(ProblemCode::PreviewUnreachable, "Nothing listens")
@@ -414,12 +429,19 @@ async fn proxy(
             }
             let _ = writer.shutdown().await;
         });
-        return Ok(answer.streaming(tokio_util::io::ReaderStream::new(reader)));
+        let output = tokio_util::io::ReaderStream::new(reader).map(move |chunk| {
+            let _held = &permit;
+            chunk
+        });
+        return Ok(answer.streaming(output));
     }
-    let stream = BodyStream::new(response.into_body()).filter_map(|frame| async move {
-        match frame {
-            Ok(frame) => frame.into_data().ok().map(Ok),
-            Err(error) => Some(Err(std::io::Error::other(error.to_string()))),
+    let stream = BodyStream::new(response.into_body()).filter_map(move |frame| {
+        let _held = &permit;
+        async move {
+            match frame {
+                Ok(frame) => frame.into_data().ok().map(Ok),
+                Err(error) => Some(Err(std::io::Error::other(error.to_string()))),
+            }
         }
     });
     Ok(match length {

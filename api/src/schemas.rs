@@ -150,7 +150,9 @@ fn properties() -> Vec<(&'static str, &'static str, Value)> {
         ("LaunchBody", "name", line(domain::workspace::MAX_NAME_CHARS)),
         ("RenameBody", "name", line(domain::workspace::MAX_NAME_CHARS)),
         ("TagInput", "name", line(domain::tags::MAX_TAG_NAME_CHARS)),
-        ("TicketBody", "kind", one_of(&["terminal"])),
+        ("TicketBody", "kind", one_of(&["terminal", "preview"])),
+        // The setting preview_min_port..preview_max_port narrows it (422 naming `port` outside).
+        ("TicketBody", "port", json!({ "minimum": 1, "maximum": 65535 })),
         ("FirewallRule", "cidr", pattern(CIDR, 43)),
         (
             "FirewallRule",
@@ -277,7 +279,7 @@ fn parameters() -> Vec<(&'static str, &'static str, Value)> {
         ("/api/v1/workspaces", "q", line(100)),
         ("/api/v1/workspaces", "tag", pattern(PRINTABLE, crate::extract::MAX_QUERY_VALUE_CHARS)),
         ("*", "tag", identifier()),
-        ("/api/v1/sessions", "kind", one_of(&["terminal"])),
+        ("/api/v1/sessions", "kind", one_of(&["terminal", "preview"])),
         (
             "/api/v1/relay/activity",
             "kind",

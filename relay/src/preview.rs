@@ -21,6 +21,10 @@ use crate::channel::Counters;
 /// The name of the preview cookie (over TLS it is `__Host-` prefixed: host-only, `Secure`, `Path=/`).
 pub const COOKIE: &str = "gatehouse_preview";
 
+/// Requests of one preview session in flight at once (each its own channel to the app). Browsers open at most 6
+/// connections per host; the rest is for hot-reload sockets and event streams.
+pub const MAX_CONNECTIONS: usize = 64;
+
 /// The longest label a host name may have (RFC 1035).
 const MAX_LABEL: usize = 63;
 
@@ -123,6 +127,8 @@ pub struct PreviewSession {
     pub host: String,
     /// Bytes each way, over all its requests.
     pub counters: Arc<Counters>,
+    /// Its requests in flight ([`MAX_CONNECTIONS`] at most).
+    pub connections: Arc<tokio::sync::Semaphore>,
     opened: Instant,
     clock: Mutex<Clock>,
 }
@@ -199,6 +205,7 @@ impl PreviewSessions {
             port,
             host,
             counters: Arc::new(Counters::default()),
+            connections: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
             opened: now,
             clock: Mutex::new(Clock { idle_until: now + limits.idle, renewed: now }),
         });
