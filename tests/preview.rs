@@ -346,6 +346,26 @@ async fn previews_refuse_what_they_must_on(db: TestDb) {
     assert_eq!(answer.status(), 502);
     assert_eq!(answer.json::<Value>().await.unwrap()["code"], "preview_unreachable");
 
+    // An app that answers garbage, or a header larger than any limit: 502, and the other previews go on.
+    for answer in [b"garbage\r\n\r\n".to_vec(), [b"HTTP/1.1 200 OK\r\nX-Huge: ".to_vec(), vec![b'a'; 1 << 20]].concat()]
+    {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let bad_port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut request = [0u8; 4096];
+                let _ = stream.read(&mut request).await;
+                let _ = stream.write_all(&answer).await;
+            }
+        });
+        let bad = open_preview(&server, &api, &ada, "ws-ada", bad_port).await;
+        let refused = bad.get("/").await;
+        assert_eq!(refused.status(), 502);
+        assert_eq!(refused.json::<Value>().await.unwrap()["code"], "preview_unreachable");
+        assert_eq!(ada_preview.get("/r/4").await.status(), 200);
+    }
+
     // The workspace's agent is gone: 503, and the preview works again once it is back.
     agent.kill();
     let gone = eventually(Duration::from_secs(15), || async { ada_preview.get("/r/2").await.status() == 503 }).await;

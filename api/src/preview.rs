@@ -337,26 +337,14 @@ async fn proxy(
                 .detail("This preview has as many requests in flight as it may, and none finished in time.")
         })?
         .map_err(|_| unauthenticated())?;
-    let channel =
-        gateway.connect_preview(&agent, target.port, session.counters.clone()).await.map_err(|error| match error {
-            PreviewConnectError::NothingListens => Problem::new(ProblemCode::PreviewUnreachable, "Nothing listens")
-                .detail(format!("Nothing listens on port {} inside the workspace: start the app.", target.port)),
-            PreviewConnectError::AgentLost => agent_gone(),
-            PreviewConnectError::AgentTooOld => Problem::new(ProblemCode::WorkspaceUnavailable, "Agent outdated")
-                .detail("The workspace's agent is too old to forward ports: restart the workspace."),
-            PreviewConnectError::NoAnswer => Problem::new(ProblemCode::PreviewTimeout, "No answer")
-                .detail("The workspace's agent did not reach the port in time."),
-        })?;
-    let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
-        .handshake::<_, ProxyBody>(TokioIo::new(channel))
-        .await
-        .map_err(|_| unreachable_app(target.port))?;
-    actix_web::rt::spawn(async move {
-        if let Err(error) = connection.with_upgrades().await {
-            tracing::debug!(%error, "preview connection to the app ended");
-        }
-    });
     let upgrade = is_upgrade(request);
+    // A connection to the app left idle by an earlier request of this preview, else a new one (an upgrade always
+    // gets its own: it is never given back).
+    let pooled = if upgrade { None } else { take_idle(&session.id) };
+    let mut sender = match pooled {
+        Some(sender) => sender,
+        None => connect_app(gateway, &agent, &session, target.port).await?,
+    };
     let forwarded = forward_request(request, &target.host, address, upgrade)?;
     // An upgrade's payload is what the browser sends once the protocol switched: it goes through the upgraded pipe.
     let (body, mut after_upgrade): (ProxyBody, _) = if upgrade || !has_body(request) {
@@ -366,22 +354,40 @@ async fn proxy(
         (Box::pin(StreamBody::new(stream)), None)
     };
     let upstream = forwarded.body(body).map_err(|_| Problem::invalid_request("Bad request", "Not a request."))?;
-    let mut response =
-        match tokio::time::timeout(gateway.preview_limits.response_timeout, sender.send_request(upstream)).await {
-            Err(_) => {
-                tracing::info!(session = session.id, port = target.port, "the preview's app did not answer in time");
-                return Err(Problem::new(ProblemCode::PreviewTimeout, "No answer").detail(format!(
-                    "The app on port {} did not answer within {} seconds.",
-                    target.port,
-                    gateway.preview_limits.response_timeout.as_secs()
-                )));
-            }
-            Ok(Err(error)) => {
-                tracing::info!(session = session.id, port = target.port, %error, "the preview's app answered no HTTP");
-                return Err(unreachable_app(target.port));
-            }
-            Ok(Ok(response)) => response,
-        };
+    let sent = async {
+        match sender.try_send_request(upstream).await {
+            // A pooled connection the app had closed meanwhile: the request was not sent; once more on a new one.
+            Err(mut error) if error.error().is_canceled() || error.error().is_closed() => match error.take_message() {
+                Some(again) => {
+                    sender = connect_app(gateway, &agent, &session, target.port).await?;
+                    Ok(sender.send_request(again).await)
+                }
+                None => Ok(Err(error.into_error())),
+            },
+            sent => Ok(sent.map_err(|error| error.into_error())),
+        }
+    };
+    let sent = tokio::time::timeout(gateway.preview_limits.response_timeout, sent).await;
+    let sent = match sent {
+        Ok(Err(problem)) => return Err(problem),
+        Ok(Ok(answer)) => Ok(answer),
+        Err(elapsed) => Err(elapsed),
+    };
+    let mut response = match sent {
+        Err(_) => {
+            tracing::info!(session = session.id, port = target.port, "the preview's app did not answer in time");
+            return Err(Problem::new(ProblemCode::PreviewTimeout, "No answer").detail(format!(
+                "The app on port {} did not answer within {} seconds.",
+                target.port,
+                gateway.preview_limits.response_timeout.as_secs()
+            )));
+        }
+        Ok(Err(error)) => {
+            tracing::info!(session = session.id, port = target.port, %error, "the preview's app answered no HTTP");
+            return Err(unreachable_app(target.port));
+        }
+        Ok(Ok(response)) => response,
+    };
     let mut answer = HttpResponse::build(
         StatusCode::from_u16(response.status().as_u16()).map_err(|_| unreachable_app(target.port))?,
     );
@@ -435,6 +441,9 @@ async fn proxy(
         });
         return Ok(answer.streaming(output));
     }
+    // Once the app's answer is read to its end, its connection serves the preview's next request.
+    let session_id = session.id.clone();
+    let give_back = futures::stream::once(async move { give_back(session_id, sender) }).filter_map(|()| async { None });
     let stream = BodyStream::new(response.into_body()).filter_map(move |frame| {
         let _held = &permit;
         async move {
@@ -444,10 +453,95 @@ async fn proxy(
             }
         }
     });
+    let stream = stream.chain(give_back);
     Ok(match length {
         Some(length) => answer.body(SizedStream::new(length, stream)),
         None => answer.streaming(stream),
     })
+}
+
+/// A hyper connection to the app on the workspace's `port`, through a new channel of its agent.
+async fn connect_app(
+    gateway: &relay::gateway::Gateway,
+    agent: &Arc<relay::hub::AgentConn>,
+    session: &PreviewSession,
+    port: u16,
+) -> Result<AppSender, Problem> {
+    let channel =
+        gateway.connect_preview(agent, port, session.counters.clone()).await.map_err(|error| match error {
+            PreviewConnectError::NothingListens => Problem::new(ProblemCode::PreviewUnreachable, "Nothing listens")
+                .detail(format!("Nothing listens on port {port} inside the workspace: start the app.")),
+            PreviewConnectError::AgentLost => agent_gone(),
+            PreviewConnectError::AgentTooOld => Problem::new(ProblemCode::WorkspaceUnavailable, "Agent outdated")
+                .detail("The workspace's agent is too old to forward ports: restart the workspace."),
+            PreviewConnectError::NoAnswer => Problem::new(ProblemCode::PreviewTimeout, "No answer")
+                .detail("The workspace's agent did not reach the port in time."),
+        })?;
+    let (sender, connection) = hyper::client::conn::http1::Builder::new()
+        .handshake::<_, ProxyBody>(TokioIo::new(channel))
+        .await
+        .map_err(|_| unreachable_app(port))?;
+    actix_web::rt::spawn(async move {
+        if let Err(error) = connection.with_upgrades().await {
+            tracing::debug!(%error, "preview connection to the app ended");
+        }
+    });
+    Ok(sender)
+}
+
+/// A connection to an app, ready for a request.
+type AppSender = hyper::client::conn::http1::SendRequest<ProxyBody>;
+
+/// Idle connections kept per preview session on one worker thread, and for how long.
+const IDLE_CONNECTIONS: usize = 8;
+const IDLE_TIME: std::time::Duration = std::time::Duration::from_secs(15);
+
+thread_local! {
+    /// Connections to apps left idle, by preview session, on this worker thread (a sender carries the browser's
+    /// payload type, which lives on its worker's thread). Each entry has an id its expiry timer removes it by.
+    static IDLE: std::cell::RefCell<std::collections::HashMap<String, Vec<(u64, AppSender)>>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+    static NEXT_IDLE: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+fn take_idle(session: &str) -> Option<AppSender> {
+    IDLE.with(|idle| {
+        let mut idle = idle.borrow_mut();
+        let list = idle.get_mut(session)?;
+        let found = std::iter::from_fn(|| list.pop()).map(|(_, sender)| sender).find(AppSender::is_ready);
+        if list.is_empty() {
+            idle.remove(session);
+        }
+        found
+    })
+}
+
+/// Keeps `sender` for the session's next request, for [`IDLE_TIME`] (dropping it closes the channel and the app's
+/// connection).
+fn give_back(session: String, sender: AppSender) {
+    if !sender.is_ready() {
+        return;
+    }
+    let id = NEXT_IDLE.with(|next| next.replace(next.get() + 1));
+    let kept = IDLE.with(|idle| {
+        let mut idle = idle.borrow_mut();
+        let list = idle.entry(session.clone()).or_default();
+        (list.len() < IDLE_CONNECTIONS).then(|| list.push((id, sender))).is_some()
+    });
+    if kept {
+        actix_web::rt::spawn(async move {
+            tokio::time::sleep(IDLE_TIME).await;
+            IDLE.with(|idle| {
+                let mut idle = idle.borrow_mut();
+                if let Some(list) = idle.get_mut(&session) {
+                    list.retain(|(kept, _)| *kept != id);
+                    if list.is_empty() {
+                        idle.remove(&session);
+                    }
+                }
+            });
+        });
+    }
 }
 
 fn unreachable_app(port: u16) -> Problem {
