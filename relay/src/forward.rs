@@ -153,3 +153,70 @@ async fn relay(
     }
     writing.abort();
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    async fn next(frames: &mut mpsc::UnboundedReceiver<Frame>) -> Frame {
+        tokio::time::timeout(Duration::from_secs(10), frames.recv()).await.unwrap().unwrap()
+    }
+
+    #[tokio::test]
+    async fn nothing_listening_is_a_close_without_opened() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let (out, mut frames) = mpsc::unbounded_channel();
+        let _forward = Forward::spawn(7, port, &out);
+        assert_eq!(next(&mut frames).await, Frame::Close { session: 7 });
+        let _zero = Forward::spawn(8, 0, &out);
+        assert_eq!(next(&mut frames).await, Frame::Close { session: 8 });
+    }
+
+    #[tokio::test]
+    async fn an_app_that_talks_faster_than_the_gateway_reads_stops_at_the_window() {
+        // An app that writes 1 MiB at once, then echoes.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            stream.write_all(&vec![1u8; 1 << 20]).await.unwrap();
+            let mut buffer = [0u8; 1024];
+            while let Ok(count) = stream.read(&mut buffer).await {
+                if count == 0 || stream.write_all(&buffer[..count]).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let (out, mut frames) = mpsc::unbounded_channel();
+        let forward = Forward::spawn(3, port, &out);
+        assert_eq!(next(&mut frames).await, Frame::Opened { session: 3 });
+        let mut received = 0;
+        while received < INITIAL_WINDOW as usize {
+            match next(&mut frames).await {
+                Frame::Data { session: 3, bytes } => received += bytes.len(),
+                other => panic!("{other:?}"),
+            }
+        }
+        // The window is spent: nothing more until credit comes.
+        assert_eq!(received, INITIAL_WINDOW as usize);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(frames.try_recv().is_err(), "the agent overran its window");
+        forward.credit(4096);
+        // Input reaches the app, and each write is credited back; meanwhile at most the credit's bytes came out.
+        forward.input(b"ping".to_vec());
+        let mut after_credit = 0;
+        loop {
+            match next(&mut frames).await {
+                Frame::Data { bytes, .. } => after_credit += bytes.len(),
+                Frame::Credit { session: 3, bytes: 4 } => break,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(after_credit <= 4096, "{after_credit} bytes for 4096 of credit");
+        // Closing ends the connection.
+        forward.close();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(forward.finished());
+    }
+}
