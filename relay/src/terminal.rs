@@ -818,7 +818,15 @@ async fn pump(gateway: Arc<Gateway>, terminal: Arc<Terminal>, mut handle: Sessio
                 }
             }
             _ = terminal.wake.notified() => {
-                let nobody = terminal.lock().viewers.is_empty();
+                // A viewer came or went: the floor may have moved (the one holding the output back left, or one
+                // attached at the end of a full buffer), and the agent may send what the room now allows.
+                let (nobody, credit) = {
+                    let mut state = terminal.lock();
+                    (state.viewers.is_empty(), state.grant(&terminal.limits, &terminal.pool))
+                };
+                if credit > 0 {
+                    handle.consumed(credit as usize);
+                }
                 if nobody && !detached {
                     detached = true;
                     let now = tokio::time::Instant::now();
