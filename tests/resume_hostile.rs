@@ -4,7 +4,8 @@
 //! must get its documented answer (docs/API.md, "Sessions outlive their sockets"), never a panic or a hang, and the
 //! sessions around it must go on as before.
 //!
-//! Tests marked `#[ignore = "defect: …"]` show defects found this way; they fail until the defect is fixed.
+//! The last two tests showed defects found this way (a terminal frozen when its floor moved without credit), fixed
+//! in relay/src/terminal.rs (the pump re-grants credit when a viewer comes or goes).
 
 #![allow(clippy::unwrap_used)]
 
@@ -828,11 +829,9 @@ async fn limit_on(db: TestDb) {
     assert!(opened, "no new session after one of two ended");
 }
 
-// ------------------------------------------------------------------------------------------------------------ defects
+// ------------------------------------------------------------------------------------------------ defects, fixed
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "defect: when the browser holding a terminal's output back leaves, the others get no more output \
-            (relay/src/terminal.rs: Viewer::detach moves the floor but grants the agent no credit)"]
 async fn when_the_browser_holding_the_output_back_leaves_the_other_gets_the_rest() {
     for db in TestDb::all("resume_hostile when_the_browser_holding_the_output_back_leaves").await {
         holding_back_on(db).await;
@@ -876,8 +875,6 @@ async fn holding_back_on(db: TestDb) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "defect: a browser whose resume starts at the end of a full buffer gets no more output \
-            (relay/src/terminal.rs: Terminal::attach grants the agent no credit)"]
 async fn a_resume_too_far_behind_that_starts_at_the_end_of_a_full_buffer_gets_what_follows() {
     for db in TestDb::all("resume_hostile a_resume_too_far_behind_that_starts_at_the_end").await {
         end_of_full_buffer_on(db).await;
