@@ -320,6 +320,18 @@ async fn previews_refuse_what_they_must_on(db: TestDb) {
     let stolen = http.get(format!("http://{ada_host}:{port}/r/1")).header("cookie", &bea_preview.cookie).send().await;
     assert_eq!(stolen.unwrap().status(), 401);
 
+    // Another site's page (another preview's included: one site) cannot send requests with the cookie; navigating
+    // to the preview (the portal's frame, a link) can.
+    let cross_site = |site: &'static str, mode: &'static str, method: Method| {
+        let request = bea_preview.http.request(method, bea_preview.url("/r/5"));
+        request.header("cookie", &bea_preview.cookie).header("sec-fetch-site", site).header("sec-fetch-mode", mode)
+    };
+    assert_eq!(cross_site("same-site", "cors", Method::POST).send().await.unwrap().status(), 403);
+    assert_eq!(cross_site("cross-site", "no-cors", Method::GET).send().await.unwrap().status(), 403);
+    assert_eq!(cross_site("cross-site", "navigate", Method::POST).send().await.unwrap().status(), 403);
+    assert_eq!(cross_site("same-site", "navigate", Method::GET).send().await.unwrap().status(), 200);
+    assert_eq!(cross_site("same-origin", "cors", Method::GET).send().await.unwrap().status(), 200);
+
     // A forged X-Forwarded-Host reaches the portal, never a preview.
     let ada_preview = open_preview(&server, &api, &ada, "ws-ada", app.port).await;
     let forged = reqwest::Client::new()

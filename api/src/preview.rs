@@ -233,6 +233,21 @@ async fn exchange(
     Ok(response.finish())
 }
 
+/// Whether the request comes from the preview's own origin, or is a navigation to it (the portal's frame, a link,
+/// a typed address), as the browser's `Sec-Fetch-Site`/`-Mode` say. Previews of one domain are one *site*, so the
+/// cookie's `SameSite=Lax` lets another preview's page send requests with it; this refuses them (a forged request
+/// to the owner's app). A client that sends no `Sec-Fetch-Site` (not a browser, or an old one) is let through.
+fn same_origin_or_navigation(request: &HttpRequest) -> bool {
+    let text = |name: &str| request.headers().get(name).and_then(|value| value.to_str().ok());
+    match text("sec-fetch-site") {
+        None | Some("same-origin") | Some("none") => true,
+        Some(_) => {
+            text("sec-fetch-mode") == Some("navigate")
+                && matches!(*request.method(), actix_web::http::Method::GET | actix_web::http::Method::HEAD)
+        }
+    }
+}
+
 /// A path on this host: one leading `/`, no scheme or authority, nothing a browser would read as another host.
 fn is_local_path(path: &str) -> bool {
     path.starts_with('/')
@@ -310,6 +325,12 @@ async fn proxy(
             .detail("Open this preview from the portal: its cookie is missing, expired or for another preview.")
     };
     let cookie = cookie_value(request).ok_or_else(unauthenticated)?;
+    if !same_origin_or_navigation(request) {
+        return Err(Problem::new(ProblemCode::Forbidden, "Cross-site request refused").detail(
+            "A preview answers requests from its own pages, and navigations: not requests another site's \
+             (or another preview's) page makes with its cookie.",
+        ));
+    }
     let (session, renew) = match gateway.previews.find(&cookie, &target.host, &gateway.preview_limits) {
         Lookup::Live { session, renew } => (session, renew),
         Lookup::Unknown | Lookup::OtherHost => return Err(unauthenticated()),
