@@ -11,7 +11,8 @@
 //!   ones; then after they all closed as `detach_timeout` (a short `relay_detach_timeout_secs`), twice, to tell
 //!   memory kept for reuse from a leak.
 //!
-//! Run: `cargo bench --bench terminal_resume` (`-- --quick`: 50 rounds and 10 sessions instead of 200 and 50).
+//! Run: `cargo bench --bench terminal_resume` (`-- --quick`: 50 rounds and 10 sessions instead of 200 and 50;
+//! `-- --cycles N`: N memory cycles instead of 2; `-- --only-memory`: the memory part alone).
 //! Results go to stdout as Markdown (progress to stderr); docs/BENCHMARKS.md records them.
 //!
 //! The gateways are real `gatehouse serve` child processes (embedded SQLite in a temp dir), one per part so that the
@@ -439,23 +440,34 @@ fn minus(total: &[Duration], part: &[Duration]) -> Vec<Duration> {
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|arg| arg == "--quick");
+    let only_memory = args.iter().any(|arg| arg == "--only-memory");
+    let cycle_count = args
+        .iter()
+        .position(|arg| arg == "--cycles")
+        .and_then(|at| args.get(at + 1))
+        .and_then(|raw| raw.parse::<usize>().ok())
+        .unwrap_or(2)
+        .max(1);
     let config = if quick {
         Config { rounds: 50, warm_up: 5, sessions: 10, detach_timeout_secs: 45 }
     } else {
         Config { rounds: 200, warm_up: 10, sessions: 50, detach_timeout_secs: 60 }
     };
 
-    eprintln!("resume after a drop: {} rounds (+{} warm-up)…", config.rounds, config.warm_up);
-    let (latencies, received) = resume_rounds(&config).await;
+    let mut resume = None;
+    if !only_memory {
+        eprintln!("resume after a drop: {} rounds (+{} warm-up)…", config.rounds, config.warm_up);
+        resume = Some(resume_rounds(&config).await);
+    }
 
-    eprintln!("memory: {} detached sessions, two cycles…", config.sessions);
+    eprintln!("memory: {} detached sessions, {cycle_count} cycles…", config.sessions);
     let limit = (config.sessions + 10).to_string();
     let detach = config.detach_timeout_secs.to_string();
     let setup =
         setup(&[("GATEHOUSE_RELAY_MAX_SESSIONS_PER_USER", &limit), ("GATEHOUSE_RELAY_DETACH_TIMEOUT_SECS", &detach)])
             .await;
     let mut cycles = Vec::new();
-    for cycle in 0..2 {
+    for cycle in 0..cycle_count {
         eprintln!("cycle {}…", cycle + 1);
         cycles.push(memory_cycle(&setup, &config).await);
     }
@@ -466,36 +478,39 @@ async fn main() {
         ROUND_BYTES >> 10,
         config.sessions
     );
-    println!("| from the ticket request to … (ms) | n | p50 | p90 | p99 | max |");
-    println!("|---|---:|---:|---:|---:|---:|");
-    row("fresh session: `ready`", &latencies.fresh_ready);
-    row("**fresh session: first byte (the prompt)**", &latencies.fresh_first);
-    row("resume after a drop: `ready`", &latencies.resume_ready);
-    row("**resume after a drop: first resumed byte**", &latencies.resume_first);
-    row("of which the ticket (`POST …/tickets`), fresh", &latencies.fresh_ticket);
-    row("of which the ticket, resume", &latencies.resume_ticket);
-    row("fresh: WebSocket + `auth` → first byte", &minus(&latencies.fresh_first, &latencies.fresh_ticket));
-    row("resume: WebSocket + `auth` → first byte", &minus(&latencies.resume_first, &latencies.resume_ticket));
-    println!();
-    let ratio = |p: f64| percentile_ms(&latencies.resume_first, p) / percentile_ms(&latencies.fresh_first, p);
-    println!(
-        "Resume / fresh session, to the first byte: p50 **{:.2}×**, p90 {:.2}×, p99 **{:.2}×**. Every resume \
+    if let Some((latencies, received)) = &resume {
+        println!("| from the ticket request to … (ms) | n | p50 | p90 | p99 | max |");
+        println!("|---|---:|---:|---:|---:|---:|");
+        row("fresh session: `ready`", &latencies.fresh_ready);
+        row("**fresh session: first byte (the prompt)**", &latencies.fresh_first);
+        row("resume after a drop: `ready`", &latencies.resume_ready);
+        row("**resume after a drop: first resumed byte**", &latencies.resume_first);
+        row("of which the ticket (`POST …/tickets`), fresh", &latencies.fresh_ticket);
+        row("of which the ticket, resume", &latencies.resume_ticket);
+        row("fresh: WebSocket + `auth` → first byte", &minus(&latencies.fresh_first, &latencies.fresh_ticket));
+        row("resume: WebSocket + `auth` → first byte", &minus(&latencies.resume_first, &latencies.resume_ticket));
+        println!();
+        let ratio = |p: f64| percentile_ms(&latencies.resume_first, p) / percentile_ms(&latencies.fresh_first, p);
+        println!(
+            "Resume / fresh session, to the first byte: p50 **{:.2}×**, p90 {:.2}×, p99 **{:.2}×**. Every resume \
          started exactly at the offset asked ({} bytes received over the run, no `too_far_behind`).\n",
-        ratio(0.5),
-        ratio(0.9),
-        ratio(0.99),
-        received
-    );
+            ratio(0.5),
+            ratio(0.9),
+            ratio(0.99),
+            received
+        );
+    }
 
     let n = config.sessions as f64;
     println!(
-        "| memory, {} sessions (buffer {} KiB, detach timeout {} s) | cycle 1 | cycle 2 |",
+        "| memory, {} sessions (buffer {} KiB, detach timeout {} s) | {} |",
         config.sessions,
         DEFAULT_BUFFER >> 10,
-        config.detach_timeout_secs
+        config.detach_timeout_secs,
+        (1..=cycles.len()).map(|cycle| format!("cycle {cycle}")).collect::<Vec<_>>().join(" | ")
     );
-    println!("|---|---:|---:|");
-    let each = |f: &dyn Fn(&Cycle) -> String| format!("{} | {}", f(&cycles[0]), f(&cycles[1]));
+    println!("|---|{}", "---:|".repeat(cycles.len()));
+    let each = |f: &dyn Fn(&Cycle) -> String| cycles.iter().map(f).collect::<Vec<_>>().join(" | ");
     println!("| gateway RSS before (KiB) | {} |", each(&|c| c.before.to_string()));
     println!(
         "| gateway RSS, {} idle attached sessions (KiB) | {} |",
