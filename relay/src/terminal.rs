@@ -269,6 +269,8 @@ struct State {
     next_viewer: u64,
     /// When nobody is attached: where the last viewer's needs began (output after it is kept for its return).
     parked: u64,
+    /// Times the last viewer left (the pump restarts the detach time at each, however they coalesce).
+    departures: u64,
     /// The offset up to which the agent may send.
     granted: u64,
     /// Bytes taken from the pool.
@@ -294,6 +296,7 @@ impl State {
             viewers: HashMap::new(),
             next_viewer: 0,
             parked: 0,
+            departures: 0,
             granted: INITIAL_WINDOW as u64,
             charged: 0,
             exit: None,
@@ -595,6 +598,7 @@ impl Viewer {
             let position = state.viewers.remove(&self.id);
             if state.viewers.is_empty() {
                 state.parked = position.map_or(self.cursor, |position| position.kept_from());
+                state.departures += 1;
             }
             state.viewers.is_empty()
         };
@@ -779,6 +783,7 @@ async fn pump(gateway: Arc<Gateway>, terminal: Arc<Terminal>, mut handle: Sessio
     let shutdown = gateway.shutdown.cancelled();
     tokio::pin!(age, idle, detach, shutdown);
     let mut detached = false;
+    let mut seen_departures = 0;
     let end = loop {
         if let Some(end) = terminal.lock().ended {
             break end;
@@ -820,15 +825,18 @@ async fn pump(gateway: Arc<Gateway>, terminal: Arc<Terminal>, mut handle: Sessio
             _ = terminal.wake.notified() => {
                 // A viewer came or went: the floor may have moved (the one holding the output back left, or one
                 // attached at the end of a full buffer), and the agent may send what the room now allows.
-                let (nobody, credit) = {
+                let (nobody, departures, credit) = {
                     let mut state = terminal.lock();
-                    (state.viewers.is_empty(), state.grant(&terminal.limits, &terminal.pool))
+                    (state.viewers.is_empty(), state.departures, state.grant(&terminal.limits, &terminal.pool))
                 };
                 if credit > 0 {
                     handle.consumed(credit as usize);
                 }
-                if nobody && !detached {
+                // A browser that attached and left between two wake-ups is a new departure: the detach time
+                // starts again from it.
+                if nobody && (!detached || departures != seen_departures) {
                     detached = true;
+                    seen_departures = departures;
                     let now = tokio::time::Instant::now();
                     detach.as_mut().reset(now.checked_add(terminal.limits.detach_timeout).unwrap_or(now + Duration::from_secs(86_400 * 365)));
                 } else if !nobody {
