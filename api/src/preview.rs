@@ -514,7 +514,7 @@ async fn connect_app(
 type AppSender = hyper::client::conn::http1::SendRequest<ProxyBody>;
 
 /// Idle connections kept per preview session on one worker thread, and for how long.
-const IDLE_CONNECTIONS: usize = 8;
+const IDLE_CONNECTIONS: usize = 32;
 const IDLE_TIME: std::time::Duration = std::time::Duration::from_secs(15);
 
 thread_local! {
