@@ -221,7 +221,7 @@ impl Application {
             audit_access: Arc::new(AggregateRepository::new(store.clone(), ())),
             audit_key,
             caches,
-            openapi: Arc::new(api::ops::document()),
+            openapi: Arc::new(api::ops::document_for(&gateway.preview_limits)),
             gateway: gateway.clone(),
             idempotency_stale_ms: settings.idempotency_stale_ms()?,
             limits: limits.clone(),

@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::preview_app::{self, fnv, pattern, FNV_START, SUB_RESOURCES};
 use common::terminal::{mint_agent_token, wait_for_workspace, Agent};
-use common::{eventually, issue_token, rss_kib, Api, Server};
+use common::{enabled_blueprint, eventually, git_repository, issue_token, launch_running, rss_kib, Api, Server};
 use futures::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Empty, StreamBody};
 use hyper::body::Frame;
@@ -403,4 +403,49 @@ async fn previews_refuse_what_they_must_on(db: TestDb) {
     assert_eq!(status, 200);
     // Its cookie is over: sign in again.
     assert_eq!(ada_preview.get("/r/3").await.status(), 401);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_launched_workspace_is_previewed_at_its_dev_servers_port() {
+    for db in TestDb::all("preview a_launched_workspace_is_previewed_at_its_dev_servers_port").await {
+        a_launched_workspace_is_previewed_at_its_dev_servers_port_on(db).await;
+    }
+}
+
+async fn a_launched_workspace_is_previewed_at_its_dev_servers_port_on(db: TestDb) {
+    let root = issue_token(&db, "root@example.com", "admin", "1h");
+    let ada = issue_token(&db, "ada@example.com", "member", "1h");
+    let server = Server::start(&db, &[]);
+    let api = Api::new(&server);
+    let sources = tempfile::tempdir().unwrap();
+    let repository = git_repository(&sources.path().join("web"), &[("README.md", "# Web\n")]);
+    // The dev server is the test's app, started on the port the control plane gave it (DEV_PORT).
+    let dev = "echo \"$DEV_PORT\" > .dev-port; exec sleep 600";
+    enabled_blueprint(&api, &root, "web", &repository, Some(dev)).await;
+    let id = launch_running(&api, &ada, "web", "My app").await;
+    let (status, workspace) = api.get(&format!("/api/v1/workspaces/{id}"), Some(&ada)).await;
+    assert_eq!(status, 200, "{workspace}");
+    let dev_port = u16::try_from(workspace["dev_port"].as_u64().expect("a dev port")).unwrap();
+    let _app = preview_app::start_on(dev_port).await;
+
+    // No port: the dev server's.
+    let path = format!("/api/v1/workspaces/{id}/tickets");
+    let (status, _, issued) = api.call(Method::POST, &path, Some(&ada), Some(json!({"kind": "preview"}))).await;
+    assert_eq!(status, 201, "{issued}");
+    let host = host_of(&id, dev_port);
+    assert!(issued["exchange_url"].as_str().unwrap().starts_with(&format!("http://{host}:")), "{issued}");
+    let http = browser(&server, &[&host]);
+    let exchange =
+        format!("{}?ticket={}", issued["exchange_url"].as_str().unwrap(), issued["ticket"].as_str().unwrap());
+    let answer = http.get(exchange).send().await.unwrap();
+    assert_eq!(answer.status(), 303);
+    let cookie = answer.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
+    let page = http.get(format!("http://{host}:{}/r/7", gateway_address(&server).port())).header("cookie", cookie);
+    let page = page.send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert_eq!(page.text().await.unwrap(), "resource 7");
+    // Another member does not learn of it.
+    let bea = issue_token(&db, "bea@example.com", "member", "1h");
+    let (status, _, _) = api.call(Method::POST, &path, Some(&bea), Some(json!({"kind": "preview"}))).await;
+    assert_eq!(status, 404);
 }

@@ -191,6 +191,13 @@ pub fn document() -> utoipa::openapi::OpenApi {
     document
 }
 
+/// [`document`] with the settings that bound requests written in: the preview ports in force.
+pub fn document_for(preview: &relay::preview::PreviewLimits) -> utoipa::openapi::OpenApi {
+    let mut document = document();
+    crate::schemas::preview_ports(&mut document, preview.min_port, preview.max_port);
+    document
+}
+
 /// Every error answer (4xx, 5xx) is a problem document sent as `application/problem+json` (RFC 9457), whatever
 /// content type the route's annotation gave its `body = Problem`.
 fn problems_as_problem_json(document: &mut utoipa::openapi::OpenApi) {

@@ -151,8 +151,16 @@ fn properties() -> Vec<(&'static str, &'static str, Value)> {
         ("RenameBody", "name", line(domain::workspace::MAX_NAME_CHARS)),
         ("TagInput", "name", line(domain::tags::MAX_TAG_NAME_CHARS)),
         ("TicketBody", "kind", one_of(&["terminal", "preview"])),
-        // The setting preview_min_port..preview_max_port narrows it (422 naming `port` outside).
-        ("TicketBody", "port", json!({ "minimum": 1, "maximum": 65535 })),
+        // The default preview_min_port..preview_max_port; the served document has the configured range
+        // (`preview_ports`).
+        (
+            "TicketBody",
+            "port",
+            json!({
+                "minimum": relay::preview::PreviewLimits::default().min_port,
+                "maximum": relay::preview::PreviewLimits::default().max_port,
+            }),
+        ),
         ("FirewallRule", "cidr", pattern(CIDR, 43)),
         (
             "FirewallRule",
@@ -311,6 +319,18 @@ pub(crate) fn constrain(document: &mut utoipa::openapi::OpenApi) {
     match serde_json::from_value(value) {
         Ok(constrained) => *document = constrained,
         Err(error) => tracing::error!(%error, "the constrained OpenAPI document does not deserialize"),
+    }
+}
+
+/// Writes the configured range of preview ports (`preview_min_port`..`preview_max_port`) into the document.
+pub(crate) fn preview_ports(document: &mut utoipa::openapi::OpenApi, min: u16, max: u16) {
+    let Ok(mut value) = serde_json::to_value(&*document) else { return };
+    let port = &mut value["components"]["schemas"]["TicketBody"]["properties"]["port"];
+    if port.is_object() {
+        merge(port, &json!({ "minimum": min, "maximum": max }));
+    }
+    if let Ok(configured) = serde_json::from_value(value) {
+        *document = configured;
     }
 }
 

@@ -34,7 +34,12 @@ const CHUNK: usize = 64 * 1024;
 
 /// Starts the app on a free loopback port.
 pub async fn start() -> App {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    start_on(0).await
+}
+
+/// Starts the app on `port` of the loopback interface (0: a free one).
+pub async fn start_on(port: u16) -> App {
+    let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let task = tokio::spawn(async move {
         loop {

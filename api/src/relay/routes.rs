@@ -213,7 +213,8 @@ pub(super) async fn list_agents(caller: Caller, state: web::Data<AppState>) -> R
 pub(super) struct TicketBody {
     /// `terminal` or `preview`.
     kind: String,
-    /// For a preview: the workspace port to show (within `preview_min_port`..`preview_max_port`).
+    /// For a preview: the workspace port to show (within `preview_min_port`..`preview_max_port`); default: the port
+    /// of the workspace's dev server (`DEV_PORT`), if the control plane started one.
     #[serde(default)]
     port: Option<u32>,
 }
@@ -265,7 +266,8 @@ pub(super) async fn issue_ticket(
                 ))
             }
         },
-        ("preview", None) => return Err(Problem::invalid_field("port", "a preview ticket names its port")),
+        // The workspace's dev server, once the control plane says which port it has (below).
+        ("preview", None) => None,
         _ => {
             return Err(Problem::new(ProblemCode::InvalidField, "Invalid field")
                 .field("kind")
@@ -274,17 +276,30 @@ pub(super) async fn issue_ticket(
     };
     // A control-plane workspace: its owner and status are the control plane's facts (ADR 0023). Anything else is
     // an agent an admin registered with a token that names its owner (ADR 0013).
-    if let Some(known) = crate::workspaces::lookup(&state, &workspace).await? {
+    let known = crate::workspaces::lookup(&state, &workspace).await?;
+    if let Some(known) = &known {
         let is_admin = caller.role == Role::Admin;
         if !is_admin && known.owner != caller.email {
             return Err(Problem::new(ProblemCode::NotFound, "Not found").detail("No such workspace."));
         }
-        let status = known.status(crate::workspaces::connected(&state, &known));
+        let status = known.status(crate::workspaces::connected(&state, known));
         if status != domain::workspace::Status::Running {
             return Err(Problem::new(ProblemCode::WorkspaceNotRunning, "Not running")
                 .detail(format!("The workspace is {}: start it first.", status.as_str())));
         }
     }
+    let port = match (kind.as_str(), port) {
+        ("preview", None) => match known.as_ref().and_then(|known| known.dev_port) {
+            Some(port) if limits.allows(port) => Some(port),
+            _ => {
+                return Err(Problem::invalid_field(
+                    "port",
+                    "a preview ticket names its port (this workspace runs no dev server whose port could be used)",
+                ))
+            }
+        },
+        _ => port,
+    };
     let metadata = EventMetadata::for_request(caller.email.as_str(), crate::request_id(&request));
     let issued = state
         .gateway
