@@ -291,8 +291,15 @@ async fn previews_refuse_what_they_must_on(db: TestDb) {
     // Tickets: a port outside the range, no port, another member's workspace.
     assert_eq!(preview_ticket(&api, &ada, "ws-ada", 80).await.0, 422);
     let path = "/api/v1/workspaces/ws-ada/tickets";
-    let (status, _, _) = api.call(Method::POST, path, Some(&ada), Some(json!({"kind": "preview"}))).await;
-    assert_eq!(status, 422);
+    let (status, _, answer) = api.call(Method::POST, path, Some(&ada), Some(json!({"kind": "preview"}))).await;
+    assert_eq!((status, answer["code"].as_str()), (409, Some("no_dev_server")), "no dev server to default to");
+    let body = json!({"kind": "terminal", "port": 3000});
+    assert_eq!(api.call(Method::POST, path, Some(&ada), Some(body)).await.0, 422);
+    // A port written as a float is the same whole number (JSON Schema's integer); a fraction is not.
+    let body = json!({"kind": "preview", "port": f64::from(app.port)});
+    assert_eq!(api.call(Method::POST, path, Some(&ada), Some(body)).await.0, 201);
+    let body = json!({"kind": "preview", "port": 3000.5});
+    assert!(matches!(api.call(Method::POST, path, Some(&ada), Some(body)).await.0, 400 | 422));
     assert!(matches!(preview_ticket(&api, &bea, "ws-ada", app.port).await.0, 403 | 404));
 
     let ada_host = host_of("ws-ada", app.port);
@@ -306,6 +313,25 @@ async fn previews_refuse_what_they_must_on(db: TestDb) {
     let answer = http.get(format!("http://{ada_host}:{port}/")).header("accept", "text/html").send().await.unwrap();
     assert_eq!(answer.status(), 401);
     assert!(answer.text().await.unwrap().contains("Open this preview from the portal"));
+    // Malformed HTTP from a browser, and a header larger than the gateway reads, are refused on their connection.
+    for request in [
+        format!("GARBAGE\r\nHost: {ada_host}\r\n\r\n").into_bytes(),
+        [
+            format!("GET / HTTP/1.1\r\nHost: {ada_host}\r\nX-Huge: ").into_bytes(),
+            vec![b'a'; 1 << 20],
+            b"\r\n\r\n".to_vec(),
+        ]
+        .concat(),
+    ] {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(gateway_address(&server)).await.unwrap();
+        let _ = stream.write_all(&request).await;
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 4"), "{answer}");
+    }
+
     // A port outside the range has no preview host.
     let answer = http.get(format!("http://{}:{port}/", host_of("ws-ada", 80))).send().await.unwrap();
     assert_eq!(answer.status(), 404);

@@ -699,6 +699,16 @@ where
     whole_in(&<serde_json::Number as serde::Deserialize>::deserialize(deserializer)?).map_err(de::Error::custom)
 }
 
+/// [`whole`] for an optional field (with `#[serde(default)]`): absent or `null` is `None`.
+pub fn whole_option<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<u64>,
+{
+    let number = <Option<serde_json::Number> as serde::Deserialize>::deserialize(deserializer)?;
+    number.map(|number| whole_in(&number).map_err(de::Error::custom)).transpose()
+}
+
 /// [`whole`] for a list of whole numbers.
 pub fn whole_list<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
 where

@@ -113,6 +113,8 @@ pub enum ProblemCode {
     DeliveryNotFailed,
     /// The workspace's agent did not answer (it disconnected, or took too long); retry after `Retry-After`.
     WorkspaceUnavailable,
+    /// A preview ticket without a port, for a workspace that runs no dev server whose port it could default to.
+    NoDevServer,
     /// A preview: nothing listens on the port inside the workspace, or the app's answer is not HTTP.
     PreviewUnreachable,
     /// A preview: the app did not start answering in time (`preview_response_timeout_secs`).
@@ -121,7 +123,7 @@ pub enum ProblemCode {
 
 impl ProblemCode {
     /// Every code, in the order docs/API.md lists them.
-    pub const ALL: [ProblemCode; 49] = [
+    pub const ALL: [ProblemCode; 50] = [
         ProblemCode::InvalidRequest,
         ProblemCode::PayloadTooLarge,
         ProblemCode::UnsupportedMediaType,
@@ -166,6 +168,7 @@ impl ProblemCode {
         ProblemCode::AgentOutdated,
         ProblemCode::DeliveryNotFailed,
         ProblemCode::WorkspaceUnavailable,
+        ProblemCode::NoDevServer,
         ProblemCode::PreviewUnreachable,
         ProblemCode::PreviewTimeout,
         ProblemCode::RateLimited,
@@ -216,7 +219,8 @@ impl ProblemCode {
             | ProblemCode::NoChanges
             | ProblemCode::GitState
             | ProblemCode::AgentOutdated
-            | ProblemCode::DeliveryNotFailed => StatusCode::CONFLICT,
+            | ProblemCode::DeliveryNotFailed
+            | ProblemCode::NoDevServer => StatusCode::CONFLICT,
             ProblemCode::StaleVersion => StatusCode::PRECONDITION_FAILED,
             ProblemCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ProblemCode::StoreUnavailable | ProblemCode::WorkspaceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -276,6 +280,7 @@ impl ProblemCode {
             ProblemCode::AgentOutdated => "agent_outdated",
             ProblemCode::DeliveryNotFailed => "delivery_not_failed",
             ProblemCode::WorkspaceUnavailable => "workspace_unavailable",
+            ProblemCode::NoDevServer => "no_dev_server",
             ProblemCode::PreviewUnreachable => "preview_unreachable",
             ProblemCode::PreviewTimeout => "preview_timeout",
         }

@@ -325,9 +325,13 @@ pub(crate) fn constrain(document: &mut utoipa::openapi::OpenApi) {
 /// Writes the configured range of preview ports (`preview_min_port`..`preview_max_port`) into the document.
 pub(crate) fn preview_ports(document: &mut utoipa::openapi::OpenApi, min: u16, max: u16) {
     let Ok(mut value) = serde_json::to_value(&*document) else { return };
-    let port = &mut value["components"]["schemas"]["TicketBody"]["properties"]["port"];
-    if port.is_object() {
-        merge(port, &json!({ "minimum": min, "maximum": max }));
+    if let Some(branches) = value["components"]["schemas"]["TicketBody"]["oneOf"].as_array_mut() {
+        for branch in branches {
+            let port = &mut branch["properties"]["port"];
+            if port.is_object() {
+                merge(port, &json!({ "minimum": min, "maximum": max }));
+            }
+        }
     }
     if let Ok(configured) = serde_json::from_value(value) {
         *document = configured;
@@ -358,6 +362,7 @@ fn constrain_value(document: &mut Value) {
     schemas["FirewallRule"]["additionalProperties"] = json!(false);
     acl_rule_by_type(schemas);
     tab_by_kind(schemas);
+    ticket_by_kind(schemas);
     // A locked layout needs a tab (utoipa's object schema has no `anyOf` of its own: an `allOf` carries it).
     let layout = schemas["WorkspaceInput"].clone();
     schemas["WorkspaceInput"] = json!({ "allOf": [layout, { "anyOf": [
@@ -452,6 +457,26 @@ fn acl_rule_by_type(schemas: &mut Value) {
         "description": description,
         "oneOf": [rule("domain", domain), rule("email", address)],
     });
+}
+
+/// A terminal ticket takes no port; a preview ticket may name one (else its dev server's).
+fn ticket_by_kind(schemas: &mut Value) {
+    let mut port = schemas["TicketBody"]["properties"]["port"].clone();
+    if let Some(port) = port.as_object_mut() {
+        port.insert("type".into(), json!("integer"));
+        port.remove("format");
+    }
+    let ticket = |kind: &str, extra: Option<Value>| {
+        let mut properties = Map::new();
+        properties.insert("kind".into(), json!({ "type": "string", "enum": [kind] }));
+        if let Some(port) = extra {
+            properties.insert("port".into(), port);
+        }
+        json!({ "type": "object", "required": ["kind"], "additionalProperties": false, "properties": properties })
+    };
+    let description = schemas["TicketBody"]["description"].clone();
+    schemas["TicketBody"] =
+        json!({ "description": description, "oneOf": [ticket("terminal", None), ticket("preview", Some(port))] });
 }
 
 /// A custom tab names its command and label; the built-in tabs name neither.

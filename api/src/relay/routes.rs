@@ -215,7 +215,7 @@ pub(super) struct TicketBody {
     kind: String,
     /// For a preview: the workspace port to show (within `preview_min_port`..`preview_max_port`); default: the port
     /// of the workspace's dev server (`DEV_PORT`), if the control plane started one.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::extract::whole_option")]
     port: Option<u32>,
 }
 
@@ -292,10 +292,8 @@ pub(super) async fn issue_ticket(
         ("preview", None) => match known.as_ref().and_then(|known| known.dev_port) {
             Some(port) if limits.allows(port) => Some(port),
             _ => {
-                return Err(Problem::invalid_field(
-                    "port",
-                    "a preview ticket names its port (this workspace runs no dev server whose port could be used)",
-                ))
+                return Err(Problem::new(ProblemCode::NoDevServer, "No dev server")
+                    .detail("This workspace runs no dev server whose port a preview could default to: name the port."))
             }
         },
         _ => port,
