@@ -335,7 +335,15 @@ fn tamper(t: Tamper, rng: &mut Rng, lines: &[Vec<u8>], parsed: &[ExportLine]) ->
             let link = if rng.chance(50) { next_link(&prev_link, &event).expect("link") } else { link };
             let line = ExportLine::Event { event, link }.to_ndjson().expect("encode");
             out.insert(at, line.trim_end().as_bytes().to_vec());
-            let expected = if at == lines.len() { vec![Truncated, EditedEvent] } else { vec![InsertedOrReordered] };
+            let expected = if at == lines.len() {
+                vec![Truncated, EditedEvent]
+            } else if prev_index + 1 == EVENTS {
+                // A forged event with the index of the trusted checkpoint (the last event's) is met first, and its
+                // link is not the one the checkpoint signed (seen with seed 1796421296410989783).
+                vec![InsertedOrReordered, CheckpointMismatch]
+            } else {
+                vec![InsertedOrReordered]
+            };
             Tampered {
                 bytes: join(&out),
                 expected,
