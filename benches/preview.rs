@@ -12,6 +12,7 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod support;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -25,6 +26,7 @@ use hyper::body::Frame;
 use hyper_util::rt::TokioIo;
 use reqwest::Method;
 use serde_json::json;
+use support::percentile_ms;
 use testkit::TestDb;
 
 type Body = BoxBody<Bytes, std::io::Error>;
@@ -128,13 +130,6 @@ async fn concurrent(route: &Route, clients: usize, each: usize) -> (Duration, Ve
     (started.elapsed(), samples)
 }
 
-fn percentile(samples: &[Duration], p: f64) -> f64 {
-    let mut sorted = samples.to_vec();
-    sorted.sort();
-    let index = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[index].as_secs_f64() * 1000.0
-}
-
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(|a, b| a.partial_cmp(b).unwrap());
     values[values.len() / 2]
@@ -229,7 +224,7 @@ async fn main() {
         up_preview / up_direct
     );
     for (name, p) in [("p50", 0.5), ("p99", 0.99)] {
-        let (a, b) = (percentile(&latency_direct, p), percentile(&latency_preview, p));
+        let (a, b) = (percentile_ms(&latency_direct, p), percentile_ms(&latency_preview, p));
         println!(
             "| small request {name} (ms, {} sequential) | {a:.3} | {b:.3} | +{:.3} ms |",
             latency_direct.len(),
@@ -243,7 +238,7 @@ async fn main() {
         requests as f64 / wall_preview.as_secs_f64(),
         wall_direct.as_secs_f64() / wall_preview.as_secs_f64()
     );
-    let (a, b) = (percentile(&concurrent_direct, 0.99), percentile(&concurrent_preview, 0.99));
+    let (a, b) = (percentile_ms(&concurrent_direct, 0.99), percentile_ms(&concurrent_preview, 0.99));
     println!("| {clients} concurrent clients: request p99 (ms) | {a:.2} | {b:.2} | +{:.2} ms |", b - a);
     println!(
         "\nGateway RSS: {} MiB before the transfers, {} MiB at most during them.",

@@ -22,7 +22,7 @@ use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{gatehouse, issue_token, rss_kib, Api, Server};
+use common::{children, gatehouse, issue_token, rss_kib, Api, Server};
 use futures::{SinkExt, StreamExt};
 use portable_pty::{native_pty_system, CommandBuilder, PtySize};
 use reqwest::Method;
@@ -61,19 +61,6 @@ struct Memory {
     shells_left: usize,
     open_elapsed: Duration,
     close_elapsed: Duration,
-}
-
-/// Pids of the direct children of `pid` (over all its threads).
-fn children(pid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
-        for task in tasks.flatten() {
-            if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
-                out.extend(text.split_whitespace().filter_map(|raw| raw.parse::<u32>().ok()));
-            }
-        }
-    }
-    out
 }
 
 /// Proportional set size (shared pages divided among their users), from smaps_rollup.

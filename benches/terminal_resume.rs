@@ -28,7 +28,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use common::terminal::{mint_agent_token, normal_close, type_line, wait_for_workspace, Agent, Socket};
-use common::{eventually, issue_token, rss_kib, Api, Server};
+use common::{children, eventually, issue_token, rss_kib, Api, Server};
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use support::percentile_ms;
@@ -201,19 +201,6 @@ async fn active_sessions(setup: &Setup) -> Vec<Value> {
     let (status, sessions) = setup.api.get("/api/v1/sessions?active=true&limit=500", Some(&setup.root)).await;
     assert_eq!(status, 200, "{sessions}");
     sessions["items"].as_array().unwrap().clone()
-}
-
-/// Pids of the direct children of `pid` (over all its threads).
-fn children(pid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
-        for task in tasks.flatten() {
-            if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
-                out.extend(text.split_whitespace().filter_map(|raw| raw.parse::<u32>().ok()));
-            }
-        }
-    }
-    out
 }
 
 /// Samples `pid`'s RSS every 500 ms until three samples in a row are within 0.5 % of one another (or `limit`

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::preview_app::{self, fnv, pattern, FNV_START, SUB_RESOURCES};
-use common::terminal::{mint_agent_token, wait_for_workspace, Agent};
+use common::terminal::{mint_agent_token, setup, wait_for_workspace, Agent, Setup};
 use common::{enabled_blueprint, eventually, git_repository, issue_token, launch_running, rss_kib, Api, Server};
 use futures::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Empty, StreamBody};
@@ -109,25 +109,6 @@ async fn open_preview(server: &Server, api: &Api, token: &str, workspace: &str, 
     let again = http.get(format!("{exchange}?ticket={ticket}")).send().await.unwrap();
     assert_eq!(again.status(), 401);
     Preview { host, gateway: gateway_address(server), cookie, http }
-}
-
-struct Setup {
-    server: Server,
-    api: Api,
-    root: String,
-    ada: String,
-    agent: Agent,
-}
-
-async fn setup(db: &TestDb, env: &[(&str, &str)]) -> Setup {
-    let root = issue_token(db, "root@example.com", "admin", "1h");
-    let ada = issue_token(db, "ada@example.com", "member", "1h");
-    let server = Server::start(db, env);
-    let api = Api::new(&server);
-    let agent_token = mint_agent_token(&api, &root, "ws-ada", "ada@example.com").await;
-    let agent = Agent::start(&server, &agent_token, "ws-ada");
-    wait_for_workspace(&api, &ada, "ws-ada").await;
-    Setup { server, api, root, ada, agent }
 }
 
 async fn preview_sessions(api: &Api, admin: &str) -> Vec<Value> {

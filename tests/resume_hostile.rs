@@ -14,8 +14,8 @@ mod common;
 use std::time::Duration;
 
 use common::terminal::{
-    close_code, connect, mint_agent_token, normal_close, read_until, ticket, type_line, wait_for_workspace, Agent,
-    Socket,
+    close_code, connect, mint_agent_token, normal_close, read_until, setup, ticket, type_line, wait_for_workspace,
+    Agent, Setup, Socket,
 };
 use common::{eventually, issue_token, Api, Server};
 use futures::{SinkExt, StreamExt};
@@ -267,25 +267,6 @@ async fn wait_closed(setup: &Setup, session: &str) -> Value {
     let row = session_row(&setup.api, &setup.root, session).await;
     assert!(closed, "still open: {row}");
     row
-}
-
-struct Setup {
-    server: Server,
-    api: Api,
-    root: String,
-    ada: String,
-    agent: Agent,
-}
-
-async fn setup(db: &TestDb, env: &[(&str, &str)]) -> Setup {
-    let root = issue_token(db, "root@example.com", "admin", "1h");
-    let ada = issue_token(db, "ada@example.com", "member", "1h");
-    let server = Server::start(db, env);
-    let api = Api::new(&server);
-    let agent_token = mint_agent_token(&api, &root, "ws-ada", "ada@example.com").await;
-    let agent = Agent::start(&server, &agent_token, "ws-ada");
-    wait_for_workspace(&api, &ada, "ws-ada").await;
-    Setup { server, api, root, ada, agent }
 }
 
 /// A second workspace with its agent, owned by `owner`.

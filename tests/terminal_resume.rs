@@ -8,8 +8,8 @@ mod common;
 use std::time::Duration;
 
 use common::terminal::{
-    close_code, connect, mint_agent_token, normal_close, read_until, ticket, type_line, wait_for_workspace, Agent,
-    Socket,
+    close_code, connect, mint_agent_token, normal_close, read_until, setup, ticket, type_line, wait_for_workspace,
+    Agent, Setup, Socket,
 };
 use common::{eventually, issue_token, Api, Server};
 use futures::{SinkExt, StreamExt};
@@ -110,25 +110,6 @@ async fn session_row(api: &Api, admin: &str, session: &str) -> Value {
     sessions["items"].as_array().unwrap().iter().find(|item| item["id"] == session).cloned().unwrap_or(Value::Null)
 }
 
-struct Setup {
-    server: Server,
-    api: Api,
-    root: String,
-    ada: String,
-    _agent: Agent,
-}
-
-async fn setup(db: &TestDb, env: &[(&str, &str)]) -> Setup {
-    let root = issue_token(db, "root@example.com", "admin", "1h");
-    let ada = issue_token(db, "ada@example.com", "member", "1h");
-    let server = Server::start(db, env);
-    let api = Api::new(&server);
-    let agent_token = mint_agent_token(&api, &root, "ws-ada", "ada@example.com").await;
-    let agent = Agent::start(&server, &agent_token, "ws-ada");
-    wait_for_workspace(&api, &ada, "ws-ada").await;
-    Setup { server, api, root, ada, _agent: agent }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dropped_terminal_resumes_byte_for_byte() {
     for db in TestDb::all("terminal_resume a_dropped_terminal_resumes_byte_for_byte").await {
@@ -137,7 +118,7 @@ async fn a_dropped_terminal_resumes_byte_for_byte() {
 }
 
 async fn a_dropped_terminal_resumes_byte_for_byte_on(db: TestDb) {
-    let Setup { server, api, root, ada, _agent } = setup(&db, &[]).await;
+    let Setup { server, api, root, ada, agent: _agent } = setup(&db, &[]).await;
     let ticket = fresh_ticket(&api, &ada, "ws-ada").await;
     let Attached { mut socket, ready, .. } = attach(&server, "ws-ada", &ticket, None).await.unwrap();
     assert_eq!(ready["offset"], 0);
@@ -205,7 +186,8 @@ async fn resumes_that_cannot_be_served_get_documented_answers() {
 
 async fn resumes_that_cannot_be_served_on(db: TestDb) {
     // The smallest buffer: 256 KiB.
-    let Setup { server, api, root, ada, _agent } = setup(&db, &[("GATEHOUSE_RELAY_RESUME_BUFFER_BYTES", "1")]).await;
+    let Setup { server, api, root, ada, agent: _agent } =
+        setup(&db, &[("GATEHOUSE_RELAY_RESUME_BUFFER_BYTES", "1")]).await;
     let bob = issue_token(&db, "bob@example.com", "member", "1h");
     let bob_agent_token = mint_agent_token(&api, &root, "ws-bob", "bob@example.com").await;
     let _bob_agent = Agent::start(&server, &bob_agent_token, "ws-bob");
@@ -266,7 +248,7 @@ async fn two_browsers_share_one_terminal() {
 }
 
 async fn two_browsers_share_one_terminal_on(db: TestDb) {
-    let Setup { server, api, root, ada, _agent } = setup(&db, &[]).await;
+    let Setup { server, api, root, ada, agent: _agent } = setup(&db, &[]).await;
     let ticket = fresh_ticket(&api, &ada, "ws-ada").await;
     let Attached { socket: mut first, ready, .. } = attach(&server, "ws-ada", &ticket, None).await.unwrap();
     let session = ready["session"].as_str().unwrap().to_string();
@@ -327,7 +309,8 @@ async fn a_terminal_nobody_comes_back_to_closes_as_detach_timeout() {
 }
 
 async fn a_terminal_nobody_comes_back_to_on(db: TestDb) {
-    let Setup { server, api, root, ada, _agent } = setup(&db, &[("GATEHOUSE_RELAY_DETACH_TIMEOUT_SECS", "1")]).await;
+    let Setup { server, api, root, ada, agent: _agent } =
+        setup(&db, &[("GATEHOUSE_RELAY_DETACH_TIMEOUT_SECS", "1")]).await;
     let ticket = fresh_ticket(&api, &ada, "ws-ada").await;
     let Attached { mut socket, ready, .. } = attach(&server, "ws-ada", &ticket, None).await.unwrap();
     let session = ready["session"].as_str().unwrap().to_string();

@@ -168,11 +168,16 @@ impl ClientKey {
     /// The key of the client that sent `request`, found as the relay finds a terminal client's address
     /// (`relay::gateway::client_address`: `X-Forwarded-For` is read only from a trusted proxy).
     pub fn of_request(request: &HttpRequest, trusted_proxies: &[domain::firewall::Cidr]) -> Self {
-        // A header value that is not text is no address: "\0" makes the walk stop at it, as the relay does.
-        let forwarded = request.headers().get_all("x-forwarded-for").map(|value| value.to_str().unwrap_or("\u{0}"));
-        let peer = request.peer_addr().map(|peer| peer.ip());
-        ClientKey::of(relay::gateway::client_address(peer, forwarded, trusted_proxies))
+        ClientKey::of(client_address(request, trusted_proxies))
     }
+}
+
+/// The address of the client that sent `request`: the TCP peer, or what a trusted proxy forwarded
+/// (`relay::gateway::client_address`). The one reading of it for rate limits, terminals, previews and the firewall.
+pub fn client_address(request: &HttpRequest, trusted_proxies: &[domain::firewall::Cidr]) -> Option<IpAddr> {
+    // A header value that is not text is no address: "\0" makes the walk stop at it.
+    let forwarded = request.headers().get_all("x-forwarded-for").map(|value| value.to_str().unwrap_or("\u{0}"));
+    relay::gateway::client_address(request.peer_addr().map(|peer| peer.ip()), forwarded, trusted_proxies)
 }
 
 type Keyed<K, C> = RateLimiter<K, DashMapStateStore<K>, C, NoOpMiddleware<<C as Clock>::Instant>>;

@@ -27,7 +27,7 @@ use domain::Email;
 use futures::{StreamExt, TryStreamExt};
 use http_body_util::{BodyExt, BodyStream, Empty, StreamBody};
 use hyper_util::rt::TokioIo;
-use relay::gateway::{client_address, PreviewConnectError};
+use relay::gateway::PreviewConnectError;
 use relay::preview::{Lookup, PreviewSession, PreviewSessions, COOKIE};
 use relay::terminal::Client;
 use tokio::io::AsyncWriteExt;
@@ -125,8 +125,7 @@ async fn serve(state: &AppState, request: &HttpRequest, payload: Payload, target
 
 /// The client's address, as the terminal endpoints see it (`relay_trusted_proxies`).
 fn client_ip(state: &AppState, request: &HttpRequest) -> Option<IpAddr> {
-    let forwarded = request.headers().get_all("x-forwarded-for").map(|value| value.to_str().unwrap_or("\u{0}"));
-    client_address(request.peer_addr().map(|peer| peer.ip()), forwarded, &state.gateway.limits.trusted_proxies)
+    crate::limits::client_address(request, &state.gateway.limits.trusted_proxies)
 }
 
 /// Whether `user` may preview `workspace` now: an admin, or a member who owns it (the control plane's owner for its

@@ -474,6 +474,19 @@ pub async fn send(
     (status, etag, body)
 }
 
+/// Pids of the direct children of `pid` (over all its threads).
+pub fn children(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for task in tasks.flatten() {
+            if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
+                out.extend(text.split_whitespace().filter_map(|raw| raw.parse::<u32>().ok()));
+            }
+        }
+    }
+    out
+}
+
 /// A process's resident memory (`VmRSS` in `/proc/PID/status`), in KiB; 0 when it cannot be read.
 pub fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))

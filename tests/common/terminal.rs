@@ -11,7 +11,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use std::process::{Child, Stdio};
 
-use super::{eventually, gatehouse, Api, Server};
+use super::{eventually, gatehouse, issue_token, Api, Server};
 
 /// A terminal WebSocket.
 pub type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -142,4 +142,26 @@ pub async fn wait_for_workspace(api: &Api, token: &str, workspace: &str) {
     })
     .await;
     assert!(listed, "the workspace {workspace} never appeared");
+}
+
+/// A gateway with an admin (`root@example.com`), a member (`ada@example.com`) and her workspace `ws-ada`, served by
+/// a real agent.
+pub struct Setup {
+    pub server: Server,
+    pub api: Api,
+    pub root: String,
+    pub ada: String,
+    pub agent: Agent,
+}
+
+/// Starts [`Setup`]'s gateway with extra environment `env`, and waits until `ws-ada`'s agent is connected.
+pub async fn setup(db: &testkit::TestDb, env: &[(&str, &str)]) -> Setup {
+    let root = issue_token(db, "root@example.com", "admin", "1h");
+    let ada = issue_token(db, "ada@example.com", "member", "1h");
+    let server = Server::start(db, env);
+    let api = Api::new(&server);
+    let agent_token = mint_agent_token(&api, &root, "ws-ada", "ada@example.com").await;
+    let agent = Agent::start(&server, &agent_token, "ws-ada");
+    wait_for_workspace(&api, &ada, "ws-ada").await;
+    Setup { server, api, root, ada, agent }
 }

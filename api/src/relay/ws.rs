@@ -18,7 +18,7 @@ use domain::relay::{AgentRefusal, CloseReason};
 use futures::FutureExt;
 use relay::agent::{close as agent_close, Hello, Welcome};
 use relay::browser::{ClientMessage, CloseCode, ServerMessage};
-use relay::gateway::{client_address, origin_allowed, sha256_hex, Gateway};
+use relay::gateway::{origin_allowed, sha256_hex, Gateway};
 use relay::mux::Frame;
 use relay::terminal::{AttachRefusal, Client, End, OpenError, Output, Viewer};
 
@@ -332,8 +332,7 @@ pub(crate) async fn terminal(
             .detail("This origin may not open terminals.")
             .error_response();
     }
-    let forwarded = request.headers().get_all("x-forwarded-for").map(|value| value.to_str().unwrap_or("\u{0}"));
-    let address = client_address(request.peer_addr().map(|peer| peer.ip()), forwarded, &gateway.limits.trusted_proxies);
+    let address = crate::limits::client_address(&request, &gateway.limits.trusted_proxies);
     let user_agent = text(header::USER_AGENT).unwrap_or_default().chars().take(256).collect::<String>();
     let context = BrowserContext { workspace, address, user_agent };
     match upgrade(&request, body, gateway.limits.max_frame).await {
